@@ -1,0 +1,261 @@
+//! `ResyncRequest`: one ad-hoc run, created by a person or a pipeline.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Category, ConcurrencyPolicy, NAME_PATTERN, SyncCounts, SyncMode};
+use super::crdgen::add_rule;
+
+/// An ad-hoc sync ("resync personnel", "force sync") and/or identity
+/// processing run. The spec cannot change once created: create a new
+/// request instead. Finished requests are deleted after
+/// `ttlSecondsAfterFinished`, like Jobs.
+#[allow(clippy::duplicated_attributes)] // kube's repeated printcolumn(...) entries
+#[derive(CustomResource, Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[kube(
+    group = "idsync.dev",
+    version = "v1alpha1",
+    kind = "ResyncRequest",
+    namespaced,
+    doc = "An ad-hoc sync or identity processing run",
+    status = "ResyncRequestStatus",
+    shortname = "rr",
+    shortname = "resync",
+    category = "idsync",
+    derive = "PartialEq",
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.target"),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Started", type_ = "date", json_path = ".status.startTime"),
+    printcolumn(name = "Completed", type_ = "date", json_path = ".status.completionTime"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = resync_spec_rules)]
+pub struct ResyncRequestSpec {
+    /// Which connections (or, for identity processing alone, which profiles).
+    pub target: ResyncTarget,
+
+    /// Delta reads what changed since the stored cursor; Full reads
+    /// everything and starts a new cursor.
+    #[serde(default)]
+    pub mode: SyncMode,
+
+    /// Sync accounts, process identities, or both (accounts first, then the
+    /// profiles that use the synced connections).
+    #[serde(default)]
+    pub scope: Scope,
+
+    /// Identity ids to process; all of the profile's identities when empty.
+    /// Needs a scope that includes Identities.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1, max = 256)), length(max = 1000))]
+    pub identities: Vec<String>,
+
+    /// Compute and report everything, commit nothing, leave cursors alone.
+    #[serde(default)]
+    pub dry_run: bool,
+
+    /// Apply a sync that the import safeguard held back. Needs named
+    /// connections, so a confirmation is always about specific systems.
+    #[serde(default)]
+    pub confirm_deletes: bool,
+
+    /// What to do for a target that is already syncing.
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
+
+    /// E-mail addresses told when the request starts and completes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"), length(max = 254)), length(max = 50))]
+    pub notify: Vec<String>,
+
+    /// Seconds after completion at which the request deletes itself; kept
+    /// until deleted by hand when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i64>,
+}
+
+fn resync_spec_rules(schema: &mut schemars::Schema) {
+    add_rule(schema, "self == oldSelf", "spec is immutable: create a new ResyncRequest instead", None);
+    add_rule(
+        schema,
+        "!has(self.identities) || size(self.identities) == 0 || self.scope != 'Accounts'",
+        "identities needs scope Identities or AccountsAndIdentities",
+        Some(".identities"),
+    );
+    add_rule(
+        schema,
+        "!self.confirmDeletes || has(self.target.connections)",
+        "confirmDeletes needs target.connections: name the connections whose deletions you confirm",
+        Some(".confirmDeletes"),
+    );
+    add_rule(
+        schema,
+        "!has(self.target.profiles) || self.scope == 'Identities'",
+        "target.profiles needs scope Identities; to sync accounts, target connections",
+        Some(".target.profiles"),
+    );
+}
+
+/// Exactly one of `all`, `category`, `connections`, `selector` or
+/// `profiles`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = resync_target_rules)]
+pub struct ResyncTarget {
+    /// Every Connection in the namespace ("resync personnel").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
+    /// Every Connection of one category.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<Category>,
+    /// Connections by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        inner(length(min = 1, max = 253), regex(pattern = NAME_PATTERN)),
+        length(min = 1, max = 100)
+    )]
+    pub connections: Option<Vec<String>>,
+    /// Connections whose labels match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// IdentityProfiles by name, for identity processing without a sync
+    /// (scope Identities).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        inner(length(min = 1, max = 253), regex(pattern = NAME_PATTERN)),
+        length(min = 1, max = 100)
+    )]
+    pub profiles: Option<Vec<String>>,
+}
+
+fn resync_target_rules(schema: &mut schemars::Schema) {
+    add_rule(
+        schema,
+        "(has(self.all) ? 1 : 0) + (has(self.category) ? 1 : 0) + (has(self.connections) ? 1 : 0) + (has(self.selector) ? 1 : 0) + (has(self.profiles) ? 1 : 0) == 1",
+        "exactly one of all, category, connections, selector or profiles must be set",
+        None,
+    );
+    add_rule(
+        schema,
+        "!has(self.all) || self.all",
+        "all must be true when set; choose another target instead of all: false",
+        Some(".all"),
+    );
+}
+
+/// What a request processes.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Sync accounts only.
+    #[default]
+    Accounts,
+    /// Process identities only (e.g. to apply a Manual profile's changes).
+    Identities,
+    /// Sync accounts, then process the profiles that use those connections.
+    AccountsAndIdentities,
+}
+
+impl Scope {
+    pub fn includes_accounts(self) -> bool {
+        matches!(self, Scope::Accounts | Scope::AccountsAndIdentities)
+    }
+    pub fn includes_identities(self) -> bool {
+        matches!(self, Scope::Identities | Scope::AccountsAndIdentities)
+    }
+}
+
+/// The phase of a request or of one of its targets.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Pending,
+    Running,
+    Succeeded,
+    /// Some targets succeeded and some did not.
+    PartiallyFailed,
+    Failed,
+}
+
+impl Phase {
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::PartiallyFailed | Phase::Failed)
+    }
+}
+
+/// The phase of one target.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetPhase {
+    Pending,
+    /// Queued behind a running sync (concurrencyPolicy Wait).
+    Waiting,
+    Running,
+    Succeeded,
+    Failed,
+    /// Refused: another sync held the connection (concurrencyPolicy Forbid).
+    Rejected,
+    /// Held back by the import safeguard; confirm with `confirmDeletes`.
+    SafeguardTripped,
+}
+
+/// What the operator observed of a ResyncRequest.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResyncRequestStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// `Complete` once finished, and `Stalled` when the target cannot be
+    /// resolved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// One entry per resolved connection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetStatus>,
+    /// One entry per processed IdentityProfile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<ProfileRunStatus>,
+}
+
+/// The run of one connection within a request.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetStatus {
+    pub connection: String,
+    pub phase: TargetPhase,
+    /// The mode that ran (a Delta without a cursor runs as Full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<SyncMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<SyncCounts>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+}
+
+/// The processing of one IdentityProfile within a request.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProfileRunStatus {
+    pub profile: String,
+    pub phase: TargetPhase,
+    pub processed: u64,
+    pub changed: u64,
+    pub errors: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// For a dry run: what would change, e.g. `lifecycleState active → inactive: 12`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preview: Vec<String>,
+}
