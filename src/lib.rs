@@ -2,5 +2,7 @@
 //! with a company's connected systems.
 
 pub mod api;
+pub mod dev;
+pub mod devcluster;
 pub mod manifest;
 pub mod schema;

@@ -24,6 +24,20 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Run idsync on an in-process Kubernetes API server (no cluster
+    /// needed): installs the CRDs, writes a kubeconfig, applies manifests,
+    /// and runs until Ctrl-C.
+    Dev {
+        /// Apply every .yaml file under this folder (repeatable).
+        #[arg(long = "apply", value_name = "DIR")]
+        apply: Vec<PathBuf>,
+        /// Port on 127.0.0.1; 0 picks a free one.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Where to write the kubeconfig.
+        #[arg(long, default_value = ".idsync/kubeconfig")]
+        kubeconfig: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -31,6 +45,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crds => print_crds(),
         Command::Validate { paths } => validate(&paths),
+        Command::Dev { apply, port, kubeconfig } => run_async(dev(apply, port, kubeconfig)),
     };
     match result {
         Ok(code) => code,
@@ -39,6 +54,35 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_async(future: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> anyhow::Result<ExitCode> {
+    init_tracing();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    runtime.block_on(future)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn dev(apply: Vec<PathBuf>, port: u16, kubeconfig: PathBuf) -> anyhow::Result<ExitCode> {
+    let docs = idsync::dev::load_folders(&apply)?;
+    let config = idsync::devcluster::Config { port, kubeconfig: Some(kubeconfig.clone()), ..Default::default() };
+    let mut cluster = idsync::devcluster::DevCluster::start(config).await?;
+    tracing::info!(url = %cluster.url(), kubeconfig = %kubeconfig.display(), "devcluster serving");
+    let client = cluster.client()?;
+    idsync::dev::install_crds(&client).await?;
+    let applied = idsync::dev::apply_documents(&client, &docs, "default").await?;
+    tracing::info!(applied, "manifests applied");
+    print!("{}", idsync::dev::next_steps(&kubeconfig));
+    tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+    tracing::info!("shutting down");
+    cluster.stop();
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_crds() -> anyhow::Result<ExitCode> {

@@ -1,0 +1,109 @@
+//! `idsync dev`: a devcluster with idsync's CRDs installed and a folder of
+//! manifests applied, for a first run and for end-to-end tests.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::pinned_kind;
+
+use crate::api::crdgen;
+use crate::manifest::{self, Document, ManifestError};
+
+/// The field manager of everything `idsync dev` applies.
+pub const FIELD_MANAGER: &str = "idsync-dev";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{source_name}: cannot apply {kind} {name:?}: {message}")]
+    Apply { source_name: String, kind: String, name: String, message: String },
+    #[error("cannot install the CRD {name}: {source}")]
+    InstallCrd { name: String, source: kube::Error },
+}
+
+/// Installs (server-side applies) idsync's CRDs.
+pub async fn install_crds(client: &kube::Client) -> Result<(), DevError> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crdgen::all() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
+            .await
+            .map_err(|source| DevError::InstallCrd { name: name.clone(), source })?;
+    }
+    Ok(())
+}
+
+/// Every manifest under the folders, Namespaces and CRDs first, then in
+/// path order.
+pub fn load_folders(folders: &[PathBuf]) -> Result<Vec<Document>, DevError> {
+    let mut docs = Vec::new();
+    for folder in folders {
+        docs.extend(if folder.is_dir() { manifest::load_dir(folder)? } else { manifest::load_file(folder)? });
+    }
+    docs.sort_by_key(|d| match d.kind() {
+        "Namespace" => 0,
+        "CustomResourceDefinition" => 1,
+        _ => 2,
+    });
+    Ok(docs)
+}
+
+/// Applies documents with server-side apply, as `kubectl apply
+/// --server-side` would. Namespaced objects without a namespace go to
+/// `default_namespace`.
+pub async fn apply_documents(
+    client: &kube::Client,
+    docs: &[Document],
+    default_namespace: &str,
+) -> Result<usize, DevError> {
+    let mut applied = 0;
+    for doc in docs {
+        let fail = |message: String| DevError::Apply {
+            source_name: doc.source.clone(),
+            kind: doc.kind().to_string(),
+            name: doc.name().to_string(),
+            message,
+        };
+        let (group, version) = match doc.api_version().split_once('/') {
+            Some((g, v)) => (g.to_string(), v.to_string()),
+            None => (String::new(), doc.api_version().to_string()),
+        };
+        let gvk = GroupVersionKind::gvk(&group, &version, doc.kind());
+        let (resource, capabilities) = pinned_kind(client, &gvk).await.map_err(|e| fail(e.to_string()))?;
+        let object: DynamicObject = serde_json::from_value(doc.value.clone()).map_err(|e| fail(e.to_string()))?;
+        let api: Api<DynamicObject> = if capabilities.scope == kube::discovery::Scope::Namespaced {
+            let ns = object.metadata.namespace.clone().unwrap_or_else(|| default_namespace.to_string());
+            Api::namespaced_with(client.clone(), &ns, &resource)
+        } else {
+            Api::all_with(client.clone(), &resource)
+        };
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch(doc.name(), &params, &Patch::Apply(&object)).await.map_err(|e| fail(describe(e)))?;
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+/// The API server's message of a failed request, without kube's wrapping.
+fn describe(error: kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => status.message,
+        other => other.to_string(),
+    }
+}
+
+/// What a person can type next.
+pub fn next_steps(kubeconfig: &Path) -> String {
+    let k = kubeconfig.display();
+    format!(
+        "idsync dev is running. Try:\n\
+         \x20 kubectl --kubeconfig {k} get idsync\n\
+         \x20 kubectl --kubeconfig {k} get connections\n\
+         \x20 kubectl --kubeconfig {k} describe connection hris\n\
+         \x20 kubectl --kubeconfig {k} apply -f examples/resync/all-connections.yaml\n\
+         Press Ctrl-C to stop.\n"
+    )
+}

@@ -1,0 +1,314 @@
+//! devcluster: an in-process Kubernetes API server for `idsync dev` and the
+//! end-to-end tests, served over HTTPS on 127.0.0.1 (a CA made at start and
+//! written into the kubeconfig: kubectl sends bearer tokens only over TLS)
+//! with a bearer token.
+//!
+//! It behaves like a real API server wherever idsync, kube-rs or `kubectl`
+//! depend on it: discovery, CRDs that become served (with structural-schema
+//! validation, defaults, pruning and CEL rules — the same admission code as
+//! `idsync validate`), uid / creationTimestamp / a global monotonically
+//! increasing resourceVersion, 409 on stale writes, generation, the status
+//! subresource, finalizers and deletionTimestamp, garbage collection by
+//! ownerReferences, JSON merge / JSON / strategic-merge / server-side apply
+//! patches, list with label and field selectors and `limit` + `continue`,
+//! watch with bookmarks, timeouts and `410 Gone`, `kubectl get` Tables from
+//! printer columns, and `metav1.Status` errors.
+//!
+//! Where it differs from a real API server (none of which idsync relies on):
+//! - One process, one lock, objects in memory: nothing survives a restart.
+//! - Garbage collection and namespace deletion happen immediately, inside
+//!   the delete, instead of eventually; Foreground propagation behaves like
+//!   Background.
+//! - A deleted CRD removes its objects at once, without waiting for their
+//!   finalizers.
+//! - A strategic merge patch of a built-in kind is applied as a JSON merge
+//!   patch: the kinds served here have no list whose patch strategy would
+//!   make a difference to idsync or kubectl's use of them.
+//! - Server-side apply tracks ownership with a simplified field-set model;
+//!   see `apply.rs` for exactly where it simplifies.
+//! - Pages of a list (`continue`) read the current state, not a snapshot at
+//!   the first page's resourceVersion; `resourceVersionMatch` is ignored.
+//! - No authorization, admission webhooks, protobuf, or aggregated
+//!   discovery (clients fall back to the per-group documents).
+//! - CEL rule failures render the offending value by its JSON type.
+
+pub mod api;
+pub mod apply;
+pub mod discovery;
+pub mod error;
+pub mod events;
+pub mod jsonpath;
+pub mod openapi;
+pub mod request;
+pub mod resources;
+pub mod selector;
+pub mod server;
+pub mod store;
+pub mod table;
+pub mod tls;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch as notify;
+
+use api::State;
+use error::ApiError;
+use resources::Registry;
+use store::{EventType, Store};
+
+/// How a devcluster is started.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Port on 127.0.0.1; 0 picks a free one.
+    pub port: u16,
+    /// Where the kubeconfig is written; none writes no file.
+    pub kubeconfig: Option<PathBuf>,
+    /// Changes kept for watches to resume from (etcd's compaction window).
+    pub history_limit: usize,
+    /// How often an idle watch that allows bookmarks gets one.
+    pub bookmark_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { port: 0, kubeconfig: None, history_limit: 10_000, bookmark_interval: Duration::from_secs(15) }
+    }
+}
+
+/// Settings every request handler reads.
+pub struct ServerConfig {
+    pub token: String,
+    pub address: String,
+    pub bookmark_interval: Duration,
+}
+
+/// State shared by all connections.
+pub struct Shared {
+    pub state: Mutex<State>,
+    /// The latest revision, so watches wake on every commit.
+    pub changes: notify::Sender<u64>,
+    /// Bumped to end every open watch (as an API server restart would).
+    pub watch_epoch: notify::Sender<u64>,
+    pub config: ServerConfig,
+}
+
+impl Shared {
+    pub fn lock(&self) -> Result<MutexGuard<'_, State>, ApiError> {
+        self.state.lock().map_err(|_| ApiError::internal("the devcluster's state is poisoned by an earlier panic"))
+    }
+
+    /// Runs a write under the lock and wakes the watches.
+    pub fn write<T>(&self, f: impl FnOnce(&mut State) -> Result<T, ApiError>) -> Result<T, ApiError> {
+        let (result, revision) = {
+            let mut state = self.lock()?;
+            let result = f(&mut state);
+            (result, state.store.revision())
+        };
+        self.changes.send_replace(revision);
+        result
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevClusterError {
+    #[error("cannot listen on 127.0.0.1:{port}: {source}")]
+    Bind { port: u16, source: std::io::Error },
+    #[error("cannot write the kubeconfig {path}: {source}")]
+    Kubeconfig { path: PathBuf, source: std::io::Error },
+    #[error("cannot build a client for the devcluster: {0}")]
+    Client(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// A running devcluster. Dropping it stops the server.
+pub struct DevCluster {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    kubeconfig: Option<PathBuf>,
+    ca_der: Vec<u8>,
+    ca_pem: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl DevCluster {
+    /// Starts a devcluster with the namespaces `default` and `kube-system`.
+    pub async fn start(config: Config) -> Result<Self, DevClusterError> {
+        let listener = TcpListener::bind(("127.0.0.1", config.port))
+            .await
+            .map_err(|source| DevClusterError::Bind { port: config.port, source })?;
+        let addr = listener.local_addr().map_err(|source| DevClusterError::Bind { port: config.port, source })?;
+        let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let tls = tls::generate()?;
+        let mut store = Store::new(config.history_limit);
+        for ns in ["default", "kube-system", "kube-public"] {
+            let object = json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": api::now_rfc3339()},
+                "spec": {"finalizers": ["kubernetes"]},
+                "status": {"phase": "Active"}
+            });
+            store.put("namespaces", "", ns, object, EventType::Added);
+        }
+        let (changes, _) = notify::channel(store.revision());
+        let (watch_epoch, _) = notify::channel(0);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { registry: Registry::with_builtins(), store }),
+            changes,
+            watch_epoch,
+            config: ServerConfig { token, address: addr.to_string(), bookmark_interval: config.bookmark_interval },
+        });
+        if let Some(path) = &config.kubeconfig {
+            write_kubeconfig(path, addr, &shared.config.token, &tls.ca_pem)
+                .map_err(|source| DevClusterError::Kubeconfig { path: path.clone(), source })?;
+        }
+        let (shutdown, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let server_shared = shared.clone();
+        let acceptor = tls.acceptor.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let shared = server_shared.clone();
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            let Ok(stream) = acceptor.accept(stream).await else { return };
+                            let service = service_fn(move |req| server::handle(shared.clone(), req));
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                }
+            }
+        });
+        Ok(DevCluster {
+            shared,
+            addr,
+            kubeconfig: config.kubeconfig,
+            ca_der: tls.ca_der,
+            ca_pem: tls.ca_pem,
+            shutdown: Some(shutdown),
+        })
+    }
+
+    /// `https://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// The kubeconfig of this devcluster, as written to disk.
+    pub fn kubeconfig_yaml(&self) -> String {
+        kubeconfig_yaml(self.addr, self.token(), &self.ca_pem)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn token(&self) -> &str {
+        &self.shared.config.token
+    }
+
+    pub fn kubeconfig_path(&self) -> Option<&Path> {
+        self.kubeconfig.as_deref()
+    }
+
+    /// A kube-rs client for this devcluster.
+    pub fn client(&self) -> Result<kube::Client, DevClusterError> {
+        let url: http::Uri =
+            self.url().parse().map_err(|e: http::uri::InvalidUri| DevClusterError::Client(e.to_string()))?;
+        let mut config = kube::Config::new(url);
+        config.default_namespace = "default".to_string();
+        config.auth_info.token = Some(self.token().to_string().into());
+        config.root_cert = Some(vec![self.ca_der.clone()]);
+        kube::Client::try_from(config).map_err(|e| DevClusterError::Client(e.to_string()))
+    }
+
+    /// Drops all watch history, as an etcd compaction does: watches resuming
+    /// from an older resourceVersion get `410 Gone`.
+    pub fn compact_history(&self) {
+        if let Ok(mut state) = self.shared.state.lock() {
+            state.store.compact();
+        }
+        let revision = self.shared.state.lock().map(|s| s.store.revision()).unwrap_or_default();
+        self.shared.changes.send_replace(revision);
+    }
+
+    /// Ends every open watch, as an API server restart or a watch timeout
+    /// does; clients re-watch from the last resourceVersion they saw.
+    pub fn close_watches(&self) {
+        self.shared.watch_epoch.send_modify(|epoch| *epoch += 1);
+    }
+
+    /// The latest resourceVersion.
+    pub fn revision(&self) -> u64 {
+        self.shared.state.lock().map(|s| s.store.revision()).unwrap_or_default()
+    }
+
+    /// Stops accepting connections.
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A kubeconfig for the devcluster: one cluster (trusting its CA), one user with the bearer
+/// token, one context named `idsync-dev` using the `default` namespace.
+pub fn kubeconfig_yaml(addr: SocketAddr, token: &str, ca_pem: &str) -> String {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: idsync-dev
+  cluster:
+    server: https://{addr}
+    certificate-authority-data: {ca}
+users:
+- name: idsync-dev
+  user:
+    token: {token}
+contexts:
+- name: idsync-dev
+  context:
+    cluster: idsync-dev
+    user: idsync-dev
+    namespace: default
+current-context: idsync-dev
+preferences: {{}}
+"
+    )
+}
+
+fn write_kubeconfig(path: &Path, addr: SocketAddr, token: &str, ca_pem: &str) -> std::io::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, kubeconfig_yaml(addr, token, ca_pem))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // It holds a credential.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! What one API request is about: the resource, namespace, name and
+//! subresource from the path, and the query parameters.
+
+use std::collections::HashMap;
+
+use super::error::ApiError;
+use super::resources::ResourceType;
+use crate::schema::FieldValidation;
+
+/// The object(s) a request addresses.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub rt: ResourceType,
+    /// The namespace in the path (none for cluster-scoped resources and for
+    /// lists across all namespaces).
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub subresource: Option<String>,
+}
+
+impl Target {
+    pub fn is_status(&self) -> bool {
+        self.subresource.as_deref() == Some("status")
+    }
+
+    /// The namespace objects are stored under ("" when cluster-scoped).
+    pub fn storage_namespace(&self) -> String {
+        if self.rt.namespaced { self.namespace.clone().unwrap_or_default() } else { String::new() }
+    }
+}
+
+/// Query parameters, plus the few request headers the verbs need.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    params: HashMap<String, String>,
+    /// The field manager: `fieldManager`, else the client's user agent.
+    pub manager: String,
+}
+
+impl Query {
+    pub fn parse(query: Option<&str>, user_agent: Option<&str>) -> Self {
+        let params: HashMap<String, String> =
+            form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
+        // The API server names an unnamed manager after the client, as
+        // kubectl's `kubectl-client-side-apply` or kube-rs' user agent.
+        let manager = params.get("fieldManager").cloned().unwrap_or_else(|| {
+            user_agent.and_then(|ua| ua.split('/').next()).filter(|s| !s.is_empty()).unwrap_or("unknown").to_string()
+        });
+        Query { params, manager }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str).filter(|s| !s.is_empty())
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        matches!(self.get(name), Some("true" | "1"))
+    }
+
+    pub fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.get(name)
+            .map(|v| v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid value for {name}: {v:?}"))))
+            .transpose()
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.get("dryRun") == Some("All")
+    }
+
+    pub fn field_validation(&self) -> Result<FieldValidation, ApiError> {
+        match self.get("fieldValidation") {
+            None => Ok(FieldValidation::Warn),
+            Some(v) => FieldValidation::parse(v).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "fieldValidation parameter unsupported: {v}. Must be one of: Ignore, Warn, Strict"
+                ))
+            }),
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! HTTP: authentication, routing of Kubernetes API paths to the verbs, and
+//! the answers' encoding (JSON, Tables, watch streams).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::Value;
+
+use super::Shared;
+use super::api;
+use super::discovery;
+use super::error::ApiError;
+use super::openapi;
+use super::request::{Query, Target};
+use super::table::{self, IncludeObject};
+use super::watch;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let response = match route(shared, req).await {
+        Ok(response) => response,
+        Err(error) => json_response(error.code, &error.to_status()),
+    };
+    tracing::debug!(%method, %path, status = response.status().as_u16(), "devcluster request");
+    Ok(response)
+}
+
+fn json_response(code: u16, value: &Value) -> Response<Body> {
+    let body = Full::new(Bytes::from(value.to_string())).boxed();
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response
+}
+
+fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Whether the client asked for a `meta.k8s.io/v1` Table.
+fn wants_table(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| a.split(',').next().is_some_and(|first| first.contains("as=Table")))
+}
+
+async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let authorized = header_str(&req, header::AUTHORIZATION)
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|token| token == shared.config.token);
+    if !authorized {
+        return Err(ApiError::unauthorized());
+    }
+    let method = req.method().clone();
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let query = Query::parse(req.uri().query(), header_str(&req, header::USER_AGENT));
+    let accept = header_str(&req, header::ACCEPT).map(str::to_string);
+    let content_type = header_str(&req, header::CONTENT_TYPE).unwrap_or("application/json").to_string();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+
+    // Discovery and OpenAPI.
+    if method == Method::GET {
+        let state = shared.lock()?;
+        let found = match segments.as_slice() {
+            ["version"] => Some(discovery::version()),
+            ["api"] => Some(discovery::core_versions(&shared.config.address)),
+            ["api", "v1"] => discovery::resources(&state.registry, "", "v1"),
+            ["apis"] => Some(discovery::groups(&state.registry)),
+            ["apis", group] => discovery::group(&state.registry, group),
+            ["apis", group, version] => discovery::resources(&state.registry, group, version),
+            ["openapi", "v3"] => Some(openapi::index(&state.registry, state.store.revision())),
+            ["openapi", "v3", "api", version] => openapi::document(&state.registry, "", version),
+            ["openapi", "v3", "apis", group, version] => openapi::document(&state.registry, group, version),
+            ["openapi", ..] => return Err(ApiError::no_route(&path)),
+            _ => None,
+        };
+        if let Some(document) = found {
+            return Ok(json_response(200, &document));
+        }
+    }
+
+    let target = {
+        let state = shared.lock()?;
+        resolve(&state.registry, &segments).ok_or_else(|| ApiError::no_route(&path))?
+    };
+    let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let table = if wants_table(accept.as_deref()) {
+        Some(IncludeObject::parse(query.get("includeObject")).map_err(|e| ApiError::bad_request(e.to_string()))?)
+    } else {
+        None
+    };
+
+    match method {
+        Method::GET if target.name.is_none() && query.flag("watch") => {
+            let lines = watch::start(shared.clone(), target, &query, table)?;
+            Ok(stream_response(lines))
+        }
+        Method::GET if target.name.is_none() => {
+            let listed = api::list(&*shared.lock()?, &target, &query)?;
+            Ok(json_response(200, &render(&target, listed, table, true)))
+        }
+        Method::GET => {
+            let object = api::get(&*shared.lock()?, &target)?;
+            Ok(json_response(200, &render(&target, object, table, false)))
+        }
+        Method::POST if target.name.is_none() => {
+            let value = api::parse_body(&body, false)?;
+            let (code, object) = shared.write(|state| api::create(state, &target, value, &query))?;
+            Ok(json_response(code, &object))
+        }
+        Method::PUT if target.name.is_some() => {
+            let value = api::parse_body(&body, false)?;
+            let (code, object) = shared.write(|state| api::replace(state, &target, value, &query))?;
+            Ok(json_response(code, &object))
+        }
+        Method::PATCH if target.name.is_some() => {
+            let (code, object) = shared.write(|state| api::patch(state, &target, &body, &content_type, &query))?;
+            Ok(json_response(code, &object))
+        }
+        Method::DELETE if target.name.is_some() => {
+            let options = if body.is_empty() { None } else { Some(api::parse_body(&body, false)?) };
+            let (code, object) = shared.write(|state| api::delete(state, &target, options, &query))?;
+            Ok(json_response(code, &object))
+        }
+        Method::DELETE => {
+            let (code, object) = shared.write(|state| api::delete_collection(state, &target, &query))?;
+            Ok(json_response(code, &object))
+        }
+        _ => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method} {path})"
+        ))),
+    }
+}
+
+/// A list or object as JSON, or as a Table when asked for.
+fn render(t: &Target, value: Value, table: Option<IncludeObject>, is_list: bool) -> Value {
+    let Some(include) = table else {
+        return value;
+    };
+    let (objects, metadata) = if is_list {
+        (value.get("items").and_then(Value::as_array).cloned().unwrap_or_default(), value["metadata"].clone())
+    } else {
+        let rv = value.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
+        (vec![value], serde_json::json!({"resourceVersion": rv}))
+    };
+    table::build(&t.rt.columns, &objects, include, metadata, k8s_openapi::jiff::Timestamp::now())
+}
+
+/// `/api/v1/...` and `/apis/{group}/{version}/...` paths.
+fn resolve(registry: &super::resources::Registry, segments: &[&str]) -> Option<Target> {
+    let (group, version, rest) = match segments {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        // `namespaces/{ns}/{plural}...` addresses a namespaced resource;
+        // `namespaces/{name}[/status]` the Namespace itself.
+        ["namespaces", ns, plural, tail @ ..] if *plural != "status" && *plural != "finalize" => {
+            (Some(ns.to_string()), [&[*plural][..], tail].concat())
+        }
+        _ => (None, rest.to_vec()),
+    };
+    let (plural, name, subresource) = match rest.as_slice() {
+        [plural] => (*plural, None, None),
+        [plural, name] => (*plural, Some(name.to_string()), None),
+        [plural, name, sub] => (*plural, Some(name.to_string()), Some(sub.to_string())),
+        _ => return None,
+    };
+    let rt = registry.find(group, version, plural)?.clone();
+    if namespace.is_some() && !rt.namespaced {
+        return None;
+    }
+    if subresource.as_deref().is_some_and(|s| s != "status") {
+        return None;
+    }
+    Some(Target { rt, namespace, name, subresource })
+}
+
+fn stream_response(mut lines: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
+    let stream = futures::stream::poll_fn(move |cx| lines.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))));
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response
+}

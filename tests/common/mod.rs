@@ -1,0 +1,97 @@
+//! Shared harness of the end-to-end tests: a devcluster, its kubeconfig,
+//! and the real kubectl pointed at it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use idsync::devcluster::{Config, DevCluster};
+
+pub struct Harness {
+    pub cluster: DevCluster,
+    pub client: kube::Client,
+    pub dir: tempfile::TempDir,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Self::start_with(Config::default()).await
+    }
+
+    pub async fn start_with(mut config: Config) -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        config.kubeconfig = Some(dir.path().join("kubeconfig"));
+        let cluster = DevCluster::start(config).await.expect("devcluster starts");
+        let client = cluster.client().expect("client");
+        Harness { cluster, client, dir }
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    /// A kubectl command against this devcluster, with its own discovery
+    /// cache so tests do not share one.
+    pub fn kubectl_command(&self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(kubectl_path());
+        command
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("KUBECACHEDIR", self.dir.path().join("cache"))
+            .env("HOME", self.dir.path())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs kubectl to completion (at most 60 s).
+    pub async fn kubectl(&self, args: &[&str]) -> Output {
+        let run = self.kubectl_command().args(args).output();
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish in 60 s"))
+            .expect("kubectl runs")
+    }
+
+    /// Runs kubectl and returns its stdout, failing the test on an error.
+    pub async fn kubectl_ok(&self, args: &[&str]) -> String {
+        let output = self.kubectl(args).await;
+        assert!(
+            output.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Installs idsync's CRDs with kubectl, as the README says.
+    pub async fn install_crds(&self) {
+        self.kubectl_ok(&["apply", "-f", &repo("crds").display().to_string()]).await;
+    }
+}
+
+pub fn kubectl_path() -> PathBuf {
+    std::env::var_os("KUBECTL").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("kubectl"))
+}
+
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Polls `check` until it returns Some, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,250 @@
+//! The devcluster as kube-rs sees it: watches, 410 and relists, conflicts,
+//! and many writers and watchers at once.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Harness;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::Mutex;
+
+fn config_map(name: &str, value: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta { name: Some(name.to_string()), ..Default::default() },
+        data: Some(BTreeMap::from([("value".to_string(), value.to_string())])),
+        ..Default::default()
+    }
+}
+
+fn value_of(cm: &ConfigMap) -> String {
+    cm.data.as_ref().and_then(|d| d.get("value")).cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watcher_sees_added_modified_deleted_in_order() {
+    let h = Harness::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(h.client.clone(), "default");
+    let start = h.cluster.revision().to_string();
+    let stream = api.watch(&WatchParams::default(), &start).await.expect("watch").boxed();
+
+    api.create(&PostParams::default(), &config_map("a", "1")).await.expect("create");
+    let mut changed = api.get("a").await.expect("get");
+    changed.data = Some(BTreeMap::from([("value".to_string(), "2".to_string())]));
+    api.replace("a", &PostParams::default(), &changed).await.expect("replace");
+    api.delete("a", &DeleteParams::default()).await.expect("delete");
+
+    let events: Vec<WatchEvent<ConfigMap>> =
+        tokio::time::timeout(Duration::from_secs(10), stream.take(3).try_collect())
+            .await
+            .expect("three events")
+            .expect("ok");
+    let seen: Vec<(String, String)> = events
+        .iter()
+        .map(|e| match e {
+            WatchEvent::Added(cm) => ("ADDED".to_string(), value_of(cm)),
+            WatchEvent::Modified(cm) => ("MODIFIED".to_string(), value_of(cm)),
+            WatchEvent::Deleted(cm) => ("DELETED".to_string(), value_of(cm)),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![("ADDED".into(), "1".into()), ("MODIFIED".into(), "2".into()), ("DELETED".into(), "2".into())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bookmarks_arrive_on_an_idle_watch_that_asks_for_them() {
+    let config = idsync::devcluster::Config { bookmark_interval: Duration::from_millis(200), ..Default::default() };
+    let h = Harness::start_with(config).await;
+    let api: Api<ConfigMap> = Api::namespaced(h.client.clone(), "default");
+    let start = h.cluster.revision();
+    let mut stream = api.watch(&WatchParams::default(), &start.to_string()).await.expect("watch").boxed();
+    let event = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("an event")
+        .expect("some")
+        .expect("ok");
+    match event {
+        WatchEvent::Bookmark(b) => assert_eq!(b.metadata.resource_version, start.to_string()),
+        other => panic!("expected a bookmark, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_from_compacted_history_gets_410_and_the_watcher_relists_missing_nothing() {
+    let h = Harness::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(h.client.clone(), "default");
+    for (name, value) in [("keep", "1"), ("change", "1"), ("remove", "1")] {
+        api.create(&PostParams::default(), &config_map(name, value)).await.expect("create");
+    }
+    // A raw watch from an old revision after compaction is told 410 Expired.
+    let old = h.cluster.revision() - 2;
+    h.cluster.compact_history();
+    let mut raw = api.watch(&WatchParams::default(), &old.to_string()).await.expect("watch").boxed();
+    match tokio::time::timeout(Duration::from_secs(5), raw.next()).await.expect("an answer") {
+        Some(Ok(WatchEvent::Error(e))) => {
+            assert_eq!(e.code, 410);
+            assert_eq!(e.reason, "Expired");
+        }
+        other => panic!("expected 410, got {other:?}"),
+    }
+
+    // kube-runtime's watcher: synced, then its watch ends while changes happen
+    // and history is compacted; it must relist and end with the true state.
+    let stream = watcher::watcher(api.clone(), watcher::Config::default()).boxed();
+    let events = Arc::new(Mutex::new(Vec::<Event<ConfigMap>>::new()));
+    let mut stream = stream;
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("event")
+            .expect("some")
+            .expect("ok");
+        let done = matches!(event, Event::InitDone);
+        events.lock().await.push(event);
+        if done {
+            break;
+        }
+    }
+    h.cluster.close_watches();
+    let mut changed = api.get("change").await.expect("get");
+    changed.data = Some(BTreeMap::from([("value".to_string(), "2".to_string())]));
+    api.replace("change", &PostParams::default(), &changed).await.expect("replace");
+    api.delete("remove", &DeleteParams::default()).await.expect("delete");
+    api.create(&PostParams::default(), &config_map("new", "1")).await.expect("create");
+    h.cluster.compact_history();
+
+    // Drive the watcher until it has relisted (a second InitDone).
+    let mut relisted_state: Option<BTreeMap<String, String>> = None;
+    let mut pending = BTreeMap::new();
+    while relisted_state.is_none() {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("event").expect("some");
+        match event {
+            Ok(Event::Init) => pending.clear(),
+            Ok(Event::InitApply(cm)) => {
+                pending.insert(cm.metadata.name.clone().unwrap_or_default(), value_of(&cm));
+            }
+            Ok(Event::InitDone) => relisted_state = Some(pending.clone()),
+            Ok(other) => panic!("a change arrived without a relist: {other:?}"),
+            // The 410 surfaces as an error before the relist.
+            Err(_) => {}
+        }
+    }
+    let expected = BTreeMap::from([
+        ("change".to_string(), "2".to_string()),
+        ("keep".to_string(), "1".to_string()),
+        ("new".to_string(), "1".to_string()),
+    ]);
+    assert_eq!(relisted_state, Some(expected));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn of_two_updates_from_the_same_resource_version_one_wins_and_one_gets_409() {
+    let h = Harness::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(h.client.clone(), "default");
+    api.create(&PostParams::default(), &config_map("shared", "0")).await.expect("create");
+    let base = api.get("shared").await.expect("get");
+    let mut first = base.clone();
+    first.data = Some(BTreeMap::from([("value".to_string(), "first".to_string())]));
+    let mut second = base.clone();
+    second.data = Some(BTreeMap::from([("value".to_string(), "second".to_string())]));
+    let pp = PostParams::default();
+    let (a, b) = tokio::join!(api.replace("shared", &pp, &first), api.replace("shared", &pp, &second));
+    let results = [a, b];
+    let won: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+    let lost: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(won.len(), 1, "{results:?}");
+    match lost.as_slice() {
+        [kube::Error::Api(status)] => {
+            assert_eq!(status.code, 409);
+            assert_eq!(status.reason, "Conflict");
+            assert!(status.message.contains("the object has been modified"), "{}", status.message);
+        }
+        other => panic!("expected one 409, got {other:?}"),
+    }
+    let stored = value_of(&api.get("shared").await.expect("get"));
+    let winner = match &results[0] {
+        Ok(_) => "first",
+        Err(_) => "second",
+    };
+    assert_eq!(stored, winner);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_watcher_sees_every_committed_change_once_in_order_under_load() {
+    let h = Harness::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(h.client.clone(), "default");
+    let start = h.cluster.revision();
+
+    let mut watchers = Vec::new();
+    for _ in 0..5 {
+        let stream = api.watch(&WatchParams::default(), &start.to_string()).await.expect("watch");
+        watchers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut stream = stream.boxed();
+            while let Ok(Some(Ok(event))) = tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+                let rv = match &event {
+                    WatchEvent::Added(cm) | WatchEvent::Modified(cm) | WatchEvent::Deleted(cm) => {
+                        cm.metadata.resource_version.clone().unwrap_or_default()
+                    }
+                    _ => continue,
+                };
+                seen.push(rv.parse::<u64>().expect("numeric resourceVersion"));
+            }
+            seen
+        }));
+    }
+
+    let committed = Arc::new(Mutex::new(BTreeSet::new()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut writers = Vec::new();
+    for writer in 0..20 {
+        let api = api.clone();
+        let committed = committed.clone();
+        writers.push(tokio::spawn(async move {
+            let name = format!("w{writer}");
+            let created = api.create(&PostParams::default(), &config_map(&name, "0")).await.expect("create");
+            committed
+                .lock()
+                .await
+                .insert(created.metadata.resource_version.clone().unwrap_or_default().parse::<u64>().unwrap_or(0));
+            let mut n = 0;
+            while tokio::time::Instant::now() < deadline {
+                n += 1;
+                let mut current = api.get(&name).await.expect("get");
+                current.data = Some(BTreeMap::from([("value".to_string(), n.to_string())]));
+                match api.replace(&name, &PostParams::default(), &current).await {
+                    Ok(updated) => {
+                        let rv = updated.metadata.resource_version.unwrap_or_default();
+                        committed.lock().await.insert(rv.parse::<u64>().expect("numeric"));
+                    }
+                    Err(e) => panic!("writer {writer}: {e}"),
+                }
+            }
+            let deleted = api.delete(&name, &DeleteParams::default()).await.expect("delete");
+            if let Some(cm) = deleted.left() {
+                committed
+                    .lock()
+                    .await
+                    .insert(cm.metadata.resource_version.unwrap_or_default().parse::<u64>().unwrap_or(0));
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let committed: Vec<u64> = committed.lock().await.iter().copied().collect();
+    assert!(committed.len() > 100, "too little load to mean anything: {} writes", committed.len());
+    for (i, watcher) in watchers.into_iter().enumerate() {
+        let seen = watcher.await.expect("watcher");
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "watcher {i} saw changes out of order");
+        assert_eq!(seen, committed, "watcher {i} did not see exactly the committed changes");
+    }
+}

@@ -1,0 +1,241 @@
+//! The devcluster as the real kubectl sees it.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Harness, eventually, repo};
+use idsync::api::Connection;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+async fn with_examples() -> Harness {
+    let h = Harness::start().await;
+    h.install_crds().await;
+    h.kubectl_ok(&["apply", "-R", "-f", &repo("examples").display().to_string()]).await;
+    h
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_applies_the_crds_and_every_example_and_lists_them_with_columns() {
+    let h = with_examples().await;
+    let out = h.kubectl_ok(&["get", "connections"]).await;
+    let header = out.lines().next().expect("a header line");
+    let columns: Vec<&str> = header.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
+    assert_eq!(columns, vec!["NAME", "PROVIDER", "CATEGORY", "READY", "SYNCING", "LAST SYNC", "ACCOUNTS", "AGE"]);
+    let hris = out.lines().find(|l| l.starts_with("hris ")).expect("hris listed");
+    let cells: Vec<&str> = hris.split_whitespace().collect();
+    assert_eq!(&cells[..3], &["hris", "csv", "HRIS"], "{hris}");
+    assert_eq!(out.lines().count(), 1 + 7, "{out}");
+
+    let all = h.kubectl_ok(&["get", "idsync", "-A"]).await;
+    for name in [
+        "connection.idsync.dev/okta-prod",
+        "identityprofile.idsync.dev/employees",
+        "resyncrequest.idsync.dev/resync-all",
+    ] {
+        assert!(all.contains(name.split('/').nth(1).unwrap_or(name)), "{name} missing from:\n{all}");
+    }
+    let short = h.kubectl_ok(&["get", "rr", "-o", "name"]).await;
+    assert!(short.contains("resyncrequest.idsync.dev/resync-all"), "{short}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_status_patch_changes_status_and_not_generation() {
+    let h = with_examples().await;
+    let before = h.kubectl_ok(&["get", "conn", "hris", "-o", "jsonpath={.metadata.generation}"]).await;
+    h.kubectl_ok(&[
+        "patch",
+        "conn",
+        "hris",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"accountCount":412}}"#,
+    ])
+    .await;
+    let after =
+        h.kubectl_ok(&["get", "conn", "hris", "-o", "jsonpath={.metadata.generation} {.status.accountCount}"]).await;
+    assert_eq!(after, format!("{before} 412"));
+    // A spec change through the main resource does move it, and cannot touch status.
+    h.kubectl_ok(&[
+        "patch",
+        "conn",
+        "hris",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":true},"status":{"accountCount":1}}"#,
+    ])
+    .await;
+    let moved =
+        h.kubectl_ok(&["get", "conn", "hris", "-o", "jsonpath={.metadata.generation} {.status.accountCount}"]).await;
+    assert_eq!(moved, format!("{} 412", before.parse::<i64>().expect("a number") + 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_side_apply_works_and_records_the_manager() {
+    let h = Harness::start().await;
+    h.install_crds().await;
+    let file = repo("examples/connections/github.yaml").display().to_string();
+    let out = h.kubectl_ok(&["apply", "--server-side", "-f", &file]).await;
+    assert!(out.contains("connection.idsync.dev/github serverside-applied"), "{out}");
+    let managers = h
+        .kubectl_ok(&[
+            "get",
+            "conn",
+            "github",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}",
+        ])
+        .await;
+    assert!(managers.contains("kubectl"), "{managers}");
+    // Applying again with a changed field updates it.
+    let changed = std::fs::read_to_string(&file).expect("example").replace("pageSize: 100", "pageSize: 50");
+    let changed_path = h.dir.path().join("github.yaml");
+    std::fs::write(&changed_path, changed).expect("write");
+    h.kubectl_ok(&["apply", "--server-side", "-f", &changed_path.display().to_string()]).await;
+    let size = h.kubectl_ok(&["get", "conn", "github", "-o", "jsonpath={.spec.pageSize}"]).await;
+    assert_eq!(size, "50");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_watch_sees_a_change_made_by_another_client() {
+    let h = with_examples().await;
+    let mut watch = h
+        .kubectl_command()
+        .args(["get", "conn", "--watch", "-o", r#"jsonpath={.metadata.name}={.status.accountCount}{"\n"}"#])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl watch starts");
+    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    // The initial state arrives first.
+    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.expect("initial list");
+    assert!(first.expect("readable").is_some());
+
+    let api: Api<Connection> = Api::namespaced(h.client.clone(), "default");
+    api.patch_status("okta-prod", &PatchParams::default(), &Patch::Merge(json!({"status": {"accountCount": 4242}})))
+        .await
+        .expect("status patch");
+    let seen = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line == "okta-prod=4242" {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(seen, Ok(true), "kubectl --watch did not print the change");
+    let _ = watch.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_delete_waits_for_the_last_finalizer() {
+    let h = with_examples().await;
+    h.kubectl_ok(&[
+        "patch",
+        "conn",
+        "entra",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["idsync.dev/cleanup"]}}"#,
+    ])
+    .await;
+    let mut delete = h
+        .kubectl_command()
+        .args(["delete", "conn", "entra", "--timeout=30s"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    // Marked for deletion but still there while the finalizer remains.
+    let marked = eventually(Duration::from_secs(10), || async {
+        let out = h.kubectl(&["get", "conn", "entra", "-o", "jsonpath={.metadata.deletionTimestamp}"]).await;
+        (!String::from_utf8_lossy(&out.stdout).is_empty()).then_some(())
+    })
+    .await;
+    assert!(marked.is_some(), "deletionTimestamp was not set");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(delete.try_wait().expect("poll").is_none(), "kubectl delete returned before the finalizer was removed");
+
+    let api: Api<Connection> = Api::namespaced(h.client.clone(), "default");
+    api.patch("entra", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .expect("finalizer removed");
+    let status = tokio::time::timeout(Duration::from_secs(20), delete.wait())
+        .await
+        .expect("kubectl delete finishes")
+        .expect("exit");
+    assert!(status.success());
+    let gone = h.kubectl(&["get", "conn", "entra"]).await;
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("NotFound"), "{}", String::from_utf8_lossy(&gone.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_manifest_is_refused_naming_the_field() {
+    let h = Harness::start().await;
+    h.install_crds().await;
+    for (file, field) in [
+        ("tests/invalid/connection-delete-percent-over-100.yaml", "spec.importSafeguard.maxDeletePercent"),
+        ("tests/invalid/resync-confirm-deletes-for-all.yaml", "spec.confirmDeletes"),
+        ("tests/invalid/connection-misspelled-field.yaml", "spec.pagesize"),
+    ] {
+        let out = h.kubectl(&["apply", "-f", &repo(file).display().to_string()]).await;
+        assert!(!out.status.success(), "{file} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(field), "{file}: kubectl said {stderr:?}");
+    }
+    // The immutable ResyncRequest spec.
+    h.kubectl_ok(&["apply", "-f", &repo("examples/resync/all-connections.yaml").display().to_string()]).await;
+    let out = h.kubectl(&["patch", "rr", "resync-all", "--type=merge", "-p", r#"{"spec":{"mode":"Full"}}"#]).await;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("spec is immutable"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_describe_shows_the_events_idsync_records() {
+    let h = with_examples().await;
+    let connections: Api<Connection> = Api::namespaced(h.client.clone(), "default");
+    let hris = connections.get("hris").await.expect("hris");
+    let event: Event = serde_json::from_value(json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": "hris.sync-1", "namespace": "default"},
+        "eventTime": "2026-11-22T02:00:00.000000Z",
+        "regarding": {"apiVersion": "idsync.dev/v1alpha1", "kind": "Connection", "name": "hris", "namespace": "default",
+                      "uid": hris.metadata.uid.clone().expect("uid")},
+        "reason": "SyncSucceeded", "note": "created 4, updated 0, deleted 0, unchanged 0", "type": "Normal",
+        "action": "Sync", "reportingController": "idsync.dev/operator", "reportingInstance": "idsync-0"
+    }))
+    .expect("an Event");
+    let events: Api<Event> = Api::namespaced(h.client.clone(), "default");
+    events.create(&PostParams::default(), &event).await.expect("event recorded");
+    let out = h.kubectl_ok(&["describe", "connection", "hris"]).await;
+    let events_section = out.split("Events:").nth(1).unwrap_or_else(|| panic!("no Events section:\n{out}"));
+    assert!(events_section.contains("SyncSucceeded"), "{out}");
+    assert!(events_section.contains("created 4, updated 0"), "{out}");
+    assert!(events_section.contains("idsync.dev/operator"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_without_the_token_is_unauthorized() {
+    let h = Harness::start().await;
+    let kubeconfig = std::fs::read_to_string(h.kubeconfig()).expect("kubeconfig");
+    let token_line = kubeconfig.lines().find(|l| l.trim_start().starts_with("token:")).expect("token line").to_string();
+    let wrong = kubeconfig.replace(&token_line, "    token: not-the-token");
+    let path = h.dir.path().join("wrong-kubeconfig");
+    std::fs::write(&path, wrong).expect("write");
+    let out = h.kubectl(&["--kubeconfig", &path.display().to_string(), "get", "namespaces"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Unauthorized") || stderr.contains("provide credentials"), "{stderr}");
+    let ok = h.kubectl_ok(&["get", "namespaces", "-o", "name"]).await;
+    assert!(ok.contains("namespace/default"), "{ok}");
+}
