@@ -29,8 +29,7 @@ pub fn now_rfc3339() -> String {
     Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// The finalizer a real API server would need here, e.g. for objects of a
-/// namespace being deleted, is not modelled; see the module docs.
+/// An object's labels, for label selectors.
 fn labels_of(object: &Value) -> BTreeMap<String, String> {
     object
         .pointer("/metadata/labels")
@@ -54,11 +53,7 @@ fn meta_mut(object: &mut Value) -> &mut Map<String, Value> {
 }
 
 /// The stored object in the shape of the requested version.
-pub fn present_for(rt: &ResourceType, stored: &Value) -> Value {
-    present(rt, stored)
-}
-
-fn present(rt: &ResourceType, stored: &Value) -> Value {
+pub fn present(rt: &ResourceType, stored: &Value) -> Value {
     let mut out = if rt.is_event() { events::for_version(stored, &rt.api_version()) } else { stored.clone() };
     out["apiVersion"] = Value::String(rt.api_version());
     out["kind"] = Value::String(rt.kind.clone());
@@ -445,7 +440,7 @@ fn write(
     }
 
     // Admission.
-    object = admit(state, rt, &name, object, old.as_ref(), q)?;
+    object = admit(rt, &name, object, old.as_ref(), q)?;
 
     // Generation moves on changes outside metadata (and outside status when
     // status is a subresource).
@@ -532,14 +527,7 @@ fn storage_api_version(rt: &ResourceType) -> String {
 }
 
 /// Schema admission for custom resources, and the checks built-in kinds get.
-fn admit(
-    state: &State,
-    rt: &ResourceType,
-    name: &str,
-    object: Value,
-    old: Option<&Value>,
-    q: &Query,
-) -> Result<Value, ApiError> {
+fn admit(rt: &ResourceType, name: &str, object: Value, old: Option<&Value>, q: &Query) -> Result<Value, ApiError> {
     let mode = q.field_validation()?;
     if let Some(validator) = &rt.validator {
         return validator.admit(object, old, mode).map(|admitted| admitted.object).map_err(|invalid| {
@@ -597,7 +585,6 @@ fn admit(
                     )],
                 ));
             }
-            let _ = state;
         }
         "Secret" => {
             merge_string_data(&mut object);

@@ -204,5 +204,5 @@ impl Watcher {
 }
 
 fn api_present(t: &Target, stored: &Value) -> Value {
-    api::present_for(&t.rt, stored)
+    api::present(&t.rt, stored)
 }

@@ -1,0 +1,76 @@
+//! `idsync dev` from the outside, as a newcomer runs it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn idsync_dev_serves_the_examples_to_kubectl_and_stops_cleanly_on_ctrl_c() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_idsync"))
+        .args(["dev", "--apply"])
+        .arg(&examples)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("idsync dev starts");
+    let stdout = dev.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut printed = Vec::new();
+    while !printed.iter().any(|l: &String| l.contains("Press Ctrl-C to stop")) {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(remaining) {
+            Ok(line) => printed.push(line),
+            Err(_) => {
+                let _ = dev.kill();
+                panic!("idsync dev did not come up; it printed: {printed:?}");
+            }
+        }
+    }
+    let text = printed.join("\n");
+    assert!(text.contains(&format!("kubectl --kubeconfig {} get idsync", kubeconfig.display())), "{text}");
+
+    let kubectl = |args: &[&str]| {
+        Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .env("KUBECACHEDIR", dir.path().join("cache"))
+            .output()
+            .expect("kubectl runs")
+    };
+    let out = kubectl(&["get", "idsync", "-A"]);
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for expected in ["okta-prod", "employees", "resync-all", "PROVIDER", "PHASE", "IDENTITIES"] {
+        assert!(listed.contains(expected), "{expected} missing from:\n{listed}");
+    }
+
+    let pid = dev.id().to_string();
+    let signalled = Command::new("kill").args(["-INT", &pid]).status().expect("kill runs");
+    assert!(signalled.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = dev.try_wait().expect("poll") {
+            assert!(status.success(), "idsync dev exited with {status}");
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = dev.kill();
+            panic!("idsync dev did not stop on Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
