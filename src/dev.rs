@@ -95,14 +95,15 @@ fn describe(error: kube::Error) -> String {
     }
 }
 
-/// What a person can type next.
-pub fn next_steps(kubeconfig: &Path) -> String {
+/// What a person can type next, naming a Connection that was applied.
+pub fn next_steps(kubeconfig: &Path, docs: &[Document]) -> String {
     let k = kubeconfig.display();
+    let connection = docs.iter().find(|d| d.kind() == "Connection").map(|d| d.name()).unwrap_or("NAME");
     format!(
         "idsync dev is running. Try:\n\
          \x20 kubectl --kubeconfig {k} get idsync\n\
          \x20 kubectl --kubeconfig {k} get connections\n\
-         \x20 kubectl --kubeconfig {k} describe connection hris\n\
+         \x20 kubectl --kubeconfig {k} describe connection {connection}\n\
          \x20 kubectl --kubeconfig {k} apply -f examples/resync/all-connections.yaml\n\
          Press Ctrl-C to stop.\n"
     )

@@ -1,8 +1,14 @@
 //! idsync: a Kubernetes operator that keeps identity and account data in sync
 //! with a company's connected systems.
 
+pub mod account;
 pub mod api;
+pub mod connectors;
+pub mod controller;
 pub mod dev;
 pub mod devcluster;
 pub mod manifest;
 pub mod schema;
+pub mod store;
+pub mod sync;
+pub mod tls;

@@ -37,6 +37,19 @@ enum Command {
         /// Where to write the kubeconfig.
         #[arg(long, default_value = ".idsync/kubeconfig")]
         kubeconfig: PathBuf,
+        /// Where the store lives; a fresh temporary folder when unset.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run the operator against the cluster of the current kubeconfig (or
+    /// in-cluster configuration).
+    Run {
+        /// Where the store (SQLite) lives.
+        #[arg(long, env = "IDSYNC_DATA_DIR", default_value = "/var/lib/idsync", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Syncs running at once, over all connections.
+        #[arg(long, env = "IDSYNC_MAX_CONCURRENT_SYNCS", default_value_t = 4)]
+        max_concurrent_syncs: usize,
     },
 }
 
@@ -45,7 +58,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crds => print_crds(),
         Command::Validate { paths } => validate(&paths),
-        Command::Dev { apply, port, kubeconfig } => run_async(dev(apply, port, kubeconfig)),
+        Command::Dev { apply, port, kubeconfig, data_dir } => run_async(dev(apply, port, kubeconfig, data_dir)),
+        Command::Run { data_dir, max_concurrent_syncs } => run_async(run(data_dir, max_concurrent_syncs)),
     };
     match result {
         Ok(code) => code,
@@ -69,20 +83,109 @@ fn init_tracing() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-async fn dev(apply: Vec<PathBuf>, port: u16, kubeconfig: PathBuf) -> anyhow::Result<ExitCode> {
+/// Opens the store and starts the controllers; returns when `shutdown` fires.
+async fn operate(
+    client: kube::Client,
+    data_dir: &std::path::Path,
+    config: idsync::controller::Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let path = data_dir.join("idsync.db");
+    let store =
+        idsync::store::SqliteStore::open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
+    let store: std::sync::Arc<dyn idsync::store::Store> = std::sync::Arc::new(store);
+    let ctx =
+        idsync::controller::Context::new(client, store, std::sync::Arc::new(idsync::controller::SystemClock), config);
+    tracing::info!(identity = %ctx.config.identity, store = %path.display(), "operator running");
+    idsync::controller::run(ctx, shutdown).await;
+    Ok(())
+}
+
+async fn run(data_dir: PathBuf, max_concurrent_syncs: usize) -> anyhow::Result<ExitCode> {
+    idsync::tls::install_crypto_provider();
+    let client = kube::Client::try_default().await.context("cannot reach the Kubernetes API")?;
+    let config = idsync::controller::Config { max_concurrent_syncs, ..Default::default() };
+    operate(client, &data_dir, config, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or SIGTERM (what Kubernetes sends a terminating Pod).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+async fn dev(
+    apply: Vec<PathBuf>,
+    port: u16,
+    kubeconfig: PathBuf,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    idsync::tls::install_crypto_provider();
     let docs = idsync::dev::load_folders(&apply)?;
     let config = idsync::devcluster::Config { port, kubeconfig: Some(kubeconfig.clone()), ..Default::default() };
     let mut cluster = idsync::devcluster::DevCluster::start(config).await?;
     tracing::info!(url = %cluster.url(), kubeconfig = %kubeconfig.display(), "devcluster serving");
     let client = cluster.client()?;
     idsync::dev::install_crds(&client).await?;
+    let temporary = tempfile_dir()?;
+    let data_dir = data_dir.unwrap_or_else(|| temporary.clone());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let operator = tokio::spawn({
+        let client = client.clone();
+        let data_dir = data_dir.clone();
+        async move {
+            operate(client, &data_dir, idsync::controller::Config::default(), async {
+                let _ = stop_rx.await;
+            })
+            .await
+        }
+    });
     let applied = idsync::dev::apply_documents(&client, &docs, "default").await?;
     tracing::info!(applied, "manifests applied");
-    print!("{}", idsync::dev::next_steps(&kubeconfig));
-    tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
-    tracing::info!("shutting down");
+    print!("{}", idsync::dev::next_steps(&kubeconfig, &docs));
+    shutdown_signal().await;
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(std::time::Duration::from_secs(15), operator).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(e)) => tracing::warn!(error = %e, "the operator task failed"),
+        Err(_) => tracing::warn!("the operator did not stop within 15 s"),
+    }
     cluster.stop();
+    let _ = std::fs::remove_dir_all(&temporary);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A fresh folder for a throwaway store.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("idsync-dev-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    )
 }
 
 fn print_crds() -> anyhow::Result<ExitCode> {

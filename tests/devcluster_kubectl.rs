@@ -29,7 +29,9 @@ async fn kubectl_applies_the_crds_and_every_example_and_lists_them_with_columns(
     let hris = out.lines().find(|l| l.starts_with("hris ")).expect("hris listed");
     let cells: Vec<&str> = hris.split_whitespace().collect();
     assert_eq!(&cells[..3], &["hris", "csv", "HRIS"], "{hris}");
-    assert_eq!(out.lines().count(), 1 + 7, "{out}");
+    let examples = idsync::manifest::load_dir(&repo("examples")).expect("examples");
+    let connections = examples.iter().filter(|d| d.kind() == "Connection").count();
+    assert_eq!(out.lines().count(), 1 + connections, "{out}");
 
     let all = h.kubectl_ok(&["get", "idsync", "-A"]).await;
     for name in [

@@ -285,3 +285,20 @@ async fn a_server_side_apply_conflict_is_reported_unless_forced() {
         api.patch("owned", &PatchParams::apply("pipeline-b").force(), &Patch::Apply(&second)).await.expect("forced");
     assert_eq!(forced.data.expect("data").get("mode").map(String::as_str), Some("Full"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_json_patch_test_of_a_missing_path_against_null_passes_as_on_a_real_server() {
+    let h = Harness::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(h.client.clone(), "default");
+    api.create(&PostParams::default(), &cm("f", &[])).await.expect("create");
+    let ops: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/finalizers", "value": null},
+        {"op": "add", "path": "/metadata/finalizers", "value": ["example.com/x"]}
+    ]))
+    .expect("ops");
+    let patched = api.patch("f", &PatchParams::default(), &Patch::<()>::Json(ops)).await.expect("patched");
+    assert_eq!(patched.metadata.finalizers, Some(vec!["example.com/x".to_string()]));
+    let failing: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "test", "path": "/metadata/name", "value": "other"}])).expect("ops");
+    assert!(api.patch("f", &PatchParams::default(), &Patch::<()>::Json(failing)).await.is_err());
+}

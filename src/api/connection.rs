@@ -341,8 +341,9 @@ pub struct CsvSettings {
     /// The column holding each row's immutable id (e.g. the employee id).
     #[schemars(length(min = 1, max = 256))]
     pub id_column: String,
-    /// Which columns fill the account fields. Every other column is kept as
-    /// an attribute under its own name.
+    /// Which columns fill the account fields. Every column but the id
+    /// column is also kept as an attribute under its own name, with its raw
+    /// value, so identity mappings can read any of them.
     #[serde(default)]
     pub columns: CsvColumns,
     /// The field separator: one character.

@@ -298,6 +298,20 @@ pub fn patch(
         "application/json-patch+json" => {
             let ops: json_patch::Patch = serde_json::from_slice(body)
                 .map_err(|e| ApiError::bad_request(format!("the body of the request could not be decoded: {e}")))?;
+            // As on the API server (evanphx/json-patch), a `test` of a
+            // missing path against null passes: kube-runtime's finalizer
+            // helper relies on it to add the first finalizer.
+            let ops = json_patch::Patch(
+                ops.0
+                    .into_iter()
+                    .filter(|op| match op {
+                        json_patch::PatchOperation::Test(t) => {
+                            !(t.value.is_null() && doc.pointer(t.path.as_str()).is_none())
+                        }
+                        _ => true,
+                    })
+                    .collect(),
+            );
             json_patch::patch(&mut doc, &ops)
                 .map_err(|e| ApiError::new(422, "Invalid", format!("the JSON patch could not be applied: {e}")))?;
         }

@@ -2,6 +2,9 @@
 //! and the real kubectl pointed at it.
 #![allow(dead_code)]
 
+pub mod csv_server;
+pub mod operator;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;

@@ -1,0 +1,1143 @@
+//! The `csv` provider: an export (usually from an HR system) held in a
+//! ConfigMap key, a Secret key or at a URL.
+//!
+//! - The first row is the header: a UTF-8 byte order mark is dropped and the
+//!   names are trimmed. `idColumn` and every mapped column must be in it.
+//! - Every row needs as many fields as the header, valid UTF-8, and an id
+//!   (trimmed, non-empty) unique within the file. The first row that breaks a
+//!   rule fails the whole read with its 1-based line number in the file
+//!   (`line 7: 5 fields, the header has 6`); a row spanning several lines
+//!   (a quoted field with newlines) is reported on the line it starts on.
+//! - The id and the mapped account fields (username, email, displayName) are
+//!   trimmed; an empty cell leaves the field unset. `enabled` is true for
+//!   `true`, `yes`, `1`, `active` and `enabled` (any case), false for anything
+//!   else, and true for every account without an enabled column. Groups are
+//!   split on `groupsSeparator`, trimmed, empties dropped.
+//! - **Attributes**: every named column except the id column is kept as a
+//!   string attribute under its header name, verbatim (empty cells as `""`),
+//!   the mapped columns included, so identity mappings can read any column
+//!   (e.g. the raw status behind `enabled`). Columns without a name (a
+//!   trailing delimiter) are ignored.
+//! - A URL source is read as it streams: only the rows of the page being
+//!   built (and the rest of the current network chunk) are in memory. A
+//!   connection that breaks mid-body fails the read on the page being built;
+//!   it is not retried, since the earlier pages are already out (the next
+//!   sync reads the export again).
+//!
+//! The export is always read whole: no deltas, no cursor.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use ::csv::ByteRecord;
+use reqwest::header::{ACCEPT, HeaderValue};
+use serde_json::Value;
+
+use super::http::{HttpClient, HttpSettings, Request, Response, parse_url};
+use super::{Capabilities, Connector, ConnectorError, Page, ProviderInputs, ReadKind, ReadPlan};
+use crate::account::Account;
+use crate::api::SyncMode;
+use crate::api::connection::{ConnectionSpec, CsvSettings};
+
+/// How much of an in-memory export is parsed at a time.
+const DATA_CHUNK: usize = 64 * 1024;
+/// The longest record accepted: past it, the rest of the export is most
+/// likely inside a quoted field that is never closed.
+const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+const TRUTHY: [&str; 5] = ["true", "yes", "1", "active", "enabled"];
+const DELTA_REASON: &str = "the csv provider always reads the whole export";
+
+/// The checked settings of one csv Connection.
+#[derive(Debug)]
+struct Settings {
+    id_column: String,
+    username: Option<String>,
+    email: Option<String>,
+    display_name: Option<String>,
+    enabled: Option<String>,
+    groups: Option<String>,
+    delimiter: u8,
+    groups_separator: String,
+    page_size: usize,
+}
+
+enum Source {
+    Data(Arc<[u8]>),
+    Url { client: HttpClient, url: reqwest::Url, token: Option<String> },
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Data(data) => write!(f, "Data({} bytes)", data.len()),
+            Source::Url { url, token, .. } => f
+                .debug_struct("Url")
+                .field("url", &super::http::display_url(url))
+                .field("token", &token.as_ref().map(|_| "[REDACTED]"))
+                .finish(),
+        }
+    }
+}
+
+/// The csv connector.
+#[derive(Debug)]
+pub struct CsvConnector {
+    settings: Arc<Settings>,
+    source: Source,
+    reading: Option<Reading>,
+    /// How much of an in-memory export is parsed at a time (tests vary it).
+    data_chunk: usize,
+}
+
+fn config(field: &str, message: impl Into<String>) -> ConnectorError {
+    ConnectorError::Config { field: field.to_string(), message: message.into() }
+}
+
+impl CsvConnector {
+    /// A connector with the HTTP settings the Connection asks for.
+    pub fn new(spec: &ConnectionSpec, csv: &CsvSettings, inputs: ProviderInputs) -> Result<Self, ConnectorError> {
+        Self::with_http_settings(spec, csv, inputs, HttpSettings::from_spec(spec))
+    }
+
+    /// A connector with explicit HTTP settings (used for URL sources only).
+    pub fn with_http_settings(
+        spec: &ConnectionSpec,
+        csv: &CsvSettings,
+        inputs: ProviderInputs,
+        http: HttpSettings,
+    ) -> Result<Self, ConnectorError> {
+        let delimiter = match csv.delimiter.as_bytes() {
+            [b] if b.is_ascii() && !matches!(b, b'"' | b'\r' | b'\n') => *b,
+            _ => {
+                return Err(config(
+                    "spec.provider.csv.delimiter",
+                    format!(
+                        "{:?} is not a usable delimiter: use one ASCII character other than a quote or a line break",
+                        csv.delimiter
+                    ),
+                ));
+            }
+        };
+        if csv.groups_separator.is_empty() {
+            return Err(config("spec.provider.csv.groupsSeparator", "must not be empty"));
+        }
+        let id_column = csv.id_column.trim().to_string();
+        if id_column.is_empty() {
+            return Err(config("spec.provider.csv.idColumn", "must name a column"));
+        }
+        let column = |name: &str, value: &Option<String>| -> Result<Option<String>, ConnectorError> {
+            match value.as_deref().map(str::trim) {
+                None => Ok(None),
+                Some("") => Err(config(&format!("spec.provider.csv.columns.{name}"), "must name a column")),
+                Some(column) => Ok(Some(column.to_string())),
+            }
+        };
+        let settings = Settings {
+            username: column("username", &csv.columns.username)?,
+            email: column("email", &csv.columns.email)?,
+            display_name: column("displayName", &csv.columns.display_name)?,
+            enabled: column("enabled", &csv.columns.enabled)?,
+            groups: column("groups", &csv.columns.groups)?,
+            id_column,
+            delimiter,
+            groups_separator: csv.groups_separator.clone(),
+            page_size: spec.page_size.max(1) as usize,
+        };
+
+        let src = &csv.source;
+        let set = [src.config_map_key_ref.is_some(), src.secret_key_ref.is_some(), src.url.is_some()];
+        if set.iter().filter(|s| **s).count() != 1 {
+            return Err(config(
+                "spec.provider.csv.source",
+                "exactly one of configMapKeyRef, secretKeyRef or url must be set",
+            ));
+        }
+        let source = if let Some(url) = &src.url {
+            let url = parse_url(url, "spec.provider.csv.source.url")?;
+            let token = inputs.secret_text("token")?;
+            Source::Url { client: HttpClient::new(http)?, url, token }
+        } else {
+            let (field, kind, reference) = match (&src.config_map_key_ref, &src.secret_key_ref) {
+                (Some(r), _) => ("spec.provider.csv.source.configMapKeyRef", "ConfigMap", r),
+                (_, Some(r)) => ("spec.provider.csv.source.secretKeyRef", "Secret", r),
+                _ => unreachable!("exactly one source is set"),
+            };
+            let data = inputs.csv_data.ok_or_else(|| {
+                config(
+                    field,
+                    format!("no content was supplied for key \"{}\" of {kind} \"{}\"", reference.key, reference.name),
+                )
+            })?;
+            Source::Data(data.into())
+        };
+        Ok(CsvConnector { settings: Arc::new(settings), source, reading: None, data_chunk: DATA_CHUNK })
+    }
+
+    async fn open(&mut self) -> Result<Reading, ConnectorError> {
+        let input = match &self.source {
+            Source::Data(data) => Input::Data { data: data.clone(), offset: 0, chunk: self.data_chunk.max(1) },
+            Source::Url { client, url, token } => {
+                let mut request = Request::get(url.clone()).header(ACCEPT, HeaderValue::from_static("text/csv, */*"));
+                if let Some(token) = token {
+                    request = request.bearer_auth(token)?;
+                }
+                Input::Http(Box::new(client.send(&request, None).await?))
+            }
+        };
+        let mut reading = Reading::new(input, self.settings.clone());
+        reading.fill(0, None).await?;
+        if reading.mapper.layout.is_none() {
+            return Err(reading.error.take().unwrap_or_else(|| ConnectorError::Source {
+                page: None,
+                message: "the export is empty: it has no header line".to_string(),
+            }));
+        }
+        Ok(reading)
+    }
+
+    async fn page(&mut self) -> Result<Option<Page>, ConnectorError> {
+        let page_size = self.settings.page_size;
+        let Some(reading) = self.reading.as_mut() else {
+            return Err(ConnectorError::Source {
+                page: None,
+                message: "no read in progress: it failed, or begin was not called".to_string(),
+            });
+        };
+        if reading.done {
+            return Ok(None);
+        }
+        let number = reading.next_number;
+        if let Err(error) = reading.fill(page_size, Some(number)).await {
+            self.reading = None;
+            return Err(error);
+        }
+        let full = reading.pending.len() >= page_size;
+        if full || (!reading.pending.is_empty() && reading.error.is_none()) {
+            let take = page_size.min(reading.pending.len());
+            let accounts: Vec<Account> = reading.pending.drain(..take).collect();
+            reading.next_number += 1;
+            return Ok(Some(Page { number, accounts, deleted: Vec::new() }));
+        }
+        if let Some(error) = reading.error.take() {
+            self.reading = None;
+            return Err(error.with_page(Some(number)));
+        }
+        reading.done = true;
+        Ok(None)
+    }
+}
+
+impl Connector for CsvConnector {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { delta: false, delta_deletions: false, groups: self.settings.groups.is_some() }
+    }
+
+    fn begin<'a>(
+        &'a mut self,
+        mode: SyncMode,
+        _cursor: Option<&'a str>,
+    ) -> futures::future::BoxFuture<'a, Result<ReadPlan, ConnectorError>> {
+        Box::pin(async move {
+            self.reading = None;
+            self.reading = Some(self.open().await?);
+            let reason = match mode {
+                SyncMode::Delta => Some(DELTA_REASON.to_string()),
+                SyncMode::Full => None,
+            };
+            Ok(ReadPlan { kind: ReadKind::Full, reason })
+        })
+    }
+
+    fn next_page(&mut self) -> futures::future::BoxFuture<'_, Result<Option<Page>, ConnectorError>> {
+        Box::pin(self.page())
+    }
+
+    fn cursor(&self) -> Option<String> {
+        None
+    }
+}
+
+enum Input {
+    Data { data: Arc<[u8]>, offset: usize, chunk: usize },
+    Http(Box<Response>),
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Input::Data { data, offset, .. } => write!(f, "Data({offset}/{} bytes)", data.len()),
+            Input::Http(response) => response.fmt(f),
+        }
+    }
+}
+
+/// One read in progress.
+#[derive(Debug)]
+struct Reading {
+    input: Input,
+    splitter: Splitter,
+    mapper: Mapper,
+    /// Accounts parsed and not yet handed out, in file order.
+    pending: VecDeque<Account>,
+    /// The first bad row (or header), raised once `pending` is handed out.
+    error: Option<ConnectorError>,
+    eof: bool,
+    next_number: u64,
+    done: bool,
+    max_record: usize,
+}
+
+impl Reading {
+    fn new(input: Input, settings: Arc<Settings>) -> Self {
+        Reading {
+            input,
+            splitter: Splitter::new(settings.delimiter),
+            mapper: Mapper { settings, layout: None, seen: HashMap::new() },
+            pending: VecDeque::new(),
+            error: None,
+            eof: false,
+            next_number: 1,
+            done: false,
+            max_record: MAX_RECORD_BYTES,
+        }
+    }
+
+    /// Reads until the header is known and `want` accounts are pending, or
+    /// until the end of the export or its first bad row. Errors of the input
+    /// itself (a broken connection) are returned, placed on `page`.
+    async fn fill(&mut self, want: usize, page: Option<u64>) -> Result<(), ConnectorError> {
+        while self.error.is_none() && !self.eof && (self.mapper.layout.is_none() || self.pending.len() < want) {
+            let more = match &mut self.input {
+                Input::Data { data, offset, chunk } => {
+                    let end = (*offset + *chunk).min(data.len());
+                    let more = *offset < end;
+                    self.splitter.buf.extend_from_slice(&data[*offset..end]);
+                    *offset = end;
+                    more
+                }
+                Input::Http(response) => {
+                    response.set_page(page);
+                    match response.chunk().await? {
+                        Some(bytes) => {
+                            self.splitter.buf.extend_from_slice(&bytes);
+                            true
+                        }
+                        None => false,
+                    }
+                }
+            };
+            self.eof = !more;
+            self.process();
+            if self.error.is_none() && self.splitter.buf.len() > self.max_record {
+                self.error = Some(source_error(
+                    self.splitter.record_line,
+                    format!(
+                        "the record starting on this line is longer than {} bytes (a quoted field that is never closed?)",
+                        self.max_record
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses the complete records in the buffer (all of it at the end).
+    fn process(&mut self) {
+        let Some(batch) = self.splitter.complete(self.eof) else {
+            return;
+        };
+        let mut reader = ::csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .delimiter(self.splitter.delimiter)
+            .from_reader(&self.splitter.buf[..batch.end]);
+        let mut record = ByteRecord::new();
+        loop {
+            match reader.read_byte_record(&mut record) {
+                Ok(false) => break,
+                Ok(true) => {
+                    // The splitter saw the same records, in the same order.
+                    let line = self.splitter.starts.pop_front().unwrap_or(self.splitter.record_line);
+                    if let Err(error) = self.mapper.take(&record, line, &mut self.pending) {
+                        self.error = Some(error);
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let line = self.splitter.starts.front().copied().unwrap_or(self.splitter.record_line);
+                    self.error = Some(source_error(line, e.to_string()));
+                    return;
+                }
+            }
+        }
+        if let Some(line) = batch.unclosed_quote_line {
+            self.error = Some(source_error(
+                line,
+                "a quoted field starts on this line and is not closed before the end of the export",
+            ));
+            return;
+        }
+        self.splitter.consume(batch.end);
+    }
+}
+
+fn source_error(line: u64, message: impl std::fmt::Display) -> ConnectorError {
+    ConnectorError::Source { page: None, message: format!("line {line}: {message}") }
+}
+
+/// Where the CSV parser is within a record, to find record boundaries in a
+/// stream before parsing. It follows the `csv` crate's own parser for the
+/// settings used here (double quotes, `""` escapes, CR, LF or CRLF line
+/// ends), so a boundary found here is one the parser agrees with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SplitState {
+    RecordStart,
+    FieldStart,
+    Unquoted,
+    Quoted,
+    QuoteInQuoted,
+}
+
+/// A batch of complete records at the start of the buffer.
+struct Batch {
+    /// The records end here.
+    end: usize,
+    /// At the end of the export: the line of a last record whose quoted
+    /// field is never closed.
+    unclosed_quote_line: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Splitter {
+    delimiter: u8,
+    /// Unparsed bytes.
+    buf: Vec<u8>,
+    bom_checked: bool,
+    /// How far `buf` has been scanned.
+    scanned: usize,
+    state: SplitState,
+    /// The end of the last complete record in `buf`.
+    boundary: usize,
+    /// The line of `buf[scanned]`, from 1.
+    line: u64,
+    /// The line the record being scanned starts on.
+    record_line: u64,
+    /// The lines of the records scanned and not yet parsed, in order. (The
+    /// `csv` crate's own positions are a line early after a CR LF.)
+    starts: VecDeque<u64>,
+}
+
+impl Splitter {
+    fn new(delimiter: u8) -> Self {
+        Splitter {
+            delimiter,
+            buf: Vec::new(),
+            bom_checked: false,
+            scanned: 0,
+            state: SplitState::RecordStart,
+            boundary: 0,
+            line: 1,
+            record_line: 1,
+            starts: VecDeque::new(),
+        }
+    }
+
+    /// Scans what arrived and says which part of the buffer holds complete
+    /// records (at the end of the export: all of it), if any.
+    fn complete(&mut self, eof: bool) -> Option<Batch> {
+        if !self.bom_checked {
+            if self.buf.len() < BOM.len() && !eof && BOM.starts_with(&self.buf) {
+                return None;
+            }
+            if self.buf.starts_with(BOM) {
+                self.buf.drain(..BOM.len());
+            }
+            self.bom_checked = true;
+        }
+        use SplitState::*;
+        let delimiter = self.delimiter;
+        for (i, &b) in self.buf.iter().enumerate().skip(self.scanned) {
+            let line_end = b == b'\n' || b == b'\r';
+            self.state = match (self.state, b) {
+                (RecordStart, _) if line_end => {
+                    self.boundary = i + 1;
+                    RecordStart
+                }
+                (RecordStart, _) => {
+                    self.record_line = self.line;
+                    self.starts.push_back(self.line);
+                    match b {
+                        b'"' => Quoted,
+                        _ if b == delimiter => FieldStart,
+                        _ => Unquoted,
+                    }
+                }
+                (Quoted, b'"') => QuoteInQuoted,
+                (Quoted, _) => Quoted,
+                (QuoteInQuoted, b'"') => Quoted,
+                (FieldStart | Unquoted | QuoteInQuoted, _) if line_end => {
+                    self.boundary = i + 1;
+                    RecordStart
+                }
+                (FieldStart | Unquoted | QuoteInQuoted, _) if b == delimiter => FieldStart,
+                (FieldStart, b'"') => Quoted,
+                (FieldStart | Unquoted | QuoteInQuoted, _) => Unquoted,
+            };
+            if b == b'\n' {
+                self.line += 1;
+            }
+        }
+        self.scanned = self.buf.len();
+        let unclosed = eof && self.state == Quoted;
+        let end = if eof && !unclosed { self.buf.len() } else { self.boundary };
+        if end == 0 && !unclosed {
+            return None;
+        }
+        Some(Batch { end, unclosed_quote_line: unclosed.then_some(self.record_line) })
+    }
+
+    /// Drops the first `end` bytes, parsed.
+    fn consume(&mut self, end: usize) {
+        self.buf.drain(..end);
+        self.scanned -= end;
+        self.boundary = self.boundary.saturating_sub(end);
+    }
+}
+
+/// Turns records into accounts.
+#[derive(Debug)]
+struct Mapper {
+    settings: Arc<Settings>,
+    layout: Option<Layout>,
+    /// Ids seen so far, with their line.
+    seen: HashMap<String, u64>,
+}
+
+/// Where each field is, from the header.
+#[derive(Debug)]
+struct Layout {
+    names: Vec<String>,
+    id: usize,
+    username: Option<usize>,
+    email: Option<usize>,
+    display_name: Option<usize>,
+    enabled: Option<usize>,
+    groups: Option<usize>,
+    /// Columns kept as attributes: every named one but the id column.
+    attributes: Vec<usize>,
+}
+
+impl Mapper {
+    fn take(&mut self, record: &ByteRecord, line: u64, pending: &mut VecDeque<Account>) -> Result<(), ConnectorError> {
+        match &self.layout {
+            None => {
+                self.layout = Some(self.header(record, line)?);
+                Ok(())
+            }
+            Some(layout) => {
+                let account = self.row(layout, record, line)?;
+                if let Some(first) = self.seen.get(&account.id) {
+                    return Err(source_error(
+                        line,
+                        format!("id \"{}\" appears again (first on line {first})", account.id),
+                    ));
+                }
+                self.seen.insert(account.id.clone(), line);
+                pending.push_back(account);
+                Ok(())
+            }
+        }
+    }
+
+    fn header(&self, record: &ByteRecord, line: u64) -> Result<Layout, ConnectorError> {
+        let mut names = Vec::with_capacity(record.len());
+        for (i, field) in record.iter().enumerate() {
+            let name = std::str::from_utf8(field)
+                .map_err(|_| source_error(line, format!("the header's column {} is not valid UTF-8", i + 1)))?;
+            let name = name.trim().to_string();
+            if !name.is_empty() && names.contains(&name) {
+                return Err(source_error(line, format!("column \"{name}\" appears twice in the header")));
+            }
+            names.push(name);
+        }
+        let find = |field: &str, column: &str| -> Result<usize, ConnectorError> {
+            names.iter().position(|n| n == column).ok_or_else(|| {
+                let mut shown: Vec<String> =
+                    names.iter().filter(|n| !n.is_empty()).take(30).map(|n| format!("\"{n}\"")).collect();
+                if names.len() > 30 {
+                    shown.push("…".to_string());
+                }
+                config(
+                    field,
+                    format!(
+                        "column \"{column}\" is not in the export's header (line {line}), which has {}",
+                        shown.join(", ")
+                    ),
+                )
+            })
+        };
+        let s = &self.settings;
+        let optional = |name: &str, column: &Option<String>| -> Result<Option<usize>, ConnectorError> {
+            column.as_deref().map(|c| find(&format!("spec.provider.csv.columns.{name}"), c)).transpose()
+        };
+        let id = find("spec.provider.csv.idColumn", &s.id_column)?;
+        let layout = Layout {
+            id,
+            username: optional("username", &s.username)?,
+            email: optional("email", &s.email)?,
+            display_name: optional("displayName", &s.display_name)?,
+            enabled: optional("enabled", &s.enabled)?,
+            groups: optional("groups", &s.groups)?,
+            attributes: (0..names.len()).filter(|i| *i != id && !names[*i].is_empty()).collect(),
+            names,
+        };
+        Ok(layout)
+    }
+
+    fn row(&self, layout: &Layout, record: &ByteRecord, line: u64) -> Result<Account, ConnectorError> {
+        let expected = layout.names.len();
+        if record.len() != expected {
+            let fields = if record.len() == 1 { "field" } else { "fields" };
+            return Err(source_error(line, format!("{} {fields}, the header has {expected}", record.len())));
+        }
+        let mut cells: Vec<&str> = Vec::with_capacity(expected);
+        for (i, field) in record.iter().enumerate() {
+            let cell = std::str::from_utf8(field).map_err(|_| {
+                let name = &layout.names[i];
+                if name.is_empty() {
+                    source_error(line, format!("column {} is not valid UTF-8", i + 1))
+                } else {
+                    source_error(line, format!("column \"{name}\" is not valid UTF-8"))
+                }
+            })?;
+            cells.push(cell);
+        }
+        let id = cells[layout.id].trim();
+        if id.is_empty() {
+            return Err(source_error(line, format!("the id (column \"{}\") is empty", layout.names[layout.id])));
+        }
+        let text = |index: Option<usize>| index.map(|i| cells[i].trim()).filter(|v| !v.is_empty()).map(str::to_string);
+        let mut account = Account::new(id);
+        account.username = text(layout.username);
+        account.email = text(layout.email);
+        account.display_name = text(layout.display_name);
+        if let Some(i) = layout.enabled {
+            let value = cells[i].trim();
+            account.enabled = TRUTHY.iter().any(|t| value.eq_ignore_ascii_case(t));
+        }
+        if let Some(i) = layout.groups {
+            account.groups = cells[i]
+                .split(self.settings.groups_separator.as_str())
+                .map(str::trim)
+                .filter(|g| !g.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
+        for &i in &layout.attributes {
+            account.attributes.insert(layout.names[i].clone(), Value::String(cells[i].to_string()));
+        }
+        account.normalize();
+        Ok(account)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::Provider;
+    use crate::connectors::build;
+    use crate::connectors::testing::{channel_body, handler, respond, serve};
+
+    fn spec(csv: Value, page_size: u32) -> ConnectionSpec {
+        serde_json::from_value(json!({
+            "provider": {"type": "csv", "csv": csv},
+            "category": "HRIS",
+            "pageSize": page_size,
+        }))
+        .unwrap()
+    }
+
+    fn settings(spec: &ConnectionSpec) -> &CsvSettings {
+        match &spec.provider {
+            Provider::Csv(settings) => settings,
+            other => panic!("not csv: {other:?}"),
+        }
+    }
+
+    fn from_config_map(extra: Value) -> Value {
+        let mut csv = json!({"source": {"configMapKeyRef": {"name": "hr", "key": "export.csv"}}, "idColumn": "id"});
+        for (k, v) in extra.as_object().unwrap() {
+            csv[k] = v.clone();
+        }
+        csv
+    }
+
+    fn data_connector(csv: Value, page_size: u32, data: &[u8]) -> CsvConnector {
+        let spec = spec(csv, page_size);
+        let inputs = ProviderInputs { csv_data: Some(data.to_vec()), ..Default::default() };
+        CsvConnector::new(&spec, settings(&spec), inputs).unwrap()
+    }
+
+    async fn read_all(connector: &mut dyn Connector) -> Result<Vec<Page>, ConnectorError> {
+        connector.begin(SyncMode::Full, None).await?;
+        let mut pages = Vec::new();
+        while let Some(page) = connector.next_page().await? {
+            assert_eq!(page.number, pages.len() as u64 + 1);
+            assert!(page.deleted.is_empty());
+            pages.push(page);
+        }
+        assert_eq!(connector.next_page().await?, None, "None again after the last page");
+        Ok(pages)
+    }
+
+    fn accounts(pages: Vec<Page>) -> Vec<Account> {
+        pages.into_iter().flat_map(|p| p.accounts).collect()
+    }
+
+    fn attrs(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, Value> {
+        pairs.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect()
+    }
+
+    const HR_EXPORT: &str = "\u{FEFF}Employee ID , Username,Work Email ,Full Name,Employment Status,Department,Groups,Notes,\r\n\
+        E001,ada,ada@example.com,\"Lovelace, Ada\",Active,Engineering,\"eng; admins ;;eng\",,\r\n\
+        E002,alan,,\"Turing, Alan\",TERMINATED,Research,research,\"Left in 1954,\r\nsee \"\"file\"\" 12\",\r\n\
+        \x20E003 ,grace,grace@example.com,Grace Hopper,yes,Navy,,\"multi\nline\nnote\",\r\n\
+        E004,  edith ,edith@example.com,Édith Piaf,1,Music,  ,,\r\n\
+        E005,,,,on leave,Sales,sales,,\r\n\
+        E006,kim,kim@example.com,Kim,ENABLED,Sales,sales;x,,";
+
+    fn hr_csv() -> Value {
+        from_config_map(json!({
+            "idColumn": "Employee ID",
+            "columns": {
+                "username": "Username",
+                "email": "Work Email",
+                "displayName": "Full Name",
+                "enabled": "Employment Status",
+                "groups": "Groups",
+            },
+        }))
+    }
+
+    #[tokio::test]
+    async fn maps_a_realistic_hr_export() {
+        let mut connector = data_connector(hr_csv(), 500, HR_EXPORT.as_bytes());
+        assert_eq!(connector.capabilities(), Capabilities { delta: false, delta_deletions: false, groups: true });
+        let pages = read_all(&mut connector).await.unwrap();
+        assert_eq!(pages.len(), 1);
+        let accounts = accounts(pages);
+        assert_eq!(accounts.len(), 6);
+
+        let mut ada = Account::new("E001");
+        ada.username = Some("ada".into());
+        ada.email = Some("ada@example.com".into());
+        ada.display_name = Some("Lovelace, Ada".into());
+        ada.groups = vec!["admins".into(), "eng".into()];
+        ada.attributes = attrs(&[
+            ("Username", "ada"),
+            ("Work Email", "ada@example.com"),
+            ("Full Name", "Lovelace, Ada"),
+            ("Employment Status", "Active"),
+            ("Department", "Engineering"),
+            ("Groups", "eng; admins ;;eng"),
+            ("Notes", ""),
+        ]);
+        assert_eq!(accounts[0], ada);
+
+        let alan = &accounts[1];
+        assert_eq!(alan.id, "E002");
+        assert_eq!(alan.email, None, "an empty cell leaves the field unset");
+        assert!(!alan.enabled);
+        assert_eq!(alan.groups, vec!["research".to_string()]);
+        assert_eq!(alan.attributes["Notes"], json!("Left in 1954,\r\nsee \"file\" 12"));
+        assert_eq!(alan.attributes["Work Email"], json!(""), "attributes keep empty cells");
+
+        let grace = &accounts[2];
+        assert_eq!(grace.id, "E003", "the id is trimmed");
+        assert!(grace.enabled);
+        assert!(grace.groups.is_empty());
+        assert_eq!(grace.attributes["Notes"], json!("multi\nline\nnote"));
+
+        let edith = &accounts[3];
+        assert_eq!(edith.username.as_deref(), Some("edith"), "mapped fields are trimmed");
+        assert_eq!(edith.display_name.as_deref(), Some("Édith Piaf"));
+        assert!(edith.enabled);
+        assert!(edith.groups.is_empty(), "blank groups are dropped");
+        assert_eq!(edith.attributes["Username"], json!("  edith "), "attributes are verbatim");
+
+        let e5 = &accounts[4];
+        assert!(!e5.enabled && e5.username.is_none() && e5.display_name.is_none());
+        let kim = &accounts[5];
+        assert!(kim.enabled, "ENABLED, any case");
+        assert_eq!(kim.groups, vec!["sales".to_string(), "x".to_string()]);
+
+        for account in &accounts {
+            assert!(!account.attributes.contains_key("Employee ID"), "the id column is not an attribute");
+            assert!(!account.attributes.contains_key(""), "unnamed columns are ignored");
+            assert_eq!(account.attributes.len(), 7);
+        }
+    }
+
+    #[tokio::test]
+    async fn without_mapped_columns_every_account_is_enabled_and_groupless() {
+        let data = "id;name;status\n1;a;inactive\n2;b;\n";
+        let mut connector =
+            data_connector(from_config_map(json!({"delimiter": ";", "groupsSeparator": "|"})), 10, data.as_bytes());
+        assert!(!connector.capabilities().groups);
+        let accounts = accounts(read_all(&mut connector).await.unwrap());
+        assert_eq!(accounts.len(), 2);
+        assert!(accounts.iter().all(|a| a.enabled && a.groups.is_empty() && a.username.is_none()));
+        assert_eq!(accounts[0].attributes, attrs(&[("name", "a"), ("status", "inactive")]));
+    }
+
+    #[tokio::test]
+    async fn groups_split_on_a_multi_character_separator() {
+        let data = "id,groups\n1, a || b ||| c||\n";
+        let csv = from_config_map(json!({"columns": {"groups": "groups"}, "groupsSeparator": "||"}));
+        let accounts = accounts(read_all(&mut data_connector(csv, 10, data.as_bytes())).await.unwrap());
+        // " a ", " b ", "| c", "": trimmed, the empty one dropped, sorted.
+        assert_eq!(accounts[0].groups, vec!["a".to_string(), "b".to_string(), "| c".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn pages_hold_page_size_rows() {
+        let mut data = String::from("id,email\n");
+        for i in 0..2500 {
+            data.push_str(&format!("E{i:05},user{i}@example.com\n"));
+        }
+        let mut connector =
+            data_connector(from_config_map(json!({"columns": {"email": "email"}})), 1000, data.as_bytes());
+        let plan = connector.begin(SyncMode::Delta, Some("ignored")).await.unwrap();
+        assert_eq!(plan, ReadPlan { kind: ReadKind::Full, reason: Some(DELTA_REASON.to_string()) });
+        let mut sizes = Vec::new();
+        while let Some(page) = connector.next_page().await.unwrap() {
+            sizes.push((page.number, page.accounts.len()));
+            if page.number == 3 {
+                assert_eq!(page.accounts.last().unwrap().id, "E02499");
+            }
+        }
+        assert_eq!(sizes, vec![(1, 1000), (2, 1000), (3, 500)]);
+        assert_eq!(connector.cursor(), None);
+
+        // A new read starts over; a Full request needs no reason.
+        let plan = connector.begin(SyncMode::Full, None).await.unwrap();
+        assert_eq!(plan, ReadPlan { kind: ReadKind::Full, reason: None });
+        assert_eq!(connector.next_page().await.unwrap().unwrap().accounts[0].id, "E00000");
+    }
+
+    #[tokio::test]
+    async fn exact_multiples_and_header_only_exports() {
+        let mut data = String::from("id\n");
+        for i in 0..4 {
+            data.push_str(&format!("{i}\n"));
+        }
+        let pages = read_all(&mut data_connector(from_config_map(json!({})), 2, data.as_bytes())).await.unwrap();
+        assert_eq!(pages.iter().map(|p| p.accounts.len()).collect::<Vec<_>>(), vec![2, 2]);
+        let pages = read_all(&mut data_connector(from_config_map(json!({})), 2, b"\xEF\xBB\xBFid\r\n")).await.unwrap();
+        assert!(pages.is_empty(), "a header alone is an export without accounts");
+    }
+
+    async fn read_error(csv: Value, page_size: u32, data: &[u8]) -> ConnectorError {
+        read_all(&mut data_connector(csv, page_size, data)).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn bad_rows_fail_the_read_with_their_line() {
+        let cases: &[(&[u8], u32, &str)] = &[
+            // A multi-line record and a blank line before the bad row.
+            (
+                b"id,name,email\n1,a,a@x\n2,\"multi\nline\",b@x\n\n3,c,c@x\n4,d\n",
+                10,
+                "page 1: line 7: 2 fields, the header has 3",
+            ),
+            (
+                b"id,name,email\n1,a,a@x\n2,\"multi\nline\",b@x\n\n3,c,c@x\n4,d\n",
+                2,
+                "page 2: line 7: 2 fields, the header has 3",
+            ),
+            (b"id,name\n1,a\n2,b,c\n", 10, "page 1: line 3: 3 fields, the header has 2"),
+            (b"id,name\n1,a\n2\n", 10, "page 1: line 3: 1 field, the header has 2"),
+            (b"id,name\n1,a\n  ,b\n", 10, "page 1: line 3: the id (column \"id\") is empty"),
+            (b"id,name\r\n1,a\r\n2,b\r\n\"1\",c\r\n", 10, "page 1: line 4: id \"1\" appears again (first on line 2)"),
+            (b"id,name\n1,a\n2,caf\xE9\n", 10, "page 1: line 3: column \"name\" is not valid UTF-8"),
+            (
+                b"id,name\n1,a\n2,\"never\nclosed\n",
+                1,
+                "page 2: line 3: a quoted field starts on this line and is not closed before the end of the export",
+            ),
+            (b"", 10, "the export is empty: it has no header line"),
+            (b"\xEF\xBB\xBF\n\n", 10, "the export is empty: it has no header line"),
+            (b"id,name,name\n1,a,b\n", 10, "line 1: column \"name\" appears twice in the header"),
+            (b"id,n\xFFme\n1,a\n", 10, "line 1: the header's column 2 is not valid UTF-8"),
+        ];
+        for (data, page_size, expected) in cases {
+            let e = read_error(from_config_map(json!({})), *page_size, data).await;
+            assert_eq!(e.to_string(), *expected, "{}", String::from_utf8_lossy(data));
+            assert!(matches!(e, ConnectorError::Source { .. }), "{e:?}");
+            assert_eq!(e.reason(), "SourceError");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_endless_record_is_refused_before_it_fills_memory() {
+        let data = format!("id,note\n1,a\n2,\"{}", "x".repeat(5000));
+        let mut connector = data_connector(from_config_map(json!({})), 10, data.as_bytes());
+        connector.data_chunk = 1000;
+        connector.begin(SyncMode::Full, None).await.unwrap();
+        connector.reading.as_mut().unwrap().max_record = 2000;
+        let e = connector.next_page().await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "page 1: line 3: the record starting on this line is longer than 2000 bytes (a quoted field that is never closed?)"
+        );
+    }
+
+    #[tokio::test]
+    async fn rows_before_a_bad_row_are_paged_out_first() {
+        let mut connector = data_connector(from_config_map(json!({})), 2, b"id\n1\n2\n3\n3\n");
+        connector.begin(SyncMode::Full, None).await.unwrap();
+        assert_eq!(connector.next_page().await.unwrap().unwrap().accounts.len(), 2);
+        let e = connector.next_page().await.unwrap_err();
+        assert_eq!(e.to_string(), "page 2: line 5: id \"3\" appears again (first on line 4)");
+        assert_eq!(e.page(), Some(2));
+        // The read is over.
+        assert!(connector.next_page().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn columns_missing_from_the_header_are_configuration_errors() {
+        let e = read_error(from_config_map(json!({"idColumn": "employeeId"})), 10, b"id,email\n1,a@x\n").await;
+        assert!(e.is_stalled());
+        assert!(matches!(&e, ConnectorError::Config { field, .. } if field == "spec.provider.csv.idColumn"), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "spec.provider.csv.idColumn: column \"employeeId\" is not in the export's header (line 1), which has \"id\", \"email\""
+        );
+        let e = read_error(from_config_map(json!({"columns": {"email": "mail"}})), 10, b"id,email\n1,a@x\n").await;
+        assert!(
+            matches!(&e, ConnectorError::Config { field, .. } if field == "spec.provider.csv.columns.email"),
+            "{e:?}"
+        );
+        let e = read_error(from_config_map(json!({"columns": {"displayName": "Name"}})), 10, b"id,email\n").await;
+        assert!(matches!(&e, ConnectorError::Config { field, .. } if field == "spec.provider.csv.columns.displayName"));
+    }
+
+    #[test]
+    fn bad_settings_are_configuration_errors() {
+        let build_err = |csv: Value, inputs: ProviderInputs| {
+            let spec = spec(csv, 10);
+            build(&spec, inputs).err().unwrap()
+        };
+        let data = || ProviderInputs { csv_data: Some(b"id\n".to_vec()), ..Default::default() };
+        for delimiter in [";;", "\"", "\n", "é"] {
+            let e = build_err(from_config_map(json!({"delimiter": delimiter})), data());
+            assert!(e.to_string().starts_with("spec.provider.csv.delimiter: "), "{e}");
+        }
+        let e = build_err(from_config_map(json!({})), ProviderInputs::default());
+        assert_eq!(
+            e.to_string(),
+            "spec.provider.csv.source.configMapKeyRef: no content was supplied for key \"export.csv\" of ConfigMap \"hr\""
+        );
+        let e = build_err(json!({"source": {}, "idColumn": "id"}), data());
+        assert!(e.to_string().starts_with("spec.provider.csv.source: exactly one"), "{e}");
+        let e = build_err(json!({"source": {"url": "http://example.com/x.csv"}, "idColumn": "id"}), data());
+        assert!(e.to_string().starts_with("spec.provider.csv.source.url: "), "{e}");
+        let mut inputs = ProviderInputs::default();
+        inputs.secret.insert("token".into(), vec![0xff]);
+        let e = build_err(json!({"source": {"url": "https://hr.example.com/x.csv"}, "idColumn": "id"}), inputs);
+        assert_eq!(e.to_string(), "spec.credentialsSecretRef: key \"token\" is not valid UTF-8");
+        let e = build_err(from_config_map(json!({"columns": {"groups": " "}})), data());
+        assert!(e.to_string().starts_with("spec.provider.csv.columns.groups: "), "{e}");
+    }
+
+    /// Record boundaries found in a stream agree with the parser wherever
+    /// the pieces are cut: reads in pieces of 1..40 bytes equal the whole.
+    #[tokio::test]
+    async fn any_chunking_gives_the_same_result() {
+        let tricky = "\u{FEFF}id,a,b\r\n1,\"x,\r\ny\",\"\"\"q\"\"\"\r2,z\"w,\"p\"\"\"\n\n3,\"\",\r\n4,\"a\"b,c\n5,\"\"\"\",\n\"6\",\"\n\",\"\r\"";
+        let bad = "id,a\n1,\"x\n\"\n2,b\n3\n";
+        for data in [tricky, HR_EXPORT, bad] {
+            let csv = if data == HR_EXPORT { hr_csv() } else { from_config_map(json!({})) };
+            let expected = match read_all(&mut data_connector(csv.clone(), 2, data.as_bytes())).await {
+                Ok(pages) => Ok(pages),
+                Err(e) => Err(e.to_string()),
+            };
+            for chunk in 1..40 {
+                let mut connector = data_connector(csv.clone(), 2, data.as_bytes());
+                connector.data_chunk = chunk;
+                let got = read_all(&mut connector).await.map_err(|e| e.to_string());
+                assert_eq!(got, expected, "chunk {chunk}");
+            }
+        }
+        let pages = read_all(&mut data_connector(from_config_map(json!({})), 10, tricky.as_bytes())).await.unwrap();
+        let accounts = accounts(pages);
+        let ids: Vec<&str> = accounts.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["1", "2", "3", "4", "5", "6"]);
+        assert_eq!(accounts[0].attributes, attrs(&[("a", "x,\r\ny"), ("b", "\"q\"")]));
+        assert_eq!(accounts[1].attributes, attrs(&[("a", "z\"w"), ("b", "p\"")]));
+        assert_eq!(accounts[3].attributes, attrs(&[("a", "ab"), ("b", "c")]));
+        assert_eq!(accounts[5].attributes, attrs(&[("a", "\n"), ("b", "\r")]));
+        let e = read_all(&mut data_connector(from_config_map(json!({})), 10, bad.as_bytes())).await.unwrap_err();
+        assert_eq!(e.to_string(), "page 1: line 5: 1 field, the header has 2");
+    }
+
+    // --- URL sources -------------------------------------------------------
+
+    const TOKEN: &str = "csv-TOKEN-7f3a9";
+
+    fn url_connector(url: String, page_size: u32, token: Option<&str>) -> CsvConnector {
+        let spec = spec(json!({"source": {"url": url}, "idColumn": "id", "columns": {"email": "email"}}), page_size);
+        let mut inputs = ProviderInputs::default();
+        if let Some(token) = token {
+            inputs.secret.insert("token".into(), format!("{token}\n").into_bytes());
+        }
+        let http = HttpSettings {
+            timeout: Duration::from_secs(5),
+            requests_per_second: None,
+            max_retries: 3,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+        };
+        CsvConnector::with_http_settings(&spec, settings(&spec), inputs, http).unwrap()
+    }
+
+    fn rows(range: std::ops::Range<usize>) -> String {
+        range.map(|i| format!("E{i:05},user{i}@example.com\n")).collect()
+    }
+
+    fn authorized(parts: &http::request::Parts) -> bool {
+        parts.headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {TOKEN}"))
+    }
+
+    #[tokio::test]
+    async fn reads_a_url_with_the_bearer_token() {
+        let server = serve(handler(|_, parts| {
+            Box::pin(async move {
+                if !authorized(&parts) {
+                    return respond(401, &[], "no");
+                }
+                respond(200, &[("content-type", "text/csv")], format!("id,email\n{}", rows(0..5)))
+            })
+        }))
+        .await;
+        let mut connector = url_connector(server.url("/export.csv").to_string(), 2, Some(TOKEN));
+        let pages = read_all(&mut connector).await.unwrap();
+        assert_eq!(pages.iter().map(|p| p.accounts.len()).collect::<Vec<_>>(), vec![2, 2, 1]);
+        assert_eq!(pages[2].accounts[0].email.as_deref(), Some("user4@example.com"));
+        assert!(!format!("{connector:?}").contains(TOKEN));
+    }
+
+    #[tokio::test]
+    async fn a_server_error_is_retried() {
+        let server = serve(handler(|n, _| {
+            Box::pin(async move {
+                if n == 0 { respond(500, &[], "oops") } else { respond(200, &[], format!("id,email\n{}", rows(0..3))) }
+            })
+        }))
+        .await;
+        let mut connector = url_connector(server.url("/export.csv").to_string(), 10, None);
+        let accounts = accounts(read_all(&mut connector).await.unwrap());
+        assert_eq!(accounts.len(), 3);
+        assert_eq!(server.requests(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_off_fails_on_the_page_being_read() {
+        let server = serve(handler(|_, _| {
+            Box::pin(async move {
+                let (tx, response) = channel_body();
+                tokio::spawn(async move {
+                    let _ = tx.send(Ok(Bytes::from("id,email\n"))).await;
+                    for start in (0..2500).step_by(100) {
+                        let _ = tx.send(Ok(Bytes::from(rows(start..start + 100)))).await;
+                    }
+                    // Half a row, then the connection breaks.
+                    let _ = tx.send(Ok(Bytes::from("E02500,us"))).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let _ = tx.send(Err(std::io::Error::other("the server goes away"))).await;
+                });
+                response
+            })
+        }))
+        .await;
+        let mut connector = url_connector(server.url("/export.csv").to_string(), 1000, None);
+        connector.begin(SyncMode::Full, None).await.unwrap();
+        assert_eq!(connector.next_page().await.unwrap().unwrap().accounts.len(), 1000);
+        assert_eq!(connector.next_page().await.unwrap().unwrap().accounts.len(), 1000);
+        let e = connector.next_page().await.unwrap_err();
+        assert!(matches!(e, ConnectorError::Transport { page: Some(3), .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("page 3: connection closed before the end of the response to GET http://127.0.0.1:"),
+            "{text}"
+        );
+        assert_eq!(server.requests(), 1, "a broken stream is not retried");
+    }
+
+    #[tokio::test]
+    async fn pages_come_as_the_body_streams() {
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let release = std::sync::Mutex::new(Some(release_rx));
+        let server = serve(handler(move |_, _| {
+            let release = release.lock().unwrap().take();
+            Box::pin(async move {
+                let (tx, response) = channel_body();
+                tokio::spawn(async move {
+                    let _ = tx.send(Ok(Bytes::from(format!("id,email\n{}", rows(0..3))))).await;
+                    // The rest only once the test has its first page.
+                    if let Some(release) = release {
+                        let _ = release.await;
+                    }
+                    let _ = tx.send(Ok(Bytes::from(rows(3..5)))).await;
+                });
+                response
+            })
+        }))
+        .await;
+        let mut connector = url_connector(server.url("/export.csv").to_string(), 2, None);
+        connector.begin(SyncMode::Full, None).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(2), connector.next_page()).await;
+        assert_eq!(first.expect("page 1 before the end of the body").unwrap().unwrap().accounts.len(), 2);
+        release_tx.send(()).unwrap();
+        assert_eq!(connector.next_page().await.unwrap().unwrap().accounts.len(), 2);
+        assert_eq!(connector.next_page().await.unwrap().unwrap().accounts.len(), 1);
+        assert_eq!(connector.next_page().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn unauthorized_urls_stall_and_never_show_the_token() {
+        // The server echoes what it was sent, the Authorization header too.
+        let server = serve(handler(|_, parts| {
+            Box::pin(async move {
+                let auth =
+                    parts.headers.get("authorization").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+                respond(401, &[("www-authenticate", "Bearer")], format!("token rejected: {auth}"))
+            })
+        }))
+        .await;
+        let url = format!("{}/export.csv?access_token={TOKEN}", server.base);
+        let mut connector = url_connector(url, 10, Some(TOKEN));
+        let e = read_all(&mut connector).await.unwrap_err();
+        assert!(matches!(e, ConnectorError::Unauthorized { .. }), "{e:?}");
+        assert!(e.is_stalled());
+        assert_eq!(server.requests(), 1);
+        for text in [e.to_string(), format!("{e:?}"), format!("{connector:?}")] {
+            assert!(!text.contains(TOKEN), "{text}");
+        }
+        assert!(e.to_string().contains("HTTP 401 Unauthorized: token rejected: Bearer [REDACTED]"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_url_is_an_http_error() {
+        let server = serve(handler(|_, _| Box::pin(async { respond(404, &[], "gone") }))).await;
+        let e = read_all(&mut url_connector(server.url("/old.csv").to_string(), 10, None)).await.unwrap_err();
+        assert!(matches!(e, ConnectorError::Http { status: 404, page: None, .. }), "{e:?}");
+        assert_eq!(server.requests(), 1);
+    }
+}

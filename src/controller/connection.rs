@@ -1,0 +1,324 @@
+//! The Connection controller: checks what the schema cannot (Secrets,
+//! ConfigMaps, cron and time zone), runs scheduled syncs at their cron times
+//! in the connection's time zone, honours `suspend`, turns a new
+//! `idsync.dev/requested-at` value into an ad-hoc Delta sync, and purges a
+//! deleted connection's accounts from the store (finalizer).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+
+use super::runner::{Start, Ticket, connection_ref};
+use super::{CONNECTION_FINALIZER, Context, Error, guard, inputs, status};
+use crate::api::conditions::{self, FALSE, TRUE};
+use crate::api::{Connection, Provider, REQUESTED_AT_ANNOTATION, SyncMode};
+use crate::sync::schedule::Schedule;
+
+/// Reasons of `Stalled` that a reconcile finds (and clears when fixed).
+const CONFIGURATION_REASONS: &[&str] = &["SecretNotFound", "ConfigMapNotFound", "KeyNotFound", "InvalidSchedule"];
+
+pub fn controller(ctx: Arc<Context>) -> Controller<Connection> {
+    let client = ctx.client.clone();
+    let controller = Controller::new(Api::<Connection>::all(client.clone()), watcher::Config::default());
+    let store = controller.store();
+    let secret_store = store.clone();
+    // A Secret or ConfigMap appearing or changing re-checks the Connections
+    // of its namespace that use it, so a fixed reference clears `Stalled` at once.
+    controller
+        .watches(Api::<Secret>::all(client.clone()), watcher::Config::default(), move |secret: Secret| {
+            let ns = secret.namespace().unwrap_or_default();
+            let name = secret.name_any();
+            secret_store
+                .state()
+                .into_iter()
+                .filter(|c| c.namespace().as_deref() == Some(ns.as_str()) && uses_secret(c, &name))
+                .map(|c| ObjectRef::from_obj(c.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .watches(Api::<ConfigMap>::all(client), watcher::Config::default(), move |cm: ConfigMap| {
+            let ns = cm.namespace().unwrap_or_default();
+            let name = cm.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|c| c.namespace().as_deref() == Some(ns.as_str()) && uses_config_map(c, &name))
+                .map(|c| ObjectRef::from_obj(c.as_ref()))
+                .collect::<Vec<_>>()
+        })
+}
+
+fn uses_secret(c: &Connection, name: &str) -> bool {
+    c.spec.credentials_secret_ref.as_ref().is_some_and(|r| r.name == name)
+        || matches!(&c.spec.provider, Provider::Csv(csv) if csv.source.secret_key_ref.as_ref().is_some_and(|r| r.name == name))
+}
+
+fn uses_config_map(c: &Connection, name: &str) -> bool {
+    matches!(&c.spec.provider, Provider::Csv(csv) if csv.source.config_map_key_ref.as_ref().is_some_and(|r| r.name == name))
+}
+
+pub async fn reconcile(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = connection.namespace().unwrap_or_else(|| "default".to_string());
+    let api: Api<Connection> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, CONNECTION_FINALIZER, connection, |event| async {
+        match event {
+            FinalizerEvent::Apply(c) => apply(c, ctx.clone()).await,
+            FinalizerEvent::Cleanup(c) => cleanup(c, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(e.to_string()))
+}
+
+pub fn error_policy(_connection: Arc<Connection>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, kind = error.metric_label(), "connection reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// What the schedule says to do now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SchedulePlan {
+    /// Run a scheduled sync now.
+    pub due: bool,
+    /// The next scheduled run to record.
+    pub next: Option<Timestamp>,
+}
+
+/// Decides whether a scheduled sync is due at `now`, given the next run the
+/// status recorded. A recorded time in the past is due (including one missed
+/// while the operator was down); the next one is computed after `now`.
+pub fn plan_schedule(
+    schedule: &Schedule,
+    recorded_next: Option<Timestamp>,
+    spec_changed: bool,
+    now: Timestamp,
+) -> SchedulePlan {
+    match recorded_next {
+        Some(next) if !spec_changed && next <= now => SchedulePlan { due: true, next: schedule.next_after(now) },
+        Some(next) if !spec_changed => SchedulePlan { due: false, next: Some(next) },
+        _ => SchedulePlan { due: false, next: schedule.next_after(now) },
+    }
+}
+
+async fn apply(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let now = ctx.clock.now();
+    let name = connection.name_any();
+    let namespace = connection.namespace().unwrap_or_else(|| "default".to_string());
+    let api: Api<Connection> = Api::namespaced(ctx.client.clone(), &namespace);
+    let generation = connection.metadata.generation;
+    let status = connection.status.clone().unwrap_or_default();
+    let spec_changed = status.observed_generation != generation;
+
+    // What the schema could not check.
+    let schedule = Schedule::parse(&connection.spec.schedule.cron, &connection.spec.schedule.time_zone);
+    let problem = match &schedule {
+        Err(e) => Some(inputs::Problem { reason: "InvalidSchedule", message: format!("spec.schedule: {e}") }),
+        Ok(_) => inputs::resolve(&ctx.client, &connection).await?.err(),
+    };
+
+    let mut next_sync = None;
+    let mut start: Option<(&'static str, Option<String>)> = None;
+    if let (None, Ok(schedule), false) = (&problem, &schedule, connection.spec.suspend) {
+        {
+            let recorded = status.next_sync_time.as_ref().map(|t| t.0);
+            let plan = plan_schedule(schedule, recorded, spec_changed, now);
+            next_sync = plan.next;
+            if plan.due {
+                start = Some(("Scheduled", None));
+            }
+            let requested = connection.annotations().get(REQUESTED_AT_ANNOTATION).cloned();
+            if requested.is_some() && requested != status.last_handled_requested_at {
+                start = Some(("RequestedAt", requested));
+            }
+        }
+    }
+
+    let mut handled_request = None;
+    let mut busy_retry = false;
+    if let Some((trigger, requested_at)) = start {
+        let ticket = Ticket {
+            connection: (*connection).clone(),
+            mode: SyncMode::Delta,
+            trigger,
+            request: None,
+            request_ref: None,
+            dry_run: false,
+            confirm_deletes: false,
+        };
+        match ctx.runner.start(ctx.clone(), ticket, Box::new(|_| Box::pin(async {}))).await? {
+            Start::Started => handled_request = requested_at,
+            Start::Busy(holder) => {
+                tracing::info!(connection = %name, holder = %holder.identity, trigger, "a sync is already running; not starting another");
+                // A requested sync is kept for when the running one ends; a
+                // scheduled slot that finds a sync running is covered by it.
+                busy_retry = requested_at.is_some();
+            }
+        }
+    }
+
+    let syncing = ctx.runner.running(&connection_ref(&connection)).is_some();
+    let stamp = Time(now);
+    let suspend = connection.spec.suspend;
+    status::update(&api, &name, |c: &mut Connection| {
+        let s = c.status.get_or_insert_with(Default::default);
+        let before = s.clone();
+        s.observed_generation = generation;
+        s.next_sync_time = next_sync.map(Time);
+        if let Some(value) = &handled_request {
+            s.last_handled_requested_at = Some(value.clone());
+        }
+        let view = ConditionInputs {
+            problem: problem.as_ref(),
+            suspend,
+            next_sync,
+            syncing,
+            generation,
+            stamp: stamp.clone(),
+        };
+        set_conditions(s, &view);
+        *s != before
+    })
+    .await?;
+
+    let max = ctx.config.max_requeue;
+    let wait = if busy_retry {
+        Duration::from_secs(1)
+    } else {
+        match next_sync {
+            Some(next) => {
+                let until = next.duration_since(now);
+                Duration::try_from(until).unwrap_or_default().min(max).max(Duration::from_millis(100))
+            }
+            None if problem.is_some() => Duration::from_secs(30).min(max),
+            None => max,
+        }
+    };
+    Ok(Action::requeue(wait))
+}
+
+/// What the Connection's conditions are computed from.
+struct ConditionInputs<'a> {
+    problem: Option<&'a inputs::Problem>,
+    suspend: bool,
+    next_sync: Option<Timestamp>,
+    syncing: bool,
+    generation: Option<i64>,
+    stamp: Time,
+}
+
+/// Ready, Stalled and Syncing from what this reconcile found and what the
+/// last sync left. A problem found here (a missing Secret, a bad schedule)
+/// stalls the Connection until fixed; a problem a sync found (a revoked
+/// credential) stays until a sync succeeds.
+fn set_conditions(s: &mut crate::api::ConnectionStatus, v: &ConditionInputs) {
+    let (generation, stamp) = (v.generation, v.stamp.clone());
+    if let Some(p) = v.problem {
+        conditions::set_condition(
+            &mut s.conditions,
+            conditions::STALLED,
+            TRUE,
+            p.reason,
+            &p.message,
+            generation,
+            stamp.clone(),
+        );
+        conditions::set_condition(&mut s.conditions, conditions::READY, FALSE, p.reason, &p.message, generation, stamp);
+        return;
+    }
+    let stalled = conditions::find(&s.conditions, conditions::STALLED).cloned();
+    let stalled_by_sync =
+        stalled.as_ref().is_some_and(|c| c.status == TRUE && !CONFIGURATION_REASONS.contains(&c.reason.as_str()));
+    if !stalled_by_sync {
+        conditions::set_condition(
+            &mut s.conditions,
+            conditions::STALLED,
+            FALSE,
+            "Configured",
+            "",
+            generation,
+            stamp.clone(),
+        );
+    }
+    let last = s.last_result.clone();
+    let ready = conditions::find(&s.conditions, conditions::READY).cloned();
+    match last.filter(|r| r.outcome != crate::api::connection::SyncOutcome::Succeeded) {
+        Some(failed) => {
+            // Keep the reason the runner recorded; replace a stale configuration one.
+            let reason = ready
+                .as_ref()
+                .filter(|r| r.status == FALSE && !CONFIGURATION_REASONS.contains(&r.reason.as_str()))
+                .map(|r| r.reason.clone())
+                .unwrap_or_else(|| format!("{:?}", failed.outcome));
+            conditions::set_condition(
+                &mut s.conditions,
+                conditions::READY,
+                FALSE,
+                &reason,
+                &failed.message,
+                generation,
+                stamp.clone(),
+            );
+        }
+        None => {
+            let (reason, message) = match (v.suspend, &s.last_successful_sync_time, v.next_sync) {
+                (true, _, _) => ("Suspended".to_string(), "scheduled syncs are suspended".to_string()),
+                (false, Some(_), _) => (
+                    "Synced".to_string(),
+                    ready.filter(|r| r.reason == "Synced").map(|r| r.message).unwrap_or_default(),
+                ),
+                (false, None, Some(next)) => {
+                    ("Configured".to_string(), format!("configured; the first scheduled sync runs at {next}"))
+                }
+                (false, None, None) => ("Configured".to_string(), "configured".to_string()),
+            };
+            conditions::set_condition(
+                &mut s.conditions,
+                conditions::READY,
+                TRUE,
+                &reason,
+                &message,
+                generation,
+                stamp.clone(),
+            );
+        }
+    }
+    if !v.syncing && s.current_sync.is_none() {
+        conditions::set_condition(
+            &mut s.conditions,
+            conditions::SYNCING,
+            FALSE,
+            "Idle",
+            "no sync is running",
+            generation,
+            stamp,
+        );
+    }
+}
+
+async fn cleanup(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let conn = connection_ref(&connection);
+    if let Some(mut done) = ctx.runner.cancel(&conn) {
+        let _ = tokio::time::timeout(Duration::from_secs(30), done.wait_for(|d| *d)).await;
+    }
+    let store = ctx.store.clone();
+    let purge = conn.clone();
+    let purged = tokio::task::spawn_blocking(move || store.purge_connection(&purge))
+        .await
+        .map_err(|e| Error::Conflict(format!("the purge task failed: {e}")))??;
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &conn.namespace);
+    if let Err(error) = leases.delete(&guard::lease_name(&conn.name), &DeleteParams::default()).await {
+        tracing::debug!(%error, "no sync guard to remove");
+    }
+    tracing::info!(connection = %conn.name, namespace = %conn.namespace, purged, "connection deleted; its accounts were purged from the store");
+    let _ = connection.object_ref(&());
+    Ok(Action::await_change())
+}

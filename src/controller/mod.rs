@@ -1,0 +1,159 @@
+//! The controllers: one reconciler per kind, sharing a `Context` (client,
+//! store, sync runner, recorder, clock). Reconcilers are idempotent and
+//! level-triggered; what a sync does runs in `crate::sync`, off the
+//! reconcile loop, in the runner's tasks.
+
+pub mod connection;
+pub mod events;
+pub mod guard;
+pub mod inputs;
+pub mod resync;
+pub mod runner;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
+use crate::store::Store;
+use runner::Runner;
+
+/// The name idsync writes under (field manager, Event reporter).
+pub const CONTROLLER_NAME: &str = "idsync.dev/operator";
+/// The finalizer that purges a deleted Connection's accounts from the store.
+pub const CONNECTION_FINALIZER: &str = "idsync.dev/store-cleanup";
+
+/// Where time comes from: the wall clock, or a test's.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// Operator settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This instance's identity in guards and Events.
+    pub identity: String,
+    /// Syncs running at once, over all connections.
+    pub max_concurrent_syncs: usize,
+    /// How long a sync guard lives without a heartbeat.
+    pub guard_duration: Duration,
+    /// Longest wait between two reconciles of an idle object (schedules are
+    /// re-checked at least this often).
+    pub max_requeue: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            identity: default_identity(),
+            max_concurrent_syncs: 4,
+            guard_duration: Duration::from_secs(30),
+            max_requeue: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `POD_NAME` (or the host name) plus a per-process suffix, so a restarted
+/// operator is a new holder.
+pub fn default_identity() -> String {
+    let base = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "idsync".to_string());
+    let suffix: String = uuid::Uuid::new_v4().simple().to_string().chars().take(6).collect();
+    format!("{base}-{suffix}")
+}
+
+/// What every reconciler shares.
+pub struct Context {
+    pub client: Client,
+    pub store: Arc<dyn Store>,
+    pub runner: Arc<Runner>,
+    pub recorder: Recorder,
+    pub clock: Arc<dyn Clock>,
+    pub config: Config,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+    #[error("cannot serialize: {0}")]
+    Serialize(#[source] serde_json::Error),
+    #[error("the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    /// A short name for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Serialize(_) => "serialize",
+            Error::Store(_) => "store",
+            Error::Conflict(_) => "conflict",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+impl Context {
+    pub fn new(client: Client, store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Arc<Context> {
+        let reporter = Reporter { controller: CONTROLLER_NAME.to_string(), instance: Some(config.identity.clone()) };
+        Arc::new(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            runner: Arc::new(Runner::new(config.max_concurrent_syncs)),
+            client,
+            store,
+            clock,
+            config,
+        })
+    }
+}
+
+/// Runs both controllers until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let connections = connection::controller(ctx.clone())
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(connection::reconcile, connection::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "connection reconcile");
+            }
+        });
+    let requests = resync::controller(ctx.clone())
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(resync::reconcile, resync::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "resync reconcile");
+            }
+        });
+    let stop = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    tokio::join!(connections, requests, stop);
+    ctx.runner.cancel_all().await;
+}

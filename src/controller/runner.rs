@@ -1,0 +1,498 @@
+//! The sync runner: syncs run as tokio tasks off the reconcile loop, at most
+//! `max_concurrent_syncs` at once, each holding its connection's durable
+//! guard and cancellable (concurrencyPolicy Replace, shutdown). Status and
+//! Events say when a sync starts and how it ended.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::Api;
+use kube::{Resource, ResourceExt};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::guard::{self, Acquired, Holder};
+use super::{Context, Error, events, inputs, status};
+use crate::api::conditions::{self, FALSE, TRUE};
+use crate::api::connection::{RunningSync, SyncOutcome, SyncResult};
+use crate::api::{Connection, SyncCounts, SyncMode};
+use crate::connectors;
+use crate::store::{ConnectionRef, RunOutcome};
+use crate::sync::job::{self, SyncJob, SyncReport};
+
+/// What to sync and why.
+#[derive(Clone, Debug)]
+pub struct Ticket {
+    pub connection: Connection,
+    pub mode: SyncMode,
+    /// Scheduled, RequestedAt or Requested.
+    pub trigger: &'static str,
+    pub request: Option<String>,
+    /// The ResyncRequest, to record its Events too.
+    pub request_ref: Option<ObjectReference>,
+    pub dry_run: bool,
+    pub confirm_deletes: bool,
+}
+
+/// Called with the report when a sync has ended and its status is written.
+pub type OnDone = Box<dyn FnOnce(SyncReport) -> BoxFuture<'static, ()> + Send>;
+
+pub enum Start {
+    Started,
+    /// Another sync holds the connection.
+    Busy(Holder),
+}
+
+struct Running {
+    holder: Holder,
+    cancel: CancellationToken,
+    done: watch::Receiver<bool>,
+}
+
+pub struct Runner {
+    permits: Arc<Semaphore>,
+    running: Mutex<HashMap<ConnectionRef, Running>>,
+}
+
+pub fn connection_ref(connection: &Connection) -> ConnectionRef {
+    ConnectionRef {
+        namespace: connection.namespace().unwrap_or_else(|| "default".to_string()),
+        name: connection.name_any(),
+    }
+}
+
+impl Runner {
+    pub fn new(max_concurrent: usize) -> Self {
+        Runner { permits: Arc::new(Semaphore::new(max_concurrent.max(1))), running: Mutex::new(HashMap::new()) }
+    }
+
+    /// The sync this instance runs for `connection`, if any.
+    pub fn running(&self, connection: &ConnectionRef) -> Option<Holder> {
+        self.running.lock().ok()?.get(connection).map(|r| r.holder.clone())
+    }
+
+    /// Cancels the running sync of `connection`; the receiver turns true
+    /// when it has ended (having applied nothing).
+    pub fn cancel(&self, connection: &ConnectionRef) -> Option<watch::Receiver<bool>> {
+        let running = self.running.lock().ok()?;
+        let entry = running.get(connection)?;
+        entry.cancel.cancel();
+        Some(entry.done.clone())
+    }
+
+    /// Cancels every running sync (shutdown) and waits for them to end.
+    pub async fn cancel_all(&self) {
+        let waiting: Vec<watch::Receiver<bool>> = match self.running.lock() {
+            Ok(running) => running
+                .values()
+                .map(|r| {
+                    r.cancel.cancel();
+                    r.done.clone()
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for mut done in waiting {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), done.wait_for(|d| *d)).await;
+        }
+    }
+
+    /// Starts a sync unless one holds the connection (here or, through the
+    /// durable guard, anywhere).
+    pub async fn start(self: &Arc<Self>, ctx: Arc<Context>, ticket: Ticket, on_done: OnDone) -> Result<Start, Error> {
+        let conn = connection_ref(&ticket.connection);
+        if let Some(holder) = self.running(&conn) {
+            return Ok(Start::Busy(holder));
+        }
+        let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &conn.namespace);
+        let acquired = guard::acquire(
+            &leases,
+            &conn.name,
+            &ctx.config.identity,
+            ticket.request.as_deref(),
+            &ticket.mode.to_string(),
+            ctx.config.guard_duration,
+        )
+        .await?;
+        let (lease, expired) = match acquired {
+            Acquired::Busy(holder) => return Ok(Start::Busy(holder)),
+            Acquired::Taken { lease, expired } => (lease, expired),
+        };
+        if let Some(dead) = expired {
+            interrupt(&ctx, &ticket.connection, &dead).await;
+        }
+        let holder = Holder {
+            identity: ctx.config.identity.clone(),
+            request: ticket.request.clone(),
+            mode: ticket.mode.to_string(),
+            since: Timestamp::now(),
+        };
+        let cancel = CancellationToken::new();
+        let (done_tx, done_rx) = watch::channel(false);
+        match self.running.lock() {
+            Ok(mut running) => {
+                running.insert(conn.clone(), Running { holder: holder.clone(), cancel: cancel.clone(), done: done_rx });
+            }
+            Err(_) => return Err(Error::Conflict("the sync registry is poisoned".into())),
+        }
+        let runner = self.clone();
+        let span = tracing::info_span!("sync", connection = %conn.name, namespace = %conn.namespace, request = ?ticket.request);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let report = runner.execute(&ctx, &ticket, *lease, holder, cancel).await;
+                if let Ok(mut running) = runner.running.lock() {
+                    running.remove(&conn);
+                }
+                on_done(report).await;
+                let _ = done_tx.send(true);
+            },
+            span,
+        ));
+        Ok(Start::Started)
+    }
+
+    async fn execute(
+        &self,
+        ctx: &Arc<Context>,
+        ticket: &Ticket,
+        lease: Lease,
+        holder: Holder,
+        cancel: CancellationToken,
+    ) -> SyncReport {
+        let connection = &ticket.connection;
+        let conn = connection_ref(connection);
+        let connections: Api<Connection> = Api::namespaced(ctx.client.clone(), &conn.namespace);
+        let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &conn.namespace);
+
+        // The heartbeat keeps the guard; losing it means someone else took
+        // over, so this sync must not commit.
+        let heartbeat_cancel = cancel.clone();
+        let identity = ctx.config.identity.clone();
+        let period = ctx.config.guard_duration / 3;
+        let heartbeat_leases = leases.clone();
+        let mut heartbeat_lease = lease.clone();
+        let heartbeat = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                if !guard::renew(&heartbeat_leases, &mut heartbeat_lease, &identity).await {
+                    tracing::warn!("lost the sync guard; cancelling the sync");
+                    heartbeat_cancel.cancel();
+                    return heartbeat_lease;
+                }
+            }
+        });
+
+        let permit = tokio::select! {
+            permit = self.permits.clone().acquire_owned() => permit.ok(),
+            _ = cancel.cancelled() => None,
+        };
+
+        let started = Timestamp::now();
+        let _ = status::update(&connections, &conn.name, |c: &mut Connection| {
+            let s = c.status.get_or_insert_with(Default::default);
+            s.current_sync = Some(RunningSync {
+                holder: holder.identity.clone(),
+                request: ticket.request.clone(),
+                mode: ticket.mode,
+                started: Time(started),
+            });
+            conditions::set_condition(
+                &mut s.conditions,
+                conditions::SYNCING,
+                TRUE,
+                "Syncing",
+                &format!("{} sync started ({})", ticket.mode, ticket.trigger),
+                c.metadata.generation,
+                Time(started),
+            );
+            true
+        })
+        .await;
+        let regarding = connection.object_ref(&());
+        let start_note = match &ticket.request {
+            Some(r) => format!("{} sync started for ResyncRequest {r}", ticket.mode),
+            None => format!("{} sync started ({})", ticket.mode, ticket.trigger),
+        };
+        events::publish(&ctx.recorder, &regarding, false, events::SYNC_STARTED, start_note.clone()).await;
+        if let Some(request_ref) = &ticket.request_ref {
+            let note = format!("{} sync of {} started", ticket.mode, conn.name);
+            events::publish(&ctx.recorder, request_ref, false, events::SYNC_STARTED, note).await;
+        }
+
+        let report = match permit {
+            None => cancelled_report(ticket.mode),
+            Some(_permit) => self.sync(ctx, ticket, cancel.clone()).await,
+        };
+
+        heartbeat.abort();
+        guard::release(&leases, &lease_after_heartbeat(heartbeat, lease).await).await;
+        record_result(ctx, connection, ticket, &report).await;
+        report
+    }
+
+    async fn sync(&self, ctx: &Arc<Context>, ticket: &Ticket, cancel: CancellationToken) -> SyncReport {
+        let connection = &ticket.connection;
+        let inputs = match inputs::resolve(&ctx.client, connection).await {
+            Ok(Ok(inputs)) => inputs,
+            Ok(Err(problem)) => return failed_report(ticket.mode, problem.reason, problem.message, true),
+            Err(e) => return failed_report(ticket.mode, "KubernetesError", e.to_string(), false),
+        };
+        let connector = match connectors::build(&connection.spec, inputs) {
+            Ok(c) => c,
+            Err(e) => return failed_report(ticket.mode, e.reason(), e.to_string(), e.is_stalled()),
+        };
+        let job = SyncJob {
+            connection: connection_ref(connection),
+            mode: ticket.mode,
+            trigger: ticket.trigger.to_string(),
+            request: ticket.request.clone(),
+            holder: ctx.config.identity.clone(),
+            dry_run: ticket.dry_run,
+            confirm_deletes: ticket.confirm_deletes,
+            safeguard: connection.spec.import_safeguard.clone(),
+            settings_hash: inputs::settings_hash(connection),
+        };
+        job::run(job, connector, ctx.store.clone(), cancel).await
+    }
+}
+
+async fn lease_after_heartbeat(heartbeat: tokio::task::JoinHandle<Lease>, original: Lease) -> Lease {
+    // An aborted heartbeat returns nothing; the latest renewal's
+    // resourceVersion is then unknown, so release by uid only.
+    match heartbeat.await {
+        Ok(lease) => lease,
+        Err(_) => {
+            let mut lease = original;
+            lease.metadata.resource_version = None;
+            lease
+        }
+    }
+}
+
+fn failed_report(mode: SyncMode, reason: &str, message: String, stalled: bool) -> SyncReport {
+    SyncReport {
+        run: None,
+        outcome: RunOutcome::Failed,
+        mode,
+        message: format!("{message}; nothing was applied"),
+        counts: Default::default(),
+        pages: 0,
+        duration_ms: 0,
+        accounts: 0,
+        reason: Some(reason.to_string()),
+        stalled,
+    }
+}
+
+fn cancelled_report(mode: SyncMode) -> SyncReport {
+    SyncReport {
+        run: None,
+        outcome: RunOutcome::Cancelled,
+        mode,
+        message: "cancelled before it started; nothing was applied".to_string(),
+        counts: Default::default(),
+        pages: 0,
+        duration_ms: 0,
+        accounts: 0,
+        reason: Some("Cancelled".to_string()),
+        stalled: false,
+    }
+}
+
+pub fn outcome_of(outcome: RunOutcome) -> SyncOutcome {
+    match outcome {
+        RunOutcome::Succeeded => SyncOutcome::Succeeded,
+        RunOutcome::Failed => SyncOutcome::Failed,
+        RunOutcome::Interrupted => SyncOutcome::Interrupted,
+        RunOutcome::Cancelled => SyncOutcome::Cancelled,
+        RunOutcome::SafeguardTripped => SyncOutcome::SafeguardTripped,
+        RunOutcome::DryRun => SyncOutcome::DryRun,
+    }
+}
+
+pub fn counts_of(report: &SyncReport) -> SyncCounts {
+    SyncCounts {
+        created: report.counts.created,
+        updated: report.counts.updated,
+        deleted: report.counts.deleted,
+        unchanged: report.counts.unchanged,
+    }
+}
+
+/// A one-line summary for Events and status.
+pub fn summary(report: &SyncReport) -> String {
+    let c = &report.counts;
+    let counts =
+        format!("created {}, updated {}, deleted {}, unchanged {}", c.created, c.updated, c.deleted, c.unchanged);
+    match report.outcome {
+        RunOutcome::Succeeded if report.message.is_empty() => format!("{} sync succeeded: {counts}", report.mode),
+        RunOutcome::Succeeded => format!("{} sync succeeded: {counts} ({})", report.mode, report.message),
+        RunOutcome::DryRun => format!("dry run ({}): would have {counts}; nothing was applied", report.mode),
+        _ => report.message.clone(),
+    }
+}
+
+/// Writes a finished sync into the Connection's status and Events.
+async fn record_result(ctx: &Arc<Context>, connection: &Connection, ticket: &Ticket, report: &SyncReport) {
+    let conn = connection_ref(connection);
+    let connections: Api<Connection> = Api::namespaced(ctx.client.clone(), &conn.namespace);
+    let now = Timestamp::now();
+    let note = summary(report);
+    let dry_run = report.outcome == RunOutcome::DryRun;
+    let written = status::update(&connections, &conn.name, |c: &mut Connection| {
+        let generation = c.metadata.generation;
+        let s = c.status.get_or_insert_with(Default::default);
+        s.current_sync = None;
+        conditions::set_condition(
+            &mut s.conditions,
+            conditions::SYNCING,
+            FALSE,
+            "Idle",
+            "no sync is running",
+            generation,
+            Time(now),
+        );
+        if dry_run {
+            // A dry run changes nothing the Connection reports.
+            return true;
+        }
+        s.last_sync_time = Some(Time(now));
+        s.last_result = Some(SyncResult {
+            mode: report.mode,
+            counts: counts_of(report),
+            duration_milliseconds: report.duration_ms,
+            outcome: outcome_of(report.outcome),
+            message: report.message.clone(),
+            details: [("pages".to_string(), report.pages)].into_iter().collect(),
+        });
+        match report.outcome {
+            RunOutcome::Succeeded => {
+                s.last_successful_sync_time = Some(Time(now));
+                s.account_count = Some(report.accounts);
+                s.cursor_time = Some(Time(now));
+                conditions::set_condition(
+                    &mut s.conditions,
+                    conditions::READY,
+                    TRUE,
+                    "Synced",
+                    &note,
+                    generation,
+                    Time(now),
+                );
+                conditions::set_condition(
+                    &mut s.conditions,
+                    conditions::STALLED,
+                    FALSE,
+                    "Synced",
+                    "",
+                    generation,
+                    Time(now),
+                );
+            }
+            outcome => {
+                let reason = report.reason.clone().unwrap_or_else(|| format!("{outcome:?}"));
+                conditions::set_condition(
+                    &mut s.conditions,
+                    conditions::READY,
+                    FALSE,
+                    &reason,
+                    &note,
+                    generation,
+                    Time(now),
+                );
+                let (stalled, stalled_reason) =
+                    if report.stalled { (TRUE, reason.as_str()) } else { (FALSE, "NotStalled") };
+                conditions::set_condition(
+                    &mut s.conditions,
+                    conditions::STALLED,
+                    stalled,
+                    stalled_reason,
+                    if report.stalled { &note } else { "" },
+                    generation,
+                    Time(now),
+                );
+            }
+        }
+        true
+    })
+    .await;
+    if let Err(error) = written {
+        tracing::warn!(%error, "could not record the sync result in the Connection's status");
+    }
+    let (warning, reason) = match report.outcome {
+        RunOutcome::Succeeded | RunOutcome::DryRun => (false, events::SYNC_SUCCEEDED),
+        RunOutcome::SafeguardTripped => (true, events::SAFEGUARD_TRIPPED),
+        RunOutcome::Cancelled => (true, events::SYNC_CANCELLED),
+        RunOutcome::Interrupted => (true, events::SYNC_INTERRUPTED),
+        RunOutcome::Failed => (true, events::SYNC_FAILED),
+    };
+    events::publish(&ctx.recorder, &connection.object_ref(&()), warning, reason, note.clone()).await;
+    if let Some(request_ref) = &ticket.request_ref {
+        events::publish(&ctx.recorder, request_ref, warning, reason, format!("{}: {note}", conn.name)).await;
+    }
+    tracing::info!(outcome = ?report.outcome, mode = %report.mode, created = report.counts.created,
+        updated = report.counts.updated, deleted = report.counts.deleted, unchanged = report.counts.unchanged,
+        duration_ms = report.duration_ms, "sync finished");
+}
+
+/// A holder died mid-sync: its run is marked Interrupted, the Connection
+/// says so, and the guard is now ours.
+async fn interrupt(ctx: &Arc<Context>, connection: &Connection, dead: &Holder) {
+    let conn = connection_ref(connection);
+    let message = format!(
+        "operator instance {} stopped while syncing (its guard expired); the sync was interrupted and nothing it read was applied",
+        dead.identity
+    );
+    let store = ctx.store.clone();
+    let conn_for_store = conn.clone();
+    let message_for_store = message.clone();
+    let interrupted = tokio::task::spawn_blocking(move || {
+        store.interrupt_unfinished_runs(Some(&conn_for_store), Timestamp::now(), &message_for_store)
+    })
+    .await;
+    if let Ok(Err(error)) = interrupted {
+        tracing::warn!(%error, "could not mark the interrupted run");
+    }
+    let connections: Api<Connection> = Api::namespaced(ctx.client.clone(), &conn.namespace);
+    let now = Timestamp::now();
+    let _ = status::update(&connections, &conn.name, |c: &mut Connection| {
+        let generation = c.metadata.generation;
+        let s = c.status.get_or_insert_with(Default::default);
+        s.current_sync = None;
+        s.last_result = Some(SyncResult {
+            mode: dead.mode.parse_mode(),
+            counts: SyncCounts::default(),
+            duration_milliseconds: 0,
+            outcome: SyncOutcome::Interrupted,
+            message: message.clone(),
+            details: Default::default(),
+        });
+        conditions::set_condition(
+            &mut s.conditions,
+            conditions::SYNCING,
+            FALSE,
+            "Interrupted",
+            &message,
+            generation,
+            Time(now),
+        );
+        true
+    })
+    .await;
+    events::publish(&ctx.recorder, &connection.object_ref(&()), true, events::SYNC_INTERRUPTED, message).await;
+}
+
+trait ParseMode {
+    fn parse_mode(&self) -> SyncMode;
+}
+
+impl ParseMode for String {
+    fn parse_mode(&self) -> SyncMode {
+        if self == "Full" { SyncMode::Full } else { SyncMode::Delta }
+    }
+}

@@ -1,0 +1,159 @@
+//! The SQLite store's schema history: [`MIGRATIONS`], applied in order, each
+//! in its own transaction, with the number applied kept in the database's
+//! `PRAGMA user_version`. A database migrated further than this code knows is
+//! refused rather than guessed at.
+//!
+//! Adding a table is one more entry at the end of [`MIGRATIONS`]; never edit
+//! or reorder an entry that has shipped, since databases already carry it.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StoreError;
+
+/// The schema, one step per entry: entry `i` takes a database from version
+/// `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[V1_ACCOUNTS_RUNS_STAGING];
+
+/// The schema version this code writes and reads.
+pub fn latest_version() -> i64 {
+    // A handful of entries; the cast cannot truncate.
+    MIGRATIONS.len() as i64
+}
+
+/// Accounts, cursors, the run history and the runs' staging.
+///
+/// Connections get a small integer key (`conn`) so the per-account rows and
+/// the id index do not repeat the namespace and name 100,000 times.
+///
+/// `accounts` is a rowid table with a unique (conn, id) index rather than a
+/// WITHOUT ROWID table: an account's canonical JSON is hundreds of bytes, and
+/// WITHOUT ROWID b-trees copy whole rows into their interior pages, which is
+/// bigger and deeper for rows that size. `staging` rows are as big, but they
+/// live only for one run and are read in key order, so WITHOUT ROWID keeps
+/// them to a single b-tree there.
+///
+/// Times are RFC 3339 text (`jiff::Timestamp`'s own format), which
+/// round-trips exactly and reads well in the audit trail.
+const V1_ACCOUNTS_RUNS_STAGING: &str = "
+CREATE TABLE connections (
+    conn INTEGER PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    UNIQUE (namespace, name)
+);
+
+CREATE TABLE accounts (
+    conn INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    hash BLOB NOT NULL,
+    data TEXT NOT NULL,
+    UNIQUE (conn, id)
+);
+
+CREATE TABLE cursors (
+    conn INTEGER PRIMARY KEY,
+    value TEXT NOT NULL,
+    settings_hash TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+
+-- AUTOINCREMENT: a run id is never handed out twice, even after the newest
+-- runs are deleted, so stale staging or a stale id can never meet a new run.
+CREATE TABLE runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conn INTEGER NOT NULL,
+    trigger_kind TEXT NOT NULL,
+    request TEXT,
+    requested_mode TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    outcome TEXT,
+    mode TEXT,
+    created INTEGER NOT NULL DEFAULT 0,
+    updated INTEGER NOT NULL DEFAULT 0,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    unchanged INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX runs_by_connection ON runs (conn, run_id);
+-- Finding unfinished runs at start-up must not read the whole history.
+CREATE INDEX runs_unfinished ON runs (conn) WHERE finished_at IS NULL;
+
+-- op 0 = upsert (hash and data set), 1 = delete.
+CREATE TABLE staging (
+    run_id INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    op INTEGER NOT NULL CHECK (op IN (0, 1)),
+    hash BLOB,
+    data TEXT,
+    PRIMARY KEY (run_id, id)
+) WITHOUT ROWID;
+";
+
+/// Reads the database's schema version.
+pub fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?)
+}
+
+/// Brings the database up to [`latest_version`], or refuses one that is
+/// newer. Safe against another process migrating the same file at the same
+/// time: each step re-reads the version under the write lock.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let latest = latest_version();
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version = schema_version(&tx)?;
+        if version > latest {
+            return Err(StoreError::SchemaTooNew { found: version, supported: latest });
+        }
+        let Some(sql) = usize::try_from(version).ok().and_then(|v| MIGRATIONS.get(v)) else {
+            // Up to date (a negative version cannot be written by us; treat
+            // it as corruption rather than migrate over it).
+            if version < 0 {
+                return Err(StoreError::Corrupt(format!("negative schema version {version}")));
+            }
+            return Ok(());
+        };
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version + 1)?;
+        tx.commit()?;
+        tracing::info!(from = version, to = version + 1, "migrated the store's schema");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_database_gets_every_migration_once() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), latest_version());
+        // Migrating again is a no-op (re-running a CREATE TABLE would fail).
+        migrate(&mut conn).unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), latest_version());
+        for table in ["connections", "accounts", "cursors", "runs", "staging"] {
+            let n: i64 = conn
+                .query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1", [table], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            assert_eq!(n, 1, "table {table}");
+        }
+    }
+
+    #[test]
+    fn a_newer_database_is_refused_untouched() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", latest_version() + 1).unwrap();
+        let err = migrate(&mut conn).unwrap_err();
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found, supported } if found == latest_version() + 1 && supported == latest_version()),
+            "{err}"
+        );
+        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0)).unwrap();
+        assert_eq!(tables, 0);
+    }
+}

@@ -1,0 +1,1050 @@
+//! [`SqliteStore`]: the [`Store`] in an embedded SQLite file (WAL mode), one
+//! connection behind a mutex. Every call is one short transaction; a run's
+//! pages go to the `staging` table and only [`Store::commit_run`] touches
+//! `accounts`, so atomicity of a whole sync is SQLite's own.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+
+use super::migrations;
+use super::{
+    ConnectionRef, Counts, CursorUpdate, NewRun, RunFinish, RunId, RunOutcome, RunRecord, StagedChange, Store,
+    StoreError, StoredCursor,
+};
+use crate::account::{Account, ContentHash};
+
+/// How long a call waits for another process's write to finish before it
+/// fails. Our own writes are short (a page, or one commit of seconds at most).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A first full sync writes a WAL the size of all its accounts; once it has
+/// been checkpointed, shrink it back to this rather than keep it forever.
+const JOURNAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
+
+/// Page cache, in KiB (SQLite takes negative values as KiB). Over the default
+/// 2 MiB it keeps most of a 100,000-account connection's pages in memory
+/// between the diff's index, the commit and listings (20-30% faster in
+/// `benches/store.rs`), for a bounded 32 MiB.
+const CACHE_KIB: i64 = 32 * 1024;
+
+/// `staging.op`: an upsert (hash and data set) or a delete.
+const OP_UPSERT: i64 = 0;
+const OP_DELETE: i64 = 1;
+
+/// The columns [`RawRun::from_row`] reads, in its order.
+const RUN_SELECT: &str = "SELECT r.run_id, c.namespace, c.name, r.trigger_kind, r.request, r.requested_mode, r.holder, \
+     r.started_at, r.finished_at, r.outcome, r.mode, r.created, r.updated, r.deleted, r.unchanged, r.message \
+     FROM runs r JOIN connections c ON c.conn = r.conn";
+
+/// The [`Store`] in an embedded SQLite database.
+pub struct SqliteStore {
+    // rusqlite's Connection is Send but not Sync; the mutex also serializes
+    // our own writers, so they never wait on each other inside SQLite.
+    db: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating) the database at `path` (parent folders created), in
+    /// WAL mode with a busy timeout, and migrates it.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|source| StoreError::CreateDir { path: parent.to_owned(), source })?;
+        }
+        let mut db = Connection::open(path)?;
+        db.busy_timeout(BUSY_TIMEOUT)?;
+        // WAL: other connections to the file (another process, sqlite3 while
+        // debugging) read while a commit writes, a commit appends instead of
+        // rewriting pages twice, and a killed process leaves a WAL that the
+        // next open simply ignores past its last commit.
+        let mode: String = db.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::NotWal(mode));
+        }
+        // In WAL mode NORMAL is still atomic and survives a killed process;
+        // only a power loss can drop the last commits, whole, cursor included.
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        db.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)?;
+        db.pragma_update(None, "cache_size", -CACHE_KIB)?;
+        migrations::migrate(&mut db)?;
+        Ok(SqliteStore { db: Mutex::new(db) })
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        migrations::schema_version(&*self.lock()?)
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        self.db.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    /// Runs `f` in one write transaction, committed only if `f` succeeds.
+    /// IMMEDIATE takes the write lock up front: a deferred transaction that
+    /// reads first and then writes can fail with SQLITE_BUSY at once, without
+    /// the busy timeout, when another process wrote in between.
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut db = self.lock()?;
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+impl Store for SqliteStore {
+    fn account_index(&self, c: &ConnectionRef) -> Result<HashMap<String, ContentHash>, StoreError> {
+        let db = self.lock()?;
+        let Some(key) = connection_key(&db, c)? else { return Ok(HashMap::new()) };
+        let mut stmt = db.prepare_cached("SELECT id, hash FROM accounts WHERE conn = ?1")?;
+        let mut rows = stmt.query([key])?;
+        let mut index = HashMap::new();
+        while let Some(row) = rows.next()? {
+            let id: String = row.get(0)?;
+            let hash = row
+                .get_ref(1)?
+                .as_blob()
+                .ok()
+                .and_then(ContentHash::from_slice)
+                .ok_or_else(|| StoreError::Corrupt(format!("account {id:?} of {c} has no 32-byte content hash")))?;
+            index.insert(id, hash);
+        }
+        Ok(index)
+    }
+
+    fn account_count(&self, c: &ConnectionRef) -> Result<u64, StoreError> {
+        let db = self.lock()?;
+        let Some(key) = connection_key(&db, c)? else { return Ok(0) };
+        let n: i64 =
+            db.prepare_cached("SELECT count(*) FROM accounts WHERE conn = ?1")?.query_row([key], |r| r.get(0))?;
+        from_i64(n)
+    }
+
+    fn get_account(&self, c: &ConnectionRef, id: &str) -> Result<Option<Account>, StoreError> {
+        let db = self.lock()?;
+        let Some(key) = connection_key(&db, c)? else { return Ok(None) };
+        let data: Option<String> = db
+            .prepare_cached("SELECT data FROM accounts WHERE conn = ?1 AND id = ?2")?
+            .query_row(params![key, id], |r| r.get(0))
+            .optional()?;
+        data.map(|d| decode_account(&d)).transpose()
+    }
+
+    fn list_accounts(&self, c: &ConnectionRef, after: Option<&str>, limit: usize) -> Result<Vec<Account>, StoreError> {
+        let db = self.lock()?;
+        let Some(key) = connection_key(&db, c)? else { return Ok(Vec::new()) };
+        // Past i64::MAX is "all" anyway.
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Two statements rather than `?2 IS NULL OR id > ?2`, which would keep
+        // SQLite from seeking the (conn, id) index to the page's start.
+        let mut stmt;
+        let mut rows = match after {
+            Some(after) => {
+                stmt =
+                    db.prepare_cached("SELECT data FROM accounts WHERE conn = ?1 AND id > ?2 ORDER BY id LIMIT ?3")?;
+                stmt.query(params![key, after, limit])?
+            }
+            None => {
+                stmt = db.prepare_cached("SELECT data FROM accounts WHERE conn = ?1 ORDER BY id LIMIT ?2")?;
+                stmt.query(params![key, limit])?
+            }
+        };
+        let mut accounts = Vec::new();
+        while let Some(row) = rows.next()? {
+            accounts.push(decode_account(row.get_ref(0)?.as_str().map_err(|e| corrupt("account data", e))?)?);
+        }
+        Ok(accounts)
+    }
+
+    fn cursor(&self, c: &ConnectionRef) -> Result<Option<StoredCursor>, StoreError> {
+        let db = self.lock()?;
+        let Some(key) = connection_key(&db, c)? else { return Ok(None) };
+        let raw: Option<(String, String, String)> = db
+            .prepare_cached("SELECT value, settings_hash, updated_at FROM cursors WHERE conn = ?1")?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        raw.map(|(value, settings_hash, updated_at)| {
+            Ok(StoredCursor { value, settings_hash, updated_at: parse_time(&updated_at)? })
+        })
+        .transpose()
+    }
+
+    fn start_run(&self, run: &NewRun) -> Result<RunId, StoreError> {
+        self.write(|tx| {
+            let key = ensure_connection_key(tx, &run.connection)?;
+            tx.prepare_cached(
+                "INSERT INTO runs (conn, trigger_kind, request, requested_mode, holder, started_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                key,
+                run.trigger,
+                run.request,
+                run.requested_mode,
+                run.holder,
+                run.started_at.to_string()
+            ])?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    fn stage(&self, run: RunId, changes: &[StagedChange]) -> Result<(), StoreError> {
+        // Serialize and hash before taking the lock: it is the slow part of a
+        // page, and other connections' runs should not wait for it.
+        // (id, Some((hash, data))) is an upsert, (id, None) a delete.
+        let rows: Vec<(&str, Option<(ContentHash, String)>)> = changes
+            .iter()
+            .map(|change| match change {
+                StagedChange::Upsert(account) => {
+                    (account.id.as_str(), Some((account.content_hash(), account.canonical_json())))
+                }
+                StagedChange::Delete(id) => (id.as_str(), None),
+            })
+            .collect();
+        self.write(|tx| {
+            open_run_connection(tx, run)?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO staging (run_id, id, op, hash, data) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (run_id, id) DO UPDATE SET op = excluded.op, hash = excluded.hash, data = excluded.data",
+            )?;
+            for (id, upsert) in &rows {
+                match upsert {
+                    Some((hash, data)) => insert.execute(params![run, id, OP_UPSERT, &hash.0[..], data])?,
+                    None => insert.execute(params![run, id, OP_DELETE, None::<&[u8]>, None::<&str>])?,
+                };
+            }
+            Ok(())
+        })
+    }
+
+    fn commit_run(&self, run: RunId, cursor: CursorUpdate, finish: &RunFinish) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let (upserted, deleted) = self.write(|tx| {
+            let key = open_run_connection(tx, run)?;
+            // `WHERE true` keeps SQLite from reading ON CONFLICT as a join
+            // constraint of the SELECT; the update's WHERE skips rewriting
+            // accounts whose content did not change.
+            let upserted = tx
+                .prepare_cached(
+                    "INSERT INTO accounts (conn, id, hash, data) \
+                     SELECT ?1, id, hash, data FROM staging WHERE run_id = ?2 AND op = ?3 AND true \
+                     ON CONFLICT (conn, id) DO UPDATE SET hash = excluded.hash, data = excluded.data \
+                     WHERE accounts.hash IS NOT excluded.hash",
+                )?
+                .execute(params![key, run, OP_UPSERT])?;
+            let deleted = tx
+                .prepare_cached(
+                    "DELETE FROM accounts WHERE conn = ?1 \
+                     AND id IN (SELECT id FROM staging WHERE run_id = ?2 AND op = ?3)",
+                )?
+                .execute(params![key, run, OP_DELETE])?;
+            match &cursor {
+                CursorUpdate::Keep => {}
+                CursorUpdate::Set { value, settings_hash } => {
+                    tx.prepare_cached(
+                        "INSERT INTO cursors (conn, value, settings_hash, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                         ON CONFLICT (conn) DO UPDATE SET value = excluded.value, \
+                         settings_hash = excluded.settings_hash, updated_at = excluded.updated_at",
+                    )?
+                    .execute(params![
+                        key,
+                        value,
+                        settings_hash,
+                        finish.finished_at.to_string()
+                    ])?;
+                }
+                CursorUpdate::Clear => {
+                    tx.prepare_cached("DELETE FROM cursors WHERE conn = ?1")?.execute([key])?;
+                }
+            }
+            record_finish(tx, run, finish)?;
+            drop_staging(tx, run)?;
+            Ok((upserted, deleted))
+        })?;
+        tracing::debug!(
+            run,
+            upserted,
+            deleted,
+            elapsed_ms = started.elapsed().as_millis(),
+            outcome = finish.outcome.as_str(),
+            "committed a run"
+        );
+        Ok(())
+    }
+
+    fn abandon_run(&self, run: RunId, finish: &RunFinish) -> Result<(), StoreError> {
+        self.write(|tx| {
+            open_run_connection(tx, run)?;
+            record_finish(tx, run, finish)?;
+            drop_staging(tx, run)
+        })?;
+        tracing::debug!(run, outcome = finish.outcome.as_str(), "abandoned a run");
+        Ok(())
+    }
+
+    fn interrupt_unfinished_runs(
+        &self,
+        c: Option<&ConnectionRef>,
+        finished_at: Timestamp,
+        message: &str,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let interrupted = self.write(|tx| {
+            // Both statements are answered from the partial index of
+            // unfinished runs, not the whole history.
+            let ids: Vec<RunId> = match c {
+                Some(c) => {
+                    let Some(key) = connection_key(tx, c)? else { return Ok(Vec::new()) };
+                    let mut stmt =
+                        tx.prepare_cached("SELECT run_id FROM runs WHERE conn = ?1 AND finished_at IS NULL")?;
+                    stmt.query_map([key], |r| r.get(0))?.collect::<Result<_, _>>()?
+                }
+                None => {
+                    let mut stmt = tx.prepare_cached("SELECT run_id FROM runs WHERE finished_at IS NULL")?;
+                    stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+                }
+            };
+            let finish = RunFinish {
+                outcome: RunOutcome::Interrupted,
+                mode: None,
+                counts: Counts::default(),
+                message: message.to_owned(),
+                finished_at,
+            };
+            let mut records = Vec::with_capacity(ids.len());
+            for id in ids {
+                record_finish(tx, id, &finish)?;
+                drop_staging(tx, id)?;
+                records.push(load_run(tx, id)?.ok_or(StoreError::UnknownRun(id))?);
+            }
+            Ok(records)
+        })?;
+        for run in &interrupted {
+            tracing::warn!(run = run.id, connection = %run.connection, holder = %run.holder, "marked an unfinished run as interrupted");
+        }
+        Ok(interrupted)
+    }
+
+    fn runs(&self, c: &ConnectionRef, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let db = self.lock()?;
+        let Some(key) = connection_key(&db, c)? else { return Ok(Vec::new()) };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = db.prepare_cached(&format!("{RUN_SELECT} WHERE r.conn = ?1 ORDER BY r.run_id DESC LIMIT ?2"))?;
+        let raw: Vec<RawRun> = stmt.query_map(params![key, limit], RawRun::from_row)?.collect::<Result<_, _>>()?;
+        raw.into_iter().map(RawRun::into_record).collect()
+    }
+
+    fn run(&self, id: RunId) -> Result<Option<RunRecord>, StoreError> {
+        load_run(&*self.lock()?, id)
+    }
+
+    fn purge_connection(&self, c: &ConnectionRef) -> Result<u64, StoreError> {
+        let removed = self.write(|tx| {
+            let Some(key) = connection_key(tx, c)? else { return Ok(0) };
+            let removed = tx.prepare_cached("DELETE FROM accounts WHERE conn = ?1")?.execute([key])?;
+            tx.prepare_cached("DELETE FROM cursors WHERE conn = ?1")?.execute([key])?;
+            tx.prepare_cached("DELETE FROM staging WHERE run_id IN (SELECT run_id FROM runs WHERE conn = ?1)")?
+                .execute([key])?;
+            // The connections row stays: the run history refers to it.
+            Ok(removed)
+        })?;
+        tracing::info!(connection = %c, removed, "purged a connection's accounts");
+        u64::try_from(removed).map_err(|_| StoreError::Corrupt("negative row count".into()))
+    }
+}
+
+/// The connection's key, if it has ever had a run.
+fn connection_key(db: &Connection, c: &ConnectionRef) -> Result<Option<i64>, StoreError> {
+    Ok(db
+        .prepare_cached("SELECT conn FROM connections WHERE namespace = ?1 AND name = ?2")?
+        .query_row(params![c.namespace, c.name], |r| r.get(0))
+        .optional()?)
+}
+
+fn ensure_connection_key(tx: &Transaction<'_>, c: &ConnectionRef) -> Result<i64, StoreError> {
+    if let Some(key) = connection_key(tx, c)? {
+        return Ok(key);
+    }
+    tx.prepare_cached("INSERT INTO connections (namespace, name) VALUES (?1, ?2)")?
+        .execute(params![c.namespace, c.name])?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// The key of the connection of `run`, which must exist and be unfinished.
+fn open_run_connection(tx: &Transaction<'_>, run: RunId) -> Result<i64, StoreError> {
+    let found: Option<(i64, bool)> = tx
+        .prepare_cached("SELECT conn, finished_at IS NOT NULL FROM runs WHERE run_id = ?1")?
+        .query_row([run], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match found {
+        None => Err(StoreError::UnknownRun(run)),
+        Some((_, true)) => Err(StoreError::RunFinished(run)),
+        Some((key, false)) => Ok(key),
+    }
+}
+
+fn record_finish(tx: &Transaction<'_>, run: RunId, finish: &RunFinish) -> Result<(), StoreError> {
+    let Counts { created, updated, deleted, unchanged } = finish.counts;
+    tx.prepare_cached(
+        "UPDATE runs SET finished_at = ?2, outcome = ?3, mode = ?4, created = ?5, updated = ?6, deleted = ?7, \
+         unchanged = ?8, message = ?9 WHERE run_id = ?1",
+    )?
+    .execute(params![
+        run,
+        finish.finished_at.to_string(),
+        finish.outcome.as_str(),
+        finish.mode,
+        to_i64("created count", created)?,
+        to_i64("updated count", updated)?,
+        to_i64("deleted count", deleted)?,
+        to_i64("unchanged count", unchanged)?,
+        finish.message,
+    ])?;
+    Ok(())
+}
+
+fn drop_staging(tx: &Transaction<'_>, run: RunId) -> Result<(), StoreError> {
+    tx.prepare_cached("DELETE FROM staging WHERE run_id = ?1")?.execute([run])?;
+    Ok(())
+}
+
+fn load_run(db: &Connection, id: RunId) -> Result<Option<RunRecord>, StoreError> {
+    let raw = db
+        .prepare_cached(&format!("{RUN_SELECT} WHERE r.run_id = ?1"))?
+        .query_row([id], RawRun::from_row)
+        .optional()?;
+    raw.map(RawRun::into_record).transpose()
+}
+
+/// A `runs` row as SQLite gives it; [`RawRun::into_record`] checks it.
+struct RawRun {
+    id: RunId,
+    namespace: String,
+    name: String,
+    trigger: String,
+    request: Option<String>,
+    requested_mode: String,
+    holder: String,
+    started_at: String,
+    finished_at: Option<String>,
+    outcome: Option<String>,
+    mode: Option<String>,
+    counts: [i64; 4],
+    message: String,
+}
+
+impl RawRun {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(RawRun {
+            id: r.get(0)?,
+            namespace: r.get(1)?,
+            name: r.get(2)?,
+            trigger: r.get(3)?,
+            request: r.get(4)?,
+            requested_mode: r.get(5)?,
+            holder: r.get(6)?,
+            started_at: r.get(7)?,
+            finished_at: r.get(8)?,
+            outcome: r.get(9)?,
+            mode: r.get(10)?,
+            counts: [r.get(11)?, r.get(12)?, r.get(13)?, r.get(14)?],
+            message: r.get(15)?,
+        })
+    }
+
+    fn into_record(self) -> Result<RunRecord, StoreError> {
+        let outcome = self
+            .outcome
+            .map(|o| {
+                RunOutcome::parse(&o)
+                    .ok_or_else(|| StoreError::Corrupt(format!("run {}: unknown outcome {o:?}", self.id)))
+            })
+            .transpose()?;
+        let [created, updated, deleted, unchanged] = self.counts;
+        Ok(RunRecord {
+            id: self.id,
+            connection: ConnectionRef { namespace: self.namespace, name: self.name },
+            trigger: self.trigger,
+            request: self.request,
+            requested_mode: self.requested_mode,
+            holder: self.holder,
+            started_at: parse_time(&self.started_at)?,
+            finished_at: self.finished_at.as_deref().map(parse_time).transpose()?,
+            outcome,
+            mode: self.mode,
+            counts: Counts {
+                created: from_i64(created)?,
+                updated: from_i64(updated)?,
+                deleted: from_i64(deleted)?,
+                unchanged: from_i64(unchanged)?,
+            },
+            message: self.message,
+        })
+    }
+}
+
+fn decode_account(data: &str) -> Result<Account, StoreError> {
+    serde_json::from_str(data).map_err(|e| corrupt("account data", e))
+}
+
+fn parse_time(s: &str) -> Result<Timestamp, StoreError> {
+    s.parse().map_err(|e| corrupt("timestamp", e))
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn to_i64(what: &'static str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::OutOfRange { what, value })
+}
+
+fn from_i64(value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative count {value}")))
+}
+
+#[cfg(test)]
+impl SqliteStore {
+    /// How many staged rows `run` has (tests check staging is dropped).
+    fn staged_rows(&self, run: RunId) -> i64 {
+        self.lock().unwrap().query_row("SELECT count(*) FROM staging WHERE run_id = ?1", [run], |r| r.get(0)).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use tempfile::TempDir;
+
+    use super::*;
+
+    fn open() -> (TempDir, SqliteStore, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        // A nested path: open must create the folders.
+        let path = dir.path().join("state").join("store").join("idsync.db");
+        let store = SqliteStore::open(&path).unwrap();
+        (dir, store, path)
+    }
+
+    fn conn(name: &str) -> ConnectionRef {
+        ConnectionRef::new("team-a", name)
+    }
+
+    fn account(id: &str, version: u32) -> Account {
+        let mut a = Account::new(id);
+        a.username = Some(format!("user-{id}"));
+        a.email = Some(format!("{id}.v{version}@example.com"));
+        a.display_name = Some(format!("User {id}"));
+        a.groups = vec!["staff".into(), format!("team-{version}")];
+        a.attributes.insert("department".into(), json!("R&D"));
+        a.attributes.insert("version".into(), json!(version));
+        a.normalize();
+        a
+    }
+
+    fn time(seconds: i64, nanos: i32) -> Timestamp {
+        Timestamp::new(1_750_000_000 + seconds, nanos).unwrap()
+    }
+
+    fn new_run(c: &ConnectionRef, at: Timestamp) -> NewRun {
+        NewRun {
+            connection: c.clone(),
+            trigger: "Scheduled".into(),
+            request: None,
+            requested_mode: "Delta".into(),
+            holder: "idsync-0".into(),
+            started_at: at,
+        }
+    }
+
+    fn finish(outcome: RunOutcome, at: Timestamp) -> RunFinish {
+        RunFinish {
+            outcome,
+            mode: Some("Delta".into()),
+            counts: Counts { created: 1, updated: 2, deleted: 3, unchanged: 4 },
+            message: format!("{outcome} at {at}"),
+            finished_at: at,
+        }
+    }
+
+    fn set_cursor(value: &str) -> CursorUpdate {
+        CursorUpdate::Set { value: value.into(), settings_hash: format!("settings-of-{value}") }
+    }
+
+    /// A whole successful sync: start, stage in one page, commit.
+    fn sync(store: &SqliteStore, c: &ConnectionRef, changes: &[StagedChange], cursor: CursorUpdate) -> RunId {
+        let run = store.start_run(&new_run(c, time(0, 0))).unwrap();
+        store.stage(run, changes).unwrap();
+        store.commit_run(run, cursor, &finish(RunOutcome::Succeeded, time(10, 0))).unwrap();
+        run
+    }
+
+    fn upserts(accounts: &[Account]) -> Vec<StagedChange> {
+        accounts.iter().cloned().map(StagedChange::Upsert).collect()
+    }
+
+    fn all(store: &SqliteStore, c: &ConnectionRef) -> Vec<Account> {
+        store.list_accounts(c, None, usize::MAX).unwrap()
+    }
+
+    fn ids(accounts: &[Account]) -> Vec<&str> {
+        accounts.iter().map(|a| a.id.as_str()).collect()
+    }
+
+    #[test]
+    fn open_migrates_a_fresh_file_and_reopens_it() {
+        let (_dir, store, path) = open();
+        assert!(path.exists());
+        assert_eq!(store.schema_version().unwrap(), migrations::latest_version());
+        assert!(migrations::latest_version() >= 1);
+        let c = conn("hr");
+        sync(&store, &c, &upserts(&[account("E1", 1)]), set_cursor("c1"));
+        drop(store);
+
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), migrations::latest_version());
+        assert_eq!(all(&store, &c), vec![account("E1", 1)]);
+        assert_eq!(store.cursor(&c).unwrap().unwrap().value, "c1");
+        let mode: String = store.lock().unwrap().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn open_refuses_a_database_newer_than_the_code() {
+        let (_dir, store, path) = open();
+        drop(store);
+        let newer = migrations::latest_version() + 1;
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", newer).unwrap();
+        match SqliteStore::open(&path) {
+            Err(StoreError::SchemaTooNew { found, supported }) => {
+                assert_eq!((found, supported), (newer, migrations::latest_version()))
+            }
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("a newer database was opened"),
+        }
+        // Refusing must not have touched the version.
+        let version: i64 = Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, newer);
+    }
+
+    #[test]
+    fn commit_applies_upserts_deletes_and_cursor_together() {
+        let (_dir, store, _path) = open();
+        let c = conn("hr");
+        let first = [account("E1", 1), account("E2", 1), account("E3", 1)];
+        sync(&store, &c, &upserts(&first), set_cursor("c1"));
+        assert_eq!(all(&store, &c), first);
+        let cursor = store.cursor(&c).unwrap().unwrap();
+        assert_eq!(
+            cursor,
+            StoredCursor { value: "c1".into(), settings_hash: "settings-of-c1".into(), updated_at: time(10, 0) }
+        );
+
+        // Second run: update E2, delete E3, create E4, and an E2 that is the same as stored.
+        let run = store.start_run(&new_run(&c, time(20, 0))).unwrap();
+        store
+            .stage(
+                run,
+                &[
+                    StagedChange::Upsert(account("E2", 2)),
+                    StagedChange::Delete("E3".into()),
+                    StagedChange::Upsert(account("E4", 1)),
+                    StagedChange::Upsert(account("E1", 1)),
+                    // Deleting an account that does not exist is a no-op.
+                    StagedChange::Delete("nope".into()),
+                ],
+            )
+            .unwrap();
+        // Staged is not applied: nothing visible yet.
+        assert_eq!(all(&store, &c), first);
+        assert_eq!(store.cursor(&c).unwrap().unwrap().value, "c1");
+
+        let end = finish(RunOutcome::Succeeded, time(30, 123_456_789));
+        store.commit_run(run, set_cursor("c2"), &end).unwrap();
+        let expected = vec![account("E1", 1), account("E2", 2), account("E4", 1)];
+        assert_eq!(all(&store, &c), expected);
+        assert_eq!(
+            store.cursor(&c).unwrap().unwrap(),
+            StoredCursor { value: "c2".into(), settings_hash: "settings-of-c2".into(), updated_at: end.finished_at }
+        );
+        assert_eq!(store.staged_rows(run), 0);
+        let record = store.run(run).unwrap().unwrap();
+        assert_eq!(record.outcome, Some(RunOutcome::Succeeded));
+        assert_eq!(record.finished_at, Some(end.finished_at));
+        assert_eq!(record.counts, end.counts);
+        assert_eq!(record.mode.as_deref(), Some("Delta"));
+
+        // The diff's index: every id, hashed exactly as Account::content_hash.
+        let index = store.account_index(&c).unwrap();
+        let want: HashMap<String, ContentHash> = expected.iter().map(|a| (a.id.clone(), a.content_hash())).collect();
+        assert_eq!(index, want);
+        assert_eq!(store.account_count(&c).unwrap(), 3);
+
+        // Keep leaves the cursor; Clear removes it.
+        sync(&store, &c, &[StagedChange::Delete("E4".into())], CursorUpdate::Keep);
+        assert_eq!(store.cursor(&c).unwrap().unwrap().value, "c2");
+        assert_eq!(ids(&all(&store, &c)), ["E1", "E2"]);
+        sync(&store, &c, &[], CursorUpdate::Clear);
+        assert_eq!(store.cursor(&c).unwrap(), None);
+        assert_eq!(ids(&all(&store, &c)), ["E1", "E2"]);
+    }
+
+    #[test]
+    fn a_later_staging_of_an_id_replaces_the_earlier() {
+        let (_dir, store, _path) = open();
+        let c = conn("hr");
+        sync(&store, &c, &upserts(&[account("E1", 1), account("E2", 1)]), CursorUpdate::Keep);
+        let run = store.start_run(&new_run(&c, time(0, 0))).unwrap();
+        store.stage(run, &[StagedChange::Upsert(account("E1", 2)), StagedChange::Delete("E2".into())]).unwrap();
+        store.stage(run, &[StagedChange::Upsert(account("E1", 3)), StagedChange::Upsert(account("E2", 3))]).unwrap();
+        store.stage(run, &[StagedChange::Delete("E1".into()), StagedChange::Upsert(account("E3", 1))]).unwrap();
+        // Within one page too: the last one wins.
+        store.stage(run, &[StagedChange::Upsert(account("E4", 1)), StagedChange::Upsert(account("E4", 2))]).unwrap();
+        assert_eq!(store.staged_rows(run), 4);
+        store.commit_run(run, CursorUpdate::Keep, &finish(RunOutcome::Succeeded, time(1, 0))).unwrap();
+        assert_eq!(all(&store, &c), vec![account("E2", 3), account("E3", 1), account("E4", 2)]);
+    }
+
+    #[test]
+    fn abandon_leaves_accounts_and_cursor_exactly_as_before() {
+        let (_dir, store, _path) = open();
+        let c = conn("hr");
+        sync(&store, &c, &upserts(&[account("E1", 1), account("E2", 1), account("E3", 1)]), set_cursor("c1"));
+        let before = (all(&store, &c), store.cursor(&c).unwrap(), store.account_index(&c).unwrap());
+
+        let run = store.start_run(&new_run(&c, time(20, 0))).unwrap();
+        store
+            .stage(
+                run,
+                &[
+                    StagedChange::Upsert(account("E1", 9)),
+                    StagedChange::Delete("E2".into()),
+                    StagedChange::Upsert(account("E9", 1)),
+                ],
+            )
+            .unwrap();
+        let end = finish(RunOutcome::Failed, time(21, 5));
+        store.abandon_run(run, &end).unwrap();
+
+        assert_eq!((all(&store, &c), store.cursor(&c).unwrap(), store.account_index(&c).unwrap()), before);
+        assert_eq!(store.staged_rows(run), 0);
+        let record = store.run(run).unwrap().unwrap();
+        assert_eq!(
+            (record.outcome, record.finished_at, record.message),
+            (Some(RunOutcome::Failed), Some(end.finished_at), end.message.clone())
+        );
+        // Finished is final: no commit, no more staging, no second abandon.
+        let commit = store.commit_run(run, set_cursor("c2"), &finish(RunOutcome::Succeeded, time(22, 0)));
+        assert!(matches!(commit, Err(StoreError::RunFinished(id)) if id == run), "{commit:?}");
+        assert!(matches!(store.stage(run, &upserts(&[account("E1", 9)])), Err(StoreError::RunFinished(_))));
+        assert!(matches!(store.abandon_run(run, &end), Err(StoreError::RunFinished(_))));
+        assert_eq!((all(&store, &c), store.cursor(&c).unwrap(), store.account_index(&c).unwrap()), before);
+        assert_eq!(store.staged_rows(run), 0);
+    }
+
+    #[test]
+    fn a_crashed_run_changes_nothing_and_is_interrupted_on_restart() {
+        let (_dir, store, path) = open();
+        let (a, b) = (conn("hr"), conn("ldap"));
+        sync(&store, &a, &upserts(&[account("E1", 1), account("E2", 1)]), set_cursor("c1"));
+        let before = (all(&store, &a), store.cursor(&a).unwrap());
+
+        let crashed = store.start_run(&new_run(&a, time(20, 0))).unwrap();
+        store.stage(crashed, &[StagedChange::Upsert(account("E1", 2)), StagedChange::Delete("E2".into())]).unwrap();
+        store.stage(crashed, &upserts(&[account("E3", 1)])).unwrap();
+        let other = store.start_run(&new_run(&b, time(20, 0))).unwrap();
+        store.stage(other, &upserts(&[account("L1", 1)])).unwrap();
+        // The operator dies: no commit, no abandon.
+        drop(store);
+
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!((all(&store, &a), store.cursor(&a).unwrap()), before);
+        assert_eq!(store.run(crashed).unwrap().unwrap().finished_at, None);
+        // The leftover staging is inert until dropped.
+        assert_eq!(store.staged_rows(crashed), 3);
+
+        let at = time(60, 7);
+        let interrupted = store.interrupt_unfinished_runs(Some(&a), at, "operator restarted").unwrap();
+        assert_eq!(interrupted.len(), 1);
+        let record = &interrupted[0];
+        assert_eq!((record.id, &record.connection), (crashed, &a));
+        assert_eq!(record.outcome, Some(RunOutcome::Interrupted));
+        assert_eq!((record.finished_at, record.message.as_str()), (Some(at), "operator restarted"));
+        assert_eq!(store.run(crashed).unwrap().as_ref(), Some(record));
+        assert_eq!(store.staged_rows(crashed), 0);
+        // Only connection A's runs.
+        assert_eq!(store.run(other).unwrap().unwrap().finished_at, None);
+        assert_eq!(store.staged_rows(other), 1);
+
+        let commit = store.commit_run(crashed, set_cursor("c2"), &finish(RunOutcome::Succeeded, time(61, 0)));
+        assert!(matches!(commit, Err(StoreError::RunFinished(_))), "{commit:?}");
+        assert_eq!((all(&store, &a), store.cursor(&a).unwrap()), before);
+
+        // All connections: B's run now; A has none left.
+        let rest = store.interrupt_unfinished_runs(None, at, "sweep").unwrap();
+        assert_eq!(rest.iter().map(|r| r.id).collect::<Vec<_>>(), [other]);
+        assert_eq!(store.staged_rows(other), 0);
+        assert!(store.interrupt_unfinished_runs(None, at, "sweep").unwrap().is_empty());
+        assert!(store.interrupt_unfinished_runs(Some(&conn("never-ran")), at, "sweep").unwrap().is_empty());
+    }
+
+    #[test]
+    fn interleaved_runs_of_two_connections_never_touch_each_other() {
+        let (_dir, store, _path) = open();
+        let (a, b) = (conn("hr"), conn("ldap"));
+        // Same ids on both sides, so a run that leaked across would show.
+        sync(&store, &a, &upserts(&[account("X1", 1), account("X2", 1)]), set_cursor("a1"));
+        sync(&store, &b, &upserts(&[account("X1", 5), account("X2", 5)]), set_cursor("b1"));
+
+        let run_a = store.start_run(&new_run(&a, time(1, 0))).unwrap();
+        let run_b = store.start_run(&new_run(&b, time(1, 0))).unwrap();
+        store.stage(run_a, &[StagedChange::Delete("X1".into())]).unwrap();
+        store.stage(run_b, &upserts(&[account("X1", 6)])).unwrap();
+        store.stage(run_a, &upserts(&[account("X2", 2), account("X3", 2)])).unwrap();
+        store.stage(run_b, &[StagedChange::Delete("X2".into())]).unwrap();
+
+        store.commit_run(run_a, set_cursor("a2"), &finish(RunOutcome::Succeeded, time(2, 0))).unwrap();
+        assert_eq!(all(&store, &a), vec![account("X2", 2), account("X3", 2)]);
+        assert_eq!(all(&store, &b), vec![account("X1", 5), account("X2", 5)]);
+        assert_eq!(store.cursor(&b).unwrap().unwrap().value, "b1");
+        assert_eq!(store.staged_rows(run_b), 2);
+
+        store.commit_run(run_b, set_cursor("b2"), &finish(RunOutcome::Succeeded, time(3, 0))).unwrap();
+        assert_eq!(all(&store, &a), vec![account("X2", 2), account("X3", 2)]);
+        assert_eq!(all(&store, &b), vec![account("X1", 6)]);
+        assert_eq!(store.cursor(&a).unwrap().unwrap().value, "a2");
+        assert_eq!(store.cursor(&b).unwrap().unwrap().value, "b2");
+        assert_eq!(store.runs(&a, 10).unwrap().len(), 2);
+        assert_eq!(store.runs(&b, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn concurrent_runs_from_threads_each_commit_their_own() {
+        let (_dir, store, _path) = open();
+        let store = Arc::new(store);
+        let handles: Vec<_> = ["hr", "ldap", "okta"]
+            .into_iter()
+            .map(|name| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    let c = conn(name);
+                    let run = store.start_run(&new_run(&c, time(0, 0))).unwrap();
+                    for page in 0..20 {
+                        let accounts: Vec<Account> =
+                            (0..50).map(|i| account(&format!("{name}-{:04}", page * 50 + i), 1)).collect();
+                        store.stage(run, &upserts(&accounts)).unwrap();
+                    }
+                    store.commit_run(run, set_cursor(name), &finish(RunOutcome::Succeeded, time(1, 0))).unwrap();
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        for name in ["hr", "ldap", "okta"] {
+            let c = conn(name);
+            let accounts = all(&store, &c);
+            assert_eq!(accounts.len(), 1000);
+            assert!(accounts.iter().all(|a| a.id.starts_with(name)));
+            assert_eq!(store.cursor(&c).unwrap().unwrap().value, name);
+        }
+    }
+
+    #[test]
+    fn a_poisoned_lock_is_an_error_not_a_panic() {
+        let (_dir, store, _path) = open();
+        let store = Arc::new(store);
+        let poisoner = Arc::clone(&store);
+        let panicked = std::thread::spawn(move || {
+            let _held = poisoner.db.lock().unwrap();
+            panic!("a call panicked while holding the store");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(matches!(store.account_count(&conn("hr")), Err(StoreError::Poisoned)));
+        assert!(matches!(store.start_run(&new_run(&conn("hr"), time(0, 0))), Err(StoreError::Poisoned)));
+    }
+
+    #[test]
+    fn staging_does_not_hold_the_write_lock() {
+        let (_dir, store, path) = open();
+        let c = conn("hr");
+        let run = store.start_run(&new_run(&c, time(0, 0))).unwrap();
+        store.stage(run, &upserts(&[account("E1", 1)])).unwrap();
+        // Another process, not willing to wait at all, can write between pages.
+        let other = Connection::open(&path).unwrap();
+        other.busy_timeout(Duration::ZERO).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE; COMMIT;").unwrap();
+        store.stage(run, &upserts(&[account("E2", 1)])).unwrap();
+        store.commit_run(run, CursorUpdate::Keep, &finish(RunOutcome::Succeeded, time(1, 0))).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE; COMMIT;").unwrap();
+        assert_eq!(ids(&all(&store, &c)), ["E1", "E2"]);
+    }
+
+    #[test]
+    fn a_commit_that_fails_halfway_changes_nothing() {
+        let (_dir, store, path) = open();
+        let c = conn("hr");
+        sync(&store, &c, &upserts(&[account("E1", 1), account("E2", 1)]), set_cursor("c1"));
+        let before = (all(&store, &c), store.cursor(&c).unwrap());
+        let run = store.start_run(&new_run(&c, time(20, 0))).unwrap();
+        store.stage(run, &[StagedChange::Upsert(account("E1", 2)), StagedChange::Delete("E2".into())]).unwrap();
+
+        // Make the cursor write, which comes after the accounts', fail.
+        let saboteur = Connection::open(&path).unwrap();
+        saboteur
+            .execute_batch(
+                "CREATE TRIGGER sabotage BEFORE UPDATE ON cursors BEGIN SELECT RAISE(ABORT, 'disk on fire'); END;",
+            )
+            .unwrap();
+        let commit = store.commit_run(run, set_cursor("c2"), &finish(RunOutcome::Succeeded, time(21, 0)));
+        assert!(matches!(commit, Err(StoreError::Sqlite(_))), "{commit:?}");
+        assert_eq!((all(&store, &c), store.cursor(&c).unwrap()), before);
+        assert_eq!(store.run(run).unwrap().unwrap().finished_at, None);
+        assert_eq!(store.staged_rows(run), 2);
+
+        // The run is still whole and can commit once the fault is gone.
+        saboteur.execute_batch("DROP TRIGGER sabotage;").unwrap();
+        store.commit_run(run, set_cursor("c2"), &finish(RunOutcome::Succeeded, time(22, 0))).unwrap();
+        assert_eq!(all(&store, &c), vec![account("E1", 2)]);
+        assert_eq!(store.cursor(&c).unwrap().unwrap().value, "c2");
+    }
+
+    #[test]
+    fn commit_of_a_finished_or_unknown_run_fails_and_changes_nothing() {
+        let (_dir, store, _path) = open();
+        let c = conn("hr");
+        let run = sync(&store, &c, &upserts(&[account("E1", 1)]), set_cursor("c1"));
+        let before = (all(&store, &c), store.cursor(&c).unwrap(), store.run(run).unwrap());
+
+        let again = store.commit_run(run, set_cursor("c2"), &finish(RunOutcome::Failed, time(99, 0)));
+        assert!(matches!(again, Err(StoreError::RunFinished(id)) if id == run), "{again:?}");
+        let abandon = store.abandon_run(run, &finish(RunOutcome::Cancelled, time(99, 0)));
+        assert!(matches!(abandon, Err(StoreError::RunFinished(_))), "{abandon:?}");
+        assert_eq!((all(&store, &c), store.cursor(&c).unwrap(), store.run(run).unwrap()), before);
+
+        let unknown = run + 1000;
+        let commit = store.commit_run(unknown, CursorUpdate::Clear, &finish(RunOutcome::Succeeded, time(99, 0)));
+        assert!(matches!(commit, Err(StoreError::UnknownRun(id)) if id == unknown), "{commit:?}");
+        assert!(matches!(store.stage(unknown, &[]), Err(StoreError::UnknownRun(_))));
+        assert!(matches!(
+            store.abandon_run(unknown, &finish(RunOutcome::Failed, time(0, 0))),
+            Err(StoreError::UnknownRun(_))
+        ));
+        assert_eq!(store.run(unknown).unwrap(), None);
+        assert_eq!((all(&store, &c), store.cursor(&c).unwrap(), store.run(run).unwrap()), before);
+    }
+
+    #[test]
+    fn purge_removes_accounts_cursor_and_staging_and_keeps_runs() {
+        let (_dir, store, _path) = open();
+        let (a, b) = (conn("hr"), conn("ldap"));
+        sync(&store, &a, &upserts(&[account("E1", 1), account("E2", 1)]), set_cursor("a1"));
+        sync(&store, &b, &upserts(&[account("E1", 5)]), set_cursor("b1"));
+        let pending = store.start_run(&new_run(&a, time(5, 0))).unwrap();
+        store.stage(pending, &upserts(&[account("E3", 1)])).unwrap();
+
+        assert_eq!(store.purge_connection(&a).unwrap(), 2);
+        assert!(all(&store, &a).is_empty());
+        assert!(store.account_index(&a).unwrap().is_empty());
+        assert_eq!(store.account_count(&a).unwrap(), 0);
+        assert_eq!(store.cursor(&a).unwrap(), None);
+        assert_eq!(store.staged_rows(pending), 0);
+        assert_eq!(store.runs(&a, 10).unwrap().len(), 2);
+        // B is untouched.
+        assert_eq!(all(&store, &b), vec![account("E1", 5)]);
+        assert_eq!(store.cursor(&b).unwrap().unwrap().value, "b1");
+
+        assert_eq!(store.purge_connection(&a).unwrap(), 0);
+        assert_eq!(store.purge_connection(&conn("never-ran")).unwrap(), 0);
+    }
+
+    #[test]
+    fn listing_is_ordered_by_id_and_pages_after_the_last_id() {
+        let (_dir, store, _path) = open();
+        let c = conn("hr");
+        let scrambled = ["m", "a10", "B", "a2", "é", "a1", "z", "Z", "a"];
+        sync(&store, &c, &upserts(&scrambled.map(|id| account(id, 1))), CursorUpdate::Keep);
+        let mut sorted = scrambled.to_vec();
+        sorted.sort();
+        assert_eq!(ids(&all(&store, &c)), sorted);
+
+        let mut paged = Vec::new();
+        let mut after: Option<String> = None;
+        // Bounded, so paging that stops advancing fails instead of hanging.
+        for _ in 0..scrambled.len() {
+            let page = store.list_accounts(&c, after.as_deref(), 2).unwrap();
+            assert!(page.len() <= 2);
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            paged.extend(page);
+        }
+        assert_eq!(ids(&paged), sorted);
+        assert_eq!(ids(&store.list_accounts(&c, Some("a10"), 3).unwrap()), ["a2", "m", "z"]);
+        // `after` need not be a stored id.
+        assert_eq!(ids(&store.list_accounts(&c, Some("a11"), 1).unwrap()), ["a2"]);
+        assert!(store.list_accounts(&c, None, 0).unwrap().is_empty());
+        assert!(store.list_accounts(&c, Some("é"), 5).unwrap().is_empty());
+        assert!(store.list_accounts(&conn("never-ran"), None, 5).unwrap().is_empty());
+
+        assert_eq!(store.get_account(&c, "a10").unwrap(), Some(account("a10", 1)));
+        assert_eq!(store.get_account(&c, "A10").unwrap(), None);
+        assert_eq!(store.get_account(&conn("never-ran"), "a10").unwrap(), None);
+        assert_eq!(store.account_count(&c).unwrap(), scrambled.len() as u64);
+    }
+
+    #[test]
+    fn run_history_round_trips_newest_first() {
+        let (_dir, store, _path) = open();
+        let (c, other) = (conn("hr"), conn("ldap"));
+        let mut started = Vec::new();
+        for i in 0..4 {
+            let mut new = new_run(&c, time(i, 999_999_999 - i as i32));
+            new.trigger = format!("Trigger{i}");
+            new.request = (i % 2 == 0).then(|| format!("resync-{i}"));
+            new.requested_mode = "Full".into();
+            started.push((store.start_run(&new).unwrap(), new));
+        }
+        store.start_run(&new_run(&other, time(9, 0))).unwrap();
+        let (last_id, _) = &started[3];
+        let end = RunFinish {
+            outcome: RunOutcome::SafeguardTripped,
+            mode: None,
+            counts: Counts { created: 0, updated: 7, deleted: 90_000, unchanged: u64::from(u32::MAX) },
+            message: "would delete 90% of accounts".into(),
+            finished_at: time(100, 1),
+        };
+        store.abandon_run(*last_id, &end).unwrap();
+
+        let runs = store.runs(&c, 3).unwrap();
+        assert_eq!(runs.iter().map(|r| r.id).collect::<Vec<_>>(), [started[3].0, started[2].0, started[1].0]);
+        for record in &runs {
+            let (_, new) = started.iter().find(|(id, _)| *id == record.id).unwrap();
+            assert_eq!(record.connection, new.connection);
+            assert_eq!(record.trigger, new.trigger);
+            assert_eq!(record.request, new.request);
+            assert_eq!(record.requested_mode, new.requested_mode);
+            assert_eq!(record.holder, new.holder);
+            assert_eq!(record.started_at, new.started_at);
+        }
+        let last = &runs[0];
+        assert_eq!(last.outcome, Some(end.outcome));
+        assert_eq!((last.mode.as_ref(), last.counts, &last.message), (None, end.counts, &end.message));
+        assert_eq!(last.finished_at, Some(end.finished_at));
+        assert_eq!(runs[1].outcome, None);
+        assert_eq!(runs[1].counts, Counts::default());
+        assert_eq!(store.run(*last_id).unwrap().as_ref(), Some(last));
+        assert_eq!(store.runs(&c, 100).unwrap().len(), 4);
+        assert!(store.runs(&conn("never-ran"), 10).unwrap().is_empty());
+
+        let too_big = RunFinish { counts: Counts { created: u64::MAX, ..Counts::default() }, ..end };
+        assert!(matches!(store.abandon_run(started[2].0, &too_big), Err(StoreError::OutOfRange { .. })));
+        assert_eq!(store.run(started[2].0).unwrap().unwrap().finished_at, None);
+    }
+}

@@ -1,0 +1,151 @@
+//! The diff of a sync: pages of accounts from a source against the ids and
+//! content hashes in the store. Accounts are matched by immutable id, so a
+//! rename or a new e-mail domain is an update, never a delete and a create.
+//! Memory: the store's id index plus the ids seen, never the accounts
+//! themselves beyond the page in hand.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::account::{Account, ContentHash};
+use crate::connectors::{Page, ReadKind};
+use crate::store::{Counts, StagedChange};
+
+pub struct Diff {
+    index: HashMap<String, ContentHash>,
+    seen: HashSet<String>,
+    deleted: HashSet<String>,
+    counts: Counts,
+    kind: ReadKind,
+}
+
+impl Diff {
+    /// A diff against `index` (id → hash of every stored account).
+    pub fn new(index: HashMap<String, ContentHash>, kind: ReadKind) -> Self {
+        Diff { index, seen: HashSet::new(), deleted: HashSet::new(), counts: Counts::default(), kind }
+    }
+
+    /// How many accounts the connection had before the sync.
+    pub fn total_before(&self) -> u64 {
+        self.index.len() as u64
+    }
+
+    /// Classifies one page and returns what to stage.
+    pub fn page(&mut self, page: Page) -> Vec<StagedChange> {
+        let mut changes = Vec::with_capacity(page.accounts.len());
+        for mut account in page.accounts {
+            account.normalize();
+            let hash = account.content_hash();
+            let first_time = self.seen.insert(account.id.clone());
+            if !first_time {
+                // A source that repeats an account across pages: the later
+                // copy wins and it is counted once.
+                changes.push(StagedChange::Upsert(account));
+                continue;
+            }
+            self.deleted.remove(&account.id);
+            match self.index.get(&account.id) {
+                None => {
+                    self.counts.created += 1;
+                    changes.push(StagedChange::Upsert(account));
+                }
+                Some(stored) if *stored != hash => {
+                    self.counts.updated += 1;
+                    changes.push(StagedChange::Upsert(account));
+                }
+                Some(_) => self.counts.unchanged += 1,
+            }
+        }
+        if self.kind == ReadKind::Delta {
+            for id in page.deleted {
+                if self.index.contains_key(&id) && !self.seen.contains(&id) && self.deleted.insert(id.clone()) {
+                    changes.push(StagedChange::Delete(id));
+                }
+            }
+        }
+        changes
+    }
+
+    /// After the last page: the deletions a full read implies (stored ids
+    /// the source no longer has) and the counts.
+    pub fn finish(mut self) -> (Vec<StagedChange>, Counts) {
+        let mut deletions = Vec::new();
+        if self.kind == ReadKind::Full {
+            let mut gone: Vec<String> = self.index.keys().filter(|id| !self.seen.contains(*id)).cloned().collect();
+            gone.sort();
+            deletions = gone.into_iter().map(StagedChange::Delete).collect();
+            self.counts.deleted = deletions.len() as u64;
+        } else {
+            self.counts.deleted = self.deleted.len() as u64;
+        }
+        (deletions, self.counts)
+    }
+}
+
+/// The account an upsert carries, for tests and previews.
+pub fn upserted(change: &StagedChange) -> Option<&Account> {
+    match change {
+        StagedChange::Upsert(a) => Some(a),
+        StagedChange::Delete(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(id: &str, email: &str) -> Account {
+        let mut a = Account::new(id);
+        a.email = Some(email.to_string());
+        a
+    }
+
+    fn index(accounts: &[Account]) -> HashMap<String, ContentHash> {
+        accounts.iter().map(|a| (a.id.clone(), a.content_hash())).collect()
+    }
+
+    #[test]
+    fn a_full_read_creates_updates_keeps_and_deletes_by_id() {
+        let stored =
+            [account("1", "ada@old.example"), account("2", "grace@example.com"), account("3", "alan@example.com")];
+        let mut diff = Diff::new(index(&stored), ReadKind::Full);
+        assert_eq!(diff.total_before(), 3);
+        // 1 changed e-mail domain (an update), 2 unchanged, 3 gone, 4 new.
+        let page = Page {
+            number: 1,
+            accounts: vec![
+                account("1", "ada@new.example"),
+                account("2", "grace@example.com"),
+                account("4", "kj@example.com"),
+            ],
+            deleted: vec![],
+        };
+        let staged = diff.page(page);
+        let ids: Vec<&str> = staged.iter().filter_map(upserted).map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, vec!["1", "4"]);
+        let (deletions, counts) = diff.finish();
+        assert_eq!(deletions, vec![StagedChange::Delete("3".into())]);
+        assert_eq!(counts, Counts { created: 1, updated: 1, deleted: 1, unchanged: 1 });
+    }
+
+    #[test]
+    fn a_delta_deletes_only_what_it_names_and_only_what_exists() {
+        let stored = [account("1", "a@x"), account("2", "b@x")];
+        let mut diff = Diff::new(index(&stored), ReadKind::Delta);
+        let staged =
+            diff.page(Page { number: 1, accounts: vec![account("3", "c@x")], deleted: vec!["2".into(), "9".into()] });
+        assert_eq!(staged.len(), 2);
+        let (deletions, counts) = diff.finish();
+        assert!(deletions.is_empty(), "a delta implies no deletions beyond those it names");
+        assert_eq!(counts, Counts { created: 1, updated: 0, deleted: 1, unchanged: 0 });
+    }
+
+    #[test]
+    fn an_account_repeated_across_pages_is_counted_once() {
+        let mut diff = Diff::new(HashMap::new(), ReadKind::Full);
+        diff.page(Page { number: 1, accounts: vec![account("1", "a@x")], deleted: vec![] });
+        let staged = diff.page(Page { number: 2, accounts: vec![account("1", "a2@x")], deleted: vec![] });
+        assert_eq!(staged.len(), 1);
+        let (_, counts) = diff.finish();
+        assert_eq!(counts.created, 1);
+    }
+}

@@ -1,0 +1,269 @@
+//! One sync of one connection: read pages from the connector, diff them
+//! against the store, stage the changes, check the import safeguard, and
+//! commit the changes with the new cursor in one transaction — or nothing.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use jiff::Timestamp;
+use tokio_util::sync::CancellationToken;
+
+use super::diff::Diff;
+use super::safeguard;
+use crate::api::SyncMode;
+use crate::api::connection::ImportSafeguard;
+use crate::connectors::{Connector, ConnectorError, ReadKind};
+use crate::store::{ConnectionRef, Counts, CursorUpdate, NewRun, RunFinish, RunId, RunOutcome, Store, StoreError};
+
+/// What a sync is asked to do.
+#[derive(Clone, Debug)]
+pub struct SyncJob {
+    pub connection: ConnectionRef,
+    pub mode: SyncMode,
+    /// Scheduled, Requested, RequestedAt…
+    pub trigger: String,
+    pub request: Option<String>,
+    pub holder: String,
+    pub dry_run: bool,
+    /// Apply deletions the import safeguard would hold back.
+    pub confirm_deletes: bool,
+    pub safeguard: ImportSafeguard,
+    /// A hash of the provider settings the cursor belongs to: when they
+    /// change, the stored cursor is not used (a new mapping needs a new
+    /// cursor, as an Entra ID delta token does).
+    pub settings_hash: String,
+}
+
+/// What a sync did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyncReport {
+    pub run: Option<RunId>,
+    pub outcome: RunOutcome,
+    /// The mode that actually ran.
+    pub mode: SyncMode,
+    /// Why a Delta ran as Full, or why it failed.
+    pub message: String,
+    pub counts: Counts,
+    pub pages: u64,
+    pub duration_ms: u64,
+    /// The connection's account count after the sync.
+    pub accounts: u64,
+    /// The error's reason when it failed (Unauthorized, SourceError…).
+    pub reason: Option<String>,
+    /// True when the failure needs a person (credentials, configuration).
+    pub stalled: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("{0}")]
+    Connector(#[from] ConnectorError),
+    #[error("the store failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("{0}")]
+    Safeguard(#[from] safeguard::Tripped),
+}
+
+/// Runs a blocking store call off the async threads.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Internal(format!("store task failed: {e}"))))
+}
+
+/// Runs one sync to its end. Never leaves partial changes in the store.
+pub async fn run(
+    job: SyncJob,
+    mut connector: Box<dyn Connector>,
+    store: Arc<dyn Store>,
+    cancel: CancellationToken,
+) -> SyncReport {
+    let started = Instant::now();
+    let conn = job.connection.clone();
+    let new_run = NewRun {
+        connection: conn.clone(),
+        trigger: job.trigger.clone(),
+        request: job.request.clone(),
+        requested_mode: job.mode.to_string(),
+        holder: job.holder.clone(),
+        started_at: Timestamp::now(),
+    };
+    let run_id = match blocking(&store, move |s| s.start_run(&new_run)).await {
+        Ok(id) => id,
+        Err(e) => {
+            return SyncReport {
+                run: None,
+                outcome: RunOutcome::Failed,
+                mode: job.mode,
+                message: format!("the store failed: {e}"),
+                counts: Counts::default(),
+                pages: 0,
+                duration_ms: elapsed_ms(started),
+                accounts: 0,
+                reason: Some("StoreError".into()),
+                stalled: false,
+            };
+        }
+    };
+    let mut state = Progress { mode: job.mode, note: None, counts: Counts::default(), pages: 0 };
+    let result = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Failure::Cancelled),
+        result = read_and_stage(&job, connector.as_mut(), &store, run_id, &mut state) => result,
+    };
+
+    let (outcome, message, reason, stalled) = match &result {
+        Ok(Plan::Commit { .. }) if job.dry_run => {
+            (RunOutcome::DryRun, with_note(&state, "dry run: nothing was applied"), None, false)
+        }
+        Ok(Plan::Commit { .. }) => (RunOutcome::Succeeded, with_note(&state, ""), None, false),
+        Err(Failure::Cancelled) => (
+            RunOutcome::Cancelled,
+            "cancelled: a newer request replaced this sync; nothing was applied".to_string(),
+            Some("Cancelled".to_string()),
+            false,
+        ),
+        Err(Failure::Safeguard(tripped)) => {
+            (RunOutcome::SafeguardTripped, tripped.to_string(), Some("SafeguardTripped".to_string()), false)
+        }
+        Err(Failure::Connector(e)) => {
+            (RunOutcome::Failed, failure_message(e), Some(e.reason().to_string()), e.is_stalled())
+        }
+        Err(Failure::Store(e)) => {
+            (RunOutcome::Failed, format!("the store failed: {e}"), Some("StoreError".to_string()), false)
+        }
+    };
+    let finish = RunFinish {
+        outcome,
+        mode: Some(state.mode.to_string()),
+        counts: state.counts,
+        message: message.clone(),
+        finished_at: Timestamp::now(),
+    };
+    let committed = match result {
+        Ok(Plan::Commit { cursor }) if !job.dry_run => {
+            let finish = finish.clone();
+            blocking(&store, move |s| s.commit_run(run_id, cursor, &finish)).await
+        }
+        _ => {
+            let finish = finish.clone();
+            blocking(&store, move |s| s.abandon_run(run_id, &finish)).await
+        }
+    };
+    let (outcome, message, reason) = match committed {
+        Ok(()) => (outcome, message, reason),
+        Err(e) => {
+            (RunOutcome::Failed, format!("the store could not commit the sync: {e}"), Some("StoreError".to_string()))
+        }
+    };
+    let accounts = {
+        let conn = conn.clone();
+        blocking(&store, move |s| s.account_count(&conn)).await.unwrap_or_default()
+    };
+    SyncReport {
+        run: Some(run_id),
+        outcome,
+        mode: state.mode,
+        message,
+        counts: state.counts,
+        pages: state.pages,
+        duration_ms: elapsed_ms(started),
+        accounts,
+        reason,
+        stalled,
+    }
+}
+
+struct Progress {
+    mode: SyncMode,
+    note: Option<String>,
+    counts: Counts,
+    pages: u64,
+}
+
+enum Plan {
+    Commit { cursor: CursorUpdate },
+}
+
+fn with_note(state: &Progress, suffix: &str) -> String {
+    let mut parts: Vec<String> = state.note.iter().cloned().collect();
+    if !suffix.is_empty() {
+        parts.push(suffix.to_string());
+    }
+    parts.join("; ")
+}
+
+fn failure_message(e: &ConnectorError) -> String {
+    format!("{e}; nothing was applied")
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn read_and_stage(
+    job: &SyncJob,
+    connector: &mut dyn Connector,
+    store: &Arc<dyn Store>,
+    run_id: RunId,
+    state: &mut Progress,
+) -> Result<Plan, Failure> {
+    let conn = job.connection.clone();
+    let stored_cursor = {
+        let conn = conn.clone();
+        blocking(store, move |s| s.cursor(&conn)).await?
+    };
+    // A cursor written for other provider settings is not used.
+    let (cursor, cursor_note) = match stored_cursor {
+        Some(c) if c.settings_hash == job.settings_hash => (Some(c.value), None),
+        Some(_) => (None, Some("the provider settings changed, so the stored cursor was not used".to_string())),
+        None => (None, None),
+    };
+    let mode = if cursor_note.is_some() { SyncMode::Full } else { job.mode };
+    let plan = connector.begin(mode, cursor.as_deref()).await?;
+    state.mode = match plan.kind {
+        ReadKind::Full => SyncMode::Full,
+        ReadKind::Delta => SyncMode::Delta,
+    };
+    state.note = match (job.mode, state.mode, cursor_note, plan.reason) {
+        (SyncMode::Delta, SyncMode::Full, Some(note), _) => Some(format!("ran as Full: {note}")),
+        (SyncMode::Delta, SyncMode::Full, None, Some(reason)) => Some(format!("ran as Full: {reason}")),
+        _ => None,
+    };
+
+    let index = {
+        let conn = conn.clone();
+        blocking(store, move |s| s.account_index(&conn)).await?
+    };
+    let mut diff = Diff::new(index, plan.kind);
+    while let Some(page) = connector.next_page().await? {
+        state.pages += 1;
+        let changes = diff.page(page);
+        if !changes.is_empty() {
+            blocking(store, move |s| s.stage(run_id, &changes)).await?;
+        }
+    }
+    let total_before = diff.total_before();
+    let (deletions, counts) = diff.finish();
+    state.counts = counts;
+    if !job.confirm_deletes {
+        safeguard::check(counts.deleted, total_before, &job.safeguard)?;
+    }
+    if !deletions.is_empty() {
+        for chunk in deletions.chunks(1000) {
+            let chunk = chunk.to_vec();
+            blocking(store, move |s| s.stage(run_id, &chunk)).await?;
+        }
+    }
+    let cursor = match connector.cursor() {
+        Some(value) => CursorUpdate::Set { value, settings_hash: job.settings_hash.clone() },
+        None => CursorUpdate::Clear,
+    };
+    Ok(Plan::Commit { cursor })
+}

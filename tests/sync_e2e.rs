@@ -1,0 +1,514 @@
+//! The sync engine end to end: the operator on a devcluster, driven the way
+//! a person or a pipeline drives it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::csv_server::CsvServer;
+use common::operator::{Operator, TestClock, test_config};
+use common::{Harness, eventually};
+use idsync::api::resync_request::{Phase, TargetPhase};
+use idsync::api::{Connection, ResyncRequest};
+use idsync::store::{ConnectionRef, RunOutcome, Store};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const HEADER: &str = "employee_id,first_name,last_name,work_email,department,status";
+
+fn person(i: usize) -> String {
+    format!("E{i:04},First{i},Last{i},person{i}@acme.example,Dept{},active", i % 7)
+}
+
+fn export(ids: impl IntoIterator<Item = usize>) -> String {
+    let mut lines = vec![HEADER.to_string()];
+    lines.extend(ids.into_iter().map(person));
+    lines.join("\n") + "\n"
+}
+
+struct Env {
+    h: Harness,
+    operator: Option<Operator>,
+    clock: Arc<TestClock>,
+    data: tempfile::TempDir,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let h = Harness::start().await;
+        idsync::dev::install_crds(&h.client).await.expect("CRDs");
+        let clock = Arc::new(TestClock::default());
+        let data = tempfile::tempdir().expect("data dir");
+        let operator = Operator::start(&h.cluster, data.path(), clock.clone(), test_config("operator-a"));
+        Env { h, operator: Some(operator), clock, data }
+    }
+
+    fn store(&self) -> idsync::store::SqliteStore {
+        idsync::store::SqliteStore::open(&self.data.path().join("idsync.db")).expect("store")
+    }
+
+    fn accounts(&self, connection: &str) -> BTreeMap<String, idsync::account::Account> {
+        let store = self.store();
+        let conn = ConnectionRef { namespace: "default".into(), name: connection.into() };
+        store.list_accounts(&conn, None, 100_000).expect("list").into_iter().map(|a| (a.id.clone(), a)).collect()
+    }
+
+    fn runs(&self, connection: &str) -> Vec<idsync::store::RunRecord> {
+        let conn = ConnectionRef { namespace: "default".into(), name: connection.into() };
+        self.store().runs(&conn, 100).expect("runs")
+    }
+
+    async fn config_map(&self, name: &str, csv: &str) {
+        let api: Api<ConfigMap> = Api::namespaced(self.h.client.clone(), "default");
+        let cm =
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"people.csv": csv}});
+        api.patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&cm)).await.expect("configmap");
+    }
+
+    async fn connection(&self, name: &str, spec: serde_json::Value) {
+        let api: Api<Connection> = Api::namespaced(self.h.client.clone(), "default");
+        let object = json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "Connection", "metadata": {"name": name}, "spec": spec});
+        api.patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&object)).await.expect("connection");
+    }
+
+    async fn csv_connection(&self, name: &str, config_map: &str) {
+        self.connection(
+            name,
+            json!({"category": "HRIS", "provider": {"type": "csv", "csv": {
+                "source": {"configMapKeyRef": {"name": config_map, "key": "people.csv"}},
+                "idColumn": "employee_id", "columns": {"email": "work_email", "enabled": "status"}}}}),
+        )
+        .await;
+    }
+
+    async fn url_connection(&self, name: &str, url: &str, page_size: u32) {
+        self.connection(
+            name,
+            json!({"category": "HRIS", "pageSize": page_size, "provider": {"type": "csv", "csv": {
+                "source": {"url": url}, "idColumn": "employee_id", "columns": {"email": "work_email"}}}}),
+        )
+        .await;
+    }
+
+    async fn request(&self, name: &str, spec: serde_json::Value) {
+        let api: Api<ResyncRequest> = Api::namespaced(self.h.client.clone(), "default");
+        let object: ResyncRequest = serde_json::from_value(
+            json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "ResyncRequest", "metadata": {"name": name}, "spec": spec}),
+        )
+        .expect("request");
+        api.create(&PostParams::default(), &object).await.expect("create request");
+    }
+
+    async fn finished(&self, name: &str, timeout: Duration) -> ResyncRequest {
+        let api: Api<ResyncRequest> = Api::namespaced(self.h.client.clone(), "default");
+        let found = eventually(timeout, || async {
+            let r = api.get(name).await.ok()?;
+            r.status.as_ref()?.phase.filter(|p| p.is_finished())?;
+            Some(r)
+        })
+        .await;
+        match found {
+            Some(r) => r,
+            None => {
+                panic!("ResyncRequest {name} did not finish: {:#?}", api.get(name).await.ok().and_then(|r| r.status))
+            }
+        }
+    }
+
+    async fn get_connection(&self, name: &str) -> Connection {
+        Api::<Connection>::namespaced(self.h.client.clone(), "default").get(name).await.expect("connection")
+    }
+
+    async fn events_for(&self, name: &str) -> Vec<Event> {
+        let api: Api<Event> = Api::namespaced(self.h.client.clone(), "default");
+        api.list(&ListParams::default().fields(&format!("regarding.name={name}"))).await.expect("events").items
+    }
+
+    async fn sync(&self, request: &str, connection: &str, extra: serde_json::Value) -> ResyncRequest {
+        let mut spec = json!({"target": {"connections": [connection]}, "mode": "Full"});
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        self.request(request, spec).await;
+        self.finished(request, Duration::from_secs(30)).await
+    }
+}
+
+fn phase(r: &ResyncRequest) -> Option<Phase> {
+    r.status.as_ref().and_then(|s| s.phase)
+}
+
+fn target(r: &ResyncRequest) -> idsync::api::resync_request::TargetStatus {
+    r.status.as_ref().and_then(|s| s.targets.first().cloned()).expect("a target")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_apply_of_a_resync_request_reaches_succeeded_and_reports_everywhere() {
+    let env = Env::start().await;
+    env.config_map("hr-export", &export(1..=4)).await;
+    env.csv_connection("hris", "hr-export").await;
+    let manifest = env.h.dir.path().join("request.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: idsync.dev/v1alpha1\nkind: ResyncRequest\nmetadata:\n  name: resync-hris\nspec:\n  target:\n    connections: [hris]\n",
+    )
+    .expect("write");
+    env.h.kubectl_ok(&["apply", "-f", &manifest.display().to_string()]).await;
+    let request = env.finished("resync-hris", Duration::from_secs(30)).await;
+    assert_eq!(phase(&request), Some(Phase::Succeeded), "{:#?}", request.status);
+    let t = target(&request);
+    assert_eq!(t.phase, TargetPhase::Succeeded);
+    assert_eq!(t.counts.expect("counts").created, 4);
+
+    let connection = env.get_connection("hris").await;
+    let status = connection.status.expect("status");
+    assert!(status.last_sync_time.is_some() && status.last_successful_sync_time.is_some());
+    assert_eq!(status.account_count, Some(4));
+    assert_eq!(status.last_result.as_ref().map(|r| r.counts.created), Some(4));
+    assert!(idsync::api::conditions::is_true(&status.conditions, "Ready"), "{:#?}", status.conditions);
+    assert!(!idsync::api::conditions::is_true(&status.conditions, "Syncing"));
+    assert_eq!(env.accounts("hris").len(), 4);
+
+    for object in ["hris", "resync-hris"] {
+        let reasons: Vec<String> = env.events_for(object).await.into_iter().filter_map(|e| e.reason).collect();
+        assert!(reasons.contains(&"SyncStarted".to_string()), "{object}: {reasons:?}");
+        assert!(reasons.contains(&"SyncSucceeded".to_string()), "{object}: {reasons:?}");
+    }
+    let table = env.h.kubectl_ok(&["get", "conn", "hris"]).await;
+    let row: Vec<&str> = table.lines().nth(1).expect("a row").split_whitespace().collect();
+    assert_eq!(&row[..4], &["hris", "csv", "HRIS", "True"], "{table}");
+    assert!(row.contains(&"4"), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counts_are_right_across_three_exports_and_a_rename_is_an_update() {
+    let env = Env::start().await;
+    env.config_map("hr-export", &export(1..=5)).await;
+    env.csv_connection("hris", "hr-export").await;
+    let first = env.sync("v1", "hris", json!({})).await;
+    let c = target(&first).counts.expect("counts");
+    assert_eq!((c.created, c.updated, c.deleted, c.unchanged), (5, 0, 0, 0));
+
+    // Person 1 is renamed and moves to a new e-mail domain; 5 leaves; 6 joins.
+    let v2 = export(1..=4)
+        .replace("E0001,First1,Last1,person1@acme.example", "E0001,Ada,Byron,ada.byron@acme-corp.example")
+        + &person(6)
+        + "\n";
+    env.config_map("hr-export", &v2).await;
+    let second = env.sync("v2", "hris", json!({})).await;
+    let c = target(&second).counts.expect("counts");
+    assert_eq!((c.created, c.updated, c.deleted, c.unchanged), (1, 1, 1, 3));
+    let accounts = env.accounts("hris");
+    assert_eq!(accounts["E0001"].email.as_deref(), Some("ada.byron@acme-corp.example"));
+    assert!(!accounts.contains_key("E0005"));
+
+    // Nothing changed: everything unchanged.
+    let third = env.sync("v3", "hris", json!({})).await;
+    let c = target(&third).counts.expect("counts");
+    assert_eq!((c.created, c.updated, c.deleted, c.unchanged), (0, 0, 0, 5));
+    assert_eq!(env.get_connection("hris").await.status.and_then(|s| s.account_count), Some(5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_import_safeguard_holds_back_a_mass_deletion_until_confirmed() {
+    let env = Env::start().await;
+    env.config_map("hr-export", &export(1..=10)).await;
+    env.csv_connection("hris", "hr-export").await;
+    env.sync("initial", "hris", json!({})).await;
+    // 30% of the people are missing from the next export.
+    env.config_map("hr-export", &export(1..=7)).await;
+    let held = env.sync("held", "hris", json!({})).await;
+    assert_eq!(phase(&held), Some(Phase::Failed));
+    let t = target(&held);
+    assert_eq!(t.phase, TargetPhase::SafeguardTripped);
+    assert!(t.message.contains("would delete 3 of 10 accounts (30%)"), "{}", t.message);
+    assert_eq!(env.accounts("hris").len(), 10, "the safeguard applied something");
+    let warnings: Vec<Event> =
+        env.events_for("hris").await.into_iter().filter(|e| e.reason.as_deref() == Some("SafeguardTripped")).collect();
+    assert_eq!(warnings.first().and_then(|e| e.type_.clone()).as_deref(), Some("Warning"));
+    let status = env.get_connection("hris").await.status.expect("status");
+    let ready = idsync::api::conditions::find(&status.conditions, "Ready").expect("Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "SafeguardTripped"));
+
+    let confirmed = env.sync("confirmed", "hris", json!({"confirmDeletes": true})).await;
+    assert_eq!(phase(&confirmed), Some(Phase::Succeeded), "{:#?}", confirmed.status);
+    assert_eq!(target(&confirmed).counts.expect("counts").deleted, 3);
+    assert_eq!(env.accounts("hris").len(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_failing_on_its_third_page_or_a_malformed_row_changes_nothing() {
+    let env = Env::start().await;
+    let server = CsvServer::start(&export(1..=500)).await;
+    env.url_connection("hr-url", &server.url, 100).await;
+    let ok = env.sync("good", "hr-url", json!({})).await;
+    assert_eq!(phase(&ok), Some(Phase::Succeeded), "{:#?}", ok.status);
+    let before = env.accounts("hr-url");
+    assert_eq!(before.len(), 500);
+
+    // The next export changes everyone, but the server dies after 250 rows.
+    server.set(|b| {
+        b.body = export(1..=500).replace("@acme.example", "@new.example");
+        b.cut_after_lines = Some(251);
+        // Paced, so the response and its first pages are on the wire before the cut.
+        b.delay_per_chunk = Duration::from_millis(30);
+    });
+    let failed = env.sync("broken", "hr-url", json!({})).await;
+    assert_eq!(phase(&failed), Some(Phase::Failed));
+    let t = target(&failed);
+    assert!(t.message.contains("page 3"), "{}", t.message);
+    assert_eq!(env.accounts("hr-url"), before, "a failed sync changed the store");
+    let status = env.get_connection("hr-url").await.status.expect("status");
+    assert!(status.last_result.as_ref().is_some_and(|r| r.message.contains("page 3")));
+
+    // A malformed row in a ConfigMap export: its line number, nothing applied.
+    env.config_map("hr-export", &export(1..=5)).await;
+    env.csv_connection("hris", "hr-export").await;
+    env.sync("cm-good", "hris", json!({})).await;
+    let malformed =
+        export(1..=5).replace("E0005,First5,Last5,person5@acme.example,Dept5,active", "E0005,First5,\"Last5");
+    env.config_map("hr-export", &(malformed + &person(6) + "\n")).await;
+    let failed = env.sync("cm-bad", "hris", json!({})).await;
+    assert_eq!(phase(&failed), Some(Phase::Failed));
+    assert!(
+        target(&failed).message.contains("line 6") || target(&failed).message.contains("line 7"),
+        "{}",
+        target(&failed).message
+    );
+    assert_eq!(env.accounts("hris").len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forbid_rejects_wait_queues_and_replace_cancels() {
+    let env = Env::start().await;
+    let server = CsvServer::start(&export(1..=1000)).await;
+    server.set(|b| b.delay_per_chunk = Duration::from_millis(150));
+    env.url_connection("slow", &server.url, 100).await;
+    let api: Api<ResyncRequest> = Api::namespaced(env.h.client.clone(), "default");
+    let running = |name: &'static str| {
+        let api = api.clone();
+        async move {
+            eventually(Duration::from_secs(10), || async {
+                let r = api.get(name).await.ok()?;
+                (r.status.as_ref()?.targets.first()?.phase == TargetPhase::Running).then_some(())
+            })
+            .await
+            .unwrap_or_else(|| panic!("{name} never ran"))
+        }
+    };
+
+    env.request("first", json!({"target": {"connections": ["slow"]}, "mode": "Full"})).await;
+    running("first").await;
+    env.request("forbidden", json!({"target": {"connections": ["slow"]}, "concurrencyPolicy": "Forbid"})).await;
+    let forbidden = env.finished("forbidden", Duration::from_secs(10)).await;
+    let t = target(&forbidden);
+    assert_eq!(t.phase, TargetPhase::Rejected);
+    assert!(t.message.contains("ResyncRequest first"), "{}", t.message);
+
+    env.request("waiting", json!({"target": {"connections": ["slow"]}, "concurrencyPolicy": "Wait"})).await;
+    let waited = eventually(Duration::from_secs(5), || async {
+        let r = api.get("waiting").await.ok()?;
+        (r.status.as_ref()?.targets.first()?.phase == TargetPhase::Waiting).then_some(())
+    })
+    .await;
+    assert!(waited.is_some(), "the Wait request did not queue");
+    let first = env.finished("first", Duration::from_secs(60)).await;
+    let waiting = env.finished("waiting", Duration::from_secs(60)).await;
+    assert_eq!(phase(&first), Some(Phase::Succeeded));
+    assert_eq!(phase(&waiting), Some(Phase::Succeeded));
+    let first_done = target(&first).completion_time.expect("done").0;
+    let waiting_started = target(&waiting).start_time.expect("started").0;
+    assert!(waiting_started >= first_done, "the Wait request ran while the first was running");
+
+    // Replace: the running sync is cancelled and its data never lands.
+    server.set(|b| b.body = export(1..=1000).replace("@acme.example", "@first.example"));
+    env.request("to-be-replaced", json!({"target": {"connections": ["slow"]}, "mode": "Full"})).await;
+    running("to-be-replaced").await;
+    server.set(|b| {
+        b.body = export(1..=1000).replace("@acme.example", "@replacement.example");
+        b.delay_per_chunk = Duration::ZERO;
+    });
+    env.request(
+        "replacement",
+        json!({"target": {"connections": ["slow"]}, "mode": "Full", "concurrencyPolicy": "Replace"}),
+    )
+    .await;
+    let replaced = env.finished("to-be-replaced", Duration::from_secs(60)).await;
+    let replacement = env.finished("replacement", Duration::from_secs(60)).await;
+    assert_eq!(target(&replaced).phase, TargetPhase::Failed);
+    assert!(target(&replaced).message.contains("cancelled"), "{}", target(&replaced).message);
+    assert_eq!(phase(&replacement), Some(Phase::Succeeded));
+    let accounts = env.accounts("slow");
+    assert!(accounts.values().all(|a| a.email.as_deref().is_some_and(|e| e.ends_with("@replacement.example"))));
+    let outcomes: Vec<RunOutcome> = env.runs("slow").iter().filter_map(|r| r.outcome).collect();
+    assert!(outcomes.contains(&RunOutcome::Cancelled), "{outcomes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_killed_mid_sync_leaves_the_store_as_it_was_and_its_successor_recovers() {
+    let mut env = Env::start().await;
+    let server = CsvServer::start(&export(1..=300)).await;
+    env.url_connection("crashy", &server.url, 50).await;
+    env.sync("before", "crashy", json!({})).await;
+    let before = env.accounts("crashy");
+    assert_eq!(before.len(), 300);
+
+    server.set(|b| {
+        b.body = export(1..=300).replace("@acme.example", "@after.example");
+        b.delay_per_chunk = Duration::from_millis(300);
+        b.chunk_lines = 50;
+    });
+    env.request("during-crash", json!({"target": {"connections": ["crashy"]}, "mode": "Full"})).await;
+    let api: Api<ResyncRequest> = Api::namespaced(env.h.client.clone(), "default");
+    eventually(Duration::from_secs(10), || async {
+        let r = api.get("during-crash").await.ok()?;
+        (r.status.as_ref()?.targets.first()?.phase == TargetPhase::Running).then_some(())
+    })
+    .await
+    .expect("the sync started");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    env.operator.take().expect("operator").kill();
+    assert_eq!(env.accounts("crashy"), before, "a killed sync left partial changes");
+
+    server.set(|b| b.delay_per_chunk = Duration::ZERO);
+    let successor = Operator::start(&env.h.cluster, env.data.path(), env.clock.clone(), test_config("operator-b"));
+    let request = env.finished("during-crash", Duration::from_secs(60)).await;
+    assert_eq!(phase(&request), Some(Phase::Succeeded), "{:#?}", request.status);
+    let runs = env.runs("crashy");
+    let interrupted: Vec<_> = runs.iter().filter(|r| r.outcome == Some(RunOutcome::Interrupted)).collect();
+    assert_eq!(interrupted.len(), 1, "{runs:#?}");
+    assert_eq!(interrupted[0].holder, "operator-a");
+    assert!(env.accounts("crashy").values().all(|a| a.email.as_deref().is_some_and(|e| e.ends_with("@after.example"))));
+    let reasons: Vec<String> = env.events_for("crashy").await.into_iter().filter_map(|e| e.reason).collect();
+    assert!(reasons.contains(&"SyncInterrupted".to_string()), "{reasons:?}");
+    successor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schedules_fire_at_their_time_suspend_stops_them_and_requested_at_syncs_once() {
+    let env = Env::start().await;
+    env.config_map("hr-export", &export(1..=3)).await;
+    env.connection(
+        "hris",
+        json!({"category": "HRIS", "schedule": {"cron": ["0 3 * * *"], "timeZone": "UTC"},
+               "provider": {"type": "csv", "csv": {"source": {"configMapKeyRef": {"name": "hr-export", "key": "people.csv"}}, "idColumn": "employee_id"}}}),
+    )
+    .await;
+    let next =
+        eventually(Duration::from_secs(10), || async { env.get_connection("hris").await.status?.next_sync_time })
+            .await
+            .expect("nextSyncTime");
+    let now = jiff::Timestamp::now();
+    assert!(next.0 > now && next.0.duration_since(now) <= jiff::SignedDuration::from_hours(24));
+    assert_eq!(next.0.strftime("%H:%M").to_string(), "03:00");
+    assert!(env.runs("hris").is_empty(), "a sync ran before its time");
+
+    env.clock.advance_to(next.0 + jiff::SignedDuration::from_secs(1));
+    let synced = eventually(Duration::from_secs(10), || async {
+        let s = env.get_connection("hris").await.status?;
+        (s.account_count == Some(3)).then_some(s)
+    })
+    .await
+    .expect("the scheduled sync ran");
+    assert_eq!(synced.next_sync_time.map(|t| t.0), Some(next.0 + jiff::SignedDuration::from_hours(24)));
+    assert_eq!(env.runs("hris").first().map(|r| r.trigger.clone()).as_deref(), Some("Scheduled"));
+
+    // Suspended: the next slot passes without a sync.
+    let connections: Api<Connection> = Api::namespaced(env.h.client.clone(), "default");
+    connections
+        .patch("hris", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": true}})))
+        .await
+        .expect("suspend");
+    eventually(Duration::from_secs(5), || async {
+        env.get_connection("hris").await.status?.next_sync_time.is_none().then_some(())
+    })
+    .await
+    .expect("no next sync while suspended");
+    env.clock.advance_to(next.0 + jiff::SignedDuration::from_hours(24) + jiff::SignedDuration::from_secs(1));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.runs("hris").len(), 1, "a suspended connection synced");
+
+    // requested-at: one sync per new value, recorded in status.
+    connections
+        .patch("hris", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": false}})))
+        .await
+        .expect("resume");
+    connections
+        .patch(
+            "hris",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"idsync.dev/requested-at": "2026-11-22T10:00:00Z"}}})),
+        )
+        .await
+        .expect("request");
+    let handled = eventually(Duration::from_secs(10), || async {
+        let s = env.get_connection("hris").await.status?;
+        (s.last_handled_requested_at.as_deref() == Some("2026-11-22T10:00:00Z")).then_some(())
+    })
+    .await;
+    assert!(handled.is_some(), "requested-at was not handled");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let requested: Vec<_> = env.runs("hris").into_iter().filter(|r| r.trigger == "RequestedAt").collect();
+    assert_eq!(requested.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_whose_secret_is_missing_is_stalled_until_it_appears() {
+    let env = Env::start().await;
+    env.connection(
+        "hris",
+        json!({"category": "HRIS", "provider": {"type": "csv", "csv": {"source": {"secretKeyRef": {"name": "hr-export-secret", "key": "people.csv"}}, "idColumn": "employee_id"}}}),
+    )
+    .await;
+    let stalled = eventually(Duration::from_secs(10), || async {
+        let s = env.get_connection("hris").await.status?;
+        let c = idsync::api::conditions::find(&s.conditions, "Stalled")?.clone();
+        (c.status == "True").then_some(c)
+    })
+    .await;
+    let Some(stalled) = stalled else {
+        panic!("not Stalled: {:#?}", env.get_connection("hris").await);
+    };
+    assert_eq!(stalled.reason, "SecretNotFound");
+    assert!(stalled.message.contains("\"hr-export-secret\""), "{}", stalled.message);
+
+    let secrets: Api<Secret> = Api::namespaced(env.h.client.clone(), "default");
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "hr-export-secret"}, "stringData": {"people.csv": export(1..=2)}}),
+    )
+    .expect("secret");
+    secrets.create(&PostParams::default(), &secret).await.expect("create secret");
+    let ready = eventually(Duration::from_secs(10), || async {
+        let s = env.get_connection("hris").await.status?;
+        (idsync::api::conditions::is_true(&s.conditions, "Ready")
+            && !idsync::api::conditions::is_true(&s.conditions, "Stalled"))
+        .then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "{:#?}", env.get_connection("hris").await.status);
+    let synced = env.sync("now", "hris", json!({})).await;
+    assert_eq!(phase(&synced), Some(Phase::Succeeded), "{:#?}", synced.status);
+    assert_eq!(env.accounts("hris").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_connection_purges_its_accounts_from_the_store() {
+    let env = Env::start().await;
+    env.config_map("hr-export", &export(1..=3)).await;
+    env.csv_connection("hris", "hr-export").await;
+    env.sync("fill", "hris", json!({})).await;
+    assert_eq!(env.accounts("hris").len(), 3);
+    let finalizers = env.get_connection("hris").await.metadata.finalizers.unwrap_or_default();
+    assert!(finalizers.contains(&idsync::controller::CONNECTION_FINALIZER.to_string()), "{finalizers:?}");
+    let api: Api<Connection> = Api::namespaced(env.h.client.clone(), "default");
+    api.delete("hris", &Default::default()).await.expect("delete");
+    let gone =
+        eventually(Duration::from_secs(10), || async { api.get_opt("hris").await.ok()?.is_none().then_some(()) }).await;
+    assert!(gone.is_some(), "the finalizer was never removed");
+    assert!(env.accounts("hris").is_empty(), "the deleted connection's accounts are still in the store");
+    assert_eq!(env.runs("hris").len(), 1, "the run history is kept");
+}
