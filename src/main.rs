@@ -50,6 +50,15 @@ enum Command {
         /// Syncs running at once, over all connections.
         #[arg(long, env = "IDSYNC_MAX_CONCURRENT_SYNCS", default_value_t = 4)]
         max_concurrent_syncs: usize,
+        /// Where /metrics, /healthz and /readyz are served.
+        #[arg(long, env = "IDSYNC_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+        http_addr: std::net::SocketAddr,
+        /// The namespace of the leader-election Lease (the operator's own).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        leader_namespace: String,
+        /// Log format: text or json.
+        #[arg(long, env = "IDSYNC_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
     },
 }
 
@@ -58,8 +67,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crds => print_crds(),
         Command::Validate { paths } => validate(&paths),
-        Command::Dev { apply, port, kubeconfig, data_dir } => run_async(dev(apply, port, kubeconfig, data_dir)),
-        Command::Run { data_dir, max_concurrent_syncs } => run_async(run(data_dir, max_concurrent_syncs)),
+        Command::Dev { apply, port, kubeconfig, data_dir } => run_async(false, dev(apply, port, kubeconfig, data_dir)),
+        Command::Run { data_dir, max_concurrent_syncs, http_addr, leader_namespace, log_format } => {
+            let json = log_format == "json";
+            run_async(json, run(data_dir, max_concurrent_syncs, http_addr, leader_namespace))
+        }
     };
     match result {
         Ok(code) => code,
@@ -70,17 +82,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_async(future: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> anyhow::Result<ExitCode> {
-    init_tracing();
+fn run_async(
+    json_logs: bool,
+    future: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    init_tracing(json_logs);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(future)
 }
 
-fn init_tracing() {
+fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.init();
+    }
 }
 
 /// Opens the store and starts the controllers; returns when `shutdown` fires.
@@ -101,11 +121,54 @@ async fn operate(
     Ok(())
 }
 
-async fn run(data_dir: PathBuf, max_concurrent_syncs: usize) -> anyhow::Result<ExitCode> {
+async fn run(
+    data_dir: PathBuf,
+    max_concurrent_syncs: usize,
+    http_addr: std::net::SocketAddr,
+    leader_namespace: String,
+) -> anyhow::Result<ExitCode> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     idsync::tls::install_crypto_provider();
     let client = kube::Client::try_default().await.context("cannot reach the Kubernetes API")?;
     let config = idsync::controller::Config { max_concurrent_syncs, ..Default::default() };
-    operate(client, &data_dir, config, shutdown_signal()).await?;
+    let path = data_dir.join("idsync.db");
+    let store =
+        idsync::store::SqliteStore::open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
+    let store: Arc<dyn idsync::store::Store> = Arc::new(store);
+    let ctx =
+        idsync::controller::Context::new(client.clone(), store, Arc::new(idsync::controller::SystemClock), config);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    // Ready once the store is open and the API answers; a standby is ready too.
+    let ready = Arc::new(AtomicBool::new(true));
+    idsync::health::serve(http_addr, ctx.metrics.clone(), ready.clone(), stopped()).await?;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    let election = idsync::leader::LeaderConfig::new(leader_namespace, ctx.config.identity.clone());
+    tracing::info!(identity = %ctx.config.identity, store = %path.display(), "waiting for leadership");
+    let lead = |token: tokio_util::sync::CancellationToken| {
+        let ctx = ctx.clone();
+        async move {
+            tracing::info!(identity = %ctx.config.identity, "leading: controllers running");
+            ctx.metrics.set_leader(true);
+            idsync::controller::run(ctx.clone(), token.cancelled_owned()).await;
+            ctx.metrics.set_leader(false);
+            tracing::info!("controllers stopped");
+        }
+    };
+    idsync::leader::run(client, election, lead, stopped()).await?;
+    ready.store(false, Ordering::SeqCst);
     Ok(ExitCode::SUCCESS)
 }
 

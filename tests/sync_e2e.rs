@@ -512,3 +512,62 @@ async fn deleting_a_connection_purges_its_accounts_from_the_store() {
     assert!(env.accounts("hris").is_empty(), "the deleted connection's accounts are still in the store");
     assert_eq!(env.runs("hris").len(), 1, "the run history is kept");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_reports_everything_and_commits_nothing() {
+    let env = Env::start().await;
+    env.config_map("hr-export", &export(1..=6)).await;
+    env.csv_connection("hris", "hr-export").await;
+    env.sync("real", "hris", json!({})).await;
+    let before = env.accounts("hris");
+    let cursor_before =
+        env.store().cursor(&ConnectionRef { namespace: "default".into(), name: "hris".into() }).expect("cursor");
+    let status_before = env.get_connection("hris").await.status.expect("status");
+
+    env.config_map("hr-export", &(export(2..=6).replace("person3@", "renamed3@") + &person(7) + "\n")).await;
+    let dry = env.sync("dry", "hris", json!({"dryRun": true})).await;
+    assert_eq!(phase(&dry), Some(Phase::Succeeded), "{:#?}", dry.status);
+    let t = target(&dry);
+    let c = t.counts.expect("counts");
+    assert_eq!((c.created, c.updated, c.deleted, c.unchanged), (1, 1, 1, 4));
+    assert!(t.message.contains("dry run"), "{}", t.message);
+    assert_eq!(env.accounts("hris"), before, "a dry run changed the store");
+    let cursor_after =
+        env.store().cursor(&ConnectionRef { namespace: "default".into(), name: "hris".into() }).expect("cursor");
+    assert_eq!(cursor_after, cursor_before, "a dry run moved the cursor");
+    let status_after = env.get_connection("hris").await.status.expect("status");
+    assert_eq!(status_after.last_result, status_before.last_result, "a dry run replaced the last result");
+    assert_eq!(env.runs("hris").first().and_then(|r| r.outcome), Some(RunOutcome::DryRun));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn finished_requests_are_deleted_after_their_ttl_and_unresolvable_ones_fail_clearly() {
+    let env = Env::start().await;
+    env.config_map("hr-export", &export(1..=2)).await;
+    env.csv_connection("hris", "hr-export").await;
+    let done = env.sync("short-lived", "hris", json!({"ttlSecondsAfterFinished": 1})).await;
+    assert_eq!(phase(&done), Some(Phase::Succeeded));
+    let api: Api<ResyncRequest> = Api::namespaced(env.h.client.clone(), "default");
+    let gone = eventually(Duration::from_secs(10), || async {
+        api.get_opt("short-lived").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the request outlived its TTL");
+
+    env.request("nothing", json!({"target": {"category": "MDM"}})).await;
+    let failed = env.finished("nothing", Duration::from_secs(10)).await;
+    assert_eq!(phase(&failed), Some(Phase::Failed));
+    let complete = idsync::api::conditions::find(&failed.status.as_ref().expect("status").conditions, "Complete")
+        .cloned()
+        .expect("Complete");
+    assert_eq!(complete.reason, "TargetNotResolved");
+    assert!(complete.message.contains("matched no Connection"), "{}", complete.message);
+
+    env.request("ghost", json!({"target": {"connections": ["hris", "ghost"]}})).await;
+    let partial = env.finished("ghost", Duration::from_secs(20)).await;
+    assert_eq!(phase(&partial), Some(Phase::PartiallyFailed), "{:#?}", partial.status);
+    let targets = partial.status.expect("status").targets;
+    let ghost = targets.iter().find(|t| t.connection == "ghost").expect("ghost target");
+    assert_eq!(ghost.phase, TargetPhase::Failed);
+    assert!(ghost.message.contains("not found"), "{}", ghost.message);
+}

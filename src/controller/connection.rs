@@ -79,7 +79,8 @@ pub async fn reconcile(connection: Arc<Connection>, ctx: Arc<Context>) -> Result
     .map_err(|e| Error::Finalizer(e.to_string()))
 }
 
-pub fn error_policy(_connection: Arc<Connection>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(_connection: Arc<Connection>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error("connection", error.metric_label());
     tracing::warn!(%error, kind = error.metric_label(), "connection reconcile failed; retrying");
     Action::requeue(Duration::from_secs(10))
 }

@@ -85,6 +85,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub clock: Arc<dyn Clock>,
     pub config: Config,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +125,7 @@ impl Context {
             store,
             clock,
             config,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         })
     }
 }

@@ -27,7 +27,8 @@ pub fn controller(ctx: Arc<Context>) -> Controller<ResyncRequest> {
     Controller::new(Api::<ResyncRequest>::all(ctx.client.clone()), watcher::Config::default())
 }
 
-pub fn error_policy(_request: Arc<ResyncRequest>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(_request: Arc<ResyncRequest>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error("resyncrequest", error.metric_label());
     tracing::warn!(%error, kind = error.metric_label(), "resync request reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
@@ -405,4 +406,80 @@ fn on_done(ctx: &Arc<Context>, namespace: &str, request: &str, connection: &str)
             }
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Category;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    fn connection(name: &str, category: Category, labels: &[(&str, &str)]) -> Connection {
+        let spec = serde_json::json!({"category": category, "provider": {"type": "csv", "csv": {
+            "source": {"url": "https://hr.example.com/x.csv"}, "idColumn": "id"}}});
+        let mut c = Connection::new(name, serde_json::from_value(spec).expect("spec"));
+        c.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        c
+    }
+
+    fn fleet() -> Vec<Connection> {
+        vec![
+            connection("okta", Category::IdP, &[("site", "hq")]),
+            connection("aws", Category::Infrastructure, &[("site", "hq")]),
+            connection("gcp", Category::Infrastructure, &[("site", "eu")]),
+            connection("hris", Category::Hris, &[]),
+        ]
+    }
+
+    #[test]
+    fn targets_resolve_to_connections_in_a_stable_order() {
+        let all = ResyncTarget { all: Some(true), ..Default::default() };
+        assert_eq!(resolve_target(&all, &fleet()), Ok(vec!["aws".into(), "gcp".into(), "hris".into(), "okta".into()]));
+        let category = ResyncTarget { category: Some(Category::Infrastructure), ..Default::default() };
+        assert_eq!(resolve_target(&category, &fleet()), Ok(vec!["aws".into(), "gcp".into()]));
+        let selector = ResyncTarget {
+            selector: Some(LabelSelector {
+                match_labels: Some([("site".to_string(), "hq".to_string())].into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(resolve_target(&selector, &fleet()), Ok(vec!["aws".into(), "okta".into()]));
+        // Named connections are kept even when missing, to fail by name.
+        let named = ResyncTarget { connections: Some(vec!["okta".into(), "ghost".into()]), ..Default::default() };
+        assert_eq!(resolve_target(&named, &fleet()), Ok(vec!["ghost".into(), "okta".into()]));
+    }
+
+    #[test]
+    fn a_target_matching_nothing_says_so() {
+        let category = ResyncTarget { category: Some(Category::Mdm), ..Default::default() };
+        assert_eq!(
+            resolve_target(&category, &fleet()),
+            Err("the target matched no Connection in this namespace".into())
+        );
+        let all = ResyncTarget { all: Some(true), ..Default::default() };
+        assert!(resolve_target(&all, &[]).is_err());
+    }
+
+    fn target(phase: TargetPhase) -> TargetStatus {
+        TargetStatus {
+            connection: "c".into(),
+            phase,
+            mode: None,
+            counts: None,
+            message: String::new(),
+            start_time: None,
+            completion_time: None,
+        }
+    }
+
+    #[test]
+    fn the_request_phase_follows_its_targets() {
+        use TargetPhase::*;
+        assert_eq!(overall_phase(&[target(Succeeded), target(Running)]), None);
+        assert_eq!(overall_phase(&[target(Succeeded), target(Succeeded)]), Some(Phase::Succeeded));
+        assert_eq!(overall_phase(&[target(Succeeded), target(Rejected)]), Some(Phase::PartiallyFailed));
+        assert_eq!(overall_phase(&[target(SafeguardTripped), target(Failed)]), Some(Phase::Failed));
+        assert_eq!(overall_phase(&[]), None);
+    }
 }

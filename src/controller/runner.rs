@@ -224,10 +224,21 @@ impl Runner {
             events::publish(&ctx.recorder, request_ref, false, events::SYNC_STARTED, note).await;
         }
 
+        ctx.metrics.sync_started();
         let report = match permit {
             None => cancelled_report(ticket.mode),
             Some(_permit) => self.sync(ctx, ticket, cancel.clone()).await,
         };
+        ctx.metrics.sync_ended();
+        ctx.metrics.sync_finished(
+            &format!("{}/{}", conn.namespace, conn.name),
+            connection.spec.provider.provider_type().as_str(),
+            report.outcome.as_str(),
+            std::time::Duration::from_millis(report.duration_ms),
+            report.counts.created,
+            report.counts.updated,
+            report.counts.deleted,
+        );
 
         heartbeat.abort();
         guard::release(&leases, &lease_after_heartbeat(heartbeat, lease).await).await;

@@ -1,0 +1,242 @@
+//! The operator's Prometheus metrics: one registry holding the sync,
+//! reconcile and leadership families, recorded by the controllers and
+//! rendered as OpenMetrics text for `GET /metrics` (see `crate::health`).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// Upper bounds, in seconds, of the sync duration buckets: a small CSV
+/// import finishes in tens of milliseconds, a full directory pull with rate
+/// limits can take half an hour, so the buckets span both on a roughly
+/// logarithmic scale.
+pub const SYNC_DURATION_BUCKETS: [f64; 15] =
+    [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SyncLabels {
+    connection: String,
+    provider: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChangeLabels {
+    connection: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    controller: String,
+    error: String,
+}
+
+fn sync_histogram() -> Histogram {
+    Histogram::new(SYNC_DURATION_BUCKETS)
+}
+
+/// The registry and its metric families. The families are cheap handles onto
+/// shared atomics, so recording needs only `&self` and the whole value is
+/// `Send + Sync`, to be shared behind an `Arc`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    sync_duration: Family<SyncLabels, Histogram, fn() -> Histogram>,
+    accounts_changed: Family<ChangeLabels, Counter>,
+    syncs_in_progress: Gauge,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let sync_duration = Family::<SyncLabels, Histogram, fn() -> Histogram>::new_with_constructor(sync_histogram);
+        let accounts_changed = Family::<ChangeLabels, Counter>::default();
+        let syncs_in_progress = Gauge::default();
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let leader = Gauge::default();
+        // The registry appends the unit and, for counters, `_total` to these names.
+        registry.register_with_unit(
+            "idsync_sync_duration",
+            "How long a finished sync of a connection took",
+            Unit::Seconds,
+            sync_duration.clone(),
+        );
+        registry.register(
+            "idsync_accounts_changed",
+            "Accounts created, updated or deleted by syncs",
+            accounts_changed.clone(),
+        );
+        registry.register("idsync_syncs_in_progress", "Syncs running now", syncs_in_progress.clone());
+        registry.register(
+            "idsync_reconcile_errors",
+            "Reconciles that ended in an error, by controller and error kind",
+            reconcile_errors.clone(),
+        );
+        registry.register("idsync_leader", "1 when this instance holds the leader Lease", leader.clone());
+        Metrics { registry, sync_duration, accounts_changed, syncs_in_progress, reconcile_errors, leader }
+    }
+
+    /// Records a finished sync of `connection` (`namespace/name`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn sync_finished(
+        &self,
+        connection: &str,
+        provider: &str,
+        result: &str,
+        duration: Duration,
+        created: u64,
+        updated: u64,
+        deleted: u64,
+    ) {
+        let labels = SyncLabels {
+            connection: connection.to_string(),
+            provider: provider.to_string(),
+            result: result.to_string(),
+        };
+        self.sync_duration.get_or_create(&labels).observe(duration.as_secs_f64());
+        for (kind, count) in [("created", created), ("updated", updated), ("deleted", deleted)] {
+            if count > 0 {
+                let labels = ChangeLabels { connection: connection.to_string(), kind };
+                self.accounts_changed.get_or_create(&labels).inc_by(count);
+            }
+        }
+    }
+
+    pub fn sync_started(&self) {
+        self.syncs_in_progress.inc();
+    }
+
+    pub fn sync_ended(&self) {
+        self.syncs_in_progress.dec();
+    }
+
+    pub fn reconcile_error(&self, controller: &str, error: &str) {
+        let labels = ErrorLabels { controller: controller.to_string(), error: error.to_string() };
+        self.reconcile_errors.get_or_create(&labels).inc();
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// The OpenMetrics text exposition, ending with `# EOF`.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail; an error here could only come
+        // from a label the encoder refuses, and a partial scrape is still
+        // more useful than none.
+        if let Err(error) = encode(&mut text, &self.registry) {
+            tracing::warn!(%error, "could not encode the metrics");
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(text: &str) -> Vec<&str> {
+        text.lines().collect()
+    }
+
+    #[test]
+    fn is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Metrics>();
+    }
+
+    #[test]
+    fn fresh_metrics_render_the_gauges_and_eof() {
+        let text = Metrics::new().render();
+        let lines = lines(&text);
+        for expected in [
+            "# TYPE idsync_syncs_in_progress gauge",
+            "idsync_syncs_in_progress 0",
+            "# TYPE idsync_leader gauge",
+            "idsync_leader 0",
+        ] {
+            assert!(lines.contains(&expected), "missing {expected:?} in:\n{text}");
+        }
+        // Families without a series yet are left out entirely.
+        assert!(!text.contains("idsync_sync_duration"), "{text}");
+        assert_eq!(lines.last(), Some(&"# EOF"));
+    }
+
+    #[test]
+    fn sync_finished_records_duration_and_changes() {
+        let metrics = Metrics::new();
+        metrics.sync_finished("default/hris", "csv", "success", Duration::from_millis(300), 3, 0, 2);
+        metrics.sync_finished("default/hris", "csv", "success", Duration::from_secs(40), 1, 5, 0);
+        metrics.sync_finished("team-a/okta", "okta", "failed", Duration::from_secs(2000), 0, 0, 0);
+        let text = metrics.render();
+        let lines = lines(&text);
+        let hris = r#"connection="default/hris",provider="csv",result="success""#;
+        for expected in [
+            "# TYPE idsync_sync_duration_seconds histogram".to_string(),
+            "# UNIT idsync_sync_duration_seconds seconds".to_string(),
+            "# TYPE idsync_accounts_changed counter".to_string(),
+            format!("idsync_sync_duration_seconds_sum{{{hris}}} 40.3"),
+            format!("idsync_sync_duration_seconds_count{{{hris}}} 2"),
+            format!(r#"idsync_sync_duration_seconds_bucket{{le="0.25",{hris}}} 0"#),
+            format!(r#"idsync_sync_duration_seconds_bucket{{le="0.5",{hris}}} 1"#),
+            format!(r#"idsync_sync_duration_seconds_bucket{{le="30.0",{hris}}} 1"#),
+            format!(r#"idsync_sync_duration_seconds_bucket{{le="60.0",{hris}}} 2"#),
+            format!(r#"idsync_sync_duration_seconds_bucket{{le="1800.0",{hris}}} 2"#),
+            format!(r#"idsync_sync_duration_seconds_bucket{{le="+Inf",{hris}}} 2"#),
+            r#"idsync_sync_duration_seconds_bucket{le="1800.0",connection="team-a/okta",provider="okta",result="failed"} 0"#.to_string(),
+            r#"idsync_sync_duration_seconds_bucket{le="+Inf",connection="team-a/okta",provider="okta",result="failed"} 1"#.to_string(),
+            r#"idsync_accounts_changed_total{connection="default/hris",kind="created"} 4"#.to_string(),
+            r#"idsync_accounts_changed_total{connection="default/hris",kind="updated"} 5"#.to_string(),
+            r#"idsync_accounts_changed_total{connection="default/hris",kind="deleted"} 2"#.to_string(),
+        ] {
+            assert!(lines.contains(&expected.as_str()), "missing {expected:?} in:\n{text}");
+        }
+        // A sync that changed nothing creates no change series.
+        assert!(!text.contains(r#"idsync_accounts_changed_total{connection="team-a/okta""#), "{text}");
+    }
+
+    #[test]
+    fn gauges_and_errors() {
+        let metrics = Metrics::new();
+        metrics.sync_started();
+        metrics.sync_started();
+        metrics.sync_ended();
+        metrics.reconcile_error("connection", "kube");
+        metrics.reconcile_error("connection", "kube");
+        metrics.reconcile_error("resync", "store");
+        metrics.set_leader(true);
+        let text = metrics.render();
+        let lines = lines(&text);
+        for expected in [
+            "# TYPE idsync_reconcile_errors counter",
+            "idsync_syncs_in_progress 1",
+            r#"idsync_reconcile_errors_total{controller="connection",error="kube"} 2"#,
+            r#"idsync_reconcile_errors_total{controller="resync",error="store"} 1"#,
+            "idsync_leader 1",
+        ] {
+            assert!(lines.contains(&expected), "missing {expected:?} in:\n{text}");
+        }
+        metrics.set_leader(false);
+        assert!(lines_contain(&metrics.render(), "idsync_leader 0"));
+    }
+
+    fn lines_contain(text: &str, line: &str) -> bool {
+        text.lines().any(|l| l == line)
+    }
+}

@@ -1,0 +1,84 @@
+//! `idsync run` from the outside: the operator against a cluster from its
+//! kubeconfig, with leader election, metrics and health endpoints.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Harness, eventually, repo};
+use idsync::api::ResyncRequest;
+use kube::api::Api;
+
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    Some((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idsync_run_leads_syncs_serves_metrics_and_stops_on_sigterm() {
+    let h = Harness::start().await;
+    idsync::dev::install_crds(&h.client).await.expect("CRDs");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let data = tempfile::tempdir().expect("data dir");
+    let mut operator = Command::new(env!("CARGO_BIN_EXE_idsync"))
+        .args(["run", "--data-dir"])
+        .arg(data.path())
+        .args(["--http-addr", &format!("127.0.0.1:{port}"), "--log-format", "json"])
+        .env("KUBECONFIG", h.kubeconfig())
+        .env("POD_NAMESPACE", "kube-system")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("idsync run starts");
+
+    let health = eventually(Duration::from_secs(20), || async { http_get(port, "/healthz").await }).await;
+    assert_eq!(health.map(|(s, b)| (s, b.trim().to_string())), Some((200, "ok".to_string())));
+    h.kubectl_ok(&["apply", "-f", &repo("examples/quickstart").display().to_string()]).await;
+    let api: Api<ResyncRequest> = Api::namespaced(h.client.clone(), "default");
+    let done = eventually(Duration::from_secs(30), || async {
+        let r = api.get("acme-hr-first-sync").await.ok()?;
+        r.status?.phase.filter(|p| p.is_finished())
+    })
+    .await;
+    assert_eq!(done, Some(idsync::api::resync_request::Phase::Succeeded));
+
+    let (status, metrics) = http_get(port, "/metrics").await.expect("metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("idsync_leader 1"), "{metrics}");
+    assert!(
+        metrics.contains(r#"idsync_accounts_changed_total{connection="default/acme-hr",kind="created"} 36"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("idsync_sync_duration_seconds_count"), "{metrics}");
+    let lease = h
+        .kubectl_ok(&["-n", "kube-system", "get", "lease", "idsync-leader", "-o", "jsonpath={.spec.holderIdentity}"])
+        .await;
+    assert!(!lease.is_empty(), "no leader recorded");
+
+    let signalled = Command::new("kill").args(["-TERM", &operator.id().to_string()]).status().expect("kill");
+    assert!(signalled.success());
+    let exited = eventually(Duration::from_secs(20), || {
+        let status = operator.try_wait().ok().flatten();
+        async move { status }
+    })
+    .await;
+    match exited {
+        Some(status) => assert!(status.success(), "idsync run exited with {status}"),
+        None => {
+            let _ = operator.kill();
+            panic!("idsync run did not stop on SIGTERM");
+        }
+    }
+    let released = h
+        .kubectl_ok(&["-n", "kube-system", "get", "lease", "idsync-leader", "-o", "jsonpath={.spec.holderIdentity}"])
+        .await;
+    assert!(released.is_empty(), "the leader Lease was not released: {released}");
+}
