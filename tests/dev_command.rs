@@ -58,6 +58,20 @@ fn idsync_dev_serves_the_examples_to_kubectl_and_stops_cleanly_on_ctrl_c() {
         assert!(listed.contains(expected), "{expected} missing from:\n{listed}");
     }
 
+    // The quickstart's request is synced by the operator running inside.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = kubectl(&["get", "rr", "acme-hr-first-sync", "-o", "jsonpath={.status.phase}"]);
+        let phase = String::from_utf8_lossy(&out.stdout).into_owned();
+        if phase == "Succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the quickstart request did not succeed (phase {phase:?})");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let accounts = kubectl(&["get", "conn", "acme-hr", "-o", "jsonpath={.status.accountCount}"]);
+    assert_eq!(String::from_utf8_lossy(&accounts.stdout), "36");
+
     let pid = dev.id().to_string();
     let signalled = Command::new("kill").args(["-INT", &pid]).status().expect("kill runs");
     assert!(signalled.success());
