@@ -65,6 +65,11 @@ pub fn set_condition(
     }
 }
 
+/// Sets `Syncing` to False: no sync of the Connection is running.
+pub fn mark_idle(conditions: &mut Vec<Condition>, observed_generation: Option<i64>, now: Time) -> bool {
+    set_condition(conditions, SYNCING, FALSE, "Idle", "no sync is running", observed_generation, now)
+}
+
 /// The condition of type `type_`, if present.
 pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)

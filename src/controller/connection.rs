@@ -293,15 +293,7 @@ fn set_conditions(s: &mut crate::api::ConnectionStatus, v: &ConditionInputs) {
         }
     }
     if !v.syncing && s.current_sync.is_none() {
-        conditions::set_condition(
-            &mut s.conditions,
-            conditions::SYNCING,
-            FALSE,
-            "Idle",
-            "no sync is running",
-            generation,
-            stamp,
-        );
+        conditions::mark_idle(&mut s.conditions, generation, stamp);
     }
 }
 

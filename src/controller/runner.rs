@@ -359,15 +359,7 @@ async fn record_result(ctx: &Arc<Context>, connection: &Connection, ticket: &Tic
         let generation = c.metadata.generation;
         let s = c.status.get_or_insert_with(Default::default);
         s.current_sync = None;
-        conditions::set_condition(
-            &mut s.conditions,
-            conditions::SYNCING,
-            FALSE,
-            "Idle",
-            "no sync is running",
-            generation,
-            Time(now),
-        );
+        conditions::mark_idle(&mut s.conditions, generation, Time(now));
         if dry_run {
             // A dry run changes nothing the Connection reports.
             return true;
