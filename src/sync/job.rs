@@ -267,3 +267,99 @@ async fn read_and_stage(
     };
     Ok(Plan::Commit { cursor })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::account::Account;
+    use crate::connectors::{Capabilities, Page, ReadPlan};
+    use crate::store::SqliteStore;
+    use futures::future::BoxFuture;
+    use std::sync::Mutex;
+
+    /// How each read began: the mode asked for and the cursor given.
+    type Beginnings = Arc<Mutex<Vec<(SyncMode, Option<String>)>>>;
+
+    /// A delta-capable source that records how each read began.
+    struct DeltaSource {
+        began: Beginnings,
+        served: bool,
+        kind: ReadKind,
+    }
+
+    impl Connector for DeltaSource {
+        fn capabilities(&self) -> Capabilities {
+            Capabilities { delta: true, delta_deletions: true, groups: false }
+        }
+        fn begin<'a>(
+            &'a mut self,
+            mode: SyncMode,
+            cursor: Option<&'a str>,
+        ) -> BoxFuture<'a, Result<ReadPlan, ConnectorError>> {
+            if let Ok(mut began) = self.began.lock() {
+                began.push((mode, cursor.map(str::to_string)));
+            }
+            self.kind = if mode == SyncMode::Delta && cursor.is_some() { ReadKind::Delta } else { ReadKind::Full };
+            let kind = self.kind;
+            Box::pin(async move { Ok(ReadPlan { kind, reason: None }) })
+        }
+        fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>, ConnectorError>> {
+            let page = (!self.served).then(|| Page { number: 1, accounts: vec![Account::new("E1")], deleted: vec![] });
+            self.served = true;
+            Box::pin(async move { Ok(page) })
+        }
+        fn cursor(&self) -> Option<String> {
+            Some("token-1".to_string())
+        }
+    }
+
+    fn job(mode: SyncMode, settings_hash: &str) -> SyncJob {
+        SyncJob {
+            connection: ConnectionRef { namespace: "ns".into(), name: "entra".into() },
+            mode,
+            trigger: "Test".into(),
+            request: None,
+            holder: "test".into(),
+            dry_run: false,
+            confirm_deletes: false,
+            safeguard: ImportSafeguard::default(),
+            settings_hash: settings_hash.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cursor_is_used_only_with_the_settings_it_was_written_for() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("store"));
+        let began = Arc::new(Mutex::new(Vec::new()));
+        let source = || Box::new(DeltaSource { began: began.clone(), served: false, kind: ReadKind::Full });
+
+        let first = run(job(SyncMode::Delta, "mapping-a"), source(), store.clone(), CancellationToken::new()).await;
+        assert_eq!((first.outcome, first.mode), (RunOutcome::Succeeded, SyncMode::Full));
+        let second = run(job(SyncMode::Delta, "mapping-a"), source(), store.clone(), CancellationToken::new()).await;
+        assert_eq!(second.mode, SyncMode::Delta);
+        // A new mapping: the stored cursor is not used, the sync runs Full and says why.
+        let third = run(job(SyncMode::Delta, "mapping-b"), source(), store.clone(), CancellationToken::new()).await;
+        assert_eq!(third.mode, SyncMode::Full);
+        assert!(third.message.contains("the provider settings changed"), "{}", third.message);
+        let began = began.lock().expect("lock").clone();
+        assert_eq!(
+            began,
+            vec![(SyncMode::Delta, None), (SyncMode::Delta, Some("token-1".to_string())), (SyncMode::Full, None)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_sync_applies_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("store"));
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let source = Box::new(DeltaSource { began: Arc::default(), served: false, kind: ReadKind::Full });
+        let report = run(job(SyncMode::Full, "a"), source, store.clone(), cancel).await;
+        assert_eq!(report.outcome, RunOutcome::Cancelled);
+        let conn = ConnectionRef { namespace: "ns".into(), name: "entra".into() };
+        assert_eq!(store.account_count(&conn).expect("count"), 0);
+        assert_eq!(store.cursor(&conn).expect("cursor"), None);
+    }
+}
