@@ -68,6 +68,7 @@ async fn sync(store: &Arc<dyn Store>, data: Vec<u8>, label: &str) {
         confirm_deletes: false,
         safeguard: spec.import_safeguard.clone(),
         settings_hash: "bench".into(),
+        full_sync_interval: std::time::Duration::from_secs(24 * 3600),
     };
     let started = Instant::now();
     let report = job::run(job, connector, store.clone(), CancellationToken::new()).await;

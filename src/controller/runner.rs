@@ -267,6 +267,9 @@ impl Runner {
             confirm_deletes: ticket.confirm_deletes,
             safeguard: connection.spec.import_safeguard.clone(),
             settings_hash: inputs::settings_hash(connection),
+            full_sync_interval: std::time::Duration::from_secs(
+                u64::from(connection.spec.full_sync_interval_hours) * 3600,
+            ),
         };
         job::run(job, connector, ctx.store.clone(), cancel).await
     }

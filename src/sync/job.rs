@@ -32,6 +32,22 @@ pub struct SyncJob {
     /// change, the stored cursor is not used (a new mapping needs a new
     /// cursor, as an Entra ID delta token does).
     pub settings_hash: String,
+    /// For providers whose deltas carry no deletions: a Delta becomes Full
+    /// when the last successful Full sync is older than this, so deleted
+    /// accounts are found.
+    pub full_sync_interval: std::time::Duration,
+}
+
+/// Whether a full pass is due: no successful Full sync yet, or the last one
+/// is older than `interval` at `now`.
+pub fn full_pass_due(runs: &[crate::store::RunRecord], interval: std::time::Duration, now: Timestamp) -> bool {
+    let last_full = runs
+        .iter()
+        .filter(|r| r.outcome == Some(RunOutcome::Succeeded) && r.mode.as_deref() == Some("Full"))
+        .filter_map(|r| r.finished_at)
+        .max();
+    let interval = jiff::SignedDuration::try_from(interval).unwrap_or(jiff::SignedDuration::MAX);
+    last_full.is_none_or(|at| now.duration_since(at) >= interval)
 }
 
 /// What a sync did.
@@ -225,6 +241,18 @@ async fn read_and_stage(
         Some(_) => (None, Some("the provider settings changed, so the stored cursor was not used".to_string())),
         None => (None, None),
     };
+    let mut cursor_note = cursor_note;
+    if cursor_note.is_none() && job.mode == SyncMode::Delta && !connector.capabilities().delta_deletions {
+        let conn = conn.clone();
+        let runs = blocking(store, move |s| s.runs(&conn, 200)).await?;
+        if full_pass_due(&runs, job.full_sync_interval, Timestamp::now()) {
+            let hours = job.full_sync_interval.as_secs() / 3600;
+            cursor_note = Some(format!(
+                "this provider's deltas carry no deletions, and the last full pass is older than fullSyncIntervalHours ({hours}h)"
+            ));
+        }
+    }
+    let cursor = if cursor_note.is_some() { None } else { cursor };
     let mode = if cursor_note.is_some() { SyncMode::Full } else { job.mode };
     let plan = connector.begin(mode, cursor.as_deref()).await?;
     state.mode = match plan.kind {
@@ -285,11 +313,12 @@ mod tests {
         began: Beginnings,
         served: bool,
         kind: ReadKind,
+        deletions: bool,
     }
 
     impl Connector for DeltaSource {
         fn capabilities(&self) -> Capabilities {
-            Capabilities { delta: true, delta_deletions: true, groups: false }
+            Capabilities { delta: true, delta_deletions: self.deletions, groups: false }
         }
         fn begin<'a>(
             &'a mut self,
@@ -324,6 +353,7 @@ mod tests {
             confirm_deletes: false,
             safeguard: ImportSafeguard::default(),
             settings_hash: settings_hash.into(),
+            full_sync_interval: std::time::Duration::from_secs(24 * 3600),
         }
     }
 
@@ -332,7 +362,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("store"));
         let began = Arc::new(Mutex::new(Vec::new()));
-        let source = || Box::new(DeltaSource { began: began.clone(), served: false, kind: ReadKind::Full });
+        let source =
+            || Box::new(DeltaSource { began: began.clone(), served: false, kind: ReadKind::Full, deletions: true });
 
         let first = run(job(SyncMode::Delta, "mapping-a"), source(), store.clone(), CancellationToken::new()).await;
         assert_eq!((first.outcome, first.mode), (RunOutcome::Succeeded, SyncMode::Full));
@@ -350,12 +381,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn deltas_without_deletions_get_a_full_pass_at_the_interval() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("store"));
+        let began: Beginnings = Arc::default();
+        let source =
+            || Box::new(DeltaSource { began: began.clone(), served: false, kind: ReadKind::Full, deletions: false });
+        let first = run(job(SyncMode::Delta, "a"), source(), store.clone(), CancellationToken::new()).await;
+        assert_eq!(first.mode, SyncMode::Full);
+        let second = run(job(SyncMode::Delta, "a"), source(), store.clone(), CancellationToken::new()).await;
+        assert_eq!(second.mode, SyncMode::Delta, "a full pass ran within the interval: {}", second.message);
+        let mut overdue = job(SyncMode::Delta, "a");
+        overdue.full_sync_interval = std::time::Duration::ZERO;
+        let third = run(overdue, source(), store.clone(), CancellationToken::new()).await;
+        assert_eq!(third.mode, SyncMode::Full);
+        assert!(third.message.contains("carry no deletions"), "{}", third.message);
+    }
+
+    #[test]
+    fn a_full_pass_is_due_without_one_or_after_the_interval() {
+        use crate::store::{Counts, RunRecord};
+        let now: Timestamp = "2026-11-22T12:00:00Z".parse().expect("time");
+        let run = |mode: &str, outcome: RunOutcome, finished: &str| RunRecord {
+            id: 1,
+            connection: ConnectionRef { namespace: "ns".into(), name: "c".into() },
+            trigger: "Test".into(),
+            request: None,
+            requested_mode: mode.into(),
+            holder: "h".into(),
+            started_at: now,
+            finished_at: Some(finished.parse().expect("time")),
+            outcome: Some(outcome),
+            mode: Some(mode.into()),
+            counts: Counts::default(),
+            message: String::new(),
+        };
+        let day = std::time::Duration::from_secs(24 * 3600);
+        assert!(full_pass_due(&[], day, now));
+        assert!(!full_pass_due(&[run("Full", RunOutcome::Succeeded, "2026-11-22T01:00:00Z")], day, now));
+        assert!(full_pass_due(&[run("Full", RunOutcome::Succeeded, "2026-11-21T11:00:00Z")], day, now));
+        assert!(full_pass_due(&[run("Full", RunOutcome::Failed, "2026-11-22T11:00:00Z")], day, now));
+        assert!(full_pass_due(&[run("Delta", RunOutcome::Succeeded, "2026-11-22T11:00:00Z")], day, now));
+    }
+
+    #[tokio::test]
     async fn a_cancelled_sync_applies_nothing() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("store"));
         let cancel = CancellationToken::new();
         cancel.cancel();
-        let source = Box::new(DeltaSource { began: Arc::default(), served: false, kind: ReadKind::Full });
+        let source =
+            Box::new(DeltaSource { began: Arc::default(), served: false, kind: ReadKind::Full, deletions: true });
         let report = run(job(SyncMode::Full, "a"), source, store.clone(), cancel).await;
         assert_eq!(report.outcome, RunOutcome::Cancelled);
         let conn = ConnectionRef { namespace: "ns".into(), name: "entra".into() };
