@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Starts a throwaway OpenLDAP (slapd) for tests: scripts/slapd.sh DIR PORT
+#
+# Suffix dc=example,dc=com, rootdn cn=admin,dc=example,dc=com with password
+# "admin-secret" (override with SLAPD_ROOTPW), overlays syncprov (RFC 4533)
+# and memberof. Installs slapd and ldap-utils when missing. Prints the pid
+# file's path on success.
+#
+# With SLAPD_LDAPS_PORT set, also generates a throwaway CA and a server
+# certificate for 127.0.0.1/localhost (DIR/tls/ca.crt), enables StartTLS on
+# PORT and listens for ldaps:// on SLAPD_LDAPS_PORT.
+set -euo pipefail
+
+DIR=${1:?usage: slapd.sh DIR PORT}
+PORT=${2:?usage: slapd.sh DIR PORT}
+ROOTPW=${SLAPD_ROOTPW:-admin-secret}
+
+if ! command -v slapd >/dev/null 2>&1 && [ ! -x /usr/sbin/slapd ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get install -y --no-install-recommends slapd ldap-utils >"$DIR.apt.log" 2>&1; then
+    apt-get update >>"$DIR.apt.log" 2>&1
+    apt-get install -y --no-install-recommends slapd ldap-utils >>"$DIR.apt.log" 2>&1 || {
+      cat "$DIR.apt.log" >&2
+      exit 1
+    }
+  fi
+fi
+SLAPD=$(command -v slapd || echo /usr/sbin/slapd)
+
+mkdir -p "$DIR/db"
+URLS="ldap://127.0.0.1:$PORT/"
+TLSCONF=""
+if [ -n "${SLAPD_LDAPS_PORT:-}" ]; then
+  T="$DIR/tls"
+  mkdir -p "$T"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=idsync test CA" \
+    -keyout "$T/ca.key" -out "$T/ca.crt" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" >"$T/openssl.log" 2>&1
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$T/server.key" -out "$T/server.csr" \
+    >>"$T/openssl.log" 2>&1
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' >"$T/ext"
+  openssl x509 -req -in "$T/server.csr" -CA "$T/ca.crt" -CAkey "$T/ca.key" -CAcreateserial -days 2 \
+    -extfile "$T/ext" -out "$T/server.crt" >>"$T/openssl.log" 2>&1
+  TLSCONF="TLSCACertificateFile $T/ca.crt
+TLSCertificateFile $T/server.crt
+TLSCertificateKeyFile $T/server.key"
+  URLS="$URLS ldaps://127.0.0.1:$SLAPD_LDAPS_PORT/"
+fi
+cat >"$DIR/slapd.conf" <<CONF
+include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+include /etc/ldap/schema/nis.schema
+
+$TLSCONF
+
+pidfile $DIR/slapd.pid
+argsfile $DIR/slapd.args
+
+modulepath /usr/lib/ldap
+moduleload back_mdb
+moduleload syncprov
+moduleload memberof
+
+sizelimit unlimited
+
+database mdb
+maxsize 104857600
+suffix "dc=example,dc=com"
+rootdn "cn=admin,dc=example,dc=com"
+rootpw $ROOTPW
+directory $DIR/db
+index objectClass eq
+index entryCSN,entryUUID eq
+limits dn.exact="cn=admin,dc=example,dc=com" size=unlimited time=unlimited
+
+overlay syncprov
+syncprov-checkpoint 100 10
+syncprov-sessionlog 10000
+
+overlay memberof
+memberof-group-oc groupOfNames
+memberof-member-ad member
+memberof-memberof-ad memberOf
+memberof-refint true
+CONF
+
+"$SLAPD" -f "$DIR/slapd.conf" -h "$URLS" >"$DIR/slapd.log" 2>&1 || {
+  echo "slapd failed to start:" >&2
+  cat "$DIR/slapd.log" >&2
+  exit 1
+}
+
+for _ in $(seq 1 100); do
+  if ldapsearch -x -H "ldap://127.0.0.1:$PORT/" -b "" -s base "(objectClass=*)" namingContexts >/dev/null 2>&1; then
+    echo "$DIR/slapd.pid"
+    exit 0
+  fi
+  sleep 0.1
+done
+echo "slapd did not answer on port $PORT" >&2
+cat "$DIR/slapd.log" >&2
+exit 1

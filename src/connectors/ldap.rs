@@ -1,0 +1,1140 @@
+//! The `ldap` provider: users of an LDAP directory (OpenLDAP or Active
+//! Directory), read with `ldap3`.
+//!
+//! - **Connection**: `ldap://` (plain only on loopback, unless `startTls`),
+//!   `ldaps://`, or `ldap://` upgraded with StartTLS. Certificates are
+//!   verified against the system roots, or against the Secret's `ca.crt`
+//!   when present, unless `insecureSkipTlsVerify`. A simple bind as `bindDn`
+//!   with the Secret's `password` (no `bindDn`: anonymous). A rejected bind
+//!   (resultCode 49) is [`ConnectorError::Unauthorized`]. Every operation is
+//!   bounded by `requestTimeoutSeconds`. A read opens its own connection.
+//! - **Full read**: a subtree search of `baseDn` with the user filter and the
+//!   Simple Paged Results control (RFC 2696) of `pageSize`; each page the
+//!   server answers is one [`Page`].
+//! - **Mapping** (flavour defaults, `attributes` override the names):
+//!   OpenLDAP: id `entryUUID`, username `uid`, email `mail`, display name
+//!   `cn`, filter `(objectClass=inetOrgPerson)`. Active Directory: id
+//!   `objectGUID` as the standard GUID string (see [`guid_string`]), username
+//!   `sAMAccountName`, email `mail`, display name `displayName`, filter
+//!   `(&(objectCategory=person)(objectClass=user))`, disabled when
+//!   `userAccountControl` has ACCOUNTDISABLE (0x2). The entry's DN is kept as
+//!   the `dn` attribute and every `extra` attribute under its name (one value:
+//!   a string; several: an array of strings; binary values base64).
+//! - **Groups**: from `memberOf` (each group DN's first RDN value, e.g.
+//!   `cn=engineering,ou=groups,…` → `engineering`) or, when `groupBaseDn` is
+//!   set, by searching the groups (`groupFilter`, default groupOfNames and
+//!   groupOfUniqueNames) at the start of each read and mapping their
+//!   `member`/`uniqueMember` DNs to users. In that mode a Delta read only sees
+//!   users whose own entry changed; membership changes show up on Full reads.
+//! - **Deltas** (OpenLDAP flavour, when the root DSE lists the content
+//!   synchronisation control `1.3.6.1.4.1.4203.1.9.1.1`, i.e. syncprov):
+//!   RFC 4533 refreshOnly with the stored cookie. The read first asks for the
+//!   changes without attributes (entryUUIDs and states only), then fetches
+//!   the changed users by entryUUID, `pageSize` at a time; deleted entryUUIDs
+//!   go to [`Page::deleted`]. When the server cannot answer from the cookie
+//!   (e-syncRefreshRequired, or a present phase, which cannot name the
+//!   deletions) or the cursor is not one idsync wrote, the read becomes a
+//!   Full read and [`ReadPlan::reason`] says why. A Full read on such a server
+//!   takes the current cookie *before* reading, so changes made during the
+//!   read come again in the next delta. Active Directory deltas (`uSNChanged`)
+//!   are not implemented: those reads are Full.
+//!
+//! The password is never put in an error or a log.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use ldap3::asn1::{PL, StructureTag, TagClass, Types, parse_tag, parse_uint};
+use ldap3::controls::{Control, ControlType, PagedResults, RawControl, RefreshMode, SyncRequest};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, ResultEntry, Scope, SearchEntry};
+use serde_json::Value;
+
+use super::{Capabilities, Connector, ConnectorError, Page, ProviderInputs, ReadKind, ReadPlan, SECRET_FIELD};
+use crate::account::Account;
+use crate::api::SyncMode;
+use crate::api::connection::{ConnectionSpec, LdapFlavour, LdapSettings};
+
+/// The content synchronisation request control (RFC 4533).
+pub const SYNC_REQUEST_OID: &str = "1.3.6.1.4.1.4203.1.9.1.1";
+const SYNC_STATE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.2";
+const SYNC_DONE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.3";
+const SYNC_INFO_OID: &str = "1.3.6.1.4.1.4203.1.9.1.4";
+const PAGED_RESULTS_OID: &str = "1.2.840.113556.1.4.319";
+/// e-syncRefreshRequired: the server cannot resume from the cookie.
+const SYNC_REFRESH_REQUIRED: u32 = 4096;
+/// userAccountControl ACCOUNTDISABLE.
+const UAC_ACCOUNTDISABLE: u32 = 0x2;
+const CURSOR_PREFIX: &str = "ldapsync1:";
+/// A filter no entry matches: reads the current cookie without entries.
+const MATCH_NOTHING: &str = "(&(objectClass=*)(!(objectClass=*)))";
+const DEFAULT_GROUP_FILTER: &str = "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))";
+const FIELD: &str = "spec.provider.ldap";
+
+/// A malformed content synchronisation control or message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SyncParseError {
+    #[error("malformed {0}: not valid BER")]
+    Ber(&'static str),
+    #[error("malformed {0}: {1}")]
+    Structure(&'static str, &'static str),
+    #[error("unknown syncState state {0}")]
+    UnknownState(u64),
+}
+
+/// A syncState entry state (RFC 4533 §2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryState {
+    Present,
+    Add,
+    Modify,
+    Delete,
+}
+
+/// A parsed syncState control.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncState {
+    pub state: EntryState,
+    pub entry_uuid: Vec<u8>,
+    pub cookie: Option<Vec<u8>>,
+}
+
+/// A parsed syncDone control.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SyncDone {
+    pub cookie: Option<Vec<u8>>,
+    pub refresh_deletes: bool,
+}
+
+/// A parsed syncInfo intermediate message value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncInfo {
+    NewCookie(Vec<u8>),
+    RefreshDelete { cookie: Option<Vec<u8>> },
+    RefreshPresent { cookie: Option<Vec<u8>> },
+    SyncIdSet { cookie: Option<Vec<u8>>, refresh_deletes: bool, uuids: Vec<Vec<u8>> },
+}
+
+fn ber(bytes: &[u8], what: &'static str) -> Result<StructureTag, SyncParseError> {
+    match parse_tag(bytes) {
+        Ok((_, tag)) => Ok(tag),
+        Err(_) => Err(SyncParseError::Ber(what)),
+    }
+}
+
+fn children(tag: StructureTag, what: &'static str) -> Result<Vec<StructureTag>, SyncParseError> {
+    match tag.payload {
+        PL::C(children) => Ok(children),
+        PL::P(_) => Err(SyncParseError::Structure(what, "expected a sequence")),
+    }
+}
+
+fn primitive(tag: StructureTag, what: &'static str) -> Result<Vec<u8>, SyncParseError> {
+    match tag.payload {
+        PL::P(bytes) => Ok(bytes),
+        PL::C(_) => Err(SyncParseError::Structure(what, "expected a primitive value")),
+    }
+}
+
+fn is_universal(tag: &StructureTag, ty: Types) -> bool {
+    tag.class == TagClass::Universal && tag.id == ty as u64
+}
+
+/// Parses a syncState control value.
+pub fn parse_sync_state(value: &[u8]) -> Result<SyncState, SyncParseError> {
+    const WHAT: &str = "syncState";
+    let mut items = children(ber(value, WHAT)?, WHAT)?.into_iter();
+    let state = items.next().ok_or(SyncParseError::Structure(WHAT, "no state"))?;
+    if !is_universal(&state, Types::Enumerated) {
+        return Err(SyncParseError::Structure(WHAT, "state is not an enumeration"));
+    }
+    let state = match parse_uint(primitive(state, WHAT)?.as_slice()) {
+        Ok((_, n)) => n,
+        Err(_) => return Err(SyncParseError::Ber(WHAT)),
+    };
+    let state = match state {
+        0 => EntryState::Present,
+        1 => EntryState::Add,
+        2 => EntryState::Modify,
+        3 => EntryState::Delete,
+        other => return Err(SyncParseError::UnknownState(other)),
+    };
+    let uuid = items.next().ok_or(SyncParseError::Structure(WHAT, "no entryUUID"))?;
+    let entry_uuid = primitive(uuid, WHAT)?;
+    let cookie = items.next().map(|c| primitive(c, WHAT)).transpose()?;
+    Ok(SyncState { state, entry_uuid, cookie })
+}
+
+/// Parses a syncDone control value.
+pub fn parse_sync_done(value: &[u8]) -> Result<SyncDone, SyncParseError> {
+    const WHAT: &str = "syncDone";
+    let mut done = SyncDone::default();
+    for item in children(ber(value, WHAT)?, WHAT)? {
+        if is_universal(&item, Types::OctetString) {
+            done.cookie = Some(primitive(item, WHAT)?);
+        } else if is_universal(&item, Types::Boolean) {
+            done.refresh_deletes = primitive(item, WHAT)?.first().is_some_and(|b| *b != 0);
+        } else {
+            return Err(SyncParseError::Structure(WHAT, "unexpected element"));
+        }
+    }
+    Ok(done)
+}
+
+/// Parses the value of a syncInfo intermediate response.
+pub fn parse_sync_info(value: &[u8]) -> Result<SyncInfo, SyncParseError> {
+    const WHAT: &str = "syncInfo";
+    let tag = ber(value, WHAT)?;
+    if tag.class != TagClass::Context {
+        return Err(SyncParseError::Structure(WHAT, "not a context-specific choice"));
+    }
+    let id = tag.id;
+    if id == 0 {
+        return Ok(SyncInfo::NewCookie(primitive(tag, WHAT)?));
+    }
+    if id > 3 {
+        return Err(SyncParseError::Structure(WHAT, "unknown choice"));
+    }
+    let mut cookie = None;
+    let mut flag = id != 3;
+    let mut uuids = Vec::new();
+    for item in children(tag, WHAT)? {
+        if is_universal(&item, Types::OctetString) {
+            cookie = Some(primitive(item, WHAT)?);
+        } else if is_universal(&item, Types::Boolean) {
+            flag = primitive(item, WHAT)?.first().is_some_and(|b| *b != 0);
+        } else if id == 3 && is_universal(&item, Types::Set) {
+            for uuid in children(item, WHAT)? {
+                uuids.push(primitive(uuid, WHAT)?);
+            }
+        } else {
+            return Err(SyncParseError::Structure(WHAT, "unexpected element"));
+        }
+    }
+    Ok(match id {
+        1 => SyncInfo::RefreshDelete { cookie },
+        2 => SyncInfo::RefreshPresent { cookie },
+        _ => SyncInfo::SyncIdSet { cookie, refresh_deletes: flag, uuids },
+    })
+}
+
+/// The syncInfo value of an intermediate response entry, if it is one.
+fn intermediate_sync_info(entry: &ResultEntry) -> Result<Option<SyncInfo>, SyncParseError> {
+    let PL::C(items) = &entry.0.payload else {
+        return Err(SyncParseError::Structure("intermediate response", "expected a sequence"));
+    };
+    let mut oid = None;
+    let mut value = None;
+    for item in items {
+        match (item.id, &item.payload) {
+            (0, PL::P(bytes)) => oid = Some(bytes.as_slice()),
+            (1, PL::P(bytes)) => value = Some(bytes.as_slice()),
+            _ => {}
+        }
+    }
+    if oid != Some(SYNC_INFO_OID.as_bytes()) {
+        return Ok(None);
+    }
+    let value = value.ok_or(SyncParseError::Structure("syncInfo", "no value"))?;
+    parse_sync_info(value).map(Some)
+}
+
+/// An entryUUID (16 bytes, as in syncState) in its string form.
+pub fn uuid_string(bytes: &[u8]) -> Option<String> {
+    let bytes: [u8; 16] = bytes.try_into().ok()?;
+    Some(uuid::Uuid::from_bytes(bytes).hyphenated().to_string())
+}
+
+/// An Active Directory objectGUID (16 bytes) as the standard GUID string:
+/// the first three fields are little-endian on the wire.
+pub fn guid_string(bytes: &[u8]) -> Option<String> {
+    let bytes: [u8; 16] = bytes.try_into().ok()?;
+    Some(uuid::Uuid::from_bytes_le(bytes).hyphenated().to_string())
+}
+
+/// Whether an Active Directory account is enabled, from its
+/// userAccountControl value (a decimal number, possibly negative as AD
+/// writes values with the high bit set); `None` when it is not a number.
+pub fn uac_enabled(value: &str) -> Option<bool> {
+    let value = value.trim();
+    let flags = match value.parse::<u32>() {
+        Ok(flags) => flags,
+        Err(_) => value.parse::<i32>().ok()? as u32,
+    };
+    Some(flags & UAC_ACCOUNTDISABLE == 0)
+}
+
+/// The value of a DN's first RDN (`cn=engineering,ou=groups` →
+/// `engineering`), with escapes resolved; `None` when there is none.
+pub fn first_rdn_value(dn: &str) -> Option<String> {
+    let mut raw = Vec::new();
+    let mut in_value = false;
+    let mut bytes = dn.trim().bytes().peekable();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'\\' => {
+                let Some(next) = bytes.next() else { break };
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(next), bytes.peek().copied().and_then(hex)) {
+                    (Some(hi), Some(lo)) => {
+                        bytes.next();
+                        if in_value {
+                            raw.push((hi * 16 + lo) as u8);
+                        }
+                    }
+                    _ if in_value => raw.push(next),
+                    _ => {}
+                }
+            }
+            b'=' if !in_value => in_value = true,
+            b',' | b'+' | b';' => break,
+            _ if in_value => raw.push(b),
+            _ => {}
+        }
+    }
+    let value = String::from_utf8_lossy(&raw).trim().to_string();
+    (in_value && !value.is_empty()).then_some(value)
+}
+
+/// A DN in a form for comparing: lower case, no spaces around separators.
+fn normalize_dn(dn: &str) -> String {
+    dn.split(',')
+        .map(|rdn| rdn.split('=').map(str::trim).collect::<Vec<_>>().join("="))
+        .collect::<Vec<_>>()
+        .join(",")
+        .to_lowercase()
+}
+
+/// A cursor as stored: the server's cookie, base64.
+fn encode_cursor(cookie: &[u8]) -> String {
+    format!("{CURSOR_PREFIX}{}", BASE64.encode(cookie))
+}
+
+fn decode_cursor(cursor: &str) -> Option<Vec<u8>> {
+    let cookie = BASE64.decode(cursor.strip_prefix(CURSOR_PREFIX)?).ok()?;
+    (!cookie.is_empty()).then_some(cookie)
+}
+
+/// The password, never shown.
+struct Password(String);
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+/// The checked settings of one ldap Connection.
+#[derive(Debug)]
+struct Settings {
+    url: String,
+    start_tls: bool,
+    insecure: bool,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    bind_dn: Option<String>,
+    password: Password,
+    base_dn: String,
+    user_filter: String,
+    group_base_dn: Option<String>,
+    group_filter: String,
+    flavour: LdapFlavour,
+    id_attr: String,
+    username_attr: String,
+    email_attr: String,
+    display_attr: String,
+    extra: Vec<String>,
+    page_size: u32,
+    timeout: Duration,
+}
+
+impl Settings {
+    /// The attributes every user search asks for.
+    fn user_attributes(&self) -> Vec<String> {
+        let mut attrs =
+            vec![self.id_attr.clone(), self.username_attr.clone(), self.email_attr.clone(), self.display_attr.clone()];
+        if self.group_base_dn.is_none() {
+            attrs.push("memberOf".to_string());
+        }
+        if self.flavour == LdapFlavour::ActiveDirectory {
+            attrs.push("userAccountControl".to_string());
+        }
+        attrs.extend(self.extra.iter().cloned());
+        let mut seen = std::collections::HashSet::new();
+        attrs.retain(|a| seen.insert(a.to_lowercase()));
+        attrs
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        vec![self.password.0.clone()]
+    }
+}
+
+/// Group memberships by normalized member DN (group mode only).
+type GroupMap = HashMap<String, Vec<String>>;
+
+enum Read {
+    Full {
+        ldap: Ldap,
+        /// The paged results cookie of the next page; None once done.
+        paging: Option<Vec<u8>>,
+        page: u64,
+        groups: Option<Arc<GroupMap>>,
+        cursor: Option<String>,
+    },
+    Delta {
+        ldap: Ldap,
+        deleted: VecDeque<String>,
+        changed: VecDeque<String>,
+        page: u64,
+        groups: Option<Arc<GroupMap>>,
+        cursor: String,
+        done: bool,
+    },
+}
+
+/// The ldap connector.
+pub struct LdapConnector {
+    settings: Arc<Settings>,
+    read: Option<Read>,
+    cursor: Option<String>,
+}
+
+impl fmt::Debug for LdapConnector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LdapConnector")
+            .field("settings", &self.settings)
+            .field("reading", &self.read.is_some())
+            .field("cursor", &self.cursor)
+            .finish()
+    }
+}
+
+fn config(field: &str, message: impl Into<String>) -> ConnectorError {
+    ConnectorError::Config { field: format!("{FIELD}.{field}"), message: message.into() }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn tls_config(pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, ConnectorError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let bad = |message: String| ConnectorError::Config { field: SECRET_FIELD.to_string(), message };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| bad(format!("key \"ca.crt\" is not a PEM certificate: {e}")))?;
+        roots.add(cert).map_err(|e| bad(format!("key \"ca.crt\": unusable certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("key \"ca.crt\" holds no PEM certificate".to_string()));
+    }
+    Ok(Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()))
+}
+
+impl LdapConnector {
+    /// Checks the settings and reads the credentials; connects only when a
+    /// read begins.
+    pub fn new(spec: &ConnectionSpec, ldap: &LdapSettings, inputs: &ProviderInputs) -> Result<Self, ConnectorError> {
+        let url = reqwest::Url::parse(ldap.url.trim())
+            .map_err(|e| config("url", format!("{:?} is not a URL: {e}", ldap.url)))?;
+        let host = url.host_str().unwrap_or_default().to_string();
+        if host.is_empty() {
+            return Err(config("url", "names no host"));
+        }
+        match url.scheme() {
+            "ldaps" if ldap.start_tls => {
+                return Err(config("startTls", "applies to ldap:// URLs only; ldaps:// is already encrypted"));
+            }
+            "ldaps" => {}
+            "ldap" if ldap.start_tls || is_loopback(&host) => {}
+            "ldap" => return Err(config("url", "a plain ldap:// URL needs startTls: true unless it is on loopback")),
+            other => return Err(config("url", format!("scheme {other:?}: use ldap:// or ldaps://"))),
+        }
+        let bind_dn = ldap.bind_dn.as_deref().map(str::trim).filter(|d| !d.is_empty()).map(str::to_string);
+        let password = match &bind_dn {
+            Some(_) => inputs.required_secret_text("password")?,
+            None => String::new(),
+        };
+        let tls = match inputs.secret.get("ca.crt") {
+            Some(pem) if !ldap.insecure_skip_tls_verify => Some(tls_config(pem)?),
+            _ => None,
+        };
+        let base_dn = ldap.base_dn.trim().to_string();
+        if base_dn.is_empty() {
+            return Err(config("baseDn", "must not be empty"));
+        }
+        let name = |field: &str, value: &Option<String>, default: &str| -> Result<String, ConnectorError> {
+            match value.as_deref().map(str::trim) {
+                None => Ok(default.to_string()),
+                Some("") => Err(config(&format!("attributes.{field}"), "must name an attribute")),
+                Some(v) => Ok(v.to_string()),
+            }
+        };
+        let ad = ldap.flavour == LdapFlavour::ActiveDirectory;
+        let a = &ldap.attributes;
+        let mut extra = Vec::new();
+        for (i, attr) in a.extra.iter().enumerate() {
+            let attr = attr.trim();
+            if attr.is_empty() {
+                return Err(config(&format!("attributes.extra[{i}]"), "must name an attribute"));
+            }
+            extra.push(attr.to_string());
+        }
+        let filter = |field: &str, value: &Option<String>, default: &str| -> Result<String, ConnectorError> {
+            let filter = value.as_deref().map(str::trim).unwrap_or(default).to_string();
+            ldap3::parse_filter(&filter).map_err(|_| config(field, format!("{filter:?} is not an LDAP filter")))?;
+            Ok(filter)
+        };
+        let settings = Settings {
+            url: url.to_string(),
+            start_tls: ldap.start_tls,
+            insecure: ldap.insecure_skip_tls_verify,
+            tls,
+            bind_dn,
+            password: Password(password),
+            base_dn,
+            user_filter: filter(
+                "userFilter",
+                &ldap.user_filter,
+                if ad { "(&(objectCategory=person)(objectClass=user))" } else { "(objectClass=inetOrgPerson)" },
+            )?,
+            group_base_dn: ldap.group_base_dn.as_deref().map(str::trim).filter(|d| !d.is_empty()).map(str::to_string),
+            group_filter: filter("groupFilter", &ldap.group_filter, DEFAULT_GROUP_FILTER)?,
+            flavour: ldap.flavour,
+            id_attr: if ad { "objectGUID" } else { "entryUUID" }.to_string(),
+            username_attr: name("username", &a.username, if ad { "sAMAccountName" } else { "uid" })?,
+            email_attr: name("email", &a.email, "mail")?,
+            display_attr: name("displayName", &a.display_name, if ad { "displayName" } else { "cn" })?,
+            extra,
+            page_size: spec.page_size.clamp(1, i32::MAX as u32),
+            timeout: Duration::from_secs(u64::from(spec.request_timeout_seconds.max(1))),
+        };
+        Ok(LdapConnector { settings: Arc::new(settings), read: None, cursor: None })
+    }
+}
+
+/// Maps an ldap3 error; `what` names the operation.
+fn ldap_error(settings: &Settings, what: &str, error: LdapError) -> ConnectorError {
+    let secrets = settings.secrets();
+    match error {
+        LdapError::LdapResult { result } => result_error(settings, what, &result),
+        LdapError::Timeout { .. } => ConnectorError::Timeout {
+            page: None,
+            message: format!("{what}: no answer within {}s", settings.timeout.as_secs()),
+        },
+        other => ConnectorError::Transport {
+            page: None,
+            message: super::redact(&format!("{what}: {}: {other}", settings.url), &secrets),
+        },
+    }
+}
+
+/// Maps an unsuccessful LDAP result.
+fn result_error(settings: &Settings, what: &str, result: &LdapResult) -> ConnectorError {
+    let secrets = settings.secrets();
+    let text = if result.text.trim().is_empty() { String::new() } else { format!(" ({})", result.text.trim()) };
+    let message = super::redact(&format!("{what}: LDAP result code {}{text}", result.rc), &secrets);
+    match result.rc {
+        48..=50 => ConnectorError::Unauthorized { message },
+        32 => ConnectorError::Config { field: format!("{FIELD}.baseDn"), message },
+        87 => ConnectorError::Config { field: format!("{FIELD}.userFilter"), message },
+        _ => ConnectorError::Source { page: None, message },
+    }
+}
+
+async fn connect(settings: &Settings) -> Result<Ldap, ConnectorError> {
+    let mut conn = LdapConnSettings::new().set_conn_timeout(settings.timeout).set_starttls(settings.start_tls);
+    if settings.insecure {
+        conn = conn.set_no_tls_verify(true);
+    } else if let Some(tls) = &settings.tls {
+        conn = conn.set_config(tls.clone());
+    }
+    let (driver, mut ldap) =
+        LdapConnAsync::with_settings(conn, &settings.url).await.map_err(|e| ldap_error(settings, "connect", e))?;
+    tokio::spawn(async move {
+        if let Err(e) = driver.drive().await {
+            tracing::debug!(error = %e, "ldap connection closed");
+        }
+    });
+    if let Some(dn) = &settings.bind_dn {
+        let result = ldap
+            .with_timeout(settings.timeout)
+            .simple_bind(dn, &settings.password.0)
+            .await
+            .map_err(|e| ldap_error(settings, "bind", e))?;
+        if result.rc != 0 {
+            return Err(result_error(settings, &format!("bind as {dn:?}"), &result));
+        }
+    }
+    Ok(ldap)
+}
+
+/// Whether the root DSE lists the content synchronisation control.
+async fn supports_sync(settings: &Settings, ldap: &mut Ldap) -> Result<bool, ConnectorError> {
+    let (entries, _) = ldap
+        .with_timeout(settings.timeout)
+        .search("", Scope::Base, "(objectClass=*)", vec!["supportedControl"])
+        .await
+        .and_then(|r| r.success())
+        .map_err(|e| ldap_error(settings, "read the root DSE", e))?;
+    Ok(entries.into_iter().filter(|e| !e.is_ref() && !e.is_intermediate()).any(|e| {
+        let entry = SearchEntry::construct(e);
+        values(&entry, "supportedControl").iter().any(|c| c == SYNC_REQUEST_OID)
+    }))
+}
+
+fn sync_control(cookie: Option<Vec<u8>>) -> RawControl {
+    let mut control: RawControl = SyncRequest { mode: RefreshMode::RefreshOnly, cookie, reload_hint: false }.into();
+    control.crit = true;
+    control
+}
+
+/// The string values of an attribute (any case of its name).
+fn values(entry: &SearchEntry, name: &str) -> Vec<String> {
+    entry
+        .attrs
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .flat_map(|(_, v)| v.iter().cloned())
+        .chain(
+            entry
+                .bin_attrs
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .flat_map(|(_, v)| v.iter().map(|b| BASE64.encode(b))),
+        )
+        .collect()
+}
+
+/// The raw bytes of an attribute's first value (binary or text).
+fn first_bytes(entry: &SearchEntry, name: &str) -> Option<Vec<u8>> {
+    let text = entry.attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).and_then(|(_, v)| v.first());
+    if let Some(text) = text {
+        return Some(text.as_bytes().to_vec());
+    }
+    entry.bin_attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).and_then(|(_, v)| v.first()).cloned()
+}
+
+fn first_value(entry: &SearchEntry, name: &str) -> Option<String> {
+    values(entry, name).into_iter().map(|v| v.trim().to_string()).find(|v| !v.is_empty())
+}
+
+/// One user entry as an account.
+fn to_account(settings: &Settings, entry: &SearchEntry, groups: Option<&GroupMap>) -> Result<Account, String> {
+    let id = match settings.flavour {
+        LdapFlavour::OpenLdap => first_value(entry, &settings.id_attr),
+        LdapFlavour::ActiveDirectory => first_bytes(entry, &settings.id_attr).and_then(|b| guid_string(&b)),
+    };
+    let id = id.ok_or_else(|| format!("entry {:?} has no usable {}", entry.dn, settings.id_attr))?;
+    let mut account = Account::new(id);
+    account.username = first_value(entry, &settings.username_attr);
+    account.email = first_value(entry, &settings.email_attr);
+    account.display_name = first_value(entry, &settings.display_attr);
+    if settings.flavour == LdapFlavour::ActiveDirectory
+        && let Some(uac) = first_value(entry, "userAccountControl")
+    {
+        account.enabled = uac_enabled(&uac)
+            .ok_or_else(|| format!("entry {:?}: userAccountControl {uac:?} is not a number", entry.dn))?;
+    }
+    account.groups = match groups {
+        Some(map) => map.get(&normalize_dn(&entry.dn)).cloned().unwrap_or_default(),
+        None => values(entry, "memberOf").iter().filter_map(|dn| first_rdn_value(dn)).collect(),
+    };
+    account.attributes.insert("dn".to_string(), Value::String(entry.dn.clone()));
+    for name in &settings.extra {
+        let mut vals = values(entry, name);
+        let value = match vals.len() {
+            0 => continue,
+            1 => Value::String(vals.remove(0)),
+            _ => Value::Array(vals.into_iter().map(Value::String).collect()),
+        };
+        account.attributes.insert(name.clone(), value);
+    }
+    account.normalize();
+    Ok(account)
+}
+
+fn source(page: u64, message: String) -> ConnectorError {
+    ConnectorError::Source { page: Some(page), message }
+}
+
+/// The paged results cookie of a search result, if the server sent one.
+fn paged_cookie(result: &LdapResult) -> Option<Vec<u8>> {
+    result.ctrls.iter().find_map(|Control(kind, raw)| {
+        let ours = matches!(kind, Some(ControlType::PagedResults)) || raw.ctype == PAGED_RESULTS_OID;
+        let value = raw.val.as_deref().filter(|_| ours)?;
+        let tag = ber(value, "paged results").ok()?;
+        let PL::C(items) = tag.payload else { return None };
+        items.into_iter().nth(1).and_then(|c| match c.payload {
+            PL::P(bytes) => Some(bytes),
+            PL::C(_) => None,
+        })
+    })
+}
+
+/// One page of a paged search: the entries and the next page's cookie
+/// (None: last page).
+async fn paged_search(
+    settings: &Settings,
+    ldap: &mut Ldap,
+    base: &str,
+    filter: &str,
+    attrs: Vec<String>,
+    cookie: Vec<u8>,
+) -> Result<(Vec<SearchEntry>, Option<Vec<u8>>), ConnectorError> {
+    let control: RawControl = PagedResults { size: settings.page_size as i32, cookie }.into();
+    let result = ldap
+        .with_timeout(settings.timeout)
+        .with_controls(vec![control])
+        .search(base, Scope::Subtree, filter, attrs)
+        .await
+        .map_err(|e| ldap_error(settings, &format!("search {base:?}"), e))?;
+    let (entries, result) = (result.0, result.1);
+    if result.rc != 0 {
+        return Err(result_error(settings, &format!("search {base:?}"), &result));
+    }
+    let next = paged_cookie(&result).filter(|c| !c.is_empty());
+    let entries = entries.into_iter().filter(|e| !e.is_ref() && !e.is_intermediate()).map(SearchEntry::construct);
+    Ok((entries.collect(), next))
+}
+
+/// Reads every group and maps member DNs to group names.
+async fn read_groups(settings: &Settings, ldap: &mut Ldap, base: &str) -> Result<GroupMap, ConnectorError> {
+    let mut map = GroupMap::new();
+    let mut cookie = Vec::new();
+    loop {
+        let attrs = vec!["member".to_string(), "uniqueMember".to_string()];
+        let (entries, next) = paged_search(settings, ldap, base, &settings.group_filter, attrs, cookie).await?;
+        for entry in entries {
+            let Some(name) = first_rdn_value(&entry.dn) else { continue };
+            for member in values(&entry, "member").into_iter().chain(values(&entry, "uniqueMember")) {
+                // uniqueMember may carry an optional UID after '#'.
+                let member = member.rsplit_once("#'").map_or(member.as_str(), |(dn, _)| dn);
+                map.entry(normalize_dn(member)).or_default().push(name.clone());
+            }
+        }
+        match next {
+            Some(next) => cookie = next,
+            None => return Ok(map),
+        }
+    }
+}
+
+/// What a refreshOnly search from a cookie said.
+#[derive(Debug, Default)]
+struct Changes {
+    changed: Vec<String>,
+    deleted: Vec<String>,
+    cookie: Option<Vec<u8>>,
+    /// Why the changes cannot be used (the read must be Full).
+    unusable: Option<String>,
+}
+
+/// Runs a refreshOnly content synchronisation from `cookie` (None: the
+/// current cookie only, with a filter nothing matches) without attributes.
+async fn sync_changes(
+    settings: &Settings,
+    ldap: &mut Ldap,
+    cookie: Option<Vec<u8>>,
+) -> Result<Changes, ConnectorError> {
+    let what = "content synchronisation";
+    let filter = if cookie.is_some() { settings.user_filter.as_str() } else { MATCH_NOTHING };
+    let mut stream = ldap
+        .with_timeout(settings.timeout)
+        .with_controls(vec![sync_control(cookie)])
+        .streaming_search(&settings.base_dn, Scope::Subtree, filter, vec!["1.1"])
+        .await
+        .map_err(|e| ldap_error(settings, what, e))?;
+    let mut changes = Changes::default();
+    let mut changed = std::collections::HashSet::new();
+    let mut deleted = std::collections::HashSet::new();
+    let mut present = false;
+    let bad = |e: SyncParseError| ConnectorError::Source { page: None, message: format!("{what}: {e}") };
+    while let Some(entry) = stream.next().await.map_err(|e| ldap_error(settings, what, e))? {
+        if entry.is_ref() {
+            continue;
+        }
+        if entry.is_intermediate() {
+            match intermediate_sync_info(&entry).map_err(bad)? {
+                Some(SyncInfo::NewCookie(c)) => changes.cookie = Some(c),
+                Some(SyncInfo::RefreshDelete { cookie }) => changes.cookie = cookie.or(changes.cookie.take()),
+                Some(SyncInfo::RefreshPresent { cookie }) => {
+                    present = true;
+                    changes.cookie = cookie.or(changes.cookie.take());
+                }
+                Some(SyncInfo::SyncIdSet { cookie, refresh_deletes, uuids }) => {
+                    changes.cookie = cookie.or(changes.cookie.take());
+                    if !refresh_deletes {
+                        present = true;
+                    }
+                    for uuid in uuids {
+                        let uuid = uuid_string(&uuid)
+                            .ok_or_else(|| bad(SyncParseError::Structure("syncIdSet", "bad UUID")))?;
+                        if refresh_deletes {
+                            changed.remove(&uuid);
+                            deleted.insert(uuid);
+                        }
+                    }
+                }
+                None => {}
+            }
+            continue;
+        }
+        let state = entry
+            .1
+            .iter()
+            .find(|Control(_, raw)| raw.ctype == SYNC_STATE_OID)
+            .and_then(|Control(_, raw)| raw.val.as_deref())
+            .ok_or_else(|| bad(SyncParseError::Structure("syncState", "entry without the control")))
+            .and_then(|v| parse_sync_state(v).map_err(bad))?;
+        let uuid =
+            uuid_string(&state.entry_uuid).ok_or_else(|| bad(SyncParseError::Structure("syncState", "bad UUID")))?;
+        if let Some(c) = state.cookie {
+            changes.cookie = Some(c);
+        }
+        match state.state {
+            EntryState::Add | EntryState::Modify => {
+                deleted.remove(&uuid);
+                changed.insert(uuid);
+            }
+            EntryState::Delete => {
+                changed.remove(&uuid);
+                deleted.insert(uuid);
+            }
+            EntryState::Present => present = true,
+        }
+    }
+    let result = stream.finish().await;
+    if result.rc == SYNC_REFRESH_REQUIRED {
+        changes.unusable = Some("the server cannot resume from the stored cookie (e-syncRefreshRequired)".into());
+        return Ok(changes);
+    }
+    if result.rc != 0 {
+        return Err(result_error(settings, what, &result));
+    }
+    let done = result
+        .ctrls
+        .iter()
+        .find(|Control(_, raw)| raw.ctype == SYNC_DONE_OID)
+        .and_then(|Control(_, raw)| raw.val.as_deref())
+        .map(parse_sync_done)
+        .transpose()
+        .map_err(bad)?
+        .unwrap_or_default();
+    if let Some(c) = done.cookie.filter(|c| !c.is_empty()) {
+        changes.cookie = Some(c);
+    }
+    if present || !done.refresh_deletes {
+        changes.unusable =
+            Some("the server answered the stored cookie with a present phase, which cannot name deletions".into());
+    }
+    changes.changed = changed.into_iter().collect();
+    changes.changed.sort();
+    changes.deleted = deleted.into_iter().collect();
+    changes.deleted.sort();
+    Ok(changes)
+}
+
+impl LdapConnector {
+    async fn begin_read(&mut self, mode: SyncMode, cursor: Option<&str>) -> Result<ReadPlan, ConnectorError> {
+        self.read = None;
+        self.cursor = None;
+        let settings = self.settings.clone();
+        let mut ldap = connect(&settings).await?;
+        let sync = settings.flavour == LdapFlavour::OpenLdap && supports_sync(&settings, &mut ldap).await?;
+        let groups = match &settings.group_base_dn {
+            Some(base) => Some(Arc::new(read_groups(&settings, &mut ldap, base).await?)),
+            None => None,
+        };
+        let mut reason = None;
+        if mode == SyncMode::Delta {
+            match (settings.flavour, sync, cursor) {
+                (LdapFlavour::ActiveDirectory, _, _) => {
+                    reason = Some("Active Directory deltas (uSNChanged) are not implemented".to_string())
+                }
+                (_, false, _) => {
+                    reason = Some("the server does not offer content synchronisation (RFC 4533)".to_string())
+                }
+                (_, true, None) => reason = Some("no cursor yet".to_string()),
+                (_, true, Some(cursor)) => match decode_cursor(cursor) {
+                    None => reason = Some("the stored cursor is not an LDAP sync cookie".to_string()),
+                    Some(cookie) => {
+                        let changes = sync_changes(&settings, &mut ldap, Some(cookie.clone())).await?;
+                        match changes.unusable {
+                            Some(why) => reason = Some(why),
+                            None => {
+                                // No new cookie: nothing changed, the stored one stays valid.
+                                let cookie = changes.cookie.unwrap_or(cookie);
+                                self.read = Some(Read::Delta {
+                                    ldap,
+                                    deleted: changes.deleted.into(),
+                                    changed: changes.changed.into(),
+                                    page: 0,
+                                    groups,
+                                    cursor: encode_cursor(&cookie),
+                                    done: false,
+                                });
+                                return Ok(ReadPlan { kind: ReadKind::Delta, reason: None });
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        let cursor = if sync {
+            let changes = sync_changes(&settings, &mut ldap, None).await?;
+            changes.cookie.map(|c| encode_cursor(&c))
+        } else {
+            None
+        };
+        self.read = Some(Read::Full { ldap, paging: Some(Vec::new()), page: 0, groups, cursor });
+        Ok(ReadPlan { kind: ReadKind::Full, reason: reason.map(|r| format!("{r}: reading everything")) })
+    }
+
+    async fn next(&mut self) -> Result<Option<Page>, ConnectorError> {
+        let settings = self.settings.clone();
+        let Some(read) = self.read.as_mut() else {
+            return Ok(None);
+        };
+        match read {
+            Read::Full { ldap, paging, page, groups, cursor } => {
+                let Some(cookie) = paging.take() else {
+                    self.cursor = cursor.take();
+                    self.read = None;
+                    return Ok(None);
+                };
+                *page += 1;
+                let number = *page;
+                let (entries, next) = paged_search(
+                    &settings,
+                    ldap,
+                    &settings.base_dn,
+                    &settings.user_filter,
+                    settings.user_attributes(),
+                    cookie,
+                )
+                .await
+                .map_err(|e| e.with_page(Some(number)))?;
+                *paging = next;
+                let accounts = entries
+                    .iter()
+                    .map(|e| to_account(&settings, e, groups.as_deref()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|m| source(number, m))?;
+                Ok(Some(Page { number, accounts, deleted: Vec::new() }))
+            }
+            Read::Delta { ldap, deleted, changed, page, groups, cursor, done } => {
+                if *done {
+                    self.cursor = Some(std::mem::take(cursor));
+                    self.read = None;
+                    return Ok(None);
+                }
+                *page += 1;
+                let number = *page;
+                let size = settings.page_size as usize;
+                let gone: Vec<String> = deleted.drain(..deleted.len().min(size)).collect();
+                let ids: Vec<String> = changed.drain(..changed.len().min(size)).collect();
+                let mut accounts = Vec::new();
+                if !ids.is_empty() {
+                    let any: String = ids.iter().map(|id| format!("(entryUUID={id})")).collect();
+                    let filter = format!("(&{}(|{any}))", settings.user_filter);
+                    let (entries, _) = ldap
+                        .with_timeout(settings.timeout)
+                        .search(&settings.base_dn, Scope::Subtree, &filter, settings.user_attributes())
+                        .await
+                        .and_then(|r| r.success())
+                        .map_err(|e| ldap_error(&settings, "read changed entries", e).with_page(Some(number)))?;
+                    for entry in entries.into_iter().filter(|e| !e.is_ref() && !e.is_intermediate()) {
+                        let entry = SearchEntry::construct(entry);
+                        accounts.push(to_account(&settings, &entry, groups.as_deref()).map_err(|m| source(number, m))?);
+                    }
+                }
+                *done = deleted.is_empty() && changed.is_empty();
+                Ok(Some(Page { number, accounts, deleted: gone }))
+            }
+        }
+    }
+}
+
+impl Connector for LdapConnector {
+    fn capabilities(&self) -> Capabilities {
+        let sync = self.settings.flavour == LdapFlavour::OpenLdap;
+        Capabilities { delta: sync, delta_deletions: sync, groups: true }
+    }
+
+    fn begin<'a>(
+        &'a mut self,
+        mode: SyncMode,
+        cursor: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<ReadPlan, ConnectorError>> {
+        self.begin_read(mode, cursor).boxed()
+    }
+
+    fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>, ConnectorError>> {
+        async move {
+            let result = self.next().await;
+            if result.is_err() {
+                self.read = None;
+            }
+            result
+        }
+        .boxed()
+    }
+
+    fn cursor(&self) -> Option<String> {
+        self.cursor.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_guid_bytes_become_the_standard_guid_string() {
+        // The GUID {01234567-89ab-cdef-0123-456789abcdef} as AD stores it.
+        let bytes = [0x67, 0x45, 0x23, 0x01, 0xab, 0x89, 0xef, 0xcd, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef];
+        assert_eq!(guid_string(&bytes).unwrap(), "01234567-89ab-cdef-0123-456789abcdef");
+        assert_eq!(uuid_string(&bytes).unwrap(), "67452301-ab89-efcd-0123-456789abcdef");
+        assert_eq!(guid_string(&bytes[..15]), None);
+    }
+
+    #[test]
+    fn user_account_control_bit_2_disables() {
+        assert_eq!(uac_enabled("512"), Some(true)); // NORMAL_ACCOUNT
+        assert_eq!(uac_enabled("514"), Some(false)); // NORMAL_ACCOUNT | ACCOUNTDISABLE
+        assert_eq!(uac_enabled("66050"), Some(false)); // + DONT_EXPIRE_PASSWORD
+        assert_eq!(uac_enabled("66048"), Some(true));
+        assert_eq!(uac_enabled("-2147483646"), Some(false)); // high bit set, as a signed value
+        assert_eq!(uac_enabled("x"), None);
+    }
+
+    #[test]
+    fn group_names_are_the_first_rdn_value() {
+        assert_eq!(first_rdn_value("cn=engineering,ou=groups,dc=example,dc=com").unwrap(), "engineering");
+        assert_eq!(first_rdn_value("CN = R\\2cD ,OU=x").unwrap(), "R,D");
+        assert_eq!(first_rdn_value("cn=a\\,b+uid=x,dc=c").unwrap(), "a,b");
+        assert_eq!(first_rdn_value(""), None);
+        assert_eq!(normalize_dn("UID=a, OU=People,dc=Example"), "uid=a,ou=people,dc=example");
+    }
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let cursor = encode_cursor(b"rid=000,csn=20240101000000.000000Z#000000#000#000000");
+        assert_eq!(decode_cursor(&cursor).unwrap(), b"rid=000,csn=20240101000000.000000Z#000000#000#000000");
+        assert_eq!(decode_cursor("garbage"), None);
+        assert_eq!(decode_cursor("ldapsync1:!!"), None);
+        assert_eq!(decode_cursor("ldapsync1:"), None);
+    }
+
+    #[test]
+    fn sync_controls_parse() {
+        // syncState: SEQUENCE { ENUMERATED add, OCTET STRING uuid } as slapd sent it.
+        let state = BASE64.decode("MBUKAQEEEA6T2Qx6dhBBlavB9d4T5cI=").unwrap();
+        let state = parse_sync_state(&state).unwrap();
+        assert_eq!(state.state, EntryState::Add);
+        assert_eq!(uuid_string(&state.entry_uuid).unwrap(), "0e93d90c-7a76-1041-95ab-c1f5de13e5c2");
+        assert_eq!(state.cookie, None);
+
+        let done = BASE64.decode("MDkENHJpZD0wMDAsY3NuPTIwMjYxMTIyMDQwODA2LjYzNzg4MFojMDAwMDAwIzAwMCMwMDAwMDABAf8=");
+        let done = parse_sync_done(&done.unwrap()).unwrap();
+        assert!(done.refresh_deletes);
+        assert_eq!(done.cookie.unwrap(), b"rid=000,csn=20261122040806.637880Z#000000#000#000000");
+        let done = parse_sync_done(&[0x30, 0x00]).unwrap();
+        assert_eq!(done, SyncDone { cookie: None, refresh_deletes: false });
+
+        // syncIdSet [3] { cookie "c", refreshDeletes TRUE, SET { uuid } }
+        let mut value = vec![0xa3, 0x1a, 0x04, 0x01, b'c', 0x01, 0x01, 0xff, 0x31, 0x12, 0x04, 0x10];
+        value.extend_from_slice(&[7; 16]);
+        assert_eq!(
+            parse_sync_info(&value).unwrap(),
+            SyncInfo::SyncIdSet { cookie: Some(b"c".to_vec()), refresh_deletes: true, uuids: vec![vec![7; 16]] }
+        );
+        assert_eq!(parse_sync_info(&[0x80, 0x01, b'k']).unwrap(), SyncInfo::NewCookie(b"k".to_vec()));
+        assert_eq!(parse_sync_info(&[0xa2, 0x00]).unwrap(), SyncInfo::RefreshPresent { cookie: None });
+
+        assert!(parse_sync_state(&[0x30, 0x03, 0x0a, 0x01, 0x09]).is_err());
+        assert!(parse_sync_state(&[0xff]).is_err());
+        assert!(parse_sync_done(&[0x04, 0x00]).is_err());
+    }
+
+    fn spec(ldap: serde_json::Value) -> (ConnectionSpec, LdapSettings) {
+        let spec: ConnectionSpec = serde_json::from_value(serde_json::json!({
+            "provider": {"type": "ldap", "ldap": ldap},
+            "category": "IdP",
+            "credentialsSecretRef": {"name": "ldap"},
+        }))
+        .unwrap();
+        let crate::api::Provider::Ldap(settings) = spec.provider.clone() else { panic!("not ldap") };
+        (spec, settings)
+    }
+
+    #[test]
+    fn settings_are_checked_and_the_password_never_shown() {
+        let (s, l) = spec(serde_json::json!({"url": "ldap://127.0.0.1:389", "bindDn": "cn=a", "baseDn": "dc=x"}));
+        let e = LdapConnector::new(&s, &l, &ProviderInputs::default()).unwrap_err();
+        assert_eq!(e.to_string(), "spec.credentialsSecretRef: key \"password\" missing");
+        let mut inputs = ProviderInputs::default();
+        inputs.secret.insert("password".into(), b"hunter2-secret".to_vec());
+        let c = LdapConnector::new(&s, &l, &inputs).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(c.capabilities().delta_deletions);
+
+        let (s, l) = spec(serde_json::json!({"url": "ldap://ldap.example.com", "baseDn": "dc=x"}));
+        let e = LdapConnector::new(&s, &l, &inputs).unwrap_err();
+        assert!(e.to_string().starts_with("spec.provider.ldap.url:"), "{e}");
+        let (s, l) = spec(serde_json::json!({"url": "ldaps://h", "startTls": true, "baseDn": "dc=x"}));
+        assert!(LdapConnector::new(&s, &l, &inputs).is_err());
+        let (s, l) = spec(serde_json::json!({"url": "ldaps://h", "baseDn": "dc=x", "userFilter": "(broken"}));
+        let e = LdapConnector::new(&s, &l, &inputs).unwrap_err();
+        assert!(e.to_string().starts_with("spec.provider.ldap.userFilter:"), "{e}");
+        let (s, l) = spec(serde_json::json!({"url": "ldaps://h", "baseDn": "dc=x", "flavour": "activedirectory"}));
+        let c = LdapConnector::new(&s, &l, &inputs).unwrap();
+        assert!(!c.capabilities().delta);
+        let mut bad_ca = inputs.clone();
+        bad_ca.secret.insert("ca.crt".into(), b"not a certificate".to_vec());
+        assert!(LdapConnector::new(&s, &l, &bad_ca).unwrap_err().is_stalled());
+    }
+
+    #[test]
+    fn active_directory_entries_map() {
+        let (s, l) = spec(serde_json::json!({
+            "url": "ldaps://h", "baseDn": "dc=x", "flavour": "activedirectory",
+            "attributes": {"extra": ["department", "proxyAddresses"]},
+        }));
+        let c = LdapConnector::new(&s, &l, &ProviderInputs::default()).unwrap();
+        let entry = SearchEntry {
+            dn: "CN=Ann,OU=Users,DC=x".into(),
+            attrs: HashMap::from([
+                ("sAMAccountName".to_string(), vec!["ann".to_string()]),
+                ("displayName".to_string(), vec!["Ann A".to_string()]),
+                ("userAccountControl".to_string(), vec!["514".to_string()]),
+                ("memberOf".to_string(), vec!["CN=Eng,OU=G,DC=x".to_string(), "CN=All,DC=x".to_string()]),
+                ("department".to_string(), vec!["R&D".to_string()]),
+                ("proxyAddresses".to_string(), vec!["smtp:a@x".to_string(), "SMTP:ann@x".to_string()]),
+            ]),
+            bin_attrs: HashMap::from([(
+                "objectGUID".to_string(),
+                vec![vec![
+                    0x67, 0x45, 0x23, 0x01, 0xab, 0x89, 0xef, 0xcd, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef,
+                ]],
+            )]),
+        };
+        let a = to_account(&c.settings, &entry, None).unwrap();
+        assert_eq!(a.id, "01234567-89ab-cdef-0123-456789abcdef");
+        assert_eq!(a.username.as_deref(), Some("ann"));
+        assert_eq!(a.display_name.as_deref(), Some("Ann A"));
+        assert!(!a.enabled);
+        assert_eq!(a.groups, vec!["All", "Eng"]);
+        assert_eq!(a.attributes["dn"], "CN=Ann,OU=Users,DC=x");
+        assert_eq!(a.attributes["department"], "R&D");
+        assert_eq!(a.attributes["proxyAddresses"], serde_json::json!(["smtp:a@x", "SMTP:ann@x"]));
+    }
+}

@@ -1,0 +1,715 @@
+//! The `scim` provider: the Users of a SCIM 2.0 service provider (RFC 7643,
+//! RFC 7644), read through the shared retrying [`HttpClient`].
+//!
+//! - **Credentials**: the Secret's `token` key (bearer) or its `username`
+//!   and `password` keys (basic), as `auth` says; a missing key is a
+//!   configuration error naming the key, never showing a value.
+//! - **Capabilities**: deltas without deletions, groups.
+//! - `begin` reads `/ServiceProviderConfig` once per connector to learn
+//!   whether the server filters (a server without that endpoint is taken as
+//!   one that does not).
+//! - **Full read**: `/Users?startIndex=1&count=<pageSize>`, 1-based, one
+//!   request per page. The next `startIndex` follows what the server actually
+//!   returned (it may send fewer than asked); the read ends when `startIndex`
+//!   passes `totalResults` or a page is empty. `userFilter` is sent as
+//!   `filter`.
+//! - **Delta read** (mode Delta, a stored cursor, a server that filters):
+//!   the same paging with `filter=meta.lastModified gt "<cursor>"` (and
+//!   `userFilter` joined with `and`). SCIM has no tombstones, so a delta only
+//!   upserts; the periodic Full pass finds deletions. Otherwise the read is
+//!   Full and the plan says why.
+//! - **Cursor**: the highest `meta.lastModified` seen (compared as
+//!   timestamps, stored verbatim); a delta that sees nothing keeps the stored
+//!   cursor.
+//! - **Mapping**: id = `id`; username = `userName`; email = the primary (or
+//!   first) `emails[].value`; display name = `displayName`, `name.formatted`
+//!   or given and family names; enabled = `active` (default true); groups =
+//!   `groups[].display`. When no user read so far carries `groups` (many
+//!   servers leave that read-only attribute out), `/Groups` is read once
+//!   (paged the same way, before the page's accounts are handed out) and
+//!   membership taken from `members[].value`; the membership map (member id
+//!   to group names: memory grows with the memberships) is kept for the rest
+//!   of the read and merged with any `groups` a user carries. Attributes:
+//!   `externalId`, `title`, `givenName`, `familyName`, `lastModified`, and
+//!   from the enterprise extension `employeeNumber`, `department` and
+//!   `manager` (the manager's `value`).
+//! - **Errors**: a SCIM error body (`status`, `scimType`, `detail`) is
+//!   summarised in the error message; every error during the read names its
+//!   page (the `/Groups` pages count as the page that needed them).
+
+use std::collections::HashMap;
+
+use futures::future::BoxFuture;
+use reqwest::Url;
+use reqwest::header::{ACCEPT, HeaderValue};
+use serde_json::Value;
+
+use super::http::{HttpClient, HttpSettings, Request, parse_url};
+use super::{Capabilities, Connector, ConnectorError, Page, ProviderInputs, ReadKind, ReadPlan};
+use crate::account::Account;
+use crate::api::SyncMode;
+use crate::api::connection::{ConnectionSpec, HttpAuth, ScimSettings};
+
+/// The enterprise User extension's schema URN.
+pub const ENTERPRISE_USER: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+/// The SCIM error message schema URN.
+pub const ERROR_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
+const ACCEPT_SCIM: &str = "application/scim+json, application/json;q=0.9";
+const NO_CURSOR: &str = "no cursor yet";
+const NO_FILTER: &str = "the server does not support filtering";
+
+/// How requests are authenticated. `Debug` never shows the values.
+enum Auth {
+    Bearer(String),
+    Basic { username: String, password: String },
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Bearer(_) => f.write_str("Bearer([REDACTED])"),
+            Auth::Basic { username, .. } => write!(f, "Basic({username}, [REDACTED])"),
+        }
+    }
+}
+
+/// One read in progress.
+#[derive(Debug)]
+struct Reading {
+    /// The `filter` sent with every `/Users` request.
+    filter: Option<String>,
+    /// The next `startIndex` (1-based).
+    start_index: u64,
+    /// The next page's number (from 1).
+    number: u64,
+    done: bool,
+    /// The cursor the engine passed in.
+    stored_cursor: Option<String>,
+    /// The highest `meta.lastModified` seen: (parsed, verbatim).
+    latest: Option<(jiff::Timestamp, String)>,
+    /// Member id → group names, once read from `/Groups`.
+    memberships: Option<HashMap<String, Vec<String>>>,
+    /// Some user of this read carried `groups`: the server fills them, no
+    /// need for `/Groups`.
+    groups_on_users: bool,
+}
+
+/// The SCIM connector.
+#[derive(Debug)]
+pub struct ScimConnector {
+    client: HttpClient,
+    /// The base URL, ending with `/`.
+    base: Url,
+    auth: Auth,
+    user_filter: Option<String>,
+    page_size: u64,
+    /// Whether the server filters, once `/ServiceProviderConfig` was read.
+    filter_supported: Option<bool>,
+    reading: Option<Reading>,
+    /// The cursor of the last read that reached its end.
+    cursor: Option<String>,
+}
+
+fn source(page: Option<u64>, message: impl Into<String>) -> ConnectorError {
+    ConnectorError::Source { page, message: message.into() }
+}
+
+impl ScimConnector {
+    /// A connector with the HTTP settings the Connection asks for.
+    pub fn new(
+        spec: &ConnectionSpec,
+        settings: &ScimSettings,
+        inputs: &ProviderInputs,
+    ) -> Result<Self, ConnectorError> {
+        Self::with_http_settings(spec, settings, inputs, HttpSettings::from_spec(spec))
+    }
+
+    /// A connector with explicit HTTP settings.
+    pub fn with_http_settings(
+        spec: &ConnectionSpec,
+        settings: &ScimSettings,
+        inputs: &ProviderInputs,
+        http: HttpSettings,
+    ) -> Result<Self, ConnectorError> {
+        let mut base = parse_url(settings.base_url.trim(), "spec.provider.scim.baseUrl")?;
+        if base.query().is_some() || base.fragment().is_some() {
+            return Err(ConnectorError::Config {
+                field: "spec.provider.scim.baseUrl".to_string(),
+                message: "must not have a query or a fragment".to_string(),
+            });
+        }
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let auth = match settings.auth {
+            HttpAuth::Bearer => Auth::Bearer(inputs.required_secret_text("token")?),
+            HttpAuth::Basic => Auth::Basic {
+                username: inputs.required_secret_text("username")?,
+                password: inputs.required_secret_text("password")?,
+            },
+        };
+        let user_filter = settings.user_filter.as_deref().map(str::trim).filter(|f| !f.is_empty()).map(String::from);
+        Ok(ScimConnector {
+            client: HttpClient::new(http)?,
+            base,
+            auth,
+            user_filter,
+            page_size: u64::from(spec.page_size.max(1)),
+            filter_supported: None,
+            reading: None,
+            cursor: None,
+        })
+    }
+
+    fn endpoint(&self, name: &str) -> Result<Url, ConnectorError> {
+        self.base.join(name).map_err(|e| ConnectorError::Config {
+            field: "spec.provider.scim.baseUrl".to_string(),
+            message: format!("cannot form the {name} URL: {e}"),
+        })
+    }
+
+    fn request(&self, url: Url) -> Result<Request, ConnectorError> {
+        let request = Request::get(url).header(ACCEPT, HeaderValue::from_static(ACCEPT_SCIM));
+        match &self.auth {
+            Auth::Bearer(token) => request.bearer_auth(token),
+            Auth::Basic { username, password } => request.basic_auth(username, password),
+        }
+    }
+
+    async fn get_json(&self, request: &Request, page: Option<u64>) -> Result<Value, ConnectorError> {
+        self.client.json::<Value>(request, page).await.map_err(explain_scim_error)
+    }
+
+    /// Whether the server filters (`/ServiceProviderConfig`), read once.
+    async fn filter_supported(&mut self) -> Result<bool, ConnectorError> {
+        if let Some(supported) = self.filter_supported {
+            return Ok(supported);
+        }
+        let request = self.request(self.endpoint("ServiceProviderConfig")?)?;
+        let supported = match self.get_json(&request, None).await {
+            Ok(config) => config.pointer("/filter/supported").is_some_and(|v| truthy(v, false)),
+            // No such endpoint: assume the least.
+            Err(ConnectorError::Http { status: 404 | 501, .. }) => false,
+            Err(e) => return Err(e),
+        };
+        self.filter_supported = Some(supported);
+        Ok(supported)
+    }
+
+    /// One list page of `endpoint` from `start_index`.
+    async fn list(
+        &self,
+        endpoint: &str,
+        start_index: u64,
+        filter: Option<&str>,
+        page: u64,
+    ) -> Result<ListPage, ConnectorError> {
+        let mut request = self
+            .request(self.endpoint(endpoint)?)?
+            .query("startIndex", &start_index.to_string())
+            .query("count", &self.page_size.to_string());
+        if let Some(filter) = filter {
+            request = request.query("filter", filter);
+        }
+        let body = self.get_json(&request, Some(page)).await?;
+        ListPage::parse(&body).map_err(|m| source(Some(page), format!("{endpoint}: {m}")))
+    }
+
+    /// Every group's members: member id → group display names.
+    async fn memberships(&self, page: u64) -> Result<HashMap<String, Vec<String>>, ConnectorError> {
+        let mut map: HashMap<String, Vec<String>> = HashMap::new();
+        let mut start_index = 1;
+        loop {
+            let list = self.list("Groups", start_index, None, page).await?;
+            for group in &list.resources {
+                let Some(name) = str_at(group, "/displayName").or_else(|| str_at(group, "/id")) else {
+                    continue;
+                };
+                for member in group.get("members").and_then(Value::as_array).into_iter().flatten() {
+                    if let Some(id) = str_at(member, "/value") {
+                        map.entry(id.to_string()).or_default().push(name.to_string());
+                    }
+                }
+            }
+            match list.next_start(start_index) {
+                Some(next) => start_index = next,
+                None => return Ok(map),
+            }
+        }
+    }
+
+    async fn page(&mut self) -> Result<Option<Page>, ConnectorError> {
+        let Some(mut reading) = self.reading.take() else {
+            return Err(source(None, "no read in progress: it failed, or begin was not called"));
+        };
+        if reading.done {
+            self.reading = Some(reading);
+            return Ok(None);
+        }
+        let number = reading.number;
+        // On error the read is over: `reading` stays taken.
+        let list = self.list("Users", reading.start_index, reading.filter.as_deref(), number).await?;
+        if list.resources.is_empty() {
+            reading.done = true;
+            self.cursor = reading.cursor();
+            self.reading = Some(reading);
+            return Ok(None);
+        }
+        reading.groups_on_users |= list.resources.iter().any(has_groups);
+        if reading.memberships.is_none() && !reading.groups_on_users {
+            reading.memberships = Some(self.memberships(number).await?);
+        }
+        let mut accounts = Vec::with_capacity(list.resources.len());
+        for (offset, user) in list.resources.iter().enumerate() {
+            let mut account = map_user(user).map_err(|m| {
+                source(Some(number), format!("the user at startIndex {}: {m}", reading.start_index + offset as u64))
+            })?;
+            if let Some(groups) = reading.memberships.as_ref().and_then(|m| m.get(&account.id)) {
+                account.groups.extend(groups.iter().cloned());
+                account.normalize();
+            }
+            if let Some(modified) = str_at(user, "/meta/lastModified")
+                && let Ok(at) = modified.parse::<jiff::Timestamp>()
+                && reading.latest.as_ref().is_none_or(|(latest, _)| at > *latest)
+            {
+                reading.latest = Some((at, modified.to_string()));
+            }
+            accounts.push(account);
+        }
+        match list.next_start(reading.start_index) {
+            Some(next) => reading.start_index = next,
+            None => {
+                reading.done = true;
+                self.cursor = reading.cursor();
+            }
+        }
+        reading.number += 1;
+        self.reading = Some(reading);
+        Ok(Some(Page { number, accounts, deleted: Vec::new() }))
+    }
+
+    async fn start(&mut self, mode: SyncMode, cursor: Option<&str>) -> Result<ReadPlan, ConnectorError> {
+        self.reading = None;
+        self.cursor = None;
+        let filter_supported = self.filter_supported().await?;
+        let cursor = cursor.map(str::trim).filter(|c| !c.is_empty());
+        let (kind, reason) = match (mode, cursor) {
+            (SyncMode::Full, _) => (ReadKind::Full, None),
+            (SyncMode::Delta, None) => (ReadKind::Full, Some(NO_CURSOR.to_string())),
+            (SyncMode::Delta, Some(_)) if !filter_supported => (ReadKind::Full, Some(NO_FILTER.to_string())),
+            (SyncMode::Delta, Some(_)) => (ReadKind::Delta, None),
+        };
+        let filter = match (kind, cursor) {
+            (ReadKind::Delta, Some(cursor)) => Some(delta_filter(self.user_filter.as_deref(), cursor)),
+            _ => self.user_filter.clone(),
+        };
+        self.reading = Some(Reading {
+            filter,
+            start_index: 1,
+            number: 1,
+            done: false,
+            stored_cursor: cursor.map(String::from),
+            latest: None,
+            memberships: None,
+            groups_on_users: false,
+        });
+        Ok(ReadPlan { kind, reason })
+    }
+}
+
+impl Reading {
+    fn cursor(&self) -> Option<String> {
+        self.latest.as_ref().map(|(_, text)| text.clone()).or_else(|| self.stored_cursor.clone())
+    }
+}
+
+impl Connector for ScimConnector {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { delta: true, delta_deletions: false, groups: true }
+    }
+
+    fn begin<'a>(
+        &'a mut self,
+        mode: SyncMode,
+        cursor: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<ReadPlan, ConnectorError>> {
+        Box::pin(self.start(mode, cursor))
+    }
+
+    fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>, ConnectorError>> {
+        Box::pin(self.page())
+    }
+
+    fn cursor(&self) -> Option<String> {
+        self.cursor.clone()
+    }
+}
+
+/// `meta.lastModified gt "<cursor>"`, joined to the user filter with `and`.
+fn delta_filter(user_filter: Option<&str>, cursor: &str) -> String {
+    let escaped = cursor.replace('\\', "\\\\").replace('"', "\\\"");
+    let since = format!("meta.lastModified gt \"{escaped}\"");
+    match user_filter {
+        Some(user_filter) => format!("({user_filter}) and {since}"),
+        None => since,
+    }
+}
+
+/// A ListResponse page.
+#[derive(Debug)]
+struct ListPage {
+    total_results: Option<u64>,
+    resources: Vec<Value>,
+}
+
+impl ListPage {
+    fn parse(body: &Value) -> Result<ListPage, String> {
+        let total_results = match body.get("totalResults") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().ok_or_else(|| format!("totalResults is not a count: {v}"))?),
+        };
+        let resources = match body.get("Resources") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items.clone(),
+            Some(_) => return Err("Resources is not a list".to_string()),
+        };
+        Ok(ListPage { total_results, resources })
+    }
+
+    /// The next `startIndex` after this page (which started at
+    /// `start_index`), or None when this page was the last.
+    fn next_start(&self, start_index: u64) -> Option<u64> {
+        if self.resources.is_empty() {
+            return None;
+        }
+        let next = start_index + self.resources.len() as u64;
+        match self.total_results {
+            Some(total) if next > total => None,
+            _ => Some(next),
+        }
+    }
+}
+
+fn str_at<'v>(value: &'v Value, pointer: &str) -> Option<&'v str> {
+    value.pointer(pointer).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// A JSON boolean, or its string form ("true"/"false", any case).
+fn truthy(value: &Value, default: bool) -> bool {
+    match value {
+        Value::Bool(b) => *b,
+        Value::String(s) if s.eq_ignore_ascii_case("true") => true,
+        Value::String(s) if s.eq_ignore_ascii_case("false") => false,
+        _ => default,
+    }
+}
+
+fn has_groups(user: &Value) -> bool {
+    user.get("groups").and_then(Value::as_array).is_some_and(|groups| !groups.is_empty())
+}
+
+/// Maps a SCIM User resource to an account.
+pub fn map_user(user: &Value) -> Result<Account, String> {
+    let id = match user.get("id") {
+        Some(Value::String(id)) if !id.trim().is_empty() => id.trim().to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return Err("it has no id".to_string()),
+    };
+    let mut account = Account::new(id);
+    account.username = str_at(user, "/userName").map(String::from);
+
+    let emails = user.get("emails").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let primary = emails.iter().find(|e| e.get("primary").is_some_and(|p| truthy(p, false)));
+    account.email = primary
+        .and_then(|e| str_at(e, "/value"))
+        .or_else(|| emails.iter().find_map(|e| str_at(e, "/value")))
+        .map(String::from);
+
+    let given = str_at(user, "/name/givenName");
+    let family = str_at(user, "/name/familyName");
+    account.display_name = str_at(user, "/displayName")
+        .or_else(|| str_at(user, "/name/formatted"))
+        .map(String::from)
+        .or_else(|| match (given, family) {
+            (None, None) => None,
+            (given, family) => Some([given, family].into_iter().flatten().collect::<Vec<_>>().join(" ")),
+        });
+    account.enabled = user.get("active").is_none_or(|a| truthy(a, true));
+    account.groups = user
+        .get("groups")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|g| str_at(g, "/display"))
+        .map(String::from)
+        .collect();
+
+    let enterprise = user.get(ENTERPRISE_USER);
+    let mut attributes: Vec<(&str, Option<&str>)> = vec![
+        ("externalId", str_at(user, "/externalId")),
+        ("title", str_at(user, "/title")),
+        ("givenName", given),
+        ("familyName", family),
+        ("lastModified", str_at(user, "/meta/lastModified")),
+    ];
+    if let Some(enterprise) = enterprise {
+        attributes.extend([
+            ("employeeNumber", str_at(enterprise, "/employeeNumber")),
+            ("department", str_at(enterprise, "/department")),
+            ("manager", str_at(enterprise, "/manager/value")),
+        ]);
+    }
+    for (name, value) in attributes {
+        if let Some(value) = value {
+            account.attributes.insert(name.to_string(), Value::String(value.to_string()));
+        }
+    }
+    account.normalize();
+    Ok(account)
+}
+
+/// The summary of a SCIM error body (`status`, `scimType`, `detail`), or
+/// None when `body` is not one.
+pub fn scim_error_summary(body: &Value) -> Option<String> {
+    let schemas = body.get("schemas")?.as_array()?;
+    if !schemas.iter().any(|s| s.as_str() == Some(ERROR_SCHEMA)) {
+        return None;
+    }
+    let status = match body.get("status") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let mut summary = "SCIM error".to_string();
+    let details: Vec<String> =
+        [status.map(|s| format!("status {s}")), str_at(body, "/scimType").map(|t| format!("scimType {t}"))]
+            .into_iter()
+            .flatten()
+            .collect();
+    if !details.is_empty() {
+        summary.push_str(&format!(" ({})", details.join(", ")));
+    }
+    if let Some(detail) = str_at(body, "/detail") {
+        summary.push_str(": ");
+        summary.push_str(detail);
+    }
+    Some(summary)
+}
+
+/// Replaces the quoted SCIM error body of an HTTP error (the HttpClient
+/// quotes the start of an error body, secrets redacted) by its summary.
+fn explain_scim_error(error: ConnectorError) -> ConnectorError {
+    fn rewrite(message: String) -> String {
+        let Some(at) = message.find(": {") else {
+            return message;
+        };
+        let Ok(body) = serde_json::from_str::<Value>(&message[at + 2..]) else {
+            // A body cut short: look for the schema at least.
+            return message;
+        };
+        match scim_error_summary(&body) {
+            Some(summary) => format!("{}: {summary}", &message[..at]),
+            None => message,
+        }
+    }
+    match error {
+        ConnectorError::Http { page, status, message } => {
+            ConnectorError::Http { page, status, message: rewrite(message) }
+        }
+        ConnectorError::Unauthorized { message } => {
+            // The HttpClient appends a hint after the quoted body.
+            const HINT: &str = " (check the credentials)";
+            match message.strip_suffix(HINT) {
+                Some(message) => ConnectorError::Unauthorized { message: rewrite(message.to_string()) + HINT },
+                None => ConnectorError::Unauthorized { message: rewrite(message) },
+            }
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::connectors::testing::{handler, respond, serve};
+
+    fn spec(base_url: &str, page_size: u32) -> (ConnectionSpec, ScimSettings) {
+        let spec: ConnectionSpec = serde_json::from_value(json!({
+            "category": "IdP",
+            "credentialsSecretRef": {"name": "s"},
+            "pageSize": page_size,
+            "provider": {"type": "scim", "scim": {"baseUrl": base_url}},
+        }))
+        .unwrap();
+        let crate::api::Provider::Scim(settings) = &spec.provider else { panic!("not scim") };
+        let settings = settings.clone();
+        (spec, settings)
+    }
+
+    fn inputs(token: &str) -> ProviderInputs {
+        let mut inputs = ProviderInputs::default();
+        inputs.secret.insert("token".into(), token.as_bytes().to_vec());
+        inputs
+    }
+
+    fn fast() -> HttpSettings {
+        HttpSettings {
+            timeout: Duration::from_secs(5),
+            requests_per_second: None,
+            max_retries: 1,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+        }
+    }
+
+    #[test]
+    fn maps_a_realistic_user() {
+        let user = json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", ENTERPRISE_USER],
+            "id": "2819c223-7f76-453a-919d-413861904646",
+            "externalId": "701984",
+            "userName": "bjensen@example.com",
+            "name": {
+                "formatted": "Ms. Barbara J Jensen, III",
+                "familyName": "Jensen",
+                "givenName": "Barbara",
+            },
+            "title": "Tour Guide",
+            "active": false,
+            "emails": [
+                {"value": "bjensen@example.com", "type": "work"},
+                {"value": "babs@jensen.org", "type": "home", "primary": true},
+            ],
+            "groups": [
+                {"value": "e9e30dba", "display": "Tour Guides"},
+                {"value": "fc348aa8", "display": "Employees"},
+                {"value": "fc348aa8", "display": "Employees"},
+            ],
+            "meta": {"resourceType": "User", "lastModified": "2011-05-13T04:42:34Z"},
+            ENTERPRISE_USER: {
+                "employeeNumber": "701984",
+                "costCenter": "4130",
+                "department": "Tour Operations",
+                "manager": {"value": "26118915-6090-4610-87e4-49d8ca9f808d", "displayName": "John Smith"},
+            },
+        });
+        let account = map_user(&user).unwrap();
+        assert_eq!(account.id, "2819c223-7f76-453a-919d-413861904646");
+        assert_eq!(account.username.as_deref(), Some("bjensen@example.com"));
+        assert_eq!(account.email.as_deref(), Some("babs@jensen.org"));
+        assert_eq!(account.display_name.as_deref(), Some("Ms. Barbara J Jensen, III"));
+        assert!(!account.enabled);
+        assert_eq!(account.groups, vec!["Employees", "Tour Guides"]);
+        let attributes: Vec<(&str, &str)> =
+            account.attributes.iter().map(|(k, v)| (k.as_str(), v.as_str().unwrap())).collect();
+        assert_eq!(
+            attributes,
+            vec![
+                ("department", "Tour Operations"),
+                ("employeeNumber", "701984"),
+                ("externalId", "701984"),
+                ("familyName", "Jensen"),
+                ("givenName", "Barbara"),
+                ("lastModified", "2011-05-13T04:42:34Z"),
+                ("manager", "26118915-6090-4610-87e4-49d8ca9f808d"),
+                ("title", "Tour Guide"),
+            ]
+        );
+
+        // Fallbacks: first e-mail, given + family name, active by default.
+        let minimal = json!({
+            "id": "u2", "userName": "x",
+            "name": {"givenName": "Ann", "familyName": "Lee"},
+            "emails": [{"value": "ann@example.com"}, {"value": "other@example.com"}],
+        });
+        let account = map_user(&minimal).unwrap();
+        assert_eq!(account.email.as_deref(), Some("ann@example.com"));
+        assert_eq!(account.display_name.as_deref(), Some("Ann Lee"));
+        assert!(account.enabled);
+        assert!(account.groups.is_empty());
+        assert!(map_user(&json!({"userName": "no-id"})).unwrap_err().contains("no id"));
+    }
+
+    #[test]
+    fn summarises_scim_error_bodies() {
+        let body = json!({
+            "schemas": [ERROR_SCHEMA],
+            "status": "400",
+            "scimType": "invalidFilter",
+            "detail": "invalid syntax at column 5",
+        });
+        assert_eq!(
+            scim_error_summary(&body).unwrap(),
+            "SCIM error (status 400, scimType invalidFilter): invalid syntax at column 5"
+        );
+        assert_eq!(scim_error_summary(&json!({"status": 400})), None);
+        assert_eq!(delta_filter(None, "2024-01-01T00:00:00Z"), "meta.lastModified gt \"2024-01-01T00:00:00Z\"");
+        assert_eq!(
+            delta_filter(Some("active eq true"), "x\"y"),
+            "(active eq true) and meta.lastModified gt \"x\\\"y\""
+        );
+    }
+
+    #[tokio::test]
+    async fn scim_errors_reach_the_message_with_the_page() {
+        let server = serve(handler(|_, parts| {
+            Box::pin(async move {
+                let body = match parts.uri.path() {
+                    "/scim/ServiceProviderConfig" => json!({"filter": {"supported": true}}),
+                    _ if parts.uri.query().unwrap_or_default().contains("startIndex=1&") => json!({
+                        "totalResults": 3, "itemsPerPage": 2, "startIndex": 1,
+                        "Resources": [{"id": "a"}, {"id": "b", "groups": [{"display": "g"}]}],
+                    }),
+                    _ => {
+                        return respond(
+                            400,
+                            &[],
+                            json!({"schemas": [ERROR_SCHEMA], "status": "400", "scimType": "invalidValue",
+                                   "detail": "startIndex too large"})
+                            .to_string(),
+                        );
+                    }
+                };
+                respond(200, &[("content-type", "application/scim+json")], body.to_string())
+            })
+        }))
+        .await;
+        let (spec, settings) = spec(&format!("{}/scim", server.base), 2);
+        let mut connector = ScimConnector::with_http_settings(&spec, &settings, &inputs("tok"), fast()).unwrap();
+        let plan = connector.begin(SyncMode::Delta, None).await.unwrap();
+        assert_eq!(plan, ReadPlan { kind: ReadKind::Full, reason: Some(NO_CURSOR.into()) });
+        let page = connector.next_page().await.unwrap().unwrap();
+        assert_eq!(page.number, 1);
+        assert_eq!(page.accounts.len(), 2);
+        let e = connector.next_page().await.unwrap_err();
+        assert!(matches!(e, ConnectorError::Http { status: 400, page: Some(2), .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.starts_with("page 2: GET "), "{text}");
+        assert!(
+            text.ends_with(
+                "answered HTTP 400 Bad Request: SCIM error (status 400, scimType invalidValue): startIndex too large"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn missing_secret_keys_are_named() {
+        let (spec, mut settings) = spec("http://127.0.0.1:1/", 10);
+        let e = ScimConnector::new(&spec, &settings, &ProviderInputs::default()).unwrap_err();
+        assert_eq!(e.to_string(), "spec.credentialsSecretRef: key \"token\" missing");
+        settings.auth = HttpAuth::Basic;
+        let mut inputs = ProviderInputs::default();
+        inputs.secret.insert("username".into(), b"svc".to_vec());
+        let e = ScimConnector::new(&spec, &settings, &inputs).unwrap_err();
+        assert_eq!(e.to_string(), "spec.credentialsSecretRef: key \"password\" missing");
+        inputs.secret.insert("password".into(), b"pa55-SECRET".to_vec());
+        let connector = ScimConnector::new(&spec, &settings, &inputs).unwrap();
+        assert!(!format!("{connector:?}").contains("SECRET"));
+    }
+}

@@ -1,0 +1,353 @@
+//! The ldap provider against a real OpenLDAP (`scripts/slapd.sh`): each test
+//! starts its own throwaway slapd on a free port, seeds it with `ldapadd` and
+//! drives the connector directly.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use idsync::account::Account;
+use idsync::api::{ConnectionSpec, Provider, SyncMode};
+use idsync::connectors::ldap::LdapConnector;
+use idsync::connectors::{Connector, ConnectorError, Page, ProviderInputs, ReadKind, ReadPlan};
+
+const ADMIN: &str = "cn=admin,dc=example,dc=com";
+const PASSWORD: &str = "admin-secret";
+const PEOPLE: &str = "ou=people,dc=example,dc=com";
+
+struct Slapd {
+    dir: tempfile::TempDir,
+    pid_file: PathBuf,
+    port: u16,
+    /// The ldaps:// port, when started with TLS.
+    tls_port: Option<u16>,
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.pid_file) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Slapd {
+    fn start(tls: bool) -> Slapd {
+        let dir = tempfile::tempdir().unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/slapd.sh");
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let tls_port = tls.then(free_port);
+            let mut command = Command::new("bash");
+            command.arg(script).arg(dir.path()).arg(port.to_string()).env("SLAPD_ROOTPW", PASSWORD);
+            if let Some(tls_port) = tls_port {
+                command.env("SLAPD_LDAPS_PORT", tls_port.to_string());
+            }
+            let out = command.output().unwrap();
+            if out.status.success() {
+                let pid_file = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
+                return Slapd { dir, pid_file, port, tls_port };
+            }
+            last = format!(
+                "scripts/slapd.sh failed ({}):\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        panic!("{last}");
+    }
+
+    fn url(&self) -> String {
+        format!("ldap://127.0.0.1:{}", self.port)
+    }
+
+    fn tool(&self, tool: &str, args: &[&str], input: &str) {
+        let mut child = Command::new(tool)
+            .args(["-x", "-H", &self.url(), "-D", ADMIN, "-w", PASSWORD])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn add(&self, ldif: &str) {
+        self.tool("ldapadd", &[], ldif);
+    }
+
+    fn modify(&self, ldif: &str) {
+        self.tool("ldapmodify", &[], ldif);
+    }
+
+    /// Starts a server with `users` users (`user0001`…) and groups:
+    /// engineering (users 1–10), sales (users 5–20), all (every user).
+    fn seeded(users: usize) -> Slapd {
+        Slapd::seeded_with(users, false)
+    }
+
+    fn seeded_with(users: usize, tls: bool) -> Slapd {
+        let slapd = Slapd::start(tls);
+        let mut ldif = String::from(
+            "dn: dc=example,dc=com\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example\n\n\
+             dn: ou=people,dc=example,dc=com\nobjectClass: organizationalUnit\nou: people\n\n\
+             dn: ou=groups,dc=example,dc=com\nobjectClass: organizationalUnit\nou: groups\n\n",
+        );
+        for i in 1..=users {
+            ldif.push_str(&user_ldif(&format!("user{i:04}"), i));
+        }
+        let group = |name: &str, range: std::ops::RangeInclusive<usize>| {
+            if range.clone().all(|i| i > users) {
+                return String::new();
+            }
+            let mut g = format!("dn: cn={name},ou=groups,dc=example,dc=com\nobjectClass: groupOfNames\ncn: {name}\n");
+            for i in range.filter(|i| *i <= users) {
+                g.push_str(&format!("member: uid=user{i:04},{PEOPLE}\n"));
+            }
+            g.push('\n');
+            g
+        };
+        ldif.push_str(&group("engineering", 1..=10));
+        ldif.push_str(&group("sales", 5..=20));
+        ldif.push_str(&group("all", 1..=users));
+        slapd.add(&ldif);
+        slapd
+    }
+}
+
+fn user_ldif(uid: &str, i: usize) -> String {
+    let mut ldif = format!(
+        "dn: uid={uid},{PEOPLE}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: User {i:04}\nsn: Surname{i}\n\
+         mail: {uid}@example.com\n"
+    );
+    if i == 1 {
+        ldif.push_str("telephoneNumber: +1 555 0001\ntelephoneNumber: +1 555 0002\n");
+    }
+    ldif.push('\n');
+    ldif
+}
+
+fn connector(slapd: &Slapd, page_size: u32, password: &str, extra: serde_json::Value) -> LdapConnector {
+    try_connector(slapd, page_size, password, extra, None).unwrap()
+}
+
+fn try_connector(
+    slapd: &Slapd,
+    page_size: u32,
+    password: &str,
+    extra: serde_json::Value,
+    ca: Option<Vec<u8>>,
+) -> Result<LdapConnector, ConnectorError> {
+    idsync::tls::install_crypto_provider();
+    let mut ldap = serde_json::json!({"url": slapd.url(), "bindDn": ADMIN, "baseDn": PEOPLE});
+    if let (Some(ldap), Some(extra)) = (ldap.as_object_mut(), extra.as_object()) {
+        ldap.extend(extra.clone());
+    }
+    let spec: ConnectionSpec = serde_json::from_value(serde_json::json!({
+        "provider": {"type": "ldap", "ldap": ldap},
+        "category": "IdP",
+        "credentialsSecretRef": {"name": "ldap"},
+        "pageSize": page_size,
+        "requestTimeoutSeconds": 10,
+    }))
+    .unwrap();
+    let Provider::Ldap(settings) = &spec.provider else { panic!("not ldap") };
+    let mut inputs = ProviderInputs {
+        secret: BTreeMap::from([("password".to_string(), password.as_bytes().to_vec())]),
+        csv_data: None,
+    };
+    if let Some(ca) = ca {
+        inputs.secret.insert("ca.crt".to_string(), ca);
+    }
+    LdapConnector::new(&spec, settings, &inputs)
+}
+
+async fn read(c: &mut LdapConnector, mode: SyncMode, cursor: Option<&str>) -> (ReadPlan, Vec<Page>, Option<String>) {
+    let plan = c.begin(mode, cursor).await.unwrap();
+    let mut pages = Vec::new();
+    while let Some(page) = c.next_page().await.unwrap() {
+        assert_eq!(page.number, pages.len() as u64 + 1);
+        pages.push(page);
+    }
+    (plan, pages, c.cursor())
+}
+
+fn accounts(pages: &[Page]) -> Vec<Account> {
+    pages.iter().flat_map(|p| p.accounts.iter().cloned()).collect()
+}
+
+fn by_username(accounts: &[Account], username: &str) -> Account {
+    accounts.iter().find(|a| a.username.as_deref() == Some(username)).cloned().unwrap()
+}
+
+#[tokio::test]
+async fn full_sync_maps_every_user_with_groups() {
+    let slapd = Slapd::seeded(300);
+    for extra in [serde_json::json!({}), serde_json::json!({"groupBaseDn": "ou=groups,dc=example,dc=com"})] {
+        let mut extra = extra;
+        extra["attributes"] = serde_json::json!({"extra": ["sn", "telephoneNumber"]});
+        let mut c = connector(&slapd, 100, PASSWORD, extra.clone());
+        let (plan, pages, cursor) = read(&mut c, SyncMode::Full, None).await;
+        assert_eq!(plan, ReadPlan { kind: ReadKind::Full, reason: None });
+        assert!(cursor.is_some(), "syncprov gives a cookie");
+        assert_eq!(pages.len(), 3, "{extra}");
+        let all = accounts(&pages);
+        assert_eq!(all.len(), 300);
+        assert!(pages.iter().all(|p| p.deleted.is_empty()));
+
+        let a = by_username(&all, "user0001");
+        assert_eq!(a.id.len(), 36, "an entryUUID: {}", a.id);
+        assert_eq!(a.email.as_deref(), Some("user0001@example.com"));
+        assert_eq!(a.display_name.as_deref(), Some("User 0001"));
+        assert!(a.enabled);
+        assert_eq!(a.groups, vec!["all", "engineering"], "{extra}");
+        assert_eq!(a.attributes["dn"], format!("uid=user0001,{PEOPLE}"));
+        assert_eq!(a.attributes["sn"], "Surname1");
+        assert_eq!(a.attributes["telephoneNumber"], serde_json::json!(["+1 555 0001", "+1 555 0002"]));
+        assert_eq!(by_username(&all, "user0007").groups, vec!["all", "engineering", "sales"]);
+        assert_eq!(by_username(&all, "user0300").groups, vec!["all"]);
+        assert!(!by_username(&all, "user0300").attributes.contains_key("telephoneNumber"));
+    }
+}
+
+#[tokio::test]
+async fn paging_reads_every_user_once() {
+    let slapd = Slapd::seeded(500);
+    let mut c = connector(&slapd, 7, PASSWORD, serde_json::json!({}));
+    let (_, pages, _) = read(&mut c, SyncMode::Full, None).await;
+    assert!(pages.iter().all(|p| p.accounts.len() <= 7));
+    assert_eq!(pages.len(), 500usize.div_ceil(7));
+    let ids: HashSet<String> = accounts(&pages).into_iter().map(|a| a.id).collect();
+    assert_eq!(ids.len(), 500);
+    assert_eq!(accounts(&pages).len(), 500);
+}
+
+#[tokio::test]
+async fn delta_reads_changes_and_deletions_with_the_cookie() {
+    let slapd = Slapd::seeded(40);
+    let mut c = connector(&slapd, 5, PASSWORD, serde_json::json!({}));
+
+    let (plan, pages, _) = read(&mut c, SyncMode::Delta, None).await;
+    assert_eq!(plan.kind, ReadKind::Full);
+    assert!(plan.reason.unwrap().contains("no cursor"));
+    let before = accounts(&pages);
+    assert_eq!(before.len(), 40);
+    let cursor = c.cursor().unwrap();
+    let deleted_id = by_username(&before, "user0003").id;
+
+    slapd.modify(&format!("dn: uid=user0002,{PEOPLE}\nchangetype: modify\nreplace: mail\nmail: new2@example.com\n"));
+    slapd.add(&user_ldif("user9999", 9999));
+    slapd.tool("ldapdelete", &[&format!("uid=user0003,{PEOPLE}")], "");
+
+    let (plan, pages, next) = read(&mut c, SyncMode::Delta, Some(&cursor)).await;
+    assert_eq!(plan, ReadPlan { kind: ReadKind::Delta, reason: None });
+    let changed = accounts(&pages);
+    let mut names: Vec<_> = changed.iter().map(|a| a.username.clone().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, vec!["user0002", "user9999"]);
+    assert_eq!(by_username(&changed, "user0002").email.as_deref(), Some("new2@example.com"));
+    assert_eq!(by_username(&changed, "user0002").id, by_username(&before, "user0002").id);
+    let deleted: Vec<String> = pages.iter().flat_map(|p| p.deleted.clone()).collect();
+    assert_eq!(deleted, vec![deleted_id]);
+    let next = next.unwrap();
+    assert_ne!(next, cursor);
+
+    // Nothing changed since: an empty delta.
+    let (plan, pages, _) = read(&mut c, SyncMode::Delta, Some(&next)).await;
+    assert_eq!(plan.kind, ReadKind::Delta, "{plan:?}");
+    assert!(accounts(&pages).is_empty() && pages.iter().all(|p| p.deleted.is_empty()));
+
+    // A cursor that is not ours: a Full read saying why.
+    let (plan, pages, cursor) = read(&mut c, SyncMode::Delta, Some("garbage")).await;
+    assert_eq!(plan.kind, ReadKind::Full);
+    assert!(plan.reason.as_deref().unwrap().contains("cursor"), "{plan:?}");
+    assert_eq!(accounts(&pages).len(), 40);
+    assert!(cursor.is_some());
+
+    // A well-formed cookie from before the server's session log: the server
+    // answers with a present phase, which cannot name deletions.
+    use base64::Engine as _;
+    let old = base64::engine::general_purpose::STANDARD.encode("rid=000,csn=20000101000000.000000Z#000000#000#000000");
+    let (plan, pages, _) = read(&mut c, SyncMode::Delta, Some(&format!("ldapsync1:{old}"))).await;
+    assert_eq!(plan.kind, ReadKind::Full);
+    assert!(plan.reason.as_deref().unwrap().contains("present phase"), "{plan:?}");
+    assert_eq!(accounts(&pages).len(), 40);
+}
+
+#[tokio::test]
+async fn rename_keeps_the_id() {
+    let slapd = Slapd::seeded(10);
+    let mut c = connector(&slapd, 50, PASSWORD, serde_json::json!({}));
+    let (_, pages, cursor) = read(&mut c, SyncMode::Full, None).await;
+    let before = by_username(&accounts(&pages), "user0004");
+
+    slapd.tool("ldapmodrdn", &["-r", &format!("uid=user0004,{PEOPLE}"), "uid=renamed4"], "");
+
+    let (plan, pages, _) = read(&mut c, SyncMode::Delta, cursor.as_deref()).await;
+    assert_eq!(plan.kind, ReadKind::Delta);
+    let changed = accounts(&pages);
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].id, before.id);
+    assert_eq!(changed[0].username.as_deref(), Some("renamed4"));
+    assert!(pages.iter().all(|p| p.deleted.is_empty()));
+
+    let (_, pages, _) = read(&mut c, SyncMode::Full, None).await;
+    let after = by_username(&accounts(&pages), "renamed4");
+    assert_eq!(after.id, before.id);
+    assert_eq!(after.attributes["dn"], format!("uid=renamed4,{PEOPLE}"));
+    // The group's member DN follows the rename (memberof refint).
+    assert_eq!(after.groups, vec!["all", "engineering"]);
+}
+
+#[tokio::test]
+async fn wrong_password_is_unauthorized_and_never_shown() {
+    let slapd = Slapd::seeded(1);
+    let wrong = "wrong-Pa55word-xyz";
+    let mut c = connector(&slapd, 50, wrong, serde_json::json!({}));
+    let e = c.begin(SyncMode::Full, None).await.unwrap_err();
+    assert!(matches!(e, ConnectorError::Unauthorized { .. }), "{e:?}");
+    assert!(e.is_stalled());
+    let shown = format!("{e} {e:?} {c:?}");
+    assert!(!shown.contains(wrong), "{shown}");
+    assert!(shown.contains("49"), "{shown}");
+}
+
+#[tokio::test]
+async fn ldaps_and_start_tls_verify_the_certificate() {
+    let slapd = Slapd::seeded_with(12, true);
+    let ca = std::fs::read(slapd.dir.path().join("tls/ca.crt")).unwrap();
+    let ldaps = format!("ldaps://127.0.0.1:{}", slapd.tls_port.unwrap());
+    let cases = [
+        (serde_json::json!({"url": ldaps}), Some(ca.clone())),
+        (serde_json::json!({"startTls": true}), Some(ca.clone())),
+        (serde_json::json!({"url": ldaps, "insecureSkipTlsVerify": true}), None),
+    ];
+    for (extra, ca) in cases {
+        let mut c = try_connector(&slapd, 5, PASSWORD, extra.clone(), ca).unwrap();
+        let (plan, pages, _) = read(&mut c, SyncMode::Full, None).await;
+        assert_eq!(plan.kind, ReadKind::Full);
+        assert_eq!(accounts(&pages).len(), 12, "{extra}");
+    }
+    // Without the CA the certificate is not trusted.
+    for extra in [serde_json::json!({"url": ldaps}), serde_json::json!({"startTls": true})] {
+        let mut c = try_connector(&slapd, 5, PASSWORD, extra.clone(), None).unwrap();
+        let e = c.begin(SyncMode::Full, None).await.unwrap_err();
+        assert!(matches!(e, ConnectorError::Transport { .. }), "{extra}: {e:?}");
+        assert!(!e.to_string().contains(PASSWORD));
+    }
+}

@@ -1,0 +1,307 @@
+//! The scim provider against a real SCIM 2.0 server: scim2-server, installed
+//! and started by `scripts/scim-server.sh`, seeded through its own SCIM API.
+//! The connector is driven directly (no Kubernetes).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use idsync::account::Account;
+use idsync::api::connection::{ConnectionSpec, ScimSettings};
+use idsync::api::{Provider, SyncMode};
+use idsync::connectors::scim::ScimConnector;
+use idsync::connectors::{Connector, ConnectorError, ProviderInputs, ReadKind, ReadPlan};
+use serde_json::{Value, json};
+
+const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+const TOKEN: &str = "scim-test-token-4711";
+
+/// A running scim2-server; killed when dropped.
+struct ScimServer {
+    base: String,
+    http: reqwest::Client,
+    _child: tokio::process::Child,
+    _log_dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+impl ScimServer {
+    async fn start() -> ScimServer {
+        idsync::tls::install_crypto_provider();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/scim-server.sh");
+        let log_dir = tempfile::tempdir().unwrap();
+        let log_path = log_dir.path().join("server.log");
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        // A port may be taken between free_port and the server's bind: retry.
+        for _ in 0..3 {
+            let port = free_port();
+            let log = std::fs::File::create(&log_path).unwrap();
+            let mut child = tokio::process::Command::new(&script)
+                .arg(port.to_string())
+                .arg(TOKEN)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+            let base = format!("http://127.0.0.1:{port}");
+            // The first run installs the server: give it time.
+            let deadline = Instant::now() + Duration::from_secs(300);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    if output.contains("Address already in use") {
+                        break;
+                    }
+                    panic!("scripts/scim-server.sh exited with {status}:\n{output}");
+                }
+                let ready = http
+                    .get(format!("{base}/ServiceProviderConfig"))
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ready {
+                    return ScimServer { base, http, _child: child, _log_dir: log_dir };
+                }
+                if Instant::now() > deadline {
+                    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    panic!("scim2-server did not answer within 300s:\n{output}");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        panic!("could not find a free port for scim2-server");
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/scim+json");
+        if let Some(body) = body {
+            request = request.body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(status.is_success(), "{method} {path}: {status}: {text}");
+        if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() }
+    }
+
+    /// Creates a user; returns its id.
+    async fn create_user(&self, user: Value) -> String {
+        let created = self.call(reqwest::Method::POST, "/Users", Some(user)).await;
+        created["id"].as_str().unwrap().to_string()
+    }
+
+    /// Creates many users, 16 at a time; returns their ids in order.
+    async fn create_users(&self, users: Vec<Value>) -> Vec<String> {
+        futures::stream::iter(users.into_iter().map(|u| self.create_user(u))).buffered(16).collect().await
+    }
+
+    async fn create_group(&self, name: &str, members: &[String]) -> String {
+        let members: Vec<Value> = members.iter().map(|id| json!({"value": id})).collect();
+        let group = json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+            "displayName": name,
+            "members": members,
+        });
+        self.call(reqwest::Method::POST, "/Groups", Some(group)).await["id"].as_str().unwrap().to_string()
+    }
+
+    async fn patch_user(&self, id: &str, operations: Value) {
+        let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": operations});
+        self.call(reqwest::Method::PATCH, &format!("/Users/{id}"), Some(patch)).await;
+    }
+
+    fn connector(&self, page_size: u32, token: &str) -> ScimConnector {
+        let spec: ConnectionSpec = serde_json::from_value(json!({
+            "category": "IdP",
+            "credentialsSecretRef": {"name": "s"},
+            "pageSize": page_size,
+            "provider": {"type": "scim", "scim": {"baseUrl": format!("{}/", self.base)}},
+        }))
+        .unwrap();
+        let settings: ScimSettings = match &spec.provider {
+            Provider::Scim(settings) => settings.clone(),
+            other => panic!("not scim: {other:?}"),
+        };
+        let inputs = ProviderInputs {
+            secret: BTreeMap::from([("token".to_string(), token.as_bytes().to_vec())]),
+            csv_data: None,
+        };
+        ScimConnector::new(&spec, &settings, &inputs).unwrap()
+    }
+}
+
+fn user(i: usize) -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", ENTERPRISE],
+        "userName": format!("user{i:03}"),
+        "externalId": format!("EXT{i:03}"),
+        "name": {"givenName": format!("Given{i}"), "familyName": format!("Family{i}")},
+        "title": format!("Title{}", i % 3),
+        "active": !i.is_multiple_of(5),
+        "emails": [
+            {"value": format!("home{i}@example.org"), "type": "home"},
+            {"value": format!("user{i}@example.com"), "type": "work", "primary": true},
+        ],
+        ENTERPRISE: {
+            "employeeNumber": format!("{}", 1000 + i),
+            "department": format!("Dept{}", i % 4),
+            "manager": {"value": "boss-id"},
+        },
+    })
+}
+
+struct Read {
+    plan: ReadPlan,
+    pages: usize,
+    accounts: Vec<Account>,
+    cursor: Option<String>,
+}
+
+async fn read(connector: &mut ScimConnector, mode: SyncMode, cursor: Option<&str>) -> Result<Read, ConnectorError> {
+    let plan = connector.begin(mode, cursor).await?;
+    let mut accounts = Vec::new();
+    let mut pages = 0;
+    while let Some(page) = connector.next_page().await? {
+        pages += 1;
+        assert_eq!(page.number, pages as u64);
+        assert!(page.deleted.is_empty());
+        accounts.extend(page.accounts);
+    }
+    Ok(Read { plan, pages, accounts, cursor: connector.cursor() })
+}
+
+#[tokio::test]
+async fn full_sync_maps_every_user_with_groups() {
+    let server = ScimServer::start().await;
+    let ids = server.create_users((0..50).map(user).collect()).await;
+    let even: Vec<String> = ids.iter().step_by(2).cloned().collect();
+    server.create_group("even", &even).await;
+    server.create_group("first-ten", &ids[..10]).await;
+    server.create_group("empty", &[]).await;
+
+    let mut connector = server.connector(500, TOKEN);
+    let read = read(&mut connector, SyncMode::Full, None).await.unwrap();
+    assert_eq!(read.plan, ReadPlan { kind: ReadKind::Full, reason: None });
+    assert_eq!(read.accounts.len(), 50);
+    assert!(read.cursor.is_some());
+    let by_id: HashMap<&str, &Account> = read.accounts.iter().map(|a| (a.id.as_str(), a)).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let account = by_id[id.as_str()];
+        assert_eq!(account.username.as_deref(), Some(format!("user{i:03}").as_str()));
+        assert_eq!(account.email.as_deref(), Some(format!("user{i}@example.com").as_str()));
+        assert_eq!(account.display_name.as_deref(), Some(format!("Given{i} Family{i}").as_str()));
+        assert_eq!(account.enabled, !i.is_multiple_of(5), "user{i}");
+        let mut groups = Vec::new();
+        if i.is_multiple_of(2) {
+            groups.push("even".to_string());
+        }
+        if i < 10 {
+            groups.push("first-ten".to_string());
+        }
+        assert_eq!(account.groups, groups, "user{i}");
+        let attribute = |name: &str| account.attributes.get(name).and_then(Value::as_str).map(String::from);
+        assert_eq!(attribute("externalId"), Some(format!("EXT{i:03}")));
+        assert_eq!(attribute("title"), Some(format!("Title{}", i % 3)));
+        assert_eq!(attribute("employeeNumber"), Some(format!("{}", 1000 + i)));
+        assert_eq!(attribute("department"), Some(format!("Dept{}", i % 4)));
+        assert_eq!(attribute("manager").as_deref(), Some("boss-id"));
+        assert_eq!(attribute("givenName"), Some(format!("Given{i}")));
+        assert_eq!(attribute("familyName"), Some(format!("Family{i}")));
+        assert!(attribute("lastModified").is_some());
+    }
+}
+
+#[tokio::test]
+async fn pages_of_seven_over_500_users_arrive_once() {
+    let server = ScimServer::start().await;
+    let ids = server.create_users((0..500).map(user).collect()).await;
+    let mut connector = server.connector(7, TOKEN);
+    let read = read(&mut connector, SyncMode::Full, None).await.unwrap();
+    assert_eq!(read.accounts.len(), 500);
+    assert_eq!(read.pages, 500usize.div_ceil(7));
+    let seen: BTreeSet<&str> = read.accounts.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(seen.len(), 500, "no duplicates");
+    assert_eq!(seen, ids.iter().map(String::as_str).collect::<BTreeSet<_>>());
+}
+
+#[tokio::test]
+async fn a_delta_read_yields_what_changed_since_the_cursor() {
+    let server = ScimServer::start().await;
+    let ids = server.create_users((0..20).map(user).collect()).await;
+    let mut connector = server.connector(7, TOKEN);
+    let full = read(&mut connector, SyncMode::Delta, None).await.unwrap();
+    assert_eq!(full.plan, ReadPlan { kind: ReadKind::Full, reason: Some("no cursor yet".into()) });
+    assert_eq!(full.accounts.len(), 20);
+    let cursor = full.cursor.expect("a cursor after a full read");
+
+    // Be safe with servers whose lastModified has a coarse resolution.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    server.patch_user(&ids[3], json!([{"op": "replace", "path": "title", "value": "Boss"}])).await;
+    let added = server.create_user(user(100)).await;
+
+    let delta = read(&mut connector, SyncMode::Delta, Some(&cursor)).await.unwrap();
+    assert_eq!(delta.plan, ReadPlan { kind: ReadKind::Delta, reason: None });
+    let changed: BTreeSet<&str> = delta.accounts.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(changed, BTreeSet::from([ids[3].as_str(), added.as_str()]));
+    let patched = delta.accounts.iter().find(|a| a.id == ids[3]).unwrap();
+    assert_eq!(patched.attributes["title"], "Boss");
+    let next = delta.cursor.expect("a cursor after a delta");
+    assert!(next.parse::<jiff::Timestamp>().unwrap() > cursor.parse::<jiff::Timestamp>().unwrap());
+
+    // Nothing changed since: no accounts, the cursor stays.
+    let quiet = read(&mut connector, SyncMode::Delta, Some(&next)).await.unwrap();
+    assert_eq!(quiet.plan.kind, ReadKind::Delta);
+    assert!(quiet.accounts.is_empty());
+    assert_eq!(quiet.cursor.as_deref(), Some(next.as_str()));
+
+    // A Full request reads everything whatever the cursor.
+    let again = read(&mut connector, SyncMode::Full, Some(&next)).await.unwrap();
+    assert_eq!(again.plan, ReadPlan { kind: ReadKind::Full, reason: None });
+    assert_eq!(again.accounts.len(), 21);
+}
+
+#[tokio::test]
+async fn a_renamed_user_keeps_its_id() {
+    let server = ScimServer::start().await;
+    let ids = server.create_users((0..3).map(user).collect()).await;
+    let mut connector = server.connector(100, TOKEN);
+    let before = read(&mut connector, SyncMode::Full, None).await.unwrap();
+    let old = before.accounts.iter().find(|a| a.id == ids[1]).unwrap();
+    assert_eq!(old.username.as_deref(), Some("user001"));
+
+    server.patch_user(&ids[1], json!([{"op": "replace", "path": "userName", "value": "renamed"}])).await;
+    let after = read(&mut connector, SyncMode::Full, None).await.unwrap();
+    assert_eq!(after.accounts.len(), 3);
+    let new = after.accounts.iter().find(|a| a.id == ids[1]).expect("the same id after the rename");
+    assert_eq!(new.username.as_deref(), Some("renamed"));
+    assert_eq!(new.email, old.email);
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_unauthorized_and_never_shown() {
+    let server = ScimServer::start().await;
+    server.create_users((0..2).map(user).collect()).await;
+    let wrong = "wrong-SECRET-token-0815";
+    let mut connector = server.connector(10, wrong);
+    let e = read(&mut connector, SyncMode::Full, None).await.err().expect("a wrong token fails");
+    assert!(matches!(e, ConnectorError::Unauthorized { .. }), "{e:?}");
+    assert!(e.is_stalled());
+    for text in [e.to_string(), format!("{e:?}"), format!("{connector:?}")] {
+        assert!(!text.contains(wrong) && !text.contains("SECRET"), "{text}");
+    }
+    assert!(e.to_string().contains("401"), "{e}");
+    eprintln!("wrong token: {e}");
+}
