@@ -2,6 +2,8 @@
 //! and started by `scripts/scim-server.sh`, seeded through its own SCIM API.
 //! The connector is driven directly (no Kubernetes).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -304,4 +306,119 @@ async fn a_wrong_token_is_unauthorized_and_never_shown() {
     }
     assert!(e.to_string().contains("401"), "{e}");
     eprintln!("wrong token: {e}");
+}
+
+/// The scim provider through the operator: a bad token stalls the
+/// Connection, a good one syncs, and a server that dies mid-sync changes
+/// nothing in the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scim_connection_through_the_operator() {
+    use common::operator::{Operator, TestClock, test_config};
+    use idsync::api::resync_request::Phase;
+    use idsync::api::{Connection, ResyncRequest};
+    use idsync::store::{ConnectionRef, SqliteStore, Store};
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+
+    let mut server = ScimServer::start().await;
+    server.create_users((0..40).map(user).collect()).await;
+    let h = common::Harness::start().await;
+    idsync::dev::install_crds(&h.client).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let operator =
+        Operator::start(&h.cluster, data.path(), std::sync::Arc::new(TestClock::default()), test_config("op"));
+    let apply = |value: Value| {
+        let client = h.client.clone();
+        async move {
+            let kind = value["kind"].as_str().unwrap().to_string();
+            let name = value["metadata"]["name"].as_str().unwrap().to_string();
+            let params = PatchParams::apply("test").force();
+            match kind.as_str() {
+                "Secret" => drop(
+                    Api::<Secret>::namespaced(client, "default")
+                        .patch(&name, &params, &Patch::Apply(&value))
+                        .await
+                        .unwrap(),
+                ),
+                _ => drop(
+                    Api::<Connection>::namespaced(client, "default")
+                        .patch(&name, &params, &Patch::Apply(&value))
+                        .await
+                        .unwrap(),
+                ),
+            }
+        }
+    };
+    let requests: Api<ResyncRequest> = Api::namespaced(h.client.clone(), "default");
+    let run = |name: &'static str| {
+        let requests = requests.clone();
+        async move {
+            let rr: ResyncRequest =
+                serde_json::from_value(json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "ResyncRequest",
+                "metadata": {"name": name}, "spec": {"target": {"connections": ["idp"]}, "mode": "Full"}}))
+                .unwrap();
+            requests.create(&PostParams::default(), &rr).await.unwrap();
+            common::eventually(Duration::from_secs(60), || async {
+                let r = requests.get(name).await.ok()?;
+                r.status.as_ref()?.phase.filter(|p| p.is_finished())?;
+                Some(r)
+            })
+            .await
+            .unwrap_or_else(|| panic!("{name} did not finish"))
+        }
+    };
+    let secret = |token: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "scim-creds"}, "stringData": {"token": token}});
+    apply(secret("not-the-token-0815")).await;
+    apply(json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "Connection", "metadata": {"name": "idp"},
+        "spec": {"category": "IdP", "pageSize": 5, "credentialsSecretRef": {"name": "scim-creds"},
+                 "provider": {"type": "scim", "scim": {"baseUrl": format!("{}/", server.base)}}}}))
+    .await;
+
+    let refused = run("bad-token").await;
+    assert_eq!(refused.status.as_ref().and_then(|s| s.phase), Some(Phase::Failed));
+    let connection = Api::<Connection>::namespaced(h.client.clone(), "default").get("idp").await.unwrap();
+    let conditions = connection.status.unwrap().conditions;
+    let stalled = idsync::api::conditions::find(&conditions, "Stalled").cloned().unwrap();
+    assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "Unauthorized"), "{stalled:?}");
+    assert!(!stalled.message.contains("not-the-token-0815"));
+
+    apply(secret(TOKEN)).await;
+    let good = run("good-token").await;
+    assert_eq!(good.status.as_ref().and_then(|s| s.phase), Some(Phase::Succeeded), "{:?}", good.status);
+    let store = SqliteStore::open(&data.path().join("idsync.db")).unwrap();
+    let conn = ConnectionRef { namespace: "default".into(), name: "idp".into() };
+    let before = store.list_accounts(&conn, None, 1000).unwrap();
+    assert_eq!(before.len(), 40);
+
+    // One user a page, and the server dies part-way.
+    apply(json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "Connection", "metadata": {"name": "idp"},
+        "spec": {"category": "IdP", "pageSize": 1, "credentialsSecretRef": {"name": "scim-creds"},
+                 "provider": {"type": "scim", "scim": {"baseUrl": format!("{}/", server.base)}}}}))
+    .await;
+    server.patch_user(&before[0].id, json!([{"op": "replace", "path": "title", "value": "Changed"}])).await;
+    let rr: ResyncRequest =
+        serde_json::from_value(json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "ResyncRequest",
+        "metadata": {"name": "dies"}, "spec": {"target": {"connections": ["idp"]}, "mode": "Full"}}))
+        .unwrap();
+    // Enough users that one-a-page takes seconds, so the kill lands mid-read.
+    server.create_users((1000..1600).map(user).collect()).await;
+    requests.create(&PostParams::default(), &rr).await.unwrap();
+    common::eventually(Duration::from_secs(20), || async {
+        let r = requests.get("dies").await.ok()?;
+        (r.status?.targets.first()?.phase == idsync::api::resync_request::TargetPhase::Running).then_some(())
+    })
+    .await
+    .expect("the sync started");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server._child.start_kill().unwrap();
+    let died = common::eventually(Duration::from_secs(60), || async {
+        let r = requests.get("dies").await.ok()?;
+        r.status.as_ref()?.phase.filter(|p| p.is_finished())?;
+        Some(r)
+    })
+    .await
+    .expect("the sync ended");
+    assert_eq!(died.status.as_ref().and_then(|s| s.phase), Some(Phase::Failed), "{:?}", died.status);
+    assert_eq!(store.list_accounts(&conn, None, 1000).unwrap(), before, "a sync whose server died changed the store");
+    operator.stop().await;
 }
