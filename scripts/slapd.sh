@@ -6,6 +6,9 @@
 # and memberof. Installs slapd and ldap-utils when missing. Prints the pid
 # file's path on success.
 #
+# With SLAPD_NO_SYNCPROV=1 the syncprov overlay is left out, so the server
+# does not advertise content synchronisation (deltas by modifyTimestamp).
+#
 # With SLAPD_LDAPS_PORT set, also generates a throwaway CA and a server
 # certificate for 127.0.0.1/localhost (DIR/tls/ca.crt), enables StartTLS on
 # PORT and listens for ldaps:// on SLAPD_LDAPS_PORT.
@@ -28,6 +31,14 @@ fi
 SLAPD=$(command -v slapd || echo /usr/sbin/slapd)
 
 mkdir -p "$DIR/db"
+SYNCPROV_LOAD="moduleload syncprov"
+SYNCPROV_OVERLAY="overlay syncprov
+syncprov-checkpoint 100 10
+syncprov-sessionlog 10000"
+if [ "${SLAPD_NO_SYNCPROV:-}" = 1 ]; then
+  SYNCPROV_LOAD=""
+  SYNCPROV_OVERLAY=""
+fi
 URLS="ldap://127.0.0.1:$PORT/"
 TLSCONF=""
 if [ -n "${SLAPD_LDAPS_PORT:-}" ]; then
@@ -59,7 +70,7 @@ argsfile $DIR/slapd.args
 
 modulepath /usr/lib/ldap
 moduleload back_mdb
-moduleload syncprov
+$SYNCPROV_LOAD
 moduleload memberof
 
 sizelimit unlimited
@@ -74,9 +85,7 @@ index objectClass eq
 index entryCSN,entryUUID eq
 limits dn.exact="cn=admin,dc=example,dc=com" size=unlimited time=unlimited
 
-overlay syncprov
-syncprov-checkpoint 100 10
-syncprov-sessionlog 10000
+$SYNCPROV_OVERLAY
 
 overlay memberof
 memberof-group-oc groupOfNames

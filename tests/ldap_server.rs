@@ -1,8 +1,11 @@
 //! The ldap provider against a real OpenLDAP (`scripts/slapd.sh`): each test
 //! starts its own throwaway slapd on a free port, seeds it with `ldapadd` and
-//! drives the connector directly.
+//! drives the connector directly; the last test runs an ldap Connection
+//! through the operator.
 
-use std::collections::{BTreeMap, HashSet};
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -37,7 +40,7 @@ fn free_port() -> u16 {
 }
 
 impl Slapd {
-    fn start(tls: bool) -> Slapd {
+    fn start(tls: bool, syncprov: bool) -> Slapd {
         let dir = tempfile::tempdir().unwrap();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/slapd.sh");
         let mut last = String::new();
@@ -48,6 +51,9 @@ impl Slapd {
             command.arg(script).arg(dir.path()).arg(port.to_string()).env("SLAPD_ROOTPW", PASSWORD);
             if let Some(tls_port) = tls_port {
                 command.env("SLAPD_LDAPS_PORT", tls_port.to_string());
+            }
+            if !syncprov {
+                command.env("SLAPD_NO_SYNCPROV", "1");
             }
             let out = command.output().unwrap();
             if out.status.success() {
@@ -64,6 +70,15 @@ impl Slapd {
         panic!("{last}");
     }
 
+    /// Kills the server at once (SIGKILL).
+    fn kill(&self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.pid_file) {
+            let status = Command::new("kill").args(["-9", pid.trim()]).status().unwrap();
+            assert!(status.success());
+            let _ = std::fs::remove_file(&self.pid_file);
+        }
+    }
+
     fn url(&self) -> String {
         format!("ldap://127.0.0.1:{}", self.port)
     }
@@ -77,8 +92,12 @@ impl Slapd {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        // Written from a thread: the tool's output could fill its pipe first.
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_string();
+        let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
         let out = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
         assert!(
             out.status.success(),
             "{tool} {args:?} failed: {}\n{}",
@@ -98,11 +117,11 @@ impl Slapd {
     /// Starts a server with `users` users (`user0001`…) and groups:
     /// engineering (users 1–10), sales (users 5–20), all (every user).
     fn seeded(users: usize) -> Slapd {
-        Slapd::seeded_with(users, false)
+        Slapd::seeded_with(users, false, true)
     }
 
-    fn seeded_with(users: usize, tls: bool) -> Slapd {
-        let slapd = Slapd::start(tls);
+    fn seeded_with(users: usize, tls: bool, syncprov: bool) -> Slapd {
+        let slapd = Slapd::start(tls, syncprov);
         let mut ldif = String::from(
             "dn: dc=example,dc=com\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example\n\n\
              dn: ou=people,dc=example,dc=com\nobjectClass: organizationalUnit\nou: people\n\n\
@@ -266,6 +285,7 @@ async fn delta_reads_changes_and_deletions_with_the_cookie() {
     assert_eq!(deleted, vec![deleted_id]);
     let next = next.unwrap();
     assert_ne!(next, cursor);
+    assert!(c.capabilities().delta_deletions, "syncprov deltas carry deletions");
 
     // Nothing changed since: an empty delta.
     let (plan, pages, _) = read(&mut c, SyncMode::Delta, Some(&next)).await;
@@ -278,6 +298,11 @@ async fn delta_reads_changes_and_deletions_with_the_cookie() {
     assert!(plan.reason.as_deref().unwrap().contains("cursor"), "{plan:?}");
     assert_eq!(accounts(&pages).len(), 40);
     assert!(cursor.is_some());
+    // A modifyTimestamp cursor on a server with syncprov: the same.
+    let (plan, _, cursor) = read(&mut c, SyncMode::Delta, Some("ts:20261122041900Z")).await;
+    assert_eq!(plan.kind, ReadKind::Full);
+    assert!(plan.reason.as_deref().unwrap().contains("not an LDAP sync cookie"), "{plan:?}");
+    assert!(cursor.unwrap().starts_with("ldapsync1:"));
 
     // A well-formed cookie from before the server's session log: the server
     // answers with a present phase, which cannot name deletions.
@@ -329,7 +354,7 @@ async fn wrong_password_is_unauthorized_and_never_shown() {
 
 #[tokio::test]
 async fn ldaps_and_start_tls_verify_the_certificate() {
-    let slapd = Slapd::seeded_with(12, true);
+    let slapd = Slapd::seeded_with(12, true, true);
     let ca = std::fs::read(slapd.dir.path().join("tls/ca.crt")).unwrap();
     let ldaps = format!("ldaps://127.0.0.1:{}", slapd.tls_port.unwrap());
     let cases = [
@@ -350,4 +375,181 @@ async fn ldaps_and_start_tls_verify_the_certificate() {
         assert!(matches!(e, ConnectorError::Transport { .. }), "{extra}: {e:?}");
         assert!(!e.to_string().contains(PASSWORD));
     }
+}
+
+#[tokio::test]
+async fn delta_by_modify_timestamp_without_syncprov() {
+    let slapd = Slapd::seeded_with(30, false, false);
+    let mut c = connector(&slapd, 7, PASSWORD, serde_json::json!({"attributes": {"extra": ["modifyTimestamp"]}}));
+
+    let (plan, pages, _) = read(&mut c, SyncMode::Delta, None).await;
+    assert_eq!(plan.kind, ReadKind::Full);
+    assert!(plan.reason.unwrap().contains("no cursor"));
+    let (plan, pages2, cursor) = read(&mut c, SyncMode::Full, None).await;
+    assert_eq!(plan, ReadPlan { kind: ReadKind::Full, reason: None });
+    assert_eq!(accounts(&pages), accounts(&pages2));
+    let before = accounts(&pages);
+    assert_eq!(before.len(), 30);
+    let cursor = cursor.unwrap();
+    let second = cursor.strip_prefix("ts:").unwrap_or_else(|| panic!("a modifyTimestamp cursor: {cursor}"));
+    let highest = before.iter().map(|a| a.attributes["modifyTimestamp"].as_str().unwrap()).max().unwrap();
+    assert_eq!(second, highest);
+    assert_eq!(
+        c.capabilities(),
+        idsync::connectors::Capabilities { delta: true, delta_deletions: false, groups: true },
+        "no syncprov: deltas without deletions"
+    );
+
+    // Changes land in a later second than the cursor's.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    slapd.modify(&format!("dn: uid=user0002,{PEOPLE}\nchangetype: modify\nreplace: mail\nmail: new2@example.com\n"));
+    slapd.add(&user_ldif("user9999", 9999));
+    slapd.tool("ldapdelete", &[&format!("uid=user0003,{PEOPLE}")], "");
+
+    let (plan, pages, next) = read(&mut c, SyncMode::Delta, Some(&cursor)).await;
+    assert_eq!(plan, ReadPlan { kind: ReadKind::Delta, reason: None });
+    assert!(pages.iter().all(|p| p.deleted.is_empty()), "no deletions in these deltas");
+    let changed = accounts(&pages);
+    let stamp = |a: &Account| a.attributes["modifyTimestamp"].as_str().unwrap().to_string();
+    let newer: BTreeSet<String> =
+        changed.iter().filter(|a| stamp(a).as_str() > second).map(|a| a.username.clone().unwrap()).collect();
+    assert_eq!(newer, BTreeSet::from(["user0002".to_string(), "user9999".to_string()]));
+    // Anything else came again only because it shares the cursor's second.
+    for a in changed.iter().filter(|a| stamp(a).as_str() <= second) {
+        assert_eq!(stamp(a), second, "{a:?}");
+    }
+    assert!(!changed.iter().any(|a| a.username.as_deref() == Some("user0003")));
+    assert_eq!(by_username(&changed, "user0002").email.as_deref(), Some("new2@example.com"));
+    assert_eq!(by_username(&changed, "user0002").id, by_username(&before, "user0002").id);
+    let next = next.unwrap();
+    assert!(next.as_str() > cursor.as_str(), "{next} after {cursor}");
+
+    // Nothing changed since: only what shares the cursor's second, the cursor stays.
+    let (plan, pages, again) = read(&mut c, SyncMode::Delta, Some(&next)).await;
+    assert_eq!(plan.kind, ReadKind::Delta);
+    assert!(accounts(&pages).iter().all(|a| format!("ts:{}", stamp(a)) == next));
+    assert_eq!(again.as_deref(), Some(next.as_str()));
+
+    // A sync cookie on a server without syncprov: a Full read saying why.
+    let (plan, pages, cursor) = read(&mut c, SyncMode::Delta, Some("ldapsync1:cmlkPTAwMA==")).await;
+    assert_eq!(plan.kind, ReadKind::Full);
+    assert!(plan.reason.as_deref().unwrap().contains("not a modifyTimestamp cursor"), "{plan:?}");
+    assert_eq!(accounts(&pages).len(), 30);
+    assert_eq!(cursor, Some(next));
+}
+
+/// The ldap provider through the operator: a wrong password stalls the
+/// Connection, the right one syncs, and a server killed mid-sync changes
+/// nothing in the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ldap_connection_through_the_operator() {
+    use std::time::Duration;
+
+    use common::operator::{Operator, TestClock, test_config};
+    use idsync::api::resync_request::{Phase, TargetPhase};
+    use idsync::api::{Connection, ResyncRequest};
+    use idsync::store::{ConnectionRef, SqliteStore, Store};
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    use serde_json::{Value, json};
+
+    let slapd = Slapd::seeded(300);
+    let h = common::Harness::start().await;
+    idsync::dev::install_crds(&h.client).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let operator =
+        Operator::start(&h.cluster, data.path(), std::sync::Arc::new(TestClock::default()), test_config("op"));
+    let apply = |value: Value| {
+        let client = h.client.clone();
+        async move {
+            let kind = value["kind"].as_str().unwrap().to_string();
+            let name = value["metadata"]["name"].as_str().unwrap().to_string();
+            let params = PatchParams::apply("test").force();
+            match kind.as_str() {
+                "Secret" => drop(
+                    Api::<Secret>::namespaced(client, "default")
+                        .patch(&name, &params, &Patch::Apply(&value))
+                        .await
+                        .unwrap(),
+                ),
+                _ => drop(
+                    Api::<Connection>::namespaced(client, "default")
+                        .patch(&name, &params, &Patch::Apply(&value))
+                        .await
+                        .unwrap(),
+                ),
+            }
+        }
+    };
+    let requests: Api<ResyncRequest> = Api::namespaced(h.client.clone(), "default");
+    let create = |name: &'static str| {
+        let requests = requests.clone();
+        async move {
+            let rr: ResyncRequest =
+                serde_json::from_value(json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "ResyncRequest",
+                "metadata": {"name": name}, "spec": {"target": {"connections": ["idp"]}, "mode": "Full"}}))
+                .unwrap();
+            requests.create(&PostParams::default(), &rr).await.unwrap();
+        }
+    };
+    let finished = |name: &'static str| {
+        let requests = requests.clone();
+        async move {
+            common::eventually(Duration::from_secs(60), || async {
+                let r = requests.get(name).await.ok()?;
+                r.status.as_ref()?.phase.filter(|p| p.is_finished())?;
+                Some(r)
+            })
+            .await
+            .unwrap_or_else(|| panic!("{name} did not finish"))
+        }
+    };
+    let wrong = "not-the-Password-0815";
+    let secret = |password: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ldap-creds"}, "stringData": {"password": password}});
+    apply(secret(wrong)).await;
+    apply(json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "Connection", "metadata": {"name": "idp"},
+        "spec": {"category": "IdP", "pageSize": 1, "credentialsSecretRef": {"name": "ldap-creds"},
+                 "provider": {"type": "ldap", "ldap": {"url": slapd.url(), "bindDn": ADMIN, "baseDn": PEOPLE}}}}))
+    .await;
+
+    create("bad-password").await;
+    let refused = finished("bad-password").await;
+    assert_eq!(refused.status.as_ref().and_then(|s| s.phase), Some(Phase::Failed));
+    let connection = Api::<Connection>::namespaced(h.client.clone(), "default").get("idp").await.unwrap();
+    let conditions = connection.status.unwrap().conditions;
+    let stalled = idsync::api::conditions::find(&conditions, "Stalled").cloned().unwrap();
+    assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "Unauthorized"), "{stalled:?}");
+    assert!(!stalled.message.contains(wrong), "{stalled:?}");
+
+    apply(secret(PASSWORD)).await;
+    let started = std::time::Instant::now();
+    create("good-password").await;
+    let good = finished("good-password").await;
+    eprintln!("a full sync of 300 users, one a page: {:?}", started.elapsed());
+    assert_eq!(good.status.as_ref().and_then(|s| s.phase), Some(Phase::Succeeded), "{:?}", good.status);
+    let store = SqliteStore::open(&data.path().join("idsync.db")).unwrap();
+    let conn = ConnectionRef { namespace: "default".into(), name: "idp".into() };
+    let before = store.list_accounts(&conn, None, 10_000).unwrap();
+    assert_eq!(before.len(), 300);
+    assert!(before.iter().all(|a| a.id.len() == 36));
+
+    // A change and more users, so that one a page takes long enough for
+    // the kill to land mid-read.
+    slapd.modify(&format!("dn: uid=user0002,{PEOPLE}\nchangetype: modify\nreplace: mail\nmail: new2@example.com\n"));
+    let more: String = (1000..3000).map(|i| user_ldif(&format!("user{i:04}"), i)).collect();
+    slapd.add(&more);
+    create("dies").await;
+    common::eventually(Duration::from_secs(20), || async {
+        let r = requests.get("dies").await.ok()?;
+        (r.status?.targets.first()?.phase == TargetPhase::Running).then_some(())
+    })
+    .await
+    .expect("the sync started");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    slapd.kill();
+    let died = finished("dies").await;
+    assert_eq!(died.status.as_ref().and_then(|s| s.phase), Some(Phase::Failed), "{:?}", died.status);
+    eprintln!("killed mid-sync: {:?}", died.status);
+    assert_eq!(store.list_accounts(&conn, None, 10_000).unwrap(), before, "a sync whose server died changed the store");
+    operator.stop().await;
 }

@@ -501,7 +501,8 @@ fn ldap_rules(schema: &mut schemars::Schema) {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LdapFlavour {
-    /// Ids from `entryUUID`, deltas by RFC 4533 content synchronisation.
+    /// Ids from `entryUUID`, deltas by RFC 4533 content synchronisation
+    /// where the server offers it, else by `modifyTimestamp`.
     #[default]
     OpenLdap,
     /// Ids from `objectGUID`, disabled from `userAccountControl`, deltas

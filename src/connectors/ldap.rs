@@ -36,8 +36,24 @@
 //!   deletions) or the cursor is not one idsync wrote, the read becomes a
 //!   Full read and [`ReadPlan::reason`] says why. A Full read on such a server
 //!   takes the current cookie *before* reading, so changes made during the
-//!   read come again in the next delta. Active Directory deltas (`uSNChanged`)
-//!   are not implemented: those reads are Full.
+//!   read come again in the next delta.
+//! - **Deltas by change stamp** (OpenLDAP without content synchronisation:
+//!   `modifyTimestamp`; Active Directory: `uSNChanged`): every read asks for
+//!   the stamp attribute and the cursor is the highest stamp it saw
+//!   (`ts:20261122041900Z`, `usn:12345`, see [`Stamp`]). A Delta read
+//!   searches `(&<userFilter>(<stamp>>=<cursor>))` (`>=`: a timestamp has
+//!   second resolution, so users changed in the cursor's second come again;
+//!   the engine counts them as unchanged) and yields upserts only: such
+//!   deltas carry no deletions, so [`Capabilities::delta_deletions`] is false
+//!   and the engine runs a Full pass every `fullSyncIntervalHours`. A change
+//!   made during a read to an entry already read, with a stamp below the
+//!   highest one seen, waits for that Full pass.
+//! - **Capabilities** are asked before a read connects: until a read has
+//!   seen the server advertise content synchronisation, `delta_deletions` is
+//!   false (at worst a needless periodic Full pass, never a missed deletion).
+//! - A cursor of another kind than the server's mode (a sync cookie on a
+//!   server without syncprov, a `ts:` cursor on one with it) or none makes a
+//!   Delta request a Full read, and [`ReadPlan::reason`] says why.
 //!
 //! The password is never put in an error or a log.
 
@@ -310,6 +326,102 @@ fn normalize_dn(dn: &str) -> String {
         .to_lowercase()
 }
 
+/// Which change stamp a server without content synchronisation is read by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StampKind {
+    /// OpenLDAP's operational `modifyTimestamp` (GeneralizedTime).
+    ModifyTimestamp,
+    /// Active Directory's `uSNChanged` (an integer).
+    UsnChanged,
+}
+
+/// A change stamp: a cursor of a stamp mode.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stamp {
+    /// A GeneralizedTime normalised to `YYYYMMDDHHMMSSZ` (UTC, seconds).
+    Time(String),
+    Usn(u64),
+}
+
+impl StampKind {
+    pub fn attribute(self) -> &'static str {
+        match self {
+            StampKind::ModifyTimestamp => "modifyTimestamp",
+            StampKind::UsnChanged => "uSNChanged",
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            StampKind::ModifyTimestamp => "ts:",
+            StampKind::UsnChanged => "usn:",
+        }
+    }
+
+    /// A stamp attribute's value as the server writes it; `None` when it is
+    /// not one (a GeneralizedTime must be UTC: `…Z`).
+    pub fn parse_value(self, raw: &str) -> Option<Stamp> {
+        let raw = raw.trim();
+        match self {
+            StampKind::UsnChanged => {
+                if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                raw.parse().ok().map(Stamp::Usn)
+            }
+            StampKind::ModifyTimestamp => {
+                let seconds = raw.get(..14).filter(|d| d.bytes().all(|b| b.is_ascii_digit()))?;
+                let rest = raw.get(14..)?;
+                let rest = match rest.strip_prefix(['.', ',']) {
+                    Some(fraction) => fraction.trim_start_matches(|c: char| c.is_ascii_digit()),
+                    None => rest,
+                };
+                (rest == "Z").then(|| Stamp::Time(format!("{seconds}Z")))
+            }
+        }
+    }
+
+    /// A stored cursor of this kind; `None` when it is of another kind or
+    /// malformed.
+    pub fn parse_cursor(self, cursor: &str) -> Option<Stamp> {
+        self.parse_value(cursor.strip_prefix(self.prefix())?)
+    }
+}
+
+impl Stamp {
+    pub fn kind(&self) -> StampKind {
+        match self {
+            Stamp::Time(_) => StampKind::ModifyTimestamp,
+            Stamp::Usn(_) => StampKind::UsnChanged,
+        }
+    }
+
+    fn value(&self) -> String {
+        match self {
+            Stamp::Time(t) => t.clone(),
+            Stamp::Usn(n) => n.to_string(),
+        }
+    }
+
+    /// The cursor as stored.
+    pub fn cursor(&self) -> String {
+        format!("{}{}", self.kind().prefix(), self.value())
+    }
+
+    /// The user filter restricted to entries stamped at or after this stamp.
+    pub fn filter(&self, user_filter: &str) -> String {
+        format!("(&{user_filter}({}>={}))", self.kind().attribute(), self.value())
+    }
+}
+
+/// The highest of the stamps so far and one seen.
+pub fn advance(highest: Option<Stamp>, seen: Option<Stamp>) -> Option<Stamp> {
+    match (highest, seen) {
+        (Some(h), Some(s)) => Some(h.max(s)),
+        (h, s) => h.or(s),
+    }
+}
+
 /// A cursor as stored: the server's cookie, base64.
 fn encode_cursor(cookie: &[u8]) -> String {
     format!("{CURSOR_PREFIX}{}", BASE64.encode(cookie))
@@ -353,6 +465,18 @@ struct Settings {
 }
 
 impl Settings {
+    /// The attributes every user search asks for (and the stamp attribute
+    /// when reading in a stamp mode).
+    fn user_attributes_with(&self, stamp: Option<StampKind>) -> Vec<String> {
+        let mut attrs = self.user_attributes();
+        if let Some(kind) = stamp
+            && !attrs.iter().any(|a| a.eq_ignore_ascii_case(kind.attribute()))
+        {
+            attrs.push(kind.attribute().to_string());
+        }
+        attrs
+    }
+
     /// The attributes every user search asks for.
     fn user_attributes(&self) -> Vec<String> {
         let mut attrs =
@@ -378,13 +502,18 @@ impl Settings {
 type GroupMap = HashMap<String, Vec<String>>;
 
 enum Read {
+    /// A paged search: a Full read, or a stamp mode's Delta read.
     Full {
         ldap: Ldap,
         /// The paged results cookie of the next page; None once done.
         paging: Option<Vec<u8>>,
         page: u64,
         groups: Option<Arc<GroupMap>>,
+        /// The sync cookie cursor (content synchronisation mode).
         cursor: Option<String>,
+        filter: String,
+        /// Stamp mode: which stamp, and the highest one so far.
+        stamp: Option<(StampKind, Option<Stamp>)>,
     },
     Delta {
         ldap: Ldap,
@@ -402,6 +531,8 @@ pub struct LdapConnector {
     settings: Arc<Settings>,
     read: Option<Read>,
     cursor: Option<String>,
+    /// Whether the server offered content synchronisation, once a read saw.
+    sync: Option<bool>,
 }
 
 impl fmt::Debug for LdapConnector {
@@ -516,7 +647,7 @@ impl LdapConnector {
             page_size: spec.page_size.clamp(1, i32::MAX as u32),
             timeout: Duration::from_secs(u64::from(spec.request_timeout_seconds.max(1))),
         };
-        Ok(LdapConnector { settings: Arc::new(settings), read: None, cursor: None })
+        Ok(LdapConnector { settings: Arc::new(settings), read: None, cursor: None, sync: None })
     }
 }
 
@@ -849,21 +980,42 @@ impl LdapConnector {
         let settings = self.settings.clone();
         let mut ldap = connect(&settings).await?;
         let sync = settings.flavour == LdapFlavour::OpenLdap && supports_sync(&settings, &mut ldap).await?;
+        self.sync = Some(sync);
+        let stamp_kind = match (settings.flavour, sync) {
+            (LdapFlavour::ActiveDirectory, _) => Some(StampKind::UsnChanged),
+            (LdapFlavour::OpenLdap, false) => Some(StampKind::ModifyTimestamp),
+            (LdapFlavour::OpenLdap, true) => None,
+        };
         let groups = match &settings.group_base_dn {
             Some(base) => Some(Arc::new(read_groups(&settings, &mut ldap, base).await?)),
             None => None,
         };
         let mut reason = None;
         if mode == SyncMode::Delta {
-            match (settings.flavour, sync, cursor) {
-                (LdapFlavour::ActiveDirectory, _, _) => {
-                    reason = Some("Active Directory deltas (uSNChanged) are not implemented".to_string())
-                }
-                (_, false, _) => {
-                    reason = Some("the server does not offer content synchronisation (RFC 4533)".to_string())
-                }
-                (_, true, None) => reason = Some("no cursor yet".to_string()),
-                (_, true, Some(cursor)) => match decode_cursor(cursor) {
+            match (stamp_kind, cursor) {
+                (_, None) => reason = Some("no cursor yet".to_string()),
+                (Some(kind), Some(cursor)) => match kind.parse_cursor(cursor) {
+                    None => {
+                        reason = Some(format!(
+                            "the stored cursor is not a {} cursor ({}…), the server's delta mode",
+                            kind.attribute(),
+                            kind.prefix()
+                        ))
+                    }
+                    Some(from) => {
+                        self.read = Some(Read::Full {
+                            ldap,
+                            paging: Some(Vec::new()),
+                            page: 0,
+                            groups,
+                            cursor: None,
+                            filter: from.filter(&settings.user_filter),
+                            stamp: Some((kind, Some(from))),
+                        });
+                        return Ok(ReadPlan { kind: ReadKind::Delta, reason: None });
+                    }
+                },
+                (None, Some(cursor)) => match decode_cursor(cursor) {
                     None => reason = Some("the stored cursor is not an LDAP sync cookie".to_string()),
                     Some(cookie) => {
                         let changes = sync_changes(&settings, &mut ldap, Some(cookie.clone())).await?;
@@ -894,7 +1046,15 @@ impl LdapConnector {
         } else {
             None
         };
-        self.read = Some(Read::Full { ldap, paging: Some(Vec::new()), page: 0, groups, cursor });
+        self.read = Some(Read::Full {
+            ldap,
+            paging: Some(Vec::new()),
+            page: 0,
+            groups,
+            cursor,
+            filter: settings.user_filter.clone(),
+            stamp: stamp_kind.map(|kind| (kind, None)),
+        });
         Ok(ReadPlan { kind: ReadKind::Full, reason: reason.map(|r| format!("{r}: reading everything")) })
     }
 
@@ -904,25 +1064,35 @@ impl LdapConnector {
             return Ok(None);
         };
         match read {
-            Read::Full { ldap, paging, page, groups, cursor } => {
+            Read::Full { ldap, paging, page, groups, cursor, filter, stamp } => {
                 let Some(cookie) = paging.take() else {
-                    self.cursor = cursor.take();
+                    self.cursor = match stamp.take() {
+                        Some((_, highest)) => highest.map(|s| s.cursor()),
+                        None => cursor.take(),
+                    };
                     self.read = None;
                     return Ok(None);
                 };
                 *page += 1;
                 let number = *page;
+                let kind = stamp.as_ref().map(|(kind, _)| *kind);
                 let (entries, next) = paged_search(
                     &settings,
                     ldap,
                     &settings.base_dn,
-                    &settings.user_filter,
-                    settings.user_attributes(),
+                    filter,
+                    settings.user_attributes_with(kind),
                     cookie,
                 )
                 .await
                 .map_err(|e| e.with_page(Some(number)))?;
                 *paging = next;
+                if let Some((kind, highest)) = stamp.as_mut() {
+                    for entry in &entries {
+                        let seen = first_value(entry, kind.attribute()).and_then(|v| kind.parse_value(&v));
+                        *highest = advance(highest.take(), seen);
+                    }
+                }
                 let accounts = entries
                     .iter()
                     .map(|e| to_account(&settings, e, groups.as_deref()))
@@ -965,8 +1135,10 @@ impl LdapConnector {
 
 impl Connector for LdapConnector {
     fn capabilities(&self) -> Capabilities {
-        let sync = self.settings.flavour == LdapFlavour::OpenLdap;
-        Capabilities { delta: sync, delta_deletions: sync, groups: true }
+        // Asked before a read connects: deletions only once a read has seen
+        // content synchronisation (a stamp mode's deltas carry none).
+        let sync = self.settings.flavour == LdapFlavour::OpenLdap && self.sync == Some(true);
+        Capabilities { delta: true, delta_deletions: sync, groups: true }
     }
 
     fn begin<'a>(
@@ -1035,6 +1207,58 @@ mod tests {
     }
 
     #[test]
+    fn usn_changed_filters_and_cursors() {
+        let kind = StampKind::UsnChanged;
+        let stamp = kind.parse_value("12345").unwrap();
+        assert_eq!(stamp, Stamp::Usn(12345));
+        assert_eq!(stamp.cursor(), "usn:12345");
+        assert_eq!(kind.parse_cursor("usn:12345"), Some(Stamp::Usn(12345)));
+        assert_eq!(
+            stamp.filter("(&(objectCategory=person)(objectClass=user))"),
+            "(&(&(objectCategory=person)(objectClass=user))(uSNChanged>=12345))"
+        );
+        assert!(ldap3::parse_filter(stamp.filter("(objectClass=user)")).is_ok());
+        for bad in ["usn:", "usn:-1", "usn:12a", "usn:99999999999999999999999", "ts:20261122041900Z", "12345"] {
+            assert_eq!(kind.parse_cursor(bad), None, "{bad}");
+        }
+        assert_eq!(kind.parse_cursor("ldapsync1:cmlkPTAwMA=="), None);
+        // The highest seen wins, numerically.
+        let mut highest = kind.parse_cursor("usn:900");
+        for seen in ["1000", "950", "x", "10000", "9999"] {
+            highest = advance(highest, kind.parse_value(seen));
+        }
+        assert_eq!(highest.unwrap().cursor(), "usn:10000");
+        assert_eq!(advance(None, None), None);
+        assert_eq!(advance(None, Some(Stamp::Usn(3))), Some(Stamp::Usn(3)));
+    }
+
+    #[test]
+    fn modify_timestamp_filters_and_cursors() {
+        let kind = StampKind::ModifyTimestamp;
+        let stamp = kind.parse_value("20261122041900Z").unwrap();
+        assert_eq!(stamp.cursor(), "ts:20261122041900Z");
+        assert_eq!(
+            stamp.filter("(objectClass=inetOrgPerson)"),
+            "(&(objectClass=inetOrgPerson)(modifyTimestamp>=20261122041900Z))"
+        );
+        assert!(ldap3::parse_filter(stamp.filter("(objectClass=inetOrgPerson)")).is_ok());
+        // A fraction is dropped: the filter compares at second resolution.
+        assert_eq!(kind.parse_value("20261122041900.123456Z"), Some(stamp.clone()));
+        assert_eq!(kind.parse_cursor("ts:20261122041900Z"), Some(stamp.clone()));
+        for bad in ["ts:", "ts:2026112204190Z", "ts:20261122041900", "ts:20261122041900+0100", "usn:5", "x"] {
+            assert_eq!(kind.parse_cursor(bad), None, "{bad}");
+        }
+        let mut highest = Some(stamp);
+        for seen in ["20261122041901Z", "20251231235959Z", "20270101000000Z", "20261122041902Z"] {
+            highest = advance(highest, kind.parse_value(seen));
+        }
+        assert_eq!(highest.unwrap().cursor(), "ts:20270101000000Z");
+        // Cursors of one mode are refused by the other.
+        assert_eq!(StampKind::UsnChanged.parse_cursor("ts:20261122041900Z"), None);
+        assert_eq!(decode_cursor("ts:20261122041900Z"), None);
+    }
+
+    #[test]
     fn sync_controls_parse() {
         // syncState: SEQUENCE { ENUMERATED add, OCTET STRING uuid } as slapd sent it.
         let state = BASE64.decode("MBUKAQEEEA6T2Qx6dhBBlavB9d4T5cI=").unwrap();
@@ -1085,7 +1309,7 @@ mod tests {
         inputs.secret.insert("password".into(), b"hunter2-secret".to_vec());
         let c = LdapConnector::new(&s, &l, &inputs).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
-        assert!(c.capabilities().delta_deletions);
+        assert_eq!(c.capabilities(), Capabilities { delta: true, delta_deletions: false, groups: true });
 
         let (s, l) = spec(serde_json::json!({"url": "ldap://ldap.example.com", "baseDn": "dc=x"}));
         let e = LdapConnector::new(&s, &l, &inputs).unwrap_err();
@@ -1097,7 +1321,7 @@ mod tests {
         assert!(e.to_string().starts_with("spec.provider.ldap.userFilter:"), "{e}");
         let (s, l) = spec(serde_json::json!({"url": "ldaps://h", "baseDn": "dc=x", "flavour": "activedirectory"}));
         let c = LdapConnector::new(&s, &l, &inputs).unwrap();
-        assert!(!c.capabilities().delta);
+        assert_eq!(c.capabilities(), Capabilities { delta: true, delta_deletions: false, groups: true });
         let mut bad_ca = inputs.clone();
         bad_ca.secret.insert("ca.crt".into(), b"not a certificate".to_vec());
         assert!(LdapConnector::new(&s, &l, &bad_ca).unwrap_err().is_stalled());
