@@ -11,12 +11,12 @@ use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
 
 use super::runner::{Start, Ticket, connection_ref};
 use super::{CONNECTION_FINALIZER, Context, Error, guard, inputs, status};
@@ -128,18 +128,17 @@ async fn apply(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action,
 
     let mut next_sync = None;
     let mut start: Option<(&'static str, Option<String>)> = None;
+    // A suspended or stalled Connection neither schedules nor handles requested-at.
     if let (None, Ok(schedule), false) = (&problem, &schedule, connection.spec.suspend) {
-        {
-            let recorded = status.next_sync_time.as_ref().map(|t| t.0);
-            let plan = plan_schedule(schedule, recorded, spec_changed, now);
-            next_sync = plan.next;
-            if plan.due {
-                start = Some(("Scheduled", None));
-            }
-            let requested = connection.annotations().get(REQUESTED_AT_ANNOTATION).cloned();
-            if requested.is_some() && requested != status.last_handled_requested_at {
-                start = Some(("RequestedAt", requested));
-            }
+        let recorded = status.next_sync_time.as_ref().map(|t| t.0);
+        let plan = plan_schedule(schedule, recorded, spec_changed, now);
+        next_sync = plan.next;
+        if plan.due {
+            start = Some(("Scheduled", None));
+        }
+        let requested = connection.annotations().get(REQUESTED_AT_ANNOTATION).cloned();
+        if requested.is_some() && requested != status.last_handled_requested_at {
+            start = Some(("RequestedAt", requested));
         }
     }
 
@@ -312,6 +311,5 @@ async fn cleanup(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Actio
         tracing::debug!(%error, "no sync guard to remove");
     }
     tracing::info!(connection = %conn.name, namespace = %conn.namespace, purged, "connection deleted; its accounts were purged from the store");
-    let _ = connection.object_ref(&());
     Ok(Action::await_change())
 }

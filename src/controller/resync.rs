@@ -99,8 +99,7 @@ pub async fn reconcile(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Result
     let status = request.status.clone().unwrap_or_default();
 
     // Finished: wait for the TTL, then go.
-    if let Some(phase) = status.phase.filter(|p| p.is_finished()) {
-        let _ = phase;
+    if status.phase.is_some_and(|p| p.is_finished()) {
         let Some(ttl) = request.spec.ttl_seconds_after_finished else {
             return Ok(Action::await_change());
         };

@@ -471,7 +471,7 @@ async fn interrupt(ctx: &Arc<Context>, connection: &Connection, dead: &Holder) {
         let s = c.status.get_or_insert_with(Default::default);
         s.current_sync = None;
         s.last_result = Some(SyncResult {
-            mode: dead.mode.parse_mode(),
+            mode: if dead.mode == "Full" { SyncMode::Full } else { SyncMode::Delta },
             counts: SyncCounts::default(),
             duration_milliseconds: 0,
             outcome: SyncOutcome::Interrupted,
@@ -491,14 +491,4 @@ async fn interrupt(ctx: &Arc<Context>, connection: &Connection, dead: &Holder) {
     })
     .await;
     events::publish(&ctx.recorder, &connection.object_ref(&()), true, events::SYNC_INTERRUPTED, message).await;
-}
-
-trait ParseMode {
-    fn parse_mode(&self) -> SyncMode;
-}
-
-impl ParseMode for String {
-    fn parse_mode(&self) -> SyncMode {
-        if self == "Full" { SyncMode::Full } else { SyncMode::Delta }
-    }
 }
