@@ -449,8 +449,7 @@ async fn an_ldap_connection_through_the_operator() {
     use idsync::api::resync_request::{Phase, TargetPhase};
     use idsync::api::{Connection, ResyncRequest};
     use idsync::store::{ConnectionRef, SqliteStore, Store};
-    use k8s_openapi::api::core::v1::Secret;
-    use kube::api::{Api, Patch, PatchParams, PostParams};
+    use kube::api::{Api, PostParams};
     use serde_json::{Value, json};
 
     let slapd = Slapd::seeded(300);
@@ -459,28 +458,7 @@ async fn an_ldap_connection_through_the_operator() {
     let data = tempfile::tempdir().unwrap();
     let operator =
         Operator::start(&h.cluster, data.path(), std::sync::Arc::new(TestClock::default()), test_config("op"));
-    let apply = |value: Value| {
-        let client = h.client.clone();
-        async move {
-            let kind = value["kind"].as_str().unwrap().to_string();
-            let name = value["metadata"]["name"].as_str().unwrap().to_string();
-            let params = PatchParams::apply("test").force();
-            match kind.as_str() {
-                "Secret" => drop(
-                    Api::<Secret>::namespaced(client, "default")
-                        .patch(&name, &params, &Patch::Apply(&value))
-                        .await
-                        .unwrap(),
-                ),
-                _ => drop(
-                    Api::<Connection>::namespaced(client, "default")
-                        .patch(&name, &params, &Patch::Apply(&value))
-                        .await
-                        .unwrap(),
-                ),
-            }
-        }
-    };
+    let apply = |value: Value| h.apply_json(value);
     let requests: Api<ResyncRequest> = Api::namespaced(h.client.clone(), "default");
     let create = |name: &'static str| {
         let requests = requests.clone();
@@ -492,18 +470,7 @@ async fn an_ldap_connection_through_the_operator() {
             requests.create(&PostParams::default(), &rr).await.unwrap();
         }
     };
-    let finished = |name: &'static str| {
-        let requests = requests.clone();
-        async move {
-            common::eventually(Duration::from_secs(60), || async {
-                let r = requests.get(name).await.ok()?;
-                r.status.as_ref()?.phase.filter(|p| p.is_finished())?;
-                Some(r)
-            })
-            .await
-            .unwrap_or_else(|| panic!("{name} did not finish"))
-        }
-    };
+    let finished = |name: &'static str| h.finished_request(name, Duration::from_secs(60));
     let wrong = "not-the-Password-0815";
     let secret = |password: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ldap-creds"}, "stringData": {"password": password}});
     apply(secret(wrong)).await;
@@ -545,7 +512,7 @@ async fn an_ldap_connection_through_the_operator() {
     })
     .await
     .expect("the sync started");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // At once: an LDAP read of a few thousand entries takes only seconds.
     slapd.kill();
     let died = finished("dies").await;
     assert_eq!(died.status.as_ref().and_then(|s| s.phase), Some(Phase::Failed), "{:?}", died.status);

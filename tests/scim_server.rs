@@ -317,8 +317,7 @@ async fn a_scim_connection_through_the_operator() {
     use idsync::api::resync_request::Phase;
     use idsync::api::{Connection, ResyncRequest};
     use idsync::store::{ConnectionRef, SqliteStore, Store};
-    use k8s_openapi::api::core::v1::Secret;
-    use kube::api::{Api, Patch, PatchParams, PostParams};
+    use kube::api::{Api, PostParams};
 
     let mut server = ScimServer::start().await;
     server.create_users((0..40).map(user).collect()).await;
@@ -327,44 +326,18 @@ async fn a_scim_connection_through_the_operator() {
     let data = tempfile::tempdir().unwrap();
     let operator =
         Operator::start(&h.cluster, data.path(), std::sync::Arc::new(TestClock::default()), test_config("op"));
-    let apply = |value: Value| {
-        let client = h.client.clone();
-        async move {
-            let kind = value["kind"].as_str().unwrap().to_string();
-            let name = value["metadata"]["name"].as_str().unwrap().to_string();
-            let params = PatchParams::apply("test").force();
-            match kind.as_str() {
-                "Secret" => drop(
-                    Api::<Secret>::namespaced(client, "default")
-                        .patch(&name, &params, &Patch::Apply(&value))
-                        .await
-                        .unwrap(),
-                ),
-                _ => drop(
-                    Api::<Connection>::namespaced(client, "default")
-                        .patch(&name, &params, &Patch::Apply(&value))
-                        .await
-                        .unwrap(),
-                ),
-            }
-        }
-    };
+    let apply = |value: Value| h.apply_json(value);
     let requests: Api<ResyncRequest> = Api::namespaced(h.client.clone(), "default");
     let run = |name: &'static str| {
         let requests = requests.clone();
+        let h = &h;
         async move {
             let rr: ResyncRequest =
                 serde_json::from_value(json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "ResyncRequest",
                 "metadata": {"name": name}, "spec": {"target": {"connections": ["idp"]}, "mode": "Full"}}))
                 .unwrap();
             requests.create(&PostParams::default(), &rr).await.unwrap();
-            common::eventually(Duration::from_secs(60), || async {
-                let r = requests.get(name).await.ok()?;
-                r.status.as_ref()?.phase.filter(|p| p.is_finished())?;
-                Some(r)
-            })
-            .await
-            .unwrap_or_else(|| panic!("{name} did not finish"))
+            h.finished_request(name, Duration::from_secs(60)).await
         }
     };
     let secret = |token: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "scim-creds"}, "stringData": {"token": token}});
@@ -411,13 +384,7 @@ async fn a_scim_connection_through_the_operator() {
     .expect("the sync started");
     tokio::time::sleep(Duration::from_millis(300)).await;
     server._child.start_kill().unwrap();
-    let died = common::eventually(Duration::from_secs(60), || async {
-        let r = requests.get("dies").await.ok()?;
-        r.status.as_ref()?.phase.filter(|p| p.is_finished())?;
-        Some(r)
-    })
-    .await
-    .expect("the sync ended");
+    let died = h.finished_request("dies", Duration::from_secs(60)).await;
     assert_eq!(died.status.as_ref().and_then(|s| s.phase), Some(Phase::Failed), "{:?}", died.status);
     assert_eq!(store.list_accounts(&conn, None, 1000).unwrap(), before, "a sync whose server died changed the store");
     operator.stop().await;

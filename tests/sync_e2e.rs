@@ -104,19 +104,7 @@ impl Env {
     }
 
     async fn finished(&self, name: &str, timeout: Duration) -> ResyncRequest {
-        let api: Api<ResyncRequest> = Api::namespaced(self.h.client.clone(), "default");
-        let found = eventually(timeout, || async {
-            let r = api.get(name).await.ok()?;
-            r.status.as_ref()?.phase.filter(|p| p.is_finished())?;
-            Some(r)
-        })
-        .await;
-        match found {
-            Some(r) => r,
-            None => {
-                panic!("ResyncRequest {name} did not finish: {:#?}", api.get(name).await.ok().and_then(|r| r.status))
-            }
-        }
+        self.h.finished_request(name, timeout).await
     }
 
     async fn get_connection(&self, name: &str) -> Connection {

@@ -67,6 +67,30 @@ impl Harness {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Server-side applies one object given as JSON (any kind the devcluster
+    /// serves), as `idsync dev --apply` does.
+    pub async fn apply_json(&self, value: serde_json::Value) {
+        let doc = idsync::manifest::Document { source: "test".to_string(), value };
+        idsync::dev::apply_documents(&self.client, &[doc], "default").await.expect("applied");
+    }
+
+    /// Waits until the ResyncRequest `name` has finished and returns it.
+    pub async fn finished_request(&self, name: &str, timeout: Duration) -> idsync::api::ResyncRequest {
+        let api: kube::Api<idsync::api::ResyncRequest> = kube::Api::namespaced(self.client.clone(), "default");
+        let found = eventually(timeout, || async {
+            let r = api.get(name).await.ok()?;
+            r.status.as_ref()?.phase.filter(|p| p.is_finished())?;
+            Some(r)
+        })
+        .await;
+        match found {
+            Some(r) => r,
+            None => {
+                panic!("ResyncRequest {name} did not finish: {:#?}", api.get(name).await.ok().and_then(|r| r.status))
+            }
+        }
+    }
+
     /// Installs idsync's CRDs with kubectl, as the README says.
     pub async fn install_crds(&self) {
         self.kubectl_ok(&["apply", "-f", &repo("crds").display().to_string()]).await;
