@@ -8,6 +8,7 @@ pub mod controller;
 pub mod dev;
 pub mod devcluster;
 pub mod health;
+pub mod identity;
 pub mod leader;
 pub mod manifest;
 pub mod metrics;

@@ -12,10 +12,11 @@
 //! source, and a run that dies halfway leaves nothing behind but staging that
 //! [`Store::interrupt_unfinished_runs`] drops.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use crate::account::{Account, ContentHash};
+use crate::identity::{Identity, LinkRecord, LinkState};
 
 pub mod migrations;
 pub mod sqlite;
@@ -176,6 +177,89 @@ pub struct RunRecord {
     pub message: String,
 }
 
+/// An IdentityProfile's identity in the store.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ProfileRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ProfileRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ProfileRef { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl fmt::Display for ProfileRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What a profile has applied and seen, kept with its identities so that a
+/// restarted operator knows what is still to do.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProfileState {
+    /// The spec (JSON) whose mappings the identities were computed with.
+    pub applied_spec: Option<String>,
+    pub applied_generation: Option<i64>,
+    /// Connection name -> its accounts version (see
+    /// [`Store::connection_versions`]) as of the last processing.
+    pub seen_versions: BTreeMap<String, u64>,
+    /// The last schedule slot processed.
+    pub last_scheduled: Option<jiff::Timestamp>,
+    /// The earliest `next_processing` of its identities.
+    pub next_time_based: Option<jiff::Timestamp>,
+}
+
+/// Everything one processing run reads, read in one transaction so that it
+/// is consistent even while syncs commit.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessingSnapshot {
+    /// Accounts by connection name (the profile's namespace), ordered by id.
+    pub accounts: BTreeMap<String, Vec<(Account, ContentHash)>>,
+    /// Accounts version by connection name, 0 for a connection never synced.
+    pub versions: BTreeMap<String, u64>,
+    /// The profile's identities by id.
+    pub identities: HashMap<String, Identity>,
+    /// The profile's correlation records by (connection, account id).
+    pub links: HashMap<(String, String), LinkRecord>,
+    pub state: ProfileState,
+}
+
+/// One processing run in the profile's run history.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessingRunRecord {
+    /// Assigned by the store; ignored when recording.
+    pub id: RunId,
+    /// EventBased, Scheduled, Manual or TimeBased.
+    pub trigger: String,
+    /// The ResyncRequest that asked for it, if one did.
+    pub request: Option<String>,
+    pub started_at: jiff::Timestamp,
+    pub finished_at: jiff::Timestamp,
+    /// Succeeded, Failed or DryRun.
+    pub outcome: RunOutcome,
+    pub processed: u64,
+    pub changed: u64,
+    pub errors: u64,
+    pub message: String,
+}
+
+/// What a processing run writes, all in one transaction.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessingCommit {
+    /// Identities created or changed (whole records).
+    pub upserts: Vec<Identity>,
+    /// Ids of identities to remove.
+    pub deletes: Vec<String>,
+    pub link_upserts: Vec<LinkRecord>,
+    /// (connection, account id) of correlation records to remove.
+    pub link_deletes: Vec<(String, String)>,
+    /// Replaces the profile's state.
+    pub state: ProfileState,
+}
+
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -245,6 +329,51 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the connection's accounts, cursor and staging (keeps run
     /// history). Returns accounts removed.
     fn purge_connection(&self, c: &ConnectionRef) -> Result<u64, StoreError>;
+
+    // --- identities (see `crate::identity`) ---
+
+    /// The accounts version of each named connection of `namespace`: a
+    /// counter that every `commit_run` applying at least one upsert or
+    /// delete, and every `purge_connection` removing accounts, increases.
+    /// 0 for a connection the store does not know.
+    fn connection_versions(&self, namespace: &str, names: &[String]) -> Result<BTreeMap<String, u64>, StoreError>;
+    /// The profile's state; the default when the store has none.
+    fn profile_state(&self, p: &ProfileRef) -> Result<ProfileState, StoreError>;
+    /// In one read transaction: the accounts and versions of `connections`
+    /// (in the profile's namespace) and the profile's identities, links and
+    /// state.
+    fn processing_snapshot(&self, p: &ProfileRef, connections: &[String]) -> Result<ProcessingSnapshot, StoreError>;
+    /// In ONE transaction: applies the commit's identity and link changes,
+    /// replaces the profile's state and records `run` in its history.
+    /// Returns the run's id.
+    fn commit_processing(
+        &self,
+        p: &ProfileRef,
+        commit: &ProcessingCommit,
+        run: &ProcessingRunRecord,
+    ) -> Result<RunId, StoreError>;
+    /// Records a run that committed nothing (failed, dry run). Returns its id.
+    fn record_processing_run(&self, p: &ProfileRef, run: &ProcessingRunRecord) -> Result<RunId, StoreError>;
+    /// Newest first.
+    fn processing_runs(&self, p: &ProfileRef, limit: usize) -> Result<Vec<ProcessingRunRecord>, StoreError>;
+    fn get_identity(&self, p: &ProfileRef, id: &str) -> Result<Option<Identity>, StoreError>;
+    /// Identities ordered by id, after `after` (exclusive), at most `limit`,
+    /// only those in lifecycle state `state` when given.
+    fn list_identities(
+        &self,
+        p: &ProfileRef,
+        state: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Identity>, StoreError>;
+    /// Correlation records ordered by (connection, account id), only those
+    /// in `state` when given.
+    fn list_links(&self, p: &ProfileRef, state: Option<LinkState>) -> Result<Vec<LinkRecord>, StoreError>;
+    /// Profiles the store holds identities or state for, ordered.
+    fn profiles(&self) -> Result<Vec<ProfileRef>, StoreError>;
+    /// Removes the profile's identities, links and state (keeps run
+    /// history). Returns identities removed.
+    fn purge_profile(&self, p: &ProfileRef) -> Result<u64, StoreError>;
 }
 
 #[cfg(test)]

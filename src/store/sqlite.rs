@@ -355,7 +355,41 @@ impl Store for SqliteStore {
         tracing::info!(connection = %c, removed, "purged a connection's accounts");
         u64::try_from(removed).map_err(|_| StoreError::Corrupt("negative row count".into()))
     }
+    fn connection_versions(&self, _namespace: &str, _names: &[String]) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        Err(StoreError::Internal("not yet".into()))
+    }
+    fn profile_state(&self, _p: &super::ProfileRef) -> Result<super::ProfileState, StoreError> {
+        Err(StoreError::Internal("not yet".into()))
+    }
+    fn processing_snapshot(&self, _p: &super::ProfileRef, _connections: &[String]) -> Result<super::ProcessingSnapshot, StoreError> {
+        Err(StoreError::Internal("not yet".into()))
+    }
+    fn commit_processing(&self, _p: &super::ProfileRef, _commit: &super::ProcessingCommit, _run: &super::ProcessingRunRecord) -> Result<RunId, StoreError> {
+        Err(StoreError::Internal("not yet".into()))
+    }
+    fn record_processing_run(&self, _p: &super::ProfileRef, _run: &super::ProcessingRunRecord) -> Result<RunId, StoreError> {
+        Err(StoreError::Internal("not yet".into()))
+    }
+    fn processing_runs(&self, _p: &super::ProfileRef, _limit: usize) -> Result<Vec<super::ProcessingRunRecord>, StoreError> {
+        Err(StoreError::Internal("not yet".into()))
+    }
+    fn get_identity(&self, _p: &super::ProfileRef, _id: &str) -> Result<Option<crate::identity::Identity>, StoreError> {
+        Err(StoreError::Internal("not yet".into()))
+    }
+    fn list_identities(&self, _p: &super::ProfileRef, _state: Option<&str>, _after: Option<&str>, _limit: usize) -> Result<Vec<crate::identity::Identity>, StoreError> {
+        Err(StoreError::Internal("not yet".into()))
+    }
+    fn list_links(&self, _p: &super::ProfileRef, _state: Option<crate::identity::LinkState>) -> Result<Vec<crate::identity::LinkRecord>, StoreError> {
+        Err(StoreError::Internal("not yet".into()))
+    }
+    fn profiles(&self) -> Result<Vec<super::ProfileRef>, StoreError> {
+        Err(StoreError::Internal("not yet".into()))
+    }
+    fn purge_profile(&self, _p: &super::ProfileRef) -> Result<u64, StoreError> {
+        Err(StoreError::Internal("not yet".into()))
+    }
 }
+
 
 /// The connection's key, if it has ever had a run.
 fn connection_key(db: &Connection, c: &ConnectionRef) -> Result<Option<i64>, StoreError> {

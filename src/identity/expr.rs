@@ -1,0 +1,1 @@
+//! Compiling an IdentityProfile's CEL expressions and evaluating them.

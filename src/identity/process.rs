@@ -1,0 +1,1 @@
+//! One processing run of a profile.
