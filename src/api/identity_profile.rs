@@ -213,6 +213,11 @@ pub struct IdentityProfileStatus {
     /// Accounts of correlated connections that match no identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uncorrelated_accounts: Option<u64>,
+    /// Accounts of correlated connections that a rule matched to several
+    /// identities; reported, not attached (see `idsync identities
+    /// uncorrelated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ambiguous_accounts: Option<u64>,
     /// Identities whose manager attribute names nobody.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unresolved_managers: Option<u64>,
@@ -226,7 +231,7 @@ pub struct IdentityProfileStatus {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessingRun {
-    /// EventBased, Scheduled, Manual or TimeBased.
+    /// SpecChanged, EventBased, Scheduled, Manual or TimeBased.
     pub trigger: String,
     pub start_time: Time,
     #[serde(default, skip_serializing_if = "Option::is_none")]

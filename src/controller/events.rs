@@ -12,14 +12,29 @@ pub const SYNC_REJECTED: &str = "SyncRejected";
 pub const SAFEGUARD_TRIPPED: &str = "SafeguardTripped";
 pub const SYNC_INTERRUPTED: &str = "SyncInterrupted";
 pub const SYNC_CANCELLED: &str = "SyncCancelled";
+pub const PROCESSING_STARTED: &str = "ProcessingStarted";
+pub const PROCESSING_SUCCEEDED: &str = "ProcessingSucceeded";
+pub const PROCESSING_FAILED: &str = "ProcessingFailed";
 
 /// Publishes an Event; a failure to record one is logged, never fatal.
 pub async fn publish(recorder: &Recorder, regarding: &ObjectReference, warning: bool, reason: &str, note: String) {
+    publish_as(recorder, regarding, warning, reason, note, "Sync").await;
+}
+
+/// Publishes an Event of `action` (`Sync`, `Process`).
+pub async fn publish_as(
+    recorder: &Recorder,
+    regarding: &ObjectReference,
+    warning: bool,
+    reason: &str,
+    note: String,
+    action: &str,
+) {
     let event = Event {
         type_: if warning { EventType::Warning } else { EventType::Normal },
         reason: reason.to_string(),
         note: Some(truncate(note)),
-        action: "Sync".to_string(),
+        action: action.to_string(),
         secondary: None,
     };
     if let Err(error) = recorder.publish(&event, regarding).await {

@@ -7,6 +7,7 @@ pub mod connection;
 pub mod events;
 pub mod guard;
 pub mod inputs;
+pub mod profile;
 pub mod resync;
 pub mod runner;
 pub mod status;
@@ -86,6 +87,9 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     pub config: Config,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// One processing at a time per profile, whoever starts it (the profile
+    /// controller or a ResyncRequest).
+    profile_locks: std::sync::Mutex<std::collections::HashMap<crate::store::ProfileRef, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,11 +130,22 @@ impl Context {
             clock,
             config,
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            profile_locks: Default::default(),
         })
+    }
+
+    /// The lock that serializes processing of one profile.
+    pub fn profile_lock(&self, p: &crate::store::ProfileRef) -> Arc<tokio::sync::Mutex<()>> {
+        match self.profile_locks.lock() {
+            Ok(mut locks) => locks.entry(p.clone()).or_default().clone(),
+            // A poisoned registry still must not run two processings at
+            // once; a fresh lock per call would, so share one.
+            Err(poisoned) => poisoned.into_inner().entry(p.clone()).or_default().clone(),
+        }
     }
 }
 
-/// Runs both controllers until `shutdown` resolves.
+/// Runs the controllers until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -152,10 +167,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
                 tracing::debug!(%error, "resync reconcile");
             }
         });
+    let profiles = profile::controller(ctx.clone())
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(profile::reconcile, profile::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "identity profile reconcile");
+            }
+        });
     let stop = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    tokio::join!(connections, requests, stop);
+    tokio::join!(connections, requests, profiles, stop);
     ctx.runner.cancel_all().await;
 }

@@ -16,10 +16,12 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use super::runner::{OnDone, Start, Ticket, connection_ref, counts_of, summary};
-use super::{Context, Error, events, status};
+use super::{Context, Error, events, profile, status};
 use crate::api::conditions::{self, FALSE, TRUE};
-use crate::api::resync_request::{Phase, ResyncTarget, TargetPhase, TargetStatus};
-use crate::api::{ConcurrencyPolicy, Connection, ResyncRequest};
+use crate::api::identity_profile::ApplyPolicy;
+use crate::api::resync_request::{Phase, ProfileRunStatus, ResyncTarget, TargetPhase, TargetStatus};
+use crate::api::{ConcurrencyPolicy, Connection, IdentityProfile, ResyncRequest};
+use crate::identity::process;
 use crate::store::RunOutcome;
 use crate::sync::job::SyncReport;
 
@@ -50,10 +52,6 @@ pub fn resolve_target(target: &ResyncTarget, connections: &[Connection]) -> Resu
             .try_into()
             .map_err(|e: kube::core::ParseExpressionError| format!("spec.target.selector: {e}"))?;
         connections.iter().filter(|c| selector.matches(c.labels())).map(|c| c.name_any()).collect()
-    } else if target.profiles.is_some() {
-        return Err(
-            "identity processing of profiles (scope Identities) is not available in this version of idsync".into()
-        );
     } else {
         Vec::new()
     };
@@ -64,20 +62,58 @@ pub fn resolve_target(target: &ResyncTarget, connections: &[Connection]) -> Resu
     Ok(unique.into_iter().collect())
 }
 
-/// The request's phase from its targets' phases, once all are done.
-pub fn overall_phase(targets: &[TargetStatus]) -> Option<Phase> {
-    let finished = |p: TargetPhase| {
-        matches!(
-            p,
-            TargetPhase::Succeeded | TargetPhase::Failed | TargetPhase::Rejected | TargetPhase::SafeguardTripped
-        )
+/// What a request works on: the connections it syncs and the profiles it
+/// processes afterwards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Work {
+    pub connections: Vec<String>,
+    pub profiles: Vec<String>,
+}
+
+/// Resolves a request: named profiles are processed alone; otherwise the
+/// target's connections are synced (scope Accounts), their profiles
+/// processed (scope Identities), or both in that order.
+pub fn resolve_work(
+    spec: &crate::api::ResyncRequestSpec,
+    connections: &[Connection],
+    profiles: &[IdentityProfile],
+) -> Result<Work, String> {
+    if let Some(named) = &spec.target.profiles {
+        let unique: BTreeSet<String> = named.iter().cloned().collect();
+        return Ok(Work { connections: Vec::new(), profiles: unique.into_iter().collect() });
+    }
+    let resolved = resolve_target(&spec.target, connections)?;
+    let profiles: Vec<String> = if spec.scope.includes_identities() {
+        let using: BTreeSet<String> = profiles
+            .iter()
+            .filter(|p| process::connections_of(&p.spec).iter().any(|c| resolved.contains(c)))
+            .map(|p| p.name_any())
+            .collect();
+        if using.is_empty() {
+            return Err("no IdentityProfile in this namespace uses the target's connections".into());
+        }
+        using.into_iter().collect()
+    } else {
+        Vec::new()
     };
-    if targets.is_empty() || !targets.iter().all(|t| finished(t.phase)) {
+    let connections = if spec.scope.includes_accounts() { resolved } else { Vec::new() };
+    Ok(Work { connections, profiles })
+}
+
+fn target_finished(p: TargetPhase) -> bool {
+    matches!(p, TargetPhase::Succeeded | TargetPhase::Failed | TargetPhase::Rejected | TargetPhase::SafeguardTripped)
+}
+
+/// The request's phase from its targets' and profiles' phases, once all
+/// are done.
+pub fn overall_phase(targets: &[TargetStatus], profiles: &[ProfileRunStatus]) -> Option<Phase> {
+    let phases: Vec<TargetPhase> = targets.iter().map(|t| t.phase).chain(profiles.iter().map(|p| p.phase)).collect();
+    if phases.is_empty() || !phases.iter().all(|p| target_finished(*p)) {
         return None;
     }
-    let succeeded = targets.iter().filter(|t| t.phase == TargetPhase::Succeeded).count();
+    let succeeded = phases.iter().filter(|p| **p == TargetPhase::Succeeded).count();
     Some(match succeeded {
-        n if n == targets.len() => Phase::Succeeded,
+        n if n == phases.len() => Phase::Succeeded,
         0 => Phase::Failed,
         _ => Phase::PartiallyFailed,
     })
@@ -113,23 +149,43 @@ pub async fn reconcile(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Result
     }
 
     // First sight: resolve the target.
-    if status.phase.is_none() || status.targets.is_empty() {
+    if status.phase.is_none() {
         let connections: Api<Connection> = Api::namespaced(ctx.client.clone(), &namespace);
         let listed = connections.list(&ListParams::default()).await.map_err(Error::Kube)?.items;
-        let resolved = resolve_target(&request.spec.target, &listed);
+        let profiles: Api<IdentityProfile> = Api::namespaced(ctx.client.clone(), &namespace);
+        let listed_profiles = if request.spec.scope.includes_identities() {
+            profiles.list(&ListParams::default()).await.map_err(Error::Kube)?.items
+        } else {
+            Vec::new()
+        };
+        let resolved = resolve_work(&request.spec, &listed, &listed_profiles);
         let generation = request.metadata.generation;
         let stamp = Time(now);
         status::update(&api, &name, |r: &mut ResyncRequest| {
             let s = r.status.get_or_insert_with(Default::default);
-            if s.phase.is_some() && !s.targets.is_empty() {
+            if s.phase.is_some() {
                 return false;
             }
             s.observed_generation = generation;
             s.start_time = Some(stamp.clone());
             match &resolved {
-                Ok(names) => {
+                Ok(work) => {
                     s.phase = Some(Phase::Running);
-                    s.targets = names
+                    s.profiles = work
+                        .profiles
+                        .iter()
+                        .map(|p| ProfileRunStatus {
+                            profile: p.clone(),
+                            phase: TargetPhase::Pending,
+                            processed: 0,
+                            changed: 0,
+                            errors: 0,
+                            message: String::new(),
+                            preview: Vec::new(),
+                        })
+                        .collect();
+                    s.targets = work
+                        .connections
                         .iter()
                         .map(|n| TargetStatus {
                             connection: n.clone(),
@@ -146,7 +202,11 @@ pub async fn reconcile(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Result
                         conditions::COMPLETE,
                         FALSE,
                         "Running",
-                        &format!("syncing {} connection(s)", names.len()),
+                        &format!(
+                            "syncing {} connection(s), processing {} profile(s)",
+                            work.connections.len(),
+                            work.profiles.len()
+                        ),
                         generation,
                         stamp.clone(),
                     );
@@ -321,6 +381,15 @@ pub async fn reconcile(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Result
     if let Some(written) = written {
         announce_completion(&ctx, &written).await;
     }
+
+    // Profiles go once every sync has ended, so they see what it brought.
+    let latest = api.get_status(&name).await.map_err(Error::Kube)?;
+    let latest_status = latest.status.clone().unwrap_or_default();
+    if latest_status.targets.iter().all(|t| target_finished(t.phase)) {
+        for entry in latest_status.profiles.iter().filter(|p| !target_finished(p.phase)) {
+            process_profile(&ctx, &latest, &entry.profile).await?;
+        }
+    }
     Ok(if waiting { Action::requeue(Duration::from_secs(1)) } else { Action::requeue(ctx.config.max_requeue) })
 }
 
@@ -330,11 +399,18 @@ fn finish_if_done(s: &mut crate::api::ResyncRequestStatus, generation: Option<i6
     if s.phase.is_some_and(|p| p.is_finished()) {
         return;
     }
-    if let Some(phase) = overall_phase(&s.targets) {
+    if let Some(phase) = overall_phase(&s.targets, &s.profiles) {
         s.phase = Some(phase);
         s.completion_time = Some(stamp.clone());
         let succeeded = s.targets.iter().filter(|t| t.phase == TargetPhase::Succeeded).count();
-        let message = format!("{succeeded} of {} connection(s) synced", s.targets.len());
+        let processed = s.profiles.iter().filter(|p| p.phase == TargetPhase::Succeeded).count();
+        let message = match (s.targets.len(), s.profiles.len()) {
+            (_, 0) => format!("{succeeded} of {} connection(s) synced", s.targets.len()),
+            (0, profiles) => format!("{processed} of {profiles} profile(s) processed"),
+            (targets, profiles) => format!(
+                "{succeeded} of {targets} connection(s) synced, {processed} of {profiles} profile(s) processed"
+            ),
+        };
         let reason = format!("{phase:?}");
         conditions::set_condition(
             &mut s.conditions,
@@ -407,6 +483,125 @@ fn on_done(ctx: &Arc<Context>, namespace: &str, request: &str, connection: &str)
     })
 }
 
+/// Processes one profile for the request: a dry run previews the spec as
+/// it is now; a run naming identities processes those with the mappings
+/// the profile applies; a run naming none applies the spec as it is now (a
+/// Manual profile's pending changes) to every identity.
+async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_name: &str) -> Result<(), Error> {
+    let name = request.name_any();
+    let namespace = request.namespace().unwrap_or_else(|| "default".to_string());
+    let api: Api<ResyncRequest> = Api::namespaced(ctx.client.clone(), &namespace);
+    let profiles: Api<IdentityProfile> = Api::namespaced(ctx.client.clone(), &namespace);
+    let spec = &request.spec;
+
+    let finish = |phase: TargetPhase, message: String, result: Option<profile::JobResult>| {
+        let api = api.clone();
+        let name = name.clone();
+        let profile_name = profile_name.to_string();
+        async move {
+            let now = Time(Timestamp::now());
+            let written = status::update(&api, &name, |r: &mut ResyncRequest| {
+                let generation = r.metadata.generation;
+                let s = r.status.get_or_insert_with(Default::default);
+                let Some(entry) = s.profiles.iter_mut().find(|p| p.profile == profile_name) else { return false };
+                entry.phase = phase;
+                entry.message = message.clone();
+                if let Some(result) = &result {
+                    entry.processed = result.run.processed;
+                    entry.changed = result.run.changed;
+                    entry.errors = result.run.errors;
+                    entry.preview = result.preview.clone();
+                }
+                finish_if_done(s, generation, &now);
+                true
+            })
+            .await?;
+            Ok::<_, Error>(written)
+        }
+    };
+
+    let Some(profile) = profiles.get_opt(profile_name).await.map_err(Error::Kube)? else {
+        let written = finish(TargetPhase::Failed, format!("IdentityProfile {profile_name:?} not found"), None).await?;
+        if let Some(written) = written {
+            announce_completion(ctx, &written).await;
+        }
+        return Ok(());
+    };
+    let p = profile::profile_ref(&profile);
+    let lock = ctx.profile_lock(&p);
+    let _held = lock.lock().await;
+    let state = {
+        let p = p.clone();
+        profile::blocking(ctx, move |store| store.profile_state(&p)).await?
+    };
+    let applied: Option<crate::api::IdentityProfileSpec> =
+        state.applied_spec.as_deref().and_then(|s| serde_json::from_str(s).ok());
+    let named = !spec.identities.is_empty();
+    // Which mappings: the spec as it is (dry runs, applying), or what the
+    // profile has applied (named identities under Manual).
+    let use_applied = named && !spec.dry_run && profile.spec.apply_policy == ApplyPolicy::Manual;
+    let mappings = match (&applied, use_applied) {
+        (Some(applied), true) => applied.clone(),
+        _ => profile.spec.clone(),
+    };
+    let compiled = match profile::compile(&mappings) {
+        Ok(c) => c,
+        Err(problem) => {
+            let written = finish(TargetPhase::Failed, format!("the profile's expressions: {problem}"), None).await?;
+            if let Some(written) = written {
+                announce_completion(ctx, &written).await;
+            }
+            return Ok(());
+        }
+    };
+    let applies = (!spec.dry_run && !use_applied).then(|| (profile.spec.clone(), profile.metadata.generation));
+    let job = profile::Job {
+        profile: p.clone(),
+        spec: mappings,
+        compiled: Arc::new(compiled),
+        selection: profile::selection_for(&spec.identities),
+        trigger: "Manual",
+        request: Some(name.clone()),
+        dry_run: spec.dry_run,
+        // Applying to some identities only would leave the profile half on
+        // one generation and half on another.
+        applies: if named { None } else { applies },
+        scheduled: None,
+    };
+    let result = profile::execute(ctx, &profile, job).await;
+    let phase = if result.run.outcome == RunOutcome::Failed { TargetPhase::Failed } else { TargetPhase::Succeeded };
+    let note = profile::run_note(&result.run);
+    events::publish_as(
+        &ctx.recorder,
+        &request.object_ref(&()),
+        phase == TargetPhase::Failed,
+        if phase == TargetPhase::Failed { events::PROCESSING_FAILED } else { events::PROCESSING_SUCCEEDED },
+        format!("{profile_name}: {note}"),
+        "Process",
+    )
+    .await;
+    if result.run.outcome == RunOutcome::Succeeded {
+        let generation = profile.metadata.generation;
+        let state = {
+            let p = p.clone();
+            profile::blocking(ctx, move |store| store.profile_state(&p)).await?
+        };
+        let stamp = Time(ctx.clock.now());
+        status::update(&profiles, profile_name, |obj: &mut IdentityProfile| {
+            let s = obj.status.get_or_insert_with(Default::default);
+            s.applied_generation = state.applied_generation;
+            profile::record_run(s, &result, generation, &stamp);
+            true
+        })
+        .await?;
+    }
+    let written = finish(phase, note, Some(result)).await?;
+    if let Some(written) = written {
+        announce_completion(ctx, &written).await;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,10 +670,10 @@ mod tests {
     #[test]
     fn the_request_phase_follows_its_targets() {
         use TargetPhase::*;
-        assert_eq!(overall_phase(&[target(Succeeded), target(Running)]), None);
-        assert_eq!(overall_phase(&[target(Succeeded), target(Succeeded)]), Some(Phase::Succeeded));
-        assert_eq!(overall_phase(&[target(Succeeded), target(Rejected)]), Some(Phase::PartiallyFailed));
-        assert_eq!(overall_phase(&[target(SafeguardTripped), target(Failed)]), Some(Phase::Failed));
-        assert_eq!(overall_phase(&[]), None);
+        assert_eq!(overall_phase(&[target(Succeeded), target(Running)], &[]), None);
+        assert_eq!(overall_phase(&[target(Succeeded), target(Succeeded)], &[]), Some(Phase::Succeeded));
+        assert_eq!(overall_phase(&[target(Succeeded), target(Rejected)], &[]), Some(Phase::PartiallyFailed));
+        assert_eq!(overall_phase(&[target(SafeguardTripped), target(Failed)], &[]), Some(Phase::Failed));
+        assert_eq!(overall_phase(&[], &[]), None);
     }
 }

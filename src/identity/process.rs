@@ -1,1 +1,628 @@
-//! One processing run of a profile.
+//! One processing run of a profile, as a pure function: the store's
+//! snapshot, the compiled profile, what to evaluate and the time in; the
+//! identities and correlation records to write, the counts, the status
+//! summary and a dry run's preview out. Nothing here reads the clock or the
+//! store, so every rule is unit-tested on fixtures with known answers.
+//!
+//! The order of a run:
+//! 1. correlation keys: the identity attributes that correlation rules
+//!    compare, computed from the authoritative account alone (correlated
+//!    accounts cannot take part in choosing themselves);
+//! 2. correlation: each account of a correlated connection is attached to
+//!    the one identity its first matching rule names, or recorded as
+//!    uncorrelated or ambiguous;
+//! 3. input hashes: the mappings plus the content hashes of an identity's
+//!    accounts; an event-based run evaluates only identities whose hash
+//!    moved;
+//! 4. evaluation of the selected identities (a failing expression keeps the
+//!    attribute's previous value and records the error);
+//! 5. managers, over all identities, since one identity's change can
+//!    resolve or orphan another's manager;
+//! 6. the comparison with what is stored: only differences are written, and
+//!    `modified` moves only when something a person can see changed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::expr::{CompiledProfile, Inputs};
+use super::{AccountLink, Identity, LinkRecord, LinkState};
+use crate::account::{Account, ContentHash};
+use crate::api::IdentityProfileSpec;
+use crate::api::identity_profile::CorrelationRule;
+use crate::store::{ProcessingCommit, ProcessingSnapshot, ProfileState};
+
+/// An identity whose next-processing instant is closer than this when its
+/// value is first seen is not scheduled (SailPoint's documented rule).
+const TIME_BASED_MIN_LEAD: SignedDuration = SignedDuration::from_hours(24);
+/// Examples per preview line.
+const PREVIEW_EXAMPLES: usize = 3;
+
+/// Which identities a run evaluates. Identities not evaluated keep their
+/// computed values; their manager and correlation records are still
+/// brought up to date.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// Every identity (scheduled runs, applied spec changes).
+    All,
+    /// New identities and those whose inputs changed (event-based runs),
+    /// plus those whose next-processing time has come.
+    Changed,
+    /// Only identities whose next-processing time has come.
+    Due,
+    /// Just these ids (a ResyncRequest naming identities).
+    Only(BTreeSet<String>),
+}
+
+/// What a run computed.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Writes; `state` carries `next_time_based` and the applied spec is
+    /// left to the caller.
+    pub commit: ProcessingCommit,
+    /// Identities evaluated.
+    pub processed: u64,
+    /// Identities created, removed, or whose visible data changed.
+    pub changed: u64,
+    /// Evaluated identities with at least one failing expression.
+    pub errors: u64,
+    pub summary: Summary,
+    /// A dry run's report: one line per attribute, transition or kind of
+    /// change.
+    pub preview: Vec<String>,
+    /// Named identities that do not exist.
+    pub unknown: Vec<String>,
+}
+
+/// The profile's numbers after the run, for its status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub identities: u64,
+    pub lifecycle_states: BTreeMap<String, u64>,
+    pub uncorrelated_accounts: u64,
+    pub ambiguous_accounts: u64,
+    pub unresolved_managers: u64,
+    pub identities_with_errors: u64,
+}
+
+/// A hash of everything in the spec that shapes computed identities: a
+/// change of it reprocesses every identity.
+pub fn mapping_hash(spec: &IdentityProfileSpec) -> String {
+    let shaping = serde_json::json!({
+        "authoritativeConnection": spec.authoritative_connection,
+        "correlation": spec.correlation,
+        "attributes": spec.attributes,
+        "lifecycle": spec.lifecycle,
+        "manager": spec.manager,
+        "nextProcessingAttribute": spec.next_processing_attribute,
+    });
+    hex(&Sha256::digest(shaping.to_string().as_bytes()))
+}
+
+/// The connections a profile reads: the authoritative one first.
+pub fn connections_of(spec: &IdentityProfileSpec) -> Vec<String> {
+    let mut names = vec![spec.authoritative_connection.clone()];
+    for c in &spec.correlation {
+        if !names.contains(&c.connection) {
+            names.push(c.connection.clone());
+        }
+    }
+    names
+}
+
+/// Problems with a spec that compiles but cannot work: names that refer to
+/// attributes the profile does not compute.
+pub fn check_references(spec: &IdentityProfileSpec) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, c) in spec.correlation.iter().enumerate() {
+        for (j, rule) in c.rules.iter().enumerate() {
+            if !spec.attributes.contains_key(&rule.identity_attribute) {
+                problems.push(format!(
+                    "spec.correlation[{i}].rules[{j}].identityAttribute: {:?} is not one of the profile's attributes",
+                    rule.identity_attribute
+                ));
+            }
+            if account_value_path(&rule.account_attribute).is_none() {
+                problems.push(format!(
+                    "spec.correlation[{i}].rules[{j}].accountAttribute: {:?} is not id, username, email, \
+                     displayName or attributes.<name>",
+                    rule.account_attribute
+                ));
+            }
+        }
+    }
+    if let Some(m) = &spec.manager {
+        for (field, name) in [("attribute", &m.attribute), ("matchAttribute", &m.match_attribute)] {
+            if !spec.attributes.contains_key(name) {
+                problems.push(format!("spec.manager.{field}: {name:?} is not one of the profile's attributes"));
+            }
+        }
+    }
+    problems
+}
+
+/// Runs one processing pass. `now` is the time expressions see and the
+/// time written as `created` / `modified`.
+pub fn run(
+    spec: &IdentityProfileSpec,
+    compiled: &CompiledProfile,
+    snapshot: &ProcessingSnapshot,
+    selection: &Selection,
+    now: Timestamp,
+) -> Outcome {
+    let mapping = mapping_hash(spec);
+    let no_accounts = Vec::new();
+    let authoritative = snapshot.accounts.get(&spec.authoritative_connection).unwrap_or(&no_accounts);
+
+    // 1. Correlation keys from the authoritative account alone.
+    let key_attributes: Vec<&str> = {
+        let set: BTreeSet<&str> = spec
+            .correlation
+            .iter()
+            .flat_map(|c| c.rules.iter().map(|r| r.identity_attribute.as_str()))
+            .filter(|a| spec.attributes.contains_key(*a))
+            .collect();
+        set.into_iter().collect()
+    };
+    let mut keys: HashMap<(String, bool), HashMap<String, Vec<&str>>> = HashMap::new();
+    if !key_attributes.is_empty() {
+        let case_modes: BTreeSet<bool> =
+            spec.correlation.iter().flat_map(|c| c.rules.iter().map(|r| r.ignore_case)).collect();
+        for (account, _) in authoritative {
+            let accounts = [(spec.authoritative_connection.as_str(), account)];
+            let evaluation = compiled.evaluate(&Inputs { accounts: &accounts, now }, Some(&key_attributes));
+            for (name, value) in &evaluation.attributes {
+                let Some(text) = scalar_text(value) else { continue };
+                for &ignore_case in &case_modes {
+                    let key = if ignore_case { text.to_lowercase() } else { text.clone() };
+                    keys.entry((name.clone(), ignore_case))
+                        .or_default()
+                        .entry(key)
+                        .or_default()
+                        .push(account.id.as_str());
+                }
+            }
+        }
+    }
+
+    // 2. Correlation.
+    let mut links: Vec<LinkRecord> = Vec::new();
+    let mut attached: HashMap<String, Vec<(&str, &Account, &ContentHash)>> = HashMap::new();
+    for c in &spec.correlation {
+        let Some(accounts) = snapshot.accounts.get(&c.connection) else { continue };
+        for (account, hash) in accounts {
+            let record = correlate(&c.connection, account, &c.rules, &keys);
+            if let (LinkState::Correlated, Some(identity)) = (record.state, &record.identity) {
+                attached.entry(identity.clone()).or_default().push((c.connection.as_str(), account, hash));
+            }
+            links.push(record);
+        }
+    }
+
+    // 3-4. Hashes, selection, evaluation.
+    let mut unknown = Vec::new();
+    if let Selection::Only(ids) = selection {
+        let present: BTreeSet<&str> = authoritative.iter().map(|(a, _)| a.id.as_str()).collect();
+        unknown = ids.iter().filter(|id| !present.contains(id.as_str())).cloned().collect();
+    }
+    let mut computed: HashMap<String, Identity> = HashMap::with_capacity(authoritative.len());
+    let mut evaluated: BTreeSet<String> = BTreeSet::new();
+    let mut error_ids: BTreeSet<String> = BTreeSet::new();
+    for (account, hash) in authoritative {
+        let mut correlated = attached.remove(account.id.as_str()).unwrap_or_default();
+        correlated.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
+        let input_hash = input_hash(&mapping, &spec.authoritative_connection, account, hash, &correlated);
+        let stored = snapshot.identities.get(&account.id);
+        let due = stored.and_then(|s| s.next_processing).is_some_and(|t| t <= now);
+        let evaluate = match selection {
+            Selection::All => true,
+            Selection::Changed => stored.is_none_or(|s| s.input_hash != input_hash) || due,
+            Selection::Due => due,
+            Selection::Only(ids) => ids.contains(&account.id),
+        };
+        if !evaluate {
+            if let Some(s) = stored {
+                computed.insert(account.id.clone(), s.clone());
+            }
+            continue;
+        }
+        let mut inputs: Vec<(&str, &Account)> = vec![(spec.authoritative_connection.as_str(), account)];
+        for (connection, a, _) in &correlated {
+            // The first account of each connection (by id) is the one
+            // expressions see as `accounts.<connection>`.
+            if !inputs.iter().any(|(c, _)| c == connection) {
+                inputs.push((connection, a));
+            }
+        }
+        let evaluation = compiled.evaluate(&Inputs { accounts: &inputs, now }, None);
+        let mut identity = Identity {
+            id: account.id.clone(),
+            attributes: evaluation.attributes,
+            lifecycle_state: evaluation.lifecycle_state,
+            manager_ref: None,
+            manager: stored.and_then(|s| s.manager.clone()),
+            accounts: std::iter::once(AccountLink {
+                connection: spec.authoritative_connection.clone(),
+                account_id: account.id.clone(),
+            })
+            .chain(correlated.iter().map(|(c, a, _)| AccountLink { connection: c.to_string(), account_id: a.id.clone() }))
+            .collect(),
+            errors: evaluation.errors,
+            input_hash,
+            created: stored.map_or(now, |s| s.created),
+            modified: stored.map_or(now, |s| s.modified),
+            next_processing: None,
+            next_processing_value: None,
+        };
+        // A failing expression keeps what the identity had.
+        if let Some(s) = stored {
+            for name in identity.errors.keys() {
+                if name == "lifecycle" {
+                    identity.lifecycle_state.clone_from(&s.lifecycle_state);
+                } else if let Some(previous) = s.attributes.get(name) {
+                    identity.attributes.insert(name.clone(), previous.clone());
+                }
+            }
+        }
+        schedule_next(spec, &mut identity, stored, now);
+        if !identity.errors.is_empty() {
+            error_ids.insert(identity.id.clone());
+        }
+        evaluated.insert(identity.id.clone());
+        computed.insert(identity.id.clone(), identity);
+    }
+
+    // 5. Managers over everyone.
+    let unresolved_managers = resolve_managers(spec, &mut computed);
+
+    // 6. Compare with the store.
+    let mut outcome = Outcome { unknown, ..Default::default() };
+    outcome.summary.unresolved_managers = unresolved_managers;
+    let mut preview = Preview::default();
+    let removing = !matches!(selection, Selection::Only(_) | Selection::Due);
+    let mut ids: Vec<&String> = computed.keys().collect();
+    ids.sort();
+    for id in ids {
+        let identity = &computed[id];
+        let stored = snapshot.identities.get(id);
+        match stored {
+            None => {
+                let mut identity = identity.clone();
+                identity.created = now;
+                identity.modified = now;
+                preview.created.push(id.clone());
+                outcome.changed += 1;
+                outcome.commit.upserts.push(identity);
+            }
+            Some(s) if s == identity => {}
+            Some(s) => {
+                let mut identity = identity.clone();
+                if visible_change(s, &identity) {
+                    identity.modified = now;
+                    outcome.changed += 1;
+                    preview.record(s, &identity);
+                }
+                outcome.commit.upserts.push(identity);
+            }
+        }
+    }
+    if removing {
+        let mut gone: Vec<&String> = snapshot.identities.keys().filter(|id| !computed.contains_key(*id)).collect();
+        gone.sort();
+        for id in gone {
+            preview.removed.push(id.clone());
+            outcome.changed += 1;
+            outcome.commit.deletes.push(id.clone());
+        }
+    }
+
+    // Correlation records: write differences only.
+    let mut current: BTreeSet<(String, String)> = BTreeSet::new();
+    for record in links {
+        let key = (record.connection.clone(), record.account_id.clone());
+        if snapshot.links.get(&key) != Some(&record) {
+            outcome.commit.link_upserts.push(record.clone());
+        }
+        current.insert(key);
+        tally_link(&mut outcome.summary, &record);
+    }
+    let mut stale: Vec<(String, String)> = snapshot.links.keys().filter(|k| !current.contains(*k)).cloned().collect();
+    stale.sort();
+    outcome.commit.link_deletes = stale;
+
+    // The summary counts the profile as it will be (removed identities are
+    // never in `computed`).
+    let mut next_time_based: Option<Timestamp> = None;
+    for identity in computed.values() {
+        outcome.summary.identities += 1;
+        if let Some(state) = &identity.lifecycle_state {
+            *outcome.summary.lifecycle_states.entry(state.clone()).or_default() += 1;
+        }
+        if !identity.errors.is_empty() {
+            outcome.summary.identities_with_errors += 1;
+        }
+        if let Some(t) = identity.next_processing {
+            next_time_based = Some(next_time_based.map_or(t, |n| n.min(t)));
+        }
+    }
+    outcome.processed = evaluated.len() as u64;
+    outcome.errors = error_ids.len() as u64;
+    outcome.commit.state = ProfileState { next_time_based, ..snapshot.state.clone() };
+    outcome.preview = preview.lines(outcome.processed);
+    outcome
+}
+
+/// Attaches one account by the first rule that matches exactly one identity.
+fn correlate(
+    connection: &str,
+    account: &Account,
+    rules: &[CorrelationRule],
+    keys: &HashMap<(String, bool), HashMap<String, Vec<&str>>>,
+) -> LinkRecord {
+    let mut record = LinkRecord {
+        connection: connection.to_string(),
+        account_id: account.id.clone(),
+        state: LinkState::Uncorrelated,
+        identity: None,
+        candidates: Vec::new(),
+    };
+    for rule in rules {
+        let Some(value) = account_value(account, &rule.account_attribute) else { continue };
+        let value = if rule.ignore_case { value.to_lowercase() } else { value };
+        let Some(matches) = keys.get(&(rule.identity_attribute.clone(), rule.ignore_case)).and_then(|m| m.get(&value))
+        else {
+            continue;
+        };
+        match matches.as_slice() {
+            [one] => {
+                record.state = LinkState::Correlated;
+                record.identity = Some(one.to_string());
+                record.candidates.clear();
+                return record;
+            }
+            several if record.candidates.is_empty() => {
+                // Reported, and later rules may still match exactly one.
+                record.state = LinkState::Ambiguous;
+                let mut candidates: Vec<String> = several.iter().map(|s| s.to_string()).collect();
+                candidates.sort();
+                candidates.dedup();
+                record.candidates = candidates;
+            }
+            _ => {}
+        }
+    }
+    record
+}
+
+/// Where a correlation rule's `accountAttribute` points in an account.
+enum AccountPath<'a> {
+    Id,
+    Username,
+    Email,
+    DisplayName,
+    Attribute(&'a str),
+}
+
+fn account_value_path(path: &str) -> Option<AccountPath<'_>> {
+    Some(match path {
+        "id" => AccountPath::Id,
+        "username" => AccountPath::Username,
+        "email" => AccountPath::Email,
+        "displayName" => AccountPath::DisplayName,
+        other => AccountPath::Attribute(other.strip_prefix("attributes.").filter(|n| !n.is_empty())?),
+    })
+}
+
+fn account_value(account: &Account, path: &str) -> Option<String> {
+    let value = match account_value_path(path)? {
+        AccountPath::Id => Some(account.id.clone()),
+        AccountPath::Username => account.username.clone(),
+        AccountPath::Email => account.email.clone(),
+        AccountPath::DisplayName => account.display_name.clone(),
+        AccountPath::Attribute(name) => account.attributes.get(name).and_then(scalar_text),
+    }?;
+    let value = value.trim().to_string();
+    (!value.is_empty()).then_some(value)
+}
+
+/// A string or number as the text correlation and managers compare.
+fn scalar_text(value: &Value) -> Option<String> {
+    let text = match value {
+        Value::String(s) => s.trim().to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => return None,
+    };
+    (!text.is_empty()).then_some(text)
+}
+
+fn input_hash(
+    mapping: &str,
+    authoritative: &str,
+    account: &Account,
+    hash: &ContentHash,
+    correlated: &[(&str, &Account, &ContentHash)],
+) -> String {
+    let mut h = Sha256::new();
+    let mut part = |bytes: &[u8]| {
+        // Length-prefixed, so no two different inputs concatenate alike.
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    part(mapping.as_bytes());
+    part(authoritative.as_bytes());
+    part(account.id.as_bytes());
+    part(&hash.0);
+    for (connection, a, hash) in correlated {
+        part(connection.as_bytes());
+        part(a.id.as_bytes());
+        part(&hash.0);
+    }
+    hex(&h.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Time-based processing: the next-processing attribute schedules the
+/// identity at its instant, unless that instant is less than 24 hours away
+/// when the value is first seen.
+fn schedule_next(spec: &IdentityProfileSpec, identity: &mut Identity, stored: Option<&Identity>, now: Timestamp) {
+    let Some(attribute) = &spec.next_processing_attribute else { return };
+    let Some(value) = identity.attributes.get(attribute).and_then(scalar_text) else { return };
+    let previous = stored.filter(|s| s.next_processing_value.as_deref() == Some(value.as_str()));
+    identity.next_processing_value = Some(value.clone());
+    identity.next_processing = match previous {
+        // Seen before: keep its schedule until it has come.
+        Some(s) => s.next_processing.filter(|t| *t > now),
+        None => match value.parse::<Timestamp>() {
+            Ok(at) if at.duration_since(now) >= TIME_BASED_MIN_LEAD => Some(at),
+            Ok(_) => None,
+            Err(e) => {
+                identity.errors.insert(
+                    attribute.clone(),
+                    format!("nextProcessingAttribute: {value:?} is not an ISO 8601 instant with an offset: {e}"),
+                );
+                None
+            }
+        },
+    };
+}
+
+/// Resolves every identity's manager; returns how many name a manager that
+/// no single identity matches. An identity naming itself (the top of the
+/// hierarchy) has no manager and is not unresolved.
+fn resolve_managers(spec: &IdentityProfileSpec, identities: &mut HashMap<String, Identity>) -> u64 {
+    let mut unresolved = 0;
+    let Some(manager) = &spec.manager else {
+        for identity in identities.values_mut() {
+            identity.manager_ref = None;
+            identity.manager = None;
+        }
+        return unresolved;
+    };
+    let mut index: HashMap<String, Vec<String>> = HashMap::new();
+    for identity in identities.values() {
+        if let Some(key) = identity.attributes.get(&manager.match_attribute).and_then(scalar_text) {
+            index.entry(key).or_default().push(identity.id.clone());
+        }
+    }
+    for identity in identities.values_mut() {
+        identity.manager_ref = identity.attributes.get(&manager.attribute).and_then(scalar_text);
+        identity.errors.remove("manager");
+        identity.manager = None;
+        let Some(reference) = &identity.manager_ref else { continue };
+        match index.get(reference).map(Vec::as_slice) {
+            Some([one]) if *one != identity.id => identity.manager = Some(one.clone()),
+            Some([_]) => {}
+            None => unresolved += 1,
+            Some(several) => {
+                unresolved += 1;
+                let mut names = several.to_vec();
+                names.sort();
+                identity.errors.insert(
+                    "manager".to_string(),
+                    format!("{reference:?} matches {} identities ({})", names.len(), names.join(", ")),
+                );
+            }
+        }
+    }
+    unresolved
+}
+
+/// Whether a person reading the identity would see a difference.
+fn visible_change(before: &Identity, after: &Identity) -> bool {
+    before.attributes != after.attributes
+        || before.lifecycle_state != after.lifecycle_state
+        || before.manager != after.manager
+        || before.manager_ref != after.manager_ref
+        || before.accounts != after.accounts
+        || before.errors != after.errors
+}
+
+fn tally_link(summary: &mut Summary, record: &LinkRecord) {
+    match record.state {
+        LinkState::Correlated => {}
+        LinkState::Uncorrelated => summary.uncorrelated_accounts += 1,
+        LinkState::Ambiguous => summary.ambiguous_accounts += 1,
+    }
+}
+
+/// What a dry run reports.
+#[derive(Default)]
+struct Preview {
+    created: Vec<String>,
+    removed: Vec<String>,
+    attributes: BTreeMap<String, Vec<String>>,
+    transitions: BTreeMap<(String, String), Vec<String>>,
+    managers: Vec<String>,
+    accounts: Vec<String>,
+}
+
+impl Preview {
+    fn record(&mut self, before: &Identity, after: &Identity) {
+        let names: BTreeSet<&String> = before.attributes.keys().chain(after.attributes.keys()).collect();
+        for name in names {
+            if before.attributes.get(name) != after.attributes.get(name) {
+                self.attributes.entry(name.clone()).or_default().push(after.id.clone());
+            }
+        }
+        if before.lifecycle_state != after.lifecycle_state {
+            let state = |s: &Option<String>| s.clone().unwrap_or_else(|| "(none)".to_string());
+            self.transitions
+                .entry((state(&before.lifecycle_state), state(&after.lifecycle_state)))
+                .or_default()
+                .push(after.id.clone());
+        }
+        if before.manager != after.manager {
+            self.managers.push(after.id.clone());
+        }
+        if before.accounts != after.accounts {
+            self.accounts.push(after.id.clone());
+        }
+    }
+
+    fn lines(&self, processed: u64) -> Vec<String> {
+        let line = |what: String, ids: &[String]| {
+            let examples: Vec<&str> = ids.iter().take(PREVIEW_EXAMPLES).map(String::as_str).collect();
+            format!("{what}: {} (e.g. {})", ids.len(), examples.join(", "))
+        };
+        let mut lines = Vec::new();
+        let changed: BTreeSet<&String> = self
+            .attributes
+            .values()
+            .chain(self.transitions.values())
+            .flatten()
+            .chain(&self.managers)
+            .chain(&self.accounts)
+            .collect();
+        lines.push(format!(
+            "{} of {processed} identities would change, {} would be created, {} removed",
+            changed.len(),
+            self.created.len(),
+            self.removed.len()
+        ));
+        for ((from, to), ids) in &self.transitions {
+            lines.push(line(format!("lifecycleState {from} → {to}"), ids));
+        }
+        for (name, ids) in &self.attributes {
+            lines.push(line(format!("attribute {name}"), ids));
+        }
+        if !self.managers.is_empty() {
+            lines.push(line("manager".to_string(), &self.managers));
+        }
+        if !self.accounts.is_empty() {
+            lines.push(line("accounts".to_string(), &self.accounts));
+        }
+        if !self.created.is_empty() {
+            lines.push(line("created".to_string(), &self.created));
+        }
+        if !self.removed.is_empty() {
+            lines.push(line("removed".to_string(), &self.removed));
+        }
+        lines
+    }
+}

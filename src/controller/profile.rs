@@ -1,0 +1,514 @@
+//! The IdentityProfile controller: compiles a profile's expressions, decides
+//! which processing is due and runs it, writes the profile's status, and
+//! purges a deleted profile's identities from the store (finalizer).
+//!
+//! What is due is worked out from the store, not from memory, so an operator
+//! that restarts between a sync and the processing it calls for still does
+//! it:
+//! - *spec changed*: the applied mappings (kept in the store) differ from
+//!   the spec's, under `applyPolicy: Automatic` → every identity;
+//! - *scheduled*: a slot of the profile's schedule passed since the last one
+//!   processed → every identity, writing only what changed;
+//! - *event-based*: a connection's accounts version moved since the last
+//!   processing → identities whose inputs changed;
+//! - *time-based*: an identity's next-processing time has come → those.
+//!
+//! A ResyncRequest runs the same [`execute`] with its own selection (see
+//! `controller::resync`).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+
+use super::{Context, Error, events, status};
+use crate::api::conditions::{self, FALSE, TRUE};
+use crate::api::identity_profile::{ApplyPolicy, ProcessingRun};
+use crate::api::{Connection, IdentityProfile, IdentityProfileSpec};
+use crate::identity::expr::CompiledProfile;
+use crate::identity::process::{self, Selection, Summary};
+use crate::store::{ProcessingRunRecord, ProfileRef, RunOutcome};
+use crate::sync::schedule::Schedule;
+
+/// The finalizer that purges a deleted profile's identities from the store.
+pub const PROFILE_FINALIZER: &str = "idsync.dev/identity-cleanup";
+/// The condition saying a Manual profile has spec changes not yet applied.
+pub const CHANGES_PENDING: &str = "ChangesPending";
+
+pub fn controller(ctx: Arc<Context>) -> Controller<IdentityProfile> {
+    let client = ctx.client.clone();
+    let controller = Controller::new(Api::<IdentityProfile>::all(client.clone()), watcher::Config::default());
+    let profiles = controller.store();
+    // A Connection's status moves when a sync commits: the profiles that
+    // read it look at their accounts versions then, not minutes later.
+    controller.watches(Api::<Connection>::all(client), watcher::Config::default(), move |c: Connection| {
+        let ns = c.namespace().unwrap_or_default();
+        let name = c.name_any();
+        profiles
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.namespace().as_deref() == Some(ns.as_str()) && process::connections_of(&p.spec).contains(&name)
+            })
+            .map(|p| ObjectRef::from_obj(p.as_ref()))
+            .collect::<Vec<_>>()
+    })
+}
+
+pub fn error_policy(_profile: Arc<IdentityProfile>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error("identityprofile", error.metric_label());
+    tracing::warn!(%error, kind = error.metric_label(), "identity profile reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(10))
+}
+
+pub fn profile_ref(profile: &IdentityProfile) -> ProfileRef {
+    ProfileRef::new(profile.namespace().unwrap_or_else(|| "default".to_string()), profile.name_any())
+}
+
+pub async fn reconcile(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = profile.namespace().unwrap_or_else(|| "default".to_string());
+    let api: Api<IdentityProfile> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, PROFILE_FINALIZER, profile, |event| async {
+        match event {
+            FinalizerEvent::Apply(p) => apply(p, ctx.clone()).await,
+            FinalizerEvent::Cleanup(p) => cleanup(p, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(e.to_string()))
+}
+
+async fn cleanup(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let p = profile_ref(&profile);
+    let lock = ctx.profile_lock(&p);
+    let _held = lock.lock().await;
+    let removed = blocking(&ctx, move |store| store.purge_profile(&p)).await?;
+    tracing::info!(profile = %profile.name_any(), removed, "removed a deleted profile's identities from the store");
+    Ok(Action::await_change())
+}
+
+/// Runs a store call off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    ctx: &Context,
+    f: impl FnOnce(&dyn crate::store::Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, Error> {
+    let store = ctx.store.clone();
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| Error::Conflict(format!("a store task failed: {e}")))?
+        .map_err(Error::Store)
+}
+
+/// A spec's expressions and references checked: the compiled profile, or
+/// every problem in one message.
+pub fn compile(spec: &IdentityProfileSpec) -> Result<CompiledProfile, String> {
+    let mut problems: Vec<String> = Vec::new();
+    let compiled = match CompiledProfile::compile(&spec.attributes, spec.lifecycle.as_ref()) {
+        Ok(c) => Some(c),
+        Err(errors) => {
+            problems.extend(errors.iter().map(ToString::to_string));
+            None
+        }
+    };
+    problems.extend(process::check_references(spec));
+    match compiled {
+        Some(c) if problems.is_empty() => Ok(c),
+        _ => Err(problems.join("; ")),
+    }
+}
+
+/// The mappings a profile processes with now: under Manual, those last
+/// applied (kept in the store); otherwise the spec's.
+struct Effective {
+    spec: IdentityProfileSpec,
+    /// True when processing should apply the current spec.
+    applies_current: bool,
+    /// A Manual profile's current generation is not applied.
+    pending: bool,
+}
+
+fn effective(profile: &IdentityProfile, applied_spec: Option<&str>, applied_generation: Option<i64>) -> Effective {
+    let applied: Option<IdentityProfileSpec> = applied_spec.and_then(|s| serde_json::from_str(s).ok());
+    match applied {
+        Some(spec) if profile.spec.apply_policy == ApplyPolicy::Manual => Effective {
+            pending: applied_generation != profile.metadata.generation
+                && process::mapping_hash(&spec) != process::mapping_hash(&profile.spec),
+            spec,
+            applies_current: false,
+        },
+        // A new Manual profile has nothing to preview against: its first
+        // generation applies itself.
+        _ => Effective { spec: profile.spec.clone(), applies_current: true, pending: false },
+    }
+}
+
+async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let p = profile_ref(&profile);
+    let lock = ctx.profile_lock(&p);
+    let _held = lock.lock().await;
+    let now = ctx.clock.now();
+    let generation = profile.metadata.generation;
+    let api: Api<IdentityProfile> = Api::namespaced(ctx.client.clone(), &p.namespace);
+
+    let state = {
+        let p = p.clone();
+        blocking(&ctx, move |store| store.profile_state(&p)).await?
+    };
+    let eff = effective(&profile, state.applied_spec.as_deref(), state.applied_generation);
+    let schedule = Schedule::parse(&profile.spec.schedule.cron, &profile.spec.schedule.time_zone)
+        .map_err(|e| format!("spec.schedule: {e}"));
+    let compiled = compile(&eff.spec);
+    let pending_problem = if eff.pending { compile(&profile.spec).err() } else { None };
+
+    let problem = match (&compiled, &schedule) {
+        (Err(message), _) => Some(("InvalidExpression", message.clone())),
+        (_, Err(message)) => Some(("InvalidSchedule", message.clone())),
+        _ => None,
+    };
+    let (Ok(compiled), Ok(schedule)) = (compiled, schedule) else {
+        let (reason, message) = problem.unwrap_or(("Invalid", String::new()));
+        write_stalled(&ctx, &api, &profile, reason, &message, now).await?;
+        return Ok(Action::requeue(ctx.config.max_requeue));
+    };
+
+    // What is due, most encompassing first.
+    let connections = process::connections_of(&eff.spec);
+    let versions = {
+        let (namespace, connections) = (p.namespace.clone(), connections.clone());
+        blocking(&ctx, move |store| store.connection_versions(&namespace, &connections)).await?
+    };
+    let spec_changed = eff.applies_current
+        && state.applied_spec.as_deref().and_then(|s| serde_json::from_str::<IdentityProfileSpec>(s).ok()).as_ref().map(process::mapping_hash)
+            != Some(process::mapping_hash(&profile.spec));
+    let slot = state.last_scheduled.and_then(|last| schedule.due_between(last, now));
+    let due = if spec_changed {
+        Some(("SpecChanged", Selection::All))
+    } else if slot.is_some() {
+        Some(("Scheduled", Selection::All))
+    } else if versions != state.seen_versions {
+        Some(("EventBased", Selection::Changed))
+    } else if state.next_time_based.is_some_and(|t| t <= now) {
+        Some(("TimeBased", Selection::Due))
+    } else {
+        None
+    };
+
+    let mut ran = None;
+    if let Some((trigger, selection)) = due {
+        let job = Job {
+            profile: p.clone(),
+            spec: eff.spec.clone(),
+            compiled: Arc::new(compiled),
+            selection,
+            trigger,
+            request: None,
+            dry_run: false,
+            applies: eff.applies_current.then(|| (profile.spec.clone(), generation)),
+            scheduled: Some(slot.unwrap_or(now)),
+        };
+        ran = Some(execute(&ctx, &profile, job).await);
+    } else if state.last_scheduled.is_none() {
+        // Unreachable in practice (the first reconcile applies the spec),
+        // but a schedule needs a starting point.
+        tracing::debug!(profile = %p, "no schedule baseline yet");
+    }
+
+    let state = {
+        let p = p.clone();
+        blocking(&ctx, move |store| store.profile_state(&p)).await?
+    };
+    let next_slot = schedule.next_after(now);
+    let next = [next_slot, state.next_time_based].into_iter().flatten().min();
+    let applied_generation = state.applied_generation;
+    let pending_message = eff.pending.then(|| pending_note(&profile, applied_generation, pending_problem.as_deref()));
+    status::update(&api, &p.name, |obj: &mut IdentityProfile| {
+        let s = obj.status.get_or_insert_with(Default::default);
+        let before = s.clone();
+        s.observed_generation = generation;
+        s.applied_generation = applied_generation;
+        s.next_processing_time = next.map(Time);
+        let stamp = Time(now);
+        conditions::set_condition(&mut s.conditions, conditions::STALLED, FALSE, "Valid", "", generation, stamp.clone());
+        match &pending_message {
+            Some(message) => conditions::set_condition(
+                &mut s.conditions,
+                CHANGES_PENDING,
+                TRUE,
+                "AwaitingApply",
+                message,
+                generation,
+                stamp.clone(),
+            ),
+            None => conditions::set_condition(
+                &mut s.conditions,
+                CHANGES_PENDING,
+                FALSE,
+                "Applied",
+                "",
+                generation,
+                stamp.clone(),
+            ),
+        };
+        if let Some(result) = &ran {
+            record_run(s, result, generation, &stamp);
+        } else if conditions::find(&s.conditions, conditions::READY).is_none() {
+            conditions::set_condition(
+                &mut s.conditions,
+                conditions::READY,
+                TRUE,
+                "Ready",
+                "nothing to process yet",
+                generation,
+                stamp,
+            );
+        }
+        *s != before
+    })
+    .await?;
+
+    let wait = next
+        .map(|t| Duration::try_from(t.duration_since(now)).unwrap_or_default())
+        .unwrap_or(ctx.config.max_requeue)
+        .min(ctx.config.max_requeue)
+        .max(Duration::from_millis(100));
+    Ok(Action::requeue(wait))
+}
+
+fn pending_note(profile: &IdentityProfile, applied: Option<i64>, problem: Option<&str>) -> String {
+    let generation = profile.metadata.generation.unwrap_or_default();
+    let applied = applied.map_or_else(|| "none".to_string(), |g| g.to_string());
+    let mut note = format!(
+        "generation {generation} is not applied (applied: {applied}); preview it with a ResyncRequest with scope \
+         Identities, target.profiles [{}] and dryRun: true, and apply it with the same request without dryRun",
+        profile.name_any()
+    );
+    if let Some(problem) = problem {
+        note.push_str(&format!("; it cannot be applied as it is: {problem}"));
+    }
+    note
+}
+
+async fn write_stalled(
+    ctx: &Arc<Context>,
+    api: &Api<IdentityProfile>,
+    profile: &IdentityProfile,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let generation = profile.metadata.generation;
+    let written = status::update(api, &profile.name_any(), |obj: &mut IdentityProfile| {
+        let s = obj.status.get_or_insert_with(Default::default);
+        let before = s.clone();
+        s.observed_generation = generation;
+        let stamp = Time(now);
+        conditions::set_condition(&mut s.conditions, conditions::STALLED, TRUE, reason, message, generation, stamp.clone());
+        conditions::set_condition(&mut s.conditions, conditions::READY, FALSE, reason, message, generation, stamp);
+        *s != before
+    })
+    .await?;
+    if written.is_some() {
+        events::publish_as(&ctx.recorder, &profile.object_ref(&()), true, reason, message.to_string(), "Process").await;
+    }
+    Ok(())
+}
+
+/// One processing run to execute.
+pub struct Job {
+    pub profile: ProfileRef,
+    /// The mappings to process with.
+    pub spec: IdentityProfileSpec,
+    pub compiled: Arc<CompiledProfile>,
+    pub selection: Selection,
+    /// SpecChanged, Scheduled, EventBased, TimeBased or Manual.
+    pub trigger: &'static str,
+    pub request: Option<String>,
+    pub dry_run: bool,
+    /// The spec and generation this run applies, if it applies one.
+    pub applies: Option<(IdentityProfileSpec, Option<i64>)>,
+    /// The schedule slot this run covers, if any.
+    pub scheduled: Option<Timestamp>,
+}
+
+/// What a processing run did.
+#[derive(Clone, Debug)]
+pub struct JobResult {
+    pub run: ProcessingRunRecord,
+    /// The profile's numbers after the run (a dry run: as they would be).
+    pub summary: Option<Summary>,
+    pub preview: Vec<String>,
+}
+
+/// Runs one processing job: snapshot, compute, commit (or, for a dry run,
+/// only record), with Events on the profile. The caller holds the
+/// profile's lock.
+pub async fn execute(ctx: &Arc<Context>, profile: &IdentityProfile, job: Job) -> JobResult {
+    let regarding = profile.object_ref(&());
+    let started = ctx.clock.now();
+    let what = if job.dry_run { "dry run" } else { "processing" };
+    let by = job.request.as_ref().map(|r| format!(" for ResyncRequest {r}")).unwrap_or_default();
+    events::publish_as(
+        &ctx.recorder,
+        &regarding,
+        false,
+        events::PROCESSING_STARTED,
+        format!("{} {what} started{by}", job.trigger),
+        "Process",
+    )
+    .await;
+    let store = ctx.store.clone();
+    let trigger = job.trigger.to_string();
+    let request = job.request.clone();
+    let outcome = tokio::task::spawn_blocking(move || compute_and_commit(store.as_ref(), job, started)).await;
+    let finished = ctx.clock.now();
+    let result = match outcome {
+        Ok(Ok(result)) => result,
+        Ok(Err(error)) => failed(&trigger, request, started, finished, error.to_string()),
+        Err(panic) => failed(&trigger, request, started, finished, format!("processing stopped: {panic}")),
+    };
+    let run = &result.run;
+    let (warning, reason) = match run.outcome {
+        RunOutcome::Succeeded | RunOutcome::DryRun => (false, events::PROCESSING_SUCCEEDED),
+        _ => (true, events::PROCESSING_FAILED),
+    };
+    events::publish_as(&ctx.recorder, &regarding, warning, reason, run_note(run), "Process").await;
+    tracing::info!(profile = %profile.name_any(), trigger = %run.trigger, outcome = %run.outcome,
+        processed = run.processed, changed = run.changed, errors = run.errors, "identity processing finished");
+    result
+}
+
+/// The blocking part of a run. A failed commit changes nothing (one
+/// transaction) and is recorded in the run history when the store allows.
+fn compute_and_commit(
+    store: &dyn crate::store::Store,
+    job: Job,
+    now: Timestamp,
+) -> Result<JobResult, crate::store::StoreError> {
+    let connections = process::connections_of(&job.spec);
+    let snapshot = store.processing_snapshot(&job.profile, &connections)?;
+    let mut outcome = process::run(&job.spec, &job.compiled, &snapshot, &job.selection, now);
+    let mut message = match outcome.errors {
+        0 => String::new(),
+        n => format!("{n} identities have expressions that failed; their previous values are kept"),
+    };
+    if !outcome.unknown.is_empty() {
+        let unknown = outcome.unknown.join(", ");
+        message = join_message(message, format!("no such identities: {unknown}"));
+    }
+    let mut run = ProcessingRunRecord {
+        id: 0,
+        trigger: job.trigger.to_string(),
+        request: job.request.clone(),
+        started_at: now,
+        finished_at: now,
+        outcome: if job.dry_run { RunOutcome::DryRun } else { RunOutcome::Succeeded },
+        processed: outcome.processed,
+        changed: outcome.changed,
+        errors: outcome.errors,
+        message,
+    };
+    if job.dry_run {
+        run.id = store.record_processing_run(&job.profile, &run)?;
+        return Ok(JobResult { run, summary: Some(outcome.summary), preview: outcome.preview });
+    }
+    let state = &mut outcome.commit.state;
+    if matches!(job.selection, Selection::All | Selection::Changed) {
+        // Everything the snapshot's accounts imply has been processed.
+        state.seen_versions = snapshot.versions.clone();
+    }
+    if let Some((spec, generation)) = &job.applies {
+        state.applied_spec = serde_json::to_string(spec).ok();
+        state.applied_generation = *generation;
+    }
+    if let Some(slot) = job.scheduled {
+        state.last_scheduled = Some(state.last_scheduled.map_or(slot, |last| last.max(slot)));
+    }
+    run.id = store.commit_processing(&job.profile, &outcome.commit, &run)?;
+    Ok(JobResult { run, summary: Some(outcome.summary), preview: outcome.preview })
+}
+
+fn join_message(a: String, b: String) -> String {
+    if a.is_empty() { b } else { format!("{a}; {b}") }
+}
+
+fn failed(trigger: &str, request: Option<String>, started: Timestamp, finished: Timestamp, message: String) -> JobResult {
+    JobResult {
+        run: ProcessingRunRecord {
+            id: 0,
+            trigger: trigger.to_string(),
+            request,
+            started_at: started,
+            finished_at: finished,
+            outcome: RunOutcome::Failed,
+            processed: 0,
+            changed: 0,
+            errors: 0,
+            message: format!("{message}; nothing was applied"),
+        },
+        summary: None,
+        preview: Vec::new(),
+    }
+}
+
+/// A one-line summary for Events and status.
+pub fn run_note(run: &ProcessingRunRecord) -> String {
+    let counts = format!("processed {}, changed {}, errors {}", run.processed, run.changed, run.errors);
+    let head = match run.outcome {
+        RunOutcome::Succeeded => format!("{} processing succeeded: {counts}", run.trigger),
+        RunOutcome::DryRun => format!("{} dry run: {counts} (would change); nothing was applied", run.trigger),
+        _ => format!("{} processing failed: {}", run.trigger, run.message),
+    };
+    if run.outcome != RunOutcome::Failed && !run.message.is_empty() { format!("{head} ({})", run.message) } else { head }
+}
+
+/// Writes a run into the profile's status: the last processing, the
+/// numbers, and the conditions.
+pub fn record_run(
+    s: &mut crate::api::IdentityProfileStatus,
+    result: &JobResult,
+    generation: Option<i64>,
+    stamp: &Time,
+) {
+    let run = &result.run;
+    if run.outcome == RunOutcome::DryRun {
+        return;
+    }
+    s.last_processing = Some(ProcessingRun {
+        trigger: run.trigger.clone(),
+        start_time: Time(run.started_at),
+        completion_time: Some(Time(run.finished_at)),
+        processed: run.processed,
+        changed: run.changed,
+        errors: run.errors,
+        result: run.outcome.to_string(),
+        message: run.message.clone(),
+    });
+    if let Some(summary) = &result.summary {
+        s.identity_count = Some(summary.identities);
+        s.lifecycle_state_counts = summary.lifecycle_states.clone();
+        s.uncorrelated_accounts = Some(summary.uncorrelated_accounts);
+        s.ambiguous_accounts = Some(summary.ambiguous_accounts);
+        s.unresolved_managers = Some(summary.unresolved_managers);
+    }
+    let note = run_note(run);
+    let (ready, reason) = if run.outcome == RunOutcome::Succeeded { (TRUE, "Processed") } else { (FALSE, "ProcessingFailed") };
+    conditions::set_condition(&mut s.conditions, conditions::READY, ready, reason, &note, generation, stamp.clone());
+    conditions::set_condition(&mut s.conditions, conditions::PROCESSING, FALSE, reason, "", generation, stamp.clone());
+}
+
+/// Identity ids named by a request, as a selection.
+pub fn selection_for(identities: &[String]) -> Selection {
+    if identities.is_empty() {
+        Selection::All
+    } else {
+        Selection::Only(identities.iter().cloned().collect::<BTreeSet<String>>())
+    }
+}
