@@ -12,7 +12,7 @@ use super::StoreError;
 
 /// The schema, one step per entry: entry `i` takes a database from version
 /// `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1_ACCOUNTS_RUNS_STAGING];
+pub const MIGRATIONS: &[&str] = &[V1_ACCOUNTS_RUNS_STAGING, V2_IDENTITIES];
 
 /// The schema version this code writes and reads.
 pub fn latest_version() -> i64 {
@@ -91,6 +91,80 @@ CREATE TABLE staging (
 ) WITHOUT ROWID;
 ";
 
+/// IdentityProfiles' identities, correlation records, state and run history,
+/// and the connections' accounts version.
+///
+/// `connections.version` is bumped by every commit or purge that changes a
+/// connection's accounts, so a profile can tell whether it is out of date by
+/// comparing a few integers instead of reading 100,000 hashes. It lives on
+/// the connections row because that row is never deleted (runs refer to it):
+/// a purged and re-synced connection keeps counting up and can never return
+/// to a version a profile has already seen.
+///
+/// Profiles get a small integer key (`prof`) like connections do, for the
+/// same reason. The profile row also carries the profile's state, and it
+/// stays when the profile is purged so that its run history still joins.
+/// `seen_versions` is a JSON object (connection name -> version): it is only
+/// ever read and replaced whole.
+///
+/// `identities` is a rowid table for the reason `accounts` is one: an
+/// identity's JSON (attributes, accounts) is hundreds of bytes. Its
+/// `lifecycle_state` is copied out of the JSON so listing by state seeks an
+/// index instead of decoding every identity. `identity_links` rows are small
+/// and mostly key, so WITHOUT ROWID keeps them to one b-tree; their `state`
+/// is checked so that a bad value fails the commit instead of every later
+/// read. `candidates` is a JSON array, NULL when empty.
+const V2_IDENTITIES: &str = "
+ALTER TABLE connections ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+
+CREATE TABLE profiles (
+    prof INTEGER PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    applied_spec TEXT,
+    applied_generation INTEGER,
+    seen_versions TEXT NOT NULL DEFAULT '{}',
+    last_scheduled TEXT,
+    next_time_based TEXT,
+    UNIQUE (namespace, name)
+);
+
+CREATE TABLE identities (
+    prof INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    lifecycle_state TEXT,
+    data TEXT NOT NULL,
+    PRIMARY KEY (prof, id)
+);
+CREATE INDEX identities_by_state ON identities (prof, lifecycle_state, id);
+
+CREATE TABLE identity_links (
+    prof INTEGER NOT NULL,
+    connection TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('Correlated', 'Uncorrelated', 'Ambiguous')),
+    identity TEXT,
+    candidates TEXT,
+    PRIMARY KEY (prof, connection, account_id)
+) WITHOUT ROWID;
+
+-- AUTOINCREMENT for the reason `runs` has it.
+CREATE TABLE processing_runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    prof INTEGER NOT NULL,
+    trigger_kind TEXT NOT NULL,
+    request TEXT,
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    processed INTEGER NOT NULL,
+    changed INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX processing_runs_by_profile ON processing_runs (prof, run_id);
+";
+
 /// Reads the database's schema version.
 pub fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?)
@@ -134,7 +208,17 @@ mod tests {
         // Migrating again is a no-op (re-running a CREATE TABLE would fail).
         migrate(&mut conn).unwrap();
         assert_eq!(schema_version(&conn).unwrap(), latest_version());
-        for table in ["connections", "accounts", "cursors", "runs", "staging"] {
+        for table in [
+            "connections",
+            "accounts",
+            "cursors",
+            "runs",
+            "staging",
+            "profiles",
+            "identities",
+            "identity_links",
+            "processing_runs",
+        ] {
             let n: i64 = conn
                 .query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1", [table], |r| {
                     r.get(0)

@@ -18,6 +18,7 @@ use std::fmt;
 use crate::account::{Account, ContentHash};
 use crate::identity::{Identity, LinkRecord, LinkState};
 
+mod identities;
 pub mod migrations;
 pub mod sqlite;
 

@@ -1,9 +1,10 @@
 //! [`SqliteStore`]: the [`Store`] in an embedded SQLite file (WAL mode), one
 //! connection behind a mutex. Every call is one short transaction; a run's
 //! pages go to the `staging` table and only [`Store::commit_run`] touches
-//! `accounts`, so atomicity of a whole sync is SQLite's own.
+//! `accounts`, so atomicity of a whole sync is SQLite's own. The identity
+//! methods delegate to the SQL in `store::identities`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -11,12 +12,13 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
-use super::migrations;
 use super::{
-    ConnectionRef, Counts, CursorUpdate, NewRun, RunFinish, RunId, RunOutcome, RunRecord, StagedChange, Store,
-    StoreError, StoredCursor,
+    ConnectionRef, Counts, CursorUpdate, NewRun, ProcessingCommit, ProcessingRunRecord, ProcessingSnapshot, ProfileRef,
+    ProfileState, RunFinish, RunId, RunOutcome, RunRecord, StagedChange, Store, StoreError, StoredCursor,
 };
+use super::{identities, migrations};
 use crate::account::{Account, ContentHash};
+use crate::identity::{Identity, LinkRecord, LinkState};
 
 /// How long a call waits for another process's write to finish before it
 /// fails. Our own writes are short (a page, or one commit of seconds at most).
@@ -31,6 +33,11 @@ const JOURNAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 /// between the diff's index, the commit and listings (20-30% faster in
 /// `benches/store.rs`), for a bounded 32 MiB.
 const CACHE_KIB: i64 = 32 * 1024;
+
+/// Prepared statements kept compiled. rusqlite's default of 16 is fewer than
+/// the store's distinct statements (about 50 with the identity ones), so a
+/// sync's commit and a profile's processing would keep evicting each other's.
+const STATEMENT_CACHE: usize = 64;
 
 /// `staging.op`: an upsert (hash and data set) or a delete.
 const OP_UPSERT: i64 = 0;
@@ -71,6 +78,7 @@ impl SqliteStore {
         db.pragma_update(None, "synchronous", "NORMAL")?;
         db.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)?;
         db.pragma_update(None, "cache_size", -CACHE_KIB)?;
+        db.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrations::migrate(&mut db)?;
         Ok(SqliteStore { db: Mutex::new(db) })
     }
@@ -92,6 +100,19 @@ impl SqliteStore {
         let mut db = self.lock()?;
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Runs `f` in one read transaction, so that everything it reads is one
+    /// snapshot even while another process commits.
+    fn read<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut db = self.lock()?;
+        // Deferred: it takes no lock until its first read, and that read's
+        // WAL snapshot is what every later statement sees.
+        let tx = db.transaction()?;
+        let out = f(&tx)?;
+        // Nothing was written; ending it either way releases the snapshot.
         tx.commit()?;
         Ok(out)
     }
@@ -243,6 +264,12 @@ impl Store for SqliteStore {
                      AND id IN (SELECT id FROM staging WHERE run_id = ?2 AND op = ?3)",
                 )?
                 .execute(params![key, run, OP_DELETE])?;
+            // The upsert's count leaves out accounts whose hash did not
+            // change (SQLite counts no row for an upsert its WHERE skips), so
+            // a sync that found nothing new leaves profiles nothing to redo.
+            if upserted + deleted > 0 {
+                bump_version(tx, key)?;
+            }
             match &cursor {
                 CursorUpdate::Keep => {}
                 CursorUpdate::Set { value, settings_hash } => {
@@ -346,50 +373,101 @@ impl Store for SqliteStore {
         let removed = self.write(|tx| {
             let Some(key) = connection_key(tx, c)? else { return Ok(0) };
             let removed = tx.prepare_cached("DELETE FROM accounts WHERE conn = ?1")?.execute([key])?;
+            if removed > 0 {
+                bump_version(tx, key)?;
+            }
             tx.prepare_cached("DELETE FROM cursors WHERE conn = ?1")?.execute([key])?;
             tx.prepare_cached("DELETE FROM staging WHERE run_id IN (SELECT run_id FROM runs WHERE conn = ?1)")?
                 .execute([key])?;
-            // The connections row stays: the run history refers to it.
+            // The connections row stays: the run history refers to it, and
+            // its version must go on counting up should the connection come
+            // back, or a profile that saw version N before the purge would
+            // take a new N for the accounts it has already processed.
             Ok(removed)
         })?;
         tracing::info!(connection = %c, removed, "purged a connection's accounts");
         u64::try_from(removed).map_err(|_| StoreError::Corrupt("negative row count".into()))
     }
-    fn connection_versions(&self, _namespace: &str, _names: &[String]) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
-        Err(StoreError::Internal("not yet".into()))
+
+    fn connection_versions(&self, namespace: &str, names: &[String]) -> Result<BTreeMap<String, u64>, StoreError> {
+        self.read(|tx| identities::connection_versions(tx, namespace, names))
     }
-    fn profile_state(&self, _p: &super::ProfileRef) -> Result<super::ProfileState, StoreError> {
-        Err(StoreError::Internal("not yet".into()))
+
+    fn profile_state(&self, p: &ProfileRef) -> Result<ProfileState, StoreError> {
+        identities::profile_state(&*self.lock()?, p)
     }
-    fn processing_snapshot(&self, _p: &super::ProfileRef, _connections: &[String]) -> Result<super::ProcessingSnapshot, StoreError> {
-        Err(StoreError::Internal("not yet".into()))
+
+    fn processing_snapshot(&self, p: &ProfileRef, connections: &[String]) -> Result<ProcessingSnapshot, StoreError> {
+        let started = Instant::now();
+        let snapshot = self.read(|tx| identities::snapshot(tx, p, connections))?;
+        tracing::debug!(
+            profile = %p,
+            accounts = snapshot.accounts.values().map(Vec::len).sum::<usize>(),
+            identities = snapshot.identities.len(),
+            elapsed_ms = started.elapsed().as_millis(),
+            "read a processing snapshot"
+        );
+        Ok(snapshot)
     }
-    fn commit_processing(&self, _p: &super::ProfileRef, _commit: &super::ProcessingCommit, _run: &super::ProcessingRunRecord) -> Result<RunId, StoreError> {
-        Err(StoreError::Internal("not yet".into()))
+
+    fn commit_processing(
+        &self,
+        p: &ProfileRef,
+        commit: &ProcessingCommit,
+        run: &ProcessingRunRecord,
+    ) -> Result<RunId, StoreError> {
+        let started = Instant::now();
+        // Serializing 100,000 identities is the slow part; syncs committing
+        // meanwhile should not wait for it.
+        let encoded = identities::encode_commit(commit)?;
+        let id = self.write(|tx| identities::write_commit(tx, p, &encoded, run))?;
+        tracing::debug!(
+            profile = %p,
+            run = id,
+            upserted = commit.upserts.len(),
+            deleted = commit.deletes.len(),
+            elapsed_ms = started.elapsed().as_millis(),
+            "committed a processing run"
+        );
+        Ok(id)
     }
-    fn record_processing_run(&self, _p: &super::ProfileRef, _run: &super::ProcessingRunRecord) -> Result<RunId, StoreError> {
-        Err(StoreError::Internal("not yet".into()))
+
+    fn record_processing_run(&self, p: &ProfileRef, run: &ProcessingRunRecord) -> Result<RunId, StoreError> {
+        self.write(|tx| identities::record_run(tx, p, run))
     }
-    fn processing_runs(&self, _p: &super::ProfileRef, _limit: usize) -> Result<Vec<super::ProcessingRunRecord>, StoreError> {
-        Err(StoreError::Internal("not yet".into()))
+
+    fn processing_runs(&self, p: &ProfileRef, limit: usize) -> Result<Vec<ProcessingRunRecord>, StoreError> {
+        identities::runs(&*self.lock()?, p, limit)
     }
-    fn get_identity(&self, _p: &super::ProfileRef, _id: &str) -> Result<Option<crate::identity::Identity>, StoreError> {
-        Err(StoreError::Internal("not yet".into()))
+
+    fn get_identity(&self, p: &ProfileRef, id: &str) -> Result<Option<Identity>, StoreError> {
+        identities::get_identity(&*self.lock()?, p, id)
     }
-    fn list_identities(&self, _p: &super::ProfileRef, _state: Option<&str>, _after: Option<&str>, _limit: usize) -> Result<Vec<crate::identity::Identity>, StoreError> {
-        Err(StoreError::Internal("not yet".into()))
+
+    fn list_identities(
+        &self,
+        p: &ProfileRef,
+        state: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Identity>, StoreError> {
+        identities::list_identities(&*self.lock()?, p, state, after, limit)
     }
-    fn list_links(&self, _p: &super::ProfileRef, _state: Option<crate::identity::LinkState>) -> Result<Vec<crate::identity::LinkRecord>, StoreError> {
-        Err(StoreError::Internal("not yet".into()))
+
+    fn list_links(&self, p: &ProfileRef, state: Option<LinkState>) -> Result<Vec<LinkRecord>, StoreError> {
+        identities::list_links(&*self.lock()?, p, state)
     }
-    fn profiles(&self) -> Result<Vec<super::ProfileRef>, StoreError> {
-        Err(StoreError::Internal("not yet".into()))
+
+    fn profiles(&self) -> Result<Vec<ProfileRef>, StoreError> {
+        identities::profiles(&*self.lock()?)
     }
-    fn purge_profile(&self, _p: &super::ProfileRef) -> Result<u64, StoreError> {
-        Err(StoreError::Internal("not yet".into()))
+
+    fn purge_profile(&self, p: &ProfileRef) -> Result<u64, StoreError> {
+        let removed = self.write(|tx| identities::purge(tx, p))?;
+        tracing::info!(profile = %p, removed, "purged a profile's identities");
+        Ok(removed)
     }
 }
-
 
 /// The connection's key, if it has ever had a run.
 fn connection_key(db: &Connection, c: &ConnectionRef) -> Result<Option<i64>, StoreError> {
@@ -406,6 +484,13 @@ fn ensure_connection_key(tx: &Transaction<'_>, c: &ConnectionRef) -> Result<i64,
     tx.prepare_cached("INSERT INTO connections (namespace, name) VALUES (?1, ?2)")?
         .execute(params![c.namespace, c.name])?;
     Ok(tx.last_insert_rowid())
+}
+
+/// Tells profiles that the connection's accounts changed (see
+/// [`Store::connection_versions`]).
+fn bump_version(tx: &Transaction<'_>, key: i64) -> Result<(), StoreError> {
+    tx.prepare_cached("UPDATE connections SET version = version + 1 WHERE conn = ?1")?.execute([key])?;
+    Ok(())
 }
 
 /// The key of the connection of `run`, which must exist and be unfinished.
@@ -521,23 +606,23 @@ impl RawRun {
     }
 }
 
-fn decode_account(data: &str) -> Result<Account, StoreError> {
+pub(super) fn decode_account(data: &str) -> Result<Account, StoreError> {
     serde_json::from_str(data).map_err(|e| corrupt("account data", e))
 }
 
-fn parse_time(s: &str) -> Result<Timestamp, StoreError> {
+pub(super) fn parse_time(s: &str) -> Result<Timestamp, StoreError> {
     s.parse().map_err(|e| corrupt("timestamp", e))
 }
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-fn to_i64(what: &'static str, value: u64) -> Result<i64, StoreError> {
+pub(super) fn to_i64(what: &'static str, value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::OutOfRange { what, value })
 }
 
-fn from_i64(value: i64) -> Result<u64, StoreError> {
+pub(super) fn from_i64(value: i64) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative count {value}")))
 }
 
