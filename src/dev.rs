@@ -96,15 +96,26 @@ fn describe(error: kube::Error) -> String {
 }
 
 /// What a person can type next, naming a Connection that was applied.
-pub fn next_steps(kubeconfig: &Path, docs: &[Document]) -> String {
+pub fn next_steps(kubeconfig: &Path, docs: &[Document], store: &Path) -> String {
     let k = kubeconfig.display();
     let connection = docs.iter().find(|d| d.kind() == "Connection").map(|d| d.name()).unwrap_or("NAME");
+    // The quickstart's profile when applied, else any.
+    let profile = docs
+        .iter()
+        .filter(|d| d.kind() == "IdentityProfile")
+        .map(|d| d.name())
+        .find(|n| *n == "acme-employees")
+        .or_else(|| docs.iter().find(|d| d.kind() == "IdentityProfile").map(|d| d.name()))
+        .unwrap_or("NAME");
+    let store = store.display();
     format!(
         "idsync dev is running. Try:\n\
          \x20 kubectl --kubeconfig {k} get idsync\n\
          \x20 kubectl --kubeconfig {k} get connections\n\
          \x20 kubectl --kubeconfig {k} describe connection {connection}\n\
          \x20 kubectl --kubeconfig {k} apply -f examples/resync/all-connections.yaml\n\
+         The store is {store}; read identities with:\n\
+         \x20 idsync identities list --profile {profile} --store {store}\n\
          Press Ctrl-C to stop.\n"
     )
 }

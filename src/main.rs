@@ -2,8 +2,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use idsync::identity::report::{self, ItemFormat, ListFormat, ReportError};
 use idsync::manifest::{self, Checker};
+use idsync::store::{ProfileRef, SqliteStore};
 
 /// idsync: keeps identity and account data in sync with connected systems.
 #[derive(Parser)]
@@ -60,6 +62,101 @@ enum Command {
         #[arg(long, env = "IDSYNC_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
     },
+    /// Show an IdentityProfile's identities and correlation records, read
+    /// from the store's file (no cluster needed). In a cluster:
+    /// `kubectl exec deploy/idsync -- idsync identities list --profile NAME`.
+    Identities {
+        #[command(subcommand)]
+        command: IdentitiesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum IdentitiesCommand {
+    /// List the profile's identities, ordered by id.
+    List {
+        #[command(flatten)]
+        target: ProfileArgs,
+        /// Only identities in this lifecycle state.
+        #[arg(long, value_name = "STATE")]
+        state: Option<String>,
+        /// table: one line each, kubectl-like; json: an IdentityList of the
+        /// whole identities; csv: RFC 4180, one record each.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ListOutput::Table)]
+        output: ListOutput,
+    },
+    /// Show one identity whole: attributes, lifecycle state, manager,
+    /// accounts, errors, created/modified and next processing.
+    Get {
+        /// The identity's id (its authoritative account's id).
+        id: String,
+        #[command(flatten)]
+        target: ProfileArgs,
+        /// yaml or json: the identity as the store keeps it (the same object
+        /// as an item of `list -o json`).
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ItemOutput::Yaml)]
+        output: ItemOutput,
+    },
+    /// List the accounts correlation could not attach to an identity:
+    /// Uncorrelated ones (no rule matched) and Ambiguous ones (with the
+    /// identities that all matched).
+    Uncorrelated {
+        #[command(flatten)]
+        target: ProfileArgs,
+        /// List every correlation record, Correlated ones too.
+        #[arg(long)]
+        all_states: bool,
+        /// table: kubectl-like; json: a CorrelationRecordList; csv: RFC 4180.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ListOutput::Table)]
+        output: ListOutput,
+    },
+}
+
+/// Which profile, in which store.
+#[derive(Args)]
+struct ProfileArgs {
+    /// The IdentityProfile's name.
+    #[arg(long)]
+    profile: String,
+    /// The IdentityProfile's namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// The store's database file [default: $IDSYNC_DATA_DIR/idsync.db, else
+    /// /var/lib/idsync/idsync.db, where `idsync run` keeps it].
+    #[arg(long, value_name = "PATH")]
+    store: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ListOutput {
+    Table,
+    Json,
+    Csv,
+}
+
+impl From<ListOutput> for ListFormat {
+    fn from(output: ListOutput) -> Self {
+        match output {
+            ListOutput::Table => ListFormat::Table,
+            ListOutput::Json => ListFormat::Json,
+            ListOutput::Csv => ListFormat::Csv,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ItemOutput {
+    Yaml,
+    Json,
+}
+
+impl From<ItemOutput> for ItemFormat {
+    fn from(output: ItemOutput) -> Self {
+        match output {
+            ItemOutput::Yaml => ItemFormat::Yaml,
+            ItemOutput::Json => ItemFormat::Json,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -72,6 +169,7 @@ fn main() -> ExitCode {
             let json = log_format == "json";
             run_async(json, run(data_dir, max_concurrent_syncs, http_addr, leader_namespace))
         }
+        Command::Identities { command } => identities(command),
     };
     match result {
         Ok(code) => code,
@@ -223,7 +321,7 @@ async fn dev(
     });
     let applied = idsync::dev::apply_documents(&client, &docs, "default").await?;
     tracing::info!(applied, "manifests applied");
-    print!("{}", idsync::dev::next_steps(&kubeconfig, &docs));
+    print!("{}", idsync::dev::next_steps(&kubeconfig, &docs, &data_dir.join("idsync.db")));
     shutdown_signal().await;
     let _ = stop_tx.send(());
     match tokio::time::timeout(std::time::Duration::from_secs(15), operator).await {
@@ -249,6 +347,98 @@ fn uuid_like() -> String {
         std::process::id(),
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
     )
+}
+
+/// `idsync run`'s default data folder (its `--data-dir`).
+const DEFAULT_DATA_DIR: &str = "/var/lib/idsync";
+
+/// `idsync identities ...`: reads the store's file directly and blocking;
+/// no runtime, no cluster.
+fn identities(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let (store_path, result) = match &command {
+        IdentitiesCommand::List { target, state, output } => {
+            let (store, path, profile) = open_store(target)?;
+            let format = ListFormat::from(*output);
+            let listed =
+                report::list_report(&store, &profile, state.as_deref(), format, jiff::Timestamp::now(), &mut out);
+            let result = listed.map(|count| {
+                if count == 0 && format == ListFormat::Table {
+                    // As kubectl's "No resources found": on stderr, so that
+                    // the output stays empty for whatever reads it.
+                    match state {
+                        Some(state) => {
+                            eprintln!("No identities in lifecycle state {state} found in profile {profile}.")
+                        }
+                        None => eprintln!("No identities found in profile {profile}."),
+                    }
+                }
+            });
+            (path, result)
+        }
+        IdentitiesCommand::Get { id, target, output } => {
+            let (store, path, profile) = open_store(target)?;
+            (path, report::get_report(&store, &profile, id, (*output).into(), &mut out))
+        }
+        IdentitiesCommand::Uncorrelated { target, all_states, output } => {
+            let (store, path, profile) = open_store(target)?;
+            let format = ListFormat::from(*output);
+            let listed = report::uncorrelated_report(&store, &profile, *all_states, format, &mut out);
+            let result = listed.map(|count| {
+                if count == 0 && format == ListFormat::Table {
+                    if *all_states {
+                        eprintln!("No correlation records found in profile {profile}.");
+                    } else {
+                        eprintln!("No uncorrelated or ambiguous accounts found in profile {profile}.");
+                    }
+                }
+            });
+            (path, result)
+        }
+    };
+    // Flushed here rather than on drop, where a failed write goes unseen.
+    let result = result.and_then(|()| std::io::Write::flush(&mut out).map_err(ReportError::from));
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // The reader went away (`| head`): it has what it wanted.
+        Err(error) if error.is_broken_pipe() => Ok(ExitCode::SUCCESS),
+        Err(error @ ReportError::Store(_)) => {
+            Err(anyhow::Error::new(error).context(format!("cannot read the store {}", store_path.display())))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Opens the store named by `--store` (or the default) and says which
+/// profile to read.
+fn open_store(args: &ProfileArgs) -> anyhow::Result<(SqliteStore, PathBuf, ProfileRef)> {
+    let path = args.store.clone().unwrap_or_else(default_store_path);
+    // SqliteStore::open creates a missing database: a mistyped path or a pod
+    // without the volume must fail, not read (and leave behind) an empty one.
+    let exists = path.try_exists().with_context(|| format!("cannot look for the store {}", path.display()))?;
+    if !exists {
+        anyhow::bail!("no store at {}; pass --store (idsync dev prints its store path)", path.display());
+    }
+    if path.is_dir() {
+        anyhow::bail!(
+            "{} is a folder, not the store's database file; pass --store {}",
+            path.display(),
+            path.join("idsync.db").display()
+        );
+    }
+    let store = SqliteStore::open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
+    Ok((store, path, ProfileRef::new(&args.namespace, &args.profile)))
+}
+
+/// Where `idsync run` keeps its store: `<data dir>/idsync.db`, the data dir
+/// from IDSYNC_DATA_DIR as for `run`, so that inside the operator's pod the
+/// default is right.
+fn default_store_path() -> PathBuf {
+    std::env::var_os("IDSYNC_DATA_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+        .join("idsync.db")
 }
 
 fn print_crds() -> anyhow::Result<ExitCode> {

@@ -72,6 +72,29 @@ fn idsync_dev_serves_the_examples_to_kubectl_and_stops_cleanly_on_ctrl_c() {
     let accounts = kubectl(&["get", "conn", "acme-hr", "-o", "jsonpath={.status.accountCount}"]);
     assert_eq!(String::from_utf8_lossy(&accounts.stdout), "36");
 
+    // And the quickstart's profile turns them into identities, with the
+    // GitHub export correlated by e-mail (all but the build bot).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = kubectl(&[
+            "get",
+            "idprof",
+            "acme-employees",
+            "-o",
+            "jsonpath={.status.identityCount}/{.status.uncorrelatedAccounts}",
+        ]);
+        let counts = String::from_utf8_lossy(&out.stdout).into_owned();
+        if counts == "36/1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the quickstart profile did not process (identities/uncorrelated: {counts:?})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(text.contains("idsync identities list --profile acme-employees --store "), "{text}");
+
     let pid = dev.id().to_string();
     let signalled = Command::new("kill").args(["-INT", &pid]).status().expect("kill runs");
     assert!(signalled.success());

@@ -186,7 +186,12 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
         blocking(&ctx, move |store| store.connection_versions(&namespace, &connections)).await?
     };
     let spec_changed = eff.applies_current
-        && state.applied_spec.as_deref().and_then(|s| serde_json::from_str::<IdentityProfileSpec>(s).ok()).as_ref().map(process::mapping_hash)
+        && state
+            .applied_spec
+            .as_deref()
+            .and_then(|s| serde_json::from_str::<IdentityProfileSpec>(s).ok())
+            .as_ref()
+            .map(process::mapping_hash)
             != Some(process::mapping_hash(&profile.spec));
     let slot = state.last_scheduled.and_then(|last| schedule.due_between(last, now));
     let due = if spec_changed {
@@ -236,7 +241,15 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
         s.applied_generation = applied_generation;
         s.next_processing_time = next.map(Time);
         let stamp = Time(now);
-        conditions::set_condition(&mut s.conditions, conditions::STALLED, FALSE, "Valid", "", generation, stamp.clone());
+        conditions::set_condition(
+            &mut s.conditions,
+            conditions::STALLED,
+            FALSE,
+            "Valid",
+            "",
+            generation,
+            stamp.clone(),
+        );
         match &pending_message {
             Some(message) => conditions::set_condition(
                 &mut s.conditions,
@@ -310,7 +323,15 @@ async fn write_stalled(
         let before = s.clone();
         s.observed_generation = generation;
         let stamp = Time(now);
-        conditions::set_condition(&mut s.conditions, conditions::STALLED, TRUE, reason, message, generation, stamp.clone());
+        conditions::set_condition(
+            &mut s.conditions,
+            conditions::STALLED,
+            TRUE,
+            reason,
+            message,
+            generation,
+            stamp.clone(),
+        );
         conditions::set_condition(&mut s.conditions, conditions::READY, FALSE, reason, message, generation, stamp);
         *s != before
     })
@@ -439,7 +460,13 @@ fn join_message(a: String, b: String) -> String {
     if a.is_empty() { b } else { format!("{a}; {b}") }
 }
 
-fn failed(trigger: &str, request: Option<String>, started: Timestamp, finished: Timestamp, message: String) -> JobResult {
+fn failed(
+    trigger: &str,
+    request: Option<String>,
+    started: Timestamp,
+    finished: Timestamp,
+    message: String,
+) -> JobResult {
     JobResult {
         run: ProcessingRunRecord {
             id: 0,
@@ -466,7 +493,11 @@ pub fn run_note(run: &ProcessingRunRecord) -> String {
         RunOutcome::DryRun => format!("{} dry run: {counts} (would change); nothing was applied", run.trigger),
         _ => format!("{} processing failed: {}", run.trigger, run.message),
     };
-    if run.outcome != RunOutcome::Failed && !run.message.is_empty() { format!("{head} ({})", run.message) } else { head }
+    if run.outcome != RunOutcome::Failed && !run.message.is_empty() {
+        format!("{head} ({})", run.message)
+    } else {
+        head
+    }
 }
 
 /// Writes a run into the profile's status: the last processing, the
@@ -499,7 +530,8 @@ pub fn record_run(
         s.unresolved_managers = Some(summary.unresolved_managers);
     }
     let note = run_note(run);
-    let (ready, reason) = if run.outcome == RunOutcome::Succeeded { (TRUE, "Processed") } else { (FALSE, "ProcessingFailed") };
+    let (ready, reason) =
+        if run.outcome == RunOutcome::Succeeded { (TRUE, "Processed") } else { (FALSE, "ProcessingFailed") };
     conditions::set_condition(&mut s.conditions, conditions::READY, ready, reason, &note, generation, stamp.clone());
     conditions::set_condition(&mut s.conditions, conditions::PROCESSING, FALSE, reason, "", generation, stamp.clone());
 }

@@ -407,9 +407,9 @@ fn finish_if_done(s: &mut crate::api::ResyncRequestStatus, generation: Option<i6
         let message = match (s.targets.len(), s.profiles.len()) {
             (_, 0) => format!("{succeeded} of {} connection(s) synced", s.targets.len()),
             (0, profiles) => format!("{processed} of {profiles} profile(s) processed"),
-            (targets, profiles) => format!(
-                "{succeeded} of {targets} connection(s) synced, {processed} of {profiles} profile(s) processed"
-            ),
+            (targets, profiles) => {
+                format!("{succeeded} of {targets} connection(s) synced, {processed} of {profiles} profile(s) processed")
+            }
         };
         let reason = format!("{phase:?}");
         conditions::set_condition(

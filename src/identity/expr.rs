@@ -1,44 +1,1101 @@
-//! TEMPORARY signature stub; replaced by the real implementation.
-use std::collections::BTreeMap;
+//! Compiling an IdentityProfile's CEL expressions and evaluating them.
+//!
+//! A profile's attribute and lifecycle expressions are compiled once per
+//! profile generation into a [`CompiledProfile`], which is then evaluated for
+//! every identity with that identity's accounts ([`Inputs`]).
+//!
+//! What expressions see:
+//!
+//! - `accounts`: a map from connection name to that connection's account (the
+//!   authoritative account and the correlated ones). A connection without an
+//!   account for this identity is absent, so `has(accounts.github)` and
+//!   `'github' in accounts` tell whether there is one. An account is a map of
+//!   its source attributes at the top level, overridden by the standard
+//!   fields `id`, `username`, `email`, `displayName`, `enabled` and `groups`
+//!   (absent when the account has none), plus `attributes`, the source
+//!   attributes on their own: `accounts.hr.work_email` and
+//!   `accounts.hr.attributes.work_email` are the same value.
+//! - `now`: the processing time, a timestamp.
+//! - The standard CEL functions, the Kubernetes extension functions
+//!   (`lowerAscii`, `split`, `join`, …) and `date(string)`, which reads a
+//!   plain `YYYY-MM-DD` date (midnight UTC) or an RFC 3339 timestamp, because
+//!   HR exports carry plain dates that `timestamp()` refuses.
+//!
+//! The `cel` crate (0.13) only parses: it has no type checker. Compiling
+//! therefore also walks the syntax tree to refuse what would fail on every
+//! identity anyway (unknown variables and functions, and syntax the
+//! interpreter does not implement), so that a typo stalls the profile with a
+//! clear message instead of putting an error on each of its identities.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use kube_cel::KubeCelExt;
+use kube_cel::cel::common::ast::{CallExpr, EntryExpr, Expr, IdedExpr};
+use kube_cel::cel::extractors::This;
+use kube_cel::cel::objects::{Key, Map, OptionalValue};
+use kube_cel::cel::parser::{Expression, Parser};
+use kube_cel::cel::{self, ExecutionError, FunctionContext, Value};
+use serde_json::Value as Json;
 
 use crate::account::Account;
 use crate::api::identity_profile::Lifecycle;
 
+/// The variable holding the accounts by connection name.
+const ACCOUNTS: &str = "accounts";
+/// The variable holding the processing time.
+const NOW: &str = "now";
+/// The key of the lifecycle expression's error in [`Evaluation::errors`].
+const LIFECYCLE: &str = "lifecycle";
+/// The longest piece of user data (a string passed to `date()`, a value's
+/// description) quoted in an error message: errors end up in identities and
+/// statuses, which should not carry whole attribute values.
+const MAX_QUOTED: usize = 64;
+
+/// A profile's expressions, compiled once per profile generation.
+///
+/// `Send + Sync`: programs are plain syntax trees and the base context holds
+/// only `Send + Sync` functions (the `cel` crate requires both of registered
+/// functions), so one compiled profile can be shared by the threads that
+/// evaluate identities; each evaluation adds its variables to a scope of its
+/// own.
 pub struct CompiledProfile {
-    names: Vec<String>,
+    /// The standard, Kubernetes and idsync functions, registered once: a
+    /// registration allocates a boxed closure per function (well over a
+    /// hundred of them), too much to repeat per identity.
+    base: cel::Context<'static>,
+    attributes: BTreeMap<String, Expression>,
+    lifecycle: Option<CompiledLifecycle>,
 }
 
+struct CompiledLifecycle {
+    program: Expression,
+    states: Vec<String>,
+}
+
+impl fmt::Debug for CompiledProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The context is not Debug and the syntax trees say little; the
+        // names and states are what identify a compiled profile in logs.
+        f.debug_struct("CompiledProfile")
+            .field("attributes", &self.attributes.keys().collect::<Vec<_>>())
+            .field("lifecycle_states", &self.lifecycle.as_ref().map(|l| &l.states))
+            .finish_non_exhaustive()
+    }
+}
+
+/// An expression of a profile that does not compile.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{field}: {expression:?} does not compile: {message}")]
 pub struct CompileError {
+    /// Where the expression is, e.g. `spec.attributes.email` or
+    /// `spec.lifecycle.expression`.
     pub field: String,
     pub expression: String,
+    /// What is wrong, in one paragraph.
     pub message: String,
 }
 
-impl CompiledProfile {
-    pub fn compile(
-        attributes: &BTreeMap<String, String>,
-        _lifecycle: Option<&Lifecycle>,
-    ) -> Result<CompiledProfile, Vec<CompileError>> {
-        Ok(CompiledProfile { names: attributes.keys().cloned().collect() })
-    }
-    pub fn attribute_names(&self) -> impl Iterator<Item = &str> {
-        self.names.iter().map(|s| s.as_str())
-    }
-    pub fn evaluate(&self, _inputs: &Inputs<'_>, _only: Option<&[&str]>) -> Evaluation {
-        Evaluation::default()
-    }
-}
-
+/// What expressions see.
 pub struct Inputs<'a> {
+    /// Accounts by connection name: the authoritative account and the
+    /// correlated accounts (at most one per connection).
     pub accounts: &'a [(&'a str, &'a Account)],
     pub now: jiff::Timestamp,
 }
 
+/// The results of evaluating a profile's expressions for one identity.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Evaluation {
-    pub attributes: BTreeMap<String, serde_json::Value>,
+    /// Attribute name -> JSON value; an expression yielding null is absent
+    /// (and not an error).
+    pub attributes: BTreeMap<String, Json>,
+    /// The lifecycle state, if the profile has a lifecycle and it evaluated
+    /// to one of its states.
     pub lifecycle_state: Option<String>,
+    /// Attribute name (or `lifecycle`) -> error message, for expressions that
+    /// failed on these inputs.
     pub errors: BTreeMap<String, String>,
+}
+
+impl CompiledProfile {
+    /// Compiles every expression; returns all compile errors, ordered by
+    /// field, so one status update can report every mistake at once.
+    pub fn compile(
+        attributes: &BTreeMap<String, String>,
+        lifecycle: Option<&Lifecycle>,
+    ) -> Result<CompiledProfile, Vec<CompileError>> {
+        let base = base_context();
+        let mut checker = Checker::new(&base);
+        let mut errors = Vec::new();
+        let mut compiled = BTreeMap::new();
+        for (name, source) in attributes {
+            match checker.compile(source) {
+                Ok(program) => {
+                    compiled.insert(name.clone(), program);
+                }
+                Err(message) => errors.push(CompileError {
+                    field: format!("spec.attributes.{name}"),
+                    expression: source.clone(),
+                    message,
+                }),
+            }
+        }
+        let lifecycle = match lifecycle {
+            None => None,
+            Some(lifecycle) => match checker.compile(&lifecycle.expression) {
+                Ok(program) => Some(CompiledLifecycle { program, states: lifecycle.states.clone() }),
+                Err(message) => {
+                    errors.push(CompileError {
+                        field: "spec.lifecycle.expression".to_string(),
+                        expression: lifecycle.expression.clone(),
+                        message,
+                    });
+                    None
+                }
+            },
+        };
+        if !errors.is_empty() {
+            errors.sort_by(|a, b| a.field.cmp(&b.field));
+            return Err(errors);
+        }
+        Ok(CompiledProfile { base, attributes: compiled, lifecycle })
+    }
+
+    /// The names of the profile's attributes, in order.
+    pub fn attribute_names(&self) -> impl Iterator<Item = &str> {
+        self.attributes.keys().map(String::as_str)
+    }
+
+    /// Evaluates the attributes named in `only` (all when None) and, when
+    /// `only` is None, the lifecycle. Names in `only` that are not attributes
+    /// of the profile are ignored.
+    pub fn evaluate(&self, inputs: &Inputs<'_>, only: Option<&[&str]>) -> Evaluation {
+        let mut evaluation = Evaluation::default();
+
+        // The accounts are converted once for all expressions: converting an
+        // account copies every attribute, which costs more than evaluating a
+        // typical expression.
+        let mut scope = self.base.new_inner_scope();
+        scope.add_variable_from_value(ACCOUNTS, accounts_value(inputs.accounts));
+        // Every jiff timestamp is within the range of the interpreter's; if
+        // one were not, expressions using `now` fail with an undeclared
+        // reference rather than the whole evaluation.
+        if let Some(now) = timestamp_value(inputs.now) {
+            scope.add_variable_from_value(NOW, now);
+        }
+
+        for (name, program) in &self.attributes {
+            if only.is_some_and(|only| !only.contains(&name.as_str())) {
+                continue;
+            }
+            match execute(program, &scope).and_then(|value| to_json(&value)) {
+                Ok(Some(value)) => {
+                    evaluation.attributes.insert(name.clone(), value);
+                }
+                Ok(None) => {}
+                Err(message) => {
+                    evaluation.errors.insert(name.clone(), message);
+                }
+            }
+        }
+
+        if only.is_none()
+            && let Some(lifecycle) = &self.lifecycle
+        {
+            match execute(&lifecycle.program, &scope).and_then(|value| lifecycle.state(value)) {
+                Ok(state) => evaluation.lifecycle_state = Some(state),
+                Err(message) => {
+                    evaluation.errors.insert(LIFECYCLE.to_string(), message);
+                }
+            }
+        }
+        evaluation
+    }
+}
+
+impl CompiledLifecycle {
+    /// The state a lifecycle expression's result names.
+    fn state(&self, value: Value) -> Result<String, String> {
+        match value {
+            Value::String(state) if self.states.iter().any(|s| s == state.as_str()) => Ok(state.to_string()),
+            Value::String(state) => Err(format!(
+                "yielded {:?}, which is not one of its states ({})",
+                truncate(&state),
+                self.states.join(", ")
+            )),
+            other => Err(format!("yielded {}, not a string", type_name(&other))),
+        }
+    }
+}
+
+/// The context every evaluation's scope is a child of.
+fn base_context() -> cel::Context<'static> {
+    let mut context = cel::Context::default().with_all();
+    context.add_function("date", date);
+    context
+}
+
+/// `date(string) -> timestamp`: a plain date as midnight UTC, or an RFC 3339
+/// timestamp. Also callable as a method, `'2024-01-31'.date()`.
+fn date(ftx: &FunctionContext, This(text): This<Arc<String>>) -> Result<Value, ExecutionError> {
+    parse_date(&text)
+        .ok_or_else(|| ftx.error(format!("date({:?}): not a date (YYYY-MM-DD) or RFC 3339 timestamp", truncate(&text))))
+}
+
+fn parse_date(text: &str) -> Option<Value> {
+    let instant = if is_plain_date(text) {
+        let date: jiff::civil::Date = text.parse().ok()?;
+        date.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp()
+    } else {
+        text.parse::<jiff::Timestamp>().ok()?
+    };
+    timestamp_value(instant)
+}
+
+/// Whether `text` has the shape `YYYY-MM-DD`: jiff's date parser would also
+/// take a date-time and drop its time, which is not what `date()` promises.
+fn is_plain_date(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() == 10
+        && bytes.iter().enumerate().all(|(i, b)| if i == 4 || i == 7 { *b == b'-' } else { b.is_ascii_digit() })
+}
+
+/// A CEL timestamp of `instant`, in UTC.
+///
+/// The interpreter's timestamps are chrono values, and chrono is not
+/// re-exported by `cel`; parsing the RFC 3339 text (chrono's `FromStr`,
+/// reached through type inference) is the way in without a dependency of our
+/// own. Normalizing to UTC also makes `getHours()` and friends answer in UTC
+/// as in cel-go, where they default to UTC.
+fn timestamp_value(instant: jiff::Timestamp) -> Option<Value> {
+    instant.to_string().parse().ok().map(Value::Timestamp)
+}
+
+/// The `accounts` variable.
+fn accounts_value(accounts: &[(&str, &Account)]) -> Value {
+    let map: HashMap<Key, Value> =
+        accounts.iter().map(|(connection, account)| (key(connection), account_value(account))).collect();
+    Value::Map(Map { map: Arc::new(map) })
+}
+
+/// An account as expressions see it: source attributes, then the standard
+/// fields (which win over same-named attributes), then `attributes`.
+fn account_value(account: &Account) -> Value {
+    let attributes: HashMap<Key, Value> =
+        account.attributes.iter().map(|(name, value)| (key(name), json_to_cel(value))).collect();
+    let mut map = attributes.clone();
+    map.insert(key("id"), string(&account.id));
+    let optional = [("username", &account.username), ("email", &account.email), ("displayName", &account.display_name)];
+    for (name, value) in optional {
+        match value {
+            Some(value) => map.insert(key(name), string(value)),
+            // An absent field must not show the same-named source attribute
+            // through: `has(accounts.x.email)` is about the account's e-mail.
+            None => map.remove(&key(name)),
+        };
+    }
+    map.insert(key("enabled"), Value::Bool(account.enabled));
+    map.insert(key("groups"), Value::List(Arc::new(account.groups.iter().map(|g| string(g)).collect())));
+    map.insert(key("attributes"), Value::Map(Map { map: Arc::new(attributes) }));
+    Value::Map(Map { map: Arc::new(map) })
+}
+
+fn key(name: &str) -> Key {
+    Key::String(Arc::new(name.to_string()))
+}
+
+fn string(text: &str) -> Value {
+    Value::String(Arc::new(text.to_string()))
+}
+
+fn json_to_cel(value: &Json) -> Value {
+    match value {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                Value::UInt(u)
+            } else {
+                // serde_json numbers are i64, u64 or finite f64.
+                Value::Float(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        Json::String(s) => string(s),
+        Json::Array(items) => Value::List(Arc::new(items.iter().map(json_to_cel).collect())),
+        Json::Object(entries) => {
+            Value::Map(Map { map: Arc::new(entries.iter().map(|(k, v)| (key(k), json_to_cel(v))).collect()) })
+        }
+    }
+}
+
+/// Runs a program, turning the interpreter's failures into messages.
+fn execute(program: &Expression, scope: &cel::Context<'_>) -> Result<Value, String> {
+    // The interpreter panics on a few inputs (`todo!`s, indexing past the
+    // arguments of some functions); compiling refuses the ones we know of,
+    // and this keeps any other from taking down the evaluating task.
+    match catch_unwind(AssertUnwindSafe(|| Value::resolve(program, scope))) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(describe_error(&error)),
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(format!("the CEL interpreter failed on this expression: {}", truncate(&detail)))
+        }
+    }
+}
+
+/// A readable message for an evaluation error.
+///
+/// Several of the interpreter's messages print whole values with Rust's
+/// `Debug` (an account map, with every attribute); errors are stored on
+/// identities and shown in statuses, so those name the values' types instead.
+fn describe_error(error: &ExecutionError) -> String {
+    match error {
+        ExecutionError::NoSuchKey(key) => format!("No such key: {key}"),
+        ExecutionError::UndeclaredReference(name) => format!("undeclared reference to `{name}`"),
+        ExecutionError::FunctionError { function, message } => {
+            // `date()` words its own messages with its argument.
+            if message.starts_with(&format!("{function}(")) {
+                message.clone()
+            } else {
+                format!("{function}(): {message}")
+            }
+        }
+        ExecutionError::UnexpectedType { got, want } => {
+            format!("expected {}, got {}", cel_type_of_rust(want), debug_type_name(got))
+        }
+        ExecutionError::NoSuchOverload => {
+            "no such overload (an operator or function applied to values of the wrong type)".to_string()
+        }
+        ExecutionError::InvalidArgumentCount { expected, actual } => {
+            format!("wrong number of arguments: expected {expected}, got {actual}")
+        }
+        ExecutionError::UnsupportedTargetType { target } => {
+            format!("unsupported argument of type {}", type_name(target))
+        }
+        ExecutionError::NotSupportedAsMethod { method, target } => {
+            format!("`{method}` cannot be called on a {}", type_name(target))
+        }
+        ExecutionError::UnsupportedKeyType(value) => format!("a {} cannot be a map key", type_name(value)),
+        ExecutionError::ValuesNotComparable(a, b) => {
+            format!("a {} cannot be compared with a {}", type_name(a), type_name(b))
+        }
+        ExecutionError::UnsupportedUnaryOperator(op, value) => format!("no `{op}` for a {}", type_name(value)),
+        ExecutionError::UnsupportedBinaryOperator(op, a, b) => {
+            format!("no `{op}` for {} and {}", type_name(a), type_name(b))
+        }
+        ExecutionError::UnsupportedMapIndex(value) => format!("a {} cannot index a map", type_name(value)),
+        ExecutionError::UnsupportedListIndex(value) => format!("a {} cannot index a list", type_name(value)),
+        ExecutionError::UnsupportedIndex(index, value) => {
+            format!("a {} cannot index a {}", type_name(index), type_name(value))
+        }
+        ExecutionError::DivisionByZero(_) => "division by zero".to_string(),
+        ExecutionError::RemainderByZero(_) => "remainder by zero".to_string(),
+        ExecutionError::Overflow(op, a, b) => format!("overflow in `{op}` of {} and {}", type_name(a), type_name(b)),
+        ExecutionError::IndexOutOfBounds(index) => match index {
+            Value::Int(i) => format!("index {i} out of bounds"),
+            Value::UInt(i) => format!("index {i} out of bounds"),
+            _ => "index out of bounds".to_string(),
+        },
+        other => truncate(&other.to_string()),
+    }
+}
+
+/// The CEL name of a value's type.
+fn type_name(value: &Value) -> String {
+    match value {
+        Value::Opaque(opaque) => opaque.runtime_type_name().to_string(),
+        Value::Float(_) => "double".to_string(),
+        other => other.type_of().to_string(),
+    }
+}
+
+/// The CEL type of a Rust type named in the interpreter's "want" of an
+/// unexpected-type error (e.g. `Arc<String>`).
+fn cel_type_of_rust(rust: &str) -> String {
+    let compact: String = rust.chars().filter(|c| !c.is_whitespace()).collect();
+    let name = match compact.as_str() {
+        "i64" => "int",
+        "u64" => "uint",
+        "f64" => "double",
+        "bool" => "bool",
+        "Arc<String>" => "string",
+        "Arc<Vec<u8>>" => "bytes",
+        "Arc<Vec<Value>>" => "list",
+        "chrono::Duration" => "duration",
+        "chrono::DateTime<chrono::FixedOffset>" => "timestamp",
+        _ => return truncate(rust),
+    };
+    name.to_string()
+}
+
+/// The type in a value's `Debug` text (`Int(5)`, `Map(Map { … })`, `Null`),
+/// which the interpreter puts in the "got" of unexpected-type errors.
+fn debug_type_name(debug: &str) -> String {
+    let variant = debug.split(['(', '<', ' ']).next().unwrap_or_default();
+    match variant {
+        "Float" => "double".to_string(),
+        "Opaque" => "opaque".to_string(),
+        "List" | "Map" | "Function" | "Int" | "UInt" | "String" | "Bytes" | "Bool" | "Duration" | "Timestamp"
+        | "Null" => variant.to_lowercase(),
+        _ => truncate(debug),
+    }
+}
+
+/// `text`, cut to [`MAX_QUOTED`] characters.
+fn truncate(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
+/// An expression's result as an attribute value; `None` for null.
+fn to_json(value: &Value) -> Result<Option<Json>, String> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Opaque(opaque) => match opaque.downcast_ref::<OptionalValue>() {
+            // An optional attribute is its value when it has one, absent
+            // otherwise, like null.
+            Some(optional) => optional.value().map_or(Ok(None), to_json),
+            None => Err(cannot_hold(value)),
+        },
+        other => to_json_inner(other).map(Some),
+    }
+}
+
+/// A value nested in a list or map: null stays null there.
+fn to_json_inner(value: &Value) -> Result<Json, String> {
+    Ok(match value {
+        Value::Null => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Int(i) => Json::from(*i),
+        Value::UInt(u) => Json::from(*u),
+        Value::Float(f) => match serde_json::Number::from_f64(*f) {
+            Some(n) => Json::Number(n),
+            None => return Err(format!("yields {f}, which an attribute cannot hold")),
+        },
+        Value::String(s) => Json::String(s.to_string()),
+        Value::List(items) => Json::Array(items.iter().map(to_json_inner).collect::<Result<_, _>>()?),
+        Value::Map(map) => {
+            let mut object = serde_json::Map::new();
+            for (k, v) in map.map.iter() {
+                let Key::String(k) = k else {
+                    return Err(
+                        "yields a map with keys that are not strings, which an attribute cannot hold".to_string()
+                    );
+                };
+                object.insert(k.to_string(), to_json_inner(v)?);
+            }
+            Json::Object(object)
+        }
+        Value::Timestamp(t) => {
+            // Leap seconds show as nanoseconds past a second in chrono.
+            let nanos = t.timestamp_subsec_nanos().min(999_999_999) as i32;
+            match jiff::Timestamp::new(t.timestamp(), nanos) {
+                Ok(instant) => Json::String(instant.to_string()),
+                Err(_) => return Err("yields a timestamp outside the years -9999 to 9999".to_string()),
+            }
+        }
+        Value::Duration(d) => Json::String(format_duration(d.num_seconds(), d.subsec_nanos())),
+        other => return Err(cannot_hold(other)),
+    })
+}
+
+fn cannot_hold(value: &Value) -> String {
+    format!("yields {}, which an attribute cannot hold", type_name(value))
+}
+
+/// A duration as CEL and protobuf JSON write them: seconds with a `s`
+/// suffix and only the fractional digits needed (`3600s`, `1.5s`).
+fn format_duration(seconds: i64, subsec_nanos: i32) -> String {
+    let total = i128::from(seconds) * 1_000_000_000 + i128::from(subsec_nanos);
+    let sign = if total < 0 { "-" } else { "" };
+    let total = total.unsigned_abs();
+    let (whole, fraction) = (total / 1_000_000_000, total % 1_000_000_000);
+    if fraction == 0 {
+        format!("{sign}{whole}s")
+    } else {
+        let digits = format!("{fraction:09}");
+        format!("{sign}{whole}.{}s", digits.trim_end_matches('0'))
+    }
+}
+
+/// Compiles expressions and refuses the ones that cannot work on any
+/// identity.
+struct Checker<'a> {
+    base: &'a cel::Context<'static>,
+    /// Whether each function name asked about is registered.
+    functions: HashMap<String, bool>,
+}
+
+impl<'a> Checker<'a> {
+    fn new(base: &'a cel::Context<'static>) -> Self {
+        Checker { base, functions: HashMap::new() }
+    }
+
+    /// Parses and checks one expression.
+    ///
+    /// The optional syntax (`accounts.?github.email`, `accounts[?'github']`)
+    /// stays off: cel 0.13 parses it, but its `.?` fails on a missing key
+    /// instead of yielding `optional.none()`, so it would not do what
+    /// Kubernetes users expect of it.
+    fn compile(&mut self, source: &str) -> Result<Expression, String> {
+        let program = Parser::new().parse(source).map_err(|errors| parse_message(&errors))?;
+        let mut problems = Vec::new();
+        self.check(&program, &mut Vec::new(), &mut problems);
+        if problems.is_empty() { Ok(program) } else { Err(problems.join("; ")) }
+    }
+
+    /// Collects what is wrong with `expr`, with `bound` the variables that
+    /// enclosing macros (`all`, `exists`, `map`, …) declare.
+    fn check<'e>(&mut self, expr: &'e IdedExpr, bound: &mut Vec<&'e str>, problems: &mut Vec<String>) {
+        match &expr.expr {
+            Expr::Literal(_) => {}
+            Expr::Ident(name) => {
+                // The parser's own variables (macro accumulators) start with `@`.
+                if !(name == ACCOUNTS || name == NOW || name.starts_with('@') || bound.contains(&name.as_str())) {
+                    add_problem(
+                        problems,
+                        format!("unknown variable `{name}`; expressions can use `{ACCOUNTS}` and `{NOW}`"),
+                    );
+                }
+            }
+            Expr::Select(select) => self.check(&select.operand, bound, problems),
+            Expr::Call(call) => self.check_call(call, bound, problems),
+            Expr::Comprehension(comprehension) => {
+                self.check(&comprehension.iter_range, bound, problems);
+                self.check(&comprehension.accu_init, bound, problems);
+                let depth = bound.len();
+                bound.push(&comprehension.iter_var);
+                if let Some(second) = &comprehension.iter_var2 {
+                    bound.push(second);
+                }
+                bound.push(&comprehension.accu_var);
+                self.check(&comprehension.loop_cond, bound, problems);
+                self.check(&comprehension.loop_step, bound, problems);
+                self.check(&comprehension.result, bound, problems);
+                bound.truncate(depth);
+            }
+            Expr::List(list) => {
+                for element in &list.elements {
+                    self.check(element, bound, problems);
+                }
+            }
+            Expr::Map(map) => {
+                for entry in &map.entries {
+                    match &entry.expr {
+                        EntryExpr::MapEntry(entry) => {
+                            self.check(&entry.key, bound, problems);
+                            self.check(&entry.value, bound, problems);
+                        }
+                        // The interpreter panics on these.
+                        EntryExpr::StructField(_) => {
+                            add_problem(problems, "message fields are not supported".to_string())
+                        }
+                    }
+                }
+            }
+            // The interpreter panics on these (`todo!`).
+            Expr::Struct(s) => {
+                add_problem(problems, format!("message construction (`{}{{…}}`) is not supported", s.type_name));
+            }
+            Expr::Unspecified => add_problem(problems, "incomplete expression".to_string()),
+        }
+    }
+
+    fn check_call<'e>(&mut self, call: &'e CallExpr, bound: &mut Vec<&'e str>, problems: &mut Vec<String>) {
+        let check_args = |this: &mut Self, bound: &mut Vec<&'e str>, problems: &mut Vec<String>| {
+            for arg in &call.args {
+                this.check(arg, bound, problems);
+            }
+        };
+        if is_operator(&call.func_name) {
+            if let Some(target) = &call.target {
+                self.check(target, bound, problems);
+            }
+            check_args(self, bound, problems);
+            return;
+        }
+        // As the interpreter does: `a.f(x)` with `a` an identifier first
+        // looks for a function named `a.f` (`sets.contains`, `math.least`),
+        // and only then calls `f` on the value of `a`.
+        if let Some(target) = &call.target
+            && let Expr::Ident(prefix) = &target.expr
+            && self.function_exists(&format!("{prefix}.{}", call.func_name))
+        {
+            check_args(self, bound, problems);
+            return;
+        }
+        if !self.function_exists(&call.func_name) {
+            add_problem(problems, format!("unknown function `{}`", call.func_name));
+        } else if call.func_name == "date" && call.args.len() + usize::from(call.target.is_some()) != 1 {
+            // Resolving the string argument of `date` past the arguments
+            // given is an error, but refusing it here names the mistake.
+            add_problem(problems, "`date` takes one argument, a string".to_string());
+        }
+        if let Some(target) = &call.target {
+            self.check(target, bound, problems);
+        }
+        check_args(self, bound, problems);
+    }
+
+    /// Whether a function is registered in the base context.
+    ///
+    /// The `cel` crate keeps its function registry private; this asks the
+    /// interpreter itself, with the same lookup a call makes, by calling the
+    /// function as a method on an undeclared variable: the interpreter looks
+    /// the function up before it resolves the target, so an unknown function
+    /// fails with an undeclared reference to its own name, and a known one
+    /// with an undeclared reference to the target, without being run.
+    fn function_exists(&mut self, name: &str) -> bool {
+        if let Some(&exists) = self.functions.get(name) {
+            return exists;
+        }
+        // `@` cannot start an identifier of a parsed expression, so this is
+        // neither a function nor a function prefix.
+        let target = IdedExpr { id: 0, expr: Expr::Ident("@probe".to_string()) };
+        let call = CallExpr { func_name: name.to_string(), target: Some(Box::new(target)), args: Vec::new() };
+        let probe = IdedExpr { id: 0, expr: Expr::Call(call) };
+        let exists = match catch_unwind(AssertUnwindSafe(|| Value::resolve(&probe, self.base))) {
+            Ok(Err(ExecutionError::UndeclaredReference(reference))) => reference.as_str() != name,
+            // Anything else means the function was found (and, against
+            // expectations, ran): not unknown.
+            _ => true,
+        };
+        self.functions.insert(name.to_string(), exists);
+        exists
+    }
+}
+
+/// Adds a problem once: a misspelled variable used twice is one mistake.
+fn add_problem(problems: &mut Vec<String>, message: String) {
+    if !problems.contains(&message) {
+        problems.push(message);
+    }
+}
+
+/// Whether a call's name is an operator (`_+_`, `_[_]`, `!_`, `@in`, …),
+/// which the interpreter implements itself, rather than a function.
+fn is_operator(name: &str) -> bool {
+    name.starts_with('@') || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+/// The parser's errors as one paragraph: `line:column: message` each, without
+/// the source snippet and caret the parser adds on separate lines (the
+/// expression is reported next to the message).
+fn parse_message(errors: &cel::ParseErrors) -> String {
+    let mut messages: Vec<String> = Vec::new();
+    for error in &errors.errors {
+        let message =
+            format!("{}:{}: {}", error.pos.0, error.pos.1, error.msg.split_whitespace().collect::<Vec<_>>().join(" "));
+        if !messages.contains(&message) {
+            messages.push(message);
+        }
+    }
+    if messages.is_empty() {
+        // Never seen, but an empty message would hide that it failed.
+        return "syntax error".to_string();
+    }
+    messages.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn compile(attributes: &[(&str, &str)]) -> Result<CompiledProfile, Vec<CompileError>> {
+        let attributes = attributes.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        CompiledProfile::compile(&attributes, None)
+    }
+
+    fn compiled(attributes: &[(&str, &str)]) -> CompiledProfile {
+        match compile(attributes) {
+            Ok(profile) => profile,
+            Err(errors) => panic!("does not compile: {errors:?}"),
+        }
+    }
+
+    fn ts(text: &str) -> jiff::Timestamp {
+        text.parse().expect("test timestamp")
+    }
+
+    fn hr_account() -> Account {
+        let mut account = Account::new("E100");
+        account.username = Some("jdoe".to_string());
+        account.email = Some("Jane.Doe@Example.com".to_string());
+        account.display_name = Some("Jane Doe".to_string());
+        account.groups = vec!["admins".to_string(), "staff".to_string()];
+        account.attributes = BTreeMap::from([
+            ("work_email".to_string(), json!("JANE@EXAMPLE.COM")),
+            // Standard fields win over same-named attributes.
+            ("email".to_string(), json!("attribute@example.com")),
+            ("hire_date".to_string(), json!("2020-03-01")),
+            ("cost_center".to_string(), json!(4711)),
+            ("fte".to_string(), json!(0.5)),
+            ("manager".to_string(), json!(null)),
+            ("tags".to_string(), json!(["a", "b"])),
+            ("address".to_string(), json!({"city": "Chicago", "zip": "60601"})),
+        ]);
+        account
+    }
+
+    fn evaluate(profile: &CompiledProfile, accounts: &[(&str, &Account)], now: &str) -> Evaluation {
+        profile.evaluate(&Inputs { accounts, now: ts(now) }, None)
+    }
+
+    fn eval_one(expression: &str) -> Result<Option<Json>, String> {
+        let profile = compiled(&[("x", expression)]);
+        let hr = hr_account();
+        let mut evaluation = evaluate(&profile, &[("hr", &hr)], "2024-06-15T12:00:00Z");
+        match evaluation.errors.remove("x") {
+            Some(error) => Err(error),
+            None => Ok(evaluation.attributes.remove("x")),
+        }
+    }
+
+    #[test]
+    fn compiled_profile_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<CompiledProfile>();
+    }
+
+    #[test]
+    fn maps_accounts_of_several_connections() {
+        let profile = compiled(&[
+            ("email", "accounts.hr.work_email.lowerAscii()"),
+            ("emailViaAttributes", "accounts.hr.attributes.work_email"),
+            ("standardEmail", "accounts.hr.email"),
+            ("attributeEmail", "accounts.hr.attributes.email"),
+            ("id", "accounts.hr.id"),
+            ("name", "accounts.hr.displayName + ' (' + accounts.hr.username + ')'"),
+            ("isAdmin", "'admins' in accounts.hr.groups"),
+            ("groupCount", "size(accounts.hr.groups)"),
+            ("enabled", "accounts.hr.enabled"),
+            ("hasGithub", "has(accounts.github)"),
+            ("githubIn", "'github' in accounts"),
+            ("github", "has(accounts.github) ? accounts.github.username : 'none'"),
+            ("ldapDisabled", "has(accounts.ldap) && !accounts.ldap.enabled"),
+            ("ldapNoEmail", "has(accounts.ldap.email)"),
+        ]);
+        let hr = hr_account();
+        let mut ldap = Account::new("uid=jdoe");
+        ldap.enabled = false;
+        // An absent standard field hides a same-named attribute.
+        ldap.attributes.insert("email".to_string(), json!("hidden@example.com"));
+        let evaluation = evaluate(&profile, &[("hr", &hr), ("ldap", &ldap)], "2024-06-15T12:00:00Z");
+        assert_eq!(evaluation.errors, BTreeMap::new());
+        let expected = BTreeMap::from([
+            ("email".to_string(), json!("jane@example.com")),
+            ("emailViaAttributes".to_string(), json!("JANE@EXAMPLE.COM")),
+            ("standardEmail".to_string(), json!("Jane.Doe@Example.com")),
+            ("attributeEmail".to_string(), json!("attribute@example.com")),
+            ("id".to_string(), json!("E100")),
+            ("name".to_string(), json!("Jane Doe (jdoe)")),
+            ("isAdmin".to_string(), json!(true)),
+            ("groupCount".to_string(), json!(2)),
+            ("enabled".to_string(), json!(true)),
+            ("hasGithub".to_string(), json!(false)),
+            ("githubIn".to_string(), json!(false)),
+            ("github".to_string(), json!("none")),
+            ("ldapDisabled".to_string(), json!(true)),
+            ("ldapNoEmail".to_string(), json!(false)),
+        ]);
+        assert_eq!(evaluation.attributes, expected);
+        assert_eq!(evaluation.lifecycle_state, None);
+
+        let mut github = Account::new("42");
+        github.username = Some("janedoe".to_string());
+        let evaluation = evaluate(&profile, &[("hr", &hr), ("github", &github)], "2024-06-15T12:00:00Z");
+        assert_eq!(evaluation.attributes["hasGithub"], json!(true));
+        assert_eq!(evaluation.attributes["githubIn"], json!(true));
+        assert_eq!(evaluation.attributes["github"], json!("janedoe"));
+    }
+
+    #[test]
+    fn syntax_error_names_field_expression_and_message() {
+        let Err(errors) = compile(&[("email", "accounts.hr.email +")]) else { panic!("compiled") };
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field, "spec.attributes.email");
+        assert_eq!(errors[0].expression, "accounts.hr.email +");
+        assert!(errors[0].message.starts_with("1:"), "{}", errors[0].message);
+        assert!(!errors[0].message.contains('\n'), "{}", errors[0].message);
+        let shown = errors[0].to_string();
+        assert!(shown.starts_with("spec.attributes.email: \"accounts.hr.email +\" does not compile: 1:"), "{shown}");
+    }
+
+    #[test]
+    fn all_compile_errors_are_reported_in_field_order() {
+        let attributes = BTreeMap::from([
+            ("b".to_string(), "accounts.hr.(".to_string()),
+            ("a".to_string(), "acounts.hr.email".to_string()),
+            ("ok".to_string(), "accounts.hr.email".to_string()),
+            ("c".to_string(), "accounts.hr.email.lowercase()".to_string()),
+        ]);
+        let lifecycle = Lifecycle { expression: "'active' +".to_string(), states: vec!["active".to_string()] };
+        let Err(errors) = CompiledProfile::compile(&attributes, Some(&lifecycle)) else { panic!("compiled") };
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["spec.attributes.a", "spec.attributes.b", "spec.attributes.c", "spec.lifecycle.expression"]
+        );
+        assert_eq!(errors[0].message, "unknown variable `acounts`; expressions can use `accounts` and `now`");
+        assert_eq!(errors[2].message, "unknown function `lowercase`");
+    }
+
+    #[test]
+    fn checks_know_macros_qualified_functions_and_extensions() {
+        // Macro variables, namespaced functions, Kubernetes extensions and
+        // standard functions are all known.
+        compiled(&[
+            ("a", "accounts.hr.groups.filter(g, g.startsWith('a')).map(g, g.upperAscii())"),
+            ("b", "accounts.hr.groups.all(g, size(g) > 0) && accounts.exists(c, c == 'hr')"),
+            ("c", "sets.contains(accounts.hr.groups, ['staff'])"),
+            ("d", "math.greatest([1, 2]) + int('3')"),
+            ("e", "accounts.hr.displayName.split(' ').join('.')"),
+            ("f", "string(now.getFullYear()) + accounts.hr.email.replace('@', '.')"),
+            ("g", "'hr'.date()"),
+            ("h", "accounts.hr.groups.exists_one(g, g == 'staff') ? double(1) : 2.0"),
+            ("i", "timestamp('2024-01-01T00:00:00Z') < now - duration('24h')"),
+        ]);
+        // A macro's variable is only known inside it.
+        let Err(errors) = compile(&[("a", "accounts.hr.groups.map(g, g) + [g]")]) else { panic!("compiled") };
+        assert_eq!(errors[0].message, "unknown variable `g`; expressions can use `accounts` and `now`");
+        // An unknown namespace is a variable as far as CEL is concerned.
+        let Err(errors) = compile(&[("a", "sets.frobnicate([1], [2])")]) else { panic!("compiled") };
+        assert_eq!(
+            errors[0].message,
+            "unknown function `frobnicate`; unknown variable `sets`; expressions can use `accounts` and `now`"
+        );
+        // Wrong arity of date, and what the interpreter would panic on.
+        let Err(errors) = compile(&[("a", "date()"), ("b", "date('a', 'b')"), ("c", "Foo{x: 1}")]) else {
+            panic!("compiled")
+        };
+        assert_eq!(errors[0].message, "`date` takes one argument, a string");
+        assert_eq!(errors[1].message, "`date` takes one argument, a string");
+        assert_eq!(errors[2].message, "message construction (`Foo{…}`) is not supported");
+    }
+
+    #[test]
+    fn an_evaluation_error_leaves_other_attributes() {
+        let profile = compiled(&[
+            ("email", "accounts.hr.attributes.private_email"),
+            ("github", "accounts.github.username"),
+            ("name", "accounts.hr.displayName"),
+            ("bad", "accounts.hr.cost_center + 'x'"),
+        ]);
+        let hr = hr_account();
+        let evaluation = evaluate(&profile, &[("hr", &hr)], "2024-06-15T12:00:00Z");
+        assert_eq!(evaluation.attributes, BTreeMap::from([("name".to_string(), json!("Jane Doe"))]));
+        assert_eq!(
+            evaluation.errors,
+            BTreeMap::from([
+                ("email".to_string(), "No such key: private_email".to_string()),
+                ("github".to_string(), "No such key: github".to_string()),
+                (
+                    "bad".to_string(),
+                    "no such overload (an operator or function applied to values of the wrong type)".to_string()
+                ),
+            ])
+        );
+    }
+
+    #[test]
+    fn converts_results_to_json() {
+        assert_eq!(eval_one("null"), Ok(None));
+        // A null attribute is there, and null.
+        assert_eq!(eval_one("accounts.hr.manager"), Ok(None));
+        assert_eq!(eval_one("has(accounts.hr.manager)"), Ok(Some(json!(true))));
+        assert_eq!(eval_one("accounts.hr.cost_center * 2"), Ok(Some(json!(9422))));
+        assert_eq!(eval_one("accounts.hr.fte * 2.0"), Ok(Some(json!(1.0))));
+        assert_eq!(eval_one("7u"), Ok(Some(json!(7))));
+        assert_eq!(eval_one("accounts.hr.tags + ['c']"), Ok(Some(json!(["a", "b", "c"]))));
+        assert_eq!(eval_one("accounts.hr.address.city"), Ok(Some(json!("Chicago"))));
+        assert_eq!(eval_one("accounts.hr.address"), Ok(Some(json!({"city": "Chicago", "zip": "60601"}))));
+        assert_eq!(eval_one("{'a': [1, null], 'b': {'c': true}}"), Ok(Some(json!({"a": [1, null], "b": {"c": true}}))));
+        assert_eq!(eval_one("timestamp('2024-01-01T02:00:00+02:00')"), Ok(Some(json!("2024-01-01T00:00:00Z"))));
+        assert_eq!(eval_one("now"), Ok(Some(json!("2024-06-15T12:00:00Z"))));
+        assert_eq!(eval_one("duration('1h')"), Ok(Some(json!("3600s"))));
+        assert_eq!(eval_one("duration('1.5s')"), Ok(Some(json!("1.5s"))));
+        assert_eq!(eval_one("optional.of('x')"), Ok(Some(json!("x"))));
+        assert_eq!(eval_one("optional.none()"), Ok(None));
+        assert_eq!(eval_one("b'abc'"), Err("yields bytes, which an attribute cannot hold".to_string()));
+        assert_eq!(
+            eval_one("{1: 'a'}"),
+            Err("yields a map with keys that are not strings, which an attribute cannot hold".to_string())
+        );
+    }
+
+    fn lifecycle_profile(states: &[&str]) -> CompiledProfile {
+        let expression = "has(accounts.hr.termination_date) && accounts.hr.termination_date != '' \
+                          && date(accounts.hr.termination_date) <= now ? 'terminated' \
+                          : date(accounts.hr.hire_date) > now ? 'prehire' : 'active'";
+        let lifecycle =
+            Lifecycle { expression: expression.to_string(), states: states.iter().map(|s| s.to_string()).collect() };
+        match CompiledProfile::compile(&BTreeMap::new(), Some(&lifecycle)) {
+            Ok(profile) => profile,
+            Err(errors) => panic!("does not compile: {errors:?}"),
+        }
+    }
+
+    fn lifecycle_of(profile: &CompiledProfile, hire: &str, termination: Option<&str>, now: &str) -> Evaluation {
+        let mut hr = Account::new("E1");
+        hr.attributes.insert("hire_date".to_string(), json!(hire));
+        if let Some(termination) = termination {
+            hr.attributes.insert("termination_date".to_string(), json!(termination));
+        }
+        evaluate(profile, &[("hr", &hr)], now)
+    }
+
+    #[test]
+    fn lifecycle_follows_hire_and_termination_dates() {
+        let profile = lifecycle_profile(&["prehire", "active", "terminated"]);
+        let state = |hire, termination, now| lifecycle_of(&profile, hire, termination, now).lifecycle_state;
+        assert_eq!(state("2024-07-01", None, "2024-06-30T23:59:59Z").as_deref(), Some("prehire"));
+        assert_eq!(state("2024-07-01", None, "2024-07-01T00:00:00Z").as_deref(), Some("active"));
+        assert_eq!(state("2024-07-01", Some(""), "2025-01-01T00:00:00Z").as_deref(), Some("active"));
+        assert_eq!(state("2024-07-01", Some("2025-01-31"), "2025-01-30T12:00:00Z").as_deref(), Some("active"));
+        assert_eq!(state("2024-07-01", Some("2025-01-31"), "2025-01-31T00:00:00Z").as_deref(), Some("terminated"));
+        let evaluation = lifecycle_of(&profile, "2024-07-01", None, "2025-01-01T00:00:00Z");
+        assert_eq!(evaluation.errors, BTreeMap::new());
+    }
+
+    #[test]
+    fn lifecycle_must_yield_one_of_its_states() {
+        let profile = lifecycle_profile(&["active", "inactive"]);
+        let evaluation = lifecycle_of(&profile, "2030-01-01", None, "2024-01-01T00:00:00Z");
+        assert_eq!(evaluation.lifecycle_state, None);
+        assert_eq!(
+            evaluation.errors,
+            BTreeMap::from([(
+                "lifecycle".to_string(),
+                "yielded \"prehire\", which is not one of its states (active, inactive)".to_string()
+            )])
+        );
+
+        let lifecycle = Lifecycle { expression: "1 + 1".to_string(), states: vec!["active".to_string()] };
+        let Ok(profile) = CompiledProfile::compile(&BTreeMap::new(), Some(&lifecycle)) else { panic!() };
+        let evaluation = evaluate(&profile, &[], "2024-01-01T00:00:00Z");
+        assert_eq!(evaluation.lifecycle_state, None);
+        assert_eq!(evaluation.errors["lifecycle"], "yielded int, not a string");
+
+        // A failing lifecycle expression is an error under `lifecycle` too.
+        let evaluation = lifecycle_of(
+            &profile_with_lifecycle("date(accounts.hr.hire_date) > now ? 'a' : 'b'"),
+            "soon",
+            None,
+            "2024-01-01T00:00:00Z",
+        );
+        assert_eq!(evaluation.errors["lifecycle"], "date(\"soon\"): not a date (YYYY-MM-DD) or RFC 3339 timestamp");
+    }
+
+    fn profile_with_lifecycle(expression: &str) -> CompiledProfile {
+        let lifecycle =
+            Lifecycle { expression: expression.to_string(), states: vec!["a".to_string(), "b".to_string()] };
+        match CompiledProfile::compile(&BTreeMap::new(), Some(&lifecycle)) {
+            Ok(profile) => profile,
+            Err(errors) => panic!("does not compile: {errors:?}"),
+        }
+    }
+
+    #[test]
+    fn date_reads_plain_dates_and_rfc3339() {
+        assert_eq!(eval_one("date('2024-02-29')"), Ok(Some(json!("2024-02-29T00:00:00Z"))));
+        assert_eq!(eval_one("date('2024-02-29T10:30:00+02:00')"), Ok(Some(json!("2024-02-29T08:30:00Z"))));
+        assert_eq!(eval_one("date('2024-02-29T10:30:00.25Z')"), Ok(Some(json!("2024-02-29T10:30:00.25Z"))));
+        assert_eq!(eval_one("'2024-03-01'.date() == date('2024-03-01T00:00:00Z')"), Ok(Some(json!(true))));
+        assert_eq!(eval_one("date('2024-02-29').getHours()"), Ok(Some(json!(0))));
+        for garbage in ["'x'", "'2023-02-29'", "'2024-02-29T10:30:00'", "'29.02.2024'", "''"] {
+            let text = garbage.trim_matches('\'');
+            assert_eq!(
+                eval_one(&format!("date({garbage})")),
+                Err(format!("date({text:?}): not a date (YYYY-MM-DD) or RFC 3339 timestamp")),
+                "{garbage}"
+            );
+        }
+        assert_eq!(eval_one("date(1)"), Err("expected string, got int".to_string()));
+    }
+
+    #[test]
+    fn now_compares_with_timestamps_and_durations() {
+        assert_eq!(eval_one("now > timestamp('2024-06-15T11:59:59Z')"), Ok(Some(json!(true))));
+        assert_eq!(eval_one("now - duration('24h')"), Ok(Some(json!("2024-06-14T12:00:00Z"))));
+        assert_eq!(eval_one("date('2024-06-14') > now - duration('24h')"), Ok(Some(json!(false))));
+        assert_eq!(eval_one("date('2024-06-15') + duration('12h') == now"), Ok(Some(json!(true))));
+        assert_eq!(eval_one("now - date('2024-06-14')"), Ok(Some(json!("129600s"))));
+        assert_eq!(eval_one("string(now)"), Ok(Some(json!("2024-06-15T12:00:00+00:00"))));
+    }
+
+    #[test]
+    fn only_evaluates_named_attributes_and_skips_lifecycle() {
+        let attributes = BTreeMap::from([
+            ("a".to_string(), "'a'".to_string()),
+            ("b".to_string(), "'b'".to_string()),
+            ("c".to_string(), "accounts.nope.x".to_string()),
+        ]);
+        let lifecycle = Lifecycle { expression: "'active'".to_string(), states: vec!["active".to_string()] };
+        let Ok(profile) = CompiledProfile::compile(&attributes, Some(&lifecycle)) else { panic!() };
+        assert_eq!(profile.attribute_names().collect::<Vec<_>>(), ["a", "b", "c"]);
+        let inputs = Inputs { accounts: &[], now: ts("2024-01-01T00:00:00Z") };
+        let evaluation = profile.evaluate(&inputs, Some(&["b", "unknown"]));
+        assert_eq!(
+            evaluation,
+            Evaluation {
+                attributes: BTreeMap::from([("b".to_string(), json!("b"))]),
+                lifecycle_state: None,
+                errors: BTreeMap::new(),
+            }
+        );
+        let evaluation = profile.evaluate(&inputs, None);
+        assert_eq!(evaluation.attributes.len(), 2);
+        assert_eq!(evaluation.lifecycle_state.as_deref(), Some("active"));
+        assert_eq!(evaluation.errors.keys().collect::<Vec<_>>(), ["c"]);
+    }
+
+    #[test]
+    fn scratch() {
+        for e in [
+            "accounts.hr.email +",
+            "accounts.hr.(",
+            "",
+            "a b c",
+            "'x'.charAt()",
+            "[1][5]",
+            "1/0",
+            "accounts.hr.email.foo",
+            "accounts['hr'].groups[0]",
+            "accounts.hr.groups.size()",
+            "'x' + accounts.hr.cost_center",
+            "int('x')",
+            "accounts.hr.address.zip.matches('^6')",
+            "accounts.hr.cost_center > 1.5",
+            "accounts.hr.hire_date.substring(0, 4)",
+            "accounts.?hr.email.orValue('')",
+            "accounts.?gh.email.orValue('none')",
+            "accounts[?'gh'].orValue({}).email",
+            "accounts.?gh.email",
+            "'a'.format()",
+            "lists.range(3)",
+        ] {
+            let r = compile(&[("x", e)]).map(|_| eval_one(e));
+            eprintln!("{e:?} => {r:?}");
+        }
+    }
+
+    #[test]
+    fn error_messages_do_not_quote_whole_values() {
+        let error = eval_one("accounts.hr + 1").expect_err("adding a map");
+        assert_eq!(error, "no `add` for map and int");
+        let error = eval_one("accounts.hr < 1").expect_err("comparing a map");
+        assert!(!error.contains("Chicago"), "{error}");
+    }
 }

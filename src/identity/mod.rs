@@ -17,6 +17,7 @@ use serde_json::Value;
 
 pub mod expr;
 pub mod process;
+pub mod report;
 
 /// One identity of one profile, as the store keeps it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

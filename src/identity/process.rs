@@ -247,7 +247,9 @@ pub fn run(
                 connection: spec.authoritative_connection.clone(),
                 account_id: account.id.clone(),
             })
-            .chain(correlated.iter().map(|(c, a, _)| AccountLink { connection: c.to_string(), account_id: a.id.clone() }))
+            .chain(
+                correlated.iter().map(|(c, a, _)| AccountLink { connection: c.to_string(), account_id: a.id.clone() }),
+            )
             .collect(),
             errors: evaluation.errors,
             input_hash,
@@ -624,5 +626,396 @@ impl Preview {
             lines.push(line("removed".to_string(), &self.removed));
         }
         lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// HR makes identities; GitHub accounts correlate by e-mail (ignoring
+    /// case), then by login.
+    fn spec() -> IdentityProfileSpec {
+        serde_json::from_value(json!({
+            "authoritativeConnection": "hr",
+            "correlation": [{"connection": "github", "rules": [
+                {"accountAttribute": "email", "identityAttribute": "email", "ignoreCase": true},
+                {"accountAttribute": "username", "identityAttribute": "githubLogin"}
+            ]}],
+            "attributes": {
+                "email": "accounts.hr.email",
+                "displayName": "accounts.hr.displayName",
+                "employeeId": "accounts.hr.id",
+                "managerId": "accounts.hr.manager_id",
+                "title": "accounts.hr.title",
+                "githubLogin": "has(accounts.hr.github_login) ? accounts.hr.github_login : (has(accounts.github) ? accounts.github.username : null)",
+                "badge": "int(accounts.hr.badge)"
+            },
+            "lifecycle": {
+                "expression": "has(accounts.hr.termination_date) && date(accounts.hr.termination_date) <= now ? 'terminated' : date(accounts.hr.hire_date) > now ? 'prehire' : 'active'",
+                "states": ["prehire", "active", "terminated"]
+            },
+            "manager": {"attribute": "managerId", "matchAttribute": "employeeId"},
+            "schedule": {"cron": ["0 8 * * *", "0 20 * * *"], "timeZone": "America/Chicago"}
+        }))
+        .expect("spec")
+    }
+
+    fn person(id: &str, name: &str, email: &str, manager: &str, extra: &[(&str, &str)]) -> Account {
+        let mut a = Account::new(id);
+        a.display_name = Some(name.to_string());
+        a.email = Some(email.to_string());
+        a.attributes.insert("manager_id".into(), json!(manager));
+        a.attributes.insert("hire_date".into(), json!("2020-01-01"));
+        a.attributes.insert("title".into(), json!("Engineer"));
+        a.attributes.insert("badge".into(), json!(id.trim_start_matches('E')));
+        for (k, v) in extra {
+            a.attributes.insert(k.to_string(), json!(v));
+        }
+        a
+    }
+
+    fn github(id: &str, email: Option<&str>, login: &str) -> Account {
+        let mut a = Account::new(id);
+        a.email = email.map(str::to_string);
+        a.username = Some(login.to_string());
+        a
+    }
+
+    fn hr() -> Vec<Account> {
+        vec![
+            // E1 names itself: the top of the hierarchy.
+            person("E1", "Ada", "ada@acme.com", "E1", &[]),
+            // E2 and E3 manage each other.
+            person("E2", "Bob", "BOB@acme.com", "E3", &[]),
+            person("E3", "Cy", "cy@acme.com", "E2", &[]),
+            // E4's manager does not exist.
+            person("E4", "Dee", "shared@acme.com", "E9", &[]),
+            // E5 shares E4's e-mail and has left.
+            person("E5", "Eve", "shared@acme.com", "E1", &[("termination_date", "2026-06-30")]),
+            // E6 starts next year and is found on GitHub by login.
+            person("E6", "Fay", "fay@acme.com", "E1", &[("hire_date", "2027-03-01"), ("github_login", "fay-gh")]),
+        ]
+    }
+
+    fn github_accounts() -> Vec<Account> {
+        vec![
+            github("g1", Some("ada@ACME.com"), "ada"),
+            github("g2", Some("shared@acme.com"), "shared"),
+            github("g3", Some("nobody@example.com"), "zed"),
+            github("g4", None, "fay-gh"),
+            github("g5", Some("bob@acme.com"), "bobby"),
+        ]
+    }
+
+    fn with_hashes(accounts: Vec<Account>) -> Vec<(Account, ContentHash)> {
+        let mut v: Vec<(Account, ContentHash)> = accounts
+            .into_iter()
+            .map(|a| {
+                let h = a.content_hash();
+                (a, h)
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        v
+    }
+
+    fn snapshot(hr: Vec<Account>, gh: Vec<Account>) -> ProcessingSnapshot {
+        ProcessingSnapshot {
+            accounts: [("hr".to_string(), with_hashes(hr)), ("github".to_string(), with_hashes(gh))].into(),
+            ..Default::default()
+        }
+    }
+
+    /// What the store would hold after committing `outcome`.
+    fn commit(snapshot: &mut ProcessingSnapshot, outcome: &Outcome) {
+        for identity in &outcome.commit.upserts {
+            snapshot.identities.insert(identity.id.clone(), identity.clone());
+        }
+        for id in &outcome.commit.deletes {
+            snapshot.identities.remove(id);
+        }
+        for link in &outcome.commit.link_upserts {
+            snapshot.links.insert((link.connection.clone(), link.account_id.clone()), link.clone());
+        }
+        for key in &outcome.commit.link_deletes {
+            snapshot.links.remove(key);
+        }
+        snapshot.state = outcome.commit.state.clone();
+    }
+
+    fn compiled(spec: &IdentityProfileSpec) -> CompiledProfile {
+        CompiledProfile::compile(&spec.attributes, spec.lifecycle.as_ref()).expect("compiles")
+    }
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().expect("timestamp")
+    }
+
+    fn identity<'a>(snapshot: &'a ProcessingSnapshot, id: &str) -> &'a Identity {
+        snapshot.identities.get(id).unwrap_or_else(|| panic!("identity {id}"))
+    }
+
+    #[test]
+    fn a_fixture_with_known_answers() {
+        let spec = spec();
+        let mut snap = snapshot(hr(), github_accounts());
+        let now = at("2026-11-22T12:00:00Z");
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::All, now);
+        commit(&mut snap, &outcome);
+
+        assert_eq!(outcome.processed, 6);
+        assert_eq!(outcome.changed, 6, "all created");
+        assert_eq!(outcome.errors, 0);
+        let summary = &outcome.summary;
+        assert_eq!(summary.identities, 6);
+        assert_eq!(
+            summary.lifecycle_states,
+            [("active".to_string(), 4), ("prehire".to_string(), 1), ("terminated".to_string(), 1)].into()
+        );
+        assert_eq!(summary.uncorrelated_accounts, 1, "g3");
+        assert_eq!(summary.ambiguous_accounts, 1, "g2");
+        assert_eq!(summary.unresolved_managers, 1, "E4's manager E9");
+
+        // Correlation: case-insensitive e-mail, then login; the duplicate
+        // e-mail is reported with both candidates and attached to nobody.
+        let link = |id: &str| snap.links.get(&("github".to_string(), id.to_string())).expect("link").clone();
+        assert_eq!((link("g1").state, link("g1").identity.as_deref()), (LinkState::Correlated, Some("E1")));
+        assert_eq!((link("g5").state, link("g5").identity.as_deref()), (LinkState::Correlated, Some("E2")));
+        assert_eq!((link("g4").state, link("g4").identity.as_deref()), (LinkState::Correlated, Some("E6")));
+        assert_eq!(link("g2").state, LinkState::Ambiguous);
+        assert_eq!(link("g2").candidates, vec!["E4".to_string(), "E5".to_string()]);
+        assert_eq!(link("g3").state, LinkState::Uncorrelated);
+        assert!(identity(&snap, "E4").accounts.iter().all(|a| a.connection == "hr"));
+        assert!(identity(&snap, "E5").accounts.iter().all(|a| a.connection == "hr"));
+
+        // Attributes see correlated accounts.
+        let e2 = identity(&snap, "E2");
+        assert_eq!(e2.attributes["githubLogin"], json!("bobby"));
+        assert_eq!(e2.attributes["email"], json!("BOB@acme.com"));
+        assert_eq!(
+            e2.accounts,
+            vec![
+                AccountLink { connection: "hr".into(), account_id: "E2".into() },
+                AccountLink { connection: "github".into(), account_id: "g5".into() }
+            ]
+        );
+
+        // Managers: self is the top, a cycle resolves both ways, a missing
+        // manager stays unresolved.
+        assert_eq!(identity(&snap, "E1").manager, None);
+        assert_eq!(identity(&snap, "E2").manager.as_deref(), Some("E3"));
+        assert_eq!(identity(&snap, "E3").manager.as_deref(), Some("E2"));
+        assert_eq!(
+            (identity(&snap, "E4").manager_ref.as_deref(), identity(&snap, "E4").manager.as_deref()),
+            (Some("E9"), None)
+        );
+        assert_eq!(identity(&snap, "E5").manager.as_deref(), Some("E1"));
+
+        // Lifecycle from dates.
+        assert_eq!(identity(&snap, "E5").lifecycle_state.as_deref(), Some("terminated"));
+        assert_eq!(identity(&snap, "E6").lifecycle_state.as_deref(), Some("prehire"));
+        assert_eq!(identity(&snap, "E1").lifecycle_state.as_deref(), Some("active"));
+        assert!(snap.identities.values().all(|i| i.created == now && i.modified == now));
+    }
+
+    #[test]
+    fn an_event_based_run_processes_exactly_the_changed_identity() {
+        let spec = spec();
+        let mut snap = snapshot(hr(), github_accounts());
+        let first = at("2026-11-22T12:00:00Z");
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::All, first);
+        commit(&mut snap, &outcome);
+
+        // Bob is promoted in the HR system.
+        let mut people = hr();
+        people[1].attributes.insert("title".into(), json!("Staff Engineer"));
+        snap.accounts.insert("hr".into(), with_hashes(people));
+        let later = at("2026-11-22T13:00:00Z");
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::Changed, later);
+        assert_eq!(outcome.processed, 1);
+        assert_eq!(outcome.changed, 1);
+        assert_eq!(outcome.commit.upserts.len(), 1);
+        assert_eq!(outcome.commit.upserts[0].id, "E2");
+        assert_eq!(outcome.commit.upserts[0].attributes["title"], json!("Staff Engineer"));
+        assert_eq!(outcome.commit.upserts[0].modified, later);
+        assert!(outcome.commit.link_upserts.is_empty() && outcome.commit.link_deletes.is_empty());
+        commit(&mut snap, &outcome);
+        assert!(snap.identities.values().filter(|i| i.id != "E2").all(|i| i.modified == first));
+
+        // Nothing changed since: nothing processed, nothing written.
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::Changed, later);
+        assert_eq!((outcome.processed, outcome.changed), (0, 0));
+        assert!(outcome.commit.upserts.is_empty());
+    }
+
+    #[test]
+    fn a_github_account_change_reprocesses_its_identity_only() {
+        let spec = spec();
+        let mut snap = snapshot(hr(), github_accounts());
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::All, at("2026-11-22T12:00:00Z"));
+        commit(&mut snap, &outcome);
+        let mut gh = github_accounts();
+        gh[4].username = Some("robert".into());
+        snap.accounts.insert("github".into(), with_hashes(gh));
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::Changed, at("2026-11-22T13:00:00Z"));
+        assert_eq!(outcome.processed, 1);
+        assert_eq!(outcome.commit.upserts.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), vec!["E2"]);
+        assert_eq!(outcome.commit.upserts[0].attributes["githubLogin"], json!("robert"));
+    }
+
+    #[test]
+    fn a_scheduled_run_moves_lifecycle_over_time_and_writes_only_changes() {
+        let spec = spec();
+        let mut people = hr();
+        people[0].attributes.insert("termination_date".into(), json!("2026-11-23"));
+        let mut snap = snapshot(people, github_accounts());
+        // 2026-11-22 20:00 America/Chicago = 2026-11-23T02:00Z: past midnight UTC.
+        let morning = at("2026-11-22T14:00:00Z");
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::All, morning);
+        commit(&mut snap, &outcome);
+        assert_eq!(identity(&snap, "E1").lifecycle_state.as_deref(), Some("active"));
+
+        let evening = at("2026-11-23T02:00:00Z");
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::All, evening);
+        assert_eq!(outcome.processed, 6);
+        assert_eq!(outcome.changed, 1);
+        assert_eq!(outcome.commit.upserts.len(), 1, "unchanged results are not written");
+        commit(&mut snap, &outcome);
+        assert_eq!(identity(&snap, "E1").lifecycle_state.as_deref(), Some("terminated"));
+        assert_eq!(identity(&snap, "E1").modified, evening);
+        assert_eq!(identity(&snap, "E2").modified, morning);
+    }
+
+    #[test]
+    fn only_named_identities_are_processed_and_unknown_names_reported() {
+        let spec = spec();
+        let mut snap = snapshot(hr(), github_accounts());
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::All, at("2026-06-01T12:00:00Z"));
+        commit(&mut snap, &outcome);
+        assert_eq!(identity(&snap, "E5").lifecycle_state.as_deref(), Some("active"));
+        // Time passes E5's termination; only E1 and E5 are asked for.
+        let mut people = hr();
+        people[0].attributes.insert("termination_date".into(), json!("2026-07-01"));
+        snap.accounts.insert("hr".into(), with_hashes(people));
+        let only = Selection::Only(["E5".to_string(), "E3".to_string(), "E404".to_string()].into());
+        let outcome = run(&spec, &compiled(&spec), &snap, &only, at("2026-08-01T12:00:00Z"));
+        assert_eq!(outcome.processed, 2);
+        assert_eq!(outcome.unknown, vec!["E404".to_string()]);
+        let written: Vec<&str> = outcome.commit.upserts.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(written, vec!["E5"], "E1 also left, but was not asked for");
+        assert!(outcome.commit.deletes.is_empty());
+    }
+
+    #[test]
+    fn a_dry_run_preview_counts_transitions_and_attributes() {
+        let spec = spec();
+        let mut snap = snapshot(hr(), github_accounts());
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::All, at("2026-06-01T12:00:00Z"));
+        commit(&mut snap, &outcome);
+        let mut changed = spec.clone();
+        changed.attributes.insert("title".into(), "accounts.hr.title.upperAscii()".into());
+        let outcome = run(&changed, &compiled(&changed), &snap, &Selection::All, at("2026-08-01T12:00:00Z"));
+        assert_eq!(
+            outcome.preview,
+            vec![
+                "6 of 6 identities would change, 0 would be created, 0 removed".to_string(),
+                "lifecycleState active → terminated: 1 (e.g. E5)".to_string(),
+                "attribute title: 6 (e.g. E1, E2, E3)".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failing_expression_is_recorded_on_its_identity_and_keeps_the_old_value() {
+        let spec = spec();
+        let mut snap = snapshot(hr(), github_accounts());
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::All, at("2026-11-22T12:00:00Z"));
+        commit(&mut snap, &outcome);
+        assert_eq!(identity(&snap, "E3").attributes["badge"], json!(3));
+        let mut people = hr();
+        people[2].attributes.insert("badge".into(), json!("not a number"));
+        people[2].attributes.insert("title".into(), json!("Manager"));
+        snap.accounts.insert("hr".into(), with_hashes(people));
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::All, at("2026-11-22T13:00:00Z"));
+        assert_eq!((outcome.processed, outcome.errors, outcome.changed), (6, 1, 1));
+        commit(&mut snap, &outcome);
+        let e3 = identity(&snap, "E3");
+        assert!(e3.errors.contains_key("badge"), "{:?}", e3.errors);
+        assert_eq!(e3.attributes["badge"], json!(3), "previous value kept");
+        assert_eq!(e3.attributes["title"], json!("Manager"), "other attributes still computed");
+        assert_eq!(outcome.summary.identities_with_errors, 1);
+    }
+
+    #[test]
+    fn an_identity_whose_authoritative_account_is_gone_is_removed() {
+        let spec = spec();
+        let mut snap = snapshot(hr(), github_accounts());
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::All, at("2026-11-22T12:00:00Z"));
+        commit(&mut snap, &outcome);
+        let people: Vec<Account> = hr().into_iter().filter(|a| a.id != "E1").collect();
+        snap.accounts.insert("hr".into(), with_hashes(people));
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::Changed, at("2026-11-22T13:00:00Z"));
+        assert_eq!(outcome.commit.deletes, vec!["E1".to_string()]);
+        // E1's GitHub account is now uncorrelated; those E1 managed lose
+        // their manager.
+        assert!(outcome.commit.link_upserts.iter().any(|l| l.account_id == "g1" && l.state == LinkState::Uncorrelated));
+        assert_eq!(outcome.summary.identities, 5);
+        assert_eq!(outcome.summary.unresolved_managers, 3, "E4, E5 and E6");
+    }
+
+    #[test]
+    fn time_based_processing_waits_for_an_instant_at_least_a_day_ahead() {
+        let mut spec = spec();
+        spec.attributes.insert("reviewAt".into(), "has(accounts.hr.review_at) ? accounts.hr.review_at : null".into());
+        spec.next_processing_attribute = Some("reviewAt".into());
+        let now = at("2026-11-22T12:00:00Z");
+        let mut people = hr();
+        // 30 hours ahead: scheduled. 10 hours ahead on first sight: not.
+        people[0].attributes.insert("review_at".into(), json!("2026-11-23T13:00:00-05:00"));
+        people[0].attributes.insert("termination_date".into(), json!("2026-11-23"));
+        people[1].attributes.insert("review_at".into(), json!("2026-11-22T22:00:00Z"));
+        let mut snap = snapshot(people, github_accounts());
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::All, now);
+        commit(&mut snap, &outcome);
+        let due = at("2026-11-23T18:00:00Z");
+        assert_eq!(identity(&snap, "E1").next_processing, Some(due));
+        assert_eq!(identity(&snap, "E2").next_processing, None);
+        assert_eq!(snap.state.next_time_based, Some(due));
+
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::Due, at("2026-11-23T17:59:00Z"));
+        assert_eq!(outcome.processed, 0, "not before its time");
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::Due, due);
+        assert_eq!(outcome.processed, 1);
+        assert_eq!(outcome.commit.upserts[0].lifecycle_state.as_deref(), Some("terminated"));
+        assert_eq!(outcome.commit.upserts[0].next_processing, None, "done, not rescheduled");
+        assert_eq!(outcome.commit.state.next_time_based, None);
+    }
+
+    #[test]
+    fn references_to_missing_attributes_are_problems() {
+        let mut spec = spec();
+        spec.correlation[0].rules[0].identity_attribute = "mail".into();
+        spec.correlation[0].rules[1].account_attribute = "login".into();
+        spec.manager.as_mut().expect("manager").match_attribute = "empId".into();
+        let problems = check_references(&spec);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[0].contains("spec.correlation[0].rules[0].identityAttribute") && problems[0].contains("\"mail\"")
+        );
+        assert!(problems[1].contains("accountAttribute"));
+        assert!(problems[2].contains("spec.manager.matchAttribute"));
+    }
+
+    #[test]
+    fn the_mapping_hash_ignores_schedule_and_policy() {
+        let a = spec();
+        let mut b = a.clone();
+        b.schedule.cron = vec!["0 6 * * *".into()];
+        b.apply_policy = crate::api::identity_profile::ApplyPolicy::Manual;
+        assert_eq!(mapping_hash(&a), mapping_hash(&b));
+        b.attributes.insert("x".into(), "1".into());
+        assert_ne!(mapping_hash(&a), mapping_hash(&b));
     }
 }

@@ -1,0 +1,1087 @@
+//! What `idsync identities` prints: a profile's identities and correlation
+//! records as kubectl-like tables, CSV, JSON or YAML, read from the store.
+//!
+//! The renderers are pure functions over slices (or one item at a time, for
+//! the streaming writers) and a writer, with the time passed in, so their
+//! output is exact and testable. The `*_report` functions at the end drive
+//! them from a [`Store`]; the CLI in `main.rs` only parses arguments and
+//! opens the store.
+
+use std::io::{self, Write};
+
+use jiff::{SignedDuration, Timestamp};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Identity, LinkRecord, LinkState};
+use crate::store::{ProfileRef, Store, StoreError};
+
+/// The `apiVersion` of the lists printed with `-o json`, idsync's API group.
+pub const API_VERSION: &str = "idsync.dev/v1alpha1";
+
+/// The `kind` of `identities list -o json`.
+pub const IDENTITY_LIST_KIND: &str = "IdentityList";
+
+/// The `kind` of `identities uncorrelated -o json`.
+pub const CORRELATION_LIST_KIND: &str = "CorrelationRecordList";
+
+/// Identities read from the store per call when listing: large enough that
+/// 100,000 identities are 100 short reads, small enough that a page never
+/// weighs much in memory.
+pub const PAGE_SIZE: usize = 1000;
+
+/// What kubectl prints for an empty or unset cell.
+const NONE: &str = "<none>";
+
+/// More non-authoritative accounts than this are shown as a count, so that
+/// one well-connected identity does not widen the whole table.
+const MAX_LISTED_ACCOUNTS: usize = 3;
+
+/// Columns of the identities table.
+pub const IDENTITY_COLUMNS: [&str; 7] = ["ID", "NAME", "EMAIL", "STATE", "MANAGER", "ACCOUNTS", "MODIFIED"];
+
+/// Header of the identities CSV.
+pub const IDENTITY_CSV_HEADER: [&str; 7] = ["id", "name", "email", "lifecycleState", "manager", "accounts", "modified"];
+
+/// Columns of the correlation records table.
+pub const LINK_COLUMNS: [&str; 5] = ["CONNECTION", "ACCOUNT", "STATE", "IDENTITY", "CANDIDATES"];
+
+/// Header of the correlation records CSV.
+pub const LINK_CSV_HEADER: [&str; 5] = ["connection", "accountId", "state", "identity", "candidates"];
+
+/// `kubectl get`'s table layout (its tabwriter settings): every column but
+/// the last is as wide as its widest cell plus 3 spaces, and at least 6.
+const TABLE_PADDING: usize = 3;
+const TABLE_MIN_WIDTH: usize = 6;
+
+/// Output formats of `identities list` and `identities uncorrelated`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+/// Output formats of `identities get`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ItemFormat {
+    Yaml,
+    Json,
+}
+
+/// Why a report failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write the output: {0}")]
+    Io(#[from] io::Error),
+    #[error("cannot render YAML: {0}")]
+    Yaml(#[from] yaml_serde::Error),
+    #[error("{}", unknown_profile_message(.profile, .known))]
+    UnknownProfile { profile: ProfileRef, known: Vec<ProfileRef> },
+    #[error("identity {id:?} not found in profile {profile}")]
+    IdentityNotFound { profile: ProfileRef, id: String },
+}
+
+impl ReportError {
+    /// Whoever reads the output went away (`| head`): not a failure worth
+    /// reporting, just the end of the output.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, ReportError::Io(e) if e.kind() == io::ErrorKind::BrokenPipe)
+    }
+}
+
+fn unknown_profile_message(profile: &ProfileRef, known: &[ProfileRef]) -> String {
+    if known.is_empty() {
+        return format!(
+            "profile {profile} is unknown to the store, which holds no profiles yet \
+             (has the IdentityProfile been processed?)"
+        );
+    }
+    let names = known.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let mut message = format!("profile {profile} is unknown to the store; it holds: {names}");
+    // The likeliest mistake is a missing --namespace: point at it.
+    let namespaces: Vec<&str> = known.iter().filter(|k| k.name == profile.name).map(|k| k.namespace.as_str()).collect();
+    if let [namespace] = namespaces.as_slice() {
+        message.push_str(&format!(" (did you mean --namespace {namespace}?)"));
+    }
+    message
+}
+
+// --- cells ---
+
+/// A duration as `kubectl get` prints ages (apimachinery's `HumanDuration`):
+/// about two significant figures, `45s`, `5m30s`, `3h`, `2d5h`, `400d`, `2y10d`.
+/// Up to a second in the future is clock skew and shows as `0s`.
+pub fn human_age(age: SignedDuration) -> String {
+    let seconds = age.as_secs();
+    if seconds < -1 {
+        return "<invalid>".into();
+    }
+    if seconds < 0 {
+        return "0s".into();
+    }
+    if seconds < 60 * 2 {
+        return format!("{seconds}s");
+    }
+    let minutes = seconds / 60;
+    if minutes < 10 {
+        return with_rest(minutes, "m", seconds % 60, "s");
+    }
+    if minutes < 60 * 3 {
+        return format!("{minutes}m");
+    }
+    let hours = seconds / 3600;
+    if hours < 8 {
+        return with_rest(hours, "h", minutes % 60, "m");
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    let days = hours / 24;
+    if hours < 24 * 8 {
+        return with_rest(days, "d", hours % 24, "h");
+    }
+    if hours < 24 * 365 * 2 {
+        return format!("{days}d");
+    }
+    let years = days / 365;
+    if hours < 24 * 365 * 8 {
+        return with_rest(years, "y", days % 365, "d");
+    }
+    format!("{years}y")
+}
+
+fn with_rest(value: i64, unit: &str, rest: i64, rest_unit: &str) -> String {
+    if rest == 0 { format!("{value}{unit}") } else { format!("{value}{unit}{rest}{rest_unit}") }
+}
+
+/// An attribute as text: strings as they are, other values as JSON. Absent,
+/// null and empty count as unset, so that the table shows `<none>` (and a
+/// fallback attribute gets its turn) rather than an empty cell.
+fn attribute_text(identity: &Identity, name: &str) -> Option<String> {
+    match identity.attributes.get(name)? {
+        Value::Null => None,
+        Value::String(s) if s.is_empty() => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn display_name(identity: &Identity) -> Option<String> {
+    attribute_text(identity, "displayName").or_else(|| attribute_text(identity, "name"))
+}
+
+/// The accounts correlated to the identity: all but the first, which is the
+/// authoritative account the identity's id already names.
+fn correlated_accounts(identity: &Identity) -> impl Iterator<Item = String> + '_ {
+    identity.accounts.iter().skip(1).map(|a| format!("{}/{}", a.connection, a.account_id))
+}
+
+/// A table cell: data can hold tabs and newlines, which would break a row
+/// apart, so control characters become spaces.
+fn cell(text: impl AsRef<str>) -> String {
+    text.as_ref().chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+/// The identities table's cells for one identity, `now` being when its age
+/// is measured from.
+pub fn identity_row(identity: &Identity, now: Timestamp) -> Vec<String> {
+    let manager = match (&identity.manager, &identity.manager_ref) {
+        (Some(manager), _) => manager.clone(),
+        (None, Some(reference)) => format!("<unresolved: {reference}>"),
+        (None, None) => NONE.into(),
+    };
+    let correlated = identity.accounts.len().saturating_sub(1);
+    let accounts = match correlated {
+        0 => NONE.into(),
+        n if n > MAX_LISTED_ACCOUNTS => format!("{n} accounts"),
+        _ => correlated_accounts(identity).collect::<Vec<_>>().join(","),
+    };
+    [
+        identity.id.clone(),
+        display_name(identity).unwrap_or_else(|| NONE.into()),
+        attribute_text(identity, "email").unwrap_or_else(|| NONE.into()),
+        identity.lifecycle_state.clone().unwrap_or_else(|| NONE.into()),
+        manager,
+        accounts,
+        human_age(now.duration_since(identity.modified)),
+    ]
+    .into_iter()
+    .map(cell)
+    .collect()
+}
+
+/// The correlation records table's cells for one record.
+pub fn link_row(link: &LinkRecord) -> Vec<String> {
+    let candidates = if link.candidates.is_empty() { NONE.into() } else { link.candidates.join(",") };
+    [
+        link.connection.clone(),
+        link.account_id.clone(),
+        link.state.as_str().into(),
+        link.identity.clone().unwrap_or_else(|| NONE.into()),
+        candidates,
+    ]
+    .into_iter()
+    .map(cell)
+    .collect()
+}
+
+/// The identities CSV's fields for one identity. Unlike the table it is
+/// for programs: unset fields are empty, every correlated account is
+/// listed, an unresolved manager is empty (`-o json` has its `managerRef`),
+/// and `modified` is RFC 3339.
+pub fn identity_csv_record(identity: &Identity) -> Vec<String> {
+    vec![
+        identity.id.clone(),
+        display_name(identity).unwrap_or_default(),
+        attribute_text(identity, "email").unwrap_or_default(),
+        identity.lifecycle_state.clone().unwrap_or_default(),
+        identity.manager.clone().unwrap_or_default(),
+        correlated_accounts(identity).collect::<Vec<_>>().join(","),
+        identity.modified.to_string(),
+    ]
+}
+
+/// The correlation records CSV's fields for one record.
+pub fn link_csv_record(link: &LinkRecord) -> Vec<String> {
+    vec![
+        link.connection.clone(),
+        link.account_id.clone(),
+        link.state.as_str().into(),
+        link.identity.clone().unwrap_or_default(),
+        link.candidates.join(","),
+    ]
+}
+
+// --- tables ---
+
+/// Writes `rows` under `headers` as `kubectl get` does.
+pub fn write_table(headers: &[&str], rows: &[Vec<String>], out: &mut impl Write) -> io::Result<()> {
+    let last = headers.len().saturating_sub(1);
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, text) in widths.iter_mut().zip(row) {
+            *width = (*width).max(text.chars().count());
+        }
+    }
+    let widths: Vec<usize> = widths.into_iter().map(|w| (w + TABLE_PADDING).max(TABLE_MIN_WIDTH)).collect();
+    let mut line = String::new();
+    let mut write_line = |cells: &mut dyn Iterator<Item = &str>| -> io::Result<()> {
+        line.clear();
+        for (i, (text, width)) in cells.zip(&widths).enumerate() {
+            line.push_str(text);
+            // The last column is not padded, as in kubectl: no trailing blanks.
+            if i < last {
+                let fill = width.saturating_sub(text.chars().count());
+                line.extend(std::iter::repeat_n(' ', fill));
+            }
+        }
+        line.push('\n');
+        out.write_all(line.as_bytes())
+    };
+    write_line(&mut headers.iter().copied())?;
+    for row in rows {
+        write_line(&mut row.iter().map(String::as_str))?;
+    }
+    Ok(())
+}
+
+/// The identities table (ID, NAME, EMAIL, STATE, MANAGER, ACCOUNTS,
+/// MODIFIED), ages measured from `now`.
+pub fn render_table(identities: &[Identity], now: Timestamp, out: &mut impl Write) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = identities.iter().map(|i| identity_row(i, now)).collect();
+    write_table(&IDENTITY_COLUMNS, &rows, out)
+}
+
+/// The correlation records table (CONNECTION, ACCOUNT, STATE, IDENTITY,
+/// CANDIDATES).
+pub fn render_links_table(links: &[LinkRecord], out: &mut impl Write) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = links.iter().map(link_row).collect();
+    write_table(&LINK_COLUMNS, &rows, out)
+}
+
+// --- CSV ---
+
+/// RFC 4180 CSV written a record at a time, for output too large to hold.
+pub struct CsvWriter<W: Write> {
+    inner: csv::Writer<W>,
+}
+
+impl<W: Write> CsvWriter<W> {
+    /// Starts the CSV with its header line.
+    pub fn begin(out: W, header: &[&str]) -> io::Result<Self> {
+        // CRLF is RFC 4180's line end; spreadsheets and csv readers take it,
+        // and a value's own line breaks stay inside its quotes either way.
+        let mut inner = csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(out);
+        inner.write_record(header).map_err(csv_io)?;
+        Ok(CsvWriter { inner })
+    }
+
+    pub fn record(&mut self, fields: &[String]) -> io::Result<()> {
+        self.inner.write_record(fields).map_err(csv_io)
+    }
+
+    /// Flushes what is buffered; dropping the writer would lose its error.
+    pub fn finish(mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A csv error as the io error it wraps, so that a closed pipe is still
+/// recognised as one.
+fn csv_io(error: csv::Error) -> io::Error {
+    if !error.is_io_error() {
+        return io::Error::other(error);
+    }
+    match error.into_kind() {
+        csv::ErrorKind::Io(e) => e,
+        other => io::Error::other(format!("{other:?}")),
+    }
+}
+
+/// The identities as CSV (header `id,name,email,lifecycleState,manager,accounts,modified`).
+pub fn render_csv(identities: &[Identity], out: &mut impl Write) -> io::Result<()> {
+    let mut csv = CsvWriter::begin(out, &IDENTITY_CSV_HEADER)?;
+    for identity in identities {
+        csv.record(&identity_csv_record(identity))?;
+    }
+    csv.finish()
+}
+
+/// The correlation records as CSV (header `connection,accountId,state,identity,candidates`).
+pub fn render_links_csv(links: &[LinkRecord], out: &mut impl Write) -> io::Result<()> {
+    let mut csv = CsvWriter::begin(out, &LINK_CSV_HEADER)?;
+    for link in links {
+        csv.record(&link_csv_record(link))?;
+    }
+    csv.finish()
+}
+
+// --- JSON and YAML ---
+
+/// A pretty-printed `{"apiVersion", "kind", "items": [...]}` list written an
+/// item at a time, so that a large list never sits in memory whole. Its text
+/// is what `serde_json::to_writer_pretty` makes of the same list.
+pub struct JsonListWriter<W: Write> {
+    out: W,
+    items: usize,
+    buffer: Vec<u8>,
+}
+
+impl<W: Write> JsonListWriter<W> {
+    pub fn begin(mut out: W, kind: &str) -> io::Result<Self> {
+        let api_version = serde_json::to_string(API_VERSION)?;
+        let kind = serde_json::to_string(kind)?;
+        write!(out, "{{\n  \"apiVersion\": {api_version},\n  \"kind\": {kind},\n  \"items\": [")?;
+        Ok(JsonListWriter { out, items: 0, buffer: Vec::new() })
+    }
+
+    pub fn item(&mut self, item: &impl Serialize) -> io::Result<()> {
+        self.buffer.clear();
+        serde_json::to_writer_pretty(&mut self.buffer, item)?;
+        self.out.write_all(if self.items == 0 { b"\n" } else { b",\n" })?;
+        // Pretty JSON escapes line breaks inside strings, so every line break
+        // here is between tokens and indenting each line nests the item.
+        for (i, line) in self.buffer.split(|b| *b == b'\n').enumerate() {
+            if i > 0 {
+                self.out.write_all(b"\n")?;
+            }
+            self.out.write_all(b"    ")?;
+            self.out.write_all(line)?;
+        }
+        self.items += 1;
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> io::Result<()> {
+        self.out.write_all(if self.items == 0 { b"]\n}\n" } else { b"\n  ]\n}\n" })?;
+        self.out.flush()
+    }
+}
+
+/// The identities as an `IdentityList`, each in its stored (serde) form.
+pub fn render_json(identities: &[Identity], out: &mut impl Write) -> io::Result<()> {
+    let mut json = JsonListWriter::begin(out, IDENTITY_LIST_KIND)?;
+    for identity in identities {
+        json.item(identity)?;
+    }
+    json.finish()
+}
+
+/// The correlation records as a `CorrelationRecordList`.
+pub fn render_links_json(links: &[LinkRecord], out: &mut impl Write) -> io::Result<()> {
+    let mut json = JsonListWriter::begin(out, CORRELATION_LIST_KIND)?;
+    for link in links {
+        json.item(link)?;
+    }
+    json.finish()
+}
+
+/// One identity, whole, in its stored (serde) form: the same object as an
+/// item of `list -o json`.
+pub fn render_identity(identity: &Identity, format: ItemFormat, out: &mut impl Write) -> Result<(), ReportError> {
+    match format {
+        ItemFormat::Yaml => out.write_all(yaml_serde::to_string(identity)?.as_bytes())?,
+        ItemFormat::Json => {
+            serde_json::to_writer_pretty(&mut *out, identity).map_err(io::Error::from)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+// --- reading the store ---
+
+/// Fails with the profiles the store does know when it does not know `profile`.
+pub fn ensure_profile(store: &dyn Store, profile: &ProfileRef) -> Result<(), ReportError> {
+    let known = store.profiles()?;
+    if known.contains(profile) { Ok(()) } else { Err(ReportError::UnknownProfile { profile: profile.clone(), known }) }
+}
+
+/// `identities list`: the profile's identities (those in lifecycle state
+/// `state` when given) ordered by id. Returns how many it printed; with none,
+/// the table prints nothing at all (the caller says so, as kubectl does),
+/// while CSV and JSON print an empty document that still parses.
+pub fn list_report(
+    store: &dyn Store,
+    profile: &ProfileRef,
+    state: Option<&str>,
+    format: ListFormat,
+    now: Timestamp,
+    out: &mut impl Write,
+) -> Result<usize, ReportError> {
+    ensure_profile(store, profile)?;
+    list_pages(store, profile, state, format, now, PAGE_SIZE, out)
+}
+
+fn list_pages(
+    store: &dyn Store,
+    profile: &ProfileRef,
+    state: Option<&str>,
+    format: ListFormat,
+    now: Timestamp,
+    page_size: usize,
+    out: &mut impl Write,
+) -> Result<usize, ReportError> {
+    // Pages by id, each after the last id of the one before. An operator
+    // committing meanwhile can make later pages newer than earlier ones, but
+    // no identity is listed twice.
+    let mut count = 0;
+    let mut next_page = |after: &mut Option<String>| -> Result<Vec<Identity>, ReportError> {
+        let page = store.list_identities(profile, state, after.as_deref(), page_size)?;
+        count += page.len();
+        *after = page.last().map(|i| i.id.clone());
+        Ok(page)
+    };
+    let mut after = None;
+    match format {
+        ListFormat::Table => {
+            // A table's column widths depend on every row, so its rows are
+            // buffered: only their cells, not the identities they came from.
+            let mut rows = Vec::new();
+            loop {
+                let page = next_page(&mut after)?;
+                rows.extend(page.iter().map(|i| identity_row(i, now)));
+                if page.len() < page_size {
+                    break;
+                }
+            }
+            if !rows.is_empty() {
+                write_table(&IDENTITY_COLUMNS, &rows, out)?;
+                out.flush()?;
+            }
+        }
+        ListFormat::Csv => {
+            let mut csv = CsvWriter::begin(&mut *out, &IDENTITY_CSV_HEADER)?;
+            loop {
+                let page = next_page(&mut after)?;
+                for identity in &page {
+                    csv.record(&identity_csv_record(identity))?;
+                }
+                if page.len() < page_size {
+                    break;
+                }
+            }
+            csv.finish()?;
+        }
+        ListFormat::Json => {
+            let mut json = JsonListWriter::begin(&mut *out, IDENTITY_LIST_KIND)?;
+            loop {
+                let page = next_page(&mut after)?;
+                for identity in &page {
+                    json.item(identity)?;
+                }
+                if page.len() < page_size {
+                    break;
+                }
+            }
+            json.finish()?;
+        }
+    }
+    Ok(count)
+}
+
+/// `identities get`: one identity, whole.
+pub fn get_report(
+    store: &dyn Store,
+    profile: &ProfileRef,
+    id: &str,
+    format: ItemFormat,
+    out: &mut impl Write,
+) -> Result<(), ReportError> {
+    ensure_profile(store, profile)?;
+    let identity = store
+        .get_identity(profile, id)?
+        .ok_or_else(|| ReportError::IdentityNotFound { profile: profile.clone(), id: id.to_owned() })?;
+    render_identity(&identity, format, out)
+}
+
+/// `identities uncorrelated`: the profile's Uncorrelated and Ambiguous
+/// correlation records (every record with `all_states`), ordered by
+/// connection and account id. Returns how many it printed; with none, the
+/// table prints nothing, as for [`list_report`].
+pub fn uncorrelated_report(
+    store: &dyn Store,
+    profile: &ProfileRef,
+    all_states: bool,
+    format: ListFormat,
+    out: &mut impl Write,
+) -> Result<usize, ReportError> {
+    ensure_profile(store, profile)?;
+    let links = if all_states {
+        store.list_links(profile, None)?
+    } else {
+        // Two filtered reads rather than one of everything: Correlated
+        // records are most of them, one per correlated account.
+        let mut links = store.list_links(profile, Some(LinkState::Uncorrelated))?;
+        links.extend(store.list_links(profile, Some(LinkState::Ambiguous))?);
+        links.sort_by(|a, b| (&a.connection, &a.account_id).cmp(&(&b.connection, &b.account_id)));
+        links
+    };
+    match format {
+        ListFormat::Table if links.is_empty() => {}
+        ListFormat::Table => render_links_table(&links, out)?,
+        ListFormat::Csv => render_links_csv(&links, out)?,
+        ListFormat::Json => render_links_json(&links, out)?,
+    }
+    out.flush()?;
+    Ok(links.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::Mutex;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::account::ContentHash;
+    use crate::identity::AccountLink;
+    use crate::store::{
+        ConnectionRef, CursorUpdate, NewRun, ProcessingCommit, ProcessingRunRecord, ProcessingSnapshot, ProfileState,
+        RunFinish, RunId, RunRecord, StagedChange, StoredCursor,
+    };
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().expect("test timestamp")
+    }
+
+    fn now() -> Timestamp {
+        ts("2024-06-01T12:00:00Z")
+    }
+
+    fn identity(id: &str, attributes: Value, accounts: &[(&str, &str)], modified_ago_secs: i64) -> Identity {
+        let attributes: BTreeMap<String, Value> = serde_json::from_value(attributes).expect("attribute object");
+        Identity {
+            id: id.into(),
+            attributes,
+            lifecycle_state: None,
+            manager_ref: None,
+            manager: None,
+            accounts: accounts
+                .iter()
+                .map(|(c, a)| AccountLink { connection: (*c).into(), account_id: (*a).into() })
+                .collect(),
+            errors: BTreeMap::new(),
+            input_hash: "ab".repeat(32),
+            created: ts("2023-01-01T00:00:00Z"),
+            modified: now() - SignedDuration::from_secs(modified_ago_secs),
+            next_processing: None,
+            next_processing_value: None,
+        }
+    }
+
+    /// A resolved manager, an unresolved one, more than three correlated
+    /// accounts, a name only in `name`, no name at all, and a display name
+    /// with a comma (and one with a quote) for the CSV.
+    fn fixture() -> Vec<Identity> {
+        let mut ada = identity(
+            "1001",
+            json!({"displayName": "Ada Lovelace", "email": "ada@example.com", "department": "Engineering"}),
+            &[("hr", "1001"), ("ad", "ada"), ("github", "ada"), ("okta", "00u1")],
+            5 * 60,
+        );
+        ada.lifecycle_state = Some("Active".into());
+        ada.manager_ref = Some("E1003".into());
+        ada.manager = Some("1003".into());
+        let mut grace = identity(
+            "1002",
+            json!({"displayName": "Hopper, Grace \"Amazing\"", "email": "grace@example.com"}),
+            &[("hr", "1002"), ("ad", "grace"), ("github", "gh-grace"), ("okta", "00u2"), ("slack", "U2")],
+            3 * 3600,
+        );
+        grace.lifecycle_state = Some("Leaver".into());
+        grace.manager_ref = Some("boss@example.com".into());
+        let charles = identity("1003", json!({"name": "Charles Babbage"}), &[("hr", "1003")], 400 * 86400);
+        let mut anon = identity("1004", json!({"email": "anon@example.com"}), &[("hr", "1004"), ("ad", "u4")], 45);
+        anon.lifecycle_state = Some("Joiner".into());
+        anon.errors.insert("displayName".into(), "no such key: givenName".into());
+        vec![ada, grace, charles, anon]
+    }
+
+    fn text(render: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> String {
+        let mut out = Vec::new();
+        render(&mut out).expect("render");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn ages_are_formatted_as_kubectl_does() {
+        let cases = [
+            (-5, "<invalid>"),
+            (-1, "0s"),
+            (0, "0s"),
+            (45, "45s"),
+            (119, "119s"),
+            (120, "2m"),
+            (5 * 60 + 30, "5m30s"),
+            (10 * 60 + 30, "10m"),
+            (179 * 60, "179m"),
+            (3 * 3600, "3h"),
+            (3 * 3600 + 5 * 60, "3h5m"),
+            (8 * 3600 + 59 * 60, "8h"),
+            (47 * 3600, "47h"),
+            (48 * 3600, "2d"),
+            (2 * 86400 + 5 * 3600, "2d5h"),
+            (8 * 86400 + 5 * 3600, "8d"),
+            (400 * 86400, "400d"),
+            (730 * 86400, "2y"),
+            (740 * 86400, "2y10d"),
+            (8 * 365 * 86400 + 100 * 86400, "8y"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(human_age(SignedDuration::from_secs(secs)), want, "{secs}s");
+        }
+        // Fractions are cut, as Go's integer conversion does.
+        assert_eq!(human_age(SignedDuration::from_millis(1999)), "1s");
+    }
+
+    #[test]
+    fn table_matches_kubectl_layout_exactly() {
+        let out = text(|o| render_table(&fixture(), now(), o));
+        let want = concat!(
+            "ID     NAME                      EMAIL               STATE    MANAGER                          ACCOUNTS                      MODIFIED\n",
+            "1001   Ada Lovelace              ada@example.com     Active   1003                             ad/ada,github/ada,okta/00u1   5m\n",
+            "1002   Hopper, Grace \"Amazing\"   grace@example.com   Leaver   <unresolved: boss@example.com>   4 accounts                    3h\n",
+            "1003   Charles Babbage           <none>              <none>   <none>                           <none>                        400d\n",
+            "1004   <none>                    anon@example.com    Joiner   <none>                           ad/u4                         45s\n",
+        );
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn narrow_columns_keep_kubectls_minimum_width_and_control_characters_do_not_break_rows() {
+        let mut one = identity("7", json!({"displayName": "Tab\tand\nnewline"}), &[("hr", "7")], 0);
+        one.lifecycle_state = Some("A".into());
+        let out = text(|o| render_table(&[one], now(), o));
+        let want = concat!(
+            "ID    NAME              EMAIL    STATE   MANAGER   ACCOUNTS   MODIFIED\n",
+            "7     Tab and newline   <none>   A       <none>    <none>     0s\n",
+        );
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn csv_quotes_as_rfc_4180_and_lists_every_account() {
+        let out = text(|o| render_csv(&fixture(), o));
+        let want = concat!(
+            "id,name,email,lifecycleState,manager,accounts,modified\r\n",
+            "1001,Ada Lovelace,ada@example.com,Active,1003,\"ad/ada,github/ada,okta/00u1\",2024-06-01T11:55:00Z\r\n",
+            "1002,\"Hopper, Grace \"\"Amazing\"\"\",grace@example.com,Leaver,,\"ad/grace,github/gh-grace,okta/00u2,slack/U2\",2024-06-01T09:00:00Z\r\n",
+            "1003,Charles Babbage,,,,,2023-04-28T12:00:00Z\r\n",
+            "1004,,anon@example.com,Joiner,,ad/u4,2024-06-01T11:59:15Z\r\n",
+        );
+        assert_eq!(out, want);
+        // And a CSV reader gets the fields back.
+        let mut reader = csv::Reader::from_reader(out.as_bytes());
+        let second = reader.records().nth(1).expect("second record").expect("parses");
+        assert_eq!(&second[1], "Hopper, Grace \"Amazing\"");
+        assert_eq!(&second[5], "ad/grace,github/gh-grace,okta/00u2,slack/U2");
+    }
+
+    /// The list as one value, for comparing the streamed text against.
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct WholeList<'a, T> {
+        api_version: &'a str,
+        kind: &'a str,
+        items: &'a [T],
+    }
+
+    #[test]
+    fn json_is_an_identity_list_of_the_stored_form() {
+        let identities = fixture();
+        let out = text(|o| render_json(&identities, o));
+        // Exactly serde_json's pretty form of the whole list, streamed.
+        let whole = WholeList { api_version: API_VERSION, kind: IDENTITY_LIST_KIND, items: &identities };
+        assert_eq!(out, serde_json::to_string_pretty(&whole).expect("json") + "\n");
+        assert!(
+            out.starts_with(concat!(
+                "{\n  \"apiVersion\": \"idsync.dev/v1alpha1\",\n  \"kind\": \"IdentityList\",\n",
+                "  \"items\": [\n    {\n      \"id\": \"1001\",\n"
+            )),
+            "{out}"
+        );
+        let parsed: Value = serde_json::from_str(&out).expect("valid JSON");
+        let items: Vec<Identity> = serde_json::from_value(parsed["items"].clone()).expect("items are identities");
+        assert_eq!(items, identities);
+    }
+
+    #[test]
+    fn empty_json_list_is_still_a_list() {
+        let out = text(|o| render_json(&[], o));
+        assert_eq!(
+            out,
+            "{\n  \"apiVersion\": \"idsync.dev/v1alpha1\",\n  \"kind\": \"IdentityList\",\n  \"items\": []\n}\n"
+        );
+        let csv = text(|o| render_csv(&[], o));
+        assert_eq!(csv, "id,name,email,lifecycleState,manager,accounts,modified\r\n");
+    }
+
+    #[test]
+    fn identity_yaml_and_json_hold_the_whole_identity() {
+        let mut grace = fixture().swap_remove(1);
+        grace.next_processing = Some(ts("2024-07-01T00:00:00Z"));
+        grace.errors.insert("lifecycle".into(), "division by zero".into());
+        let mut yaml = Vec::new();
+        render_identity(&grace, ItemFormat::Yaml, &mut yaml).expect("yaml");
+        let yaml = String::from_utf8(yaml).expect("utf-8");
+        for expected in [
+            "id: '1002'",
+            "displayName: Hopper, Grace \"Amazing\"",
+            "email: grace@example.com",
+            "lifecycleState: Leaver",
+            "managerRef: boss@example.com",
+            "connection: slack",
+            "accountId: U2",
+            "lifecycle: division by zero",
+            "created: 2023-01-01T00:00:00Z",
+            "modified: 2024-06-01T09:00:00Z",
+            "nextProcessing: 2024-07-01T00:00:00Z",
+        ] {
+            assert!(yaml.contains(expected), "{expected:?} missing from:\n{yaml}");
+        }
+        let back: Identity = yaml_serde::from_str(&yaml).expect("yaml parses back");
+        assert_eq!(back, grace);
+        let mut json = Vec::new();
+        render_identity(&grace, ItemFormat::Json, &mut json).expect("json");
+        let back: Identity = serde_json::from_slice(&json).expect("json parses back");
+        assert_eq!(back, grace);
+    }
+
+    fn links() -> Vec<LinkRecord> {
+        vec![
+            LinkRecord {
+                connection: "ad".into(),
+                account_id: "svc-backup".into(),
+                state: LinkState::Uncorrelated,
+                identity: None,
+                candidates: vec![],
+            },
+            LinkRecord {
+                connection: "okta".into(),
+                account_id: "00u9".into(),
+                state: LinkState::Ambiguous,
+                identity: None,
+                candidates: vec!["1001".into(), "1002".into()],
+            },
+            LinkRecord {
+                connection: "okta".into(),
+                account_id: "00u1".into(),
+                state: LinkState::Correlated,
+                identity: Some("1001".into()),
+                candidates: vec![],
+            },
+        ]
+    }
+
+    #[test]
+    fn links_table_csv_and_json() {
+        let table = text(|o| render_links_table(&links(), o));
+        let want = concat!(
+            "CONNECTION   ACCOUNT      STATE          IDENTITY   CANDIDATES\n",
+            "ad           svc-backup   Uncorrelated   <none>     <none>\n",
+            "okta         00u9         Ambiguous      <none>     1001,1002\n",
+            "okta         00u1         Correlated     1001       <none>\n",
+        );
+        assert_eq!(table, want);
+        let csv = text(|o| render_links_csv(&links(), o));
+        let want = concat!(
+            "connection,accountId,state,identity,candidates\r\n",
+            "ad,svc-backup,Uncorrelated,,\r\n",
+            "okta,00u9,Ambiguous,,\"1001,1002\"\r\n",
+            "okta,00u1,Correlated,1001,\r\n",
+        );
+        assert_eq!(csv, want);
+        let json: Value = serde_json::from_str(&text(|o| render_links_json(&links(), o))).expect("json");
+        assert_eq!(json["kind"], "CorrelationRecordList");
+        assert_eq!(
+            json["items"][1],
+            json!({"connection": "okta", "accountId": "00u9", "state": "Ambiguous", "candidates": ["1001", "1002"]})
+        );
+    }
+
+    #[test]
+    fn unknown_profile_lists_the_known_ones() {
+        let known = vec![ProfileRef::new("default", "contractors"), ProfileRef::new("hr", "employees")];
+        let message = unknown_profile_message(&ProfileRef::new("default", "employees"), &known);
+        assert_eq!(
+            message,
+            "profile default/employees is unknown to the store; it holds: default/contractors, hr/employees \
+             (did you mean --namespace hr?)"
+        );
+        let message = unknown_profile_message(&ProfileRef::new("default", "x"), &[]);
+        assert!(message.contains("holds no profiles yet"), "{message}");
+    }
+
+    #[test]
+    fn broken_pipe_is_recognised_through_csv() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+        }
+        let error = render_csv(&fixture(), &mut Closed).expect_err("closed pipe");
+        assert!(ReportError::from(error).is_broken_pipe());
+    }
+
+    /// Just the identity reads of a store, to test paging and filtering
+    /// without SQLite; everything else fails.
+    struct FakeStore {
+        profiles: Vec<ProfileRef>,
+        identities: Vec<Identity>,
+        links: Vec<LinkRecord>,
+        /// The `after` of every list_identities call.
+        calls: Mutex<Vec<Option<String>>>,
+    }
+
+    fn unused<T>() -> Result<T, StoreError> {
+        Err(StoreError::Internal("not used by reports".into()))
+    }
+
+    impl Store for FakeStore {
+        fn account_index(&self, _: &ConnectionRef) -> Result<HashMap<String, ContentHash>, StoreError> {
+            unused()
+        }
+        fn account_count(&self, _: &ConnectionRef) -> Result<u64, StoreError> {
+            unused()
+        }
+        fn get_account(&self, _: &ConnectionRef, _: &str) -> Result<Option<crate::account::Account>, StoreError> {
+            unused()
+        }
+        fn list_accounts(
+            &self,
+            _: &ConnectionRef,
+            _: Option<&str>,
+            _: usize,
+        ) -> Result<Vec<crate::account::Account>, StoreError> {
+            unused()
+        }
+        fn cursor(&self, _: &ConnectionRef) -> Result<Option<StoredCursor>, StoreError> {
+            unused()
+        }
+        fn start_run(&self, _: &NewRun) -> Result<RunId, StoreError> {
+            unused()
+        }
+        fn stage(&self, _: RunId, _: &[StagedChange]) -> Result<(), StoreError> {
+            unused()
+        }
+        fn commit_run(&self, _: RunId, _: CursorUpdate, _: &RunFinish) -> Result<(), StoreError> {
+            unused()
+        }
+        fn abandon_run(&self, _: RunId, _: &RunFinish) -> Result<(), StoreError> {
+            unused()
+        }
+        fn interrupt_unfinished_runs(
+            &self,
+            _: Option<&ConnectionRef>,
+            _: Timestamp,
+            _: &str,
+        ) -> Result<Vec<RunRecord>, StoreError> {
+            unused()
+        }
+        fn runs(&self, _: &ConnectionRef, _: usize) -> Result<Vec<RunRecord>, StoreError> {
+            unused()
+        }
+        fn run(&self, _: RunId) -> Result<Option<RunRecord>, StoreError> {
+            unused()
+        }
+        fn purge_connection(&self, _: &ConnectionRef) -> Result<u64, StoreError> {
+            unused()
+        }
+        fn connection_versions(&self, _: &str, _: &[String]) -> Result<BTreeMap<String, u64>, StoreError> {
+            unused()
+        }
+        fn profile_state(&self, _: &ProfileRef) -> Result<ProfileState, StoreError> {
+            unused()
+        }
+        fn processing_snapshot(&self, _: &ProfileRef, _: &[String]) -> Result<ProcessingSnapshot, StoreError> {
+            unused()
+        }
+        fn commit_processing(
+            &self,
+            _: &ProfileRef,
+            _: &ProcessingCommit,
+            _: &ProcessingRunRecord,
+        ) -> Result<RunId, StoreError> {
+            unused()
+        }
+        fn record_processing_run(&self, _: &ProfileRef, _: &ProcessingRunRecord) -> Result<RunId, StoreError> {
+            unused()
+        }
+        fn processing_runs(&self, _: &ProfileRef, _: usize) -> Result<Vec<ProcessingRunRecord>, StoreError> {
+            unused()
+        }
+        fn get_identity(&self, p: &ProfileRef, id: &str) -> Result<Option<Identity>, StoreError> {
+            assert!(self.profiles.contains(p));
+            Ok(self.identities.iter().find(|i| i.id == id).cloned())
+        }
+        fn list_identities(
+            &self,
+            p: &ProfileRef,
+            state: Option<&str>,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<Identity>, StoreError> {
+            assert!(self.profiles.contains(p));
+            self.calls.lock().expect("calls").push(after.map(String::from));
+            Ok(self
+                .identities
+                .iter()
+                .filter(|i| state.is_none() || i.lifecycle_state.as_deref() == state)
+                .filter(|i| after.is_none_or(|a| i.id.as_str() > a))
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+        fn list_links(&self, p: &ProfileRef, state: Option<LinkState>) -> Result<Vec<LinkRecord>, StoreError> {
+            assert!(self.profiles.contains(p));
+            let mut links: Vec<LinkRecord> =
+                self.links.iter().filter(|l| state.is_none_or(|s| l.state == s)).cloned().collect();
+            links.sort_by(|a, b| (&a.connection, &a.account_id).cmp(&(&b.connection, &b.account_id)));
+            Ok(links)
+        }
+        fn profiles(&self) -> Result<Vec<ProfileRef>, StoreError> {
+            Ok(self.profiles.clone())
+        }
+        fn purge_profile(&self, _: &ProfileRef) -> Result<u64, StoreError> {
+            unused()
+        }
+    }
+
+    fn fake() -> FakeStore {
+        FakeStore {
+            profiles: vec![ProfileRef::new("default", "employees")],
+            identities: fixture(),
+            links: links(),
+            calls: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn employees() -> ProfileRef {
+        ProfileRef::new("default", "employees")
+    }
+
+    #[test]
+    fn listing_pages_through_the_store_by_last_id() {
+        for format in [ListFormat::Table, ListFormat::Csv, ListFormat::Json] {
+            let store = fake();
+            let mut paged = Vec::new();
+            let count = list_pages(&store, &employees(), None, format, now(), 3, &mut paged).expect("paged listing");
+            assert_eq!(count, 4);
+            assert_eq!(*store.calls.lock().expect("calls"), [None, Some("1003".to_string())], "{format:?}");
+            // Paging changes nothing in the output.
+            let mut whole = Vec::new();
+            match format {
+                ListFormat::Table => render_table(&fixture(), now(), &mut whole),
+                ListFormat::Csv => render_csv(&fixture(), &mut whole),
+                ListFormat::Json => render_json(&fixture(), &mut whole),
+            }
+            .expect("render");
+            assert_eq!(String::from_utf8_lossy(&paged), String::from_utf8_lossy(&whole), "{format:?}");
+        }
+        // A full last page costs one more (empty) read, and still ends.
+        let store = fake();
+        let count = list_pages(&store, &employees(), None, ListFormat::Csv, now(), 2, &mut Vec::new()).expect("list");
+        assert_eq!(count, 4);
+        assert_eq!(store.calls.lock().expect("calls").len(), 3);
+    }
+
+    #[test]
+    fn list_report_filters_by_state_and_prints_no_table_when_empty() {
+        let store = fake();
+        let mut out = Vec::new();
+        let count = list_report(&store, &employees(), Some("Leaver"), ListFormat::Csv, now(), &mut out).expect("list");
+        assert_eq!(count, 1);
+        let out = String::from_utf8(out).expect("utf-8");
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(out.contains("1002,"), "{out}");
+
+        let mut out = Vec::new();
+        let count =
+            list_report(&store, &employees(), Some("Retired"), ListFormat::Table, now(), &mut out).expect("list");
+        assert_eq!((count, out.len()), (0, 0));
+    }
+
+    #[test]
+    fn reports_refuse_an_unknown_profile_and_an_unknown_id() {
+        let store = fake();
+        let other = ProfileRef::new("hr", "employees");
+        let error = list_report(&store, &other, None, ListFormat::Table, now(), &mut Vec::new()).expect_err("unknown");
+        assert_eq!(
+            error.to_string(),
+            "profile hr/employees is unknown to the store; it holds: default/employees \
+             (did you mean --namespace default?)"
+        );
+        let error = get_report(&store, &employees(), "9999", ItemFormat::Yaml, &mut Vec::new()).expect_err("no id");
+        assert_eq!(error.to_string(), "identity \"9999\" not found in profile default/employees");
+        let error =
+            uncorrelated_report(&store, &other, false, ListFormat::Table, &mut Vec::new()).expect_err("unknown");
+        assert!(matches!(error, ReportError::UnknownProfile { .. }), "{error}");
+    }
+
+    #[test]
+    fn uncorrelated_report_shows_uncorrelated_and_ambiguous_unless_all_states() {
+        let store = fake();
+        let mut out = Vec::new();
+        let count = uncorrelated_report(&store, &employees(), false, ListFormat::Csv, &mut out).expect("report");
+        assert_eq!(count, 2);
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "connection,accountId,state,identity,candidates\r\nad,svc-backup,Uncorrelated,,\r\nokta,00u9,Ambiguous,,\"1001,1002\"\r\n"
+        );
+        let mut out = Vec::new();
+        let count = uncorrelated_report(&store, &employees(), true, ListFormat::Table, &mut out).expect("report");
+        assert_eq!(count, 3);
+        let out = String::from_utf8(out).expect("utf-8");
+        assert!(out.contains("okta         00u1         Correlated     1001"), "{out}");
+    }
+}
