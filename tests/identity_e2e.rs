@@ -275,6 +275,16 @@ async fn a_profile_over_two_connections_computes_identities_and_follows_changes(
     let runs = env.runs();
     assert!(runs.len() > runs_before);
     assert!(runs.iter().any(|r| r.trigger == "EventBased" && r.processed == 1 && r.outcome == RunOutcome::Succeeded));
+
+    // Accounts and identities in one request: the sync, then the profiles
+    // that read the synced connection, each with its own entry.
+    let both = env.request("both", json!({"target": {"connections": ["github"]}, "scope": "AccountsAndIdentities"})).await;
+    let status = both.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:#?}");
+    assert_eq!(status.targets.len(), 1);
+    assert_eq!(status.profiles.len(), 1);
+    assert_eq!((status.profiles[0].profile.as_str(), status.profiles[0].phase), ("employees", TargetPhase::Succeeded));
+    assert_eq!(status.profiles[0].processed, 4);
 }
 
 #[tokio::test(flavor = "multi_thread")]

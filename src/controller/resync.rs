@@ -537,9 +537,15 @@ async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_na
     let applied: Option<crate::api::IdentityProfileSpec> =
         state.applied_spec.as_deref().and_then(|s| serde_json::from_str(s).ok());
     let named = !spec.identities.is_empty();
-    // Which mappings: the spec as it is (dry runs, applying), or what the
-    // profile has applied (named identities under Manual).
-    let use_applied = named && !spec.dry_run && profile.spec.apply_policy == ApplyPolicy::Manual;
+    // Which mappings: the spec as it is (dry runs, applying), or what a
+    // Manual profile has applied. Only a request naming the profile itself
+    // and no identities applies pending changes; one that reaches it through
+    // its connections (AccountsAndIdentities) processes as the profile would.
+    let names_profile = spec.target.profiles.is_some();
+    let use_applied = profile.spec.apply_policy == ApplyPolicy::Manual
+        && applied.is_some()
+        && !spec.dry_run
+        && (named || !names_profile);
     let mappings = match (&applied, use_applied) {
         (Some(applied), true) => applied.clone(),
         _ => profile.spec.clone(),
