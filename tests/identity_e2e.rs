@@ -278,7 +278,8 @@ async fn a_profile_over_two_connections_computes_identities_and_follows_changes(
 
     // Accounts and identities in one request: the sync, then the profiles
     // that read the synced connection, each with its own entry.
-    let both = env.request("both", json!({"target": {"connections": ["github"]}, "scope": "AccountsAndIdentities"})).await;
+    let both =
+        env.request("both", json!({"target": {"connections": ["github"]}, "scope": "AccountsAndIdentities"})).await;
     let status = both.status.expect("status");
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:#?}");
     assert_eq!(status.targets.len(), 1);

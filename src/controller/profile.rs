@@ -219,11 +219,8 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
             applies: eff.applies_current.then(|| (profile.spec.clone(), generation)),
             scheduled: Some(slot.unwrap_or(now)),
         };
+        mark_processing(&api, &profile, trigger, now).await?;
         ran = Some(execute(&ctx, &profile, job).await);
-    } else if state.last_scheduled.is_none() {
-        // Unreachable in practice (the first reconcile applies the spec),
-        // but a schedule needs a starting point.
-        tracing::debug!(profile = %p, "no schedule baseline yet");
     }
 
     let state = {
@@ -232,7 +229,9 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
     };
     let next_slot = schedule.next_after(now);
     let next = [next_slot, state.next_time_based].into_iter().flatten().min();
-    let applied_generation = state.applied_generation;
+    // A change that leaves the mappings as they were (schedule, policy)
+    // needs no processing to count as applied.
+    let applied_generation = if eff.pending { state.applied_generation } else { generation };
     let pending_message = eff.pending.then(|| pending_note(&profile, applied_generation, pending_problem.as_deref()));
     status::update(&api, &p.name, |obj: &mut IdentityProfile| {
         let s = obj.status.get_or_insert_with(Default::default);
@@ -293,6 +292,32 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
         .min(ctx.config.max_requeue)
         .max(Duration::from_millis(100));
     Ok(Action::requeue(wait))
+}
+
+/// Says on the profile that processing is under way (a run over 100,000
+/// identities takes seconds).
+async fn mark_processing(
+    api: &Api<IdentityProfile>,
+    profile: &IdentityProfile,
+    trigger: &str,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let generation = profile.metadata.generation;
+    status::update(api, &profile.name_any(), |obj: &mut IdentityProfile| {
+        let s = obj.status.get_or_insert_with(Default::default);
+        conditions::set_condition(
+            &mut s.conditions,
+            conditions::PROCESSING,
+            TRUE,
+            trigger,
+            &format!("{trigger} processing running"),
+            generation,
+            Time(now),
+        );
+        true
+    })
+    .await?;
+    Ok(())
 }
 
 fn pending_note(profile: &IdentityProfile, applied: Option<i64>, problem: Option<&str>) -> String {
