@@ -6,6 +6,8 @@
 //!
 //! `cargo bench --bench identities`
 
+mod common;
+
 use std::time::Instant;
 
 use idsync::account::Account;
@@ -100,15 +102,6 @@ fn sync(store: &SqliteStore, name: &str, accounts: impl Iterator<Item = Account>
     store.commit_run(run, CursorUpdate::Keep, &finish).expect("commit");
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
 /// One processing run as the controller does it: snapshot, compute, commit.
 fn process(store: &SqliteStore, compiled: &CompiledProfile, selection: Selection, label: &str) {
     let spec = spec();
@@ -147,7 +140,7 @@ fn process(store: &SqliteStore, compiled: &CompiledProfile, selection: Selection
         outcome.changed,
         outcome.summary.identities,
         outcome.summary.uncorrelated_accounts,
-        peak_rss_mib()
+        common::peak_rss_mib()
     );
 }
 

@@ -3,6 +3,8 @@
 //! resync and a 1% change. Prints its figures; run with
 //! `cargo bench --bench sync`.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,15 +47,6 @@ fn spec() -> ConnectionSpec {
     .expect("spec")
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
 async fn sync(store: &Arc<dyn Store>, data: Vec<u8>, label: &str) {
     let spec = spec();
     let connector =
@@ -82,7 +75,7 @@ async fn sync(store: &Arc<dyn Store>, data: Vec<u8>, label: &str) {
         c.deleted,
         c.unchanged,
         report.pages,
-        peak_rss_mib()
+        common::peak_rss_mib()
     );
 }
 

@@ -51,8 +51,9 @@ pub struct IdentityProfileSpec {
     pub correlation: Vec<ConnectionCorrelation>,
 
     /// Identity attributes, each a CEL expression over `accounts` (the
-    /// authoritative and correlated accounts by connection name) and `now`,
-    /// e.g. `accounts.hr.attributes.work_email.lowerAscii()`.
+    /// authoritative and correlated accounts by connection name), `now` and
+    /// `date("YYYY-MM-DD")`, e.g. `accounts.hr.work_email.lowerAscii()`.
+    /// Names are identifiers; `lifecycle` and `manager` are reserved.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 200))]
     pub attributes: BTreeMap<String, String>,
@@ -90,6 +91,13 @@ fn profile_spec_rules(schema: &mut schemars::Schema) {
         "!has(self.correlation) || self.correlation.all(c, c.connection != self.authoritativeConnection)",
         "the authoritative connection creates identities and cannot also be correlated",
         Some(".correlation"),
+    );
+    add_rule(
+        schema,
+        "!has(self.attributes) || self.attributes.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_]*$') && k != 'lifecycle' && k != 'manager')",
+        "attribute names are identifiers (letters, digits, _), and lifecycle and manager are reserved: \
+         the lifecycle state and the manager have fields of their own",
+        Some(".attributes"),
     );
     add_rule(
         schema,

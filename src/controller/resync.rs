@@ -661,6 +661,53 @@ mod tests {
         assert!(resolve_target(&all, &[]).is_err());
     }
 
+    fn profile(name: &str, authoritative: &str, correlated: &[&str]) -> IdentityProfile {
+        let correlation: Vec<serde_json::Value> = correlated
+            .iter()
+            .map(|c| serde_json::json!({"connection": c, "rules": [{"accountAttribute": "email", "identityAttribute": "email"}]}))
+            .collect();
+        let spec = serde_json::json!({"authoritativeConnection": authoritative, "correlation": correlation,
+            "attributes": {"email": "accounts.x.email"}});
+        IdentityProfile::new(name, serde_json::from_value(spec).expect("profile spec"))
+    }
+
+    fn request(spec: serde_json::Value) -> crate::api::ResyncRequestSpec {
+        serde_json::from_value(spec).expect("request spec")
+    }
+
+    #[test]
+    fn work_follows_scope_and_named_profiles() {
+        let profiles = vec![profile("employees", "hris", &["okta"]), profile("contractors", "gcp", &[])];
+        let accounts = request(serde_json::json!({"target": {"category": "IdP"}}));
+        assert_eq!(
+            resolve_work(&accounts, &fleet(), &profiles),
+            Ok(Work { connections: vec!["okta".into()], profiles: vec![] })
+        );
+        let both = request(serde_json::json!({"target": {"category": "IdP"}, "scope": "AccountsAndIdentities"}));
+        assert_eq!(
+            resolve_work(&both, &fleet(), &profiles),
+            Ok(Work { connections: vec!["okta".into()], profiles: vec!["employees".into()] })
+        );
+        // Identities only: the profiles that read the target, no sync.
+        let identities = request(serde_json::json!({"target": {"all": true}, "scope": "Identities"}));
+        assert_eq!(
+            resolve_work(&identities, &fleet(), &profiles),
+            Ok(Work { connections: vec![], profiles: vec!["contractors".into(), "employees".into()] })
+        );
+        let named = request(
+            serde_json::json!({"target": {"profiles": ["employees", "employees", "ghost"]}, "scope": "Identities"}),
+        );
+        assert_eq!(
+            resolve_work(&named, &fleet(), &profiles),
+            Ok(Work { connections: vec![], profiles: vec!["employees".into(), "ghost".into()] })
+        );
+        let unused = request(serde_json::json!({"target": {"connections": ["aws"]}, "scope": "Identities"}));
+        assert_eq!(
+            resolve_work(&unused, &fleet(), &profiles),
+            Err("no IdentityProfile in this namespace uses the target's connections".into())
+        );
+    }
+
     fn target(phase: TargetPhase) -> TargetStatus {
         TargetStatus {
             connection: "c".into(),
@@ -681,5 +728,17 @@ mod tests {
         assert_eq!(overall_phase(&[target(Succeeded), target(Rejected)], &[]), Some(Phase::PartiallyFailed));
         assert_eq!(overall_phase(&[target(SafeguardTripped), target(Failed)], &[]), Some(Phase::Failed));
         assert_eq!(overall_phase(&[], &[]), None);
+        let processed = |phase| ProfileRunStatus {
+            profile: "p".into(),
+            phase,
+            processed: 0,
+            changed: 0,
+            errors: 0,
+            message: String::new(),
+            preview: vec![],
+        };
+        assert_eq!(overall_phase(&[target(Succeeded)], &[processed(Pending)]), None, "profiles run after syncs");
+        assert_eq!(overall_phase(&[], &[processed(Succeeded)]), Some(Phase::Succeeded));
+        assert_eq!(overall_phase(&[target(Succeeded)], &[processed(Failed)]), Some(Phase::PartiallyFailed));
     }
 }
