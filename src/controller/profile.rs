@@ -426,6 +426,16 @@ pub async fn execute(ctx: &Arc<Context>, profile: &IdentityProfile, job: Job) ->
         _ => (true, events::PROCESSING_FAILED),
     };
     events::publish_as(&ctx.recorder, &regarding, warning, reason, run_note(run), "Process").await;
+    if run.outcome != RunOutcome::DryRun {
+        ctx.metrics.processing_finished(
+            &format!("{}/{}", profile.namespace().unwrap_or_default(), profile.name_any()),
+            &run.trigger,
+            run.outcome.as_str(),
+            Duration::try_from(run.finished_at.duration_since(run.started_at)).unwrap_or_default(),
+            run.changed,
+            result.summary.as_ref().map(|s| s.identities),
+        );
+    }
     tracing::info!(profile = %profile.name_any(), trigger = %run.trigger, outcome = %run.outcome,
         processed = run.processed, changed = run.changed, errors = run.errors, "identity processing finished");
     result
@@ -438,6 +448,9 @@ fn compute_and_commit(
     job: Job,
     now: Timestamp,
 ) -> Result<JobResult, crate::store::StoreError> {
+    // `now` comes from the controller's clock (a test's, perhaps); the
+    // run's length is the wall clock's.
+    let timer = std::time::Instant::now();
     let connections = process::connections_of(&job.spec);
     let snapshot = store.processing_snapshot(&job.profile, &connections)?;
     let mut outcome = process::run(&job.spec, &job.compiled, &snapshot, &job.selection, now);
@@ -461,7 +474,11 @@ fn compute_and_commit(
         errors: outcome.errors,
         message,
     };
+    let finished = |run: &mut ProcessingRunRecord| {
+        run.finished_at = now + jiff::SignedDuration::try_from(timer.elapsed()).unwrap_or_default();
+    };
     if job.dry_run {
+        finished(&mut run);
         run.id = store.record_processing_run(&job.profile, &run)?;
         return Ok(JobResult { run, summary: Some(outcome.summary), preview: outcome.preview });
     }
@@ -477,6 +494,9 @@ fn compute_and_commit(
     if let Some(slot) = job.scheduled {
         state.last_scheduled = Some(state.last_scheduled.map_or(slot, |last| last.max(slot)));
     }
+    // The write is most of a large run's end; counting it matters less than
+    // having the finish inside the same transaction.
+    finished(&mut run);
     run.id = store.commit_processing(&job.profile, &outcome.commit, &run)?;
     Ok(JobResult { run, summary: Some(outcome.summary), preview: outcome.preview })
 }
