@@ -90,6 +90,8 @@ pub struct Context {
     /// One processing at a time per profile, whoever starts it (the profile
     /// controller or a ResyncRequest).
     profile_locks: std::sync::Mutex<std::collections::HashMap<crate::store::ProfileRef, Arc<tokio::sync::Mutex<()>>>>,
+    /// Compiled profile expressions by mapping hash (see `profile::compile`).
+    compiled: std::sync::Mutex<std::collections::HashMap<String, Arc<crate::identity::expr::CompiledProfile>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +133,7 @@ impl Context {
             config,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             profile_locks: Default::default(),
+            compiled: Default::default(),
         })
     }
 

@@ -107,9 +107,31 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(Error::Store)
 }
 
-/// A spec's expressions and references checked: the compiled profile, or
-/// every problem in one message.
-pub fn compile(spec: &IdentityProfileSpec) -> Result<CompiledProfile, String> {
+/// A spec's expressions compiled, once per distinct set of mappings (the
+/// controller looks at a profile every few minutes and after every sync of
+/// its connections), or every problem in one message.
+pub fn compile(ctx: &Context, spec: &IdentityProfileSpec) -> Result<Arc<CompiledProfile>, String> {
+    let key = process::mapping_hash(spec);
+    if let Some(hit) = ctx.compiled.lock().ok().and_then(|cache| cache.get(&key).cloned()) {
+        return Ok(hit);
+    }
+    let compiled = Arc::new(compile_uncached(spec)?);
+    if let Ok(mut cache) = ctx.compiled.lock() {
+        // Old generations are not worth tracking one by one; a profile
+        // edited this often recompiles once more.
+        if cache.len() >= COMPILED_CACHE_SIZE {
+            cache.clear();
+        }
+        cache.insert(key, compiled.clone());
+    }
+    Ok(compiled)
+}
+
+/// Compiled mapping sets kept; a few per profile.
+const COMPILED_CACHE_SIZE: usize = 256;
+
+/// A spec's expressions and references checked.
+fn compile_uncached(spec: &IdentityProfileSpec) -> Result<CompiledProfile, String> {
     let mut problems: Vec<String> = Vec::new();
     let compiled = match CompiledProfile::compile(&spec.attributes, spec.lifecycle.as_ref()) {
         Ok(c) => Some(c),
@@ -165,8 +187,8 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
     let eff = effective(&profile, state.applied_spec.as_deref(), state.applied_generation);
     let schedule = Schedule::parse(&profile.spec.schedule.cron, &profile.spec.schedule.time_zone)
         .map_err(|e| format!("spec.schedule: {e}"));
-    let compiled = compile(&eff.spec);
-    let pending_problem = if eff.pending { compile(&profile.spec).err() } else { None };
+    let compiled = compile(&ctx, &eff.spec);
+    let pending_problem = if eff.pending { compile(&ctx, &profile.spec).err() } else { None };
 
     let problem = match (&compiled, &schedule) {
         (Err(message), _) => Some(("InvalidExpression", message.clone())),
@@ -211,7 +233,7 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
         let job = Job {
             profile: p.clone(),
             spec: eff.spec.clone(),
-            compiled: Arc::new(compiled),
+            compiled,
             selection,
             trigger,
             request: None,

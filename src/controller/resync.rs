@@ -550,7 +550,7 @@ async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_na
         (Some(applied), true) => applied.clone(),
         _ => profile.spec.clone(),
     };
-    let compiled = match profile::compile(&mappings) {
+    let compiled = match profile::compile(ctx, &mappings) {
         Ok(c) => c,
         Err(problem) => {
             let written = finish(TargetPhase::Failed, format!("the profile's expressions: {problem}"), None).await?;
@@ -564,7 +564,7 @@ async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_na
     let job = profile::Job {
         profile: p.clone(),
         spec: mappings,
-        compiled: Arc::new(compiled),
+        compiled,
         selection: profile::selection_for(&spec.identities),
         trigger: "Manual",
         request: Some(name.clone()),
