@@ -293,7 +293,21 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
         };
         if let Some(result) = &ran {
             record_run(s, result, generation, &stamp);
-        } else if conditions::find(&s.conditions, conditions::READY).is_none() {
+        } else {
+            // This reconcile holds the profile's lock, so nothing is
+            // processing it; a `Processing` left by an operator that died
+            // mid-run is cleared here.
+            conditions::set_condition(
+                &mut s.conditions,
+                conditions::PROCESSING,
+                FALSE,
+                "Idle",
+                "",
+                generation,
+                stamp.clone(),
+            );
+        }
+        if conditions::find(&s.conditions, conditions::READY).is_none() {
             conditions::set_condition(
                 &mut s.conditions,
                 conditions::READY,
@@ -600,7 +614,7 @@ pub fn record_run(
     let (ready, reason) =
         if run.outcome == RunOutcome::Succeeded { (TRUE, "Processed") } else { (FALSE, "ProcessingFailed") };
     conditions::set_condition(&mut s.conditions, conditions::READY, ready, reason, &note, generation, stamp.clone());
-    conditions::set_condition(&mut s.conditions, conditions::PROCESSING, FALSE, reason, "", generation, stamp.clone());
+    conditions::set_condition(&mut s.conditions, conditions::PROCESSING, FALSE, "Idle", "", generation, stamp.clone());
 }
 
 /// Identity ids named by a request, as a selection.
