@@ -33,6 +33,8 @@ fn identity(id: &str, attributes: Value, state: Option<&str>, accounts: &[(&str,
         modified: now - SignedDuration::from_hours(3),
         next_processing: None,
         next_processing_value: None,
+        correlation_keys: Default::default(),
+        keys_hash: String::new(),
     }
 }
 

@@ -59,6 +59,15 @@ pub struct Identity {
     /// for the first time can be told from one seen before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_processing_value: Option<String>,
+    /// The identity attributes correlation compares, computed from the
+    /// authoritative account alone; kept so that a run need not compute
+    /// them again for accounts that did not change.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub correlation_keys: BTreeMap<String, String>,
+    /// Hex SHA-256 of the mappings and the authoritative account that
+    /// `correlation_keys` were computed from.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub keys_hash: String,
 }
 
 /// An account attached to an identity.

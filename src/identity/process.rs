@@ -21,7 +21,8 @@
 //! 6. the comparison with what is stored: only differences are written, and
 //!    `modified` moves only when something a person can see changed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
@@ -156,7 +157,9 @@ pub fn run(
     let no_accounts = Vec::new();
     let authoritative = snapshot.accounts.get(&spec.authoritative_connection).unwrap_or(&no_accounts);
 
-    // 1. Correlation keys from the authoritative account alone.
+    // 1. Correlation keys from the authoritative account alone; kept with
+    // the identity and computed again only when its authoritative account or
+    // the mappings changed, or on runs over everyone (where `now` moved).
     let key_attributes: Vec<&str> = {
         let set: BTreeSet<&str> = spec
             .correlation
@@ -166,25 +169,31 @@ pub fn run(
             .collect();
         set.into_iter().collect()
     };
+    let case_modes: BTreeSet<bool> =
+        spec.correlation.iter().flat_map(|c| c.rules.iter().map(|r| r.ignore_case)).collect();
     let mut keys: HashMap<(String, bool), HashMap<String, Vec<&str>>> = HashMap::new();
-    if !key_attributes.is_empty() {
-        let case_modes: BTreeSet<bool> =
-            spec.correlation.iter().flat_map(|c| c.rules.iter().map(|r| r.ignore_case)).collect();
-        for (account, _) in authoritative {
-            let accounts = [(spec.authoritative_connection.as_str(), account)];
-            let evaluation = compiled.evaluate(&Inputs { accounts: &accounts, now }, Some(&key_attributes));
-            for (name, value) in &evaluation.attributes {
-                let Some(text) = scalar_text(value) else { continue };
-                for &ignore_case in &case_modes {
-                    let key = if ignore_case { text.to_lowercase() } else { text.clone() };
-                    keys.entry((name.clone(), ignore_case))
-                        .or_default()
-                        .entry(key)
-                        .or_default()
-                        .push(account.id.as_str());
-                }
+    let mut key_values: HashMap<&str, (String, KeyValues<'_>)> = HashMap::with_capacity(authoritative.len());
+    for (account, hash) in authoritative {
+        let keys_hash = keys_hash(&mapping, hash);
+        let stored = snapshot.identities.get(&account.id);
+        let values: KeyValues<'_> = match stored {
+            Some(s) if *selection != Selection::All && s.keys_hash == keys_hash => Cow::Borrowed(&s.correlation_keys),
+            _ if key_attributes.is_empty() => Cow::Owned(BTreeMap::new()),
+            _ => {
+                let accounts = [(spec.authoritative_connection.as_str(), account)];
+                let evaluation = compiled.evaluate(&Inputs { accounts: &accounts, now }, Some(&key_attributes));
+                Cow::Owned(
+                    evaluation.attributes.iter().filter_map(|(n, v)| Some((n.clone(), scalar_text(v)?))).collect(),
+                )
+            }
+        };
+        for (name, text) in values.iter() {
+            for &ignore_case in &case_modes {
+                let key = if ignore_case { text.to_lowercase() } else { text.clone() };
+                keys.entry((name.clone(), ignore_case)).or_default().entry(key).or_default().push(account.id.as_str());
             }
         }
+        key_values.insert(account.id.as_str(), (keys_hash, values));
     }
 
     // 2. Correlation.
@@ -207,7 +216,9 @@ pub fn run(
         let present: BTreeSet<&str> = authoritative.iter().map(|(a, _)| a.id.as_str()).collect();
         unknown = ids.iter().filter(|id| !present.contains(id.as_str())).cloned().collect();
     }
-    let mut computed: HashMap<String, Identity> = HashMap::with_capacity(authoritative.len());
+    // Identities not evaluated stay borrowed from the snapshot until
+    // something (their manager, their keys) changes them.
+    let mut computed: HashMap<&str, Cow<'_, Identity>> = HashMap::with_capacity(authoritative.len());
     let mut evaluated: BTreeSet<String> = BTreeSet::new();
     let mut error_ids: BTreeSet<String> = BTreeSet::new();
     for (account, hash) in authoritative {
@@ -222,9 +233,13 @@ pub fn run(
             Selection::Due => due,
             Selection::Only(ids) => ids.contains(&account.id),
         };
+        let (keys_hash, key_values) = key_values.remove(account.id.as_str()).unwrap_or_default();
         if !evaluate {
+            // Its kept keys are refreshed when it is next evaluated: a run
+            // writes only identities it was asked to process (or whose
+            // manager moved).
             if let Some(s) = stored {
-                computed.insert(account.id.clone(), s.clone());
+                computed.insert(account.id.as_str(), Cow::Borrowed(s));
             }
             continue;
         }
@@ -257,6 +272,8 @@ pub fn run(
             modified: stored.map_or(now, |s| s.modified),
             next_processing: None,
             next_processing_value: None,
+            correlation_keys: key_values.into_owned(),
+            keys_hash,
         };
         // A failing expression keeps what the identity had.
         if let Some(s) = stored {
@@ -273,7 +290,7 @@ pub fn run(
             error_ids.insert(identity.id.clone());
         }
         evaluated.insert(identity.id.clone());
-        computed.insert(identity.id.clone(), identity);
+        computed.insert(account.id.as_str(), Cow::Owned(identity));
     }
 
     // 5. Managers over everyone.
@@ -284,22 +301,23 @@ pub fn run(
     outcome.summary.unresolved_managers = unresolved_managers;
     let mut preview = Preview::default();
     let removing = !matches!(selection, Selection::Only(_) | Selection::Due);
-    let mut ids: Vec<&String> = computed.keys().collect();
-    ids.sort();
+    let mut ids: Vec<&str> = computed.keys().copied().collect();
+    ids.sort_unstable();
     for id in ids {
         let identity = &computed[id];
         let stored = snapshot.identities.get(id);
-        match stored {
-            None => {
-                let mut identity = identity.clone();
+        match (stored, identity) {
+            (Some(_), Cow::Borrowed(_)) => {}
+            (None, identity) => {
+                let mut identity = identity.clone().into_owned();
                 identity.created = now;
                 identity.modified = now;
-                preview.created.push(id.clone());
+                preview.created.push(id.to_string());
                 outcome.changed += 1;
                 outcome.commit.upserts.push(identity);
             }
-            Some(s) if s == identity => {}
-            Some(s) => {
+            (Some(s), Cow::Owned(identity)) if s == identity => {}
+            (Some(s), Cow::Owned(identity)) => {
                 let mut identity = identity.clone();
                 if visible_change(s, &identity) {
                     identity.modified = now;
@@ -311,7 +329,8 @@ pub fn run(
         }
     }
     if removing {
-        let mut gone: Vec<&String> = snapshot.identities.keys().filter(|id| !computed.contains_key(*id)).collect();
+        let mut gone: Vec<&String> =
+            snapshot.identities.keys().filter(|id| !computed.contains_key(id.as_str())).collect();
         gone.sort();
         for id in gone {
             preview.removed.push(id.clone());
@@ -320,17 +339,21 @@ pub fn run(
         }
     }
 
-    // Correlation records: write differences only.
-    let mut current: BTreeSet<(String, String)> = BTreeSet::new();
-    for record in links {
-        let key = (record.connection.clone(), record.account_id.clone());
-        if snapshot.links.get(&key) != Some(&record) {
+    // Correlation records: write differences only. Borrowed keys, so that
+    // 100,000 unchanged records cost lookups, not copies.
+    let stored_links: HashMap<(&str, &str), &LinkRecord> =
+        snapshot.links.iter().map(|((c, a), r)| ((c.as_str(), a.as_str()), r)).collect();
+    let mut current: HashSet<(&str, &str)> = HashSet::with_capacity(links.len());
+    for record in &links {
+        let key = (record.connection.as_str(), record.account_id.as_str());
+        if stored_links.get(&key) != Some(&record) {
             outcome.commit.link_upserts.push(record.clone());
         }
         current.insert(key);
-        tally_link(&mut outcome.summary, &record);
+        tally_link(&mut outcome.summary, record);
     }
-    let mut stale: Vec<(String, String)> = snapshot.links.keys().filter(|k| !current.contains(*k)).cloned().collect();
+    let mut stale: Vec<(String, String)> =
+        stored_links.keys().filter(|k| !current.contains(*k)).map(|(c, a)| (c.to_string(), a.to_string())).collect();
     stale.sort();
     outcome.commit.link_deletes = stale;
 
@@ -465,6 +488,15 @@ fn input_hash(
     hex(&h.finalize())
 }
 
+/// What correlation keys depend on: the mappings and the authoritative
+/// account.
+fn keys_hash(mapping: &str, account: &ContentHash) -> String {
+    let mut h = Sha256::new();
+    h.update(mapping.as_bytes());
+    h.update(account.0);
+    hex(&h.finalize())
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -494,42 +526,77 @@ fn schedule_next(spec: &IdentityProfileSpec, identity: &mut Identity, stored: Op
     };
 }
 
+/// An identity's correlation keys: kept (borrowed from the store's
+/// snapshot) or computed in this run.
+type KeyValues<'a> = Cow<'a, BTreeMap<String, String>>;
+
+/// What manager resolution decided for one identity.
+struct ManagerDecision {
+    /// The manager attribute's value.
+    reference: Option<String>,
+    /// The one identity it names.
+    found: Option<String>,
+    /// Why it names none (several matches).
+    error: Option<String>,
+}
+
 /// Resolves every identity's manager; returns how many name a manager that
 /// no single identity matches. An identity naming itself (the top of the
-/// hierarchy) has no manager and is not unresolved.
-fn resolve_managers(spec: &IdentityProfileSpec, identities: &mut HashMap<String, Identity>) -> u64 {
-    let mut unresolved = 0;
+/// hierarchy) has no manager and is not unresolved. Identities whose manager
+/// did not change stay borrowed.
+fn resolve_managers(spec: &IdentityProfileSpec, identities: &mut HashMap<&str, Cow<'_, Identity>>) -> u64 {
     let Some(manager) = &spec.manager else {
         for identity in identities.values_mut() {
-            identity.manager_ref = None;
-            identity.manager = None;
+            if identity.manager_ref.is_some() || identity.manager.is_some() {
+                let owned = identity.to_mut();
+                owned.manager_ref = None;
+                owned.manager = None;
+            }
         }
-        return unresolved;
+        return 0;
     };
-    let mut index: HashMap<String, Vec<String>> = HashMap::new();
-    for identity in identities.values() {
+    let mut index: HashMap<String, Vec<&str>> = HashMap::new();
+    for (id, identity) in identities.iter() {
         if let Some(key) = identity.attributes.get(&manager.match_attribute).and_then(scalar_text) {
-            index.entry(key).or_default().push(identity.id.clone());
+            index.entry(key).or_default().push(id);
         }
     }
-    for identity in identities.values_mut() {
-        identity.manager_ref = identity.attributes.get(&manager.attribute).and_then(scalar_text);
-        identity.errors.remove("manager");
-        identity.manager = None;
-        let Some(reference) = &identity.manager_ref else { continue };
-        match index.get(reference).map(Vec::as_slice) {
-            Some([one]) if *one != identity.id => identity.manager = Some(one.clone()),
-            Some([_]) => {}
-            None => unresolved += 1,
-            Some(several) => {
+    let mut unresolved = 0;
+    // Decided before anything changes.
+    let mut decisions: Vec<(&str, ManagerDecision)> = Vec::new();
+    for (id, identity) in identities.iter() {
+        let reference = identity.attributes.get(&manager.attribute).and_then(scalar_text);
+        let (found, error) = match reference.as_ref().map(|r| (r, index.get(r).map(Vec::as_slice))) {
+            None => (None, None),
+            Some((_, Some([one]))) if one != id => (Some(one.to_string()), None),
+            Some((_, Some([_]))) => (None, None),
+            Some((_, None)) => {
+                unresolved += 1;
+                (None, None)
+            }
+            Some((reference, Some(several))) => {
                 unresolved += 1;
                 let mut names = several.to_vec();
-                names.sort();
-                identity.errors.insert(
-                    "manager".to_string(),
-                    format!("{reference:?} matches {} identities ({})", names.len(), names.join(", ")),
-                );
+                names.sort_unstable();
+                (None, Some(format!("{reference:?} matches {} identities ({})", names.len(), names.join(", "))))
             }
+        };
+        if identity.manager_ref != reference
+            || identity.manager != found
+            || identity.errors.get("manager") != error.as_ref()
+        {
+            decisions.push((id, ManagerDecision { reference, found, error }));
+        }
+    }
+    for (id, ManagerDecision { reference, found, error }) in decisions {
+        if let Some(identity) = identities.get_mut(id) {
+            let owned = identity.to_mut();
+            owned.manager_ref = reference;
+            owned.manager = found;
+            match error {
+                Some(e) => owned.errors.insert("manager".to_string(), e),
+                None => owned.errors.remove("manager"),
+            };
         }
     }
     unresolved
@@ -991,6 +1058,30 @@ mod tests {
         assert_eq!(outcome.commit.upserts[0].lifecycle_state.as_deref(), Some("terminated"));
         assert_eq!(outcome.commit.upserts[0].next_processing, None, "done, not rescheduled");
         assert_eq!(outcome.commit.state.next_time_based, None);
+    }
+
+    #[test]
+    fn correlation_keys_are_kept_until_their_account_or_the_mappings_change() {
+        let spec = spec();
+        let mut snap = snapshot(hr(), github_accounts());
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::All, at("2026-11-22T12:00:00Z"));
+        commit(&mut snap, &outcome);
+        assert_eq!(identity(&snap, "E1").correlation_keys.get("email").map(String::as_str), Some("ada@acme.com"));
+        assert_eq!(identity(&snap, "E6").correlation_keys.get("githubLogin").map(String::as_str), Some("fay-gh"));
+
+        // A kept key is what an event-based run correlates with (it is not
+        // computed again): pretend Ada's kept e-mail were Bob's GitHub one.
+        let kept = snap.identities.get_mut("E1").expect("E1");
+        kept.correlation_keys.insert("email".into(), "bob@acme.com".into());
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::Changed, at("2026-11-22T13:00:00Z"));
+        let g5 = outcome.commit.link_upserts.iter().find(|l| l.account_id == "g5").expect("g5 moved");
+        assert_eq!((g5.state, g5.candidates.clone()), (LinkState::Ambiguous, vec!["E1".to_string(), "E2".to_string()]));
+
+        // A run over everyone computes them afresh.
+        let outcome = run(&spec, &compiled(&spec), &snap, &Selection::All, at("2026-11-22T14:00:00Z"));
+        let e1 = outcome.commit.upserts.iter().find(|i| i.id == "E1").expect("E1 rewritten");
+        assert_eq!(e1.correlation_keys.get("email").map(String::as_str), Some("ada@acme.com"));
+        assert!(outcome.commit.link_upserts.is_empty(), "back to what is stored");
     }
 
     #[test]

@@ -612,6 +612,8 @@ mod tests {
             modified: now() - SignedDuration::from_secs(modified_ago_secs),
             next_processing: None,
             next_processing_value: None,
+            correlation_keys: Default::default(),
+            keys_hash: String::new(),
         }
     }
 

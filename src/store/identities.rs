@@ -489,6 +489,8 @@ mod tests {
             modified: time(2, 1),
             next_processing: Some(time(86_400, 999_999_999)),
             next_processing_value: Some("2025-07-01".into()),
+            correlation_keys: BTreeMap::from([("email".to_string(), format!("{id}@example.com"))]),
+            keys_hash: "cd".repeat(32),
         }
     }
 
@@ -507,6 +509,8 @@ mod tests {
             modified: time(0, 0),
             next_processing: None,
             next_processing_value: None,
+            correlation_keys: Default::default(),
+            keys_hash: String::new(),
         }
     }
 
