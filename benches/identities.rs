@@ -150,7 +150,11 @@ fn main() {
     sync(&store, "hr", (0..PEOPLE).map(|n| person(n, 1)));
     // Every 20th member matches nobody.
     sync(&store, "github", (0..PEOPLE).map(|n| if n % 20 == 19 { member(n + PEOPLE) } else { member(n) }));
-    println!("{PEOPLE} HR accounts, {PEOPLE} GitHub accounts; 10 mappings, a lifecycle, a manager");
+    println!(
+        "{PEOPLE} HR accounts, {PEOPLE} GitHub accounts; 10 mappings, a lifecycle, a manager (peak RSS after the syncs \
+         {:.0} MiB)",
+        common::peak_rss_mib()
+    );
     let compiled = CompiledProfile::compile(&spec().attributes, spec().lifecycle.as_ref()).expect("compiles");
 
     process(&store, &compiled, Selection::All, "first processing (all created)");

@@ -290,75 +290,31 @@ pub fn run(
             error_ids.insert(identity.id.clone());
         }
         evaluated.insert(identity.id.clone());
-        computed.insert(account.id.as_str(), Cow::Owned(identity));
+        // The manager is decided over everyone below; until then it is what
+        // was stored. A result equal to the stored identity is dropped here,
+        // so a scheduled run over 100,000 unchanged identities does not hold
+        // two copies of them.
+        let result: Cow<'_, Identity> = match stored {
+            Some(s) => {
+                identity.manager_ref.clone_from(&s.manager_ref);
+                if let Some(error) = s.errors.get("manager") {
+                    identity.errors.insert("manager".to_string(), error.clone());
+                }
+                if identity == *s { Cow::Borrowed(s) } else { Cow::Owned(identity) }
+            }
+            None => Cow::Owned(identity),
+        };
+        computed.insert(account.id.as_str(), result);
     }
 
     // 5. Managers over everyone.
     let unresolved_managers = resolve_managers(spec, &mut computed);
 
-    // 6. Compare with the store.
+    // 6. Compare with the store. The summary counts the profile as it will
+    // be (removed identities are never in `computed`); it is taken first so
+    // that changed identities can then move into the commit, not be copied.
     let mut outcome = Outcome { unknown, ..Default::default() };
     outcome.summary.unresolved_managers = unresolved_managers;
-    let mut preview = Preview::default();
-    let removing = !matches!(selection, Selection::Only(_) | Selection::Due);
-    let mut ids: Vec<&str> = computed.keys().copied().collect();
-    ids.sort_unstable();
-    for id in ids {
-        let identity = &computed[id];
-        let stored = snapshot.identities.get(id);
-        match (stored, identity) {
-            (Some(_), Cow::Borrowed(_)) => {}
-            (None, identity) => {
-                let mut identity = identity.clone().into_owned();
-                identity.created = now;
-                identity.modified = now;
-                preview.created.push(id.to_string());
-                outcome.changed += 1;
-                outcome.commit.upserts.push(identity);
-            }
-            (Some(s), Cow::Owned(identity)) if s == identity => {}
-            (Some(s), Cow::Owned(identity)) => {
-                let mut identity = identity.clone();
-                if visible_change(s, &identity) {
-                    identity.modified = now;
-                    outcome.changed += 1;
-                    preview.record(s, &identity);
-                }
-                outcome.commit.upserts.push(identity);
-            }
-        }
-    }
-    if removing {
-        let mut gone: Vec<&String> =
-            snapshot.identities.keys().filter(|id| !computed.contains_key(id.as_str())).collect();
-        gone.sort();
-        for id in gone {
-            preview.removed.push(id.clone());
-            outcome.changed += 1;
-            outcome.commit.deletes.push(id.clone());
-        }
-    }
-
-    // Correlation records: write differences only. Borrowed keys, so that
-    // 100,000 unchanged records cost lookups, not copies.
-    let stored_links: HashMap<(&str, &str), &LinkRecord> =
-        snapshot.links.iter().map(|((c, a), r)| ((c.as_str(), a.as_str()), r)).collect();
-    let mut current: HashSet<(&str, &str)> = HashSet::with_capacity(links.len());
-    for record in &links {
-        let key = (record.connection.as_str(), record.account_id.as_str());
-        if stored_links.get(&key) != Some(&record) {
-            outcome.commit.link_upserts.push(record.clone());
-        }
-        current.insert(key);
-        tally_link(&mut outcome.summary, record);
-    }
-    let mut stale: Vec<(String, String)> =
-        stored_links.keys().filter(|k| !current.contains(*k)).map(|(c, a)| (c.to_string(), a.to_string())).collect();
-    stale.sort();
-    outcome.commit.link_deletes = stale;
-
-    // The summary counts the profile as it will be (removed identities are
-    // never in `computed`).
     let mut next_time_based: Option<Timestamp> = None;
     for identity in computed.values() {
         outcome.summary.identities += 1;
@@ -372,6 +328,63 @@ pub fn run(
             next_time_based = Some(next_time_based.map_or(t, |n| n.min(t)));
         }
     }
+    let mut preview = Preview::default();
+    if !matches!(selection, Selection::Only(_) | Selection::Due) {
+        let mut gone: Vec<&String> =
+            snapshot.identities.keys().filter(|id| !computed.contains_key(id.as_str())).collect();
+        gone.sort();
+        for id in gone {
+            preview.removed.push(id.clone());
+            outcome.changed += 1;
+            outcome.commit.deletes.push(id.clone());
+        }
+    }
+    let mut computed: Vec<(&str, Cow<'_, Identity>)> = computed.into_iter().collect();
+    computed.sort_unstable_by_key(|(id, _)| *id);
+    for (id, identity) in computed {
+        let stored = snapshot.identities.get(id);
+        match (stored, identity) {
+            (Some(_), Cow::Borrowed(_)) => {}
+            (None, identity) => {
+                let mut identity = identity.into_owned();
+                identity.created = now;
+                identity.modified = now;
+                preview.created.push(id.to_string());
+                outcome.changed += 1;
+                outcome.commit.upserts.push(identity);
+            }
+            (Some(s), Cow::Owned(identity)) if *s == identity => {}
+            (Some(s), Cow::Owned(mut identity)) => {
+                if visible_change(s, &identity) {
+                    identity.modified = now;
+                    outcome.changed += 1;
+                    preview.record(s, &identity);
+                }
+                outcome.commit.upserts.push(identity);
+            }
+        }
+    }
+
+    // Correlation records: write differences only, with borrowed keys so
+    // that 100,000 unchanged records cost lookups, not copies.
+    let stored_links: HashMap<(&str, &str), &LinkRecord> =
+        snapshot.links.iter().map(|((c, a), r)| ((c.as_str(), a.as_str()), r)).collect();
+    let mut stale: Vec<(String, String)> = {
+        let current: HashSet<(&str, &str)> =
+            links.iter().map(|r| (r.connection.as_str(), r.account_id.as_str())).collect();
+        stored_links.keys().filter(|k| !current.contains(*k)).map(|(c, a)| (c.to_string(), a.to_string())).collect()
+    };
+    stale.sort();
+    outcome.commit.link_deletes = stale;
+    for record in links {
+        tally_link(&mut outcome.summary, &record);
+        let unchanged =
+            stored_links.get(&(record.connection.as_str(), record.account_id.as_str())).is_some_and(|s| **s == record);
+        if !unchanged {
+            outcome.commit.link_upserts.push(record);
+        }
+    }
+
     outcome.processed = evaluated.len() as u64;
     outcome.errors = error_ids.len() as u64;
     outcome.commit.state = ProfileState { next_time_based, ..snapshot.state.clone() };
