@@ -292,7 +292,7 @@ async fn forbid_rejects_wait_queues_and_replace_cancels() {
     env.request("first", json!({"target": {"connections": ["slow"]}, "mode": "Full"})).await;
     running("first").await;
     env.request("forbidden", json!({"target": {"connections": ["slow"]}, "concurrencyPolicy": "Forbid"})).await;
-    let forbidden = env.finished("forbidden", Duration::from_secs(10)).await;
+    let forbidden = env.finished("forbidden", Duration::from_secs(30)).await;
     let t = target(&forbidden);
     assert_eq!(t.phase, TargetPhase::Rejected);
     assert!(t.message.contains("ResyncRequest first"), "{}", t.message);
@@ -543,7 +543,7 @@ async fn finished_requests_are_deleted_after_their_ttl_and_unresolvable_ones_fai
     assert!(gone.is_some(), "the request outlived its TTL");
 
     env.request("nothing", json!({"target": {"category": "MDM"}})).await;
-    let failed = env.finished("nothing", Duration::from_secs(10)).await;
+    let failed = env.finished("nothing", Duration::from_secs(30)).await;
     assert_eq!(phase(&failed), Some(Phase::Failed));
     let complete = idsync::api::conditions::find(&failed.status.as_ref().expect("status").conditions, "Complete")
         .cloned()
@@ -552,7 +552,7 @@ async fn finished_requests_are_deleted_after_their_ttl_and_unresolvable_ones_fai
     assert!(complete.message.contains("matched no Connection"), "{}", complete.message);
 
     env.request("ghost", json!({"target": {"connections": ["hris", "ghost"]}})).await;
-    let partial = env.finished("ghost", Duration::from_secs(20)).await;
+    let partial = env.finished("ghost", Duration::from_secs(30)).await;
     assert_eq!(phase(&partial), Some(Phase::PartiallyFailed), "{:#?}", partial.status);
     let targets = partial.status.expect("status").targets;
     let ghost = targets.iter().find(|t| t.connection == "ghost").expect("ghost target");
