@@ -493,13 +493,26 @@ async fn bad_expressions_stall_the_profile_or_mark_one_identity() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn deleting_a_profile_removes_its_identities_from_the_store() {
+async fn an_ambiguous_account_is_reported_and_deleting_the_profile_removes_its_identities() {
     let env = Env::start().await;
-    env.exports(&people()).await;
+    // Dee shares Bob's e-mail: Bob's GitHub account matches both.
+    let mut staff = people();
+    staff[3].email = "bob@acme.example";
+    env.exports(&staff).await;
     env.connections().await;
     env.profile(json!({})).await;
     env.sync_all("sync").await;
-    env.profile_until("identities", |p| p.status.as_ref().and_then(|s| s.identity_count) == Some(4)).await;
+    let profile =
+        env.profile_until("identities", |p| p.status.as_ref().and_then(|s| s.identity_count) == Some(4)).await;
+    let status = profile.status.expect("status");
+    assert_eq!(status.ambiguous_accounts, Some(1));
+    let message = status.last_processing.expect("last").message;
+    assert!(
+        message.contains("1 account matches several identities and is attached to none")
+            && message.contains("identities uncorrelated"),
+        "{message}"
+    );
+    assert!(env.identity("employees", "E2").accounts.iter().all(|a| a.connection == "hr"), "attached to nobody");
     let api = Api::<IdentityProfile>::namespaced(env.h.client.clone(), "default");
     api.delete("employees", &Default::default()).await.expect("delete");
     let gone = eventually(Duration::from_secs(20), || async {

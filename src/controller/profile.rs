@@ -494,6 +494,23 @@ fn compute_and_commit(
         0 => String::new(),
         n => format!("{n} identities have expressions that failed; their previous values are kept"),
     };
+    if outcome.summary.ambiguous_accounts > 0 {
+        // Reported, never resolved by guessing: say so where people look.
+        message = join_message(
+            message,
+            format!(
+                "{} several identities and {} attached to none; list them with \
+                 `idsync identities uncorrelated --profile {} -n {}`",
+                match outcome.summary.ambiguous_accounts {
+                    1 => "1 account matches".to_string(),
+                    n => format!("{n} accounts match"),
+                },
+                if outcome.summary.ambiguous_accounts == 1 { "is" } else { "are" },
+                job.profile.name,
+                job.profile.namespace
+            ),
+        );
+    }
     if !outcome.unknown.is_empty() {
         let unknown = outcome.unknown.join(", ");
         message = join_message(message, format!("no such identities: {unknown}"));
