@@ -62,8 +62,8 @@ enum Command {
         #[arg(long, env = "IDSYNC_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
     },
-    /// Show an IdentityProfile's identities and correlation records, read
-    /// from the store's file (no cluster needed). In a cluster:
+    /// Show an IdentityProfile's identities, correlation records and
+    /// processing history, read from the store's file (no cluster needed). In a cluster:
     /// `kubectl exec deploy/idsync -- idsync identities list --profile NAME`.
     Identities {
         #[command(subcommand)]
@@ -107,6 +107,19 @@ enum IdentitiesCommand {
         #[arg(long)]
         all_states: bool,
         /// table: kubectl-like; json: a CorrelationRecordList; csv: RFC 4180.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ListOutput::Table)]
+        output: ListOutput,
+    },
+    /// Show the profile's processing history, newest first: trigger,
+    /// result, counts, when and how long (the audit trail of every run,
+    /// dry runs and failures included).
+    Runs {
+        #[command(flatten)]
+        target: ProfileArgs,
+        /// How many runs, at most.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// table: kubectl-like; json: a ProcessingRunList; csv: RFC 4180.
         #[arg(short = 'o', long = "output", value_enum, default_value_t = ListOutput::Table)]
         output: ListOutput,
     },
@@ -391,6 +404,17 @@ fn identities(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
                     } else {
                         eprintln!("No uncorrelated or ambiguous accounts found in profile {profile}.");
                     }
+                }
+            });
+            (path, result)
+        }
+        IdentitiesCommand::Runs { target, limit, output } => {
+            let (store, path, profile) = open_store(target)?;
+            let format = ListFormat::from(*output);
+            let listed = report::runs_report(&store, &profile, *limit, format, jiff::Timestamp::now(), &mut out);
+            let result = listed.map(|count| {
+                if count == 0 && format == ListFormat::Table {
+                    eprintln!("No processing runs found in profile {profile}.");
                 }
             });
             (path, result)

@@ -345,3 +345,30 @@ fn an_unknown_profile_fails_listing_the_known_ones() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--namespace hr"), "{}", stderr(&out));
 }
+
+#[test]
+fn runs_lists_the_processing_history_newest_first() {
+    let (_dir, store) = fixture();
+    let out = idsync(&store, &["runs", "--profile", "employees"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("RUN") && lines[0].contains("TRIGGER") && lines[0].contains("PROCESSED"), "{text}");
+    assert_eq!(lines.len(), 2, "{text}");
+    let cells: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(&cells[1..6], &["Manual", "Succeeded", "3", "3", "0"], "{text}");
+
+    let out = idsync(&store, &["runs", "--profile", "employees", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(list["kind"], "ProcessingRunList");
+    assert_eq!(list["items"][0]["trigger"], "Manual");
+    assert_eq!(list["items"][0]["processed"], 3);
+
+    let out = idsync(&store, &["runs", "--profile", "employees", "-o", "csv"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.starts_with("run,trigger,request,result,processed,changed,errors,started,finished,message\r\n"),
+        "{text}"
+    );
+    assert!(text.lines().nth(1).is_some_and(|l| l.contains(",Manual,,Succeeded,3,3,0,")), "{text}");
+}

@@ -492,6 +492,7 @@ fn compute_and_commit(
     let mut outcome = process::run(&job.spec, &job.compiled, &snapshot, &job.selection, now);
     let mut message = match outcome.errors {
         0 => String::new(),
+        1 => "1 identity has expressions that failed; their previous values are kept".to_string(),
         n => format!("{n} identities have expressions that failed; their previous values are kept"),
     };
     if outcome.summary.ambiguous_accounts > 0 {

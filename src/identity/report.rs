@@ -1,5 +1,6 @@
-//! What `idsync identities` prints: a profile's identities and correlation
-//! records as kubectl-like tables, CSV, JSON or YAML, read from the store.
+//! What `idsync identities` prints: a profile's identities, correlation
+//! records and processing history as kubectl-like tables, CSV, JSON or
+//! YAML, read from the store.
 //!
 //! The renderers are pure functions over slices (or one item at a time, for
 //! the streaming writers) and a writer, with the time passed in, so their
@@ -14,7 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{Identity, LinkRecord, LinkState};
-use crate::store::{ProfileRef, Store, StoreError};
+use crate::store::{ProcessingRunRecord, ProfileRef, Store, StoreError};
 
 /// The `apiVersion` of the lists printed with `-o json`, idsync's API group.
 pub const API_VERSION: &str = "idsync.dev/v1alpha1";
@@ -253,6 +254,80 @@ pub fn link_csv_record(link: &LinkRecord) -> Vec<String> {
         link.identity.clone().unwrap_or_default(),
         link.candidates.join(","),
     ]
+}
+
+/// Columns of the processing history table.
+const RUN_COLUMNS: [&str; 9] =
+    ["RUN", "TRIGGER", "RESULT", "PROCESSED", "CHANGED", "ERRORS", "STARTED", "DURATION", "MESSAGE"];
+/// Header of the processing history CSV.
+const RUN_CSV_HEADER: [&str; 10] =
+    ["run", "trigger", "request", "result", "processed", "changed", "errors", "started", "finished", "message"];
+/// The `kind` of `identities runs -o json`.
+const RUN_LIST_KIND: &str = "ProcessingRunList";
+
+/// A processing run as `-o json` prints it (the store's record has no
+/// serde form of its own: it is not an API type).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RunItem<'a> {
+    id: i64,
+    trigger: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<&'a str>,
+    result: &'a str,
+    processed: u64,
+    changed: u64,
+    errors: u64,
+    started_at: String,
+    finished_at: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    message: &'a str,
+}
+
+impl<'a> From<&'a ProcessingRunRecord> for RunItem<'a> {
+    fn from(run: &'a ProcessingRunRecord) -> Self {
+        RunItem {
+            id: run.id,
+            trigger: &run.trigger,
+            request: run.request.as_deref(),
+            result: run.outcome.as_str(),
+            processed: run.processed,
+            changed: run.changed,
+            errors: run.errors,
+            started_at: run.started_at.to_string(),
+            finished_at: run.finished_at.to_string(),
+            message: &run.message,
+        }
+    }
+}
+
+/// The processing history table's cells for one run: its age, and its
+/// length in milliseconds under a second (processing is often that fast).
+pub fn run_row(run: &ProcessingRunRecord, now: Timestamp) -> Vec<String> {
+    let length = run.finished_at.duration_since(run.started_at);
+    let duration = if length < SignedDuration::from_secs(1) {
+        format!("{}ms", length.as_millis().max(0))
+    } else {
+        human_age(length)
+    };
+    let trigger = match &run.request {
+        Some(request) => format!("{} ({request})", run.trigger),
+        None => run.trigger.clone(),
+    };
+    [
+        run.id.to_string(),
+        trigger,
+        run.outcome.as_str().to_string(),
+        run.processed.to_string(),
+        run.changed.to_string(),
+        run.errors.to_string(),
+        human_age(now.duration_since(run.started_at)),
+        duration,
+        if run.message.is_empty() { NONE.to_string() } else { run.message.clone() },
+    ]
+    .into_iter()
+    .map(cell)
+    .collect()
 }
 
 // --- tables ---
@@ -569,6 +644,54 @@ pub fn uncorrelated_report(
     }
     out.flush()?;
     Ok(links.len())
+}
+
+/// `identities runs`: the profile's last `limit` processing runs, newest
+/// first. Returns how many it printed.
+pub fn runs_report(
+    store: &dyn Store,
+    profile: &ProfileRef,
+    limit: usize,
+    format: ListFormat,
+    now: Timestamp,
+    out: &mut impl Write,
+) -> Result<usize, ReportError> {
+    ensure_profile(store, profile)?;
+    let runs = store.processing_runs(profile, limit)?;
+    match format {
+        ListFormat::Table if runs.is_empty() => {}
+        ListFormat::Table => {
+            let rows: Vec<Vec<String>> = runs.iter().map(|r| run_row(r, now)).collect();
+            write_table(&RUN_COLUMNS, &rows, out)?;
+        }
+        ListFormat::Csv => {
+            let mut csv = CsvWriter::begin(&mut *out, &RUN_CSV_HEADER)?;
+            for run in &runs {
+                csv.record(&[
+                    run.id.to_string(),
+                    run.trigger.clone(),
+                    run.request.clone().unwrap_or_default(),
+                    run.outcome.as_str().to_string(),
+                    run.processed.to_string(),
+                    run.changed.to_string(),
+                    run.errors.to_string(),
+                    run.started_at.to_string(),
+                    run.finished_at.to_string(),
+                    run.message.clone(),
+                ])?;
+            }
+            csv.finish()?;
+        }
+        ListFormat::Json => {
+            let mut json = JsonListWriter::begin(&mut *out, RUN_LIST_KIND)?;
+            for run in &runs {
+                json.item(&RunItem::from(run))?;
+            }
+            json.finish()?;
+        }
+    }
+    out.flush()?;
+    Ok(runs.len())
 }
 
 #[cfg(test)]
@@ -1085,5 +1208,29 @@ mod tests {
         assert_eq!(count, 3);
         let out = String::from_utf8(out).expect("utf-8");
         assert!(out.contains("okta         00u1         Correlated     1001"), "{out}");
+    }
+
+    #[test]
+    fn run_rows_show_trigger_request_counts_age_and_length() {
+        let run = |request: Option<&str>, seconds: f64, message: &str| ProcessingRunRecord {
+            id: 7,
+            trigger: "Manual".into(),
+            request: request.map(String::from),
+            started_at: ts("2024-06-01T11:00:00Z"),
+            finished_at: ts("2024-06-01T11:00:00Z") + SignedDuration::from_secs_f64(seconds),
+            outcome: crate::store::RunOutcome::DryRun,
+            processed: 12,
+            changed: 3,
+            errors: 1,
+            message: message.into(),
+        };
+        assert_eq!(
+            run_row(&run(Some("apply-june"), 0.25, ""), now()),
+            ["7", "Manual (apply-june)", "DryRun", "12", "3", "1", "60m", "250ms", "<none>"]
+        );
+        assert_eq!(
+            run_row(&run(None, 95.0, "1 identities have\nexpressions that failed"), now())[1..],
+            ["Manual", "DryRun", "12", "3", "1", "60m", "95s", "1 identities have expressions that failed"]
+        );
     }
 }
