@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::operator::{Operator, TestClock, test_config};
+use common::operator::{Operator, TestClock};
 use common::{Harness, eventually};
 use idsync::api::IdentityProfile;
 use idsync::api::resync_request::{Phase, TargetPhase};
@@ -70,11 +70,7 @@ struct Env {
 
 impl Env {
     async fn start() -> Env {
-        let h = Harness::start().await;
-        idsync::dev::install_crds(&h.client).await.expect("CRDs");
-        let clock = Arc::new(TestClock::default());
-        let data = tempfile::tempdir().expect("data dir");
-        let operator = Operator::start(&h.cluster, data.path(), clock.clone(), test_config("operator-a"));
+        let common::operator::Started { h, operator, clock, data } = common::operator::start_operator().await;
         Env { h, _operator: operator, clock, data }
     }
 

@@ -39,11 +39,7 @@ struct Env {
 
 impl Env {
     async fn start() -> Env {
-        let h = Harness::start().await;
-        idsync::dev::install_crds(&h.client).await.expect("CRDs");
-        let clock = Arc::new(TestClock::default());
-        let data = tempfile::tempdir().expect("data dir");
-        let operator = Operator::start(&h.cluster, data.path(), clock.clone(), test_config("operator-a"));
+        let common::operator::Started { h, operator, clock, data } = common::operator::start_operator().await;
         Env { h, operator: Some(operator), clock, data }
     }
 

@@ -121,3 +121,21 @@ impl Drop for Operator {
         }
     }
 }
+
+/// A devcluster with idsync's CRDs and one operator ("operator-a") on a
+/// test clock, its store in a fresh folder: how the end-to-end tests begin.
+pub struct Started {
+    pub h: super::Harness,
+    pub operator: Operator,
+    pub clock: Arc<TestClock>,
+    pub data: tempfile::TempDir,
+}
+
+pub async fn start_operator() -> Started {
+    let h = super::Harness::start().await;
+    idsync::dev::install_crds(&h.client).await.expect("CRDs");
+    let clock = Arc::new(TestClock::default());
+    let data = tempfile::tempdir().expect("data dir");
+    let operator = Operator::start(&h.cluster, data.path(), clock.clone(), test_config("operator-a"));
+    Started { h, operator, clock, data }
+}
