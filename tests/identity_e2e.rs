@@ -520,3 +520,39 @@ async fn an_ambiguous_account_is_reported_and_deleting_the_profile_removes_its_i
     assert!(!env.runs().is_empty(), "run history stays");
     let _ = Api::<Connection>::namespaced(env.h.client.clone(), "default");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_connection_stalls_the_profile_and_keeps_its_identities() {
+    let env = Env::start().await;
+    env.exports(&people()).await;
+    env.connections().await;
+    env.profile(json!({})).await;
+    env.sync_all("sync").await;
+    env.profile_until("identities", |p| p.status.as_ref().and_then(|s| s.identity_count) == Some(4)).await;
+
+    // The HR Connection goes (its accounts are purged from the store): the
+    // profile stalls instead of removing every identity.
+    Api::<Connection>::namespaced(env.h.client.clone(), "default")
+        .delete("hr", &Default::default())
+        .await
+        .expect("delete");
+    let profile = env
+        .profile_until("stalled", |p| {
+            condition(p, "Stalled").is_some_and(|c| c.0 == "True" && c.1 == "ConnectionNotFound")
+        })
+        .await;
+    let (_, _, message) = condition(&profile, "Stalled").expect("stalled");
+    assert!(message.contains("Connection hr not found in namespace default"), "{message}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.identities("employees").len(), 4, "identities kept");
+
+    // It comes back: the profile recovers and processes again.
+    env.connections().await;
+    env.sync_all("resync").await;
+    env.profile_until("recovered", |p| {
+        condition(p, "Stalled").is_some_and(|c| c.0 == "False")
+            && p.status.as_ref().and_then(|s| s.identity_count) == Some(4)
+    })
+    .await;
+    assert_eq!(env.identities("employees").len(), 4);
+}

@@ -201,8 +201,23 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::requeue(ctx.config.max_requeue));
     };
 
-    // What is due, most encompassing first.
+    // A missing Connection stalls the profile rather than processing as if
+    // it had no accounts: a typo must not look like an empty HR system, and
+    // a deleted (purged) authoritative connection must not remove every
+    // identity. Its (re)appearance brings a reconcile through the watch.
     let connections = process::connections_of(&eff.spec);
+    let missing = missing_connections(&ctx, &p.namespace, &connections).await?;
+    if !missing.is_empty() {
+        let message = format!(
+            "Connection {} not found in namespace {}; the profile's identities are kept as they are until it exists",
+            missing.join(", "),
+            p.namespace
+        );
+        write_stalled(&ctx, &api, &profile, "ConnectionNotFound", &message, now).await?;
+        return Ok(Action::requeue(ctx.config.max_requeue));
+    }
+
+    // What is due, most encompassing first.
     let versions = {
         let (namespace, connections) = (p.namespace.clone(), connections.clone());
         blocking(&ctx, move |store| store.connection_versions(&namespace, &connections)).await?
@@ -328,6 +343,21 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
         .min(ctx.config.max_requeue)
         .max(Duration::from_millis(100));
     Ok(Action::requeue(wait))
+}
+
+/// The named Connections that do not exist in `namespace`.
+async fn missing_connections(ctx: &Context, namespace: &str, names: &[String]) -> Result<Vec<String>, Error> {
+    let api: Api<Connection> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut missing = Vec::new();
+    for name in names {
+        // One being deleted is as good as gone: its finalizer is about to
+        // purge its accounts.
+        match api.get_opt(name).await.map_err(Error::Kube)? {
+            Some(c) if c.metadata.deletion_timestamp.is_none() => {}
+            _ => missing.push(name.clone()),
+        }
+    }
+    Ok(missing)
 }
 
 /// Says on the profile that processing is under way (a run over 100,000
@@ -489,6 +519,32 @@ fn compute_and_commit(
     let timer = std::time::Instant::now();
     let connections = process::connections_of(&job.spec);
     let snapshot = store.processing_snapshot(&job.profile, &connections)?;
+    // An authoritative connection without accounts while identities exist
+    // is a purged or reset connection far more often than an HR system that
+    // lost everyone (the sync's import safeguard stops that): keep them.
+    let authoritative = snapshot.accounts.get(&job.spec.authoritative_connection);
+    if authoritative.is_none_or(Vec::is_empty) && !snapshot.identities.is_empty() {
+        let message = format!(
+            "the authoritative connection {} has no accounts in the store (deleted, or reset); the profile's {} \
+             identities are kept as they are",
+            job.spec.authoritative_connection,
+            snapshot.identities.len()
+        );
+        let mut run = ProcessingRunRecord {
+            id: 0,
+            trigger: job.trigger.to_string(),
+            request: job.request.clone(),
+            started_at: now,
+            finished_at: now,
+            outcome: RunOutcome::Failed,
+            processed: 0,
+            changed: 0,
+            errors: 0,
+            message,
+        };
+        run.id = store.record_processing_run(&job.profile, &run)?;
+        return Ok(JobResult { run, summary: None, preview: Vec::new() });
+    }
     let mut outcome = process::run(&job.spec, &job.compiled, &snapshot, &job.selection, now);
     let mut message = match outcome.errors {
         0 => String::new(),
@@ -641,5 +697,80 @@ pub fn selection_for(identities: &[String]) -> Selection {
         Selection::All
     } else {
         Selection::Only(identities.iter().cloned().collect::<BTreeSet<String>>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{AccountLink, Identity};
+    use crate::store::{ProcessingCommit, SqliteStore, Store};
+
+    fn spec() -> IdentityProfileSpec {
+        serde_json::from_value(serde_json::json!({
+            "authoritativeConnection": "hr",
+            "attributes": {"email": "accounts.hr.email"}
+        }))
+        .expect("spec")
+    }
+
+    fn identity(id: &str) -> Identity {
+        Identity {
+            id: id.into(),
+            attributes: Default::default(),
+            lifecycle_state: None,
+            manager_ref: None,
+            manager: None,
+            accounts: vec![AccountLink { connection: "hr".into(), account_id: id.into() }],
+            errors: Default::default(),
+            input_hash: "00".repeat(32),
+            created: Timestamp::UNIX_EPOCH,
+            modified: Timestamp::UNIX_EPOCH,
+            next_processing: None,
+            next_processing_value: None,
+            correlation_keys: Default::default(),
+            keys_hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_empty_authoritative_connection_removes_no_identities() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(&dir.path().join("idsync.db")).expect("store");
+        let p = ProfileRef::new("default", "employees");
+        let seeded = ProcessingCommit { upserts: vec![identity("E1"), identity("E2")], ..Default::default() };
+        let run = ProcessingRunRecord {
+            id: 0,
+            trigger: "SpecChanged".into(),
+            request: None,
+            started_at: Timestamp::UNIX_EPOCH,
+            finished_at: Timestamp::UNIX_EPOCH,
+            outcome: RunOutcome::Succeeded,
+            processed: 2,
+            changed: 2,
+            errors: 0,
+            message: String::new(),
+        };
+        store.commit_processing(&p, &seeded, &run).expect("seed");
+
+        let spec = spec();
+        let compiled = Arc::new(compile_uncached(&spec).expect("compiles"));
+        let job = Job {
+            profile: p.clone(),
+            spec,
+            compiled,
+            selection: Selection::Changed,
+            trigger: "EventBased",
+            request: None,
+            dry_run: false,
+            applies: None,
+            scheduled: None,
+        };
+        let result = compute_and_commit(&store, job, Timestamp::now()).expect("runs");
+        assert_eq!(result.run.outcome, RunOutcome::Failed);
+        assert!(result.run.message.contains("has no accounts in the store"), "{}", result.run.message);
+        assert_eq!(store.list_identities(&p, None, None, 10).expect("list").len(), 2, "kept");
+        let history = store.processing_runs(&p, 10).expect("runs");
+        assert_eq!(history[0].outcome, RunOutcome::Failed, "recorded in the history");
     }
 }
