@@ -2,6 +2,7 @@
 //! with a company's connected systems.
 
 pub mod account;
+pub mod age;
 pub mod api;
 pub mod connectors;
 pub mod controller;

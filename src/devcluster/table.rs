@@ -203,54 +203,11 @@ fn date_cell(s: &str, now: jiff::Timestamp) -> String {
     if timestamp.as_second() == GO_ZERO_TIME_UNIX {
         return "<unknown>".to_string();
     }
-    human_duration(now.duration_since(timestamp))
+    crate::age::human_duration(now.duration_since(timestamp))
 }
 
 /// 0001-01-01T00:00:00Z, Go's zero `time.Time`.
 const GO_ZERO_TIME_UNIX: i64 = -62_135_596_800;
-
-/// apimachinery's `duration.HumanDuration`: ~2-3 significant figures ("45s", "5m10s", "3h", "2d4h", "400d",
-/// "2y3d"), "0s" for up to a second in the future and "<invalid>" beyond.
-pub fn human_duration(d: jiff::SignedDuration) -> String {
-    let seconds = d.as_secs();
-    if seconds < -1 {
-        return "<invalid>".to_string();
-    }
-    if seconds < 0 {
-        return "0s".to_string();
-    }
-    if seconds < 60 * 2 {
-        return format!("{seconds}s");
-    }
-    let minutes = seconds / 60;
-    if minutes < 10 {
-        let s = seconds % 60;
-        return if s == 0 { format!("{minutes}m") } else { format!("{minutes}m{s}s") };
-    }
-    if minutes < 60 * 3 {
-        return format!("{minutes}m");
-    }
-    let hours = seconds / 3600;
-    if hours < 8 {
-        let m = minutes % 60;
-        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
-    }
-    if hours < 48 {
-        return format!("{hours}h");
-    }
-    if hours < 24 * 8 {
-        let h = hours % 24;
-        return if h == 0 { format!("{}d", hours / 24) } else { format!("{}d{h}h", hours / 24) };
-    }
-    if hours < 24 * 365 * 2 {
-        return format!("{}d", hours / 24);
-    }
-    if hours < 24 * 365 * 8 {
-        let days = (hours / 24) % 365;
-        return if days == 0 { format!("{}y", hours / 24 / 365) } else { format!("{}y{days}d", hours / 24 / 365) };
-    }
-    format!("{}y", hours / 24 / 365)
-}
 
 /// Go's `fmt.Sprint` of a number decoded the way the API server decodes unstructured JSON: int64 when it
 /// fits, float64 otherwise.
@@ -370,7 +327,7 @@ fn write_go_json_string(s: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jiff::{SignedDuration, Timestamp};
+    use jiff::Timestamp;
 
     fn now() -> Timestamp {
         "2024-05-10T12:00:00Z".parse().unwrap()
@@ -550,38 +507,6 @@ mod tests {
         let empty = build(&[], &[], IncludeObject::None, Value::Null, now());
         assert_eq!(empty["rows"], json!([]));
         assert_eq!(empty["metadata"], json!({}));
-    }
-
-    #[test]
-    fn human_duration_boundaries() {
-        let h = |secs: i64| human_duration(SignedDuration::from_secs(secs));
-        let day = 24 * 3600;
-        assert_eq!(human_duration(SignedDuration::from_millis(-1500)), "0s");
-        assert_eq!(h(-2), "<invalid>");
-        assert_eq!(h(-1), "0s");
-        assert_eq!(h(0), "0s");
-        assert_eq!(h(45), "45s");
-        assert_eq!(h(119), "119s");
-        assert_eq!(h(120), "2m");
-        assert_eq!(h(310), "5m10s");
-        assert_eq!(h(599), "9m59s");
-        assert_eq!(h(600), "10m");
-        assert_eq!(h(3 * 3600 - 1), "179m");
-        assert_eq!(h(3 * 3600), "3h");
-        assert_eq!(h(3 * 3600 + 25 * 60), "3h25m");
-        assert_eq!(h(8 * 3600), "8h");
-        assert_eq!(h(47 * 3600 + 59 * 60), "47h");
-        assert_eq!(h(2 * day), "2d");
-        assert_eq!(h(2 * day + 4 * 3600), "2d4h");
-        assert_eq!(h(8 * day - 1), "7d23h");
-        assert_eq!(h(8 * day), "8d");
-        assert_eq!(h(400 * day), "400d");
-        assert_eq!(h(730 * day - 1), "729d");
-        assert_eq!(h(730 * day), "2y");
-        assert_eq!(h(733 * day), "2y3d");
-        assert_eq!(h(8 * 365 * day - 1), "7y364d");
-        assert_eq!(h(8 * 365 * day), "8y");
-        assert_eq!(h(20 * 365 * day + 100 * day), "20y");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{Identity, LinkRecord, LinkState};
+use crate::age::human_duration;
 use crate::store::{ProcessingRunRecord, ProfileRef, Store, StoreError};
 
 /// The `apiVersion` of the lists printed with `-o json`, idsync's API group.
@@ -112,52 +113,6 @@ fn unknown_profile_message(profile: &ProfileRef, known: &[ProfileRef]) -> String
 
 // --- cells ---
 
-/// A duration as `kubectl get` prints ages (apimachinery's `HumanDuration`):
-/// about two significant figures, `45s`, `5m30s`, `3h`, `2d5h`, `400d`, `2y10d`.
-/// Up to a second in the future is clock skew and shows as `0s`.
-pub fn human_age(age: SignedDuration) -> String {
-    let seconds = age.as_secs();
-    if seconds < -1 {
-        return "<invalid>".into();
-    }
-    if seconds < 0 {
-        return "0s".into();
-    }
-    if seconds < 60 * 2 {
-        return format!("{seconds}s");
-    }
-    let minutes = seconds / 60;
-    if minutes < 10 {
-        return with_rest(minutes, "m", seconds % 60, "s");
-    }
-    if minutes < 60 * 3 {
-        return format!("{minutes}m");
-    }
-    let hours = seconds / 3600;
-    if hours < 8 {
-        return with_rest(hours, "h", minutes % 60, "m");
-    }
-    if hours < 48 {
-        return format!("{hours}h");
-    }
-    let days = hours / 24;
-    if hours < 24 * 8 {
-        return with_rest(days, "d", hours % 24, "h");
-    }
-    if hours < 24 * 365 * 2 {
-        return format!("{days}d");
-    }
-    let years = days / 365;
-    if hours < 24 * 365 * 8 {
-        return with_rest(years, "y", days % 365, "d");
-    }
-    format!("{years}y")
-}
-
-fn with_rest(value: i64, unit: &str, rest: i64, rest_unit: &str) -> String {
-    if rest == 0 { format!("{value}{unit}") } else { format!("{value}{unit}{rest}{rest_unit}") }
-}
-
 /// An attribute as text: strings as they are, other values as JSON. Absent,
 /// null and empty count as unset, so that the table shows `<none>` (and a
 /// fallback attribute gets its turn) rather than an empty cell.
@@ -207,7 +162,7 @@ pub fn identity_row(identity: &Identity, now: Timestamp) -> Vec<String> {
         identity.lifecycle_state.clone().unwrap_or_else(|| NONE.into()),
         manager,
         accounts,
-        human_age(now.duration_since(identity.modified)),
+        human_duration(now.duration_since(identity.modified)),
     ]
     .into_iter()
     .map(cell)
@@ -308,7 +263,7 @@ pub fn run_row(run: &ProcessingRunRecord, now: Timestamp) -> Vec<String> {
     let duration = if length < SignedDuration::from_secs(1) {
         format!("{}ms", length.as_millis().max(0))
     } else {
-        human_age(length)
+        human_duration(length)
     };
     let trigger = match &run.request {
         Some(request) => format!("{} ({request})", run.trigger),
@@ -321,7 +276,7 @@ pub fn run_row(run: &ProcessingRunRecord, now: Timestamp) -> Vec<String> {
         run.processed.to_string(),
         run.changed.to_string(),
         run.errors.to_string(),
-        human_age(now.duration_since(run.started_at)),
+        human_duration(now.duration_since(run.started_at)),
         duration,
         if run.message.is_empty() { NONE.to_string() } else { run.message.clone() },
     ]
@@ -772,37 +727,6 @@ mod tests {
         let mut out = Vec::new();
         render(&mut out).expect("render");
         String::from_utf8(out).expect("utf-8")
-    }
-
-    #[test]
-    fn ages_are_formatted_as_kubectl_does() {
-        let cases = [
-            (-5, "<invalid>"),
-            (-1, "0s"),
-            (0, "0s"),
-            (45, "45s"),
-            (119, "119s"),
-            (120, "2m"),
-            (5 * 60 + 30, "5m30s"),
-            (10 * 60 + 30, "10m"),
-            (179 * 60, "179m"),
-            (3 * 3600, "3h"),
-            (3 * 3600 + 5 * 60, "3h5m"),
-            (8 * 3600 + 59 * 60, "8h"),
-            (47 * 3600, "47h"),
-            (48 * 3600, "2d"),
-            (2 * 86400 + 5 * 3600, "2d5h"),
-            (8 * 86400 + 5 * 3600, "8d"),
-            (400 * 86400, "400d"),
-            (730 * 86400, "2y"),
-            (740 * 86400, "2y10d"),
-            (8 * 365 * 86400 + 100 * 86400, "8y"),
-        ];
-        for (secs, want) in cases {
-            assert_eq!(human_age(SignedDuration::from_secs(secs)), want, "{secs}s");
-        }
-        // Fractions are cut, as Go's integer conversion does.
-        assert_eq!(human_age(SignedDuration::from_millis(1999)), "1s");
     }
 
     #[test]
