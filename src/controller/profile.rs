@@ -477,14 +477,18 @@ pub async fn execute(ctx: &Arc<Context>, profile: &IdentityProfile, job: Job) ->
     )
     .await;
     let store = ctx.store.clone();
-    let trigger = job.trigger.to_string();
+    let trigger = job.trigger;
     let request = job.request.clone();
-    let outcome = tokio::task::spawn_blocking(move || compute_and_commit(store.as_ref(), job, started)).await;
-    let finished = ctx.clock.now();
+    let outcome = tokio::task::spawn_blocking(move || process_blocking(store.as_ref(), job, started)).await;
     let result = match outcome {
-        Ok(Ok(result)) => result,
-        Ok(Err(error)) => failed(&trigger, request, started, finished, error.to_string()),
-        Err(panic) => failed(&trigger, request, started, finished, format!("processing stopped: {panic}")),
+        Ok(result) => result,
+        Err(panic) => failed(
+            trigger,
+            request,
+            started,
+            ctx.clock.now(),
+            format!("processing stopped: {panic}; nothing was applied"),
+        ),
     };
     let run = &result.run;
     let (warning, reason) = match run.outcome {
@@ -507,8 +511,27 @@ pub async fn execute(ctx: &Arc<Context>, profile: &IdentityProfile, job: Job) ->
     result
 }
 
-/// The blocking part of a run. A failed commit changes nothing (one
-/// transaction) and is recorded in the run history when the store allows.
+/// The blocking part of a run. A failed one changes nothing (the commit is
+/// one transaction) and is recorded in the run history too, when the store
+/// can still record it.
+fn process_blocking(store: &dyn crate::store::Store, job: Job, now: Timestamp) -> JobResult {
+    let (profile, trigger, request) = (job.profile.clone(), job.trigger, job.request.clone());
+    let timer = std::time::Instant::now();
+    match compute_and_commit(store, job, now) {
+        Ok(result) => result,
+        Err(error) => {
+            let finished = now + jiff::SignedDuration::try_from(timer.elapsed()).unwrap_or_default();
+            let mut result = failed(trigger, request, now, finished, format!("{error}; nothing was applied"));
+            match store.record_processing_run(&profile, &result.run) {
+                Ok(id) => result.run.id = id,
+                Err(error) => tracing::warn!(%error, %profile, "could not record a failed processing run"),
+            }
+            result
+        }
+    }
+}
+
+/// Computes a run and commits it (or, for a dry run, records it).
 fn compute_and_commit(
     store: &dyn crate::store::Store,
     job: Job,
@@ -530,20 +553,9 @@ fn compute_and_commit(
             job.spec.authoritative_connection,
             snapshot.identities.len()
         );
-        let mut run = ProcessingRunRecord {
-            id: 0,
-            trigger: job.trigger.to_string(),
-            request: job.request.clone(),
-            started_at: now,
-            finished_at: now,
-            outcome: RunOutcome::Failed,
-            processed: 0,
-            changed: 0,
-            errors: 0,
-            message,
-        };
-        run.id = store.record_processing_run(&job.profile, &run)?;
-        return Ok(JobResult { run, summary: None, preview: Vec::new() });
+        let mut result = failed(job.trigger, job.request.clone(), now, now, message);
+        result.run.id = store.record_processing_run(&job.profile, &result.run)?;
+        return Ok(result);
     }
     let mut outcome = process::run(&job.spec, &job.compiled, &snapshot, &job.selection, now);
     let mut message = match outcome.errors {
@@ -615,6 +627,7 @@ fn join_message(a: String, b: String) -> String {
     if a.is_empty() { b } else { format!("{a}; {b}") }
 }
 
+/// A run that failed and changed nothing.
 fn failed(
     trigger: &str,
     request: Option<String>,
@@ -633,7 +646,7 @@ fn failed(
             processed: 0,
             changed: 0,
             errors: 0,
-            message: format!("{message}; nothing was applied"),
+            message,
         },
         summary: None,
         preview: Vec::new(),
@@ -772,5 +785,35 @@ mod tests {
         assert_eq!(store.list_identities(&p, None, None, 10).expect("list").len(), 2, "kept");
         let history = store.processing_runs(&p, 10).expect("runs");
         assert_eq!(history[0].outcome, RunOutcome::Failed, "recorded in the history");
+    }
+
+    #[test]
+    fn a_run_the_store_cannot_take_is_recorded_as_failed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("idsync.db");
+        let store = SqliteStore::open(&path).expect("store");
+        // The identities' tables are gone (a damaged database): the run's
+        // read fails, the history table still takes its record.
+        rusqlite::Connection::open(&path).expect("sqlite").execute_batch("DROP TABLE identity_links").expect("drop");
+        let p = ProfileRef::new("default", "employees");
+        let spec = spec();
+        let job = Job {
+            profile: p.clone(),
+            compiled: Arc::new(compile_uncached(&spec).expect("compiles")),
+            spec,
+            selection: Selection::All,
+            trigger: "Scheduled",
+            request: None,
+            dry_run: false,
+            applies: None,
+            scheduled: None,
+        };
+        let result = process_blocking(&store, job, Timestamp::now());
+        assert_eq!(result.run.outcome, RunOutcome::Failed);
+        assert!(result.run.message.ends_with("; nothing was applied"), "{}", result.run.message);
+        let history = store.processing_runs(&p, 10).expect("runs");
+        assert_eq!(history.len(), 1);
+        assert_eq!((history[0].id, history[0].outcome), (result.run.id, RunOutcome::Failed));
+        assert_eq!(history[0].trigger, "Scheduled");
     }
 }
