@@ -17,7 +17,7 @@ use idsync::store::{ProfileRef, RunOutcome, Store};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 const HR_HEADER: &str = "employee_id,name,work_email,manager_id,title,hire_date,termination_date,review_at";
@@ -151,12 +151,7 @@ impl Env {
     }
 
     async fn request(&self, name: &str, spec: serde_json::Value) -> ResyncRequest {
-        let api: Api<ResyncRequest> = Api::namespaced(self.h.client.clone(), "default");
-        let object: ResyncRequest = serde_json::from_value(
-            json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "ResyncRequest", "metadata": {"name": name}, "spec": spec}),
-        )
-        .expect("request");
-        api.create(&PostParams::default(), &object).await.expect("create request");
+        self.h.create_request(name, spec).await;
         self.h.finished_request(name, Duration::from_secs(60)).await
     }
 

@@ -445,31 +445,17 @@ async fn delta_by_modify_timestamp_without_syncprov() {
 async fn an_ldap_connection_through_the_operator() {
     use std::time::Duration;
 
-    use common::operator::{Operator, TestClock, test_config};
     use idsync::api::resync_request::{Phase, TargetPhase};
     use idsync::api::{Connection, ResyncRequest};
     use idsync::store::{ConnectionRef, SqliteStore, Store};
-    use kube::api::{Api, PostParams};
+    use kube::api::Api;
     use serde_json::{Value, json};
 
     let slapd = Slapd::seeded(300);
-    let h = common::Harness::start().await;
-    idsync::dev::install_crds(&h.client).await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let operator =
-        Operator::start(&h.cluster, data.path(), std::sync::Arc::new(TestClock::default()), test_config("op"));
+    let common::operator::Started { h, operator, data, .. } = common::operator::start_operator().await;
     let apply = |value: Value| h.apply_json(value);
-    let requests: Api<ResyncRequest> = Api::namespaced(h.client.clone(), "default");
-    let create = |name: &'static str| {
-        let requests = requests.clone();
-        async move {
-            let rr: ResyncRequest =
-                serde_json::from_value(json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "ResyncRequest",
-                "metadata": {"name": name}, "spec": {"target": {"connections": ["idp"]}, "mode": "Full"}}))
-                .unwrap();
-            requests.create(&PostParams::default(), &rr).await.unwrap();
-        }
-    };
+    let create =
+        |name: &'static str| h.create_request(name, json!({"target": {"connections": ["idp"]}, "mode": "Full"}));
     let finished = |name: &'static str| h.finished_request(name, Duration::from_secs(60));
     let wrong = "not-the-Password-0815";
     let secret = |password: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ldap-creds"}, "stringData": {"password": password}});
@@ -506,6 +492,7 @@ async fn an_ldap_connection_through_the_operator() {
     let more: String = (1000..3000).map(|i| user_ldif(&format!("user{i:04}"), i)).collect();
     slapd.add(&more);
     create("dies").await;
+    let requests: Api<ResyncRequest> = Api::namespaced(h.client.clone(), "default");
     common::eventually(Duration::from_secs(20), || async {
         let r = requests.get("dies").await.ok()?;
         (r.status?.targets.first()?.phase == TargetPhase::Running).then_some(())

@@ -313,30 +313,19 @@ async fn a_wrong_token_is_unauthorized_and_never_shown() {
 /// nothing in the store.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_scim_connection_through_the_operator() {
-    use common::operator::{Operator, TestClock, test_config};
     use idsync::api::resync_request::Phase;
     use idsync::api::{Connection, ResyncRequest};
     use idsync::store::{ConnectionRef, SqliteStore, Store};
-    use kube::api::{Api, PostParams};
+    use kube::api::Api;
 
     let mut server = ScimServer::start().await;
     server.create_users((0..40).map(user).collect()).await;
-    let h = common::Harness::start().await;
-    idsync::dev::install_crds(&h.client).await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let operator =
-        Operator::start(&h.cluster, data.path(), std::sync::Arc::new(TestClock::default()), test_config("op"));
+    let common::operator::Started { h, operator, data, .. } = common::operator::start_operator().await;
     let apply = |value: Value| h.apply_json(value);
-    let requests: Api<ResyncRequest> = Api::namespaced(h.client.clone(), "default");
     let run = |name: &'static str| {
-        let requests = requests.clone();
         let h = &h;
         async move {
-            let rr: ResyncRequest =
-                serde_json::from_value(json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "ResyncRequest",
-                "metadata": {"name": name}, "spec": {"target": {"connections": ["idp"]}, "mode": "Full"}}))
-                .unwrap();
-            requests.create(&PostParams::default(), &rr).await.unwrap();
+            h.create_request(name, json!({"target": {"connections": ["idp"]}, "mode": "Full"})).await;
             h.finished_request(name, Duration::from_secs(60)).await
         }
     };
@@ -369,13 +358,10 @@ async fn a_scim_connection_through_the_operator() {
                  "provider": {"type": "scim", "scim": {"baseUrl": format!("{}/", server.base)}}}}))
     .await;
     server.patch_user(&before[0].id, json!([{"op": "replace", "path": "title", "value": "Changed"}])).await;
-    let rr: ResyncRequest =
-        serde_json::from_value(json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "ResyncRequest",
-        "metadata": {"name": "dies"}, "spec": {"target": {"connections": ["idp"]}, "mode": "Full"}}))
-        .unwrap();
     // Enough users that one-a-page takes seconds, so the kill lands mid-read.
     server.create_users((1000..1600).map(user).collect()).await;
-    requests.create(&PostParams::default(), &rr).await.unwrap();
+    h.create_request("dies", json!({"target": {"connections": ["idp"]}, "mode": "Full"})).await;
+    let requests: Api<ResyncRequest> = Api::namespaced(h.client.clone(), "default");
     common::eventually(Duration::from_secs(20), || async {
         let r = requests.get("dies").await.ok()?;
         (r.status?.targets.first()?.phase == idsync::api::resync_request::TargetPhase::Running).then_some(())

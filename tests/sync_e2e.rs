@@ -91,12 +91,7 @@ impl Env {
     }
 
     async fn request(&self, name: &str, spec: serde_json::Value) {
-        let api: Api<ResyncRequest> = Api::namespaced(self.h.client.clone(), "default");
-        let object: ResyncRequest = serde_json::from_value(
-            json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "ResyncRequest", "metadata": {"name": name}, "spec": spec}),
-        )
-        .expect("request");
-        api.create(&PostParams::default(), &object).await.expect("create request");
+        self.h.create_request(name, spec).await;
     }
 
     async fn finished(&self, name: &str, timeout: Duration) -> ResyncRequest {

@@ -74,6 +74,16 @@ impl Harness {
         idsync::dev::apply_documents(&self.client, &[doc], "default").await.expect("applied");
     }
 
+    /// Creates the ResyncRequest `name` in `default` with `spec` (a create,
+    /// not an apply: requests are immutable and one name is one run).
+    pub async fn create_request(&self, name: &str, spec: serde_json::Value) {
+        let api: kube::Api<idsync::api::ResyncRequest> = kube::Api::namespaced(self.client.clone(), "default");
+        let object: idsync::api::ResyncRequest = serde_json::from_value(serde_json::json!({
+            "apiVersion": "idsync.dev/v1alpha1", "kind": "ResyncRequest", "metadata": {"name": name}, "spec": spec}))
+        .expect("a ResyncRequest");
+        api.create(&kube::api::PostParams::default(), &object).await.expect("create request");
+    }
+
     /// Waits until the ResyncRequest `name` has finished and returns it.
     pub async fn finished_request(&self, name: &str, timeout: Duration) -> idsync::api::ResyncRequest {
         let api: kube::Api<idsync::api::ResyncRequest> = kube::Api::namespaced(self.client.clone(), "default");
