@@ -155,20 +155,24 @@ struct Effective {
     applies_current: bool,
     /// A Manual profile's current generation is not applied.
     pending: bool,
+    /// The current spec's mappings differ from the applied ones (or none
+    /// are applied yet).
+    mappings_changed: bool,
 }
 
 fn effective(profile: &IdentityProfile, applied_spec: Option<&str>, applied_generation: Option<i64>) -> Effective {
     let applied: Option<IdentityProfileSpec> = applied_spec.and_then(|s| serde_json::from_str(s).ok());
+    let mappings_changed = applied.as_ref().map(process::mapping_hash) != Some(process::mapping_hash(&profile.spec));
     match applied {
         Some(spec) if profile.spec.apply_policy == ApplyPolicy::Manual => Effective {
-            pending: applied_generation != profile.metadata.generation
-                && process::mapping_hash(&spec) != process::mapping_hash(&profile.spec),
+            pending: applied_generation != profile.metadata.generation && mappings_changed,
             spec,
             applies_current: false,
+            mappings_changed,
         },
         // A new Manual profile has nothing to preview against: its first
         // generation applies itself.
-        _ => Effective { spec: profile.spec.clone(), applies_current: true, pending: false },
+        _ => Effective { spec: profile.spec.clone(), applies_current: true, pending: false, mappings_changed },
     }
 }
 
@@ -222,14 +226,7 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
         let (namespace, connections) = (p.namespace.clone(), connections.clone());
         blocking(&ctx, move |store| store.connection_versions(&namespace, &connections)).await?
     };
-    let spec_changed = eff.applies_current
-        && state
-            .applied_spec
-            .as_deref()
-            .and_then(|s| serde_json::from_str::<IdentityProfileSpec>(s).ok())
-            .as_ref()
-            .map(process::mapping_hash)
-            != Some(process::mapping_hash(&profile.spec));
+    let spec_changed = eff.applies_current && eff.mappings_changed;
     let slot = state.last_scheduled.and_then(|last| schedule.due_between(last, now));
     let due = if spec_changed {
         Some(("SpecChanged", Selection::All))
@@ -260,9 +257,13 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
         ran = Some(execute(&ctx, &profile, job).await);
     }
 
-    let state = {
-        let p = p.clone();
-        blocking(&ctx, move |store| store.profile_state(&p)).await?
+    // A run moved the applied generation and the next time-based instant.
+    let state = match ran {
+        Some(_) => {
+            let p = p.clone();
+            blocking(&ctx, move |store| store.profile_state(&p)).await?
+        }
+        None => state,
     };
     let next_slot = schedule.next_after(now);
     let next = [next_slot, state.next_time_based].into_iter().flatten().min();
