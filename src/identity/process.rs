@@ -219,8 +219,8 @@ pub fn run(
     // Identities not evaluated stay borrowed from the snapshot until
     // something (their manager, their keys) changes them.
     let mut computed: HashMap<&str, Cow<'_, Identity>> = HashMap::with_capacity(authoritative.len());
-    let mut evaluated: BTreeSet<String> = BTreeSet::new();
-    let mut error_ids: BTreeSet<String> = BTreeSet::new();
+    // Each authoritative account is one identity, evaluated at most once.
+    let (mut processed, mut with_errors) = (0u64, 0u64);
     for (account, hash) in authoritative {
         let mut correlated = attached.remove(account.id.as_str()).unwrap_or_default();
         correlated.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
@@ -287,9 +287,9 @@ pub fn run(
         }
         schedule_next(spec, &mut identity, stored, now);
         if !identity.errors.is_empty() {
-            error_ids.insert(identity.id.clone());
+            with_errors += 1;
         }
-        evaluated.insert(identity.id.clone());
+        processed += 1;
         // The manager is decided over everyone below; until then it is what
         // was stored. A result equal to the stored identity is dropped here,
         // so a scheduled run over 100,000 unchanged identities does not hold
@@ -385,8 +385,8 @@ pub fn run(
         }
     }
 
-    outcome.processed = evaluated.len() as u64;
-    outcome.errors = error_ids.len() as u64;
+    outcome.processed = processed;
+    outcome.errors = with_errors;
     outcome.commit.state = ProfileState { next_time_based, ..snapshot.state.clone() };
     outcome.preview = preview.lines(outcome.processed);
     outcome
