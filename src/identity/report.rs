@@ -2,9 +2,9 @@
 //! records and processing history as kubectl-like tables, CSV, JSON or
 //! YAML, read from the store.
 //!
-//! The renderers are pure functions over slices (or one item at a time, for
-//! the streaming writers) and a writer, with the time passed in, so their
-//! output is exact and testable. The `*_report` functions at the end drive
+//! The renderers are pure functions over slices or iterators (identities
+//! come from the store a page at a time) and a writer, with the time passed
+//! in, so their output is exact and testable. The `*_report` functions at the end drive
 //! them from a [`Store`]; the CLI in `main.rs` only parses arguments and
 //! opens the store.
 
@@ -318,13 +318,6 @@ pub fn write_table(headers: &[&str], rows: &[Vec<String>], out: &mut impl Write)
     Ok(())
 }
 
-/// The identities table (ID, NAME, EMAIL, STATE, MANAGER, ACCOUNTS,
-/// MODIFIED), ages measured from `now`.
-pub fn render_table(identities: &[Identity], now: Timestamp, out: &mut impl Write) -> io::Result<()> {
-    let rows: Vec<Vec<String>> = identities.iter().map(|i| identity_row(i, now)).collect();
-    write_table(&IDENTITY_COLUMNS, &rows, out)
-}
-
 /// The correlation records table (CONNECTION, ACCOUNT, STATE, IDENTITY,
 /// CANDIDATES).
 pub fn render_links_table(links: &[LinkRecord], out: &mut impl Write) -> io::Result<()> {
@@ -369,15 +362,6 @@ fn csv_io(error: csv::Error) -> io::Error {
         csv::ErrorKind::Io(e) => e,
         other => io::Error::other(format!("{other:?}")),
     }
-}
-
-/// The identities as CSV (header `id,name,email,lifecycleState,manager,accounts,modified`).
-pub fn render_csv(identities: &[Identity], out: &mut impl Write) -> io::Result<()> {
-    let mut csv = CsvWriter::begin(out, &IDENTITY_CSV_HEADER)?;
-    for identity in identities {
-        csv.record(&identity_csv_record(identity))?;
-    }
-    csv.finish()
 }
 
 /// The correlation records as CSV (header `connection,accountId,state,identity,candidates`).
@@ -429,15 +413,6 @@ impl<W: Write> JsonListWriter<W> {
         self.out.write_all(if self.items == 0 { b"]\n}\n" } else { b"\n  ]\n}\n" })?;
         self.out.flush()
     }
-}
-
-/// The identities as an `IdentityList`, each in its stored (serde) form.
-pub fn render_json(identities: &[Identity], out: &mut impl Write) -> io::Result<()> {
-    let mut json = JsonListWriter::begin(out, IDENTITY_LIST_KIND)?;
-    for identity in identities {
-        json.item(identity)?;
-    }
-    json.finish()
 }
 
 /// The correlation records as a `CorrelationRecordList`.
@@ -496,61 +471,92 @@ fn list_pages(
     page_size: usize,
     out: &mut impl Write,
 ) -> Result<usize, ReportError> {
-    // Pages by id, each after the last id of the one before. An operator
-    // committing meanwhile can make later pages newer than earlier ones, but
-    // no identity is listed twice.
-    let mut count = 0;
-    let mut next_page = |after: &mut Option<String>| -> Result<Vec<Identity>, ReportError> {
-        let page = store.list_identities(profile, state, after.as_deref(), page_size)?;
-        count += page.len();
-        *after = page.last().map(|i| i.id.clone());
-        Ok(page)
-    };
-    let mut after = None;
-    match format {
-        ListFormat::Table => {
-            // A table's column widths depend on every row, so its rows are
-            // buffered: only their cells, not the identities they came from.
-            let mut rows = Vec::new();
-            loop {
-                let page = next_page(&mut after)?;
-                rows.extend(page.iter().map(|i| identity_row(i, now)));
-                if page.len() < page_size {
-                    break;
+    let pages = Pages { store, profile, state, page_size, after: None, page: Vec::new().into_iter(), done: false };
+    render_identities(pages, format, now, out)
+}
+
+/// A profile's identities read from the store a page at a time, each page
+/// after the last id of the one before. An operator committing meanwhile can
+/// make later pages newer than earlier ones, but no identity is listed
+/// twice.
+struct Pages<'a> {
+    store: &'a dyn Store,
+    profile: &'a ProfileRef,
+    state: Option<&'a str>,
+    page_size: usize,
+    after: Option<String>,
+    page: std::vec::IntoIter<Identity>,
+    /// The last read was short (or failed): nothing more to read.
+    done: bool,
+}
+
+impl Iterator for Pages<'_> {
+    type Item = Result<Identity, ReportError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(identity) = self.page.next() {
+                return Some(Ok(identity));
+            }
+            if self.done {
+                return None;
+            }
+            match self.store.list_identities(self.profile, self.state, self.after.as_deref(), self.page_size) {
+                Err(error) => {
+                    self.done = true;
+                    return Some(Err(error.into()));
+                }
+                Ok(page) => {
+                    self.done = page.len() < self.page_size;
+                    self.after = page.last().map(|i| i.id.clone());
+                    self.page = page.into_iter();
                 }
             }
+        }
+    }
+}
+
+/// Prints identities as `format` one at a time, as they come (from the
+/// store's pages, or a test's list): CSV and JSON stream; a table's column
+/// widths depend on every row, so it buffers its rows' cells (not the
+/// identities) and prints nothing at all when there are none. Returns how
+/// many it printed.
+pub fn render_identities(
+    identities: impl IntoIterator<Item = Result<Identity, ReportError>>,
+    format: ListFormat,
+    now: Timestamp,
+    out: &mut impl Write,
+) -> Result<usize, ReportError> {
+    let mut count = 0;
+    match format {
+        ListFormat::Table => {
+            let mut rows = Vec::new();
+            for identity in identities {
+                rows.push(identity_row(&identity?, now));
+            }
+            count = rows.len();
             if !rows.is_empty() {
                 write_table(&IDENTITY_COLUMNS, &rows, out)?;
-                out.flush()?;
             }
         }
         ListFormat::Csv => {
             let mut csv = CsvWriter::begin(&mut *out, &IDENTITY_CSV_HEADER)?;
-            loop {
-                let page = next_page(&mut after)?;
-                for identity in &page {
-                    csv.record(&identity_csv_record(identity))?;
-                }
-                if page.len() < page_size {
-                    break;
-                }
+            for identity in identities {
+                csv.record(&identity_csv_record(&identity?))?;
+                count += 1;
             }
             csv.finish()?;
         }
         ListFormat::Json => {
             let mut json = JsonListWriter::begin(&mut *out, IDENTITY_LIST_KIND)?;
-            loop {
-                let page = next_page(&mut after)?;
-                for identity in &page {
-                    json.item(identity)?;
-                }
-                if page.len() < page_size {
-                    break;
-                }
+            for identity in identities {
+                json.item(&identity?)?;
+                count += 1;
             }
             json.finish()?;
         }
     }
+    out.flush()?;
     Ok(count)
 }
 
@@ -723,15 +729,20 @@ mod tests {
         vec![ada, grace, charles, anon]
     }
 
-    fn text(render: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> String {
+    fn text<T, E: std::fmt::Debug>(render: impl FnOnce(&mut Vec<u8>) -> Result<T, E>) -> String {
         let mut out = Vec::new();
         render(&mut out).expect("render");
         String::from_utf8(out).expect("utf-8")
     }
 
+    /// Renders identities held in memory, as `list` renders the store's.
+    fn render(identities: &[Identity], format: ListFormat, out: &mut impl Write) -> Result<usize, ReportError> {
+        render_identities(identities.iter().cloned().map(Ok), format, now(), out)
+    }
+
     #[test]
     fn table_matches_kubectl_layout_exactly() {
-        let out = text(|o| render_table(&fixture(), now(), o));
+        let out = text(|o| render(&fixture(), ListFormat::Table, o));
         let want = concat!(
             "ID     NAME                      EMAIL               STATE    MANAGER                          ACCOUNTS                      MODIFIED\n",
             "1001   Ada Lovelace              ada@example.com     Active   1003                             ad/ada,github/ada,okta/00u1   5m\n",
@@ -746,7 +757,7 @@ mod tests {
     fn narrow_columns_keep_kubectls_minimum_width_and_control_characters_do_not_break_rows() {
         let mut one = identity("7", json!({"displayName": "Tab\tand\nnewline"}), &[("hr", "7")], 0);
         one.lifecycle_state = Some("A".into());
-        let out = text(|o| render_table(&[one], now(), o));
+        let out = text(|o| render(&[one], ListFormat::Table, o));
         let want = concat!(
             "ID    NAME              EMAIL    STATE   MANAGER   ACCOUNTS   MODIFIED\n",
             "7     Tab and newline   <none>   A       <none>    <none>     0s\n",
@@ -756,7 +767,7 @@ mod tests {
 
     #[test]
     fn csv_quotes_as_rfc_4180_and_lists_every_account() {
-        let out = text(|o| render_csv(&fixture(), o));
+        let out = text(|o| render(&fixture(), ListFormat::Csv, o));
         let want = concat!(
             "id,name,email,lifecycleState,manager,accounts,modified\r\n",
             "1001,Ada Lovelace,ada@example.com,Active,1003,\"ad/ada,github/ada,okta/00u1\",2024-06-01T11:55:00Z\r\n",
@@ -784,7 +795,7 @@ mod tests {
     #[test]
     fn json_is_an_identity_list_of_the_stored_form() {
         let identities = fixture();
-        let out = text(|o| render_json(&identities, o));
+        let out = text(|o| render(&identities, ListFormat::Json, o));
         // Exactly serde_json's pretty form of the whole list, streamed.
         let whole = WholeList { api_version: API_VERSION, kind: IDENTITY_LIST_KIND, items: &identities };
         assert_eq!(out, serde_json::to_string_pretty(&whole).expect("json") + "\n");
@@ -802,12 +813,12 @@ mod tests {
 
     #[test]
     fn empty_json_list_is_still_a_list() {
-        let out = text(|o| render_json(&[], o));
+        let out = text(|o| render(&[], ListFormat::Json, o));
         assert_eq!(
             out,
             "{\n  \"apiVersion\": \"idsync.dev/v1alpha1\",\n  \"kind\": \"IdentityList\",\n  \"items\": []\n}\n"
         );
-        let csv = text(|o| render_csv(&[], o));
+        let csv = text(|o| render(&[], ListFormat::Csv, o));
         assert_eq!(csv, "id,name,email,lifecycleState,manager,accounts,modified\r\n");
     }
 
@@ -918,8 +929,8 @@ mod tests {
                 Err(io::ErrorKind::BrokenPipe.into())
             }
         }
-        let error = render_csv(&fixture(), &mut Closed).expect_err("closed pipe");
-        assert!(ReportError::from(error).is_broken_pipe());
+        let error = render(&fixture(), ListFormat::Csv, &mut Closed).expect_err("closed pipe");
+        assert!(error.is_broken_pipe());
     }
 
     /// Just the identity reads of a store, to test paging and filtering
@@ -1069,12 +1080,7 @@ mod tests {
             assert_eq!(*store.calls.lock().expect("calls"), [None, Some("1003".to_string())], "{format:?}");
             // Paging changes nothing in the output.
             let mut whole = Vec::new();
-            match format {
-                ListFormat::Table => render_table(&fixture(), now(), &mut whole),
-                ListFormat::Csv => render_csv(&fixture(), &mut whole),
-                ListFormat::Json => render_json(&fixture(), &mut whole),
-            }
-            .expect("render");
+            render(&fixture(), format, &mut whole).expect("render");
             assert_eq!(String::from_utf8_lossy(&paged), String::from_utf8_lossy(&whole), "{format:?}");
         }
         // A full last page costs one more (empty) read, and still ends.
