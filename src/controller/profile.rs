@@ -789,6 +789,51 @@ mod tests {
     }
 
     #[test]
+    fn named_identities_that_do_not_exist_are_named_in_the_result() {
+        use crate::account::Account;
+        use crate::store::{ConnectionRef, Counts, CursorUpdate, NewRun, RunFinish, StagedChange};
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(&dir.path().join("idsync.db")).expect("store");
+        let sync = store
+            .start_run(&NewRun {
+                connection: ConnectionRef::new("default", "hr"),
+                trigger: "Requested".into(),
+                request: None,
+                requested_mode: "Full".into(),
+                holder: "test".into(),
+                started_at: Timestamp::now(),
+            })
+            .expect("start");
+        let mut ada = Account::new("E1");
+        ada.email = Some("ada@acme.example".into());
+        store.stage(sync, &[StagedChange::Upsert(ada)]).expect("stage");
+        let finish = RunFinish {
+            outcome: RunOutcome::Succeeded,
+            mode: Some("Full".into()),
+            counts: Counts::default(),
+            message: String::new(),
+            finished_at: Timestamp::now(),
+        };
+        store.commit_run(sync, CursorUpdate::Keep, &finish).expect("commit");
+
+        let spec = spec();
+        let job = Job {
+            profile: ProfileRef::new("default", "employees"),
+            compiled: Arc::new(compile_uncached(&spec).expect("compiles")),
+            spec,
+            selection: selection_for(&["E1".to_string(), "E404".to_string()]),
+            trigger: "Manual",
+            request: Some("two".into()),
+            dry_run: false,
+            applies: None,
+            scheduled: None,
+        };
+        let result = process_blocking(&store, job, Timestamp::now());
+        assert_eq!((result.run.outcome, result.run.processed), (RunOutcome::Succeeded, 1));
+        assert_eq!(result.run.message, "no such identities: E404");
+    }
+
+    #[test]
     fn a_run_the_store_cannot_take_is_recorded_as_failed() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("idsync.db");
