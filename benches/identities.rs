@@ -11,13 +11,13 @@ mod common;
 use std::time::Instant;
 
 use idsync::account::Account;
-use idsync::api::IdentityProfileSpec;
 use idsync::identity::expr::CompiledProfile;
 use idsync::identity::process::{self, Selection};
 use idsync::store::{
     ConnectionRef, Counts, CursorUpdate, NewRun, ProcessingRunRecord, ProfileRef, RunFinish, RunOutcome, SqliteStore,
     StagedChange, Store,
 };
+use idsync_api::IdentityProfileSpec;
 use jiff::Timestamp;
 use serde_json::json;
 

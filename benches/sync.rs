@@ -8,11 +8,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Instant;
 
-use idsync::api::ConnectionSpec;
-use idsync::api::SyncMode;
 use idsync::connectors::{self, ProviderInputs};
 use idsync::store::{ConnectionRef, SqliteStore, Store};
 use idsync::sync::job::{self, SyncJob};
+use idsync_api::ConnectionSpec;
+use idsync_api::SyncMode;
 use tokio_util::sync::CancellationToken;
 
 const ROWS: usize = 100_000;

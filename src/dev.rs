@@ -8,8 +8,8 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::pinned_kind;
 
-use crate::api::crdgen;
 use crate::manifest::{self, Document, ManifestError};
+use idsync_api::crdgen;
 
 /// The field manager of everything `idsync dev` applies.
 pub const FIELD_MANAGER: &str = "idsync-dev";

@@ -2,18 +2,14 @@
 //! with a company's connected systems.
 
 pub mod account;
-pub mod age;
-pub mod api;
 pub mod connectors;
 pub mod controller;
 pub mod dev;
-pub mod devcluster;
 pub mod health;
 pub mod identity;
 pub mod leader;
 pub mod manifest;
 pub mod metrics;
-pub mod schema;
 pub mod store;
 pub mod sync;
 pub mod tls;

@@ -314,8 +314,8 @@ async fn dev(
 ) -> anyhow::Result<ExitCode> {
     idsync::tls::install_crypto_provider();
     let docs = idsync::dev::load_folders(&apply)?;
-    let config = idsync::devcluster::Config { port, kubeconfig: Some(kubeconfig.clone()), ..Default::default() };
-    let mut cluster = idsync::devcluster::DevCluster::start(config).await?;
+    let config = idsync_devcluster::Config { port, kubeconfig: Some(kubeconfig.clone()), ..Default::default() };
+    let mut cluster = idsync_devcluster::DevCluster::start(config).await?;
     tracing::info!(url = %cluster.url(), kubeconfig = %kubeconfig.display(), "devcluster serving");
     let client = cluster.client()?;
     idsync::dev::install_crds(&client).await?;
@@ -466,7 +466,7 @@ fn default_store_path() -> PathBuf {
 }
 
 fn print_crds() -> anyhow::Result<ExitCode> {
-    let yaml = idsync::api::crdgen::all_yaml().context("cannot render the CRDs")?;
+    let yaml = idsync_api::crdgen::all_yaml().context("cannot render the CRDs")?;
     print!("{yaml}");
     Ok(ExitCode::SUCCESS)
 }

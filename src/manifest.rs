@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::api::{Connection, IdentityProfile, ResyncRequest, crdgen};
-use crate::schema::{FieldValidation, Invalid, SchemaError, SchemaValidator};
+use idsync_api::{Connection, IdentityProfile, ResyncRequest, crdgen};
+use idsync_devcluster::schema::{FieldValidation, Invalid, SchemaError, SchemaValidator};
 
 /// One YAML document of a manifest file.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,14 +111,14 @@ impl Checker {
     pub fn new() -> Result<Self, SchemaError> {
         let mut validators = Vec::new();
         for crd in crdgen::all() {
-            validators.push((crd.spec.names.kind.clone(), SchemaValidator::for_crd(&crd, crate::api::VERSION)?));
+            validators.push((crd.spec.names.kind.clone(), SchemaValidator::for_crd(&crd, idsync_api::VERSION)?));
         }
         Ok(Checker { validators })
     }
 
     /// Whether `doc` is one of idsync's kinds (others are not checked).
     pub fn is_idsync_kind(doc: &Document) -> bool {
-        doc.api_version() == format!("{}/{}", crate::api::GROUP, crate::api::VERSION)
+        doc.api_version() == format!("{}/{}", idsync_api::GROUP, idsync_api::VERSION)
     }
 
     /// Admits `doc` as a create with strict field validation (what `kubectl

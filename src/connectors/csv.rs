@@ -36,8 +36,8 @@ use serde_json::Value;
 use super::http::{HttpClient, HttpSettings, Request, Response, parse_url};
 use super::{Capabilities, Connector, ConnectorError, Page, ProviderInputs, ReadKind, ReadPlan};
 use crate::account::Account;
-use crate::api::SyncMode;
-use crate::api::connection::{ConnectionSpec, CsvSettings};
+use idsync_api::SyncMode;
+use idsync_api::connection::{ConnectionSpec, CsvSettings};
 
 /// How much of an in-memory export is parsed at a time.
 const DATA_CHUNK: usize = 64 * 1024;
@@ -650,9 +650,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::api::Provider;
     use crate::connectors::build;
     use crate::connectors::testing::{channel_body, handler, respond, serve};
+    use idsync_api::Provider;
 
     fn spec(csv: Value, page_size: u32) -> ConnectionSpec {
         serde_json::from_value(json!({

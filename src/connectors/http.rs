@@ -38,7 +38,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use super::{ConnectorError, SECRET_FIELD, redact};
-use crate::api::ConnectionSpec;
+use idsync_api::ConnectionSpec;
 
 /// The largest body [`HttpClient::send_buffered`] reads into memory.
 pub const MAX_BUFFERED_BODY: usize = 64 * 1024 * 1024;

@@ -73,8 +73,8 @@ use serde_json::Value;
 
 use super::{Capabilities, Connector, ConnectorError, Page, ProviderInputs, ReadKind, ReadPlan, SECRET_FIELD};
 use crate::account::Account;
-use crate::api::SyncMode;
-use crate::api::connection::{ConnectionSpec, LdapFlavour, LdapSettings};
+use idsync_api::SyncMode;
+use idsync_api::connection::{ConnectionSpec, LdapFlavour, LdapSettings};
 
 /// The content synchronisation request control (RFC 4533).
 pub const SYNC_REQUEST_OID: &str = "1.3.6.1.4.1.4203.1.9.1.1";
@@ -1296,7 +1296,7 @@ mod tests {
             "credentialsSecretRef": {"name": "ldap"},
         }))
         .unwrap();
-        let crate::api::Provider::Ldap(settings) = spec.provider.clone() else { panic!("not ldap") };
+        let idsync_api::Provider::Ldap(settings) = spec.provider.clone() else { panic!("not ldap") };
         (spec, settings)
     }
 

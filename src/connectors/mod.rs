@@ -45,7 +45,7 @@ use std::fmt;
 use futures::future::BoxFuture;
 
 use crate::account::Account;
-use crate::api::{ConnectionSpec, Provider, SyncMode};
+use idsync_api::{ConnectionSpec, Provider, SyncMode};
 
 pub mod csv;
 pub mod http;

@@ -47,8 +47,8 @@ use serde_json::Value;
 use super::http::{HttpClient, HttpSettings, Request, parse_url};
 use super::{Capabilities, Connector, ConnectorError, Page, ProviderInputs, ReadKind, ReadPlan};
 use crate::account::Account;
-use crate::api::SyncMode;
-use crate::api::connection::{ConnectionSpec, HttpAuth, ScimSettings};
+use idsync_api::SyncMode;
+use idsync_api::connection::{ConnectionSpec, HttpAuth, ScimSettings};
 
 /// The enterprise User extension's schema URN.
 pub const ENTERPRISE_USER: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
@@ -546,7 +546,7 @@ mod tests {
             "provider": {"type": "scim", "scim": {"baseUrl": base_url}},
         }))
         .unwrap();
-        let crate::api::Provider::Scim(settings) = &spec.provider else { panic!("not scim") };
+        let idsync_api::Provider::Scim(settings) = &spec.provider else { panic!("not scim") };
         let settings = settings.clone();
         (spec, settings)
     }

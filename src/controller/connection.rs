@@ -20,9 +20,9 @@ use kube::runtime::watcher;
 
 use super::runner::{Start, Ticket, connection_ref};
 use super::{CONNECTION_FINALIZER, Context, Error, guard, inputs, status};
-use crate::api::conditions::{self, FALSE, TRUE};
-use crate::api::{Connection, Provider, REQUESTED_AT_ANNOTATION, SyncMode};
 use crate::sync::schedule::Schedule;
+use idsync_api::conditions::{self, FALSE, TRUE};
+use idsync_api::{Connection, Provider, REQUESTED_AT_ANNOTATION, SyncMode};
 
 /// Reasons of `Stalled` that a reconcile finds (and clears when fixed).
 const CONFIGURATION_REASONS: &[&str] = &["SecretNotFound", "ConfigMapNotFound", "KeyNotFound", "InvalidSchedule"];
@@ -219,7 +219,7 @@ struct ConditionInputs<'a> {
 /// last sync left. A problem found here (a missing Secret, a bad schedule)
 /// stalls the Connection until fixed; a problem a sync found (a revoked
 /// credential) stays until a sync succeeds.
-fn set_conditions(s: &mut crate::api::ConnectionStatus, v: &ConditionInputs) {
+fn set_conditions(s: &mut idsync_api::ConnectionStatus, v: &ConditionInputs) {
     let (generation, stamp) = (v.generation, v.stamp.clone());
     if let Some(p) = v.problem {
         conditions::set_condition(
@@ -250,7 +250,7 @@ fn set_conditions(s: &mut crate::api::ConnectionStatus, v: &ConditionInputs) {
     }
     let last = s.last_result.clone();
     let ready = conditions::find(&s.conditions, conditions::READY).cloned();
-    match last.filter(|r| r.outcome != crate::api::connection::SyncOutcome::Succeeded) {
+    match last.filter(|r| r.outcome != idsync_api::connection::SyncOutcome::Succeeded) {
         Some(failed) => {
             // Keep the reason the runner recorded; replace a stale configuration one.
             let reason = ready

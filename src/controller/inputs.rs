@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 
 use super::Error;
-use crate::api::{Connection, Provider};
 use crate::connectors::ProviderInputs;
+use idsync_api::{Connection, Provider};
 
 /// A problem a person must fix, for the `Stalled` condition.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -30,13 +30,13 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use super::{Context, Error, events, status};
-use crate::api::conditions::{self, FALSE, TRUE};
-use crate::api::identity_profile::{ApplyPolicy, ProcessingRun};
-use crate::api::{Connection, IdentityProfile, IdentityProfileSpec};
 use crate::identity::expr::CompiledProfile;
 use crate::identity::process::{self, Selection, Summary};
 use crate::store::{ProcessingRunRecord, ProfileRef, RunOutcome};
 use crate::sync::schedule::Schedule;
+use idsync_api::conditions::{self, FALSE, TRUE};
+use idsync_api::identity_profile::{ApplyPolicy, ProcessingRun};
+use idsync_api::{Connection, IdentityProfile, IdentityProfileSpec};
 
 /// The finalizer that purges a deleted profile's identities from the store.
 pub const PROFILE_FINALIZER: &str = "idsync.dev/identity-cleanup";
@@ -672,7 +672,7 @@ pub fn run_note(run: &ProcessingRunRecord) -> String {
 /// Writes a run into the profile's status: the last processing, the
 /// numbers, and the conditions.
 pub fn record_run(
-    s: &mut crate::api::IdentityProfileStatus,
+    s: &mut idsync_api::IdentityProfileStatus,
     result: &JobResult,
     generation: Option<i64>,
     stamp: &Time,

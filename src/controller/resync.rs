@@ -17,13 +17,13 @@ use kube::{Resource, ResourceExt};
 
 use super::runner::{OnDone, Start, Ticket, connection_ref, counts_of, summary};
 use super::{Context, Error, events, profile, status};
-use crate::api::conditions::{self, FALSE, TRUE};
-use crate::api::identity_profile::ApplyPolicy;
-use crate::api::resync_request::{Phase, ProfileRunStatus, ResyncTarget, TargetPhase, TargetStatus};
-use crate::api::{ConcurrencyPolicy, Connection, IdentityProfile, ResyncRequest};
 use crate::identity::process;
 use crate::store::RunOutcome;
 use crate::sync::job::SyncReport;
+use idsync_api::conditions::{self, FALSE, TRUE};
+use idsync_api::identity_profile::ApplyPolicy;
+use idsync_api::resync_request::{Phase, ProfileRunStatus, ResyncTarget, TargetPhase, TargetStatus};
+use idsync_api::{ConcurrencyPolicy, Connection, IdentityProfile, ResyncRequest};
 
 pub fn controller(ctx: Arc<Context>) -> Controller<ResyncRequest> {
     Controller::new(Api::<ResyncRequest>::all(ctx.client.clone()), watcher::Config::default())
@@ -74,7 +74,7 @@ pub struct Work {
 /// target's connections are synced (scope Accounts), their profiles
 /// processed (scope Identities), or both in that order.
 pub fn resolve_work(
-    spec: &crate::api::ResyncRequestSpec,
+    spec: &idsync_api::ResyncRequestSpec,
     connections: &[Connection],
     profiles: &[IdentityProfile],
 ) -> Result<Work, String> {
@@ -395,7 +395,7 @@ pub async fn reconcile(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Result
 
 /// Sets the phase, completion time and `Complete` condition once every
 /// target has finished.
-fn finish_if_done(s: &mut crate::api::ResyncRequestStatus, generation: Option<i64>, stamp: &Time) {
+fn finish_if_done(s: &mut idsync_api::ResyncRequestStatus, generation: Option<i64>, stamp: &Time) {
     if s.phase.is_some_and(|p| p.is_finished()) {
         return;
     }
@@ -534,7 +534,7 @@ async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_na
         let p = p.clone();
         profile::blocking(ctx, move |store| store.profile_state(&p)).await?
     };
-    let applied: Option<crate::api::IdentityProfileSpec> =
+    let applied: Option<idsync_api::IdentityProfileSpec> =
         state.applied_spec.as_deref().and_then(|s| serde_json::from_str(s).ok());
     let named = !spec.identities.is_empty();
     // Which mappings: the spec as it is (dry runs, applying), or what a
@@ -611,7 +611,7 @@ async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_na
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Category;
+    use idsync_api::Category;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
     fn connection(name: &str, category: Category, labels: &[(&str, &str)]) -> Connection {
@@ -671,7 +671,7 @@ mod tests {
         IdentityProfile::new(name, serde_json::from_value(spec).expect("profile spec"))
     }
 
-    fn request(spec: serde_json::Value) -> crate::api::ResyncRequestSpec {
+    fn request(spec: serde_json::Value) -> idsync_api::ResyncRequestSpec {
         serde_json::from_value(spec).expect("request spec")
     }
 

@@ -18,12 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::guard::{self, Acquired, Holder};
 use super::{Context, Error, events, inputs, status};
-use crate::api::conditions::{self, FALSE, TRUE};
-use crate::api::connection::{RunningSync, SyncOutcome, SyncResult};
-use crate::api::{Connection, SyncCounts, SyncMode};
 use crate::connectors;
 use crate::store::{ConnectionRef, RunOutcome};
 use crate::sync::job::{self, SyncJob, SyncReport};
+use idsync_api::conditions::{self, FALSE, TRUE};
+use idsync_api::connection::{RunningSync, SyncOutcome, SyncResult};
+use idsync_api::{Connection, SyncCounts, SyncMode};
 
 /// What to sync and why.
 #[derive(Clone, Debug)]

@@ -42,7 +42,7 @@ use kube_cel::cel::{self, ExecutionError, FunctionContext, Value};
 use serde_json::Value as Json;
 
 use crate::account::Account;
-use crate::api::identity_profile::Lifecycle;
+use idsync_api::identity_profile::Lifecycle;
 
 /// The variable holding the accounts by connection name.
 const ACCOUNTS: &str = "accounts";

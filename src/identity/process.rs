@@ -31,9 +31,9 @@ use sha2::{Digest, Sha256};
 use super::expr::{CompiledProfile, Inputs};
 use super::{AccountLink, Identity, LinkRecord, LinkState};
 use crate::account::{Account, ContentHash};
-use crate::api::IdentityProfileSpec;
-use crate::api::identity_profile::CorrelationRule;
 use crate::store::{ProcessingCommit, ProcessingSnapshot, ProfileState};
+use idsync_api::IdentityProfileSpec;
+use idsync_api::identity_profile::CorrelationRule;
 
 /// An identity whose next-processing instant is closer than this when its
 /// value is first seen is not scheduled (SailPoint's documented rule).
@@ -1117,7 +1117,7 @@ mod tests {
         let a = spec();
         let mut b = a.clone();
         b.schedule.cron = vec!["0 6 * * *".into()];
-        b.apply_policy = crate::api::identity_profile::ApplyPolicy::Manual;
+        b.apply_policy = idsync_api::identity_profile::ApplyPolicy::Manual;
         assert_eq!(mapping_hash(&a), mapping_hash(&b));
         b.attributes.insert("x".into(), "1".into());
         assert_ne!(mapping_hash(&a), mapping_hash(&b));

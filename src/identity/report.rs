@@ -15,8 +15,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{Identity, LinkRecord, LinkState};
-use crate::age::human_duration;
 use crate::store::{ProcessingRunRecord, ProfileRef, Store, StoreError};
+use idsync_devcluster::age::human_duration;
 
 /// The `apiVersion` of the lists printed with `-o json`, idsync's API group.
 pub const API_VERSION: &str = "idsync.dev/v1alpha1";

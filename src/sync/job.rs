@@ -10,10 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::diff::Diff;
 use super::safeguard;
-use crate::api::SyncMode;
-use crate::api::connection::ImportSafeguard;
 use crate::connectors::{Connector, ConnectorError, ReadKind};
 use crate::store::{ConnectionRef, Counts, CursorUpdate, NewRun, RunFinish, RunId, RunOutcome, Store, StoreError};
+use idsync_api::SyncMode;
+use idsync_api::connection::ImportSafeguard;
 
 /// What a sync is asked to do.
 #[derive(Clone, Debug)]

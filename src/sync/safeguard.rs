@@ -2,7 +2,7 @@
 //! number) of a connection's accounts applies nothing and waits for a person
 //! to confirm, as Okta's import safeguard does.
 
-use crate::api::connection::ImportSafeguard;
+use idsync_api::connection::ImportSafeguard;
 
 /// A sync the safeguard held back.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -2,18 +2,18 @@
 //! GitHub exports as CSV Connections, an IdentityProfile over them, and the
 //! four ways processing happens (event-based, scheduled, manual, time-based).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::operator::{Operator, TestClock};
 use common::{Harness, eventually};
-use idsync::api::IdentityProfile;
-use idsync::api::resync_request::{Phase, TargetPhase};
-use idsync::api::{Connection, ResyncRequest};
 use idsync::identity::Identity;
 use idsync::store::{ProfileRef, RunOutcome, Store};
+use idsync_api::IdentityProfile;
+use idsync_api::resync_request::{Phase, TargetPhase};
+use idsync_api::{Connection, ResyncRequest};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;

@@ -32,6 +32,7 @@
 //!   discovery (clients fall back to the per-group documents).
 //! - CEL rule failures render the offending value by its JSON type.
 
+pub mod age;
 pub mod api;
 pub mod apply;
 pub mod discovery;
@@ -41,6 +42,7 @@ pub mod jsonpath;
 pub mod openapi;
 pub mod request;
 pub mod resources;
+pub mod schema;
 pub mod selector;
 pub mod server;
 pub mod store;

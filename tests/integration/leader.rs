@@ -2,7 +2,7 @@
 //! graceful shutdown, takeover only after expiry when the leader dies, a live
 //! holder is left alone, and leadership regained after it was lost.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

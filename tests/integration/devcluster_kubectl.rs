@@ -1,12 +1,12 @@
 //! The devcluster as the real kubectl sees it.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use common::{Harness, eventually, repo};
-use idsync::api::Connection;
+use idsync_api::Connection;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;

@@ -51,7 +51,7 @@ pub fn test_config(identity: &str) -> Config {
 
 impl Operator {
     pub fn start(
-        cluster: &idsync::devcluster::DevCluster,
+        cluster: &idsync_devcluster::DevCluster,
         data_dir: &Path,
         clock: Arc<TestClock>,
         config: Config,

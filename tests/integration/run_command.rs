@@ -1,13 +1,13 @@
 //! `idsync run` from the outside: the operator against a cluster from its
 //! kubeconfig, with leader election, metrics and health endpoints.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Harness, eventually, repo};
-use idsync::api::ResyncRequest;
+use idsync_api::ResyncRequest;
 use kube::api::Api;
 
 async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -48,7 +48,7 @@ async fn idsync_run_leads_syncs_serves_metrics_and_stops_on_sigterm() {
         r.status?.phase.filter(|p| p.is_finished())
     })
     .await;
-    assert_eq!(done, Some(idsync::api::resync_request::Phase::Succeeded));
+    assert_eq!(done, Some(idsync_api::resync_request::Phase::Succeeded));
 
     let (status, metrics) = http_get(port, "/metrics").await.expect("metrics");
     assert_eq!(status, 200);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use idsync::devcluster::{Config, DevCluster};
+use idsync_devcluster::{Config, DevCluster};
 
 pub struct Harness {
     pub cluster: DevCluster,
@@ -77,16 +77,16 @@ impl Harness {
     /// Creates the ResyncRequest `name` in `default` with `spec` (a create,
     /// not an apply: requests are immutable and one name is one run).
     pub async fn create_request(&self, name: &str, spec: serde_json::Value) {
-        let api: kube::Api<idsync::api::ResyncRequest> = kube::Api::namespaced(self.client.clone(), "default");
-        let object: idsync::api::ResyncRequest = serde_json::from_value(serde_json::json!({
+        let api: kube::Api<idsync_api::ResyncRequest> = kube::Api::namespaced(self.client.clone(), "default");
+        let object: idsync_api::ResyncRequest = serde_json::from_value(serde_json::json!({
             "apiVersion": "idsync.dev/v1alpha1", "kind": "ResyncRequest", "metadata": {"name": name}, "spec": spec}))
         .expect("a ResyncRequest");
         api.create(&kube::api::PostParams::default(), &object).await.expect("create request");
     }
 
     /// Waits until the ResyncRequest `name` has finished and returns it.
-    pub async fn finished_request(&self, name: &str, timeout: Duration) -> idsync::api::ResyncRequest {
-        let api: kube::Api<idsync::api::ResyncRequest> = kube::Api::namespaced(self.client.clone(), "default");
+    pub async fn finished_request(&self, name: &str, timeout: Duration) -> idsync_api::ResyncRequest {
+        let api: kube::Api<idsync_api::ResyncRequest> = kube::Api::namespaced(self.client.clone(), "default");
         let found = eventually(timeout, || async {
             let r = api.get(name).await.ok()?;
             r.status.as_ref()?.phase.filter(|p| p.is_finished())?;

@@ -1,11 +1,11 @@
 //! Object semantics of the devcluster that idsync's controllers rely on.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 
 use common::Harness;
-use idsync::api::Connection;
+use idsync_api::Connection;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};

@@ -6,9 +6,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use idsync::api::connection::ProviderType;
-use idsync::api::{Connection, IdentityProfile, ResyncRequest, SyncMode};
 use idsync::manifest::{self, CheckError, Checker, Document};
+use idsync_api::connection::ProviderType;
+use idsync_api::{Connection, IdentityProfile, ResyncRequest, SyncMode};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 
 fn root() -> &'static Path {
@@ -70,7 +70,7 @@ fn examples_cover_every_provider_and_scenario() {
         assert!(requests.iter().any(test), "no ResyncRequest example for {what}");
     };
     has("all connections", &|r| r.spec.target.all == Some(true));
-    has("the Infrastructure category", &|r| r.spec.target.category == Some(idsync::api::Category::Infrastructure));
+    has("the Infrastructure category", &|r| r.spec.target.category == Some(idsync_api::Category::Infrastructure));
     has("one selected provider", &|r| r.spec.target.connections.as_ref().is_some_and(|c| c.len() == 1));
     has("a full resync", &|r| r.spec.mode == SyncMode::Full);
     has("a dry run", &|r| r.spec.dry_run);
@@ -88,7 +88,7 @@ fn examples_refer_only_to_objects_they_define() {
         if let Some(secret) = &connection.spec.credentials_secret_ref {
             assert!(secrets.contains(&secret.name), "Secret {} is not among the examples", secret.name);
         }
-        if let idsync::api::Provider::Csv(csv) = &connection.spec.provider
+        if let idsync_api::Provider::Csv(csv) = &connection.spec.provider
             && let Some(cm) = &csv.source.config_map_key_ref
         {
             assert!(config_maps.contains(&cm.name), "ConfigMap {} is not among the examples", cm.name);

@@ -1,7 +1,7 @@
 //! The sync engine end to end: the operator on a devcluster, driven the way
 //! a person or a pipeline drives it.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,9 +10,9 @@ use std::time::Duration;
 use common::csv_server::CsvServer;
 use common::operator::{Operator, TestClock, test_config};
 use common::{Harness, eventually};
-use idsync::api::resync_request::{Phase, TargetPhase};
-use idsync::api::{Connection, ResyncRequest};
 use idsync::store::{ConnectionRef, RunOutcome, Store};
+use idsync_api::resync_request::{Phase, TargetPhase};
+use idsync_api::{Connection, ResyncRequest};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -121,7 +121,7 @@ fn phase(r: &ResyncRequest) -> Option<Phase> {
     r.status.as_ref().and_then(|s| s.phase)
 }
 
-fn target(r: &ResyncRequest) -> idsync::api::resync_request::TargetStatus {
+fn target(r: &ResyncRequest) -> idsync_api::resync_request::TargetStatus {
     r.status.as_ref().and_then(|s| s.targets.first().cloned()).expect("a target")
 }
 
@@ -148,8 +148,8 @@ async fn kubectl_apply_of_a_resync_request_reaches_succeeded_and_reports_everywh
     assert!(status.last_sync_time.is_some() && status.last_successful_sync_time.is_some());
     assert_eq!(status.account_count, Some(4));
     assert_eq!(status.last_result.as_ref().map(|r| r.counts.created), Some(4));
-    assert!(idsync::api::conditions::is_true(&status.conditions, "Ready"), "{:#?}", status.conditions);
-    assert!(!idsync::api::conditions::is_true(&status.conditions, "Syncing"));
+    assert!(idsync_api::conditions::is_true(&status.conditions, "Ready"), "{:#?}", status.conditions);
+    assert!(!idsync_api::conditions::is_true(&status.conditions, "Syncing"));
     assert_eq!(env.accounts("hris").len(), 4);
 
     for object in ["hris", "resync-hris"] {
@@ -210,7 +210,7 @@ async fn the_import_safeguard_holds_back_a_mass_deletion_until_confirmed() {
         env.events_for("hris").await.into_iter().filter(|e| e.reason.as_deref() == Some("SafeguardTripped")).collect();
     assert_eq!(warnings.first().and_then(|e| e.type_.clone()).as_deref(), Some("Warning"));
     let status = env.get_connection("hris").await.status.expect("status");
-    let ready = idsync::api::conditions::find(&status.conditions, "Ready").expect("Ready");
+    let ready = idsync_api::conditions::find(&status.conditions, "Ready").expect("Ready");
     assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "SafeguardTripped"));
 
     let confirmed = env.sync("confirmed", "hris", json!({"confirmDeletes": true})).await;
@@ -445,7 +445,7 @@ async fn a_connection_whose_secret_is_missing_is_stalled_until_it_appears() {
     .await;
     let stalled = eventually(Duration::from_secs(10), || async {
         let s = env.get_connection("hris").await.status?;
-        let c = idsync::api::conditions::find(&s.conditions, "Stalled")?.clone();
+        let c = idsync_api::conditions::find(&s.conditions, "Stalled")?.clone();
         (c.status == "True").then_some(c)
     })
     .await;
@@ -463,8 +463,8 @@ async fn a_connection_whose_secret_is_missing_is_stalled_until_it_appears() {
     secrets.create(&PostParams::default(), &secret).await.expect("create secret");
     let ready = eventually(Duration::from_secs(10), || async {
         let s = env.get_connection("hris").await.status?;
-        (idsync::api::conditions::is_true(&s.conditions, "Ready")
-            && !idsync::api::conditions::is_true(&s.conditions, "Stalled"))
+        (idsync_api::conditions::is_true(&s.conditions, "Ready")
+            && !idsync_api::conditions::is_true(&s.conditions, "Stalled"))
         .then_some(())
     })
     .await;
@@ -549,7 +549,7 @@ async fn finished_requests_are_deleted_after_their_ttl_and_unresolvable_ones_fai
     env.request("nothing", json!({"target": {"category": "MDM"}})).await;
     let failed = env.finished("nothing", Duration::from_secs(30)).await;
     assert_eq!(phase(&failed), Some(Phase::Failed));
-    let complete = idsync::api::conditions::find(&failed.status.as_ref().expect("status").conditions, "Complete")
+    let complete = idsync_api::conditions::find(&failed.status.as_ref().expect("status").conditions, "Complete")
         .cloned()
         .expect("Complete");
     assert_eq!(complete.reason, "TargetNotResolved");

@@ -3,7 +3,7 @@
 //! drives the connector directly; the last test runs an ldap Connection
 //! through the operator.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use idsync::account::Account;
-use idsync::api::{ConnectionSpec, Provider, SyncMode};
 use idsync::connectors::ldap::LdapConnector;
 use idsync::connectors::{Connector, ConnectorError, Page, ProviderInputs, ReadKind, ReadPlan};
+use idsync_api::{ConnectionSpec, Provider, SyncMode};
 
 const ADMIN: &str = "cn=admin,dc=example,dc=com";
 const PASSWORD: &str = "admin-secret";
@@ -445,9 +445,9 @@ async fn delta_by_modify_timestamp_without_syncprov() {
 async fn an_ldap_connection_through_the_operator() {
     use std::time::Duration;
 
-    use idsync::api::resync_request::{Phase, TargetPhase};
-    use idsync::api::{Connection, ResyncRequest};
     use idsync::store::{ConnectionRef, SqliteStore, Store};
+    use idsync_api::resync_request::{Phase, TargetPhase};
+    use idsync_api::{Connection, ResyncRequest};
     use kube::api::Api;
     use serde_json::{Value, json};
 
@@ -470,7 +470,7 @@ async fn an_ldap_connection_through_the_operator() {
     assert_eq!(refused.status.as_ref().and_then(|s| s.phase), Some(Phase::Failed));
     let connection = Api::<Connection>::namespaced(h.client.clone(), "default").get("idp").await.unwrap();
     let conditions = connection.status.unwrap().conditions;
-    let stalled = idsync::api::conditions::find(&conditions, "Stalled").cloned().unwrap();
+    let stalled = idsync_api::conditions::find(&conditions, "Stalled").cloned().unwrap();
     assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "Unauthorized"), "{stalled:?}");
     assert!(!stalled.message.contains(wrong), "{stalled:?}");
 

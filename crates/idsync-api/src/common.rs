@@ -130,7 +130,7 @@ pub struct SyncCounts {
 /// Schema for a list of cron expressions: at least one, each non-empty.
 /// Cron syntax itself is checked by the controller (reported as `Stalled`).
 pub(crate) fn cron_list_rules(schema: &mut schemars::Schema) {
-    crate::api::crdgen::add_rule(
+    crate::crdgen::add_rule(
         schema,
         "self.cron.size() > 0",
         "a schedule needs at least one cron expression",

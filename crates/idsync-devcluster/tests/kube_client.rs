@@ -1,18 +1,34 @@
 //! The devcluster as kube-rs sees it: watches, 410 and relists, conflicts,
 //! and many writers and watchers at once.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Harness;
 use futures::{StreamExt, TryStreamExt};
+use idsync_devcluster::{Config, DevCluster};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::Mutex;
+
+/// A devcluster and a kube client for it.
+struct Harness {
+    cluster: DevCluster,
+    client: kube::Client,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        Self::start_with(Config::default()).await
+    }
+
+    async fn start_with(config: Config) -> Harness {
+        let cluster = DevCluster::start(config).await.expect("devcluster starts");
+        let client = cluster.client().expect("client");
+        Harness { cluster, client }
+    }
+}
 
 fn config_map(name: &str, value: &str) -> ConfigMap {
     ConfigMap {
@@ -61,7 +77,7 @@ async fn a_watcher_sees_added_modified_deleted_in_order() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bookmarks_arrive_on_an_idle_watch_that_asks_for_them() {
-    let config = idsync::devcluster::Config { bookmark_interval: Duration::from_millis(200), ..Default::default() };
+    let config = Config { bookmark_interval: Duration::from_millis(200), ..Default::default() };
     let h = Harness::start_with(config).await;
     let api: Api<ConfigMap> = Api::namespaced(h.client.clone(), "default");
     let start = h.cluster.revision();

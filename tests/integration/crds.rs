@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use idsync::api::crdgen;
+use idsync_api::crdgen;
 
 /// Set `IDSYNC_UPDATE_CRDS=1` to rewrite the committed files after changing
 /// the types.
@@ -28,7 +28,7 @@ fn check_dir(dir: &Path) {
     }
     assert!(
         drift.is_empty(),
-        "committed CRDs differ from the Rust types: {drift:?}; run `IDSYNC_UPDATE_CRDS=1 cargo test --test crds` and commit"
+        "committed CRDs differ from the Rust types: {drift:?}; run `IDSYNC_UPDATE_CRDS=1 cargo test --test integration crds` and commit"
     );
     let committed_files = std::fs::read_dir(dir).expect("CRD folder exists").count();
     assert_eq!(committed_files, crdgen::all().len(), "{} holds a CRD the types no longer generate", dir.display());

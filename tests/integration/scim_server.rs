@@ -2,7 +2,7 @@
 //! and started by `scripts/scim-server.sh`, seeded through its own SCIM API.
 //! The connector is driven directly (no Kubernetes).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use idsync::account::Account;
-use idsync::api::connection::{ConnectionSpec, ScimSettings};
-use idsync::api::{Provider, SyncMode};
 use idsync::connectors::scim::ScimConnector;
 use idsync::connectors::{Connector, ConnectorError, ProviderInputs, ReadKind, ReadPlan};
+use idsync_api::connection::{ConnectionSpec, ScimSettings};
+use idsync_api::{Provider, SyncMode};
 use serde_json::{Value, json};
 
 const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
@@ -313,9 +313,9 @@ async fn a_wrong_token_is_unauthorized_and_never_shown() {
 /// nothing in the store.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_scim_connection_through_the_operator() {
-    use idsync::api::resync_request::Phase;
-    use idsync::api::{Connection, ResyncRequest};
     use idsync::store::{ConnectionRef, SqliteStore, Store};
+    use idsync_api::resync_request::Phase;
+    use idsync_api::{Connection, ResyncRequest};
     use kube::api::Api;
 
     let mut server = ScimServer::start().await;
@@ -340,7 +340,7 @@ async fn a_scim_connection_through_the_operator() {
     assert_eq!(refused.status.as_ref().and_then(|s| s.phase), Some(Phase::Failed));
     let connection = Api::<Connection>::namespaced(h.client.clone(), "default").get("idp").await.unwrap();
     let conditions = connection.status.unwrap().conditions;
-    let stalled = idsync::api::conditions::find(&conditions, "Stalled").cloned().unwrap();
+    let stalled = idsync_api::conditions::find(&conditions, "Stalled").cloned().unwrap();
     assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "Unauthorized"), "{stalled:?}");
     assert!(!stalled.message.contains("not-the-token-0815"));
 
@@ -364,7 +364,7 @@ async fn a_scim_connection_through_the_operator() {
     let requests: Api<ResyncRequest> = Api::namespaced(h.client.clone(), "default");
     common::eventually(Duration::from_secs(20), || async {
         let r = requests.get("dies").await.ok()?;
-        (r.status?.targets.first()?.phase == idsync::api::resync_request::TargetPhase::Running).then_some(())
+        (r.status?.targets.first()?.phase == idsync_api::resync_request::TargetPhase::Running).then_some(())
     })
     .await
     .expect("the sync started");

@@ -1,8 +1,8 @@
 //! Admission semantics shared by the example tests and the devcluster:
 //! defaults, pruning, transition rules, and the API server's wording.
 
-use idsync::api::crdgen;
-use idsync::schema::{ErrorType, FieldValidation, SchemaValidator};
+use idsync_api::crdgen;
+use idsync_devcluster::schema::{ErrorType, FieldValidation, SchemaValidator};
 use serde_json::{Value, json};
 
 fn validator(kind: &str) -> SchemaValidator {
@@ -107,7 +107,7 @@ fn several_errors_are_all_reported_in_one_answer() {
 fn a_provider_union_that_bypassed_the_schema_does_not_decode() {
     let spec = json!({"category": "IdP", "provider": {"type": "okta", "csv": {
         "source": {"url": "https://hr.example.com/x.csv"}, "idColumn": "id"}}});
-    let error = serde_json::from_value::<idsync::api::ConnectionSpec>(spec).expect_err("mismatch");
+    let error = serde_json::from_value::<idsync_api::ConnectionSpec>(spec).expect_err("mismatch");
     assert!(error.to_string().contains("provider.type is okta but provider.okta is not set"), "{error}");
 }
 

@@ -1,0 +1,17 @@
+//! idsync's integration tests, one binary: each module is one area, and
+//! `common` is the shared harness (a devcluster, kubectl, the operator).
+
+mod common;
+
+mod crds;
+mod dev_command;
+mod devcluster_kubectl;
+mod devcluster_semantics;
+mod examples;
+mod identities_cli;
+mod identity_e2e;
+mod ldap_server;
+mod leader;
+mod run_command;
+mod scim_server;
+mod sync_e2e;
