@@ -10,13 +10,11 @@ mod common;
 
 use std::time::Instant;
 
-use idsync::account::Account;
 use idsync::identity::expr::CompiledProfile;
 use idsync::identity::process::{self, Selection};
-use idsync::store::{
-    ConnectionRef, Counts, CursorUpdate, NewRun, ProcessingRunRecord, ProfileRef, RunFinish, RunOutcome, SqliteStore,
-    StagedChange, Store,
-};
+use idsync::model::Account;
+use idsync::model::{ConnectionRef, Counts, NewRun, ProcessingRunRecord, ProfileRef, RunFinish, RunOutcome};
+use idsync::store::{AccountStore, CursorUpdate, IdentityStore, SqliteStore, StagedChange};
 use idsync_api::IdentityProfileSpec;
 use jiff::Timestamp;
 use serde_json::json;

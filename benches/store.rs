@@ -7,10 +7,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use idsync::account::{Account, ContentHash};
-use idsync::store::{
-    ConnectionRef, Counts, CursorUpdate, NewRun, RunFinish, RunOutcome, SqliteStore, StagedChange, Store,
-};
+use idsync::model::{Account, ContentHash};
+use idsync::model::{ConnectionRef, Counts, NewRun, RunFinish, RunOutcome};
+use idsync::store::{AccountStore, CursorUpdate, SqliteStore, StagedChange};
 use serde_json::json;
 
 const ACCOUNTS: usize = 100_000;

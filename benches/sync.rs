@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use idsync::connectors::{self, ProviderInputs};
-use idsync::store::{ConnectionRef, SqliteStore, Store};
+use idsync::model::ConnectionRef;
+use idsync::store::{SqliteStore, Store};
 use idsync::sync::job::{self, SyncJob};
 use idsync_api::ConnectionSpec;
 use idsync_api::SyncMode;

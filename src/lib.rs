@@ -1,7 +1,7 @@
 //! idsync: a Kubernetes operator that keeps identity and account data in sync
 //! with a company's connected systems.
 
-pub mod account;
+pub mod cli;
 pub mod connectors;
 pub mod controller;
 pub mod dev;
@@ -10,6 +10,7 @@ pub mod identity;
 pub mod leader;
 pub mod manifest;
 pub mod metrics;
+pub mod model;
 pub mod store;
 pub mod sync;
 pub mod tls;

@@ -35,7 +35,7 @@ use serde_json::Value;
 
 use super::http::{HttpClient, HttpSettings, Request, Response, parse_url};
 use super::{Capabilities, Connector, ConnectorError, Page, ProviderInputs, ReadKind, ReadPlan};
-use crate::account::Account;
+use crate::model::Account;
 use idsync_api::SyncMode;
 use idsync_api::connection::{ConnectionSpec, CsvSettings};
 

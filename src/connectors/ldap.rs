@@ -72,7 +72,7 @@ use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Result
 use serde_json::Value;
 
 use super::{Capabilities, Connector, ConnectorError, Page, ProviderInputs, ReadKind, ReadPlan, SECRET_FIELD};
-use crate::account::Account;
+use crate::model::Account;
 use idsync_api::SyncMode;
 use idsync_api::connection::{ConnectionSpec, LdapFlavour, LdapSettings};
 

@@ -44,7 +44,7 @@ use std::fmt;
 
 use futures::future::BoxFuture;
 
-use crate::account::Account;
+use crate::model::Account;
 use idsync_api::{ConnectionSpec, Provider, SyncMode};
 
 pub mod csv;

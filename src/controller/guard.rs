@@ -43,7 +43,7 @@ pub fn lease_name(connection: &str) -> String {
         return name;
     }
     // Names near the limit: keep it unique with a hash of the whole name.
-    let digest = crate::account::ContentHash::of(connection.as_bytes());
+    let digest = crate::model::ContentHash::of(connection.as_bytes());
     let hex: String = digest.0.iter().take(8).map(|b| format!("{b:02x}")).collect();
     format!("idsync-sync-{}-{hex}", &connection[..200])
 }

@@ -107,5 +107,5 @@ fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
 /// A hash of the provider settings a cursor belongs to.
 pub fn settings_hash(connection: &Connection) -> String {
     let settings = serde_json::to_string(&connection.spec.provider).unwrap_or_default();
-    crate::account::ContentHash::of(settings.as_bytes()).0.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    crate::model::ContentHash::of(settings.as_bytes()).0.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }

@@ -89,7 +89,7 @@ pub struct Context {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// One processing at a time per profile, whoever starts it (the profile
     /// controller or a ResyncRequest).
-    profile_locks: std::sync::Mutex<std::collections::HashMap<crate::store::ProfileRef, Arc<tokio::sync::Mutex<()>>>>,
+    profile_locks: std::sync::Mutex<std::collections::HashMap<crate::model::ProfileRef, Arc<tokio::sync::Mutex<()>>>>,
     /// Compiled profile expressions by mapping hash (see `profile::compile`).
     compiled: std::sync::Mutex<std::collections::HashMap<String, Arc<crate::identity::expr::CompiledProfile>>>,
 }
@@ -138,7 +138,7 @@ impl Context {
     }
 
     /// The lock that serializes processing of one profile.
-    pub fn profile_lock(&self, p: &crate::store::ProfileRef) -> Arc<tokio::sync::Mutex<()>> {
+    pub fn profile_lock(&self, p: &crate::model::ProfileRef) -> Arc<tokio::sync::Mutex<()>> {
         match self.profile_locks.lock() {
             Ok(mut locks) => locks.entry(p.clone()).or_default().clone(),
             // A poisoned registry still must not run two processings at

@@ -32,7 +32,7 @@ use kube::{Resource, ResourceExt};
 use super::{Context, Error, events, status};
 use crate::identity::expr::CompiledProfile;
 use crate::identity::process::{self, Selection, Summary};
-use crate::store::{ProcessingRunRecord, ProfileRef, RunOutcome};
+use crate::model::{ProcessingRunRecord, ProfileRef, RunOutcome};
 use crate::sync::schedule::Schedule;
 use idsync_api::conditions::{self, FALSE, TRUE};
 use idsync_api::identity_profile::{ApplyPolicy, ProcessingRun};
@@ -717,8 +717,8 @@ pub fn selection_for(identities: &[String]) -> Selection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::{AccountLink, Identity};
-    use crate::store::{ProcessingCommit, SqliteStore, Store};
+    use crate::model::{AccountLink, Identity};
+    use crate::store::{AccountStore, IdentityStore, ProcessingCommit, ProcessingHistory, SqliteStore};
 
     fn spec() -> IdentityProfileSpec {
         serde_json::from_value(serde_json::json!({
@@ -790,8 +790,9 @@ mod tests {
 
     #[test]
     fn named_identities_that_do_not_exist_are_named_in_the_result() {
-        use crate::account::Account;
-        use crate::store::{ConnectionRef, Counts, CursorUpdate, NewRun, RunFinish, StagedChange};
+        use crate::model::Account;
+        use crate::model::{ConnectionRef, Counts, NewRun, RunFinish};
+        use crate::store::{CursorUpdate, StagedChange};
         let dir = tempfile::tempdir().expect("dir");
         let store = SqliteStore::open(&dir.path().join("idsync.db")).expect("store");
         let sync = store

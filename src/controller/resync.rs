@@ -18,7 +18,7 @@ use kube::{Resource, ResourceExt};
 use super::runner::{OnDone, Start, Ticket, connection_ref, counts_of, summary};
 use super::{Context, Error, events, profile, status};
 use crate::identity::process;
-use crate::store::RunOutcome;
+use crate::model::RunOutcome;
 use crate::sync::job::SyncReport;
 use idsync_api::conditions::{self, FALSE, TRUE};
 use idsync_api::identity_profile::ApplyPolicy;

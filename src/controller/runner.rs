@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::guard::{self, Acquired, Holder};
 use super::{Context, Error, events, inputs, status};
 use crate::connectors;
-use crate::store::{ConnectionRef, RunOutcome};
+use crate::model::{ConnectionRef, RunOutcome};
 use crate::sync::job::{self, SyncJob, SyncReport};
 use idsync_api::conditions::{self, FALSE, TRUE};
 use idsync_api::connection::{RunningSync, SyncOutcome, SyncResult};

@@ -41,7 +41,7 @@ use kube_cel::cel::parser::{Expression, Parser};
 use kube_cel::cel::{self, ExecutionError, FunctionContext, Value};
 use serde_json::Value as Json;
 
-use crate::account::Account;
+use crate::model::Account;
 use idsync_api::identity_profile::Lifecycle;
 
 /// The variable holding the accounts by connection name.

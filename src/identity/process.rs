@@ -29,8 +29,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::expr::{CompiledProfile, Inputs};
-use super::{AccountLink, Identity, LinkRecord, LinkState};
-use crate::account::{Account, ContentHash};
+use crate::model::{Account, AccountLink, ContentHash, Identity, LinkRecord, LinkState};
 use crate::store::{ProcessingCommit, ProcessingSnapshot, ProfileState};
 use idsync_api::IdentityProfileSpec;
 use idsync_api::identity_profile::CorrelationRule;

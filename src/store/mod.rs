@@ -1,65 +1,31 @@
 //! The store: where idsync keeps what it has synced. This module holds the
-//! [`Store`] trait the sync engine talks to, the plain types that cross it
-//! (connections, runs, staged changes, cursors) and [`StoreError`]; the
+//! store's traits by role ([`AccountStore`] for the sync engine,
+//! [`IdentityStore`] and [`ProcessingHistory`] for identity processing, and
+//! [`Store`], all three), the types only the store's interface uses (staged
+//! changes, cursors, processing snapshots and commits) and [`StoreError`];
+//! the shared data (accounts, identities, runs) is `crate::model`'s. The
 //! embedded SQLite implementation is in [`sqlite`], its schema history in
 //! [`migrations`].
 //!
 //! The rule the trait is shaped around: a sync commits all of its changes and
 //! its new cursor together or not at all. A run therefore stages its changes
-//! page by page (each page its own short write) and [`Store::commit_run`]
+//! page by page (each page its own short write) and [`AccountStore::commit_run`]
 //! applies them, the cursor and the run's end in one short transaction, so a
 //! long sync never holds the database's write lock while it talks to its
 //! source, and a run that dies halfway leaves nothing behind but staging that
-//! [`Store::interrupt_unfinished_runs`] drops.
+//! [`AccountStore::interrupt_unfinished_runs`] drops.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 
-use crate::account::{Account, ContentHash};
-use crate::identity::{Identity, LinkRecord, LinkState};
+use crate::model::{
+    Account, ConnectionRef, ContentHash, Identity, LinkRecord, LinkState, NewRun, ProcessingRunRecord, ProfileRef,
+    RunFinish, RunId, RunRecord,
+};
 
-mod identities;
 pub mod migrations;
 pub mod sqlite;
 
 pub use sqlite::SqliteStore;
-
-/// A connection's identity in the store.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ConnectionRef {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl ConnectionRef {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ConnectionRef { namespace: namespace.into(), name: name.into() }
-    }
-}
-
-impl fmt::Display for ConnectionRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// A run's id in the run history; never reused, even after runs are deleted.
-pub type RunId = i64;
-
-/// What the store records when a run starts.
-#[derive(Clone, Debug)]
-pub struct NewRun {
-    pub connection: ConnectionRef,
-    /// Why the run started: `Scheduled`, `Requested`, `RequestedAt`, ...
-    pub trigger: String,
-    /// The ResyncRequest that asked for the run, if one did.
-    pub request: Option<String>,
-    /// `Delta` or `Full`, as asked; [`RunFinish::mode`] says what ran.
-    pub requested_mode: String,
-    /// The operator instance running it.
-    pub holder: String,
-    pub started_at: jiff::Timestamp,
-}
 
 /// One change a run stages. The store computes an upsert's content hash
 /// itself (`Account::content_hash`), so a stored hash always matches its data.
@@ -68,74 +34,6 @@ pub enum StagedChange {
     Upsert(Account),
     /// The id of an account to delete.
     Delete(String),
-}
-
-/// How a run ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RunOutcome {
-    Succeeded,
-    Failed,
-    /// Its operator died (or lost its lease) before it finished.
-    Interrupted,
-    Cancelled,
-    /// It would have changed more than the connection's safeguards allow.
-    SafeguardTripped,
-    /// It computed its changes and applied none.
-    DryRun,
-}
-
-impl RunOutcome {
-    pub const ALL: [RunOutcome; 6] = [
-        RunOutcome::Succeeded,
-        RunOutcome::Failed,
-        RunOutcome::Interrupted,
-        RunOutcome::Cancelled,
-        RunOutcome::SafeguardTripped,
-        RunOutcome::DryRun,
-    ];
-
-    /// The name stored and shown (the same as the variant's).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunOutcome::Succeeded => "Succeeded",
-            RunOutcome::Failed => "Failed",
-            RunOutcome::Interrupted => "Interrupted",
-            RunOutcome::Cancelled => "Cancelled",
-            RunOutcome::SafeguardTripped => "SafeguardTripped",
-            RunOutcome::DryRun => "DryRun",
-        }
-    }
-
-    /// The outcome named `s` (exactly as [`RunOutcome::as_str`] spells it).
-    pub fn parse(s: &str) -> Option<Self> {
-        RunOutcome::ALL.into_iter().find(|o| o.as_str() == s)
-    }
-}
-
-impl fmt::Display for RunOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What a run did to the connection's accounts, as the sync engine counted it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub created: u64,
-    pub updated: u64,
-    pub deleted: u64,
-    pub unchanged: u64,
-}
-
-/// What the store records when a run ends.
-#[derive(Clone, Debug)]
-pub struct RunFinish {
-    pub outcome: RunOutcome,
-    /// The mode that actually ran (a Delta can turn into a Full), if any did.
-    pub mode: Option<String>,
-    pub counts: Counts,
-    pub message: String,
-    pub finished_at: jiff::Timestamp,
 }
 
 /// What a commit does to the connection's cursor.
@@ -160,43 +58,6 @@ pub struct StoredCursor {
     pub updated_at: jiff::Timestamp,
 }
 
-/// One run in the run history.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RunRecord {
-    pub id: RunId,
-    pub connection: ConnectionRef,
-    pub trigger: String,
-    pub request: Option<String>,
-    pub requested_mode: String,
-    pub holder: String,
-    pub started_at: jiff::Timestamp,
-    /// `None` while the run is going on (or its operator died).
-    pub finished_at: Option<jiff::Timestamp>,
-    pub outcome: Option<RunOutcome>,
-    pub mode: Option<String>,
-    pub counts: Counts,
-    pub message: String,
-}
-
-/// An IdentityProfile's identity in the store.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ProfileRef {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl ProfileRef {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ProfileRef { namespace: namespace.into(), name: name.into() }
-    }
-}
-
-impl fmt::Display for ProfileRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
 /// What a profile has applied and seen, kept with its identities so that a
 /// restarted operator knows what is still to do.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -205,7 +66,7 @@ pub struct ProfileState {
     pub applied_spec: Option<String>,
     pub applied_generation: Option<i64>,
     /// Connection name -> its accounts version (see
-    /// [`Store::connection_versions`]) as of the last processing.
+    /// [`IdentityStore::connection_versions`]) as of the last processing.
     pub seen_versions: BTreeMap<String, u64>,
     /// The last schedule slot processed.
     pub last_scheduled: Option<jiff::Timestamp>,
@@ -226,25 +87,6 @@ pub struct ProcessingSnapshot {
     /// The profile's correlation records by (connection, account id).
     pub links: HashMap<(String, String), LinkRecord>,
     pub state: ProfileState,
-}
-
-/// One processing run in the profile's run history.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ProcessingRunRecord {
-    /// Assigned by the store; ignored when recording.
-    pub id: RunId,
-    /// EventBased, Scheduled, Manual or TimeBased.
-    pub trigger: String,
-    /// The ResyncRequest that asked for it, if one did.
-    pub request: Option<String>,
-    pub started_at: jiff::Timestamp,
-    pub finished_at: jiff::Timestamp,
-    /// Succeeded, Failed or DryRun.
-    pub outcome: RunOutcome,
-    pub processed: u64,
-    pub changed: u64,
-    pub errors: u64,
-    pub message: String,
 }
 
 /// What a processing run writes, all in one transaction.
@@ -289,9 +131,9 @@ pub enum StoreError {
     Internal(String),
 }
 
-/// Where the sync engine keeps accounts, cursors and the run history.
-/// Implementations are blocking: call them from a blocking task.
-pub trait Store: Send + Sync + 'static {
+/// Accounts, cursors and the sync run history: what the sync engine reads
+/// and commits. Implementations are blocking: call them from a blocking task.
+pub trait AccountStore: Send + Sync + 'static {
     /// id -> content hash of every account of the connection (the diff's index).
     fn account_index(&self, c: &ConnectionRef) -> Result<HashMap<String, ContentHash>, StoreError>;
     fn account_count(&self, c: &ConnectionRef) -> Result<u64, StoreError>;
@@ -330,9 +172,12 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the connection's accounts, cursor and staging (keeps run
     /// history). Returns accounts removed.
     fn purge_connection(&self, c: &ConnectionRef) -> Result<u64, StoreError>;
+}
 
-    // --- identities (see `crate::identity`) ---
-
+/// Identities, correlation records and profile state: what identity
+/// processing reads and commits, and `idsync identities` lists.
+/// Implementations are blocking: call them from a blocking task.
+pub trait IdentityStore: Send + Sync + 'static {
     /// The accounts version of each named connection of `namespace`: a
     /// counter that every `commit_run` applying at least one upsert or
     /// delete, and every `purge_connection` removing accounts, increases.
@@ -353,10 +198,6 @@ pub trait Store: Send + Sync + 'static {
         commit: &ProcessingCommit,
         run: &ProcessingRunRecord,
     ) -> Result<RunId, StoreError>;
-    /// Records a run that committed nothing (failed, dry run). Returns its id.
-    fn record_processing_run(&self, p: &ProfileRef, run: &ProcessingRunRecord) -> Result<RunId, StoreError>;
-    /// Newest first.
-    fn processing_runs(&self, p: &ProfileRef, limit: usize) -> Result<Vec<ProcessingRunRecord>, StoreError>;
     fn get_identity(&self, p: &ProfileRef, id: &str) -> Result<Option<Identity>, StoreError>;
     /// Identities ordered by id, after `after` (exclusive), at most `limit`,
     /// only those in lifecycle state `state` when given.
@@ -377,16 +218,18 @@ pub trait Store: Send + Sync + 'static {
     fn purge_profile(&self, p: &ProfileRef) -> Result<u64, StoreError>;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn outcome_names_round_trip() {
-        for o in RunOutcome::ALL {
-            assert_eq!(RunOutcome::parse(o.as_str()), Some(o));
-            assert_eq!(o.to_string(), format!("{o:?}"));
-        }
-        assert_eq!(RunOutcome::parse("succeeded"), None);
-    }
+/// The identity profiles' processing history (the audit trail of every
+/// processing run, dry runs and failures included).
+pub trait ProcessingHistory: Send + Sync + 'static {
+    /// Records a run that committed nothing (failed, dry run). Returns its id.
+    fn record_processing_run(&self, p: &ProfileRef, run: &ProcessingRunRecord) -> Result<RunId, StoreError>;
+    /// Newest first.
+    fn processing_runs(&self, p: &ProfileRef, limit: usize) -> Result<Vec<ProcessingRunRecord>, StoreError>;
 }
+
+/// Everything the operator keeps: one value the controllers share. Any type
+/// with the three roles is a `Store`; a test fake implements only the roles
+/// the code under test uses.
+pub trait Store: AccountStore + IdentityStore + ProcessingHistory {}
+
+impl<T: AccountStore + IdentityStore + ProcessingHistory> Store for T {}

@@ -6,9 +6,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::account::{Account, ContentHash};
 use crate::connectors::{Page, ReadKind};
-use crate::store::{Counts, StagedChange};
+use crate::model::Counts;
+use crate::model::{Account, ContentHash};
+use crate::store::StagedChange;
 
 pub struct Diff {
     index: HashMap<String, ContentHash>,

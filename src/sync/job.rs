@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::diff::Diff;
 use super::safeguard;
 use crate::connectors::{Connector, ConnectorError, ReadKind};
-use crate::store::{ConnectionRef, Counts, CursorUpdate, NewRun, RunFinish, RunId, RunOutcome, Store, StoreError};
+use crate::model::{ConnectionRef, Counts, NewRun, RunFinish, RunId, RunOutcome};
+use crate::store::{CursorUpdate, Store, StoreError};
 use idsync_api::SyncMode;
 use idsync_api::connection::ImportSafeguard;
 
@@ -40,7 +41,7 @@ pub struct SyncJob {
 
 /// Whether a full pass is due: no successful Full sync yet, or the last one
 /// is older than `interval` at `now`.
-pub fn full_pass_due(runs: &[crate::store::RunRecord], interval: std::time::Duration, now: Timestamp) -> bool {
+pub fn full_pass_due(runs: &[crate::model::RunRecord], interval: std::time::Duration, now: Timestamp) -> bool {
     let last_full = runs
         .iter()
         .filter(|r| r.outcome == Some(RunOutcome::Succeeded) && r.mode.as_deref() == Some("Full"))
@@ -299,8 +300,8 @@ async fn read_and_stage(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::account::Account;
     use crate::connectors::{Capabilities, Page, ReadPlan};
+    use crate::model::Account;
     use crate::store::SqliteStore;
     use futures::future::BoxFuture;
     use std::sync::Mutex;
@@ -400,7 +401,7 @@ mod tests {
 
     #[test]
     fn a_full_pass_is_due_without_one_or_after_the_interval() {
-        use crate::store::{Counts, RunRecord};
+        use crate::model::{Counts, RunRecord};
         let now: Timestamp = "2026-11-22T12:00:00Z".parse().expect("time");
         let run = |mode: &str, outcome: RunOutcome, finished: &str| RunRecord {
             id: 1,

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use idsync::identity::{AccountLink, Identity, LinkRecord, LinkState};
-use idsync::store::{ProcessingCommit, ProcessingRunRecord, ProfileRef, ProfileState, RunOutcome, SqliteStore, Store};
+use idsync::model::{AccountLink, Identity, LinkRecord, LinkState};
+use idsync::model::{ProcessingRunRecord, ProfileRef, RunOutcome};
+use idsync::store::{IdentityStore, ProcessingCommit, ProfileState, SqliteStore};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 

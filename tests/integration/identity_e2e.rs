@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use common::operator::{Operator, TestClock};
 use common::{Harness, eventually};
-use idsync::identity::Identity;
-use idsync::store::{ProfileRef, RunOutcome, Store};
+use idsync::model::Identity;
+use idsync::model::{ProfileRef, RunOutcome};
+use idsync::store::{IdentityStore, ProcessingHistory};
 use idsync_api::IdentityProfile;
 use idsync_api::resync_request::{Phase, TargetPhase};
 use idsync_api::{Connection, ResyncRequest};
@@ -174,7 +175,7 @@ impl Env {
         }
     }
 
-    fn runs(&self) -> Vec<idsync::store::ProcessingRunRecord> {
+    fn runs(&self) -> Vec<idsync::model::ProcessingRunRecord> {
         self.store().processing_runs(&ProfileRef::new("default", "employees"), 100).expect("runs")
     }
 

@@ -10,9 +10,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use idsync::account::Account;
 use idsync::connectors::ldap::LdapConnector;
 use idsync::connectors::{Connector, ConnectorError, Page, ProviderInputs, ReadKind, ReadPlan};
+use idsync::model::Account;
 use idsync_api::{ConnectionSpec, Provider, SyncMode};
 
 const ADMIN: &str = "cn=admin,dc=example,dc=com";
@@ -445,7 +445,9 @@ async fn delta_by_modify_timestamp_without_syncprov() {
 async fn an_ldap_connection_through_the_operator() {
     use std::time::Duration;
 
-    use idsync::store::{ConnectionRef, SqliteStore, Store};
+    use idsync::store::{AccountStore, SqliteStore};
+
+    use idsync::model::ConnectionRef;
     use idsync_api::resync_request::{Phase, TargetPhase};
     use idsync_api::{Connection, ResyncRequest};
     use kube::api::Api;

@@ -10,9 +10,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use idsync::account::Account;
 use idsync::connectors::scim::ScimConnector;
 use idsync::connectors::{Connector, ConnectorError, ProviderInputs, ReadKind, ReadPlan};
+use idsync::model::Account;
 use idsync_api::connection::{ConnectionSpec, ScimSettings};
 use idsync_api::{Provider, SyncMode};
 use serde_json::{Value, json};
@@ -313,7 +313,8 @@ async fn a_wrong_token_is_unauthorized_and_never_shown() {
 /// nothing in the store.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_scim_connection_through_the_operator() {
-    use idsync::store::{ConnectionRef, SqliteStore, Store};
+    use idsync::model::ConnectionRef;
+    use idsync::store::{AccountStore, SqliteStore};
     use idsync_api::resync_request::Phase;
     use idsync_api::{Connection, ResyncRequest};
     use kube::api::Api;

@@ -10,7 +10,8 @@ use std::time::Duration;
 use common::csv_server::CsvServer;
 use common::operator::{Operator, TestClock, test_config};
 use common::{Harness, eventually};
-use idsync::store::{ConnectionRef, RunOutcome, Store};
+use idsync::model::{ConnectionRef, RunOutcome};
+use idsync::store::AccountStore;
 use idsync_api::resync_request::{Phase, TargetPhase};
 use idsync_api::{Connection, ResyncRequest};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -47,13 +48,13 @@ impl Env {
         idsync::store::SqliteStore::open(&self.data.path().join("idsync.db")).expect("store")
     }
 
-    fn accounts(&self, connection: &str) -> BTreeMap<String, idsync::account::Account> {
+    fn accounts(&self, connection: &str) -> BTreeMap<String, idsync::model::Account> {
         let store = self.store();
         let conn = ConnectionRef { namespace: "default".into(), name: connection.into() };
         store.list_accounts(&conn, None, 100_000).expect("list").into_iter().map(|a| (a.id.clone(), a)).collect()
     }
 
-    fn runs(&self, connection: &str) -> Vec<idsync::store::RunRecord> {
+    fn runs(&self, connection: &str) -> Vec<idsync::model::RunRecord> {
         let conn = ConnectionRef { namespace: "default".into(), name: connection.into() };
         self.store().runs(&conn, 100).expect("runs")
     }

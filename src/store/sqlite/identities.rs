@@ -1,9 +1,9 @@
-//! The SQL behind the identity half of [`super::SqliteStore`]: profiles'
-//! identities, correlation records (links), state and processing-run history
-//! (the tables of migration V2), plus the connections' accounts versions that
-//! tell a profile when it is out of date. Functions here take a connection or
-//! a transaction and leave locking and transaction boundaries to the `Store`
-//! impl in [`super::sqlite`], which only delegates to them. Identities are
+//! The identity half of [`SqliteStore`]: profiles' identities, correlation
+//! records (links), state and processing-run history (the tables of
+//! migration V2), plus the connections' accounts versions that tell a
+//! profile when it is out of date. The functions take a connection or a
+//! transaction; the `IdentityStore` and `ProcessingHistory` impls at the end
+//! set the locking and transaction boundaries. Identities are
 //! stored whole as JSON, with the fields the store filters or orders on (id,
 //! lifecycle state) copied into columns; everything a processing run reads or
 //! writes goes through one prepared statement per kind of row, so 100,000
@@ -11,15 +11,16 @@
 //! transaction rather than 100,000 transactions or statement compilations.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use super::sqlite::{corrupt, decode_account, from_i64, parse_time, to_i64};
-use super::{
-    ProcessingCommit, ProcessingRunRecord, ProcessingSnapshot, ProfileRef, ProfileState, RunId, RunOutcome, StoreError,
+use super::SqliteStore;
+use super::codec::{corrupt, decode_account, from_i64, parse_time, to_i64};
+use crate::model::{
+    Account, ContentHash, Identity, LinkRecord, LinkState, ProcessingRunRecord, ProfileRef, RunId, RunOutcome,
 };
-use crate::account::{Account, ContentHash};
-use crate::identity::{Identity, LinkRecord, LinkState};
+use crate::store::{IdentityStore, ProcessingCommit, ProcessingHistory, ProcessingSnapshot, ProfileState, StoreError};
 
 /// `list_identities`, one statement per combination of filters: an optional
 /// `?N IS NULL OR ...` would keep SQLite from seeking the index to the page's
@@ -434,6 +435,89 @@ pub(super) fn purge(tx: &Transaction<'_>, p: &ProfileRef) -> Result<u64, StoreEr
     u64::try_from(removed).map_err(|_| StoreError::Corrupt("negative row count".into()))
 }
 
+impl IdentityStore for SqliteStore {
+    fn connection_versions(&self, namespace: &str, names: &[String]) -> Result<BTreeMap<String, u64>, StoreError> {
+        self.read(|tx| connection_versions(tx, namespace, names))
+    }
+
+    fn profile_state(&self, p: &ProfileRef) -> Result<ProfileState, StoreError> {
+        profile_state(&*self.lock()?, p)
+    }
+
+    fn processing_snapshot(&self, p: &ProfileRef, connections: &[String]) -> Result<ProcessingSnapshot, StoreError> {
+        let started = Instant::now();
+        let snapshot = self.read(|tx| snapshot(tx, p, connections))?;
+        tracing::debug!(
+            profile = %p,
+            accounts = snapshot.accounts.values().map(Vec::len).sum::<usize>(),
+            identities = snapshot.identities.len(),
+            elapsed_ms = started.elapsed().as_millis(),
+            "read a processing snapshot"
+        );
+        Ok(snapshot)
+    }
+
+    fn commit_processing(
+        &self,
+        p: &ProfileRef,
+        commit: &ProcessingCommit,
+        run: &ProcessingRunRecord,
+    ) -> Result<RunId, StoreError> {
+        let started = Instant::now();
+        // Serializing 100,000 identities is the slow part; syncs committing
+        // meanwhile should not wait for it.
+        let encoded = encode_commit(commit)?;
+        let id = self.write(|tx| write_commit(tx, p, &encoded, run))?;
+        tracing::debug!(
+            profile = %p,
+            run = id,
+            upserted = commit.upserts.len(),
+            deleted = commit.deletes.len(),
+            elapsed_ms = started.elapsed().as_millis(),
+            "committed a processing run"
+        );
+        Ok(id)
+    }
+
+    fn get_identity(&self, p: &ProfileRef, id: &str) -> Result<Option<Identity>, StoreError> {
+        get_identity(&*self.lock()?, p, id)
+    }
+
+    fn list_identities(
+        &self,
+        p: &ProfileRef,
+        state: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Identity>, StoreError> {
+        list_identities(&*self.lock()?, p, state, after, limit)
+    }
+
+    fn list_links(&self, p: &ProfileRef, state: Option<LinkState>) -> Result<Vec<LinkRecord>, StoreError> {
+        list_links(&*self.lock()?, p, state)
+    }
+
+    fn profiles(&self) -> Result<Vec<ProfileRef>, StoreError> {
+        profiles(&*self.lock()?)
+    }
+
+    fn purge_profile(&self, p: &ProfileRef) -> Result<u64, StoreError> {
+        let removed = self.write(|tx| purge(tx, p))?;
+        tracing::info!(profile = %p, removed, "purged a profile's identities");
+        Ok(removed)
+    }
+}
+
+impl ProcessingHistory for SqliteStore {
+    fn record_processing_run(&self, p: &ProfileRef, run: &ProcessingRunRecord) -> Result<RunId, StoreError> {
+        self.write(|tx| record_run(tx, p, run))
+    }
+
+    fn processing_runs(&self, p: &ProfileRef, limit: usize) -> Result<Vec<ProcessingRunRecord>, StoreError> {
+        runs(&*self.lock()?, p, limit)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -443,10 +527,9 @@ mod tests {
     use serde_json::json;
     use tempfile::TempDir;
 
-    use super::super::migrations;
-    use super::super::{ConnectionRef, Counts, CursorUpdate, NewRun, RunFinish, SqliteStore, StagedChange, Store};
     use super::*;
-    use crate::identity::AccountLink;
+    use crate::model::{AccountLink, ConnectionRef, Counts, NewRun, RunFinish};
+    use crate::store::{AccountStore, CursorUpdate, StagedChange, migrations};
 
     fn open() -> (TempDir, SqliteStore, PathBuf) {
         let dir = tempfile::tempdir().unwrap();

@@ -1,21 +1,27 @@
-//! What `idsync identities` prints: a profile's identities, correlation
-//! records and processing history as kubectl-like tables, CSV, JSON or
-//! YAML, read from the store.
+//! `idsync identities`: a profile's identities, correlation records and
+//! processing history as kubectl-like tables, CSV, JSON or YAML, read from
+//! the store's file (no cluster needed).
 //!
 //! The renderers are pure functions over slices or iterators (identities
 //! come from the store a page at a time) and a writer, with the time passed
-//! in, so their output is exact and testable. The `*_report` functions at the end drive
-//! them from a [`Store`]; the CLI in `main.rs` only parses arguments and
-//! opens the store.
+//! in, so their output is exact and testable. The `*_report` functions drive
+//! them from the store's [`IdentityStore`] and [`ProcessingHistory`] roles;
+//! [`run`] opens the store and runs one subcommand.
 
 use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
+use anyhow::Context;
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Identity, LinkRecord, LinkState};
-use crate::store::{ProcessingRunRecord, ProfileRef, Store, StoreError};
+use super::{IdentitiesCommand, ProfileArgs};
+use crate::store::SqliteStore;
+
+use crate::model::{Identity, LinkRecord, LinkState, ProcessingRunRecord, ProfileRef};
+use crate::store::{IdentityStore, ProcessingHistory, StoreError};
 use idsync_devcluster::age::human_duration;
 
 /// The `apiVersion` of the lists printed with `-o json`, idsync's API group.
@@ -441,7 +447,7 @@ pub fn render_identity(identity: &Identity, format: ItemFormat, out: &mut impl W
 // --- reading the store ---
 
 /// Fails with the profiles the store does know when it does not know `profile`.
-pub fn ensure_profile(store: &dyn Store, profile: &ProfileRef) -> Result<(), ReportError> {
+pub fn ensure_profile(store: &dyn IdentityStore, profile: &ProfileRef) -> Result<(), ReportError> {
     let known = store.profiles()?;
     if known.contains(profile) { Ok(()) } else { Err(ReportError::UnknownProfile { profile: profile.clone(), known }) }
 }
@@ -451,7 +457,7 @@ pub fn ensure_profile(store: &dyn Store, profile: &ProfileRef) -> Result<(), Rep
 /// the table prints nothing at all (the caller says so, as kubectl does),
 /// while CSV and JSON print an empty document that still parses.
 pub fn list_report(
-    store: &dyn Store,
+    store: &dyn IdentityStore,
     profile: &ProfileRef,
     state: Option<&str>,
     format: ListFormat,
@@ -463,7 +469,7 @@ pub fn list_report(
 }
 
 fn list_pages(
-    store: &dyn Store,
+    store: &dyn IdentityStore,
     profile: &ProfileRef,
     state: Option<&str>,
     format: ListFormat,
@@ -480,7 +486,7 @@ fn list_pages(
 /// make later pages newer than earlier ones, but no identity is listed
 /// twice.
 struct Pages<'a> {
-    store: &'a dyn Store,
+    store: &'a dyn IdentityStore,
     profile: &'a ProfileRef,
     state: Option<&'a str>,
     page_size: usize,
@@ -562,7 +568,7 @@ pub fn render_identities(
 
 /// `identities get`: one identity, whole.
 pub fn get_report(
-    store: &dyn Store,
+    store: &dyn IdentityStore,
     profile: &ProfileRef,
     id: &str,
     format: ItemFormat,
@@ -580,7 +586,7 @@ pub fn get_report(
 /// connection and account id. Returns how many it printed; with none, the
 /// table prints nothing, as for [`list_report`].
 pub fn uncorrelated_report(
-    store: &dyn Store,
+    store: &dyn IdentityStore,
     profile: &ProfileRef,
     all_states: bool,
     format: ListFormat,
@@ -609,8 +615,8 @@ pub fn uncorrelated_report(
 
 /// `identities runs`: the profile's last `limit` processing runs, newest
 /// first. Returns how many it printed.
-pub fn runs_report(
-    store: &dyn Store,
+pub fn runs_report<S: IdentityStore + ProcessingHistory>(
+    store: &S,
     profile: &ProfileRef,
     limit: usize,
     format: ListFormat,
@@ -655,20 +661,120 @@ pub fn runs_report(
     Ok(runs.len())
 }
 
+// --- the command ---
+
+/// `idsync run`'s default data folder (its `--data-dir`).
+const DEFAULT_DATA_DIR: &str = "/var/lib/idsync";
+
+/// `idsync identities ...`: reads the store's file directly and blocking;
+/// no runtime, no cluster.
+pub fn run(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let (store_path, result) = match &command {
+        IdentitiesCommand::List { target, state, output } => {
+            let (store, path, profile) = open_store(target)?;
+            let format = ListFormat::from(*output);
+            let listed = list_report(&store, &profile, state.as_deref(), format, jiff::Timestamp::now(), &mut out);
+            let result = listed.map(|count| {
+                if count == 0 && format == ListFormat::Table {
+                    // As kubectl's "No resources found": on stderr, so that
+                    // the output stays empty for whatever reads it.
+                    match state {
+                        Some(state) => {
+                            eprintln!("No identities in lifecycle state {state} found in profile {profile}.")
+                        }
+                        None => eprintln!("No identities found in profile {profile}."),
+                    }
+                }
+            });
+            (path, result)
+        }
+        IdentitiesCommand::Get { id, target, output } => {
+            let (store, path, profile) = open_store(target)?;
+            (path, get_report(&store, &profile, id, (*output).into(), &mut out))
+        }
+        IdentitiesCommand::Uncorrelated { target, all_states, output } => {
+            let (store, path, profile) = open_store(target)?;
+            let format = ListFormat::from(*output);
+            let listed = uncorrelated_report(&store, &profile, *all_states, format, &mut out);
+            let result = listed.map(|count| {
+                if count == 0 && format == ListFormat::Table {
+                    if *all_states {
+                        eprintln!("No correlation records found in profile {profile}.");
+                    } else {
+                        eprintln!("No uncorrelated or ambiguous accounts found in profile {profile}.");
+                    }
+                }
+            });
+            (path, result)
+        }
+        IdentitiesCommand::Runs { target, limit, output } => {
+            let (store, path, profile) = open_store(target)?;
+            let format = ListFormat::from(*output);
+            let listed = runs_report(&store, &profile, *limit, format, jiff::Timestamp::now(), &mut out);
+            let result = listed.map(|count| {
+                if count == 0 && format == ListFormat::Table {
+                    eprintln!("No processing runs found in profile {profile}.");
+                }
+            });
+            (path, result)
+        }
+    };
+    // Flushed here rather than on drop, where a failed write goes unseen.
+    let result = result.and_then(|()| std::io::Write::flush(&mut out).map_err(ReportError::from));
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // The reader went away (`| head`): it has what it wanted.
+        Err(error) if error.is_broken_pipe() => Ok(ExitCode::SUCCESS),
+        Err(error @ ReportError::Store(_)) => {
+            Err(anyhow::Error::new(error).context(format!("cannot read the store {}", store_path.display())))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Opens the store named by `--store` (or the default) and says which
+/// profile to read.
+fn open_store(args: &ProfileArgs) -> anyhow::Result<(SqliteStore, PathBuf, ProfileRef)> {
+    let path = args.store.clone().unwrap_or_else(default_store_path);
+    // SqliteStore::open creates a missing database: a mistyped path or a pod
+    // without the volume must fail, not read (and leave behind) an empty one.
+    let exists = path.try_exists().with_context(|| format!("cannot look for the store {}", path.display()))?;
+    if !exists {
+        anyhow::bail!("no store at {}; pass --store (idsync dev prints its store path)", path.display());
+    }
+    if path.is_dir() {
+        anyhow::bail!(
+            "{} is a folder, not the store's database file; pass --store {}",
+            path.display(),
+            path.join("idsync.db").display()
+        );
+    }
+    let store = SqliteStore::open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
+    Ok((store, path, ProfileRef::new(&args.namespace, &args.profile)))
+}
+
+/// Where `idsync run` keeps its store: `<data dir>/idsync.db`, the data dir
+/// from IDSYNC_DATA_DIR as for `run`, so that inside the operator's pod the
+/// default is right.
+fn default_store_path() -> PathBuf {
+    std::env::var_os("IDSYNC_DATA_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+        .join("idsync.db")
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::BTreeMap;
     use std::sync::Mutex;
 
     use serde_json::json;
 
     use super::*;
-    use crate::account::ContentHash;
-    use crate::identity::AccountLink;
-    use crate::store::{
-        ConnectionRef, CursorUpdate, NewRun, ProcessingCommit, ProcessingRunRecord, ProcessingSnapshot, ProfileState,
-        RunFinish, RunId, RunRecord, StagedChange, StoredCursor,
-    };
+    use crate::model::{AccountLink, ProcessingRunRecord, RunId};
+    use crate::store::{ProcessingCommit, ProcessingSnapshot, ProfileState};
 
     fn ts(s: &str) -> Timestamp {
         s.parse().expect("test timestamp")
@@ -947,56 +1053,7 @@ mod tests {
         Err(StoreError::Internal("not used by reports".into()))
     }
 
-    impl Store for FakeStore {
-        fn account_index(&self, _: &ConnectionRef) -> Result<HashMap<String, ContentHash>, StoreError> {
-            unused()
-        }
-        fn account_count(&self, _: &ConnectionRef) -> Result<u64, StoreError> {
-            unused()
-        }
-        fn get_account(&self, _: &ConnectionRef, _: &str) -> Result<Option<crate::account::Account>, StoreError> {
-            unused()
-        }
-        fn list_accounts(
-            &self,
-            _: &ConnectionRef,
-            _: Option<&str>,
-            _: usize,
-        ) -> Result<Vec<crate::account::Account>, StoreError> {
-            unused()
-        }
-        fn cursor(&self, _: &ConnectionRef) -> Result<Option<StoredCursor>, StoreError> {
-            unused()
-        }
-        fn start_run(&self, _: &NewRun) -> Result<RunId, StoreError> {
-            unused()
-        }
-        fn stage(&self, _: RunId, _: &[StagedChange]) -> Result<(), StoreError> {
-            unused()
-        }
-        fn commit_run(&self, _: RunId, _: CursorUpdate, _: &RunFinish) -> Result<(), StoreError> {
-            unused()
-        }
-        fn abandon_run(&self, _: RunId, _: &RunFinish) -> Result<(), StoreError> {
-            unused()
-        }
-        fn interrupt_unfinished_runs(
-            &self,
-            _: Option<&ConnectionRef>,
-            _: Timestamp,
-            _: &str,
-        ) -> Result<Vec<RunRecord>, StoreError> {
-            unused()
-        }
-        fn runs(&self, _: &ConnectionRef, _: usize) -> Result<Vec<RunRecord>, StoreError> {
-            unused()
-        }
-        fn run(&self, _: RunId) -> Result<Option<RunRecord>, StoreError> {
-            unused()
-        }
-        fn purge_connection(&self, _: &ConnectionRef) -> Result<u64, StoreError> {
-            unused()
-        }
+    impl IdentityStore for FakeStore {
         fn connection_versions(&self, _: &str, _: &[String]) -> Result<BTreeMap<String, u64>, StoreError> {
             unused()
         }
@@ -1012,12 +1069,6 @@ mod tests {
             _: &ProcessingCommit,
             _: &ProcessingRunRecord,
         ) -> Result<RunId, StoreError> {
-            unused()
-        }
-        fn record_processing_run(&self, _: &ProfileRef, _: &ProcessingRunRecord) -> Result<RunId, StoreError> {
-            unused()
-        }
-        fn processing_runs(&self, _: &ProfileRef, _: usize) -> Result<Vec<ProcessingRunRecord>, StoreError> {
             unused()
         }
         fn get_identity(&self, p: &ProfileRef, id: &str) -> Result<Option<Identity>, StoreError> {
@@ -1148,7 +1199,7 @@ mod tests {
             request: request.map(String::from),
             started_at: ts("2024-06-01T11:00:00Z"),
             finished_at: ts("2024-06-01T11:00:00Z") + SignedDuration::from_secs_f64(seconds),
-            outcome: crate::store::RunOutcome::DryRun,
+            outcome: crate::model::RunOutcome::DryRun,
             processed: 12,
             changed: 3,
             errors: 1,

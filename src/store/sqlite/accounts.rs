@@ -1,43 +1,16 @@
-//! [`SqliteStore`]: the [`Store`] in an embedded SQLite file (WAL mode), one
-//! connection behind a mutex. Every call is one short transaction; a run's
-//! pages go to the `staging` table and only [`Store::commit_run`] touches
-//! `accounts`, so atomicity of a whole sync is SQLite's own. The identity
-//! methods delegate to the SQL in `store::identities`.
+//! Accounts, cursors and the sync run history in SQLite: a run stages its
+//! pages and `commit_run` applies them with the cursor in one transaction.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::time::Instant;
 
 use jiff::Timestamp;
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use super::{
-    ConnectionRef, Counts, CursorUpdate, NewRun, ProcessingCommit, ProcessingRunRecord, ProcessingSnapshot, ProfileRef,
-    ProfileState, RunFinish, RunId, RunOutcome, RunRecord, StagedChange, Store, StoreError, StoredCursor,
-};
-use super::{identities, migrations};
-use crate::account::{Account, ContentHash};
-use crate::identity::{Identity, LinkRecord, LinkState};
-
-/// How long a call waits for another process's write to finish before it
-/// fails. Our own writes are short (a page, or one commit of seconds at most).
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A first full sync writes a WAL the size of all its accounts; once it has
-/// been checkpointed, shrink it back to this rather than keep it forever.
-const JOURNAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
-
-/// Page cache, in KiB (SQLite takes negative values as KiB). Over the default
-/// 2 MiB it keeps most of a 100,000-account connection's pages in memory
-/// between the diff's index, the commit and listings (20-30% faster in
-/// `benches/store.rs`), for a bounded 32 MiB.
-const CACHE_KIB: i64 = 32 * 1024;
-
-/// Prepared statements kept compiled. rusqlite's default of 16 is fewer than
-/// the store's distinct statements (about 50 with the identity ones), so a
-/// sync's commit and a profile's processing would keep evicting each other's.
-const STATEMENT_CACHE: usize = 64;
+use super::SqliteStore;
+use super::codec::{corrupt, decode_account, from_i64, parse_time, to_i64};
+use crate::model::{Account, ConnectionRef, ContentHash, Counts, NewRun, RunFinish, RunId, RunOutcome, RunRecord};
+use crate::store::{AccountStore, CursorUpdate, StagedChange, StoreError, StoredCursor};
 
 /// `staging.op`: an upsert (hash and data set) or a delete.
 const OP_UPSERT: i64 = 0;
@@ -48,77 +21,7 @@ const RUN_SELECT: &str = "SELECT r.run_id, c.namespace, c.name, r.trigger_kind, 
      r.started_at, r.finished_at, r.outcome, r.mode, r.created, r.updated, r.deleted, r.unchanged, r.message \
      FROM runs r JOIN connections c ON c.conn = r.conn";
 
-/// The [`Store`] in an embedded SQLite database.
-pub struct SqliteStore {
-    // rusqlite's Connection is Send but not Sync; the mutex also serializes
-    // our own writers, so they never wait on each other inside SQLite.
-    db: Mutex<Connection>,
-}
-
-impl SqliteStore {
-    /// Opens (creating) the database at `path` (parent folders created), in
-    /// WAL mode with a busy timeout, and migrates it.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|source| StoreError::CreateDir { path: parent.to_owned(), source })?;
-        }
-        let mut db = Connection::open(path)?;
-        db.busy_timeout(BUSY_TIMEOUT)?;
-        // WAL: other connections to the file (another process, sqlite3 while
-        // debugging) read while a commit writes, a commit appends instead of
-        // rewriting pages twice, and a killed process leaves a WAL that the
-        // next open simply ignores past its last commit.
-        let mode: String = db.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::NotWal(mode));
-        }
-        // In WAL mode NORMAL is still atomic and survives a killed process;
-        // only a power loss can drop the last commits, whole, cursor included.
-        db.pragma_update(None, "synchronous", "NORMAL")?;
-        db.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)?;
-        db.pragma_update(None, "cache_size", -CACHE_KIB)?;
-        db.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        migrations::migrate(&mut db)?;
-        Ok(SqliteStore { db: Mutex::new(db) })
-    }
-
-    /// The schema version of the open database.
-    pub fn schema_version(&self) -> Result<i64, StoreError> {
-        migrations::schema_version(&*self.lock()?)
-    }
-
-    fn lock(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
-        self.db.lock().map_err(|_| StoreError::Poisoned)
-    }
-
-    /// Runs `f` in one write transaction, committed only if `f` succeeds.
-    /// IMMEDIATE takes the write lock up front: a deferred transaction that
-    /// reads first and then writes can fail with SQLITE_BUSY at once, without
-    /// the busy timeout, when another process wrote in between.
-    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let mut db = self.lock()?;
-        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
-    }
-
-    /// Runs `f` in one read transaction, so that everything it reads is one
-    /// snapshot even while another process commits.
-    fn read<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let mut db = self.lock()?;
-        // Deferred: it takes no lock until its first read, and that read's
-        // WAL snapshot is what every later statement sees.
-        let tx = db.transaction()?;
-        let out = f(&tx)?;
-        // Nothing was written; ending it either way releases the snapshot.
-        tx.commit()?;
-        Ok(out)
-    }
-}
-
-impl Store for SqliteStore {
+impl AccountStore for SqliteStore {
     fn account_index(&self, c: &ConnectionRef) -> Result<HashMap<String, ContentHash>, StoreError> {
         let db = self.lock()?;
         let Some(key) = connection_key(&db, c)? else { return Ok(HashMap::new()) };
@@ -388,85 +291,6 @@ impl Store for SqliteStore {
         tracing::info!(connection = %c, removed, "purged a connection's accounts");
         u64::try_from(removed).map_err(|_| StoreError::Corrupt("negative row count".into()))
     }
-
-    fn connection_versions(&self, namespace: &str, names: &[String]) -> Result<BTreeMap<String, u64>, StoreError> {
-        self.read(|tx| identities::connection_versions(tx, namespace, names))
-    }
-
-    fn profile_state(&self, p: &ProfileRef) -> Result<ProfileState, StoreError> {
-        identities::profile_state(&*self.lock()?, p)
-    }
-
-    fn processing_snapshot(&self, p: &ProfileRef, connections: &[String]) -> Result<ProcessingSnapshot, StoreError> {
-        let started = Instant::now();
-        let snapshot = self.read(|tx| identities::snapshot(tx, p, connections))?;
-        tracing::debug!(
-            profile = %p,
-            accounts = snapshot.accounts.values().map(Vec::len).sum::<usize>(),
-            identities = snapshot.identities.len(),
-            elapsed_ms = started.elapsed().as_millis(),
-            "read a processing snapshot"
-        );
-        Ok(snapshot)
-    }
-
-    fn commit_processing(
-        &self,
-        p: &ProfileRef,
-        commit: &ProcessingCommit,
-        run: &ProcessingRunRecord,
-    ) -> Result<RunId, StoreError> {
-        let started = Instant::now();
-        // Serializing 100,000 identities is the slow part; syncs committing
-        // meanwhile should not wait for it.
-        let encoded = identities::encode_commit(commit)?;
-        let id = self.write(|tx| identities::write_commit(tx, p, &encoded, run))?;
-        tracing::debug!(
-            profile = %p,
-            run = id,
-            upserted = commit.upserts.len(),
-            deleted = commit.deletes.len(),
-            elapsed_ms = started.elapsed().as_millis(),
-            "committed a processing run"
-        );
-        Ok(id)
-    }
-
-    fn record_processing_run(&self, p: &ProfileRef, run: &ProcessingRunRecord) -> Result<RunId, StoreError> {
-        self.write(|tx| identities::record_run(tx, p, run))
-    }
-
-    fn processing_runs(&self, p: &ProfileRef, limit: usize) -> Result<Vec<ProcessingRunRecord>, StoreError> {
-        identities::runs(&*self.lock()?, p, limit)
-    }
-
-    fn get_identity(&self, p: &ProfileRef, id: &str) -> Result<Option<Identity>, StoreError> {
-        identities::get_identity(&*self.lock()?, p, id)
-    }
-
-    fn list_identities(
-        &self,
-        p: &ProfileRef,
-        state: Option<&str>,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Identity>, StoreError> {
-        identities::list_identities(&*self.lock()?, p, state, after, limit)
-    }
-
-    fn list_links(&self, p: &ProfileRef, state: Option<LinkState>) -> Result<Vec<LinkRecord>, StoreError> {
-        identities::list_links(&*self.lock()?, p, state)
-    }
-
-    fn profiles(&self) -> Result<Vec<ProfileRef>, StoreError> {
-        identities::profiles(&*self.lock()?)
-    }
-
-    fn purge_profile(&self, p: &ProfileRef) -> Result<u64, StoreError> {
-        let removed = self.write(|tx| identities::purge(tx, p))?;
-        tracing::info!(profile = %p, removed, "purged a profile's identities");
-        Ok(removed)
-    }
 }
 
 /// The connection's key, if it has ever had a run.
@@ -606,26 +430,6 @@ impl RawRun {
     }
 }
 
-pub(super) fn decode_account(data: &str) -> Result<Account, StoreError> {
-    serde_json::from_str(data).map_err(|e| corrupt("account data", e))
-}
-
-pub(super) fn parse_time(s: &str) -> Result<Timestamp, StoreError> {
-    s.parse().map_err(|e| corrupt("timestamp", e))
-}
-
-pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-pub(super) fn to_i64(what: &'static str, value: u64) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| StoreError::OutOfRange { what, value })
-}
-
-pub(super) fn from_i64(value: i64) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative count {value}")))
-}
-
 #[cfg(test)]
 impl SqliteStore {
     /// How many staged rows `run` has (tests check staging is dropped).
@@ -641,7 +445,10 @@ mod tests {
     use serde_json::json;
     use tempfile::TempDir;
 
+    use std::time::Duration;
+
     use super::*;
+    use crate::store::migrations;
 
     fn open() -> (TempDir, SqliteStore, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,182 @@
+//! The `idsync` command line: its arguments (parsed in `main.rs`) and the
+//! bodies of its subcommands.
+//!
+//! - [`operator`]: `idsync run` (against a cluster) and `idsync dev` (on an
+//!   in-process devcluster).
+//! - [`manifests`]: `idsync crds` and `idsync validate`.
+//! - [`identities`]: `idsync identities`, read from the store's file.
+
+pub mod identities;
+pub mod manifests;
+pub mod operator;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use identities::{ItemFormat, ListFormat};
+
+/// idsync: keeps identity and account data in sync with connected systems.
+#[derive(Parser)]
+#[command(name = "idsync", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Print idsync's CustomResourceDefinitions as YAML
+    /// (`idsync crds | kubectl apply -f -`).
+    Crds,
+    /// Check manifests offline against idsync's CRDs (schema and CEL
+    /// rules), as a cluster would on `kubectl apply`. Takes files or folders.
+    Validate {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Run idsync on an in-process Kubernetes API server (no cluster
+    /// needed): installs the CRDs, writes a kubeconfig, applies manifests,
+    /// and runs until Ctrl-C.
+    Dev {
+        /// Apply every .yaml file under this folder (repeatable).
+        #[arg(long = "apply", value_name = "DIR")]
+        apply: Vec<PathBuf>,
+        /// Port on 127.0.0.1; 0 picks a free one.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Where to write the kubeconfig.
+        #[arg(long, default_value = ".idsync/kubeconfig")]
+        kubeconfig: PathBuf,
+        /// Where the store lives; a fresh temporary folder when unset.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run the operator against the cluster of the current kubeconfig (or
+    /// in-cluster configuration).
+    Run {
+        /// Where the store (SQLite) lives.
+        #[arg(long, env = "IDSYNC_DATA_DIR", default_value = "/var/lib/idsync", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Syncs running at once, over all connections.
+        #[arg(long, env = "IDSYNC_MAX_CONCURRENT_SYNCS", default_value_t = 4)]
+        max_concurrent_syncs: usize,
+        /// Where /metrics, /healthz and /readyz are served.
+        #[arg(long, env = "IDSYNC_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+        http_addr: std::net::SocketAddr,
+        /// The namespace of the leader-election Lease (the operator's own).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        leader_namespace: String,
+        /// Log format: text or json.
+        #[arg(long, env = "IDSYNC_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+    },
+    /// Show an IdentityProfile's identities, correlation records and
+    /// processing history, read from the store's file (no cluster needed). In a cluster:
+    /// `kubectl exec deploy/idsync -- idsync identities list --profile NAME`.
+    Identities {
+        #[command(subcommand)]
+        command: IdentitiesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum IdentitiesCommand {
+    /// List the profile's identities, ordered by id.
+    List {
+        #[command(flatten)]
+        target: ProfileArgs,
+        /// Only identities in this lifecycle state.
+        #[arg(long, value_name = "STATE")]
+        state: Option<String>,
+        /// table: one line each, kubectl-like; json: an IdentityList of the
+        /// whole identities; csv: RFC 4180, one record each.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ListOutput::Table)]
+        output: ListOutput,
+    },
+    /// Show one identity whole: attributes, lifecycle state, manager,
+    /// accounts, errors, created/modified and next processing.
+    Get {
+        /// The identity's id (its authoritative account's id).
+        id: String,
+        #[command(flatten)]
+        target: ProfileArgs,
+        /// yaml or json: the identity as the store keeps it (the same object
+        /// as an item of `list -o json`).
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ItemOutput::Yaml)]
+        output: ItemOutput,
+    },
+    /// List the accounts correlation could not attach to an identity:
+    /// Uncorrelated ones (no rule matched) and Ambiguous ones (with the
+    /// identities that all matched).
+    Uncorrelated {
+        #[command(flatten)]
+        target: ProfileArgs,
+        /// List every correlation record, Correlated ones too.
+        #[arg(long)]
+        all_states: bool,
+        /// table: kubectl-like; json: a CorrelationRecordList; csv: RFC 4180.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ListOutput::Table)]
+        output: ListOutput,
+    },
+    /// Show the profile's processing history, newest first: trigger,
+    /// result, counts, when and how long (the audit trail of every run,
+    /// dry runs and failures included).
+    Runs {
+        #[command(flatten)]
+        target: ProfileArgs,
+        /// How many runs, at most.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// table: kubectl-like; json: a ProcessingRunList; csv: RFC 4180.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ListOutput::Table)]
+        output: ListOutput,
+    },
+}
+
+/// Which profile, in which store.
+#[derive(Args)]
+pub struct ProfileArgs {
+    /// The IdentityProfile's name.
+    #[arg(long)]
+    pub profile: String,
+    /// The IdentityProfile's namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// The store's database file [default: $IDSYNC_DATA_DIR/idsync.db, else
+    /// /var/lib/idsync/idsync.db, where `idsync run` keeps it].
+    #[arg(long, value_name = "PATH")]
+    pub store: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ListOutput {
+    Table,
+    Json,
+    Csv,
+}
+
+impl From<ListOutput> for ListFormat {
+    fn from(output: ListOutput) -> Self {
+        match output {
+            ListOutput::Table => ListFormat::Table,
+            ListOutput::Json => ListFormat::Json,
+            ListOutput::Csv => ListFormat::Csv,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ItemOutput {
+    Yaml,
+    Json,
+}
+
+impl From<ItemOutput> for ItemFormat {
+    fn from(output: ItemOutput) -> Self {
+        match output {
+            ItemOutput::Yaml => ItemFormat::Yaml,
+            ItemOutput::Json => ItemFormat::Json,
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! `idsync run` and `idsync dev`: the operator against a cluster (leader
+//! election, /metrics and health, SIGTERM), or on an in-process devcluster
+//! with manifests applied.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+pub fn run_async(
+    json_logs: bool,
+    future: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    init_tracing(json_logs);
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    runtime.block_on(future)
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Opens the store and starts the controllers; returns when `shutdown` fires.
+async fn operate(
+    client: kube::Client,
+    data_dir: &std::path::Path,
+    config: crate::controller::Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let path = data_dir.join("idsync.db");
+    let store =
+        crate::store::SqliteStore::open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
+    let store: std::sync::Arc<dyn crate::store::Store> = std::sync::Arc::new(store);
+    let ctx =
+        crate::controller::Context::new(client, store, std::sync::Arc::new(crate::controller::SystemClock), config);
+    tracing::info!(identity = %ctx.config.identity, store = %path.display(), "operator running");
+    crate::controller::run(ctx, shutdown).await;
+    Ok(())
+}
+
+pub async fn run(
+    data_dir: PathBuf,
+    max_concurrent_syncs: usize,
+    http_addr: std::net::SocketAddr,
+    leader_namespace: String,
+) -> anyhow::Result<ExitCode> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    crate::tls::install_crypto_provider();
+    let client = kube::Client::try_default().await.context("cannot reach the Kubernetes API")?;
+    let config = crate::controller::Config { max_concurrent_syncs, ..Default::default() };
+    let path = data_dir.join("idsync.db");
+    let store =
+        crate::store::SqliteStore::open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
+    let store: Arc<dyn crate::store::Store> = Arc::new(store);
+    let ctx = crate::controller::Context::new(client.clone(), store, Arc::new(crate::controller::SystemClock), config);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    // Ready once the store is open and the API answers; a standby is ready too.
+    let ready = Arc::new(AtomicBool::new(true));
+    crate::health::serve(http_addr, ctx.metrics.clone(), ready.clone(), stopped()).await?;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    let election = crate::leader::LeaderConfig::new(leader_namespace, ctx.config.identity.clone());
+    tracing::info!(identity = %ctx.config.identity, store = %path.display(), "waiting for leadership");
+    let lead = |token: tokio_util::sync::CancellationToken| {
+        let ctx = ctx.clone();
+        async move {
+            tracing::info!(identity = %ctx.config.identity, "leading: controllers running");
+            ctx.metrics.set_leader(true);
+            crate::controller::run(ctx.clone(), token.cancelled_owned()).await;
+            ctx.metrics.set_leader(false);
+            tracing::info!("controllers stopped");
+        }
+    };
+    crate::leader::run(client, election, lead, stopped()).await?;
+    ready.store(false, Ordering::SeqCst);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or SIGTERM (what Kubernetes sends a terminating Pod).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+pub async fn dev(
+    apply: Vec<PathBuf>,
+    port: u16,
+    kubeconfig: PathBuf,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    crate::tls::install_crypto_provider();
+    let docs = crate::dev::load_folders(&apply)?;
+    let config = idsync_devcluster::Config { port, kubeconfig: Some(kubeconfig.clone()), ..Default::default() };
+    let mut cluster = idsync_devcluster::DevCluster::start(config).await?;
+    tracing::info!(url = %cluster.url(), kubeconfig = %kubeconfig.display(), "devcluster serving");
+    let client = cluster.client()?;
+    crate::dev::install_crds(&client).await?;
+    let temporary = tempfile_dir()?;
+    let data_dir = data_dir.unwrap_or_else(|| temporary.clone());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let operator = tokio::spawn({
+        let client = client.clone();
+        let data_dir = data_dir.clone();
+        async move {
+            operate(client, &data_dir, crate::controller::Config::default(), async {
+                let _ = stop_rx.await;
+            })
+            .await
+        }
+    });
+    let applied = crate::dev::apply_documents(&client, &docs, "default").await?;
+    tracing::info!(applied, "manifests applied");
+    print!("{}", crate::dev::next_steps(&kubeconfig, &docs, &data_dir.join("idsync.db")));
+    shutdown_signal().await;
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(std::time::Duration::from_secs(15), operator).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(e)) => tracing::warn!(error = %e, "the operator task failed"),
+        Err(_) => tracing::warn!("the operator did not stop within 15 s"),
+    }
+    cluster.stop();
+    let _ = std::fs::remove_dir_all(&temporary);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A fresh folder for a throwaway store.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("idsync-dev-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    )
+}

@@ -1,0 +1,107 @@
+//! Identities as the store keeps them, and the correlation records that
+//! attach accounts of other connections to them. Plain data: what a
+//! processing run computes, the store writes and `idsync identities` prints.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One identity of one profile, as the store keeps it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Identity {
+    /// The id of the authoritative account that made it (e.g. the HR
+    /// employee id): stable for as long as that account exists.
+    pub id: String,
+    /// Computed attributes; an attribute whose expression yielded null is
+    /// absent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle_state: Option<String>,
+    /// The value of the profile's manager attribute, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager_ref: Option<String>,
+    /// The manager's identity id, when `manager_ref` names exactly one
+    /// other identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<String>,
+    /// The authoritative account first, then correlated accounts ordered by
+    /// connection and account id.
+    pub accounts: Vec<AccountLink>,
+    /// Expressions that failed on this identity, by attribute name (or
+    /// `lifecycle`); their previous values are kept.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors: BTreeMap<String, String>,
+    /// Hex SHA-256 of what the identity was computed from (mappings and
+    /// the content hashes of its accounts).
+    pub input_hash: String,
+    pub created: jiff::Timestamp,
+    /// When its attributes, state, manager, accounts or errors last changed.
+    pub modified: jiff::Timestamp,
+    /// When it is processed next because of the next-processing attribute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_processing: Option<jiff::Timestamp>,
+    /// The next-processing attribute's value as last seen, so a value seen
+    /// for the first time can be told from one seen before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_processing_value: Option<String>,
+    /// The identity attributes correlation compares, computed from the
+    /// authoritative account alone; kept so that a run need not compute
+    /// them again for accounts that did not change.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub correlation_keys: BTreeMap<String, String>,
+    /// Hex SHA-256 of the mappings and the authoritative account that
+    /// `correlation_keys` were computed from.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub keys_hash: String,
+}
+
+/// An account attached to an identity.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountLink {
+    pub connection: String,
+    pub account_id: String,
+}
+
+/// What correlation made of one account of a correlated connection.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LinkState {
+    /// Attached to exactly one identity.
+    Correlated,
+    /// No rule matched any identity.
+    Uncorrelated,
+    /// A rule matched several identities: reported, not resolved.
+    Ambiguous,
+}
+
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Correlated => "Correlated",
+            LinkState::Uncorrelated => "Uncorrelated",
+            LinkState::Ambiguous => "Ambiguous",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [LinkState::Correlated, LinkState::Uncorrelated, LinkState::Ambiguous].into_iter().find(|l| l.as_str() == s)
+    }
+}
+
+/// The correlation of one account of a correlated connection.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkRecord {
+    pub connection: String,
+    pub account_id: String,
+    pub state: LinkState,
+    /// The identity it is attached to (Correlated only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// The identities that all matched (Ambiguous only), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<String>,
+}

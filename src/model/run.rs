@@ -1,0 +1,180 @@
+//! Runs: the connections and profiles they belong to, how they start and
+//! end, and the records of the run history (the audit trail). Plain data,
+//! shared by the sync engine, identity processing, the store and the CLI.
+
+use std::fmt;
+
+/// A Connection, by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConnectionRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ConnectionRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ConnectionRef { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl fmt::Display for ConnectionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A run's id in the run history; never reused, even after runs are deleted.
+pub type RunId = i64;
+
+/// An IdentityProfile, by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ProfileRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ProfileRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ProfileRef { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl fmt::Display for ProfileRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What the store records when a run starts.
+#[derive(Clone, Debug)]
+pub struct NewRun {
+    pub connection: ConnectionRef,
+    /// Why the run started: `Scheduled`, `Requested`, `RequestedAt`, ...
+    pub trigger: String,
+    /// The ResyncRequest that asked for the run, if one did.
+    pub request: Option<String>,
+    /// `Delta` or `Full`, as asked; [`RunFinish::mode`] says what ran.
+    pub requested_mode: String,
+    /// The operator instance running it.
+    pub holder: String,
+    pub started_at: jiff::Timestamp,
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    Succeeded,
+    Failed,
+    /// Its operator died (or lost its lease) before it finished.
+    Interrupted,
+    Cancelled,
+    /// It would have changed more than the connection's safeguards allow.
+    SafeguardTripped,
+    /// It computed its changes and applied none.
+    DryRun,
+}
+
+impl RunOutcome {
+    pub const ALL: [RunOutcome; 6] = [
+        RunOutcome::Succeeded,
+        RunOutcome::Failed,
+        RunOutcome::Interrupted,
+        RunOutcome::Cancelled,
+        RunOutcome::SafeguardTripped,
+        RunOutcome::DryRun,
+    ];
+
+    /// The name stored and shown (the same as the variant's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Succeeded => "Succeeded",
+            RunOutcome::Failed => "Failed",
+            RunOutcome::Interrupted => "Interrupted",
+            RunOutcome::Cancelled => "Cancelled",
+            RunOutcome::SafeguardTripped => "SafeguardTripped",
+            RunOutcome::DryRun => "DryRun",
+        }
+    }
+
+    /// The outcome named `s` (exactly as [`RunOutcome::as_str`] spells it).
+    pub fn parse(s: &str) -> Option<Self> {
+        RunOutcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+impl fmt::Display for RunOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a run did to the connection's accounts, as the sync engine counted it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub created: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+}
+
+/// What the store records when a run ends.
+#[derive(Clone, Debug)]
+pub struct RunFinish {
+    pub outcome: RunOutcome,
+    /// The mode that actually ran (a Delta can turn into a Full), if any did.
+    pub mode: Option<String>,
+    pub counts: Counts,
+    pub message: String,
+    pub finished_at: jiff::Timestamp,
+}
+
+/// One run in the run history.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub connection: ConnectionRef,
+    pub trigger: String,
+    pub request: Option<String>,
+    pub requested_mode: String,
+    pub holder: String,
+    pub started_at: jiff::Timestamp,
+    /// `None` while the run is going on (or its operator died).
+    pub finished_at: Option<jiff::Timestamp>,
+    pub outcome: Option<RunOutcome>,
+    pub mode: Option<String>,
+    pub counts: Counts,
+    pub message: String,
+}
+
+/// One processing run in the profile's run history.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessingRunRecord {
+    /// Assigned by the store; ignored when recording.
+    pub id: RunId,
+    /// EventBased, Scheduled, Manual or TimeBased.
+    pub trigger: String,
+    /// The ResyncRequest that asked for it, if one did.
+    pub request: Option<String>,
+    pub started_at: jiff::Timestamp,
+    pub finished_at: jiff::Timestamp,
+    /// Succeeded, Failed or DryRun.
+    pub outcome: RunOutcome,
+    pub processed: u64,
+    pub changed: u64,
+    pub errors: u64,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_names_round_trip() {
+        for o in RunOutcome::ALL {
+            assert_eq!(RunOutcome::parse(o.as_str()), Some(o));
+            assert_eq!(o.to_string(), format!("{o:?}"));
+        }
+        assert_eq!(RunOutcome::parse("succeeded"), None);
+    }
+}

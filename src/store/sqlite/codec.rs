@@ -1,0 +1,27 @@
+//! How the store's values are encoded in SQLite rows, and the errors a row
+//! that cannot be decoded makes.
+
+use jiff::Timestamp;
+
+use crate::model::Account;
+use crate::store::StoreError;
+
+pub(super) fn decode_account(data: &str) -> Result<Account, StoreError> {
+    serde_json::from_str(data).map_err(|e| corrupt("account data", e))
+}
+
+pub(super) fn parse_time(s: &str) -> Result<Timestamp, StoreError> {
+    s.parse().map_err(|e| corrupt("timestamp", e))
+}
+
+pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+pub(super) fn to_i64(what: &'static str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::OutOfRange { what, value })
+}
+
+pub(super) fn from_i64(value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative count {value}")))
+}
