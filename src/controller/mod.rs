@@ -18,9 +18,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
 
 use crate::store::Store;
+use events::Recorder;
 use runner::Runner;
 
 /// The name idsync writes under (field manager, Event reporter).
@@ -123,9 +123,8 @@ impl Error {
 
 impl Context {
     pub fn new(client: Client, store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Arc<Context> {
-        let reporter = Reporter { controller: CONTROLLER_NAME.to_string(), instance: Some(config.identity.clone()) };
         Arc::new(Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), CONTROLLER_NAME, config.identity.clone()),
             runner: Arc::new(Runner::new(config.max_concurrent_syncs)),
             client,
             store,

@@ -438,13 +438,22 @@ async fn announce_completion(ctx: &Arc<Context>, request: &ResyncRequest) {
     {
         return;
     }
-    let message = complete.map(|c| c.message.clone()).unwrap_or_default();
+    let message = completion_note(complete.map(|c| c.message.as_str()).unwrap_or_default(), status);
     let (warning, reason) = match phase {
         Phase::Succeeded => (false, "ResyncSucceeded"),
         Phase::PartiallyFailed => (true, "ResyncPartiallyFailed"),
         _ => (true, "ResyncFailed"),
     };
     events::publish(&ctx.recorder, &request.object_ref(&()), warning, reason, message).await;
+}
+
+/// The completion Event's note: the summary, then what each target and
+/// profile did, so the request's own Event tells this request's results.
+fn completion_note(summary: &str, status: &idsync_api::ResyncRequestStatus) -> String {
+    let targets = status.targets.iter().map(|t| format!("{}: {}", t.connection, t.message));
+    let profiles = status.profiles.iter().map(|p| format!("profile {}: {}", p.profile, p.message));
+    let details: Vec<String> = targets.chain(profiles).filter(|d| !d.ends_with(": ")).collect();
+    if details.is_empty() { summary.to_string() } else { format!("{summary}. {}", details.join("; ")) }
 }
 
 /// Records a finished sync in the request's target entry.
@@ -718,6 +727,30 @@ mod tests {
             start_time: None,
             completion_time: None,
         }
+    }
+
+    #[test]
+    fn the_completion_note_names_each_targets_own_result() {
+        let status = idsync_api::ResyncRequestStatus {
+            targets: vec![
+                TargetStatus {
+                    connection: "hr".into(),
+                    message: "Full sync succeeded: created 3".into(),
+                    ..target(TargetPhase::Succeeded)
+                },
+                TargetStatus {
+                    connection: "idp".into(),
+                    message: "Full sync failed: HTTP 500".into(),
+                    ..target(TargetPhase::Failed)
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            completion_note("1 of 2 connection(s) synced", &status),
+            "1 of 2 connection(s) synced. hr: Full sync succeeded: created 3; idp: Full sync failed: HTTP 500"
+        );
+        assert_eq!(completion_note("nothing to do", &idsync_api::ResyncRequestStatus::default()), "nothing to do");
     }
 
     #[test]

@@ -564,3 +564,45 @@ async fn finished_requests_are_deleted_after_their_ttl_and_unresolvable_ones_fai
     assert_eq!(ghost.phase, TargetPhase::Failed);
     assert!(ghost.message.contains("not found"), "{}", ghost.message);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_sync_has_its_own_event_with_its_own_counts() {
+    let env = Env::start().await;
+    env.config_map("hr-export", &export(0..10)).await;
+    env.csv_connection("hr", "hr-export").await;
+    env.sync("sync-1", "hr", json!({})).await;
+    // Two people change their e-mail and three join.
+    let second = export(0..13).replace("person1@", "renamed1@").replace("person2@", "renamed2@");
+    env.config_map("hr-export", &second).await;
+    env.sync("sync-2", "hr", json!({})).await;
+    // One leaves.
+    env.config_map("hr-export", &second.replace(&(person(12) + "\n"), "")).await;
+    env.sync("sync-3", "hr", json!({})).await;
+
+    let expected = [
+        "created 10, updated 0, deleted 0, unchanged 0",
+        "created 3, updated 2, deleted 0, unchanged 8",
+        "created 0, updated 0, deleted 1, unchanged 12",
+    ];
+    let notes = |events: Vec<Event>, reason: &str| -> Vec<String> {
+        let mut events: Vec<Event> = events.into_iter().filter(|e| e.reason.as_deref() == Some(reason)).collect();
+        events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        events.into_iter().filter_map(|e| e.note).collect()
+    };
+    let on_connection = notes(env.events_for("hr").await, "SyncSucceeded");
+    assert_eq!(on_connection.len(), 3, "{on_connection:#?}");
+    for (note, counts) in on_connection.iter().zip(expected) {
+        assert!(note.contains(counts), "expected {counts:?} in {note:?}");
+    }
+    // Each request's own Event says what its run did, not the first run's.
+    for (request, counts) in ["sync-1", "sync-2", "sync-3"].into_iter().zip(expected) {
+        let on_request = notes(env.events_for(request).await, "ResyncSucceeded");
+        assert_eq!(on_request.len(), 1, "{request}: {on_request:#?}");
+        assert!(on_request[0].contains(counts), "{request}: expected {counts:?} in {:?}", on_request[0]);
+    }
+    // What a person reads: kubectl describe shows the three runs' counts.
+    let described = env.h.kubectl_ok(&["describe", "connection", "hr"]).await;
+    for counts in expected {
+        assert!(described.contains(counts), "kubectl describe lacks {counts:?}:\n{described}");
+    }
+}
