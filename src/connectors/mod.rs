@@ -28,6 +28,10 @@
 //! 4. After the last page, [`Connector::cursor`] is the cursor the engine
 //!    stores *together with* this read's data, in the same commit; `None`
 //!    means there is none (a provider without deltas).
+//! 5. After a Full read, [`Connector::still_present`] is asked about the
+//!    stored accounts no page named before the engine deletes them: a
+//!    provider that can look one account up confirms each is gone, so a
+//!    listing that skipped someone never deletes a live account.
 //!
 //! Any error fails the whole read: the engine commits nothing of it (no
 //! account, no cursor), so a read is all or nothing. [`ConnectorError`]
@@ -114,6 +118,16 @@ pub trait Connector: Send {
     /// After the last page: the cursor to store with this read's data (None:
     /// none).
     fn cursor(&self) -> Option<String>;
+
+    /// After a Full read: which of `ids` (stored accounts no page named) the
+    /// source still has, read again one by one. A listing can skip a live
+    /// account (offset paging while someone else is deleted, a server that
+    /// undercounts); the engine then keeps it instead of deleting it. The
+    /// default, for sources read whole in one body, finds none.
+    fn still_present<'a>(&'a mut self, ids: &'a [String]) -> BoxFuture<'a, Result<Vec<Account>, ConnectorError>> {
+        let _ = ids;
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// What the controller resolved from the cluster for the provider.

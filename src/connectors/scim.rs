@@ -33,11 +33,19 @@
 //!   `externalId`, `title`, `givenName`, `familyName`, `lastModified`, and
 //!   from the enterprise extension `employeeNumber`, `department` and
 //!   `manager` (the manager's `value`).
+//! - **Complete or failed**: a Full read must list everyone, because who
+//!   it does not list is deleted. An empty page before `totalResults` is
+//!   reached, a page of users already returned (a server that ignores
+//!   `startIndex`) or more pages than `totalResults` announced (twice, plus
+//!   ten) fail the read. Offset paging can still skip a user when another
+//!   is deleted meanwhile, and a server can undercount: before anything is
+//!   deleted, each stored user the listing did not name is asked for with
+//!   `GET /Users/{id}`; one that answers is kept (404 confirms the deletion).
 //! - **Errors**: a SCIM error body (`status`, `scimType`, `detail`) is
 //!   summarised in the error message; every error during the read names its
 //!   page (the `/Groups` pages count as the page that needed them).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use futures::future::BoxFuture;
 use reqwest::Url;
@@ -92,6 +100,12 @@ struct Reading {
     /// Some user of this read carried `groups`: the server fills them, no
     /// need for `/Groups`.
     groups_on_users: bool,
+    /// Every user id this read returned, to tell a server that ignores
+    /// `startIndex` (the same page again and again) from one that pages.
+    seen: HashSet<String>,
+    /// The most pages this read may take: what the first page's
+    /// `totalResults` announced, with a margin for users added meanwhile.
+    max_pages: Option<u64>,
 }
 
 /// The SCIM connector.
@@ -213,15 +227,30 @@ impl ScimConnector {
             request = request.query("filter", filter);
         }
         let body = self.get_json(&request, Some(page)).await?;
-        ListPage::parse(&body).map_err(|m| source(Some(page), format!("{endpoint}: {m}")))
+        let mut list = ListPage::parse(&body).map_err(|m| source(Some(page), format!("{endpoint}: {m}")))?;
+        list.requested = self.page_size;
+        Ok(list)
     }
 
     /// Every group's members: member id → group display names.
     async fn memberships(&self, page: u64) -> Result<HashMap<String, Vec<String>>, ConnectorError> {
         let mut map: HashMap<String, Vec<String>> = HashMap::new();
         let mut start_index = 1;
+        let mut seen: HashSet<String> = HashSet::new();
         loop {
             let list = self.list("Groups", start_index, None, page).await?;
+            // A server that ignores startIndex would be paged forever.
+            let ids: Vec<&str> = list.resources.iter().filter_map(|group| str_at(group, "/id")).collect();
+            if !ids.is_empty() && ids.iter().all(|id| seen.contains(*id)) {
+                return Err(source(
+                    Some(page),
+                    format!(
+                        "Groups: the server returned only groups it had already returned (startIndex {start_index}): \
+                         it does not page by startIndex"
+                    ),
+                ));
+            }
+            seen.extend(ids.into_iter().map(String::from));
             for group in &list.resources {
                 let Some(name) = str_at(group, "/displayName").or_else(|| str_at(group, "/id")) else {
                     continue;
@@ -250,6 +279,7 @@ impl ScimConnector {
         let number = reading.number;
         // On error the read is over: `reading` stays taken.
         let list = self.list("Users", reading.start_index, reading.filter.as_deref(), number).await?;
+        reading.check_page(&list, number)?;
         if list.resources.is_empty() {
             reading.done = true;
             self.cursor = reading.cursor();
@@ -289,6 +319,40 @@ impl ScimConnector {
         Ok(Some(Page { number, accounts, deleted: Vec::new() }))
     }
 
+    /// `GET /Users/{id}` for each id: the users the server still has (404
+    /// means gone; any other failure fails the read).
+    async fn present(&mut self, ids: &[String]) -> Result<Vec<Account>, ConnectorError> {
+        let page = self.reading.as_ref().map(|r| r.number);
+        let mut present = Vec::new();
+        for id in ids {
+            let mut url = self.endpoint("Users")?;
+            url.path_segments_mut()
+                .map_err(|()| ConnectorError::Config {
+                    field: "spec.provider.scim.baseUrl".to_string(),
+                    message: "cannot be a base for user URLs".to_string(),
+                })?
+                .push(id);
+            let request = self.request(url)?;
+            let user = match self.get_json(&request, page).await {
+                Ok(user) => user,
+                Err(ConnectorError::Http { status: 404, .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let mut account = map_user(&user).map_err(|m| source(page, format!("the user {id:?}: {m}")))?;
+            if account.id != *id {
+                return Err(source(page, format!("GET /Users/{id} answered with the user {:?}", account.id)));
+            }
+            if let Some(groups) =
+                self.reading.as_ref().and_then(|r| r.memberships.as_ref()).and_then(|m| m.get(&account.id))
+            {
+                account.groups.extend(groups.iter().cloned());
+                account.normalize();
+            }
+            present.push(account);
+        }
+        Ok(present)
+    }
+
     async fn start(&mut self, mode: SyncMode, cursor: Option<&str>) -> Result<ReadPlan, ConnectorError> {
         self.reading = None;
         self.cursor = None;
@@ -313,12 +377,61 @@ impl ScimConnector {
             latest: None,
             memberships: None,
             groups_on_users: false,
+            seen: HashSet::new(),
+            max_pages: None,
         });
         Ok(ReadPlan { kind, reason })
     }
 }
 
 impl Reading {
+    /// Fails the read on a page that shows the listing cannot be trusted
+    /// to be complete, so that nothing is deleted on its word:
+    /// - an empty page before `totalResults` is reached;
+    /// - a page of users this read already returned (a server that ignores
+    ///   `startIndex` would otherwise be paged forever);
+    /// - more pages than `totalResults` announced, with a margin.
+    fn check_page(&mut self, list: &ListPage, number: u64) -> Result<(), ConnectorError> {
+        let page_size = list.requested.max(1);
+        if number == 1 {
+            self.max_pages = list.total_results.map(|total| max_pages(total, page_size));
+        }
+        if list.resources.is_empty() {
+            return match list.total_results {
+                Some(total) if self.start_index <= total => Err(source(
+                    Some(number),
+                    format!(
+                        "the server returned no users at startIndex {} although it reports totalResults {total}: \
+                         the listing ended early, so it cannot tell who was deleted",
+                        self.start_index
+                    ),
+                )),
+                _ => Ok(()),
+            };
+        }
+        let ids: Vec<&str> = list.resources.iter().filter_map(|user| str_at(user, "/id")).collect();
+        if !ids.is_empty() && ids.iter().all(|id| self.seen.contains(*id)) {
+            return Err(source(
+                Some(number),
+                format!(
+                    "the server returned only users it had already returned (startIndex {}): it does not page by \
+                     startIndex, or its order changed during the read",
+                    self.start_index
+                ),
+            ));
+        }
+        self.seen.extend(ids.into_iter().map(String::from));
+        if let Some(max) = self.max_pages
+            && number > max
+        {
+            return Err(source(
+                Some(number),
+                format!("the read took more than {max} pages, far more than the totalResults the server announced"),
+            ));
+        }
+        Ok(())
+    }
+
     fn cursor(&self) -> Option<String> {
         self.latest.as_ref().map(|(_, text)| text.clone()).or_else(|| self.stored_cursor.clone())
     }
@@ -344,6 +457,10 @@ impl Connector for ScimConnector {
     fn cursor(&self) -> Option<String> {
         self.cursor.clone()
     }
+
+    fn still_present<'a>(&'a mut self, ids: &'a [String]) -> BoxFuture<'a, Result<Vec<Account>, ConnectorError>> {
+        Box::pin(self.present(ids))
+    }
 }
 
 /// `meta.lastModified gt "<cursor>"`, joined to the user filter with `and`.
@@ -356,11 +473,19 @@ fn delta_filter(user_filter: Option<&str>, cursor: &str) -> String {
     }
 }
 
+/// The most pages a read of `total` users may take: twice the pages they
+/// fill plus ten, for users created while it runs.
+fn max_pages(total: u64, page_size: u64) -> u64 {
+    total.div_ceil(page_size).saturating_mul(2).saturating_add(10)
+}
+
 /// A ListResponse page.
 #[derive(Debug)]
 struct ListPage {
     total_results: Option<u64>,
     resources: Vec<Value>,
+    /// The `count` asked for.
+    requested: u64,
 }
 
 impl ListPage {
@@ -374,7 +499,7 @@ impl ListPage {
             Some(Value::Array(items)) => items.clone(),
             Some(_) => return Err("Resources is not a list".to_string()),
         };
-        Ok(ListPage { total_results, resources })
+        Ok(ListPage { total_results, resources, requested: 0 })
     }
 
     /// The next `startIndex` after this page (which started at
@@ -537,6 +662,7 @@ mod tests {
 
     use super::*;
     use crate::connectors::testing::{handler, respond, serve};
+    use crate::model::RunOutcome;
 
     fn spec(base_url: &str, page_size: u32) -> (ConnectionSpec, ScimSettings) {
         let spec: ConnectionSpec = serde_json::from_value(json!({
@@ -696,6 +822,134 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    /// How the fake SCIM server below misbehaves.
+    #[derive(Clone, Copy, Debug)]
+    enum Fault {
+        /// Pages honestly.
+        None,
+        /// Announces totalResults 20 of its 25 users, and lists only 20.
+        Undercounts,
+        /// Answers an empty page at startIndex 21 although totalResults is 25.
+        EmptyEarly,
+        /// Ignores startIndex and leaves out totalResults: the first page, forever.
+        IgnoresStartIndex,
+        /// The same for `/Groups`.
+        GroupsIgnoreStartIndex,
+    }
+
+    /// A SCIM server of 25 users `u01`..`u25`, `/Users/{id}` included.
+    async fn fake_scim(fault: Fault) -> crate::connectors::testing::TestServer {
+        serve(handler(move |_, parts| {
+            Box::pin(async move {
+                let user = |n: u64| json!({"id": format!("u{n:02}"), "userName": format!("user{n}")});
+                let query: HashMap<String, String> =
+                    form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
+                let number = |name: &str, default: u64| query.get(name).and_then(|v| v.parse().ok()).unwrap_or(default);
+                let body = match parts.uri.path() {
+                    "/scim/ServiceProviderConfig" => json!({"filter": {"supported": false}}),
+                    "/scim/Groups" if matches!(fault, Fault::GroupsIgnoreStartIndex) => {
+                        json!({"Resources": [{"id": "g1", "displayName": "G1", "members": [{"value": "u01"}]}]})
+                    }
+                    "/scim/Groups" => json!({"totalResults": 0, "Resources": []}),
+                    "/scim/Users" => {
+                        let (start, count) = (number("startIndex", 1), number("count", 100));
+                        let (total, listed) = match fault {
+                            Fault::Undercounts => (Some(20), 20),
+                            Fault::IgnoresStartIndex => (None, 25),
+                            Fault::EmptyEarly => (Some(25), 20),
+                            Fault::None | Fault::GroupsIgnoreStartIndex => (Some(25), 25),
+                        };
+                        let start = if matches!(fault, Fault::IgnoresStartIndex) { 1 } else { start };
+                        let users: Vec<Value> = (start..start + count).filter(|n| *n <= listed).map(user).collect();
+                        json!({"totalResults": total, "Resources": users})
+                    }
+                    path => match path.strip_prefix("/scim/Users/u").and_then(|n| n.parse::<u64>().ok()) {
+                        Some(n) if (1..=25).contains(&n) => user(n),
+                        _ => return respond(404, &[], json!({"schemas": [ERROR_SCHEMA], "status": "404"}).to_string()),
+                    },
+                };
+                respond(200, &[("content-type", "application/scim+json")], body.to_string())
+            })
+        }))
+        .await
+    }
+
+    /// A full sync through the engine into `store` from the fake server.
+    async fn sync_from(fault: Fault, store: &std::sync::Arc<dyn crate::store::Store>) -> crate::sync::job::SyncReport {
+        let server = fake_scim(fault).await;
+        let (spec, settings) = spec(&format!("{}/scim", server.base), 5);
+        let connector = ScimConnector::with_http_settings(&spec, &settings, &inputs("tok"), fast()).unwrap();
+        let job = crate::sync::job::SyncJob {
+            connection: crate::model::ConnectionRef::new("ns", "idp"),
+            mode: SyncMode::Full,
+            trigger: "Test".into(),
+            request: None,
+            holder: "test".into(),
+            dry_run: false,
+            confirm_deletes: false,
+            safeguard: Default::default(),
+            settings_hash: "h".into(),
+            full_sync_interval: Duration::from_secs(3600),
+        };
+        let cancel = tokio_util::sync::CancellationToken::new();
+        crate::sync::job::run(job, Box::new(connector), store.clone(), cancel).await
+    }
+
+    fn stored_ids(store: &std::sync::Arc<dyn crate::store::Store>) -> Vec<String> {
+        let conn = crate::model::ConnectionRef::new("ns", "idp");
+        store.list_accounts(&conn, None, 100).unwrap().into_iter().map(|a| a.id).collect()
+    }
+
+    /// Short reads never delete: each fault either fails the sync (the
+    /// store as it was) or is caught by asking for the unlisted users one by
+    /// one (kept, not deleted).
+    #[tokio::test]
+    async fn short_listings_never_delete_anyone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<dyn crate::store::Store> =
+            std::sync::Arc::new(crate::store::SqliteStore::open(&dir.path().join("s.db")).unwrap());
+        let first = sync_from(Fault::None, &store).await;
+        assert_eq!(first.counts.created, 25, "{first:?}");
+        let everyone = stored_ids(&store);
+
+        let undercounted = sync_from(Fault::Undercounts, &store).await;
+        assert_eq!(undercounted.outcome, RunOutcome::Succeeded, "{undercounted:?}");
+        assert_eq!(undercounted.counts.deleted, 0, "{undercounted:?}");
+        assert!(undercounted.message.contains("5 account(s) the listing skipped"), "{}", undercounted.message);
+        assert_eq!(stored_ids(&store), everyone);
+
+        let early = sync_from(Fault::EmptyEarly, &store).await;
+        assert_eq!(early.outcome, RunOutcome::Failed, "{early:?}");
+        assert!(
+            early.message.contains("no users at startIndex 21 although it reports totalResults 25"),
+            "{}",
+            early.message
+        );
+        assert_eq!(stored_ids(&store), everyone);
+
+        let endless = tokio::time::timeout(Duration::from_secs(30), sync_from(Fault::IgnoresStartIndex, &store))
+            .await
+            .expect("a server that ignores startIndex is not paged forever");
+        assert_eq!(endless.outcome, RunOutcome::Failed, "{endless:?}");
+        assert!(endless.message.contains("only users it had already returned"), "{}", endless.message);
+        assert_eq!(endless.pages, 1, "it stops at the first repeated page");
+        assert_eq!(stored_ids(&store), everyone);
+
+        let groups = tokio::time::timeout(Duration::from_secs(30), sync_from(Fault::GroupsIgnoreStartIndex, &store))
+            .await
+            .expect("a /Groups that ignores startIndex is not paged forever");
+        assert_eq!(groups.outcome, RunOutcome::Failed, "{groups:?}");
+        assert!(groups.message.contains("only groups it had already returned"), "{}", groups.message);
+        assert_eq!(stored_ids(&store), everyone);
+    }
+
+    #[test]
+    fn a_read_may_take_twice_the_announced_pages_and_ten_more() {
+        assert_eq!(max_pages(25, 5), 20);
+        assert_eq!(max_pages(0, 5), 10);
+        assert_eq!(max_pages(u64::MAX, 1), u64::MAX);
     }
 
     #[test]

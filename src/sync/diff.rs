@@ -66,14 +66,23 @@ impl Diff {
         changes
     }
 
+    /// In a full read, the stored ids no page has named so far, sorted: what
+    /// [`Diff::finish`] would delete.
+    pub fn unseen(&self) -> Vec<String> {
+        if self.kind != ReadKind::Full {
+            return Vec::new();
+        }
+        let mut unseen: Vec<String> = self.index.keys().filter(|id| !self.seen.contains(*id)).cloned().collect();
+        unseen.sort();
+        unseen
+    }
+
     /// After the last page: the deletions a full read implies (stored ids
     /// the source no longer has) and the counts.
     pub fn finish(mut self) -> (Vec<StagedChange>, Counts) {
         let mut deletions = Vec::new();
         if self.kind == ReadKind::Full {
-            let mut gone: Vec<String> = self.index.keys().filter(|id| !self.seen.contains(*id)).cloned().collect();
-            gone.sort();
-            deletions = gone.into_iter().map(StagedChange::Delete).collect();
+            deletions = self.unseen().into_iter().map(StagedChange::Delete).collect();
             self.counts.deleted = deletions.len() as u64;
         } else {
             self.counts.deleted = self.deleted.len() as u64;

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::diff::Diff;
 use super::safeguard;
-use crate::connectors::{Connector, ConnectorError, ReadKind};
+use crate::connectors::{Connector, ConnectorError, Page, ReadKind};
 use crate::model::{ConnectionRef, Counts, NewRun, RunFinish, RunId, RunOutcome};
 use crate::store::{CursorUpdate, Store, StoreError};
 use idsync_api::SyncMode;
@@ -276,6 +276,27 @@ async fn read_and_stage(
         let changes = diff.page(page);
         if !changes.is_empty() {
             blocking(store, move |s| s.stage(run_id, &changes)).await?;
+        }
+    }
+    // Before deleting what the listing did not name, ask the source about
+    // each: a live account it skipped is kept (with what the source says
+    // now), never deleted.
+    let unseen = diff.unseen();
+    if !unseen.is_empty() {
+        let present = connector.still_present(&unseen).await?;
+        if !present.is_empty() {
+            let found = present.len();
+            state.pages += 1;
+            let changes = diff.page(Page { number: state.pages, accounts: present, deleted: Vec::new() });
+            if !changes.is_empty() {
+                blocking(store, move |s| s.stage(run_id, &changes)).await?;
+            }
+            let note =
+                format!("{found} account(s) the listing skipped are still at the source and were kept, not deleted");
+            state.note = Some(match state.note.take() {
+                Some(earlier) => format!("{earlier}; {note}"),
+                None => note,
+            });
         }
     }
     let total_before = diff.total_before();

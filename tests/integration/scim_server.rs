@@ -376,3 +376,114 @@ async fn a_scim_connection_through_the_operator() {
     assert_eq!(store.list_accounts(&conn, None, 1000).unwrap(), before, "a sync whose server died changed the store");
     operator.stop().await;
 }
+
+/// A ScimConnector with a hook that runs on the real server after the first
+/// page has been read: how a deletion lands in the middle of a listing.
+struct AfterFirstPage {
+    inner: ScimConnector,
+    hook: Option<futures::future::BoxFuture<'static, ()>>,
+}
+
+impl Connector for AfterFirstPage {
+    fn capabilities(&self) -> idsync::connectors::Capabilities {
+        self.inner.capabilities()
+    }
+    fn begin<'a>(
+        &'a mut self,
+        mode: SyncMode,
+        cursor: Option<&'a str>,
+    ) -> futures::future::BoxFuture<'a, Result<ReadPlan, ConnectorError>> {
+        self.inner.begin(mode, cursor)
+    }
+    fn next_page(
+        &mut self,
+    ) -> futures::future::BoxFuture<'_, Result<Option<idsync::connectors::Page>, ConnectorError>> {
+        Box::pin(async move {
+            let page = self.inner.next_page().await?;
+            if page.as_ref().is_some_and(|p| p.number == 1)
+                && let Some(hook) = self.hook.take()
+            {
+                hook.await;
+            }
+            Ok(page)
+        })
+    }
+    fn cursor(&self) -> Option<String> {
+        self.inner.cursor()
+    }
+    fn still_present<'a>(
+        &'a mut self,
+        ids: &'a [String],
+    ) -> futures::future::BoxFuture<'a, Result<Vec<Account>, ConnectorError>> {
+        self.inner.still_present(ids)
+    }
+}
+
+fn sync_job(dry_run: bool) -> idsync::sync::job::SyncJob {
+    idsync::sync::job::SyncJob {
+        connection: idsync::model::ConnectionRef::new("default", "idp"),
+        mode: SyncMode::Full,
+        trigger: "Test".into(),
+        request: None,
+        holder: "test".into(),
+        dry_run,
+        confirm_deletes: false,
+        safeguard: Default::default(),
+        settings_hash: "scim".into(),
+        full_sync_interval: Duration::from_secs(24 * 3600),
+    }
+}
+
+/// Offset paging shifts when a user is deleted during the read: the first
+/// user of the next page is never listed. The engine asks the server about
+/// every stored user the listing did not name before deleting it, so the
+/// deleted user goes and the skipped live user stays.
+#[tokio::test]
+async fn a_deletion_during_a_full_read_never_deletes_a_live_user() {
+    use idsync::store::{SqliteStore, Store};
+    use std::sync::Arc;
+
+    let server = ScimServer::start().await;
+    let ids = server.create_users((0..25).map(user).collect()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("idsync.db")).unwrap());
+    let conn = idsync::model::ConnectionRef::new("default", "idp");
+    let cancel = tokio_util::sync::CancellationToken::new;
+
+    let first =
+        idsync::sync::job::run(sync_job(false), Box::new(server.connector(5, TOKEN)), store.clone(), cancel()).await;
+    assert_eq!(first.counts.created, 25, "{first:?}");
+
+    // The listing order, to know which user page 2 will skip.
+    let mut listing = server.connector(100, TOKEN);
+    let order: Vec<String> =
+        read(&mut listing, SyncMode::Full, None).await.unwrap().accounts.into_iter().map(|a| a.id).collect();
+    assert_eq!(order.len(), 25);
+    let deleted = order[1].clone();
+    let skipped = order[5].clone();
+    let connector = AfterFirstPage {
+        inner: server.connector(5, TOKEN),
+        hook: Some(Box::pin({
+            let request = server.http.delete(format!("{}/Users/{deleted}", server.base)).bearer_auth(TOKEN);
+            async move {
+                let response = request.send().await.expect("DELETE");
+                assert!(response.status().is_success(), "DELETE: {}", response.status());
+            }
+        })),
+    };
+    let second = idsync::sync::job::run(sync_job(false), Box::new(connector), store.clone(), cancel()).await;
+    assert_eq!(second.outcome, idsync::model::RunOutcome::Succeeded, "{second:?}");
+    // The deleted user was listed on page 1, before its deletion: this sync
+    // keeps it; the skipped one was never listed and is kept too.
+    assert_eq!(second.counts.deleted, 0, "{second:?}");
+    assert!(second.message.contains("1 account(s) the listing skipped are still at the source"), "{}", second.message);
+    let stored =
+        || -> BTreeSet<String> { store.list_accounts(&conn, None, 100).unwrap().into_iter().map(|a| a.id).collect() };
+    assert!(stored().contains(&skipped), "the live user the listing skipped was deleted");
+
+    // The next sync sees the deletion, and only it.
+    let third =
+        idsync::sync::job::run(sync_job(false), Box::new(server.connector(5, TOKEN)), store.clone(), cancel()).await;
+    assert_eq!((third.outcome, third.counts.deleted), (idsync::model::RunOutcome::Succeeded, 1), "{third:?}");
+    assert_eq!(stored(), ids.iter().filter(|id| **id != deleted).cloned().collect::<BTreeSet<_>>());
+}
