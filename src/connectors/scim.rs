@@ -534,13 +534,55 @@ fn has_groups(user: &Value) -> bool {
     user.get("groups").and_then(Value::as_array).is_some_and(|groups| !groups.is_empty())
 }
 
+/// The most bytes one User resource may take, as the csv provider bounds
+/// a record: a user in thousands of groups stays well under it, a broken or
+/// hostile server's endless record does not.
+pub const MAX_USER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why a SCIM User resource cannot become an account.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("it has no id")]
+    NoId,
+    /// `active` must say yes or no; anything else could enable an account
+    /// its source disabled, so the read stops rather than guess.
+    #[error("user {id:?}: active is {value}, not true or false; it cannot tell whether the account is enabled")]
+    Active { id: String, value: String },
+    #[error("user {id:?} is {bytes} bytes, more than the {max} a user may take", max = MAX_USER_BYTES)]
+    TooLarge { id: String, bytes: usize },
+}
+
+/// `active`: a JSON boolean or its string form ("true"/"false", any case).
+/// Unassigned means enabled: RFC 7643 (2.5) makes null and absence the
+/// same, and servers that do not track `active` leave it out.
+fn active(id: &str, value: Option<&Value>) -> Result<bool, UserError> {
+    match value {
+        None | Some(Value::Null) => Ok(true),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(true),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(false),
+        Some(other) => {
+            let mut value = other.to_string();
+            if value.chars().count() > 40 {
+                value = value.chars().take(37).chain("...".chars()).collect();
+            }
+            Err(UserError::Active { id: id.to_string(), value })
+        }
+    }
+}
+
 /// Maps a SCIM User resource to an account.
-pub fn map_user(user: &Value) -> Result<Account, String> {
+pub fn map_user(user: &Value) -> Result<Account, UserError> {
     let id = match user.get("id") {
         Some(Value::String(id)) if !id.trim().is_empty() => id.trim().to_string(),
         Some(Value::Number(n)) => n.to_string(),
-        _ => return Err("it has no id".to_string()),
+        _ => return Err(UserError::NoId),
     };
+    let bytes = serde_json::to_vec(user).map_or(0, |b| b.len());
+    if bytes > MAX_USER_BYTES {
+        return Err(UserError::TooLarge { id, bytes });
+    }
+    let enabled = active(&id, user.get("active"))?;
     let mut account = Account::new(id);
     account.username = str_at(user, "/userName").map(String::from);
 
@@ -560,7 +602,7 @@ pub fn map_user(user: &Value) -> Result<Account, String> {
             (None, None) => None,
             (given, family) => Some([given, family].into_iter().flatten().collect::<Vec<_>>().join(" ")),
         });
-    account.enabled = user.get("active").is_none_or(|a| truthy(a, true));
+    account.enabled = enabled;
     account.groups = user
         .get("groups")
         .and_then(Value::as_array)
@@ -758,7 +800,37 @@ mod tests {
         assert_eq!(account.display_name.as_deref(), Some("Ann Lee"));
         assert!(account.enabled);
         assert!(account.groups.is_empty());
-        assert!(map_user(&json!({"userName": "no-id"})).unwrap_err().contains("no id"));
+        assert_eq!(map_user(&json!({"userName": "no-id"})), Err(UserError::NoId));
+    }
+
+    #[test]
+    fn active_must_say_yes_or_no() {
+        let with = |active: Value| map_user(&json!({"id": "u7", "active": active}));
+        assert!(with(json!(true)).unwrap().enabled);
+        assert!(!with(json!(false)).unwrap().enabled);
+        assert!(!with(json!("False")).unwrap().enabled);
+        assert!(with(json!("TRUE")).unwrap().enabled);
+        // Unassigned (absent or null, the same in SCIM) is enabled.
+        assert!(with(Value::Null).unwrap().enabled);
+        assert!(map_user(&json!({"id": "u7"})).unwrap().enabled);
+        for (value, shown) in [(json!(0), "0"), (json!(1), "1"), (json!("maybe"), "\"maybe\""), (json!({}), "{}")] {
+            let error = with(value).unwrap_err();
+            assert_eq!(error, UserError::Active { id: "u7".into(), value: shown.into() });
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "user \"u7\": active is {shown}, not true or false; it cannot tell whether the account is enabled"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_user_record_has_a_size_limit() {
+        let huge = json!({"id": "u9", "title": "x".repeat(MAX_USER_BYTES)});
+        let error = map_user(&huge).unwrap_err();
+        assert!(matches!(&error, UserError::TooLarge { id, bytes } if id == "u9" && *bytes > MAX_USER_BYTES));
+        assert!(error.to_string().starts_with("user \"u9\" is "), "{error}");
     }
 
     #[test]
