@@ -152,6 +152,7 @@ fn cell(text: impl AsRef<str>) -> String {
 pub fn identity_row(identity: &Identity, now: Timestamp) -> Vec<String> {
     let manager = match (&identity.manager, &identity.manager_ref) {
         (Some(manager), _) => manager.clone(),
+        (None, Some(_)) if identity.top_of_hierarchy => "<top>".into(),
         (None, Some(reference)) => format!("<unresolved: {reference}>"),
         (None, None) => NONE.into(),
     };
@@ -773,7 +774,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::model::{AccountLink, ProcessingRunRecord, RunId};
+    use crate::model::{ProcessingRunRecord, RunId};
     use crate::store::{ProcessingCommit, ProcessingSnapshot, ProfileState};
 
     fn ts(s: &str) -> Timestamp {
@@ -785,26 +786,18 @@ mod tests {
     }
 
     fn identity(id: &str, attributes: Value, accounts: &[(&str, &str)], modified_ago_secs: i64) -> Identity {
-        let attributes: BTreeMap<String, Value> = serde_json::from_value(attributes).expect("attribute object");
-        Identity {
-            id: id.into(),
-            attributes,
-            lifecycle_state: None,
-            manager_ref: None,
-            manager: None,
-            accounts: accounts
-                .iter()
-                .map(|(c, a)| AccountLink { connection: (*c).into(), account_id: (*a).into() })
-                .collect(),
-            errors: BTreeMap::new(),
+        assert!(attributes.is_object(), "attribute object");
+        let mut identity = Identity {
+            accounts: Vec::new(),
             input_hash: "ab".repeat(32),
-            created: ts("2023-01-01T00:00:00Z"),
-            modified: now() - SignedDuration::from_secs(modified_ago_secs),
-            next_processing: None,
-            next_processing_value: None,
-            correlation_keys: Default::default(),
-            keys_hash: String::new(),
+            ..Identity::new(id, "", ts("2023-01-01T00:00:00Z"))
         }
+        .with_attributes(attributes)
+        .modified_at(now() - SignedDuration::from_secs(modified_ago_secs));
+        for (connection, account) in accounts {
+            identity = identity.with_account(*connection, *account);
+        }
+        identity
     }
 
     /// A resolved manager, an unresolved one, more than three correlated
@@ -828,7 +821,10 @@ mod tests {
         );
         grace.lifecycle_state = Some("Leaver".into());
         grace.manager_ref = Some("boss@example.com".into());
-        let charles = identity("1003", json!({"name": "Charles Babbage"}), &[("hr", "1003")], 400 * 86400);
+        // The top of the hierarchy: names itself as its manager.
+        let mut charles = identity("1003", json!({"name": "Charles Babbage"}), &[("hr", "1003")], 400 * 86400);
+        charles.manager_ref = Some("E1003".into());
+        charles.top_of_hierarchy = true;
         let mut anon = identity("1004", json!({"email": "anon@example.com"}), &[("hr", "1004"), ("ad", "u4")], 45);
         anon.lifecycle_state = Some("Joiner".into());
         anon.errors.insert("displayName".into(), "no such key: givenName".into());
@@ -853,7 +849,7 @@ mod tests {
             "ID     NAME                      EMAIL               STATE    MANAGER                          ACCOUNTS                      MODIFIED\n",
             "1001   Ada Lovelace              ada@example.com     Active   1003                             ad/ada,github/ada,okta/00u1   5m\n",
             "1002   Hopper, Grace \"Amazing\"   grace@example.com   Leaver   <unresolved: boss@example.com>   4 accounts                    3h\n",
-            "1003   Charles Babbage           <none>              <none>   <none>                           <none>                        400d\n",
+            "1003   Charles Babbage           <none>              <none>   <top>                            <none>                        400d\n",
             "1004   <none>                    anon@example.com    Joiner   <none>                           ad/u4                         45s\n",
         );
         assert_eq!(out, want);

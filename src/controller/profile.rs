@@ -717,7 +717,7 @@ pub fn selection_for(identities: &[String]) -> Selection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AccountLink, Identity};
+    use crate::model::Identity;
     use crate::store::{AccountStore, IdentityStore, ProcessingCommit, ProcessingHistory, SqliteStore};
 
     fn spec() -> IdentityProfileSpec {
@@ -729,22 +729,7 @@ mod tests {
     }
 
     fn identity(id: &str) -> Identity {
-        Identity {
-            id: id.into(),
-            attributes: Default::default(),
-            lifecycle_state: None,
-            manager_ref: None,
-            manager: None,
-            accounts: vec![AccountLink { connection: "hr".into(), account_id: id.into() }],
-            errors: Default::default(),
-            input_hash: "00".repeat(32),
-            created: Timestamp::UNIX_EPOCH,
-            modified: Timestamp::UNIX_EPOCH,
-            next_processing: None,
-            next_processing_value: None,
-            correlation_keys: Default::default(),
-            keys_hash: String::new(),
-        }
+        Identity { input_hash: "00".repeat(32), ..Identity::new(id, "hr", Timestamp::UNIX_EPOCH) }
     }
 
     #[test]

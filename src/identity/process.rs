@@ -257,6 +257,7 @@ pub fn run(
             lifecycle_state: evaluation.lifecycle_state,
             manager_ref: None,
             manager: stored.and_then(|s| s.manager.clone()),
+            top_of_hierarchy: stored.is_some_and(|s| s.top_of_hierarchy),
             accounts: std::iter::once(AccountLink {
                 connection: spec.authoritative_connection.clone(),
                 account_id: account.id.clone(),
@@ -548,6 +549,8 @@ struct ManagerDecision {
     reference: Option<String>,
     /// The one identity it names.
     found: Option<String>,
+    /// It names itself.
+    top: bool,
     /// Why it names none (several matches).
     error: Option<String>,
 }
@@ -559,10 +562,11 @@ struct ManagerDecision {
 fn resolve_managers(spec: &IdentityProfileSpec, identities: &mut HashMap<&str, Cow<'_, Identity>>) -> u64 {
     let Some(manager) = &spec.manager else {
         for identity in identities.values_mut() {
-            if identity.manager_ref.is_some() || identity.manager.is_some() {
+            if identity.manager_ref.is_some() || identity.manager.is_some() || identity.top_of_hierarchy {
                 let owned = identity.to_mut();
                 owned.manager_ref = None;
                 owned.manager = None;
+                owned.top_of_hierarchy = false;
             }
         }
         return 0;
@@ -578,33 +582,36 @@ fn resolve_managers(spec: &IdentityProfileSpec, identities: &mut HashMap<&str, C
     let mut decisions: Vec<(&str, ManagerDecision)> = Vec::new();
     for (id, identity) in identities.iter() {
         let reference = identity.attributes.get(&manager.attribute).and_then(scalar_text);
-        let (found, error) = match reference.as_ref().map(|r| (r, index.get(r).map(Vec::as_slice))) {
-            None => (None, None),
-            Some((_, Some([one]))) if one != id => (Some(one.to_string()), None),
-            Some((_, Some([_]))) => (None, None),
+        let (found, top, error) = match reference.as_ref().map(|r| (r, index.get(r).map(Vec::as_slice))) {
+            None => (None, false, None),
+            Some((_, Some([one]))) if one != id => (Some(one.to_string()), false, None),
+            Some((_, Some([_]))) => (None, true, None),
             Some((_, None)) => {
                 unresolved += 1;
-                (None, None)
+                (None, false, None)
             }
             Some((reference, Some(several))) => {
                 unresolved += 1;
                 let mut names = several.to_vec();
                 names.sort_unstable();
-                (None, Some(format!("{reference:?} matches {} identities ({})", names.len(), names.join(", "))))
+                let error = format!("{reference:?} matches {} identities ({})", names.len(), names.join(", "));
+                (None, false, Some(error))
             }
         };
         if identity.manager_ref != reference
             || identity.manager != found
+            || identity.top_of_hierarchy != top
             || identity.errors.get("manager") != error.as_ref()
         {
-            decisions.push((id, ManagerDecision { reference, found, error }));
+            decisions.push((id, ManagerDecision { reference, found, top, error }));
         }
     }
-    for (id, ManagerDecision { reference, found, error }) in decisions {
+    for (id, ManagerDecision { reference, found, top, error }) in decisions {
         if let Some(identity) = identities.get_mut(id) {
             let owned = identity.to_mut();
             owned.manager_ref = reference;
             owned.manager = found;
+            owned.top_of_hierarchy = top;
             match error {
                 Some(e) => owned.errors.insert("manager".to_string(), e),
                 None => owned.errors.remove("manager"),
@@ -620,6 +627,7 @@ fn visible_change(before: &Identity, after: &Identity) -> bool {
         || before.lifecycle_state != after.lifecycle_state
         || before.manager != after.manager
         || before.manager_ref != after.manager_ref
+        || before.top_of_hierarchy != after.top_of_hierarchy
         || before.accounts != after.accounts
         || before.errors != after.errors
 }
@@ -884,6 +892,9 @@ mod tests {
         // Managers: self is the top, a cycle resolves both ways, a missing
         // manager stays unresolved.
         assert_eq!(identity(&snap, "E1").manager, None);
+        assert!(identity(&snap, "E1").top_of_hierarchy, "E1 names itself");
+        assert!(!identity(&snap, "E4").top_of_hierarchy, "E4's manager is missing, not E4");
+        assert!(!identity(&snap, "E2").top_of_hierarchy);
         assert_eq!(identity(&snap, "E2").manager.as_deref(), Some("E3"));
         assert_eq!(identity(&snap, "E3").manager.as_deref(), Some("E2"));
         assert_eq!(

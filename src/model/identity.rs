@@ -27,6 +27,10 @@ pub struct Identity {
     /// other identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manager: Option<String>,
+    /// `manager_ref` names this identity itself: the top of its hierarchy,
+    /// which has no manager and is not an unresolved one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub top_of_hierarchy: bool,
     /// The authoritative account first, then correlated accounts ordered by
     /// connection and account id.
     pub accounts: Vec<AccountLink>,
@@ -56,6 +60,63 @@ pub struct Identity {
     /// `correlation_keys` were computed from.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub keys_hash: String,
+}
+
+impl Identity {
+    /// The identity the authoritative account `id` of `connection` makes,
+    /// created at `at`, with nothing computed yet.
+    pub fn new(id: impl Into<String>, connection: impl Into<String>, at: jiff::Timestamp) -> Identity {
+        let id = id.into();
+        Identity {
+            accounts: vec![AccountLink { connection: connection.into(), account_id: id.clone() }],
+            id,
+            attributes: BTreeMap::new(),
+            lifecycle_state: None,
+            manager_ref: None,
+            manager: None,
+            top_of_hierarchy: false,
+            errors: BTreeMap::new(),
+            input_hash: String::new(),
+            created: at,
+            modified: at,
+            next_processing: None,
+            next_processing_value: None,
+            correlation_keys: BTreeMap::new(),
+            keys_hash: String::new(),
+        }
+    }
+
+    /// With attribute `name` set to `value`.
+    pub fn with_attribute(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.attributes.insert(name.into(), value.into());
+        self
+    }
+
+    /// With every attribute of a JSON object (anything else sets none).
+    pub fn with_attributes(mut self, attributes: Value) -> Self {
+        if let Value::Object(map) = attributes {
+            self.attributes.extend(map);
+        }
+        self
+    }
+
+    /// In lifecycle state `state`.
+    pub fn with_state(mut self, state: impl Into<String>) -> Self {
+        self.lifecycle_state = Some(state.into());
+        self
+    }
+
+    /// With the account `account_id` of `connection` correlated to it.
+    pub fn with_account(mut self, connection: impl Into<String>, account_id: impl Into<String>) -> Self {
+        self.accounts.push(AccountLink { connection: connection.into(), account_id: account_id.into() });
+        self
+    }
+
+    /// Last changed at `at`.
+    pub fn modified_at(mut self, at: jiff::Timestamp) -> Self {
+        self.modified = at;
+        self
+    }
 }
 
 /// An account attached to an identity.

@@ -2,11 +2,10 @@
 //! file written through the store's own API, as `kubectl exec` would run it
 //! in the operator's pod.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use idsync::model::{AccountLink, Identity, LinkRecord, LinkState};
+use idsync::model::{Identity, LinkRecord, LinkState};
 use idsync::model::{ProcessingRunRecord, ProfileRef, RunOutcome};
 use idsync::store::{IdentityStore, ProcessingCommit, ProfileState, SqliteStore};
 use jiff::{SignedDuration, Timestamp};
@@ -16,27 +15,21 @@ const HEADER: [&str; 7] = ["ID", "NAME", "EMAIL", "STATE", "MANAGER", "ACCOUNTS"
 
 fn identity(id: &str, attributes: Value, state: Option<&str>, accounts: &[(&str, &str)]) -> Identity {
     let now = Timestamp::now();
-    Identity {
-        id: id.into(),
-        attributes: serde_json::from_value(attributes).expect("attributes are an object"),
+    assert!(attributes.is_object(), "attributes are an object");
+    let mut identity = Identity {
+        accounts: Vec::new(),
         lifecycle_state: state.map(String::from),
-        manager_ref: None,
-        manager: None,
-        accounts: accounts
-            .iter()
-            .map(|(c, a)| AccountLink { connection: (*c).into(), account_id: (*a).into() })
-            .collect(),
-        errors: BTreeMap::new(),
         input_hash: "0f".repeat(32),
-        created: now - SignedDuration::from_hours(24 * 30),
-        // Three hours ago shows as "3h" for the next minute, however slow
-        // the machine.
-        modified: now - SignedDuration::from_hours(3),
-        next_processing: None,
-        next_processing_value: None,
-        correlation_keys: Default::default(),
-        keys_hash: String::new(),
+        ..Identity::new(id, "", now - SignedDuration::from_hours(24 * 30))
     }
+    .with_attributes(attributes)
+    // Three hours ago shows as "3h" for the next minute, however slow the
+    // machine.
+    .modified_at(now - SignedDuration::from_hours(3));
+    for (connection, account) in accounts {
+        identity = identity.with_account(*connection, *account);
+    }
+    identity
 }
 
 fn link(connection: &str, account: &str, state: LinkState, identity: Option<&str>, candidates: &[&str]) -> LinkRecord {

@@ -562,6 +562,7 @@ mod tests {
             lifecycle_state: state.map(Into::into),
             manager_ref: Some("M-1".into()),
             manager: Some("M-1".into()),
+            top_of_hierarchy: true,
             accounts: vec![
                 AccountLink { connection: "hr".into(), account_id: id.into() },
                 AccountLink { connection: "ldap".into(), account_id: format!("uid={id}") },
@@ -579,22 +580,7 @@ mod tests {
 
     /// An identity with every optional field absent.
     fn bare(id: &str) -> Identity {
-        Identity {
-            id: id.into(),
-            attributes: BTreeMap::new(),
-            lifecycle_state: None,
-            manager_ref: None,
-            manager: None,
-            accounts: vec![AccountLink { connection: "hr".into(), account_id: id.into() }],
-            errors: BTreeMap::new(),
-            input_hash: "00".into(),
-            created: time(0, 0),
-            modified: time(0, 0),
-            next_processing: None,
-            next_processing_value: None,
-            correlation_keys: Default::default(),
-            keys_hash: String::new(),
-        }
+        Identity { input_hash: "00".into(), ..Identity::new(id, "hr", time(0, 0)) }
     }
 
     fn correlated(connection: &str, account_id: &str, identity: &str) -> LinkRecord {
