@@ -216,6 +216,14 @@ fn with_note(state: &Progress, suffix: &str) -> String {
     parts.join("; ")
 }
 
+/// Adds a sentence to the run's message.
+fn add_note(state: &mut Progress, note: String) {
+    state.note = Some(match state.note.take() {
+        Some(earlier) => format!("{earlier}; {note}"),
+        None => note,
+    });
+}
+
 fn failure_message(e: &ConnectorError) -> String {
     format!("{e}; nothing was applied")
 }
@@ -291,19 +299,25 @@ async fn read_and_stage(
             if !changes.is_empty() {
                 blocking(store, move |s| s.stage(run_id, &changes)).await?;
             }
-            let note =
-                format!("{found} account(s) the listing skipped are still at the source and were kept, not deleted");
-            state.note = Some(match state.note.take() {
-                Some(earlier) => format!("{earlier}; {note}"),
-                None => note,
-            });
+            add_note(
+                state,
+                format!("{found} account(s) the listing skipped are still at the source and were kept, not deleted"),
+            );
         }
     }
     let total_before = diff.total_before();
     let (deletions, counts) = diff.finish();
     state.counts = counts;
-    if !job.confirm_deletes {
-        safeguard::check(counts.deleted, total_before, &job.safeguard)?;
+    match safeguard::check(counts.deleted, total_before, &job.safeguard) {
+        Err(tripped) if job.confirm_deletes => add_note(
+            state,
+            format!(
+                "{} deletion(s) of {} accounts ({}%) confirmed by confirmDeletes, over the import safeguard's {}",
+                tripped.deletes, tripped.total, tripped.percent, tripped.limit
+            ),
+        ),
+        Err(tripped) => return Err(tripped.into()),
+        Ok(()) => {}
     }
     if !deletions.is_empty() {
         for chunk in deletions.chunks(1000) {

@@ -218,6 +218,11 @@ async fn the_import_safeguard_holds_back_a_mass_deletion_until_confirmed() {
     assert_eq!(phase(&confirmed), Some(Phase::Succeeded), "{:#?}", confirmed.status);
     assert_eq!(target(&confirmed).counts.expect("counts").deleted, 3);
     assert_eq!(env.accounts("hris").len(), 7);
+    // The confirmed run says what was confirmed, where people read it.
+    let said = "3 deletion(s) of 10 accounts (30%) confirmed by confirmDeletes, over the import safeguard's 20%";
+    assert!(target(&confirmed).message.contains(said), "{}", target(&confirmed).message);
+    let status = env.get_connection("hris").await.status.expect("status");
+    assert!(status.last_result.as_ref().is_some_and(|r| r.message.contains(said)), "{:?}", status.last_result);
 }
 
 #[tokio::test(flavor = "multi_thread")]
