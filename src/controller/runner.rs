@@ -300,6 +300,7 @@ fn failed_report(mode: SyncMode, reason: &str, message: String, stalled: bool) -
         accounts: 0,
         reason: Some(reason.to_string()),
         stalled,
+        preview: Vec::new(),
     }
 }
 
@@ -315,6 +316,7 @@ fn cancelled_report(mode: SyncMode) -> SyncReport {
         accounts: 0,
         reason: Some("Cancelled".to_string()),
         stalled: false,
+        preview: Vec::new(),
     }
 }
 

@@ -12,7 +12,7 @@ use super::StoreError;
 
 /// The schema, one step per entry: entry `i` takes a database from version
 /// `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1_ACCOUNTS_RUNS_STAGING, V2_IDENTITIES];
+pub const MIGRATIONS: &[&str] = &[V1_ACCOUNTS_RUNS_STAGING, V2_IDENTITIES, V3_RUN_CHANGES];
 
 /// The schema version this code writes and reads.
 pub fn latest_version() -> i64 {
@@ -163,6 +163,21 @@ CREATE TABLE processing_runs (
     message TEXT NOT NULL
 );
 CREATE INDEX processing_runs_by_profile ON processing_runs (prof, run_id);
+";
+
+/// What each sync changed, account by account: the diff kept with the run
+/// (and, for a dry run, what it would have changed). `seq` keeps the order
+/// the engine recorded them in; `fields` is the JSON array of field changes.
+/// Rows go with their run when the run history is pruned.
+const V3_RUN_CHANGES: &str = "
+CREATE TABLE run_changes (
+    run_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    account_id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('Created', 'Updated', 'Deleted')),
+    fields TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
 ";
 
 /// Reads the database's schema version.

@@ -18,8 +18,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::model::{
-    Account, ConnectionRef, ContentHash, Identity, LinkRecord, LinkState, NewRun, ProcessingRunRecord, ProfileRef,
-    RunFinish, RunId, RunRecord,
+    Account, AccountChange, ConnectionRef, ContentHash, Identity, LinkRecord, LinkState, NewRun, ProcessingRunRecord,
+    ProfileRef, RunFinish, RunId, RunRecord,
 };
 
 pub mod migrations;
@@ -103,6 +103,23 @@ pub struct ProcessingCommit {
     pub state: ProfileState,
 }
 
+/// How much run history the store keeps: per connection (and per profile)
+/// the newest `max_runs` runs, and none that finished more than `max_age`
+/// ago. Pruned as runs finish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub max_runs: u64,
+    pub max_age: jiff::SignedDuration,
+}
+
+impl Default for Retention {
+    /// 500 runs and 90 days: a quarter of hourly syncs' diffs, and three
+    /// weeks of them where every hour brings one.
+    fn default() -> Self {
+        Retention { max_runs: 500, max_age: jiff::SignedDuration::from_hours(90 * 24) }
+    }
+}
+
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -172,6 +189,16 @@ pub trait AccountStore: Send + Sync + 'static {
     /// Removes the connection's accounts, cursor and staging (keeps run
     /// history). Returns accounts removed.
     fn purge_connection(&self, c: &ConnectionRef) -> Result<u64, StoreError>;
+    /// The stored accounts among `ids` (those that exist), ordered by id.
+    fn get_accounts(&self, c: &ConnectionRef, ids: &[String]) -> Result<Vec<Account>, StoreError>;
+    /// Records what the run changed (or would change) account by account,
+    /// after what it recorded before. Kept with a run that commits, a dry
+    /// run and a run the safeguard held back; dropped with a run that fails
+    /// or is cancelled, which changed nothing.
+    fn record_changes(&self, run: RunId, changes: &[AccountChange]) -> Result<(), StoreError>;
+    /// The run's changes in the order recorded: those after sequence number
+    /// `after` (0: from the start), at most `limit`, each with its number.
+    fn run_changes(&self, run: RunId, after: u64, limit: usize) -> Result<Vec<(u64, AccountChange)>, StoreError>;
 }
 
 /// Identities, correlation records and profile state: what identity

@@ -7,9 +7,28 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::connectors::{Page, ReadKind};
-use crate::model::Counts;
-use crate::model::{Account, ContentHash};
+use crate::model::{Account, ChangeKind, ContentHash, Counts};
 use crate::store::StagedChange;
+
+/// One page's changes to stage, and what each is: `kinds[i]` says whether
+/// `staged[i]` creates, updates or deletes an account (None: a later copy
+/// of an account the source already sent, counted once).
+#[derive(Debug, Default)]
+pub struct PageChanges {
+    pub staged: Vec<StagedChange>,
+    pub kinds: Vec<Option<ChangeKind>>,
+}
+
+impl PageChanges {
+    fn push(&mut self, kind: Option<ChangeKind>, change: StagedChange) {
+        self.kinds.push(kind);
+        self.staged.push(change);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.staged.is_empty()
+    }
+}
 
 pub struct Diff {
     index: HashMap<String, ContentHash>,
@@ -31,8 +50,8 @@ impl Diff {
     }
 
     /// Classifies one page and returns what to stage.
-    pub fn page(&mut self, page: Page) -> Vec<StagedChange> {
-        let mut changes = Vec::with_capacity(page.accounts.len());
+    pub fn page(&mut self, page: Page) -> PageChanges {
+        let mut changes = PageChanges::default();
         for mut account in page.accounts {
             account.normalize();
             let hash = account.content_hash();
@@ -40,18 +59,18 @@ impl Diff {
             if !first_time {
                 // A source that repeats an account across pages: the later
                 // copy wins and it is counted once.
-                changes.push(StagedChange::Upsert(account));
+                changes.push(None, StagedChange::Upsert(account));
                 continue;
             }
             self.deleted.remove(&account.id);
             match self.index.get(&account.id) {
                 None => {
                     self.counts.created += 1;
-                    changes.push(StagedChange::Upsert(account));
+                    changes.push(Some(ChangeKind::Created), StagedChange::Upsert(account));
                 }
                 Some(stored) if *stored != hash => {
                     self.counts.updated += 1;
-                    changes.push(StagedChange::Upsert(account));
+                    changes.push(Some(ChangeKind::Updated), StagedChange::Upsert(account));
                 }
                 Some(_) => self.counts.unchanged += 1,
             }
@@ -59,7 +78,7 @@ impl Diff {
         if self.kind == ReadKind::Delta {
             for id in page.deleted {
                 if self.index.contains_key(&id) && !self.seen.contains(&id) && self.deleted.insert(id.clone()) {
-                    changes.push(StagedChange::Delete(id));
+                    changes.push(Some(ChangeKind::Deleted), StagedChange::Delete(id));
                 }
             }
         }
@@ -129,9 +148,10 @@ mod tests {
             ],
             deleted: vec![],
         };
-        let staged = diff.page(page);
-        let ids: Vec<&str> = staged.iter().filter_map(upserted).map(|a| a.id.as_str()).collect();
+        let changes = diff.page(page);
+        let ids: Vec<&str> = changes.staged.iter().filter_map(upserted).map(|a| a.id.as_str()).collect();
         assert_eq!(ids, vec!["1", "4"]);
+        assert_eq!(changes.kinds, vec![Some(ChangeKind::Updated), Some(ChangeKind::Created)]);
         let (deletions, counts) = diff.finish();
         assert_eq!(deletions, vec![StagedChange::Delete("3".into())]);
         assert_eq!(counts, Counts { created: 1, updated: 1, deleted: 1, unchanged: 1 });
@@ -141,9 +161,10 @@ mod tests {
     fn a_delta_deletes_only_what_it_names_and_only_what_exists() {
         let stored = [account("1", "a@x"), account("2", "b@x")];
         let mut diff = Diff::new(index(&stored), ReadKind::Delta);
-        let staged =
+        let changes =
             diff.page(Page { number: 1, accounts: vec![account("3", "c@x")], deleted: vec!["2".into(), "9".into()] });
-        assert_eq!(staged.len(), 2);
+        assert_eq!(changes.kinds, vec![Some(ChangeKind::Created), Some(ChangeKind::Deleted)]);
+        assert_eq!(changes.staged[1], StagedChange::Delete("2".into()));
         let (deletions, counts) = diff.finish();
         assert!(deletions.is_empty(), "a delta implies no deletions beyond those it names");
         assert_eq!(counts, Counts { created: 1, updated: 0, deleted: 1, unchanged: 0 });
@@ -153,8 +174,9 @@ mod tests {
     fn an_account_repeated_across_pages_is_counted_once() {
         let mut diff = Diff::new(HashMap::new(), ReadKind::Full);
         diff.page(Page { number: 1, accounts: vec![account("1", "a@x")], deleted: vec![] });
-        let staged = diff.page(Page { number: 2, accounts: vec![account("1", "a2@x")], deleted: vec![] });
-        assert_eq!(staged.len(), 1);
+        let changes = diff.page(Page { number: 2, accounts: vec![account("1", "a2@x")], deleted: vec![] });
+        assert_eq!(changes.staged.len(), 1);
+        assert_eq!(changes.kinds, vec![None], "recorded once, at its first sight");
         let (_, counts) = diff.finish();
         assert_eq!(counts.created, 1);
     }

@@ -8,13 +8,14 @@ use std::time::Instant;
 use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
 
-use super::diff::Diff;
+use super::diff::{Diff, PageChanges};
 use super::safeguard;
 use crate::connectors::{Connector, ConnectorError, Page, ReadKind};
-use crate::model::{ConnectionRef, Counts, NewRun, RunFinish, RunId, RunOutcome};
-use crate::store::{CursorUpdate, Store, StoreError};
+use crate::model::{Account, AccountChange, ChangeKind, ConnectionRef, Counts, NewRun, RunFinish, RunId, RunOutcome};
+use crate::store::{CursorUpdate, StagedChange, Store, StoreError};
 use idsync_api::SyncMode;
 use idsync_api::connection::ImportSafeguard;
+use std::collections::HashMap;
 
 /// What a sync is asked to do.
 #[derive(Clone, Debug)]
@@ -69,6 +70,10 @@ pub struct SyncReport {
     pub reason: Option<String>,
     /// True when the failure needs a person (credentials, configuration).
     pub stalled: bool,
+    /// The first few accounts it created, updated (with the fields, before
+    /// → after) and deleted, or would have; all of them are in the run
+    /// history (`idsync runs get`).
+    pub preview: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,10 +130,12 @@ pub async fn run(
                 accounts: 0,
                 reason: Some("StoreError".into()),
                 stalled: false,
+                preview: Vec::new(),
             };
         }
     };
-    let mut state = Progress { mode: job.mode, note: None, counts: Counts::default(), pages: 0 };
+    let mut state =
+        Progress { mode: job.mode, note: None, counts: Counts::default(), pages: 0, preview: Preview::default() };
     let result = tokio::select! {
         biased;
         _ = cancel.cancelled() => Err(Failure::Cancelled),
@@ -194,6 +201,7 @@ pub async fn run(
         accounts,
         reason,
         stalled,
+        preview: state.preview.lines(),
     }
 }
 
@@ -202,6 +210,39 @@ struct Progress {
     note: Option<String>,
     counts: Counts,
     pages: u64,
+    preview: Preview,
+}
+
+/// The first few changes of each kind, one line each, for a status.
+#[derive(Debug, Default)]
+struct Preview {
+    created: Vec<String>,
+    updated: Vec<String>,
+    deleted: Vec<String>,
+}
+
+impl Preview {
+    /// Lines kept per kind: enough to recognise what a run does, few enough
+    /// for an object's status.
+    const PER_KIND: usize = 10;
+
+    fn add(&mut self, changes: &[AccountChange]) {
+        for change in changes {
+            let lines = match change.kind {
+                ChangeKind::Created => &mut self.created,
+                ChangeKind::Updated => &mut self.updated,
+                ChangeKind::Deleted => &mut self.deleted,
+            };
+            if lines.len() < Self::PER_KIND {
+                lines.push(change.summary());
+            }
+        }
+    }
+
+    /// Created, then updated, then deleted.
+    fn lines(self) -> Vec<String> {
+        self.created.into_iter().chain(self.updated).chain(self.deleted).collect()
+    }
 }
 
 enum Plan {
@@ -214,6 +255,64 @@ fn with_note(state: &Progress, suffix: &str) -> String {
         parts.push(suffix.to_string());
     }
     parts.join("; ")
+}
+
+/// Stages one page's changes and records them account by account, field by
+/// field (reading the stored accounts an update or deletion changes), in the
+/// run history and the first few in the run's preview.
+async fn stage_page(
+    store: &Arc<dyn Store>,
+    conn: &ConnectionRef,
+    run_id: RunId,
+    changes: PageChanges,
+    state: &mut Progress,
+) -> Result<(), Failure> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let PageChanges { staged, kinds } = changes;
+    let before_ids: Vec<String> = staged
+        .iter()
+        .zip(&kinds)
+        .filter(|(_, kind)| matches!(kind, Some(ChangeKind::Updated | ChangeKind::Deleted)))
+        .map(|(change, _)| match change {
+            StagedChange::Upsert(account) => account.id.clone(),
+            StagedChange::Delete(id) => id.clone(),
+        })
+        .collect();
+    let before: HashMap<String, Account> = if before_ids.is_empty() {
+        HashMap::new()
+    } else {
+        let conn = conn.clone();
+        blocking(store, move |s| s.get_accounts(&conn, &before_ids))
+            .await?
+            .into_iter()
+            .map(|a| (a.id.clone(), a))
+            .collect()
+    };
+    let recorded: Vec<AccountChange> = staged
+        .iter()
+        .zip(&kinds)
+        .filter_map(|(change, kind)| {
+            let kind = (*kind)?;
+            match change {
+                StagedChange::Upsert(after) => {
+                    let stored = (kind == ChangeKind::Updated).then(|| before.get(&after.id)).flatten();
+                    AccountChange::between(stored, Some(after))
+                }
+                StagedChange::Delete(id) => AccountChange::between(before.get(id), None).or_else(|| {
+                    Some(AccountChange { account_id: id.clone(), kind: ChangeKind::Deleted, fields: Vec::new() })
+                }),
+            }
+        })
+        .collect();
+    state.preview.add(&recorded);
+    blocking(store, move |s| {
+        s.stage(run_id, &staged)?;
+        s.record_changes(run_id, &recorded)
+    })
+    .await?;
+    Ok(())
 }
 
 /// Adds a sentence to the run's message.
@@ -282,9 +381,7 @@ async fn read_and_stage(
     while let Some(page) = connector.next_page().await? {
         state.pages += 1;
         let changes = diff.page(page);
-        if !changes.is_empty() {
-            blocking(store, move |s| s.stage(run_id, &changes)).await?;
-        }
+        stage_page(store, &conn, run_id, changes, state).await?;
     }
     // Before deleting what the listing did not name, ask the source about
     // each: a live account it skipped is kept (with what the source says
@@ -296,9 +393,7 @@ async fn read_and_stage(
             let found = present.len();
             state.pages += 1;
             let changes = diff.page(Page { number: state.pages, accounts: present, deleted: Vec::new() });
-            if !changes.is_empty() {
-                blocking(store, move |s| s.stage(run_id, &changes)).await?;
-            }
+            stage_page(store, &conn, run_id, changes, state).await?;
             add_note(
                 state,
                 format!("{found} account(s) the listing skipped are still at the source and were kept, not deleted"),
@@ -319,11 +414,9 @@ async fn read_and_stage(
         Err(tripped) => return Err(tripped.into()),
         Ok(()) => {}
     }
-    if !deletions.is_empty() {
-        for chunk in deletions.chunks(1000) {
-            let chunk = chunk.to_vec();
-            blocking(store, move |s| s.stage(run_id, &chunk)).await?;
-        }
+    for chunk in deletions.chunks(1000) {
+        let kinds = vec![Some(ChangeKind::Deleted); chunk.len()];
+        stage_page(store, &conn, run_id, PageChanges { staged: chunk.to_vec(), kinds }, state).await?;
     }
     let cursor = match connector.cursor() {
         Some(value) => CursorUpdate::Set { value, settings_hash: job.settings_hash.clone() },
@@ -473,5 +566,94 @@ mod tests {
         let conn = ConnectionRef { namespace: "ns".into(), name: "entra".into() };
         assert_eq!(store.account_count(&conn).expect("count"), 0);
         assert_eq!(store.cursor(&conn).expect("cursor"), None);
+    }
+
+    /// A source without deltas that lists `accounts` in one page.
+    struct ListSource {
+        accounts: Option<Vec<Account>>,
+    }
+
+    impl Connector for ListSource {
+        fn capabilities(&self) -> Capabilities {
+            Capabilities { delta: false, delta_deletions: false, groups: false }
+        }
+        fn begin<'a>(&'a mut self, _: SyncMode, _: Option<&'a str>) -> BoxFuture<'a, Result<ReadPlan, ConnectorError>> {
+            Box::pin(async { Ok(ReadPlan { kind: ReadKind::Full, reason: None }) })
+        }
+        fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>, ConnectorError>> {
+            let page = self.accounts.take().map(|accounts| Page { number: 1, accounts, deleted: vec![] });
+            Box::pin(async move { Ok(page) })
+        }
+        fn cursor(&self) -> Option<String> {
+            None
+        }
+    }
+
+    fn person(id: &str, email: &str) -> Account {
+        let mut a = Account::new(id);
+        a.email = Some(email.into());
+        a
+    }
+
+    fn list(accounts: Vec<Account>) -> Box<dyn Connector> {
+        Box::new(ListSource { accounts: Some(accounts) })
+    }
+
+    #[tokio::test]
+    async fn each_run_keeps_what_it_changed_field_by_field_and_a_dry_run_what_it_would() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("store"));
+        let mut full = job(SyncMode::Full, "h");
+        full.safeguard.max_delete_percent = 100;
+        let first =
+            [person("E1", "ada@old.example"), person("E2", "grace@example.com"), person("E3", "alan@example.com")];
+        run(full.clone(), list(first.to_vec()), store.clone(), CancellationToken::new()).await;
+
+        // E1's domain changes, E3 leaves, E4 joins.
+        let second =
+            vec![person("E1", "ada@new.example"), person("E2", "grace@example.com"), person("E4", "kj@example.com")];
+        let mut dry = full.clone();
+        dry.dry_run = true;
+        let preview = run(dry, list(second.clone()), store.clone(), CancellationToken::new()).await;
+        assert_eq!(preview.outcome, RunOutcome::DryRun);
+        assert_eq!(
+            preview.preview,
+            [
+                "create E4 (kj@example.com)",
+                "update E1: email ada@old.example → ada@new.example",
+                "delete E3 (alan@example.com)",
+            ]
+        );
+        let conn = full.connection.clone();
+        assert_eq!(
+            store.get_account(&conn, "E1").expect("read").and_then(|a| a.email).as_deref(),
+            Some("ada@old.example")
+        );
+        let kept = store.run_changes(preview.run.expect("a run"), 0, 100).expect("changes");
+        assert_eq!(kept.len(), 3, "a dry run keeps what it would change: {kept:?}");
+
+        let applied = run(full, list(second), store.clone(), CancellationToken::new()).await;
+        assert_eq!(applied.outcome, RunOutcome::Succeeded);
+        let changes: Vec<AccountChange> = store
+            .run_changes(applied.run.expect("a run"), 0, 100)
+            .expect("changes")
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect();
+        let summaries: Vec<String> = changes.iter().map(AccountChange::summary).collect();
+        assert_eq!(
+            summaries,
+            [
+                "update E1: email ada@old.example → ada@new.example",
+                "create E4 (kj@example.com)",
+                "delete E3 (alan@example.com)",
+            ],
+            "in the order the read met them, deletions last"
+        );
+        let deleted = &changes[2];
+        assert_eq!(
+            deleted.fields.iter().find(|f| f.field == "email").and_then(|f| f.before.clone()),
+            Some("alan@example.com".into())
+        );
     }
 }

@@ -7,9 +7,11 @@ use std::time::Instant;
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use super::SqliteStore;
 use super::codec::{corrupt, decode_account, from_i64, parse_time, to_i64};
-use crate::model::{Account, ConnectionRef, ContentHash, Counts, NewRun, RunFinish, RunId, RunOutcome, RunRecord};
+use super::{SqliteStore, changes};
+use crate::model::{
+    Account, AccountChange, ConnectionRef, ContentHash, Counts, NewRun, RunFinish, RunId, RunOutcome, RunRecord,
+};
 use crate::store::{AccountStore, CursorUpdate, StagedChange, StoreError, StoredCursor};
 
 /// `staging.op`: an upsert (hash and data set) or a delete.
@@ -148,6 +150,7 @@ impl AccountStore for SqliteStore {
 
     fn commit_run(&self, run: RunId, cursor: CursorUpdate, finish: &RunFinish) -> Result<(), StoreError> {
         let started = Instant::now();
+        let retention = self.retention;
         let (upserted, deleted) = self.write(|tx| {
             let key = open_run_connection(tx, run)?;
             // `WHERE true` keeps SQLite from reading ON CONFLICT as a join
@@ -194,6 +197,7 @@ impl AccountStore for SqliteStore {
             }
             record_finish(tx, run, finish)?;
             drop_staging(tx, run)?;
+            changes::prune(tx, key, &retention, finish.finished_at)?;
             Ok((upserted, deleted))
         })?;
         tracing::debug!(
@@ -208,10 +212,15 @@ impl AccountStore for SqliteStore {
     }
 
     fn abandon_run(&self, run: RunId, finish: &RunFinish) -> Result<(), StoreError> {
+        let retention = self.retention;
         self.write(|tx| {
-            open_run_connection(tx, run)?;
+            let key = open_run_connection(tx, run)?;
             record_finish(tx, run, finish)?;
-            drop_staging(tx, run)
+            if !changes::kept_for(finish.outcome) {
+                changes::drop_for_run(tx, run)?;
+            }
+            drop_staging(tx, run)?;
+            changes::prune(tx, key, &retention, finish.finished_at).map(drop)
         })?;
         tracing::debug!(run, outcome = finish.outcome.as_str(), "abandoned a run");
         Ok(())
@@ -249,6 +258,7 @@ impl AccountStore for SqliteStore {
             for id in ids {
                 record_finish(tx, id, &finish)?;
                 drop_staging(tx, id)?;
+                changes::drop_for_run(tx, id)?;
                 records.push(load_run(tx, id)?.ok_or(StoreError::UnknownRun(id))?);
             }
             Ok(records)
@@ -270,6 +280,37 @@ impl AccountStore for SqliteStore {
 
     fn run(&self, id: RunId) -> Result<Option<RunRecord>, StoreError> {
         load_run(&*self.lock()?, id)
+    }
+
+    fn get_accounts(&self, c: &ConnectionRef, ids: &[String]) -> Result<Vec<Account>, StoreError> {
+        let db = self.lock()?;
+        let Some(key) = connection_key(&db, c)? else { return Ok(Vec::new()) };
+        let mut stmt = db.prepare_cached("SELECT data FROM accounts WHERE conn = ?1 AND id = ?2")?;
+        let mut sorted: Vec<&String> = ids.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        let mut accounts = Vec::with_capacity(sorted.len());
+        for id in sorted {
+            if let Some(data) = stmt.query_row(params![key, id], |r| r.get::<_, String>(0)).optional()? {
+                accounts.push(decode_account(&data)?);
+            }
+        }
+        Ok(accounts)
+    }
+
+    fn record_changes(&self, run: RunId, changes: &[AccountChange]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let encoded = changes::encode(changes)?;
+        self.write(|tx| {
+            open_run_connection(tx, run)?;
+            changes::record(tx, run, &encoded)
+        })
+    }
+
+    fn run_changes(&self, run: RunId, after: u64, limit: usize) -> Result<Vec<(u64, AccountChange)>, StoreError> {
+        changes::list(&*self.lock()?, run, after, limit)
     }
 
     fn purge_connection(&self, c: &ConnectionRef) -> Result<u64, StoreError> {

@@ -8,9 +8,12 @@
 //! - [`identities`]: identities, correlation records, profile state and the
 //!   processing history ([`IdentityStore`](super::IdentityStore),
 //!   [`ProcessingHistory`](super::ProcessingHistory)).
-//! - [`codec`]: how values are encoded in rows, shared by both.
+//! - [`changes`]: what each sync changed, account by account, and pruning
+//!   the run history.
+//! - [`codec`]: how values are encoded in rows, shared by all.
 
 mod accounts;
+mod changes;
 mod codec;
 mod identities;
 
@@ -20,7 +23,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
-use super::{StoreError, migrations};
+use super::{Retention, StoreError, migrations};
 
 /// How long a call waits for another process's write to finish before it
 /// fails. Our own writes are short (a page, or one commit of seconds at most).
@@ -46,6 +49,8 @@ pub struct SqliteStore {
     // rusqlite's Connection is Send but not Sync; the mutex also serializes
     // our own writers, so they never wait on each other inside SQLite.
     db: Mutex<Connection>,
+    /// How much run history to keep; pruned as runs finish.
+    retention: Retention,
 }
 
 impl SqliteStore {
@@ -73,7 +78,13 @@ impl SqliteStore {
         db.pragma_update(None, "cache_size", -CACHE_KIB)?;
         db.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrations::migrate(&mut db)?;
-        Ok(SqliteStore { db: Mutex::new(db) })
+        Ok(SqliteStore { db: Mutex::new(db), retention: Retention::default() })
+    }
+
+    /// The store keeping `retention` of run history instead of the default.
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// The schema version of the open database.
