@@ -8,6 +8,7 @@ pub mod dev;
 pub mod health;
 pub mod identity;
 pub mod leader;
+pub mod lease;
 pub mod manifest;
 pub mod metrics;
 pub mod model;

@@ -1,22 +1,36 @@
 //! The durable in-progress guard: one coordination.k8s.io Lease per
-//! connection, held while its sync runs and renewed by a heartbeat. Because
+//! connection, held while its sync runs and kept by a heartbeat. Because
 //! it lives in the cluster, a restarted operator neither starts a second
 //! sync of a connection nor leaves it "in progress" forever: a holder that
 //! stopped renewing is expired, and whoever takes the Lease over marks the
 //! dead holder's run Interrupted.
+//!
+//! Acquiring, renewing, releasing and expiry are `crate::lease`'s; this
+//! module adds what a guard records (the request and mode it runs for, in
+//! annotations) and names. A guard Lease is owned by its Connection, so it
+//! is garbage-collected with it; a finished sync releases it by clearing its
+//! holder.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Resource;
+use kube::api::Api;
+use sha2::{Digest, Sha256};
 
 use super::Error;
+use crate::lease::{self, Claim, Held, RenewPolicy};
+use idsync_api::Connection;
 
 const REQUEST_ANNOTATION: &str = "idsync.dev/request";
 const MODE_ANNOTATION: &str = "idsync.dev/mode";
+/// Tries to take a guard when other writers keep getting in first.
+const ACQUIRE_ATTEMPTS: usize = 3;
+/// The longest object name Kubernetes accepts.
+const MAX_NAME: usize = 253;
 
 /// Who holds a connection's guard.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,7 +45,7 @@ pub struct Holder {
 #[derive(Debug)]
 pub enum Acquired {
     /// Taken; `expired` names a previous holder that died holding it.
-    Taken { lease: Box<Lease>, expired: Option<Holder> },
+    Taken { lease: Box<Held>, expired: Option<Holder> },
     /// A live holder has it.
     Busy(Holder),
 }
@@ -39,141 +53,97 @@ pub enum Acquired {
 /// The name of a connection's guard Lease.
 pub fn lease_name(connection: &str) -> String {
     let name = format!("idsync-sync-{connection}");
-    if name.len() <= 253 {
+    if name.len() <= MAX_NAME {
         return name;
     }
     // Names near the limit: keep it unique with a hash of the whole name.
-    let digest = crate::model::ContentHash::of(connection.as_bytes());
-    let hex: String = digest.0.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    format!("idsync-sync-{}-{hex}", &connection[..200])
+    let digest = Sha256::digest(connection.as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    // 12 + 200 + 1 + 16 bytes; cut on a character boundary.
+    let mut end = connection.len().min(200);
+    while !connection.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("idsync-sync-{}-{hex}", &connection[..end])
 }
 
-fn holder_of(lease: &Lease) -> Option<Holder> {
-    let spec = lease.spec.as_ref()?;
-    let identity = spec.holder_identity.clone().filter(|h| !h.is_empty())?;
-    let annotations = lease.metadata.annotations.clone().unwrap_or_default();
-    Some(Holder {
-        identity,
-        request: annotations.get(REQUEST_ANNOTATION).cloned().filter(|r| !r.is_empty()),
-        mode: annotations.get(MODE_ANNOTATION).cloned().unwrap_or_default(),
-        since: spec.acquire_time.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now),
+/// How a guard of `duration` is renewed: three times per lease, retried
+/// every tenth of it (see `lease::after_failed_renewal`).
+pub fn renew_policy(duration: Duration) -> RenewPolicy {
+    RenewPolicy::for_duration(duration)
+}
+
+/// The guard Lease's owner: its Connection, so the Lease goes when the
+/// Connection does. Not blocking the owner's deletion, which would need
+/// rights on the Connection's finalizers.
+pub fn owner(connection: &Connection) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: Connection::api_version(&()).into_owned(),
+        kind: Connection::kind(&()).into_owned(),
+        name: connection.metadata.name.clone()?,
+        uid: connection.metadata.uid.clone()?,
+        ..Default::default()
     })
 }
 
-fn expired(lease: &Lease, now: Timestamp) -> bool {
-    let Some(spec) = lease.spec.as_ref() else {
-        return true;
-    };
-    let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()).map(|t| t.0);
-    let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
-    renewed.is_none_or(|r| r + duration < now)
+/// The holder recorded on a guard Lease, if it names one.
+fn holder_of(lease: &Lease) -> Option<Holder> {
+    let identity = lease::holder(lease)?.to_string();
+    let annotations = lease.metadata.annotations.as_ref();
+    let annotation = |key: &str| annotations.and_then(|a| a.get(key)).cloned();
+    Some(Holder {
+        identity,
+        request: annotation(REQUEST_ANNOTATION).filter(|r| !r.is_empty()),
+        mode: annotation(MODE_ANNOTATION).unwrap_or_default(),
+        since: lease.spec.as_ref().and_then(|s| s.acquire_time.as_ref()).map_or_else(Timestamp::now, |t| t.0),
+    })
 }
 
-/// Takes the guard of `connection` for `identity`, unless a live holder has it.
-pub async fn acquire(
-    api: &Api<Lease>,
-    connection: &str,
-    identity: &str,
-    request: Option<&str>,
-    mode: &str,
-    duration: Duration,
-) -> Result<Acquired, Error> {
+/// What a guard taker writes.
+pub struct GuardClaim<'a> {
+    pub identity: &'a str,
+    pub request: Option<&'a str>,
+    pub mode: &'a str,
+    pub duration: Duration,
+    pub owner: Option<OwnerReference>,
+}
+
+/// Takes the guard of `connection`, unless a live holder has it.
+pub async fn acquire(api: &Api<Lease>, connection: &str, guard: GuardClaim<'_>) -> Result<Acquired, Error> {
     let name = lease_name(connection);
-    let now = Timestamp::now();
-    let annotations = BTreeMap::from([
-        (REQUEST_ANNOTATION.to_string(), request.unwrap_or_default().to_string()),
-        (MODE_ANNOTATION.to_string(), mode.to_string()),
-    ]);
-    let spec = LeaseSpec {
-        holder_identity: Some(identity.to_string()),
-        lease_duration_seconds: Some(i32::try_from(duration.as_secs()).unwrap_or(i32::MAX).max(1)),
-        acquire_time: Some(MicroTime(now)),
-        renew_time: Some(MicroTime(now)),
-        ..Default::default()
+    let claim = Claim {
+        identity: guard.identity.to_string(),
+        duration: guard.duration,
+        annotations: BTreeMap::from([
+            (REQUEST_ANNOTATION.to_string(), guard.request.unwrap_or_default().to_string()),
+            (MODE_ANNOTATION.to_string(), guard.mode.to_string()),
+        ]),
+        owner: guard.owner,
     };
-    match api.get_opt(&name).await.map_err(Error::Kube)? {
-        None => {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    annotations: Some(annotations),
-                    labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_string(), "idsync".to_string())])),
-                    ..Default::default()
-                },
-                spec: Some(spec),
-            };
-            match api.create(&PostParams::default(), &lease).await {
-                Ok(lease) => Ok(Acquired::Taken { lease: Box::new(lease), expired: None }),
-                // Someone else created it first: theirs.
-                Err(kube::Error::Api(s)) if s.code == 409 => busy_or_retry(api, &name).await,
-                Err(e) => Err(Error::Kube(e)),
+    for _ in 0..ACQUIRE_ATTEMPTS {
+        match lease::acquire(api, &name, &claim).await.map_err(Error::Kube)? {
+            lease::Acquired::Taken { held, previous } => {
+                let expired = previous.as_deref().and_then(holder_of);
+                return Ok(Acquired::Taken { lease: held, expired });
             }
-        }
-        Some(existing) => {
-            let previous = holder_of(&existing);
-            if let Some(live) = previous.clone().filter(|_| !expired(&existing, now)) {
-                return Ok(Acquired::Busy(live));
+            lease::Acquired::Busy(lease) => {
+                if let Some(holder) = holder_of(&lease) {
+                    return Ok(Acquired::Busy(holder));
+                }
             }
-            let mut lease = existing.clone();
-            lease.metadata.annotations = Some(annotations);
-            lease.spec = Some(spec);
-            match api.replace(&name, &PostParams::default(), &lease).await {
-                Ok(lease) => Ok(Acquired::Taken { lease: Box::new(lease), expired: previous }),
-                Err(kube::Error::Api(s)) if s.code == 409 => busy_or_retry(api, &name).await,
-                Err(e) => Err(Error::Kube(e)),
-            }
+            lease::Acquired::Conflict => {}
         }
     }
+    Err(Error::Conflict(format!("the sync guard {name} kept changing while it was being taken")))
 }
 
-fn unreachable_holder(lease: &Lease) -> Holder {
-    Holder {
-        identity: lease.spec.as_ref().and_then(|s| s.holder_identity.clone()).unwrap_or_default(),
-        request: None,
-        mode: String::new(),
-        since: Timestamp::now(),
-    }
-}
-
-async fn busy_or_retry(api: &Api<Lease>, name: &str) -> Result<Acquired, Error> {
-    let lease = api.get(name).await.map_err(Error::Kube)?;
-    Ok(Acquired::Busy(holder_of(&lease).unwrap_or_else(|| unreachable_holder(&lease))))
-}
-
-/// Renews a held guard; false when it was lost (taken over or deleted).
-pub async fn renew(api: &Api<Lease>, lease: &mut Lease, identity: &str) -> bool {
-    let Some(name) = lease.metadata.name.clone() else {
-        return false;
-    };
-    let mut renewed = lease.clone();
-    if let Some(spec) = renewed.spec.as_mut() {
-        spec.renew_time = Some(MicroTime(Timestamp::now()));
-    }
-    match api.replace(&name, &PostParams::default(), &renewed).await {
-        Ok(written) => {
-            let still_ours = written.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(identity);
-            *lease = written;
-            still_ours
-        }
-        Err(error) => {
-            tracing::warn!(%error, lease = %name, "could not renew a sync guard");
-            false
-        }
-    }
-}
-
-/// Gives the guard back by deleting the Lease, if it is still ours.
-pub async fn release(api: &Api<Lease>, lease: &Lease) {
-    let Some(name) = lease.metadata.name.clone() else {
-        return;
-    };
-    let preconditions = kube::api::Preconditions {
-        uid: lease.metadata.uid.clone(),
-        resource_version: lease.metadata.resource_version.clone(),
-    };
-    let params = DeleteParams { preconditions: Some(preconditions), ..DeleteParams::default() };
-    if let Err(error) = api.delete(&name, &params).await {
-        tracing::debug!(%error, lease = %name, "sync guard already gone or taken over");
+/// Gives a finished sync's guard back, if it is still ours.
+pub async fn release(held: Held) {
+    let name = held.name().to_string();
+    match held.release().await {
+        Ok(true) => tracing::debug!(lease = %name, "released the sync guard"),
+        Ok(false) => tracing::debug!(lease = %name, "the sync guard was no longer ours to release"),
+        Err(error) => tracing::warn!(%error, lease = %name, "could not release the sync guard; it lapses on its own"),
     }
 }
 
@@ -182,5 +152,66 @@ pub async fn current(api: &Api<Lease>, connection: &str) -> Result<Option<Holder
     let Some(lease) = api.get_opt(&lease_name(connection)).await.map_err(Error::Kube)? else {
         return Ok(None);
     };
-    Ok(if expired(&lease, Timestamp::now()) { None } else { holder_of(&lease) })
+    Ok(if lease::expired(&lease, Timestamp::now()) { None } else { holder_of(&lease) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use kube::api::ObjectMeta;
+
+    #[test]
+    fn lease_names_stay_valid_and_unique_for_long_connection_names() {
+        assert_eq!(lease_name("hr"), "idsync-sync-hr");
+        let long_a = format!("{}a", "x".repeat(252));
+        let long_b = format!("{}b", "x".repeat(252));
+        let (a, b) = (lease_name(&long_a), lease_name(&long_b));
+        assert!(a.len() <= MAX_NAME && b.len() <= MAX_NAME, "{} {}", a.len(), b.len());
+        assert_ne!(a, b);
+        // Not a Kubernetes name, but no panic on a character boundary either.
+        assert!(lease_name(&"é".repeat(200)).len() <= MAX_NAME);
+    }
+
+    #[test]
+    fn the_holder_reads_request_and_mode_from_annotations() {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                annotations: Some(BTreeMap::from([
+                    (REQUEST_ANNOTATION.to_string(), "nightly".to_string()),
+                    (MODE_ANNOTATION.to_string(), "Full".to_string()),
+                ])),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some("pod-1".into()),
+                acquire_time: Some(MicroTime(Timestamp::UNIX_EPOCH)),
+                ..Default::default()
+            }),
+        };
+        let holder = holder_of(&lease).expect("a holder");
+        assert_eq!(holder.identity, "pod-1");
+        assert_eq!(holder.request.as_deref(), Some("nightly"));
+        assert_eq!(holder.mode, "Full");
+        assert_eq!(holder.since, Timestamp::UNIX_EPOCH);
+
+        let released = Lease { spec: Some(LeaseSpec::default()), ..lease };
+        assert_eq!(holder_of(&released), None);
+    }
+
+    #[test]
+    fn the_owner_is_the_connection_without_blocking_its_deletion() {
+        let mut connection: Connection =
+            serde_json::from_value(serde_json::json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "Connection",
+                "metadata": {"name": "hr", "uid": "u-1"},
+                "spec": {"category": "HRIS", "provider": {"type": "csv", "csv": {
+                    "source": {"url": "https://hr.example/export.csv"}, "idColumn": "id"}}}}))
+            .expect("a Connection");
+        let owner = owner(&connection).expect("an owner");
+        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()), ("Connection", "hr", "u-1"));
+        assert_eq!(owner.block_owner_deletion, None);
+        connection.metadata.uid = None;
+        assert_eq!(super::owner(&connection), None);
+    }
 }

@@ -16,9 +16,10 @@ use kube::{Resource, ResourceExt};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::guard::{self, Acquired, Holder};
+use super::guard::{self, Acquired, GuardClaim, Holder};
 use super::{Context, Error, events, inputs, status};
 use crate::connectors;
+use crate::lease::{Held, LeaseLost};
 use crate::model::{ConnectionRef, RunOutcome};
 use crate::sync::job::{self, SyncJob, SyncReport};
 use idsync_api::conditions::{self, FALSE, TRUE};
@@ -110,15 +111,15 @@ impl Runner {
             return Ok(Start::Busy(holder));
         }
         let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &conn.namespace);
-        let acquired = guard::acquire(
-            &leases,
-            &conn.name,
-            &ctx.config.identity,
-            ticket.request.as_deref(),
-            &ticket.mode.to_string(),
-            ctx.config.guard_duration,
-        )
-        .await?;
+        let mode = ticket.mode.to_string();
+        let claim = GuardClaim {
+            identity: &ctx.config.identity,
+            request: ticket.request.as_deref(),
+            mode: &mode,
+            duration: ctx.config.guard_duration,
+            owner: guard::owner(&ticket.connection),
+        };
+        let acquired = guard::acquire(&leases, &conn.name, claim).await?;
         let (lease, expired) = match acquired {
             Acquired::Busy(holder) => return Ok(Start::Busy(holder)),
             Acquired::Taken { lease, expired } => (lease, expired),
@@ -160,32 +161,15 @@ impl Runner {
         &self,
         ctx: &Arc<Context>,
         ticket: &Ticket,
-        lease: Lease,
+        lease: Held,
         holder: Holder,
         cancel: CancellationToken,
     ) -> SyncReport {
         let connection = &ticket.connection;
         let conn = connection_ref(connection);
         let connections: Api<Connection> = Api::namespaced(ctx.client.clone(), &conn.namespace);
-        let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &conn.namespace);
 
-        // The heartbeat keeps the guard; losing it means someone else took
-        // over, so this sync must not commit.
-        let heartbeat_cancel = cancel.clone();
-        let identity = ctx.config.identity.clone();
-        let period = ctx.config.guard_duration / 3;
-        let heartbeat_leases = leases.clone();
-        let mut heartbeat_lease = lease.clone();
-        let heartbeat = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(period).await;
-                if !guard::renew(&heartbeat_leases, &mut heartbeat_lease, &identity).await {
-                    tracing::warn!("lost the sync guard; cancelling the sync");
-                    heartbeat_cancel.cancel();
-                    return heartbeat_lease;
-                }
-            }
-        });
+        let heartbeat = Heartbeat::start(lease, guard::renew_policy(ctx.config.guard_duration), cancel.clone());
 
         let permit = tokio::select! {
             permit = self.permits.clone().acquire_owned() => permit.ok(),
@@ -225,10 +209,18 @@ impl Runner {
         }
 
         ctx.metrics.sync_started();
-        let report = match permit {
+        let mut report = match permit {
             None => cancelled_report(ticket.mode),
             Some(_permit) => self.sync(ctx, ticket, cancel.clone()).await,
         };
+        let lost = heartbeat.stop().await;
+        if let Some(lost) = &lost
+            && report.outcome == RunOutcome::Cancelled
+        {
+            // Say why, rather than the job's generic reason for a cancellation.
+            report.message = format!("cancelled: {lost}; nothing was applied");
+            report.reason = Some("GuardLost".to_string());
+        }
         ctx.metrics.sync_ended();
         ctx.metrics.sync_finished(
             &format!("{}/{}", conn.namespace, conn.name),
@@ -240,8 +232,6 @@ impl Runner {
             report.counts.deleted,
         );
 
-        heartbeat.abort();
-        guard::release(&leases, &lease_after_heartbeat(heartbeat, lease).await).await;
         record_result(ctx, connection, ticket, &report).await;
         report
     }
@@ -275,15 +265,53 @@ impl Runner {
     }
 }
 
-async fn lease_after_heartbeat(heartbeat: tokio::task::JoinHandle<Lease>, original: Lease) -> Lease {
-    // An aborted heartbeat returns nothing; the latest renewal's
-    // resourceVersion is then unknown, so release by uid only.
-    match heartbeat.await {
-        Ok(lease) => lease,
-        Err(_) => {
-            let mut lease = original;
-            lease.metadata.resource_version = None;
-            lease
+/// Why a sync lost its guard, for its report.
+#[derive(Debug, thiserror::Error)]
+#[error("lost the sync guard {lease}: {lost}")]
+struct GuardLost {
+    lease: String,
+    lost: LeaseLost,
+}
+
+/// Keeps a running sync's guard. Losing it (another holder took it, it was
+/// deleted, or no renewal succeeded before it lapsed) cancels the sync,
+/// which then applies nothing: from then on another instance may run one.
+struct Heartbeat {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<(Held, Option<GuardLost>)>,
+}
+
+impl Heartbeat {
+    fn start(mut held: Held, policy: crate::lease::RenewPolicy, sync: CancellationToken) -> Heartbeat {
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let lost = tokio::select! {
+                lost = held.keep(policy) => lost,
+                _ = stopped.cancelled() => return (held, None),
+            };
+            let lost = GuardLost { lease: held.name().to_string(), lost };
+            tracing::warn!(reason = %lost, "cancelling the sync");
+            sync.cancel();
+            (held, Some(lost))
+        });
+        Heartbeat { stop, task }
+    }
+
+    /// Stops renewing and gives the guard back unless it was lost; says why
+    /// it was lost, if it was.
+    async fn stop(self) -> Option<GuardLost> {
+        self.stop.cancel();
+        match self.task.await {
+            Ok((held, None)) => {
+                guard::release(held).await;
+                None
+            }
+            Ok((_, Some(lost))) => Some(lost),
+            Err(error) => {
+                tracing::warn!(%error, "the sync guard's heartbeat failed; the guard lapses on its own");
+                None
+            }
         }
     }
 }

@@ -6,3 +6,6 @@ pub mod diff;
 pub mod job;
 pub mod safeguard;
 pub mod schedule;
+
+#[cfg(test)]
+mod scim_faults;

@@ -8,12 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::csv_server::CsvServer;
+use common::faults::LeaseFaults;
 use common::operator::{Operator, TestClock, test_config};
 use common::{Harness, eventually};
+use idsync::controller::{Config, Context};
 use idsync::model::{ConnectionRef, RunOutcome};
-use idsync::store::AccountStore;
+use idsync::store::{AccountStore, Store};
 use idsync_api::resync_request::{Phase, TargetPhase};
 use idsync_api::{Connection, ResyncRequest};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -371,6 +374,148 @@ async fn an_operator_killed_mid_sync_leaves_the_store_as_it_was_and_its_successo
     let reasons: Vec<String> = env.events_for("crashy").await.into_iter().filter_map(|e| e.reason).collect();
     assert!(reasons.contains(&"SyncInterrupted".to_string()), "{reasons:?}");
     successor.stop().await;
+}
+
+/// An operator in the test's runtime on a client whose writes to guard
+/// Leases the test can make fail (the API server rejecting them), with
+/// guards of `guard_duration`.
+struct GuardFaults {
+    env: Env,
+    faults: LeaseFaults,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GuardFaults {
+    async fn start(guard_duration: Duration) -> GuardFaults {
+        let h = Harness::start().await;
+        idsync::dev::install_crds(&h.client).await.expect("CRDs");
+        let clock = Arc::new(TestClock::default());
+        let data = tempfile::tempdir().expect("data dir");
+        let (client, faults) = LeaseFaults::client(&h.cluster, "idsync-sync-");
+        let store: Arc<dyn Store> =
+            Arc::new(idsync::store::SqliteStore::open(&data.path().join("idsync.db")).expect("store"));
+        let config = Config { guard_duration, ..test_config("operator-a") };
+        let ctx = Context::new(client, store, clock.clone(), config);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(idsync::controller::run(ctx, async {
+            let _ = stopped.await;
+        }));
+        GuardFaults { env: Env { h, operator: None, clock, data }, faults, stop: Some(stop), task }
+    }
+
+    async fn wait_running(&self, request: &str) {
+        let api: Api<ResyncRequest> = Api::namespaced(self.env.h.client.clone(), "default");
+        eventually(Duration::from_secs(30), || async {
+            let r = api.get(request).await.ok()?;
+            (r.status.as_ref()?.targets.first()?.phase == TargetPhase::Running).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("{request} never ran"));
+    }
+
+    async fn guard_lease(&self, connection: &str) -> Lease {
+        let api: Api<Lease> = Api::namespaced(self.env.h.client.clone(), "default");
+        api.get(&format!("idsync-sync-{connection}")).await.expect("the guard Lease")
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), &mut self.task).await;
+    }
+}
+
+/// A slow export: 600 people in 24 chunks half a second apart, so a sync
+/// runs for at least 12 s, several renewals of the guards below.
+async fn slow_export(env: &Env, connection: &str) -> CsvServer {
+    let server = CsvServer::start(&export(1..=600)).await;
+    server.set(|b| {
+        b.delay_per_chunk = Duration::from_millis(500);
+        b.chunk_lines = 25;
+    });
+    env.url_connection(connection, &server.url, 50).await;
+    server
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_guard_rides_out_renewal_failures_shorter_than_its_lease() {
+    // A 9 s guard is renewed every 3 s and retried every 0.9 s: three failed
+    // renewals in a row are over seconds before it could lapse.
+    let op = GuardFaults::start(Duration::from_secs(9)).await;
+    let env = &op.env;
+    let _server = slow_export(env, "flaky-api").await;
+    env.request("through-failures", json!({"target": {"connections": ["flaky-api"]}, "mode": "Full"})).await;
+    op.wait_running("through-failures").await;
+
+    op.faults.fail_next(3);
+    let faults = &op.faults;
+    eventually(Duration::from_secs(60), || async move { (faults.failed() == 3).then_some(()) })
+        .await
+        .expect("three renewals failed");
+    let api: Api<ResyncRequest> = Api::namespaced(env.h.client.clone(), "default");
+    let during = api.get("through-failures").await.expect("request");
+    assert_eq!(target(&during).phase, TargetPhase::Running, "the failures did not hit a running sync's renewals");
+
+    let done = env.finished("through-failures", Duration::from_secs(60)).await;
+    assert_eq!(phase(&done), Some(Phase::Succeeded), "{:#?}", done.status);
+    assert_eq!(env.accounts("flaky-api").len(), 600);
+    assert!(op.faults.passed_after_failure() > 0, "no guard write went through after the failures");
+
+    // Released, not deleted: the Lease names no holder and belongs to the
+    // Connection, so it goes when the Connection does.
+    let lease = op.guard_lease("flaky-api").await;
+    assert_eq!(lease.spec.as_ref().and_then(|s| s.holder_identity.clone()), None);
+    let connection = env.get_connection("flaky-api").await;
+    let owners = lease.metadata.owner_references.unwrap_or_default();
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert_eq!((owners[0].kind.as_str(), Some(&owners[0].uid)), ("Connection", connection.metadata.uid.as_ref()));
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_guard_whose_renewals_keep_failing_cancels_its_sync_once_it_lapses() {
+    let op = GuardFaults::start(Duration::from_secs(3)).await;
+    let env = &op.env;
+    let _server = slow_export(env, "lost-guard").await;
+    env.request("lapsing", json!({"target": {"connections": ["lost-guard"]}, "mode": "Full"})).await;
+    op.wait_running("lapsing").await;
+
+    // Every guard write fails from now on, so the last renewal stays on the
+    // Lease; the sync must go on until that lapses, then stop and apply nothing.
+    op.faults.fail_all(true);
+    let done = env.finished("lapsing", Duration::from_secs(60)).await;
+    let t = target(&done);
+    assert_eq!(t.phase, TargetPhase::Failed);
+    assert!(t.message.contains("lost the sync guard idsync-sync-lost-guard"), "{}", t.message);
+    assert!(t.message.contains("lapsed") && t.message.contains("nothing was applied"), "{}", t.message);
+    assert!(env.accounts("lost-guard").is_empty(), "a sync that lost its guard applied something");
+    let runs = env.runs("lost-guard");
+    let outcomes: Vec<RunOutcome> = runs.iter().filter_map(|r| r.outcome).collect();
+    assert_eq!(outcomes, vec![RunOutcome::Cancelled]);
+    let ready = env.get_connection("lost-guard").await.status.expect("status").conditions;
+    let ready = ready.iter().find(|c| c.type_ == "Ready").expect("Ready");
+    assert_eq!(ready.reason, "GuardLost");
+
+    let lease = op.guard_lease("lost-guard").await;
+    let spec = lease.spec.expect("spec");
+    assert_eq!(spec.holder_identity.as_deref(), Some("operator-a"), "the release went through");
+    let lapsed = spec.renew_time.expect("renewTime").0
+        + jiff::SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.expect("duration")));
+    let ended = runs[0].finished_at.expect("finished");
+    assert!(ended >= lapsed, "the sync stopped at {ended}, before its guard lapsed at {lapsed}");
+    assert!(op.faults.failed() >= 2, "gave up after {} failed renewal(s) without retrying", op.faults.failed());
+
+    // The API takes writes again: the next sync takes the lapsed guard over
+    // from this same instance without calling itself interrupted.
+    op.faults.fail_all(false);
+    let again = env.sync("after-recovery", "lost-guard", json!({})).await;
+    assert_eq!(phase(&again), Some(Phase::Succeeded), "{:#?}", again.status);
+    assert_eq!(env.accounts("lost-guard").len(), 600);
+    let outcomes: Vec<RunOutcome> = env.runs("lost-guard").iter().filter_map(|r| r.outcome).collect();
+    assert!(!outcomes.contains(&RunOutcome::Interrupted), "{outcomes:?}");
+    op.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
