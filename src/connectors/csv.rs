@@ -6,8 +6,10 @@
 //! - Every row needs as many fields as the header, valid UTF-8, and an id
 //!   (trimmed, non-empty) unique within the file. The first row that breaks a
 //!   rule fails the whole read with its 1-based line number in the file
-//!   (`line 7: 5 fields, the header has 6`); a row spanning several lines
-//!   (a quoted field with newlines) is reported on the line it starts on.
+//!   (`line 7: 5 fields, the header has 6`), and the column when one cell is
+//!   at fault, never with the row's content (the export may be a Secret).
+//!   Lines end at LF, CR LF or CR; a row spanning several lines (a quoted
+//!   field with line breaks) is reported on the line it starts on.
 //! - The id and the mapped account fields (username, email, displayName) are
 //!   trimmed; an empty cell leaves the field unset. `enabled` is true for
 //!   `true`, `yes`, `1`, `active` and `enabled` (any case), false for anything
@@ -18,7 +20,8 @@
 //!   the mapped columns included, so identity mappings can read any column
 //!   (e.g. the raw status behind `enabled`). Columns without a name (a
 //!   trailing delimiter) are ignored.
-//! - A URL source is read as it streams: only the rows of the page being
+//! - Records are split by `csv-core` as the export arrives ([`records`]):
+//!   a URL source is read as it streams, and only the rows of the page being
 //!   built (and the rest of the current network chunk) are in memory. A
 //!   connection that breaks mid-body fails the read on the page being built;
 //!   it is not retried, since the earlier pages are already out (the next
@@ -29,22 +32,20 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use ::csv::ByteRecord;
 use reqwest::header::{ACCEPT, HeaderValue};
 use serde_json::Value;
 
+use self::records::{Fields, Records, SplitError};
 use super::http::{HttpClient, HttpSettings, Request, Response, parse_url};
 use super::{Capabilities, Connector, ConnectorError, Page, ProviderInputs, ReadKind, ReadPlan};
 use crate::model::Account;
 use idsync_api::SyncMode;
 use idsync_api::connection::{ConnectionSpec, CsvSettings};
 
+mod records;
+
 /// How much of an in-memory export is parsed at a time.
 const DATA_CHUNK: usize = 64 * 1024;
-/// The longest record accepted: past it, the rest of the export is most
-/// likely inside a quoted field that is never closed.
-const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
-const BOM: &[u8] = b"\xEF\xBB\xBF";
 const TRUTHY: [&str; 5] = ["true", "yes", "1", "active", "enabled"];
 const DELTA_REASON: &str = "the csv provider always reads the whole export";
 
@@ -273,10 +274,9 @@ impl std::fmt::Debug for Input {
 }
 
 /// One read in progress.
-#[derive(Debug)]
 struct Reading {
     input: Input,
-    splitter: Splitter,
+    records: Records,
     mapper: Mapper,
     /// Accounts parsed and not yet handed out, in file order.
     pending: VecDeque<Account>,
@@ -285,21 +285,33 @@ struct Reading {
     eof: bool,
     next_number: u64,
     done: bool,
-    max_record: usize,
+}
+
+/// The read's progress, not the accounts it holds.
+impl std::fmt::Debug for Reading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reading")
+            .field("input", &self.input)
+            .field("records", &self.records)
+            .field("pending", &self.pending.len())
+            .field("error", &self.error)
+            .field("next_number", &self.next_number)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Reading {
     fn new(input: Input, settings: Arc<Settings>) -> Self {
         Reading {
             input,
-            splitter: Splitter::new(settings.delimiter),
+            records: Records::new(settings.delimiter),
             mapper: Mapper { settings, layout: None, seen: HashMap::new() },
             pending: VecDeque::new(),
             error: None,
             eof: false,
             next_number: 1,
             done: false,
-            max_record: MAX_RECORD_BYTES,
         }
     }
 
@@ -308,77 +320,53 @@ impl Reading {
     /// itself (a broken connection) are returned, placed on `page`.
     async fn fill(&mut self, want: usize, page: Option<u64>) -> Result<(), ConnectorError> {
         while self.error.is_none() && !self.eof && (self.mapper.layout.is_none() || self.pending.len() < want) {
-            let more = match &mut self.input {
+            let (mapper, pending) = (&mut self.mapper, &mut self.pending);
+            let mut each = |fields: Fields<'_>, line: u64| mapper.take(fields, line, pending);
+            let split = match &mut self.input {
                 Input::Data { data, offset, chunk } => {
                     let end = (*offset + *chunk).min(data.len());
-                    let more = *offset < end;
-                    self.splitter.buf.extend_from_slice(&data[*offset..end]);
+                    let piece = &data[*offset..end];
                     *offset = end;
-                    more
+                    self.eof = piece.is_empty();
+                    if self.eof { self.records.finish(&mut each) } else { self.records.feed(piece, &mut each) }
                 }
                 Input::Http(response) => {
                     response.set_page(page);
                     match response.chunk().await? {
-                        Some(bytes) => {
-                            self.splitter.buf.extend_from_slice(&bytes);
-                            true
+                        Some(bytes) => self.records.feed(&bytes, &mut each),
+                        None => {
+                            self.eof = true;
+                            self.records.finish(&mut each)
                         }
-                        None => false,
                     }
                 }
             };
-            self.eof = !more;
-            self.process();
-            if self.error.is_none() && self.splitter.buf.len() > self.max_record {
-                self.error = Some(source_error(
-                    self.splitter.record_line,
-                    format!(
-                        "the record starting on this line is longer than {} bytes (a quoted field that is never closed?)",
-                        self.max_record
-                    ),
-                ));
+            if let Err(error) = split {
+                self.error = Some(self.split_error(error));
             }
         }
         Ok(())
     }
 
-    /// Parses the complete records in the buffer (all of it at the end).
-    fn process(&mut self) {
-        let Some(batch) = self.splitter.complete(self.eof) else {
-            return;
-        };
-        let mut reader = ::csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .delimiter(self.splitter.delimiter)
-            .from_reader(&self.splitter.buf[..batch.end]);
-        let mut record = ByteRecord::new();
-        loop {
-            match reader.read_byte_record(&mut record) {
-                Ok(false) => break,
-                Ok(true) => {
-                    // The splitter saw the same records, in the same order.
-                    let line = self.splitter.starts.pop_front().unwrap_or(self.splitter.record_line);
-                    if let Err(error) = self.mapper.take(&record, line, &mut self.pending) {
-                        self.error = Some(error);
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let line = self.splitter.starts.front().copied().unwrap_or(self.splitter.record_line);
-                    self.error = Some(source_error(line, e.to_string()));
-                    return;
-                }
-            }
-        }
-        if let Some(line) = batch.unclosed_quote_line {
-            self.error = Some(source_error(
+    fn split_error(&self, error: SplitError<ConnectorError>) -> ConnectorError {
+        let layout = self.mapper.layout.as_ref();
+        match error {
+            SplitError::Record(error) => error,
+            SplitError::TooLong { line, column, max } => source_error(
                 line,
-                "a quoted field starts on this line and is not closed before the end of the export",
-            ));
-            return;
+                format!(
+                    "the record starting on this line is longer than {max} bytes, reached in {} (a quoted field that is never closed?)",
+                    column_name(layout, column - 1)
+                ),
+            ),
+            SplitError::UnclosedQuote { line, column } => source_error(
+                line,
+                format!(
+                    "the quoted field in {} is not closed before the end of the export",
+                    column_name(layout, column - 1)
+                ),
+            ),
         }
-        self.splitter.consume(batch.end);
     }
 }
 
@@ -386,122 +374,12 @@ fn source_error(line: u64, message: impl std::fmt::Display) -> ConnectorError {
     ConnectorError::Source { page: None, message: format!("line {line}: {message}") }
 }
 
-/// Where the CSV parser is within a record, to find record boundaries in a
-/// stream before parsing. It follows the `csv` crate's own parser for the
-/// settings used here (double quotes, `""` escapes, CR, LF or CRLF line
-/// ends), so a boundary found here is one the parser agrees with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SplitState {
-    RecordStart,
-    FieldStart,
-    Unquoted,
-    Quoted,
-    QuoteInQuoted,
-}
-
-/// A batch of complete records at the start of the buffer.
-struct Batch {
-    /// The records end here.
-    end: usize,
-    /// At the end of the export: the line of a last record whose quoted
-    /// field is never closed.
-    unclosed_quote_line: Option<u64>,
-}
-
-#[derive(Debug)]
-struct Splitter {
-    delimiter: u8,
-    /// Unparsed bytes.
-    buf: Vec<u8>,
-    bom_checked: bool,
-    /// How far `buf` has been scanned.
-    scanned: usize,
-    state: SplitState,
-    /// The end of the last complete record in `buf`.
-    boundary: usize,
-    /// The line of `buf[scanned]`, from 1.
-    line: u64,
-    /// The line the record being scanned starts on.
-    record_line: u64,
-    /// The lines of the records scanned and not yet parsed, in order. (The
-    /// `csv` crate's own positions are a line early after a CR LF.)
-    starts: VecDeque<u64>,
-}
-
-impl Splitter {
-    fn new(delimiter: u8) -> Self {
-        Splitter {
-            delimiter,
-            buf: Vec::new(),
-            bom_checked: false,
-            scanned: 0,
-            state: SplitState::RecordStart,
-            boundary: 0,
-            line: 1,
-            record_line: 1,
-            starts: VecDeque::new(),
-        }
-    }
-
-    /// Scans what arrived and says which part of the buffer holds complete
-    /// records (at the end of the export: all of it), if any.
-    fn complete(&mut self, eof: bool) -> Option<Batch> {
-        if !self.bom_checked {
-            if self.buf.len() < BOM.len() && !eof && BOM.starts_with(&self.buf) {
-                return None;
-            }
-            if self.buf.starts_with(BOM) {
-                self.buf.drain(..BOM.len());
-            }
-            self.bom_checked = true;
-        }
-        use SplitState::*;
-        let delimiter = self.delimiter;
-        for (i, &b) in self.buf.iter().enumerate().skip(self.scanned) {
-            let line_end = b == b'\n' || b == b'\r';
-            self.state = match (self.state, b) {
-                (RecordStart, _) if line_end => {
-                    self.boundary = i + 1;
-                    RecordStart
-                }
-                (RecordStart, _) => {
-                    self.record_line = self.line;
-                    self.starts.push_back(self.line);
-                    match b {
-                        b'"' => Quoted,
-                        _ if b == delimiter => FieldStart,
-                        _ => Unquoted,
-                    }
-                }
-                (Quoted, b'"') => QuoteInQuoted,
-                (Quoted, _) => Quoted,
-                (QuoteInQuoted, b'"') => Quoted,
-                (FieldStart | Unquoted | QuoteInQuoted, _) if line_end => {
-                    self.boundary = i + 1;
-                    RecordStart
-                }
-                (FieldStart | Unquoted | QuoteInQuoted, _) if b == delimiter => FieldStart,
-                (FieldStart, b'"') => Quoted,
-                (FieldStart | Unquoted | QuoteInQuoted, _) => Unquoted,
-            };
-            if b == b'\n' {
-                self.line += 1;
-            }
-        }
-        self.scanned = self.buf.len();
-        let unclosed = eof && self.state == Quoted;
-        let end = if eof && !unclosed { self.buf.len() } else { self.boundary };
-        if end == 0 && !unclosed {
-            return None;
-        }
-        Some(Batch { end, unclosed_quote_line: unclosed.then_some(self.record_line) })
-    }
-
-    /// Drops the first `end` bytes, parsed.
-    fn consume(&mut self, end: usize) {
-        self.buf.drain(..end);
-        self.scanned -= end;
-        self.boundary = self.boundary.saturating_sub(end);
+/// A column as an error names it: by its header name, or by its 1-based
+/// position (in the header itself, or for a column without a name).
+fn column_name(layout: Option<&Layout>, index: usize) -> String {
+    match layout.and_then(|l| l.names.get(index)).filter(|name| !name.is_empty()) {
+        Some(name) => format!("column \"{name}\""),
+        None => format!("column {}", index + 1),
     }
 }
 
@@ -529,7 +407,7 @@ struct Layout {
 }
 
 impl Mapper {
-    fn take(&mut self, record: &ByteRecord, line: u64, pending: &mut VecDeque<Account>) -> Result<(), ConnectorError> {
+    fn take(&mut self, record: Fields<'_>, line: u64, pending: &mut VecDeque<Account>) -> Result<(), ConnectorError> {
         match &self.layout {
             None => {
                 self.layout = Some(self.header(record, line)?);
@@ -550,7 +428,7 @@ impl Mapper {
         }
     }
 
-    fn header(&self, record: &ByteRecord, line: u64) -> Result<Layout, ConnectorError> {
+    fn header(&self, record: Fields<'_>, line: u64) -> Result<Layout, ConnectorError> {
         let mut names = Vec::with_capacity(record.len());
         for (i, field) in record.iter().enumerate() {
             let name = std::str::from_utf8(field)
@@ -595,7 +473,7 @@ impl Mapper {
         Ok(layout)
     }
 
-    fn row(&self, layout: &Layout, record: &ByteRecord, line: u64) -> Result<Account, ConnectorError> {
+    fn row(&self, layout: &Layout, record: Fields<'_>, line: u64) -> Result<Account, ConnectorError> {
         let expected = layout.names.len();
         if record.len() != expected {
             let fields = if record.len() == 1 { "field" } else { "fields" };
@@ -603,14 +481,8 @@ impl Mapper {
         }
         let mut cells: Vec<&str> = Vec::with_capacity(expected);
         for (i, field) in record.iter().enumerate() {
-            let cell = std::str::from_utf8(field).map_err(|_| {
-                let name = &layout.names[i];
-                if name.is_empty() {
-                    source_error(line, format!("column {} is not valid UTF-8", i + 1))
-                } else {
-                    source_error(line, format!("column \"{name}\" is not valid UTF-8"))
-                }
-            })?;
+            let cell = std::str::from_utf8(field)
+                .map_err(|_| source_error(line, format!("{} is not valid UTF-8", column_name(Some(layout), i))))?;
             cells.push(cell);
         }
         let id = cells[layout.id].trim();
@@ -869,7 +741,7 @@ mod tests {
             (
                 b"id,name\n1,a\n2,\"never\nclosed\n",
                 1,
-                "page 2: line 3: a quoted field starts on this line and is not closed before the end of the export",
+                "page 2: line 3: the quoted field in column \"name\" is not closed before the end of the export",
             ),
             (b"", 10, "the export is empty: it has no header line"),
             (b"\xEF\xBB\xBF\n\n", 10, "the export is empty: it has no header line"),
@@ -884,17 +756,54 @@ mod tests {
         }
     }
 
+    /// LF, CR LF and CR-only (old Mac) exports: a bad row is reported on
+    /// its own line, after blank lines and a quoted field with a line break
+    /// of the same style, and read in any piece size. The error says where,
+    /// never what the row holds (an export may be a Secret).
+    #[tokio::test]
+    async fn every_line_ending_reports_the_bad_rows_line() {
+        for (style, end) in [("LF", "\n"), ("CRLF", "\r\n"), ("CR", "\r")] {
+            // `~` stands for a byte that is not UTF-8.
+            let export = |rows: &[&str]| -> Vec<u8> {
+                rows.join(end).bytes().map(|b| if b == b'~' { 0xFF } else { b }).collect()
+            };
+            let cases = [
+                // Row 4 lacks a field.
+                (export(&["id,name", "1,a", "2,b", "SECRET-4", "5,e"]), "line 4: 1 field, the header has 2"),
+                // Row 4, after a blank line and a two-line quoted field.
+                (
+                    export(&["id,name", "1,\"two", "lines\"", "", "1,SECRET-4", ""]),
+                    "line 5: id \"1\" appears again (first on line 2)",
+                ),
+                (export(&["id,name", "", "2,b", "3,c~SECRET", ""]), "line 4: column \"name\" is not valid UTF-8"),
+                (
+                    export(&["id,name", "1,a", "", "4,\"SECRET", "never closed"]),
+                    "line 4: the quoted field in column \"name\" is not closed before the end of the export",
+                ),
+            ];
+            for (data, expected) in &cases {
+                for chunk in [1, 2, 3, 7, DATA_CHUNK] {
+                    let mut connector = data_connector(from_config_map(json!({})), 10, data);
+                    connector.data_chunk = chunk;
+                    let e = read_all(&mut connector).await.unwrap_err();
+                    assert_eq!(e.to_string(), format!("page 1: {expected}"), "{style}, pieces of {chunk}");
+                    assert!(!format!("{e}{e:?}").contains("SECRET"), "{style}: {e:?}");
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn an_endless_record_is_refused_before_it_fills_memory() {
         let data = format!("id,note\n1,a\n2,\"{}", "x".repeat(5000));
         let mut connector = data_connector(from_config_map(json!({})), 10, data.as_bytes());
         connector.data_chunk = 1000;
         connector.begin(SyncMode::Full, None).await.unwrap();
-        connector.reading.as_mut().unwrap().max_record = 2000;
+        connector.reading.as_mut().unwrap().records.max_record = 2000;
         let e = connector.next_page().await.unwrap_err();
         assert_eq!(
             e.to_string(),
-            "page 1: line 3: the record starting on this line is longer than 2000 bytes (a quoted field that is never closed?)"
+            "page 1: line 3: the record starting on this line is longer than 2000 bytes, reached in column \"note\" (a quoted field that is never closed?)"
         );
     }
 

@@ -462,6 +462,11 @@ impl HttpClient {
 
     /// Full jitter: a random wait between 0 and the capped exponential
     /// backoff of retry number `retry` (from 1).
+    ///
+    /// Not `backon` (in the tree through kube-runtime): its 1.x jitter adds
+    /// 0..100% on top of the delay *after* capping it, so a wait could be
+    /// twice `max_backoff`, and its first delay is not capped at all. What
+    /// would be left to it, doubling and a cap, is the two lines below.
     fn backoff(&self, retry: u32) -> Duration {
         let factor = 2u32.saturating_pow(retry.saturating_sub(1).min(30));
         let cap = self.settings.initial_backoff.saturating_mul(factor).min(self.settings.max_backoff);

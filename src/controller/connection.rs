@@ -28,33 +28,48 @@ use idsync_api::{Connection, Provider, REQUESTED_AT_ANNOTATION, SyncMode};
 const CONFIGURATION_REASONS: &[&str] = &["SecretNotFound", "ConfigMapNotFound", "KeyNotFound", "InvalidSchedule"];
 
 pub fn controller(ctx: Arc<Context>) -> Controller<Connection> {
+    use kube::core::PartialObjectMeta;
+
     let client = ctx.client.clone();
     let controller = Controller::new(Api::<Connection>::all(client.clone()), watcher::Config::default());
     let store = controller.store();
     let secret_store = store.clone();
     // A Secret or ConfigMap appearing or changing re-checks the Connections
-    // of its namespace that use it, so a fixed reference clears `Stalled` at once.
+    // of its namespace that use it, so a fixed reference clears `Stalled` at
+    // once. Only their metadata is listed and watched (an `Api` of
+    // `PartialObjectMeta` asks the API server for `PartialObjectMetadata`):
+    // a relist never brings every Secret of the cluster into memory, and
+    // the one a Connection names is read with a `get` when it is checked or
+    // synced (`inputs::resolve`).
     controller
-        .watches(Api::<Secret>::all(client.clone()), watcher::Config::default(), move |secret: Secret| {
-            let ns = secret.namespace().unwrap_or_default();
-            let name = secret.name_any();
-            secret_store
-                .state()
-                .into_iter()
-                .filter(|c| c.namespace().as_deref() == Some(ns.as_str()) && uses_secret(c, &name))
-                .map(|c| ObjectRef::from_obj(c.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .watches(Api::<ConfigMap>::all(client), watcher::Config::default(), move |cm: ConfigMap| {
-            let ns = cm.namespace().unwrap_or_default();
-            let name = cm.name_any();
-            store
-                .state()
-                .into_iter()
-                .filter(|c| c.namespace().as_deref() == Some(ns.as_str()) && uses_config_map(c, &name))
-                .map(|c| ObjectRef::from_obj(c.as_ref()))
-                .collect::<Vec<_>>()
-        })
+        .watches(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            watcher::Config::default(),
+            move |secret: PartialObjectMeta<Secret>| {
+                let ns = secret.namespace().unwrap_or_default();
+                let name = secret.name_any();
+                secret_store
+                    .state()
+                    .into_iter()
+                    .filter(|c| c.namespace().as_deref() == Some(ns.as_str()) && uses_secret(c, &name))
+                    .map(|c| ObjectRef::from_obj(c.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            Api::<PartialObjectMeta<ConfigMap>>::all(client),
+            watcher::Config::default(),
+            move |cm: PartialObjectMeta<ConfigMap>| {
+                let ns = cm.namespace().unwrap_or_default();
+                let name = cm.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|c| c.namespace().as_deref() == Some(ns.as_str()) && uses_config_map(c, &name))
+                    .map(|c| ObjectRef::from_obj(c.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
 }
 
 fn uses_secret(c: &Connection, name: &str) -> bool {

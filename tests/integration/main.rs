@@ -3,6 +3,7 @@
 
 mod common;
 
+mod connection_inputs;
 mod crds;
 mod dev_command;
 mod devcluster_kubectl;

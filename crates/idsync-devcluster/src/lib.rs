@@ -12,7 +12,9 @@
 //! ownerReferences, JSON merge / JSON / strategic-merge / server-side apply
 //! patches, list with label and field selectors and `limit` + `continue`,
 //! watch with bookmarks, timeouts and `410 Gone`, `kubectl get` Tables from
-//! printer columns, and `metav1.Status` errors.
+//! printer columns, metadata-only lists, gets and watches
+//! (`PartialObjectMetadata`), and `metav1.Status` errors. It counts the
+//! reads it answers, by representation ([`DevCluster::reads`]).
 //!
 //! Where it differs from a real API server (none of which idsync relies on):
 //! - One process, one lock, objects in memory: nothing survives a restart.
@@ -40,6 +42,8 @@ pub mod error;
 pub mod events;
 pub mod jsonpath;
 pub mod openapi;
+pub mod reads;
+pub mod representation;
 pub mod request;
 pub mod resources;
 pub mod schema;
@@ -100,6 +104,8 @@ pub struct Shared {
     /// Bumped to end every open watch (as an API server restart would).
     pub watch_epoch: notify::Sender<u64>,
     pub config: ServerConfig,
+    /// The reads answered, for tests.
+    pub reads: reads::Reads,
 }
 
 impl Shared {
@@ -167,6 +173,7 @@ impl DevCluster {
             changes,
             watch_epoch,
             config: ServerConfig { token, address: addr.to_string(), bookmark_interval: config.bookmark_interval },
+            reads: reads::Reads::default(),
         });
         if let Some(path) = &config.kubeconfig {
             write_kubeconfig(path, addr, &shared.config.token, &tls.ca_pem)
@@ -251,6 +258,13 @@ impl DevCluster {
     /// does; clients re-watch from the last resourceVersion they saw.
     pub fn close_watches(&self) {
         self.shared.watch_epoch.send_modify(|epoch| *epoch += 1);
+    }
+
+    /// How many gets, lists and watches of each resource were answered, in
+    /// which representation (so a test can tell that a client was sent
+    /// Secrets' metadata only, never their data).
+    pub fn reads(&self) -> Vec<reads::ReadCount> {
+        self.shared.reads.counts()
     }
 
     /// The latest resourceVersion.

@@ -15,8 +15,10 @@ use super::api;
 use super::discovery;
 use super::error::ApiError;
 use super::openapi;
+use super::reads::ReadVerb;
+use super::representation::{self, Answer, Representation};
 use super::request::{Query, Target};
-use super::table::{self, IncludeObject};
+use super::table;
 use super::watch;
 
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -42,11 +44,6 @@ fn json_response(code: u16, value: &Value) -> Response<Body> {
 
 fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
-/// Whether the client asked for a `meta.k8s.io/v1` Table.
-fn wants_table(accept: Option<&str>) -> bool {
-    accept.is_some_and(|a| a.split(',').next().is_some_and(|first| first.contains("as=Table")))
 }
 
 async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -89,47 +86,53 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         resolve(&state.registry, &segments).ok_or_else(|| ApiError::no_route(&path))?
     };
     let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    let table = if wants_table(accept.as_deref()) {
-        Some(IncludeObject::parse(query.get("includeObject")).map_err(|e| ApiError::bad_request(e.to_string()))?)
-    } else {
-        None
+    let watching = method == Method::GET && target.name.is_none() && query.flag("watch");
+    let answer = match (&target.name, watching) {
+        (_, true) => Answer::Watch,
+        (None, false) => Answer::List,
+        (Some(_), false) => Answer::Object,
     };
+    let representation = Representation::negotiate(accept.as_deref(), answer, query.get("includeObject"))?;
+    let resource = target.rt.qualified();
 
     match method {
-        Method::GET if target.name.is_none() && query.flag("watch") => {
-            let lines = watch::start(shared.clone(), target, &query, table)?;
+        Method::GET if watching => {
+            let lines = watch::start(shared.clone(), target, &query, representation)?;
+            shared.reads.record(&resource, ReadVerb::Watch, representation);
             Ok(stream_response(lines))
         }
         Method::GET if target.name.is_none() => {
             let listed = api::list(&*shared.lock()?, &target, &query)?;
-            Ok(json_response(200, &render(&target, listed, table, true)))
+            shared.reads.record(&resource, ReadVerb::List, representation);
+            Ok(json_response(200, &render(&target, listed, representation, true)))
         }
         Method::GET => {
             let object = api::get(&*shared.lock()?, &target)?;
-            Ok(json_response(200, &render(&target, object, table, false)))
+            shared.reads.record(&resource, ReadVerb::Get, representation);
+            Ok(json_response(200, &render(&target, object, representation, false)))
         }
         Method::POST if target.name.is_none() => {
             let value = api::parse_body(&body, false)?;
             let (code, object) = shared.write(|state| api::create(state, &target, value, &query))?;
-            Ok(json_response(code, &object))
+            Ok(json_response(code, &written(object, representation)))
         }
         Method::PUT if target.name.is_some() => {
             let value = api::parse_body(&body, false)?;
             let (code, object) = shared.write(|state| api::replace(state, &target, value, &query))?;
-            Ok(json_response(code, &object))
+            Ok(json_response(code, &written(object, representation)))
         }
         Method::PATCH if target.name.is_some() => {
             let (code, object) = shared.write(|state| api::patch(state, &target, &body, &content_type, &query))?;
-            Ok(json_response(code, &object))
+            Ok(json_response(code, &written(object, representation)))
         }
         Method::DELETE if target.name.is_some() => {
             let options = if body.is_empty() { None } else { Some(api::parse_body(&body, false)?) };
             let (code, object) = shared.write(|state| api::delete(state, &target, options, &query))?;
-            Ok(json_response(code, &object))
+            Ok(json_response(code, &written(object, representation)))
         }
         Method::DELETE => {
             let (code, object) = shared.write(|state| api::delete_collection(state, &target, &query))?;
-            Ok(json_response(code, &object))
+            Ok(json_response(code, &written(object, representation)))
         }
         _ => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({method} {path})"
@@ -137,10 +140,13 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
     }
 }
 
-/// A list or object as JSON, or as a Table when asked for.
-fn render(t: &Target, value: Value, table: Option<IncludeObject>, is_list: bool) -> Value {
-    let Some(include) = table else {
-        return value;
+/// A list or object as JSON, as a Table or as its metadata, as asked for.
+fn render(t: &Target, value: Value, representation: Representation, is_list: bool) -> Value {
+    let include = match representation {
+        Representation::Object => return value,
+        Representation::Metadata if is_list => return representation::partial_list(&value),
+        Representation::Metadata => return representation::partial_object(&value),
+        Representation::Table(include) => include,
     };
     let (objects, metadata) = if is_list {
         (value.get("items").and_then(Value::as_array).cloned().unwrap_or_default(), value["metadata"].clone())
@@ -149,6 +155,15 @@ fn render(t: &Target, value: Value, table: Option<IncludeObject>, is_list: bool)
         (vec![value], serde_json::json!({"resourceVersion": rv}))
     };
     table::build(&t.rt.columns, &objects, include, metadata, k8s_openapi::jiff::Timestamp::now())
+}
+
+/// What a write answers: the object, or its metadata when asked for (a
+/// Table of a write is the object: kubectl never asks for one).
+fn written(value: Value, representation: Representation) -> Value {
+    match representation {
+        Representation::Metadata => representation::partial_answer(&value),
+        Representation::Object | Representation::Table(_) => value,
+    }
 }
 
 /// `/api/v1/...` and `/apis/{group}/{version}/...` paths.

@@ -14,9 +14,10 @@ use tokio::sync::mpsc;
 use super::Shared;
 use super::api::{self, Filters};
 use super::error::ApiError;
+use super::representation::{self, Representation};
 use super::request::{Query, Target};
 use super::store::{Change, EventType};
-use super::table::{self, IncludeObject};
+use super::table;
 
 /// How a watch starts.
 enum Start {
@@ -31,7 +32,7 @@ pub fn start(
     shared: Arc<Shared>,
     t: Target,
     q: &Query,
-    table: Option<IncludeObject>,
+    representation: Representation,
 ) -> Result<mpsc::Receiver<Bytes>, ApiError> {
     let filters = Filters::parse(&t.rt, q)?;
     let send_initial = q.get("sendInitialEvents") == Some("true");
@@ -46,7 +47,7 @@ pub fn start(
     let bookmarks = q.flag("allowWatchBookmarks");
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
-        let watcher = Watcher { shared, t, filters, table, bookmarks, tx };
+        let watcher = Watcher { shared, t, filters, representation, bookmarks, tx };
         watcher.run(start, timeout).await;
     });
     Ok(rx)
@@ -56,7 +57,7 @@ struct Watcher {
     shared: Arc<Shared>,
     t: Target,
     filters: Filters,
-    table: Option<IncludeObject>,
+    representation: Representation,
     bookmarks: bool,
     tx: mpsc::Sender<Bytes>,
 }
@@ -174,15 +175,16 @@ impl Watcher {
     }
 
     async fn send(&self, kind: &str, object: &Value) -> bool {
-        let object = match self.table {
-            Some(include) => table::build(
+        let object = match self.representation {
+            Representation::Table(include) => table::build(
                 &self.t.rt.columns,
                 std::slice::from_ref(object),
                 include,
                 json!({"resourceVersion": object.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null)}),
                 k8s_openapi::jiff::Timestamp::now(),
             ),
-            None => object.clone(),
+            Representation::Metadata => representation::partial_object(object),
+            Representation::Object => object.clone(),
         };
         self.send_line(&json!({"type": kind, "object": object})).await
     }
@@ -193,6 +195,11 @@ impl Watcher {
             metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
         let object = json!({"kind": self.t.rt.kind, "apiVersion": self.t.rt.api_version(), "metadata": metadata});
+        // A metadata-only watch gets its bookmarks as metadata too.
+        let object = match self.representation {
+            Representation::Metadata => representation::partial_object(&object),
+            Representation::Object | Representation::Table(_) => object,
+        };
         self.send_line(&json!({"type": "BOOKMARK", "object": object})).await
     }
 

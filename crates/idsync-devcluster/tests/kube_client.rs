@@ -6,9 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
+use idsync_devcluster::reads::ReadVerb;
+use idsync_devcluster::representation::Representation;
 use idsync_devcluster::{Config, DevCluster};
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, ObjectMeta, PartialObjectMeta, PostParams, WatchEvent, WatchParams,
+};
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::Mutex;
 
@@ -262,5 +267,173 @@ async fn every_watcher_sees_every_committed_change_once_in_order_under_load() {
         let seen = watcher.await.expect("watcher");
         assert!(seen.windows(2).all(|w| w[0] < w[1]), "watcher {i} saw changes out of order");
         assert_eq!(seen, committed, "watcher {i} did not see exactly the committed changes");
+    }
+}
+
+const SECRET_VALUE: &str = "hunter2-do-not-send";
+
+fn secret(name: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(BTreeMap::from([("app".to_string(), "hr".to_string())])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([("token".to_string(), ByteString(SECRET_VALUE.as_bytes().to_vec()))])),
+        ..Default::default()
+    }
+}
+
+fn secret_with(name: &str, value: &str) -> Secret {
+    let mut s = secret(name);
+    s.data = Some(BTreeMap::from([("token".to_string(), ByteString(value.as_bytes().to_vec()))]));
+    s
+}
+
+fn count(h: &Harness, verb: ReadVerb, representation: Representation) -> u64 {
+    h.cluster
+        .reads()
+        .iter()
+        .filter(|c| c.resource == "secrets" && c.verb == verb && c.representation == representation)
+        .map(|c| c.count)
+        .sum()
+}
+
+/// kube-rs' metadata calls (`list_metadata`, `get_metadata`,
+/// `watch_metadata`) are answered with `PartialObjectMetadata[List]` as a
+/// real API server answers them: names, labels and resourceVersions, and
+/// never a Secret's data.
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_lists_gets_and_watches_carry_metadata_only() {
+    let h = Harness::start().await;
+    let api: Api<Secret> = Api::namespaced(h.client.clone(), "default");
+    api.create(&PostParams::default(), &secret("hr")).await.expect("create");
+
+    let list = api.list_metadata(&ListParams::default()).await.expect("list_metadata");
+    assert_eq!(list.types.kind, "PartialObjectMetadataList");
+    assert_eq!(list.types.api_version, "meta.k8s.io/v1");
+    assert!(list.metadata.resource_version.is_some());
+    let names: Vec<_> = list.items.iter().filter_map(|m| m.metadata.name.clone()).collect();
+    assert_eq!(names, ["hr"]);
+    let item = &list.items[0];
+    assert_eq!(item.types.as_ref().map(|t| t.kind.as_str()), Some("PartialObjectMetadata"));
+    assert_eq!(item.metadata.labels.as_ref().and_then(|l| l.get("app")).map(String::as_str), Some("hr"));
+
+    let got = api.get_metadata("hr").await.expect("get_metadata");
+    assert_eq!(got.metadata.resource_version, item.metadata.resource_version);
+
+    // On the wire, as a client that kept every field would see it.
+    let raw = h
+        .client
+        .request_text(
+            http::Request::get("/api/v1/namespaces/default/secrets?labelSelector=app%3Dhr")
+                .header(http::header::ACCEPT, "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1")
+                .body(Vec::new())
+                .expect("request"),
+        )
+        .await
+        .expect("raw list");
+    assert!(raw.contains("\"PartialObjectMetadataList\"") && raw.contains("\"hr\""), "{raw}");
+    let encoded = serde_json::to_string(&ByteString(SECRET_VALUE.as_bytes().to_vec())).expect("json");
+    assert!(!raw.contains(encoded.trim_matches('"')) && !raw.contains("Opaque"), "{raw}");
+
+    // A watch: the change arrives as metadata with the new resourceVersion.
+    let from = list.metadata.resource_version.clone().expect("rv");
+    let mut events = api.watch_metadata(&WatchParams::default(), &from).await.expect("watch_metadata").boxed();
+    let updated = api.replace("hr", &PostParams::default(), &secret_with("hr", "rotated")).await.expect("replace");
+    let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("an event")
+        .expect("some")
+        .expect("ok");
+    match event {
+        WatchEvent::Modified(meta) => {
+            assert_eq!(meta.types.as_ref().map(|t| t.kind.as_str()), Some("PartialObjectMetadata"));
+            assert_eq!(meta.metadata.resource_version, updated.metadata.resource_version);
+        }
+        other => panic!("expected MODIFIED, got {other:?}"),
+    }
+
+    // The same watch read as arbitrary objects keeps whatever fields came:
+    // there is nothing beside the metadata.
+    let request = http::Request::get(format!("/api/v1/namespaces/default/secrets?watch=true&resourceVersion={from}"))
+        .header(http::header::ACCEPT, "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1")
+        .body(Vec::new())
+        .expect("request");
+    let mut raw_events = h.client.request_events::<DynamicObject>(request).await.expect("raw watch").boxed();
+    let raw_event = tokio::time::timeout(Duration::from_secs(10), raw_events.next())
+        .await
+        .expect("an event")
+        .expect("some")
+        .expect("ok");
+    match raw_event {
+        WatchEvent::Modified(object) => {
+            assert_eq!(object.types.as_ref().map(|t| t.kind.as_str()), Some("PartialObjectMetadata"));
+            assert_eq!(object.data, serde_json::json!({}), "fields beside the metadata");
+        }
+        other => panic!("expected MODIFIED, got {other:?}"),
+    }
+
+    assert_eq!(count(&h, ReadVerb::List, Representation::Metadata), 2);
+    assert_eq!(count(&h, ReadVerb::Get, Representation::Metadata), 1);
+    assert_eq!(count(&h, ReadVerb::Watch, Representation::Metadata), 2);
+    assert_eq!(count(&h, ReadVerb::List, Representation::Object), 0);
+    assert_eq!(count(&h, ReadVerb::Watch, Representation::Object), 0);
+}
+
+/// kube-runtime's watcher over `Api<PartialObjectMeta<Secret>>` (what a
+/// controller's metadata-only `watches` runs) lists, watches and, after its
+/// watch ends and history is compacted, relists by metadata only.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_metadata_watcher_syncs_and_relists_by_metadata_only() {
+    let h = Harness::start().await;
+    let api: Api<Secret> = Api::namespaced(h.client.clone(), "default");
+    api.create(&PostParams::default(), &secret("a")).await.expect("create");
+    let metadata: Api<PartialObjectMeta<Secret>> = Api::namespaced(h.client.clone(), "default");
+    let mut stream = watcher::watcher(metadata, watcher::Config::default()).boxed();
+    let mut next =
+        async || tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("event").expect("some");
+    let mut synced = Vec::new();
+    loop {
+        match next().await.expect("ok") {
+            Event::InitApply(meta) => synced.push(meta.metadata.name.unwrap_or_default()),
+            Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(synced, ["a"]);
+
+    h.cluster.close_watches();
+    api.create(&PostParams::default(), &secret("b")).await.expect("create");
+    h.cluster.compact_history();
+    let mut relisted = Vec::new();
+    loop {
+        match next().await {
+            Ok(Event::Init) => relisted.clear(),
+            Ok(Event::InitApply(meta)) => relisted.push(meta.metadata.name.unwrap_or_default()),
+            Ok(Event::InitDone) => break,
+            Ok(other) => panic!("a change arrived without a relist: {other:?}"),
+            Err(_) => {}
+        }
+    }
+    assert_eq!(relisted, ["a", "b"]);
+    assert!(count(&h, ReadVerb::List, Representation::Metadata) >= 2);
+    assert_eq!(count(&h, ReadVerb::List, Representation::Object), 0);
+    assert_eq!(count(&h, ReadVerb::Watch, Representation::Object), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn asking_a_list_for_one_object_s_metadata_is_not_acceptable() {
+    let h = Harness::start().await;
+    let request = http::Request::get("/api/v1/namespaces/default/secrets")
+        .header(http::header::ACCEPT, "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1")
+        .body(Vec::new())
+        .expect("request");
+    match h.client.request_text(request).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 406);
+            assert_eq!(status.reason, "NotAcceptable");
+        }
+        other => panic!("expected 406, got {other:?}"),
     }
 }
