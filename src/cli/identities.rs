@@ -12,20 +12,20 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::output::{
+    CsvWriter, ItemFormat, JsonListWriter, ListFormat, NONE, ReportError, cell, finish, open_store_file, render_item,
+    write_table,
+};
 use super::{IdentitiesCommand, ProfileArgs};
 use crate::store::SqliteStore;
 
 use crate::model::{Identity, LinkRecord, LinkState, ProcessingRunRecord, ProfileRef};
-use crate::store::{IdentityStore, ProcessingHistory, StoreError};
+use crate::store::{IdentityStore, ProcessingHistory};
 use idsync_devcluster::age::human_duration;
-
-/// The `apiVersion` of the lists printed with `-o json`, idsync's API group.
-pub const API_VERSION: &str = "idsync.dev/v1alpha1";
 
 /// The `kind` of `identities list -o json`.
 pub const IDENTITY_LIST_KIND: &str = "IdentityList";
@@ -37,9 +37,6 @@ pub const CORRELATION_LIST_KIND: &str = "CorrelationRecordList";
 /// 100,000 identities are 100 short reads, small enough that a page never
 /// weighs much in memory.
 pub const PAGE_SIZE: usize = 1000;
-
-/// What kubectl prints for an empty or unset cell.
-const NONE: &str = "<none>";
 
 /// More non-authoritative accounts than this are shown as a count, so that
 /// one well-connected identity does not widen the whole table.
@@ -56,66 +53,6 @@ pub const LINK_COLUMNS: [&str; 5] = ["CONNECTION", "ACCOUNT", "STATE", "IDENTITY
 
 /// Header of the correlation records CSV.
 pub const LINK_CSV_HEADER: [&str; 5] = ["connection", "accountId", "state", "identity", "candidates"];
-
-/// `kubectl get`'s table layout (its tabwriter settings): every column but
-/// the last is as wide as its widest cell plus 3 spaces, and at least 6.
-const TABLE_PADDING: usize = 3;
-const TABLE_MIN_WIDTH: usize = 6;
-
-/// Output formats of `identities list` and `identities uncorrelated`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ListFormat {
-    Table,
-    Json,
-    Csv,
-}
-
-/// Output formats of `identities get`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ItemFormat {
-    Yaml,
-    Json,
-}
-
-/// Why a report failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("cannot write the output: {0}")]
-    Io(#[from] io::Error),
-    #[error("cannot render YAML: {0}")]
-    Yaml(#[from] yaml_serde::Error),
-    #[error("{}", unknown_profile_message(.profile, .known))]
-    UnknownProfile { profile: ProfileRef, known: Vec<ProfileRef> },
-    #[error("identity {id:?} not found in profile {profile}")]
-    IdentityNotFound { profile: ProfileRef, id: String },
-}
-
-impl ReportError {
-    /// Whoever reads the output went away (`| head`): not a failure worth
-    /// reporting, just the end of the output.
-    pub fn is_broken_pipe(&self) -> bool {
-        matches!(self, ReportError::Io(e) if e.kind() == io::ErrorKind::BrokenPipe)
-    }
-}
-
-fn unknown_profile_message(profile: &ProfileRef, known: &[ProfileRef]) -> String {
-    if known.is_empty() {
-        return format!(
-            "profile {profile} is unknown to the store, which holds no profiles yet \
-             (has the IdentityProfile been processed?)"
-        );
-    }
-    let names = known.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-    let mut message = format!("profile {profile} is unknown to the store; it holds: {names}");
-    // The likeliest mistake is a missing --namespace: point at it.
-    let namespaces: Vec<&str> = known.iter().filter(|k| k.name == profile.name).map(|k| k.namespace.as_str()).collect();
-    if let [namespace] = namespaces.as_slice() {
-        message.push_str(&format!(" (did you mean --namespace {namespace}?)"));
-    }
-    message
-}
 
 // --- cells ---
 
@@ -139,12 +76,6 @@ fn display_name(identity: &Identity) -> Option<String> {
 /// authoritative account the identity's id already names.
 fn correlated_accounts(identity: &Identity) -> impl Iterator<Item = String> + '_ {
     identity.accounts.iter().skip(1).map(|a| format!("{}/{}", a.connection, a.account_id))
-}
-
-/// A table cell: data can hold tabs and newlines, which would break a row
-/// apart, so control characters become spaces.
-fn cell(text: impl AsRef<str>) -> String {
-    text.as_ref().chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 /// The identities table's cells for one identity, `now` being when its age
@@ -294,37 +225,6 @@ pub fn run_row(run: &ProcessingRunRecord, now: Timestamp) -> Vec<String> {
 
 // --- tables ---
 
-/// Writes `rows` under `headers` as `kubectl get` does.
-pub fn write_table(headers: &[&str], rows: &[Vec<String>], out: &mut impl Write) -> io::Result<()> {
-    let last = headers.len().saturating_sub(1);
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (width, text) in widths.iter_mut().zip(row) {
-            *width = (*width).max(text.chars().count());
-        }
-    }
-    let widths: Vec<usize> = widths.into_iter().map(|w| (w + TABLE_PADDING).max(TABLE_MIN_WIDTH)).collect();
-    let mut line = String::new();
-    let mut write_line = |cells: &mut dyn Iterator<Item = &str>| -> io::Result<()> {
-        line.clear();
-        for (i, (text, width)) in cells.zip(&widths).enumerate() {
-            line.push_str(text);
-            // The last column is not padded, as in kubectl: no trailing blanks.
-            if i < last {
-                let fill = width.saturating_sub(text.chars().count());
-                line.extend(std::iter::repeat_n(' ', fill));
-            }
-        }
-        line.push('\n');
-        out.write_all(line.as_bytes())
-    };
-    write_line(&mut headers.iter().copied())?;
-    for row in rows {
-        write_line(&mut row.iter().map(String::as_str))?;
-    }
-    Ok(())
-}
-
 /// The correlation records table (CONNECTION, ACCOUNT, STATE, IDENTITY,
 /// CANDIDATES).
 pub fn render_links_table(links: &[LinkRecord], out: &mut impl Write) -> io::Result<()> {
@@ -333,43 +233,6 @@ pub fn render_links_table(links: &[LinkRecord], out: &mut impl Write) -> io::Res
 }
 
 // --- CSV ---
-
-/// RFC 4180 CSV written a record at a time, for output too large to hold.
-pub struct CsvWriter<W: Write> {
-    inner: csv::Writer<W>,
-}
-
-impl<W: Write> CsvWriter<W> {
-    /// Starts the CSV with its header line.
-    pub fn begin(out: W, header: &[&str]) -> io::Result<Self> {
-        // CRLF is RFC 4180's line end; spreadsheets and csv readers take it,
-        // and a value's own line breaks stay inside its quotes either way.
-        let mut inner = csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(out);
-        inner.write_record(header).map_err(csv_io)?;
-        Ok(CsvWriter { inner })
-    }
-
-    pub fn record(&mut self, fields: &[String]) -> io::Result<()> {
-        self.inner.write_record(fields).map_err(csv_io)
-    }
-
-    /// Flushes what is buffered; dropping the writer would lose its error.
-    pub fn finish(mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// A csv error as the io error it wraps, so that a closed pipe is still
-/// recognised as one.
-fn csv_io(error: csv::Error) -> io::Error {
-    if !error.is_io_error() {
-        return io::Error::other(error);
-    }
-    match error.into_kind() {
-        csv::ErrorKind::Io(e) => e,
-        other => io::Error::other(format!("{other:?}")),
-    }
-}
 
 /// The correlation records as CSV (header `connection,accountId,state,identity,candidates`).
 pub fn render_links_csv(links: &[LinkRecord], out: &mut impl Write) -> io::Result<()> {
@@ -381,46 +244,6 @@ pub fn render_links_csv(links: &[LinkRecord], out: &mut impl Write) -> io::Resul
 }
 
 // --- JSON and YAML ---
-
-/// A pretty-printed `{"apiVersion", "kind", "items": [...]}` list written an
-/// item at a time, so that a large list never sits in memory whole. Its text
-/// is what `serde_json::to_writer_pretty` makes of the same list.
-pub struct JsonListWriter<W: Write> {
-    out: W,
-    items: usize,
-    buffer: Vec<u8>,
-}
-
-impl<W: Write> JsonListWriter<W> {
-    pub fn begin(mut out: W, kind: &str) -> io::Result<Self> {
-        let api_version = serde_json::to_string(API_VERSION)?;
-        let kind = serde_json::to_string(kind)?;
-        write!(out, "{{\n  \"apiVersion\": {api_version},\n  \"kind\": {kind},\n  \"items\": [")?;
-        Ok(JsonListWriter { out, items: 0, buffer: Vec::new() })
-    }
-
-    pub fn item(&mut self, item: &impl Serialize) -> io::Result<()> {
-        self.buffer.clear();
-        serde_json::to_writer_pretty(&mut self.buffer, item)?;
-        self.out.write_all(if self.items == 0 { b"\n" } else { b",\n" })?;
-        // Pretty JSON escapes line breaks inside strings, so every line break
-        // here is between tokens and indenting each line nests the item.
-        for (i, line) in self.buffer.split(|b| *b == b'\n').enumerate() {
-            if i > 0 {
-                self.out.write_all(b"\n")?;
-            }
-            self.out.write_all(b"    ")?;
-            self.out.write_all(line)?;
-        }
-        self.items += 1;
-        Ok(())
-    }
-
-    pub fn finish(mut self) -> io::Result<()> {
-        self.out.write_all(if self.items == 0 { b"]\n}\n" } else { b"\n  ]\n}\n" })?;
-        self.out.flush()
-    }
-}
 
 /// The correlation records as a `CorrelationRecordList`.
 pub fn render_links_json(links: &[LinkRecord], out: &mut impl Write) -> io::Result<()> {
@@ -434,15 +257,7 @@ pub fn render_links_json(links: &[LinkRecord], out: &mut impl Write) -> io::Resu
 /// One identity, whole, in its stored (serde) form: the same object as an
 /// item of `list -o json`.
 pub fn render_identity(identity: &Identity, format: ItemFormat, out: &mut impl Write) -> Result<(), ReportError> {
-    match format {
-        ItemFormat::Yaml => out.write_all(yaml_serde::to_string(identity)?.as_bytes())?,
-        ItemFormat::Json => {
-            serde_json::to_writer_pretty(&mut *out, identity).map_err(io::Error::from)?;
-            out.write_all(b"\n")?;
-        }
-    }
-    out.flush()?;
-    Ok(())
+    render_item(identity, format, out)
 }
 
 // --- reading the store ---
@@ -664,9 +479,6 @@ pub fn runs_report<S: IdentityStore + ProcessingHistory>(
 
 // --- the command ---
 
-/// `idsync run`'s default data folder (its `--data-dir`).
-const DEFAULT_DATA_DIR: &str = "/var/lib/idsync";
-
 /// `idsync identities ...`: reads the store's file directly and blocking;
 /// no runtime, no cluster.
 pub fn run(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
@@ -721,49 +533,14 @@ pub fn run(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
             (path, result)
         }
     };
-    // Flushed here rather than on drop, where a failed write goes unseen.
-    let result = result.and_then(|()| std::io::Write::flush(&mut out).map_err(ReportError::from));
-    match result {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        // The reader went away (`| head`): it has what it wanted.
-        Err(error) if error.is_broken_pipe() => Ok(ExitCode::SUCCESS),
-        Err(error @ ReportError::Store(_)) => {
-            Err(anyhow::Error::new(error).context(format!("cannot read the store {}", store_path.display())))
-        }
-        Err(error) => Err(error.into()),
-    }
+    finish(result, &mut out, &store_path)
 }
 
 /// Opens the store named by `--store` (or the default) and says which
 /// profile to read.
 fn open_store(args: &ProfileArgs) -> anyhow::Result<(SqliteStore, PathBuf, ProfileRef)> {
-    let path = args.store.clone().unwrap_or_else(default_store_path);
-    // SqliteStore::open creates a missing database: a mistyped path or a pod
-    // without the volume must fail, not read (and leave behind) an empty one.
-    let exists = path.try_exists().with_context(|| format!("cannot look for the store {}", path.display()))?;
-    if !exists {
-        anyhow::bail!("no store at {}; pass --store (idsync dev prints its store path)", path.display());
-    }
-    if path.is_dir() {
-        anyhow::bail!(
-            "{} is a folder, not the store's database file; pass --store {}",
-            path.display(),
-            path.join("idsync.db").display()
-        );
-    }
-    let store = SqliteStore::open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
+    let (store, path) = open_store_file(args.store.as_deref())?;
     Ok((store, path, ProfileRef::new(&args.namespace, &args.profile)))
-}
-
-/// Where `idsync run` keeps its store: `<data dir>/idsync.db`, the data dir
-/// from IDSYNC_DATA_DIR as for `run`, so that inside the operator's pod the
-/// default is right.
-fn default_store_path() -> PathBuf {
-    std::env::var_os("IDSYNC_DATA_DIR")
-        .filter(|dir| !dir.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
-        .join("idsync.db")
 }
 
 #[cfg(test)]
@@ -774,7 +551,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::cli::output::{API_VERSION, unknown_profile_message};
     use crate::model::{ProcessingRunRecord, RunId};
+    use crate::store::StoreError;
     use crate::store::{ProcessingCommit, ProcessingSnapshot, ProfileState};
 
     fn ts(s: &str) -> Timestamp {

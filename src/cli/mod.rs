@@ -9,12 +9,13 @@
 pub mod identities;
 pub mod manifests;
 pub mod operator;
+pub mod output;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use identities::{ItemFormat, ListFormat};
+use output::{ItemFormat, ListFormat};
 
 /// idsync: keeps identity and account data in sync with connected systems.
 #[derive(Parser)]

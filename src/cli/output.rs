@@ -1,0 +1,281 @@
+//! What the `idsync` subcommands that read the store print, in the shapes
+//! kubectl users know: tables laid out as `kubectl get` lays them out, RFC
+//! 4180 CSV, and JSON lists (`apiVersion`, `kind`, `items`) or single
+//! objects in JSON or YAML; and opening the store's file for them.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::model::{ConnectionRef, ProfileRef, RunId};
+use crate::store::{SqliteStore, StoreError};
+
+/// The `apiVersion` of the lists printed with `-o json`, idsync's API group.
+pub const API_VERSION: &str = "idsync.dev/v1alpha1";
+
+/// What kubectl prints for an empty or unset cell.
+pub const NONE: &str = "<none>";
+
+/// `kubectl get`'s table layout (its tabwriter settings): every column but
+/// the last is as wide as its widest cell plus 3 spaces, and at least 6.
+const TABLE_PADDING: usize = 3;
+const TABLE_MIN_WIDTH: usize = 6;
+
+/// Output formats of `identities list` and `identities uncorrelated`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+/// Output formats of `identities get`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ItemFormat {
+    Yaml,
+    Json,
+}
+
+/// Why a report failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write the output: {0}")]
+    Io(#[from] io::Error),
+    #[error("cannot render YAML: {0}")]
+    Yaml(#[from] yaml_serde::Error),
+    #[error("{}", unknown_profile_message(.profile, .known))]
+    UnknownProfile { profile: ProfileRef, known: Vec<ProfileRef> },
+    #[error("identity {id:?} not found in profile {profile}")]
+    IdentityNotFound { profile: ProfileRef, id: String },
+    #[error("{}", unknown_connection_message(.connection, .known))]
+    UnknownConnection { connection: ConnectionRef, known: Vec<ConnectionRef> },
+    #[error("account {id:?} not found in connection {connection}")]
+    AccountNotFound { connection: ConnectionRef, id: String },
+    #[error("run {0} is not in the store's run history (it may have been pruned)")]
+    RunNotFound(RunId),
+}
+
+impl ReportError {
+    /// Whoever reads the output went away (`| head`): not a failure worth
+    /// reporting, just the end of the output.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, ReportError::Io(e) if e.kind() == io::ErrorKind::BrokenPipe)
+    }
+}
+
+pub(super) fn unknown_profile_message(profile: &ProfileRef, known: &[ProfileRef]) -> String {
+    if known.is_empty() {
+        return format!(
+            "profile {profile} is unknown to the store, which holds no profiles yet \
+             (has the IdentityProfile been processed?)"
+        );
+    }
+    let names = known.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let mut message = format!("profile {profile} is unknown to the store; it holds: {names}");
+    // The likeliest mistake is a missing --namespace: point at it.
+    let namespaces: Vec<&str> = known.iter().filter(|k| k.name == profile.name).map(|k| k.namespace.as_str()).collect();
+    if let [namespace] = namespaces.as_slice() {
+        message.push_str(&format!(" (did you mean --namespace {namespace}?)"));
+    }
+    message
+}
+
+fn unknown_connection_message(connection: &ConnectionRef, known: &[ConnectionRef]) -> String {
+    if known.is_empty() {
+        return format!("connection {connection} is unknown to the store, which has synced no connection yet");
+    }
+    let names = known.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let mut message = format!("connection {connection} is unknown to the store; it holds: {names}");
+    let namespaces: Vec<&str> =
+        known.iter().filter(|k| k.name == connection.name).map(|k| k.namespace.as_str()).collect();
+    if let [namespace] = namespaces.as_slice() {
+        message.push_str(&format!(" (did you mean --namespace {namespace}?)"));
+    }
+    message
+}
+
+/// A table cell: data can hold tabs and newlines, which would break a row
+/// apart, so control characters become spaces.
+pub fn cell(text: impl AsRef<str>) -> String {
+    text.as_ref().chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+/// Writes `rows` under `headers` as `kubectl get` does.
+pub fn write_table(headers: &[&str], rows: &[Vec<String>], out: &mut impl Write) -> io::Result<()> {
+    let last = headers.len().saturating_sub(1);
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, text) in widths.iter_mut().zip(row) {
+            *width = (*width).max(text.chars().count());
+        }
+    }
+    let widths: Vec<usize> = widths.into_iter().map(|w| (w + TABLE_PADDING).max(TABLE_MIN_WIDTH)).collect();
+    let mut line = String::new();
+    let mut write_line = |cells: &mut dyn Iterator<Item = &str>| -> io::Result<()> {
+        line.clear();
+        for (i, (text, width)) in cells.zip(&widths).enumerate() {
+            line.push_str(text);
+            // The last column is not padded, as in kubectl: no trailing blanks.
+            if i < last {
+                let fill = width.saturating_sub(text.chars().count());
+                line.extend(std::iter::repeat_n(' ', fill));
+            }
+        }
+        line.push('\n');
+        out.write_all(line.as_bytes())
+    };
+    write_line(&mut headers.iter().copied())?;
+    for row in rows {
+        write_line(&mut row.iter().map(String::as_str))?;
+    }
+    Ok(())
+}
+
+/// RFC 4180 CSV written a record at a time, for output too large to hold.
+pub struct CsvWriter<W: Write> {
+    inner: csv::Writer<W>,
+}
+
+impl<W: Write> CsvWriter<W> {
+    /// Starts the CSV with its header line.
+    pub fn begin(out: W, header: &[&str]) -> io::Result<Self> {
+        // CRLF is RFC 4180's line end; spreadsheets and csv readers take it,
+        // and a value's own line breaks stay inside its quotes either way.
+        let mut inner = csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(out);
+        inner.write_record(header).map_err(csv_io)?;
+        Ok(CsvWriter { inner })
+    }
+
+    pub fn record(&mut self, fields: &[String]) -> io::Result<()> {
+        self.inner.write_record(fields).map_err(csv_io)
+    }
+
+    /// Flushes what is buffered; dropping the writer would lose its error.
+    pub fn finish(mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A csv error as the io error it wraps, so that a closed pipe is still
+/// recognised as one.
+fn csv_io(error: csv::Error) -> io::Error {
+    if !error.is_io_error() {
+        return io::Error::other(error);
+    }
+    match error.into_kind() {
+        csv::ErrorKind::Io(e) => e,
+        other => io::Error::other(format!("{other:?}")),
+    }
+}
+
+/// A pretty-printed `{"apiVersion", "kind", "items": [...]}` list written an
+/// item at a time, so that a large list never sits in memory whole. Its text
+/// is what `serde_json::to_writer_pretty` makes of the same list.
+pub struct JsonListWriter<W: Write> {
+    out: W,
+    items: usize,
+    buffer: Vec<u8>,
+}
+
+impl<W: Write> JsonListWriter<W> {
+    pub fn begin(mut out: W, kind: &str) -> io::Result<Self> {
+        let api_version = serde_json::to_string(API_VERSION)?;
+        let kind = serde_json::to_string(kind)?;
+        write!(out, "{{\n  \"apiVersion\": {api_version},\n  \"kind\": {kind},\n  \"items\": [")?;
+        Ok(JsonListWriter { out, items: 0, buffer: Vec::new() })
+    }
+
+    pub fn item(&mut self, item: &impl Serialize) -> io::Result<()> {
+        self.buffer.clear();
+        serde_json::to_writer_pretty(&mut self.buffer, item)?;
+        self.out.write_all(if self.items == 0 { b"\n" } else { b",\n" })?;
+        // Pretty JSON escapes line breaks inside strings, so every line break
+        // here is between tokens and indenting each line nests the item.
+        for (i, line) in self.buffer.split(|b| *b == b'\n').enumerate() {
+            if i > 0 {
+                self.out.write_all(b"\n")?;
+            }
+            self.out.write_all(b"    ")?;
+            self.out.write_all(line)?;
+        }
+        self.items += 1;
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> io::Result<()> {
+        self.out.write_all(if self.items == 0 { b"]\n}\n" } else { b"\n  ]\n}\n" })?;
+        self.out.flush()
+    }
+}
+
+/// One object, whole, in JSON (pretty) or YAML.
+pub fn render_item(item: &impl Serialize, format: ItemFormat, out: &mut impl Write) -> Result<(), ReportError> {
+    match format {
+        ItemFormat::Yaml => out.write_all(yaml_serde::to_string(item)?.as_bytes())?,
+        ItemFormat::Json => {
+            serde_json::to_writer_pretty(&mut *out, item).map_err(io::Error::from)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Ends a subcommand's output: flushes it, takes a closed pipe (`| head`)
+/// for the reader having what it wanted, and names the store on a store
+/// error.
+pub fn finish(
+    result: Result<(), ReportError>,
+    out: &mut impl Write,
+    store: &Path,
+) -> anyhow::Result<std::process::ExitCode> {
+    // Flushed here rather than on drop, where a failed write goes unseen.
+    let result = result.and_then(|()| out.flush().map_err(ReportError::from));
+    match result {
+        Ok(()) => Ok(std::process::ExitCode::SUCCESS),
+        Err(error) if error.is_broken_pipe() => Ok(std::process::ExitCode::SUCCESS),
+        Err(error @ ReportError::Store(_)) => {
+            Err(anyhow::Error::new(error).context(format!("cannot read the store {}", store.display())))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// `idsync run`'s default data folder (its `--data-dir`).
+const DEFAULT_DATA_DIR: &str = "/var/lib/idsync";
+
+/// Opens the store's database file at `path` (or the default), refusing a
+/// path where there is none: `SqliteStore::open` would create it.
+pub fn open_store_file(path: Option<&Path>) -> anyhow::Result<(SqliteStore, PathBuf)> {
+    let path = path.map(Path::to_path_buf).unwrap_or_else(default_store_path);
+    // SqliteStore::open creates a missing database: a mistyped path or a pod
+    // without the volume must fail, not read (and leave behind) an empty one.
+    let exists = path.try_exists().with_context(|| format!("cannot look for the store {}", path.display()))?;
+    if !exists {
+        anyhow::bail!("no store at {}; pass --store (idsync dev prints its store path)", path.display());
+    }
+    if path.is_dir() {
+        anyhow::bail!(
+            "{} is a folder, not the store's database file; pass --store {}",
+            path.display(),
+            path.join("idsync.db").display()
+        );
+    }
+    let store = SqliteStore::open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
+    Ok((store, path))
+}
+
+/// Where `idsync run` keeps its store: `<data dir>/idsync.db`, the data dir
+/// from IDSYNC_DATA_DIR as for `run`, so that inside the operator's pod the
+/// default is right.
+fn default_store_path() -> PathBuf {
+    std::env::var_os("IDSYNC_DATA_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+        .join("idsync.db")
+}
