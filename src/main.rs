@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use idsync::cli::{Cli, Command, identities, manifests, operator};
+use idsync::cli::{Cli, Command, accounts, identities, manifests, operator, runs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -16,6 +16,8 @@ fn main() -> ExitCode {
             operator::run_async(json, operator::run(data_dir, max_concurrent_syncs, http_addr, leader_namespace))
         }
         Command::Identities { command } => identities::run(command),
+        Command::Runs { command } => runs::run(command),
+        Command::Accounts { command } => accounts::run(command),
     };
     match result {
         Ok(code) => code,

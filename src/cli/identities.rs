@@ -12,13 +12,13 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::Value;
 
 use super::output::{
     CsvWriter, ItemFormat, JsonListWriter, ListFormat, NONE, ReportError, cell, finish, open_store_file, render_item,
-    write_table,
+    run_length, write_table,
 };
 use super::{IdentitiesCommand, ProfileArgs};
 use crate::store::SqliteStore;
@@ -197,12 +197,7 @@ impl<'a> From<&'a ProcessingRunRecord> for RunItem<'a> {
 /// The processing history table's cells for one run: its age, and its
 /// length in milliseconds under a second (processing is often that fast).
 pub fn run_row(run: &ProcessingRunRecord, now: Timestamp) -> Vec<String> {
-    let length = run.finished_at.duration_since(run.started_at);
-    let duration = if length < SignedDuration::from_secs(1) {
-        format!("{}ms", length.as_millis().max(0))
-    } else {
-        human_duration(length)
-    };
+    let duration = run_length(run.finished_at.duration_since(run.started_at));
     let trigger = match &run.request {
         Some(request) => format!("{} ({request})", run.trigger),
         None => run.trigger.clone(),
@@ -549,6 +544,8 @@ mod tests {
     use std::sync::Mutex;
 
     use serde_json::json;
+
+    use jiff::SignedDuration;
 
     use super::*;
     use crate::cli::output::{API_VERSION, unknown_profile_message};

@@ -4,12 +4,16 @@
 //! - [`operator`]: `idsync run` (against a cluster) and `idsync dev` (on an
 //!   in-process devcluster).
 //! - [`manifests`]: `idsync crds` and `idsync validate`.
-//! - [`identities`]: `idsync identities`, read from the store's file.
+//! - [`identities`], [`runs`], [`accounts`]: `idsync identities`, `idsync
+//!   runs` and `idsync accounts`, read from the store's file.
+//! - [`output`]: the shapes they print (tables, CSV, JSON, YAML).
 
+pub mod accounts;
 pub mod identities;
 pub mod manifests;
 pub mod operator;
 pub mod output;
+pub mod runs;
 
 use std::path::PathBuf;
 
@@ -79,6 +83,102 @@ pub enum Command {
         #[command(subcommand)]
         command: IdentitiesCommand,
     },
+    /// Show the history of a Connection's syncs (or an IdentityProfile's
+    /// processing runs), and one sync with what it changed, account by
+    /// account and field by field; read from the store's file.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// Show a Connection's synced accounts, read from the store's file.
+    Accounts {
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RunsCommand {
+    /// List runs newest first: a Connection's syncs (trigger, mode, result,
+    /// counts, when, how long) or, with --profile, a profile's processing.
+    List {
+        /// The Connection whose syncs to list.
+        #[arg(long, conflicts_with = "profile", required_unless_present = "profile")]
+        connection: Option<String>,
+        /// The IdentityProfile whose processing runs to list.
+        #[arg(long)]
+        profile: Option<String>,
+        /// The namespace of the Connection or profile.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// The store's database file [default: $IDSYNC_DATA_DIR/idsync.db].
+        #[arg(long, value_name = "PATH")]
+        store: Option<PathBuf>,
+        /// How many runs, at most.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// table: kubectl-like; json: a SyncRunList (ProcessingRunList); csv: RFC 4180.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ListOutput::Table)]
+        output: ListOutput,
+    },
+    /// Show one sync run (its number from `runs list`) and every account it
+    /// created, updated (each field, before → after) or deleted; for a dry
+    /// run or a sync the safeguard held back, what it would have changed.
+    Get {
+        run: i64,
+        /// The store's database file [default: $IDSYNC_DATA_DIR/idsync.db].
+        #[arg(long, value_name = "PATH")]
+        store: Option<PathBuf>,
+        /// text: like kubectl describe; json: an AccountChangeList with the
+        /// run; csv: one record per changed field.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = RunOutput::Text)]
+        output: RunOutput,
+    },
+}
+
+/// Output formats of `runs get`.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum RunOutput {
+    Text,
+    Json,
+    Csv,
+}
+
+#[derive(Subcommand)]
+pub enum AccountsCommand {
+    /// List the Connection's accounts, ordered by id.
+    List {
+        #[command(flatten)]
+        target: ConnectionArgs,
+        /// table: kubectl-like; json: an AccountList; csv: RFC 4180.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ListOutput::Table)]
+        output: ListOutput,
+    },
+    /// Show one account whole, as the store keeps it.
+    Get {
+        /// The account's id at its source.
+        id: String,
+        #[command(flatten)]
+        target: ConnectionArgs,
+        /// yaml or json.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ItemOutput::Yaml)]
+        output: ItemOutput,
+    },
+}
+
+/// Which Connection, in which store.
+#[derive(Args)]
+pub struct ConnectionArgs {
+    /// The Connection's name.
+    #[arg(long)]
+    pub connection: String,
+    /// The Connection's namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// The store's database file [default: $IDSYNC_DATA_DIR/idsync.db, else
+    /// /var/lib/idsync/idsync.db, where `idsync run` keeps it].
+    #[arg(long, value_name = "PATH")]
+    pub store: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

@@ -182,10 +182,22 @@ pub struct JsonListWriter<W: Write> {
 }
 
 impl<W: Write> JsonListWriter<W> {
-    pub fn begin(mut out: W, kind: &str) -> io::Result<Self> {
+    pub fn begin(out: W, kind: &str) -> io::Result<Self> {
+        Self::begin_with(out, kind, &[])
+    }
+
+    /// A list with more fields before its items (e.g. the run a list of
+    /// changes belongs to), each written as pretty JSON.
+    pub fn begin_with(mut out: W, kind: &str, fields: &[(&str, serde_json::Value)]) -> io::Result<Self> {
         let api_version = serde_json::to_string(API_VERSION)?;
         let kind = serde_json::to_string(kind)?;
-        write!(out, "{{\n  \"apiVersion\": {api_version},\n  \"kind\": {kind},\n  \"items\": [")?;
+        write!(out, "{{\n  \"apiVersion\": {api_version},\n  \"kind\": {kind},")?;
+        for (name, value) in fields {
+            let name = serde_json::to_string(name)?;
+            let value = serde_json::to_string_pretty(value)?.replace('\n', "\n  ");
+            write!(out, "\n  {name}: {value},")?;
+        }
+        write!(out, "\n  \"items\": [")?;
         Ok(JsonListWriter { out, items: 0, buffer: Vec::new() })
     }
 
@@ -209,6 +221,16 @@ impl<W: Write> JsonListWriter<W> {
     pub fn finish(mut self) -> io::Result<()> {
         self.out.write_all(if self.items == 0 { b"]\n}\n" } else { b"\n  ]\n}\n" })?;
         self.out.flush()
+    }
+}
+
+/// How long a run took: milliseconds under a second (processing and small
+/// syncs are often that fast), kubectl's durations above.
+pub fn run_length(length: jiff::SignedDuration) -> String {
+    if length < jiff::SignedDuration::from_secs(1) {
+        format!("{}ms", length.as_millis().max(0))
+    } else {
+        idsync_devcluster::age::human_duration(length)
     }
 }
 

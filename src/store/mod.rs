@@ -189,6 +189,8 @@ pub trait AccountStore: Send + Sync + 'static {
     /// Removes the connection's accounts, cursor and staging (keeps run
     /// history). Returns accounts removed.
     fn purge_connection(&self, c: &ConnectionRef) -> Result<u64, StoreError>;
+    /// Every connection the store has run a sync of, ordered.
+    fn connections(&self) -> Result<Vec<ConnectionRef>, StoreError>;
     /// The stored accounts among `ids` (those that exist), ordered by id.
     fn get_accounts(&self, c: &ConnectionRef, ids: &[String]) -> Result<Vec<Account>, StoreError>;
     /// Records what the run changed (or would change) account by account,

@@ -14,5 +14,6 @@ mod identity_e2e;
 mod ldap_server;
 mod leader;
 mod run_command;
+mod runs_cli;
 mod scim_server;
 mod sync_e2e;

@@ -282,6 +282,13 @@ impl AccountStore for SqliteStore {
         load_run(&*self.lock()?, id)
     }
 
+    fn connections(&self) -> Result<Vec<ConnectionRef>, StoreError> {
+        let db = self.lock()?;
+        let mut stmt = db.prepare_cached("SELECT namespace, name FROM connections ORDER BY namespace, name")?;
+        let rows = stmt.query_map([], |r| Ok(ConnectionRef::new(r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn get_accounts(&self, c: &ConnectionRef, ids: &[String]) -> Result<Vec<Account>, StoreError> {
         let db = self.lock()?;
         let Some(key) = connection_key(&db, c)? else { return Ok(Vec::new()) };
