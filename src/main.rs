@@ -11,9 +11,21 @@ fn main() -> ExitCode {
         Command::Dev { apply, port, kubeconfig, data_dir } => {
             operator::run_async(false, operator::dev(apply, port, kubeconfig, data_dir))
         }
-        Command::Run { data_dir, max_concurrent_syncs, http_addr, leader_namespace, log_format } => {
+        Command::Run {
+            data_dir,
+            max_concurrent_syncs,
+            http_addr,
+            leader_namespace,
+            log_format,
+            history_runs,
+            history_days,
+        } => {
             let json = log_format == "json";
-            operator::run_async(json, operator::run(data_dir, max_concurrent_syncs, http_addr, leader_namespace))
+            let retention = operator::retention(history_runs, history_days);
+            operator::run_async(
+                json,
+                operator::run(data_dir, max_concurrent_syncs, http_addr, leader_namespace, retention),
+            )
         }
         Command::Identities { command } => identities::run(command),
         Command::Runs { command } => runs::run(command),

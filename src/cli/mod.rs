@@ -75,6 +75,15 @@ pub enum Command {
         /// Log format: text or json.
         #[arg(long, env = "IDSYNC_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
+        /// Sync and processing runs kept per Connection and per profile in
+        /// the run history (with what each changed); older ones are pruned.
+        #[arg(long, env = "IDSYNC_HISTORY_RUNS", default_value_t = 500,
+              value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        history_runs: u64,
+        /// Days a finished run stays in the run history.
+        #[arg(long, env = "IDSYNC_HISTORY_DAYS", default_value_t = 90,
+              value_parser = clap::value_parser!(u64).range(1..=3650))]
+        history_days: u64,
     },
     /// Show an IdentityProfile's identities, correlation records and
     /// processing history, read from the store's file (no cluster needed). In a cluster:

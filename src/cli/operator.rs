@@ -46,11 +46,19 @@ async fn operate(
     Ok(())
 }
 
+/// The run history's retention from `idsync run`'s flags (clap bounds them:
+/// the hours cannot overflow).
+pub fn retention(runs: u64, days: u64) -> crate::store::Retention {
+    let hours = i64::try_from(days.saturating_mul(24)).unwrap_or(i64::MAX);
+    crate::store::Retention { max_runs: runs, max_age: jiff::SignedDuration::from_hours(hours) }
+}
+
 pub async fn run(
     data_dir: PathBuf,
     max_concurrent_syncs: usize,
     http_addr: std::net::SocketAddr,
     leader_namespace: String,
+    retention: crate::store::Retention,
 ) -> anyhow::Result<ExitCode> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,7 +69,7 @@ pub async fn run(
     let path = data_dir.join("idsync.db");
     let store =
         crate::store::SqliteStore::open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
-    let store: Arc<dyn crate::store::Store> = Arc::new(store);
+    let store: Arc<dyn crate::store::Store> = Arc::new(store.with_retention(retention));
     let ctx = crate::controller::Context::new(client.clone(), store, Arc::new(crate::controller::SystemClock), config);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -173,4 +181,13 @@ fn uuid_like() -> String {
         std::process::id(),
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_flags_defaults_are_the_stores() {
+        assert_eq!(super::retention(500, 90), crate::store::Retention::default());
+        assert_eq!(super::retention(1, 3650).max_age, jiff::SignedDuration::from_hours(3650 * 24));
+    }
 }

@@ -84,6 +84,24 @@ pub(super) fn prune(tx: &Transaction<'_>, conn: i64, retention: &Retention, now:
     Ok(removed as u64)
 }
 
+/// Removes the profile's processing runs beyond `retention` at `now`.
+pub(super) fn prune_processing(
+    tx: &Transaction<'_>,
+    profile: i64,
+    retention: &Retention,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    let cutoff = now.checked_sub(retention.max_age).unwrap_or(Timestamp::MIN).to_string();
+    let keep = to_i64("retained runs", retention.max_runs)?;
+    let removed = tx
+        .prepare_cached(
+            "DELETE FROM processing_runs WHERE prof = ?1 AND (julianday(finished_at) < julianday(?2) \
+             OR run_id NOT IN (SELECT run_id FROM processing_runs WHERE prof = ?1 ORDER BY run_id DESC LIMIT ?3))",
+        )?
+        .execute(params![profile, cutoff, keep])?;
+    Ok(removed as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use jiff::SignedDuration;
@@ -177,5 +195,34 @@ mod tests {
         let kept: Vec<RunId> = store.runs(&hr, 100).unwrap().into_iter().map(|r| r.id).collect();
         assert_eq!(kept, [late]);
         assert_eq!(store.run(other).unwrap().map(|r| r.id), Some(other));
+    }
+
+    #[test]
+    fn the_processing_history_is_pruned_the_same_way() {
+        use crate::model::{ProcessingRunRecord, ProfileRef};
+        use crate::store::ProcessingHistory;
+
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Retention { max_runs: 2, max_age: SignedDuration::from_secs(1000) };
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap().with_retention(retention);
+        let p = ProfileRef::new("ns", "employees");
+        let record = |at: i64| ProcessingRunRecord {
+            id: 0,
+            trigger: "Scheduled".into(),
+            request: None,
+            started_at: self::at(at),
+            finished_at: self::at(at),
+            outcome: RunOutcome::Succeeded,
+            processed: 1,
+            changed: 0,
+            errors: 0,
+            message: String::new(),
+        };
+        let ids: Vec<RunId> = (0..4).map(|i| store.record_processing_run(&p, &record(i)).unwrap()).collect();
+        let kept: Vec<RunId> = store.processing_runs(&p, 10).unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(kept, [ids[3], ids[2]]);
+        let late = store.record_processing_run(&p, &record(5000)).unwrap();
+        let kept: Vec<RunId> = store.processing_runs(&p, 10).unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(kept, [late], "runs older than the age limit go");
     }
 }

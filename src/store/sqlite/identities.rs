@@ -15,12 +15,14 @@ use std::time::Instant;
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use super::SqliteStore;
 use super::codec::{corrupt, decode_account, from_i64, parse_time, to_i64};
+use super::{SqliteStore, changes};
 use crate::model::{
     Account, ContentHash, Identity, LinkRecord, LinkState, ProcessingRunRecord, ProfileRef, RunId, RunOutcome,
 };
-use crate::store::{IdentityStore, ProcessingCommit, ProcessingHistory, ProcessingSnapshot, ProfileState, StoreError};
+use crate::store::{
+    IdentityStore, ProcessingCommit, ProcessingHistory, ProcessingSnapshot, ProfileState, Retention, StoreError,
+};
 
 /// `list_identities`, one statement per combination of filters: an optional
 /// `?N IS NULL OR ...` would keep SQLite from seeking the index to the page's
@@ -199,6 +201,7 @@ pub(super) fn write_commit(
     p: &ProfileRef,
     encoded: &EncodedCommit<'_>,
     run: &ProcessingRunRecord,
+    retention: &Retention,
 ) -> Result<RunId, StoreError> {
     let commit = encoded.commit;
     let key = ensure_profile_key(tx, p)?;
@@ -237,7 +240,7 @@ pub(super) fn write_commit(
         ])?;
     }
     write_state(tx, key, &commit.state, &encoded.seen_versions)?;
-    insert_run(tx, key, run)
+    insert_run(tx, key, run, retention)
 }
 
 fn write_state(tx: &Transaction<'_>, key: i64, state: &ProfileState, seen_versions: &str) -> Result<(), StoreError> {
@@ -256,12 +259,24 @@ fn write_state(tx: &Transaction<'_>, key: i64, state: &ProfileState, seen_versio
     Ok(())
 }
 
-pub(super) fn record_run(tx: &Transaction<'_>, p: &ProfileRef, run: &ProcessingRunRecord) -> Result<RunId, StoreError> {
+pub(super) fn record_run(
+    tx: &Transaction<'_>,
+    p: &ProfileRef,
+    run: &ProcessingRunRecord,
+    retention: &Retention,
+) -> Result<RunId, StoreError> {
     let key = ensure_profile_key(tx, p)?;
-    insert_run(tx, key, run)
+    insert_run(tx, key, run, retention)
 }
 
-fn insert_run(tx: &Transaction<'_>, key: i64, run: &ProcessingRunRecord) -> Result<RunId, StoreError> {
+/// Records the run in the profile's history, then prunes the history to
+/// `retention`.
+fn insert_run(
+    tx: &Transaction<'_>,
+    key: i64,
+    run: &ProcessingRunRecord,
+    retention: &Retention,
+) -> Result<RunId, StoreError> {
     tx.prepare_cached(
         "INSERT INTO processing_runs (prof, trigger_kind, request, started_at, finished_at, outcome, processed, \
          changed, errors, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -278,7 +293,9 @@ fn insert_run(tx: &Transaction<'_>, key: i64, run: &ProcessingRunRecord) -> Resu
         to_i64("errors count", run.errors)?,
         run.message,
     ])?;
-    Ok(tx.last_insert_rowid())
+    let id = tx.last_insert_rowid();
+    changes::prune_processing(tx, key, retention, run.finished_at)?;
+    Ok(id)
 }
 
 pub(super) fn runs(db: &Connection, p: &ProfileRef, limit: usize) -> Result<Vec<ProcessingRunRecord>, StoreError> {
@@ -467,7 +484,8 @@ impl IdentityStore for SqliteStore {
         // Serializing 100,000 identities is the slow part; syncs committing
         // meanwhile should not wait for it.
         let encoded = encode_commit(commit)?;
-        let id = self.write(|tx| write_commit(tx, p, &encoded, run))?;
+        let retention = self.retention;
+        let id = self.write(|tx| write_commit(tx, p, &encoded, run, &retention))?;
         tracing::debug!(
             profile = %p,
             run = id,
@@ -510,7 +528,8 @@ impl IdentityStore for SqliteStore {
 
 impl ProcessingHistory for SqliteStore {
     fn record_processing_run(&self, p: &ProfileRef, run: &ProcessingRunRecord) -> Result<RunId, StoreError> {
-        self.write(|tx| record_run(tx, p, run))
+        let retention = self.retention;
+        self.write(|tx| record_run(tx, p, run, &retention))
     }
 
     fn processing_runs(&self, p: &ProfileRef, limit: usize) -> Result<Vec<ProcessingRunRecord>, StoreError> {
