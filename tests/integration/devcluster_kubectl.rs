@@ -186,6 +186,11 @@ async fn an_invalid_manifest_is_refused_naming_the_field() {
         ("tests/invalid/connection-delete-percent-over-100.yaml", "spec.importSafeguard.maxDeletePercent"),
         ("tests/invalid/resync-confirm-deletes-for-all.yaml", "spec.confirmDeletes"),
         ("tests/invalid/connection-misspelled-field.yaml", "spec.pagesize"),
+        // Numbers beyond what the operator's arithmetic takes.
+        ("tests/invalid/resync-ttl-beyond-a-year.yaml", "spec.ttlSecondsAfterFinished"),
+        ("tests/invalid/connection-huge-page-size.yaml", "spec.pageSize"),
+        ("tests/invalid/connection-max-delete-count-1e23.yaml", "spec.importSafeguard.maxDeleteCount"),
+        ("tests/invalid/connection-timeout-over-ten-minutes.yaml", "spec.requestTimeoutSeconds"),
     ] {
         let out = h.kubectl(&["apply", "-f", &repo(file).display().to_string()]).await;
         assert!(!out.status.success(), "{file} was accepted");

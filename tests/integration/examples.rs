@@ -159,3 +159,27 @@ fn idsync_validate_reports_examples_valid_and_invalid_manifests_invalid() {
     let out = String::from_utf8_lossy(&bad.stdout);
     assert!(out.contains("spec.importSafeguard.maxDeletePercent"), "{out}");
 }
+
+/// The maxima that keep numbers a person writes within what the operator's
+/// arithmetic takes: `idsync validate`, in front of a GitOps repository,
+/// refuses each naming the field and the bound.
+#[test]
+fn idsync_validate_refuses_numbers_beyond_their_maxima() {
+    for file in [
+        "resync-ttl-beyond-a-year.yaml",
+        "connection-huge-page-size.yaml",
+        "connection-max-delete-count-1e23.yaml",
+        "connection-timeout-over-ten-minutes.yaml",
+    ] {
+        let path = root().join("tests/invalid").join(file);
+        let (field, message) = expectation(&std::fs::read_to_string(&path).expect("read"), &path);
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_idsync"))
+            .arg("validate")
+            .arg(&path)
+            .output()
+            .expect("run idsync validate");
+        let out = String::from_utf8_lossy(&output.stdout);
+        assert!(!output.status.success(), "{file} was reported valid: {out}");
+        assert!(out.contains(&field) && out.contains(&message), "{file}: {out:?} lacks {field} / {message}");
+    }
+}

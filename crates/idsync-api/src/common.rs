@@ -11,6 +11,13 @@ pub const URL_PATTERN: &str = r"^(https://[^\s/]+|http://(127\.0\.0\.1|localhost
 /// A Kubernetes object name (RFC 1123 subdomain).
 pub const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$";
 
+/// The bound of every count and generation in a status: the largest int64,
+/// what Kubernetes and the store hold. Status is written by the operator,
+/// never by a person, so this is the type's bound rather than a policy; it is
+/// in the schema so that every integer of every CRD has a maximum (a check in
+/// `crdgen` fails on one that does not).
+pub const MAX_INT64: i64 = i64::MAX;
+
 /// The kind of system a Connection talks to. Categories let a ResyncRequest
 /// resync "every provider of one type" at once.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -117,14 +124,40 @@ pub struct KeyReference {
     pub key: String,
 }
 
-/// What one sync did to a connection's accounts.
+/// What one sync did to a connection's accounts. Each count is an int64
+/// from 0 to the largest int64.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncCounts {
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub created: u64,
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub updated: u64,
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub deleted: u64,
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub unchanged: u64,
+}
+
+/// Schema of a map of counts (`{name: count}`): each value from 0 to
+/// [`MAX_INT64`]. schemars' `inner(...)` reaches list items only, not map
+/// values.
+pub(crate) fn count_map(schema: &mut schemars::Schema) {
+    bound(schema.get_mut("additionalProperties"), 0, MAX_INT64);
+}
+
+/// Schema of a list of `metav1.Condition`s: their `observedGeneration`
+/// from 0 (as Kubernetes' own schema says) to [`MAX_INT64`]. The type comes
+/// from k8s-openapi, so its bounds are added here.
+pub(crate) fn conditions_list(schema: &mut schemars::Schema) {
+    bound(schema.pointer_mut("/items/properties/observedGeneration"), 0, MAX_INT64);
+}
+
+fn bound(schema: Option<&mut serde_json::Value>, min: i64, max: i64) {
+    if let Some(serde_json::Value::Object(schema)) = schema {
+        schema.insert("minimum".into(), min.into());
+        schema.insert("maximum".into(), max.into());
+    }
 }
 
 /// Schema for a list of cron expressions: at least one, each non-empty.

@@ -7,7 +7,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Category, KeyReference, SecretReference, SyncCounts, SyncMode, URL_PATTERN};
+use super::common::{Category, KeyReference, MAX_INT64, SecretReference, SyncCounts, SyncMode, URL_PATTERN};
 use super::crdgen::add_rule;
 
 /// One connected system (identity provider, HR system, infrastructure,
@@ -67,25 +67,30 @@ pub struct ConnectionSpec {
     #[serde(default)]
     pub import_safeguard: ImportSafeguard,
 
-    /// Accounts asked for per page.
+    /// Accounts asked for per page, from 1 to 10000 (default 500): a page
+    /// is what one sync stages in the store at once. Servers may answer with
+    /// fewer than asked (SCIM servers and Active Directory cap their pages),
+    /// and the sync follows their pages.
     #[serde(default = "default_page_size")]
     #[schemars(range(min = 1, max = 10000))]
     pub page_size: u32,
 
-    /// Timeout of one request to the provider, in seconds.
+    /// Timeout of one request to the provider, in seconds, from 1 to 600
+    /// (ten minutes; default 30). A slower answer is retried.
     #[serde(default = "default_request_timeout_seconds")]
     #[schemars(range(min = 1, max = 600))]
     pub request_timeout_seconds: u32,
 
-    /// Most requests per second sent to the provider; unset means no limit
-    /// beyond the provider's own 429 answers, which are always honoured.
+    /// Most requests per second sent to the provider, from 1 to 1000; unset
+    /// means no limit beyond the provider's own 429 answers, which are always
+    /// honoured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub requests_per_second: Option<u32>,
 
     /// For providers whose deltas carry no deletions (SCIM, LDAP without
     /// content synchronisation): hours between the full passes that find
-    /// deleted accounts.
+    /// deleted accounts, from 1 to 720 (30 days; default 24).
     #[serde(default = "default_full_sync_interval_hours")]
     #[schemars(range(min = 1, max = 720))]
     pub full_sync_interval_hours: u32,
@@ -141,15 +146,20 @@ impl Default for ConnectionSchedule {
 #[serde(rename_all = "camelCase")]
 pub struct ImportSafeguard {
     /// Largest share of the connection's accounts, in percent, one sync may
-    /// delete. 100 turns the percentage check off.
+    /// delete, from 0 to 100 (default 20). 100 turns the percentage check off.
     #[serde(default = "default_max_delete_percent")]
     #[schemars(range(min = 0, max = 100))]
     pub max_delete_percent: u32,
-    /// Largest number of accounts one sync may delete, whatever the share.
+    /// Largest number of accounts one sync may delete, whatever the share,
+    /// from 0 to 10000000 (ten million, more accounts than any one system
+    /// idsync syncs holds); unset means no count limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = MAX_DELETE_COUNT))]
     pub max_delete_count: Option<u64>,
 }
+
+/// The largest `importSafeguard.maxDeleteCount`.
+pub const MAX_DELETE_COUNT: u64 = 10_000_000;
 
 fn default_max_delete_percent() -> u32 {
     20
@@ -600,15 +610,18 @@ fn default_github_api_url() -> String {
     "https://api.github.com".to_string()
 }
 
-/// What the operator observed of a Connection.
+/// What the operator observed of a Connection. Its counts and generations
+/// are int64s from 0 to the largest int64.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionStatus {
     /// `Ready`, `Syncing` and `Stalled`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = super::common::conditions_list)]
     pub conditions: Vec<Condition>,
     /// The generation the status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub observed_generation: Option<i64>,
     /// When the last sync finished, successfully or not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -627,6 +640,7 @@ pub struct ConnectionStatus {
     pub last_result: Option<SyncResult>,
     /// Accounts of this connection in the store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub account_count: Option<u64>,
     /// When the stored delta cursor was last advanced (its age).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -676,6 +690,7 @@ pub struct SyncResult {
     #[serde(flatten)]
     pub counts: SyncCounts,
     /// Wall time of the sync in milliseconds.
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub duration_milliseconds: u64,
     pub outcome: SyncOutcome,
     /// A sentence for a person.
@@ -683,5 +698,6 @@ pub struct SyncResult {
     pub message: String,
     /// Counts per provider-specific detail (pages read, retries…).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = super::common::count_map)]
     pub details: BTreeMap<String, u64>,
 }

@@ -7,7 +7,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::NAME_PATTERN;
+use super::common::{MAX_INT64, NAME_PATTERN};
 use super::crdgen::add_rule;
 
 /// How the accounts of connected systems become identities: the
@@ -199,35 +199,44 @@ pub enum ApplyPolicy {
     Manual,
 }
 
-/// What the operator observed of an IdentityProfile.
+/// What the operator observed of an IdentityProfile. Its counts and
+/// generations are int64s from 0 to the largest int64.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct IdentityProfileStatus {
     /// `Ready`, `Processing`, `Stalled`, and `ChangesPending` under
     /// `applyPolicy: Manual`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = super::common::conditions_list)]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub observed_generation: Option<i64>,
     /// The generation whose mappings the identities were last computed with;
     /// below `metadata.generation` while Manual changes are pending.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub applied_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub identity_count: Option<u64>,
     /// Identities per lifecycle state.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = super::common::count_map)]
     pub lifecycle_state_counts: BTreeMap<String, u64>,
     /// Accounts of correlated connections that match no identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub uncorrelated_accounts: Option<u64>,
     /// Accounts of correlated connections that a rule matched to several
     /// identities; reported, not attached (see `idsync identities
     /// uncorrelated`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub ambiguous_accounts: Option<u64>,
     /// Identities whose manager attribute names nobody.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub unresolved_managers: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_processing: Option<ProcessingRun>,
@@ -244,8 +253,11 @@ pub struct ProcessingRun {
     pub start_time: Time,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub processed: u64,
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub changed: u64,
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub errors: u64,
     /// Succeeded or Failed, and why.
     pub result: String,

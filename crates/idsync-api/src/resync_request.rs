@@ -5,7 +5,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Category, ConcurrencyPolicy, NAME_PATTERN, SyncCounts, SyncMode};
+use super::common::{Category, ConcurrencyPolicy, MAX_INT64, NAME_PATTERN, SyncCounts, SyncMode};
 use super::crdgen::add_rule;
 
 /// An ad-hoc sync ("resync personnel", "force sync") and/or identity
@@ -72,12 +72,16 @@ pub struct ResyncRequestSpec {
     #[schemars(inner(regex(pattern = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"), length(max = 254)), length(max = 50))]
     pub notify: Vec<String>,
 
-    /// Seconds after completion at which the request deletes itself; kept
-    /// until deleted by hand when unset.
+    /// Seconds after completion at which the request deletes itself, from 0
+    /// to 31536000 (365 days); kept until deleted by hand when unset. Its
+    /// history outlives it in the store's run history and in Events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = MAX_TTL_SECONDS_AFTER_FINISHED))]
     pub ttl_seconds_after_finished: Option<i64>,
 }
+
+/// The largest `ttlSecondsAfterFinished`: a year, in seconds.
+pub const MAX_TTL_SECONDS_AFTER_FINISHED: i64 = 365 * 24 * 3600;
 
 fn resync_spec_rules(schema: &mut schemars::Schema) {
     add_rule(schema, "self == oldSelf", "spec is immutable: create a new ResyncRequest instead", None);
@@ -201,7 +205,8 @@ pub enum TargetPhase {
     SafeguardTripped,
 }
 
-/// What the operator observed of a ResyncRequest.
+/// What the operator observed of a ResyncRequest. Its counts and
+/// generations are int64s from 0 to the largest int64.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ResyncRequestStatus {
@@ -210,8 +215,10 @@ pub struct ResyncRequestStatus {
     /// `Complete` once finished, and `Stalled` when the target cannot be
     /// resolved.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = super::common::conditions_list)]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
@@ -250,8 +257,11 @@ pub struct TargetStatus {
 pub struct ProfileRunStatus {
     pub profile: String,
     pub phase: TargetPhase,
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub processed: u64,
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub changed: u64,
+    #[schemars(range(min = 0, max = MAX_INT64))]
     pub errors: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
