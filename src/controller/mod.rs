@@ -11,6 +11,7 @@ pub mod profile;
 pub mod resync;
 pub mod runner;
 pub mod status;
+pub mod timing;
 
 use std::sync::Arc;
 use std::time::Duration;

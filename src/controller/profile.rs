@@ -29,7 +29,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
-use super::{Context, Error, events, status};
+use super::{Context, Error, events, status, timing};
 use crate::identity::expr::CompiledProfile;
 use crate::identity::process::{self, Selection, Summary};
 use crate::model::{ProcessingRunRecord, ProfileRef, RunOutcome};
@@ -521,7 +521,8 @@ fn process_blocking(store: &dyn crate::store::Store, job: Job, now: Timestamp) -
     match compute_and_commit(store, job, now) {
         Ok(result) => result,
         Err(error) => {
-            let finished = now + jiff::SignedDuration::try_from(timer.elapsed()).unwrap_or_default();
+            let finished =
+                timing::saturating_add(now, jiff::SignedDuration::try_from(timer.elapsed()).unwrap_or_default());
             let mut result = failed(trigger, request, now, finished, format!("{error}; nothing was applied"));
             match store.record_processing_run(&profile, &result.run) {
                 Ok(id) => result.run.id = id,
@@ -598,7 +599,8 @@ fn compute_and_commit(
         message,
     };
     let finished = |run: &mut ProcessingRunRecord| {
-        run.finished_at = now + jiff::SignedDuration::try_from(timer.elapsed()).unwrap_or_default();
+        run.finished_at =
+            timing::saturating_add(now, jiff::SignedDuration::try_from(timer.elapsed()).unwrap_or_default());
     };
     if job.dry_run {
         finished(&mut run);

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::core::SelectorExt;
@@ -16,7 +16,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use super::runner::{OnDone, Start, Ticket, connection_ref, counts_of, summary};
-use super::{Context, Error, events, profile, status};
+use super::{Context, Error, events, profile, status, timing};
 use crate::identity::process;
 use crate::model::RunOutcome;
 use crate::sync::job::SyncReport;
@@ -140,7 +140,10 @@ pub async fn reconcile(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Result
             return Ok(Action::await_change());
         };
         let done = status.completion_time.as_ref().map(|t| t.0).unwrap_or(now);
-        let expires = done + SignedDuration::from_secs(ttl);
+        let Some(expires) = timing::expiry(done, ttl) else {
+            tracing::info!(request = %name, ttl, "the request's TTL ends beyond any time; keeping it");
+            return Ok(Action::await_change());
+        };
         if expires <= now {
             api.delete(&name, &DeleteParams::background()).await.map_err(Error::Kube)?;
             return Ok(Action::await_change());

@@ -196,10 +196,13 @@ fn parse_field(field: &str, min: u64, max: u64, names: &[&str]) -> Result<u64, S
         if low > high {
             return Err(format!("range {range:?} runs backwards"));
         }
+        // The step is the expression's own number, up to u64::MAX: a sum
+        // past it means no further value in the range.
         let mut v = low;
         while v <= high {
             bits |= 1 << v;
-            v += step;
+            let Some(next) = v.checked_add(step) else { break };
+            v = next;
         }
     }
     Ok(bits)
@@ -285,6 +288,16 @@ mod tests {
         let zone = Schedule::parse(&["0 8 * * *".to_string()], "Mars/Olympus").expect_err("unknown zone");
         assert_eq!(zone.to_string(), r#"time zone "Mars/Olympus" is not a known IANA time zone"#);
         assert_eq!(Schedule::parse(&[], "UTC").expect_err("empty"), ScheduleError::Empty);
+    }
+
+    #[test]
+    fn a_step_as_large_as_a_u64_runs_once_instead_of_overflowing() {
+        // `5/18446744073709551614`: from minute 5 in steps past the end of
+        // u64; adding the step once panicked the Connection controller.
+        let huge = u64::MAX - 1;
+        assert_eq!(next(&[&format!("5/{huge} * * * *")], "UTC", "2026-11-22T10:07:00Z"), "2026-11-22T11:05:00Z");
+        assert_eq!(next(&[&format!("0 */{} * * *", u64::MAX)], "UTC", "2026-11-22T10:07:00Z"), "2026-11-23T00:00:00Z");
+        assert!(Cron::parse(&format!("0 0 1-31/{huge} * *")).is_ok());
     }
 
     #[test]
