@@ -19,7 +19,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
 use super::runner::{Start, Ticket, connection_ref};
-use super::{CONNECTION_FINALIZER, Context, Error, guard, inputs, status};
+use super::{CONNECTION_FINALIZER, Context, Error, guard, inputs, panics, status};
 use crate::sync::schedule::Schedule;
 use idsync_api::conditions::{self, FALSE, TRUE};
 use idsync_api::{Connection, Provider, REQUESTED_AT_ANNOTATION, SyncMode};
@@ -81,22 +81,28 @@ fn uses_config_map(c: &Connection, name: &str) -> bool {
     matches!(&c.spec.provider, Provider::Csv(csv) if csv.source.config_map_key_ref.as_ref().is_some_and(|r| r.name == name))
 }
 
+/// One reconcile; a panic inside it fails this reconcile only (see `panics`).
 pub async fn reconcile(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = connection.namespace().unwrap_or_else(|| "default".to_string());
+    let object = format!("Connection {namespace}/{}", connection.name_any());
     let api: Api<Connection> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer(&api, CONNECTION_FINALIZER, connection, |event| async {
-        match event {
-            FinalizerEvent::Apply(c) => apply(c, ctx.clone()).await,
-            FinalizerEvent::Cleanup(c) => cleanup(c, ctx.clone()).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(e.to_string()))
+    let reconcile = async {
+        finalizer(&api, CONNECTION_FINALIZER, connection, |event| async {
+            match event {
+                FinalizerEvent::Apply(c) => apply(c, ctx.clone()).await,
+                FinalizerEvent::Cleanup(c) => cleanup(c, ctx.clone()).await,
+            }
+        })
+        .await
+        .map_err(Error::from)
+    };
+    panics::catching(&object, reconcile).await
 }
 
-pub fn error_policy(_connection: Arc<Connection>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(connection: Arc<Connection>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_error("connection", error.metric_label());
-    tracing::warn!(%error, kind = error.metric_label(), "connection reconcile failed; retrying");
+    tracing::warn!(%error, kind = error.metric_label(), namespace = ?connection.namespace(), name = %connection.name_any(),
+        "connection reconcile failed; retrying");
     Action::requeue(Duration::from_secs(10))
 }
 

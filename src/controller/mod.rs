@@ -7,6 +7,7 @@ pub mod connection;
 pub mod events;
 pub mod guard;
 pub mod inputs;
+pub mod panics;
 pub mod profile;
 pub mod resync;
 pub mod runner;
@@ -105,19 +106,40 @@ pub enum Error {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Conflict(String),
-    #[error("finalizer: {0}")]
-    Finalizer(String),
+    /// What kube-runtime's `finalizer()` returns: the reconciler's own error
+    /// wrapped as ApplyFailed or CleanupFailed, or the helper's failure to
+    /// add or remove the finalizer.
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The reconcile panicked (see `panics`); the message is the panic's.
+    #[error("the reconcile panicked: {message}")]
+    Panicked { message: String },
+}
+
+impl From<kube::runtime::finalizer::Error<Error>> for Error {
+    fn from(error: kube::runtime::finalizer::Error<Error>) -> Self {
+        Error::Finalizer(Box::new(error))
+    }
 }
 
 impl Error {
-    /// A short name for metrics and logs.
+    /// A short name for metrics and logs: what failed. An error the
+    /// finalizer helper wrapped is labelled by what it wraps, so
+    /// `idsync_reconcile_errors_total` says `kube` or `store` rather than
+    /// `finalizer` for nearly everything; `finalizer` is left for the
+    /// helper's own failures.
     pub fn metric_label(&self) -> &'static str {
+        use kube::runtime::finalizer::Error as Finalizer;
         match self {
             Error::Kube(_) => "kube",
             Error::Serialize(_) => "serialize",
             Error::Store(_) => "store",
             Error::Conflict(_) => "conflict",
-            Error::Finalizer(_) => "finalizer",
+            Error::Finalizer(wrapped) => match wrapped.as_ref() {
+                Finalizer::ApplyFailed(inner) | Finalizer::CleanupFailed(inner) => inner.metric_label(),
+                _ => "finalizer",
+            },
+            Error::Panicked { .. } => "panic",
         }
     }
 }
@@ -184,4 +206,41 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     };
     tokio::join!(connections, requests, profiles, stop);
     ctx.runner.cancel_all().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::finalizer::Error as Finalizer;
+
+    use super::*;
+    use crate::store::StoreError;
+
+    fn wrapped(error: Finalizer<Error>) -> Error {
+        Error::from(error)
+    }
+
+    #[test]
+    fn an_error_the_finalizer_helper_wrapped_is_labelled_by_what_it_wraps() {
+        assert_eq!(wrapped(Finalizer::ApplyFailed(Error::Store(StoreError::Poisoned))).metric_label(), "store");
+        assert_eq!(wrapped(Finalizer::ApplyFailed(Error::Kube(kube::Error::TlsRequired))).metric_label(), "kube");
+        assert_eq!(wrapped(Finalizer::CleanupFailed(Error::Conflict("busy".into()))).metric_label(), "conflict");
+        let panicked = Error::Panicked { message: "attempt to add with overflow".into() };
+        assert_eq!(wrapped(Finalizer::ApplyFailed(panicked)).metric_label(), "panic");
+    }
+
+    #[test]
+    fn the_finalizer_helpers_own_failures_are_labelled_finalizer() {
+        assert_eq!(wrapped(Finalizer::AddFinalizer(kube::Error::TlsRequired)).metric_label(), "finalizer");
+        assert_eq!(wrapped(Finalizer::RemoveFinalizer(kube::Error::TlsRequired)).metric_label(), "finalizer");
+        assert_eq!(wrapped(Finalizer::UnnamedObject).metric_label(), "finalizer");
+    }
+
+    #[test]
+    fn a_wrapped_error_still_says_what_failed() {
+        let error = wrapped(Finalizer::CleanupFailed(Error::Store(StoreError::Poisoned)));
+        assert_eq!(
+            error.to_string(),
+            "failed to clean up object: the store: the store's lock was poisoned by a panic in another thread"
+        );
+    }
 }

@@ -29,7 +29,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
-use super::{Context, Error, events, status, timing};
+use super::{Context, Error, events, panics, status, timing};
 use crate::identity::expr::CompiledProfile;
 use crate::identity::process::{self, Selection, Summary};
 use crate::model::{ProcessingRunRecord, ProfileRef, RunOutcome};
@@ -63,9 +63,10 @@ pub fn controller(ctx: Arc<Context>) -> Controller<IdentityProfile> {
     })
 }
 
-pub fn error_policy(_profile: Arc<IdentityProfile>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(profile: Arc<IdentityProfile>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_error("identityprofile", error.metric_label());
-    tracing::warn!(%error, kind = error.metric_label(), "identity profile reconcile failed; retrying");
+    tracing::warn!(%error, kind = error.metric_label(), namespace = ?profile.namespace(), name = %profile.name_any(),
+        "identity profile reconcile failed; retrying");
     Action::requeue(Duration::from_secs(10))
 }
 
@@ -73,17 +74,22 @@ pub fn profile_ref(profile: &IdentityProfile) -> ProfileRef {
     ProfileRef::new(profile.namespace().unwrap_or_else(|| "default".to_string()), profile.name_any())
 }
 
+/// One reconcile; a panic inside it fails this reconcile only (see `panics`).
 pub async fn reconcile(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = profile.namespace().unwrap_or_else(|| "default".to_string());
+    let object = format!("IdentityProfile {namespace}/{}", profile.name_any());
     let api: Api<IdentityProfile> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer(&api, PROFILE_FINALIZER, profile, |event| async {
-        match event {
-            FinalizerEvent::Apply(p) => apply(p, ctx.clone()).await,
-            FinalizerEvent::Cleanup(p) => cleanup(p, ctx.clone()).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(e.to_string()))
+    let reconcile = async {
+        finalizer(&api, PROFILE_FINALIZER, profile, |event| async {
+            match event {
+                FinalizerEvent::Apply(p) => apply(p, ctx.clone()).await,
+                FinalizerEvent::Cleanup(p) => cleanup(p, ctx.clone()).await,
+            }
+        })
+        .await
+        .map_err(Error::from)
+    };
+    panics::catching(&object, reconcile).await
 }
 
 async fn cleanup(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Action, Error> {

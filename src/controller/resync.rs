@@ -16,7 +16,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use super::runner::{OnDone, Start, Ticket, connection_ref, counts_of, summary};
-use super::{Context, Error, events, profile, status, timing};
+use super::{Context, Error, events, panics, profile, status, timing};
 use crate::identity::process;
 use crate::model::RunOutcome;
 use crate::sync::job::SyncReport;
@@ -29,9 +29,10 @@ pub fn controller(ctx: Arc<Context>) -> Controller<ResyncRequest> {
     Controller::new(Api::<ResyncRequest>::all(ctx.client.clone()), watcher::Config::default())
 }
 
-pub fn error_policy(_request: Arc<ResyncRequest>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(request: Arc<ResyncRequest>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_error("resyncrequest", error.metric_label());
-    tracing::warn!(%error, kind = error.metric_label(), "resync request reconcile failed; retrying");
+    tracing::warn!(%error, kind = error.metric_label(), namespace = ?request.namespace(), name = %request.name_any(),
+        "resync request reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
 
@@ -127,7 +128,17 @@ fn target_phase(outcome: RunOutcome) -> TargetPhase {
     }
 }
 
+/// One reconcile; a panic inside it fails this reconcile only (see `panics`).
 pub async fn reconcile(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let object = format!(
+        "ResyncRequest {}/{}",
+        request.namespace().unwrap_or_else(|| "default".to_string()),
+        request.name_any()
+    );
+    panics::catching(&object, reconcile_request(request, ctx)).await
+}
+
+async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     let name = request.name_any();
     let namespace = request.namespace().unwrap_or_else(|| "default".to_string());
     let api: Api<ResyncRequest> = Api::namespaced(ctx.client.clone(), &namespace);
