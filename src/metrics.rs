@@ -117,7 +117,8 @@ impl Metrics {
         registry.register("idsync_identities", "Identities of a profile after its last processing", identities.clone());
         registry.register(
             "idsync_reconcile_errors",
-            "Reconciles that ended in an error, by controller and error kind",
+            "Reconciles that ended in an error, by controller and error kind (a panic is kind panic; a sync \
+             that panicked counts as controller sync)",
             reconcile_errors.clone(),
         );
         registry.register("idsync_leader", "1 when this instance holds the leader Lease", leader.clone());

@@ -14,13 +14,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::{Resource, ResourceExt};
 use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 
 use super::guard::{self, Acquired, GuardClaim, Holder};
-use super::{Context, Error, events, inputs, status};
+use super::{Context, Error, events, inputs, panics, status};
 use crate::connectors;
 use crate::lease::{Held, LeaseLost};
-use crate::model::{ConnectionRef, RunOutcome};
+use crate::model::{ConnectionRef, RunFinish, RunOutcome};
+use crate::store::{Store, StoreError};
 use crate::sync::job::{self, SyncJob, SyncReport};
 use idsync_api::conditions::{self, FALSE, TRUE};
 use idsync_api::connection::{RunningSync, SyncOutcome, SyncResult};
@@ -211,7 +213,20 @@ impl Runner {
         ctx.metrics.sync_started();
         let mut report = match permit {
             None => cancelled_report(ticket.mode),
-            Some(_permit) => self.sync(ctx, ticket, cancel.clone()).await,
+            Some(_permit) => {
+                // Connectors and the sync engine read what sources send; a
+                // panic there ends the sync's own task, and this one records
+                // it as failed and releases the guard as after any sync.
+                let sync = tokio::spawn(tracing::Instrument::in_current_span(run_sync(
+                    ctx.clone(),
+                    ticket.clone(),
+                    cancel.clone(),
+                )));
+                match sync.await {
+                    Ok(report) => report,
+                    Err(ended) => sync_ended_early(ctx, &conn, ticket.mode, ended).await,
+                }
+            }
         };
         let lost = heartbeat.stop().await;
         if let Some(lost) = &lost
@@ -235,34 +250,92 @@ impl Runner {
         record_result(ctx, connection, ticket, &report).await;
         report
     }
+}
 
-    async fn sync(&self, ctx: &Arc<Context>, ticket: &Ticket, cancel: CancellationToken) -> SyncReport {
-        let connection = &ticket.connection;
-        let inputs = match inputs::resolve(&ctx.client, connection).await {
-            Ok(Ok(inputs)) => inputs,
-            Ok(Err(problem)) => return failed_report(ticket.mode, problem.reason, problem.message, true),
-            Err(e) => return failed_report(ticket.mode, "KubernetesError", e.to_string(), false),
-        };
-        let connector = match connectors::build(&connection.spec, inputs) {
-            Ok(c) => c,
-            Err(e) => return failed_report(ticket.mode, e.reason(), e.to_string(), e.is_stalled()),
-        };
-        let job = SyncJob {
-            connection: connection_ref(connection),
-            mode: ticket.mode,
-            trigger: ticket.trigger.to_string(),
-            request: ticket.request.clone(),
-            holder: ctx.config.identity.clone(),
-            dry_run: ticket.dry_run,
-            confirm_deletes: ticket.confirm_deletes,
-            safeguard: connection.spec.import_safeguard.clone(),
-            settings_hash: inputs::settings_hash(connection),
-            full_sync_interval: std::time::Duration::from_secs(
-                u64::from(connection.spec.full_sync_interval_hours) * 3600,
-            ),
-        };
-        job::run(job, connector, ctx.store.clone(), cancel).await
+/// One sync, start to end, in its own task (see `Runner::execute`).
+async fn run_sync(ctx: Arc<Context>, ticket: Ticket, cancel: CancellationToken) -> SyncReport {
+    let connection = &ticket.connection;
+    let inputs = match inputs::resolve(&ctx.client, connection).await {
+        Ok(Ok(inputs)) => inputs,
+        Ok(Err(problem)) => return failed_report(ticket.mode, problem.reason, problem.message, true),
+        Err(e) => return failed_report(ticket.mode, "KubernetesError", e.to_string(), false),
+    };
+    let connector = match connectors::build(&connection.spec, inputs) {
+        Ok(c) => c,
+        Err(e) => return failed_report(ticket.mode, e.reason(), e.to_string(), e.is_stalled()),
+    };
+    let job = SyncJob {
+        connection: connection_ref(connection),
+        mode: ticket.mode,
+        trigger: ticket.trigger.to_string(),
+        request: ticket.request.clone(),
+        holder: ctx.config.identity.clone(),
+        dry_run: ticket.dry_run,
+        confirm_deletes: ticket.confirm_deletes,
+        safeguard: connection.spec.import_safeguard.clone(),
+        settings_hash: inputs::settings_hash(connection),
+        full_sync_interval: std::time::Duration::from_secs(u64::from(connection.spec.full_sync_interval_hours) * 3600),
+    };
+    job::run(job, connector, ctx.store.clone(), cancel).await
+}
+
+/// A sync whose task ended without a report: it panicked (or the runtime
+/// is stopping). Its run, left unfinished in the store, is recorded as
+/// failed, so the run history does not show it in progress forever; the
+/// caller then releases the guard and reports the failure as for any sync.
+/// The panic's message goes to the log only: it may quote data, and status
+/// and Events are read by more people than the log is.
+async fn sync_ended_early(ctx: &Arc<Context>, conn: &ConnectionRef, mode: SyncMode, ended: JoinError) -> SyncReport {
+    let (outcome, reason, message) = if ended.is_panic() {
+        let panic = panics::message_of(ended.into_panic().as_ref());
+        tracing::error!(connection = %conn, panic = %panic, "the sync panicked; recording it as failed");
+        ctx.metrics.reconcile_error("sync", "panic");
+        (
+            RunOutcome::Failed,
+            "InternalError",
+            "the sync stopped on an internal error (a panic; the operator's log has it)",
+        )
+    } else {
+        tracing::warn!(connection = %conn, "the sync's task was stopped; recording it as interrupted");
+        (RunOutcome::Interrupted, "Interrupted", "the sync's task was stopped (the operator is stopping)")
+    };
+    let finish = RunFinish {
+        outcome,
+        mode: None,
+        counts: Default::default(),
+        message: format!("{message}; nothing was applied"),
+        finished_at: Timestamp::now(),
+    };
+    let (store, conn_for_store, holder) = (ctx.store.clone(), conn.clone(), ctx.config.identity.clone());
+    let closed =
+        tokio::task::spawn_blocking(move || finish_unfinished_runs(store.as_ref(), &conn_for_store, &holder, &finish))
+            .await;
+    match closed {
+        Ok(Ok(runs)) => tracing::info!(connection = %conn, runs, "closed the sync's unfinished run"),
+        Ok(Err(error)) => tracing::warn!(%error, connection = %conn, "could not record the sync's run as ended"),
+        Err(error) => tracing::warn!(%error, connection = %conn, "could not record the sync's run as ended"),
     }
+    let mut report = failed_report(mode, reason, message.to_string(), false);
+    report.outcome = outcome;
+    report
+}
+
+/// Finishes, with `finish`, the runs of `conn` that `holder` started and
+/// that never finished, dropping their staged changes. The caller holds the
+/// connection's guard, so any such run is the one that just died. Returns
+/// how many there were.
+pub fn finish_unfinished_runs(
+    store: &dyn Store,
+    conn: &ConnectionRef,
+    holder: &str,
+    finish: &RunFinish,
+) -> Result<usize, StoreError> {
+    let unfinished: Vec<_> =
+        store.runs(conn, 20)?.into_iter().filter(|r| r.finished_at.is_none() && r.holder == holder).collect();
+    for run in &unfinished {
+        store.abandon_run(run.id, finish)?;
+    }
+    Ok(unfinished.len())
 }
 
 /// Why a sync lost its guard, for its report.
@@ -521,4 +594,122 @@ async fn interrupt(ctx: &Arc<Context>, connection: &Connection, dead: &Holder) {
     })
     .await;
     events::publish(&ctx.recorder, &connection.object_ref(&()), true, events::SYNC_INTERRUPTED, message).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{NewRun, RunId};
+    use crate::store::SqliteStore;
+
+    const HOLDER: &str = "operator-a";
+
+    fn conn(name: &str) -> ConnectionRef {
+        ConnectionRef { namespace: "default".into(), name: name.into() }
+    }
+
+    /// A Context whose client is never contacted: what is tested here
+    /// writes to the store and the metrics only.
+    fn context(store: Arc<dyn Store>) -> Arc<Context> {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("url"));
+        let client = kube::Client::try_from(config).expect("client");
+        let config = super::super::Config { identity: HOLDER.into(), ..Default::default() };
+        Context::new(client, store, Arc::new(super::super::SystemClock), config)
+    }
+
+    fn start(store: &dyn Store, c: &ConnectionRef, holder: &str) -> RunId {
+        let run = NewRun {
+            connection: c.clone(),
+            trigger: "Requested".into(),
+            request: Some("resync-hr".into()),
+            requested_mode: "Full".into(),
+            holder: holder.into(),
+            started_at: Timestamp::now(),
+        };
+        store.start_run(&run).expect("run started")
+    }
+
+    fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("store"));
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_sync_that_panics_fails_and_its_run_is_closed_not_left_in_progress() {
+        let (_dir, store) = store();
+        let ctx = context(store.clone());
+        let hr = conn("hr");
+        let sync = {
+            let (store, hr) = (store.clone(), hr.clone());
+            tokio::spawn(async move {
+                let run = start(store.as_ref(), &hr, HOLDER);
+                if run > 0 {
+                    panic!("a connector bug quoting source data: jane@acme.example");
+                }
+                failed_report(SyncMode::Full, "Unreachable", String::new(), false)
+            })
+        };
+        let ended = sync.await.expect_err("the sync panicked");
+        let report = sync_ended_early(&ctx, &hr, SyncMode::Full, ended).await;
+
+        assert_eq!(report.outcome, RunOutcome::Failed);
+        assert_eq!(report.reason.as_deref(), Some("InternalError"));
+        assert!(report.message.contains("internal error") && report.message.ends_with("nothing was applied"));
+        // The panic's text is for the log, not for status and Events.
+        assert!(!report.message.contains("jane@acme.example"), "{}", report.message);
+        let runs = store.runs(&hr, 10).expect("runs");
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].outcome, Some(RunOutcome::Failed));
+        assert!(runs[0].finished_at.is_some(), "the run is still in progress: {:?}", runs[0]);
+        assert!(
+            ctx.metrics
+                .render()
+                .lines()
+                .any(|l| l == r#"idsync_reconcile_errors_total{controller="sync",error="panic"} 1"#),
+            "{}",
+            ctx.metrics.render()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sync_task_stopped_from_outside_is_interrupted() {
+        let (_dir, store) = store();
+        let ctx = context(store.clone());
+        let hr = conn("hr");
+        let run = start(store.as_ref(), &hr, HOLDER);
+        let sync = tokio::spawn(async {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            cancelled_report(SyncMode::Delta)
+        });
+        sync.abort();
+        let ended = sync.await.expect_err("aborted");
+        let report = sync_ended_early(&ctx, &hr, SyncMode::Delta, ended).await;
+        assert_eq!(report.outcome, RunOutcome::Interrupted);
+        assert_eq!(store.run(run).expect("read").and_then(|r| r.outcome), Some(RunOutcome::Interrupted));
+        assert!(!ctx.metrics.render().contains(r#"error="panic""#));
+    }
+
+    #[test]
+    fn only_the_holders_unfinished_runs_of_that_connection_are_finished() {
+        let (_dir, store) = store();
+        let (hr, idp) = (conn("hr"), conn("idp"));
+        let ours = start(store.as_ref(), &hr, HOLDER);
+        let other_connection = start(store.as_ref(), &idp, HOLDER);
+        let other_holder = start(store.as_ref(), &hr, "operator-b");
+        let finish = RunFinish {
+            outcome: RunOutcome::Failed,
+            mode: None,
+            counts: Default::default(),
+            message: "stopped".into(),
+            finished_at: Timestamp::now(),
+        };
+        assert_eq!(finish_unfinished_runs(store.as_ref(), &hr, HOLDER, &finish).expect("finished"), 1);
+        let outcome = |id| store.run(id).expect("read").expect("known").outcome;
+        assert_eq!(outcome(ours), Some(RunOutcome::Failed));
+        assert_eq!(outcome(other_connection), None);
+        assert_eq!(outcome(other_holder), None);
+        // Nothing left to finish the second time.
+        assert_eq!(finish_unfinished_runs(store.as_ref(), &hr, HOLDER, &finish).expect("finished"), 0);
+    }
 }
