@@ -13,6 +13,7 @@ mod identities_cli;
 mod identity_e2e;
 mod ldap_server;
 mod leader;
+mod panic_safety;
 mod run_command;
 mod runs_cli;
 mod scim_server;
