@@ -86,6 +86,19 @@ impl AccountChange {
         Some(AccountChange { account_id, kind, fields: changes })
     }
 
+    /// A creation as the run history keeps it: who was created (username,
+    /// e-mail, display name), not every field. The account itself holds its
+    /// data, and a first sync of 100,000 people would otherwise write it
+    /// all twice.
+    pub fn creation(account: &Account) -> AccountChange {
+        let fields = fields(Some(account))
+            .into_iter()
+            .filter(|(field, _)| IDENTIFYING.contains(&field.as_str()))
+            .map(|(field, value)| FieldChange { field, before: None, after: Some(value) })
+            .collect();
+        AccountChange { account_id: account.id.clone(), kind: ChangeKind::Created, fields }
+    }
+
     /// One line for a person: `updated E1002: email a@x → b@x, groups [a] → [a, b]`.
     pub fn summary(&self) -> String {
         let verb = match self.kind {
@@ -105,9 +118,8 @@ impl AccountChange {
             // Who it is, by the first of these it has.
             _ => {
                 let side = |f: &FieldChange| f.after.clone().or_else(|| f.before.clone());
-                let label = ["email", "username", "displayName"]
-                    .iter()
-                    .find_map(|name| self.fields.iter().find(|f| f.field == *name).and_then(side));
+                let label =
+                    IDENTIFYING.iter().find_map(|name| self.fields.iter().find(|f| f.field == *name).and_then(side));
                 match label {
                     Some(label) => format!("{verb} {} ({})", self.account_id, plain(&label)),
                     None => format!("{verb} {}", self.account_id),
@@ -116,6 +128,9 @@ impl AccountChange {
         }
     }
 }
+
+/// The fields that say who an account is, in the order a summary prefers.
+const IDENTIFYING: [&str; 3] = ["email", "username", "displayName"];
 
 /// An account's fields by name, absent ones left out.
 fn fields(account: Option<&Account>) -> Vec<(String, Value)> {
@@ -212,6 +227,10 @@ mod tests {
         assert_eq!(created.kind, ChangeKind::Created);
         assert!(created.fields.iter().all(|f| f.before.is_none() && f.after.is_some()));
         assert_eq!(created.summary(), "create E1 (ada@acme.example)");
+        // What the run history keeps of a creation: who, not every field.
+        let kept = AccountChange::creation(&ada);
+        assert_eq!(kept.fields.iter().map(|f| f.field.as_str()).collect::<Vec<_>>(), ["email"]);
+        assert_eq!(kept.summary(), created.summary());
         let deleted = AccountChange::between(Some(&ada), None).expect("deleted");
         assert_eq!(deleted.kind, ChangeKind::Deleted);
         assert!(deleted.fields.iter().all(|f| f.before.is_some() && f.after.is_none()));

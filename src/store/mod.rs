@@ -163,7 +163,20 @@ pub trait AccountStore: Send + Sync + 'static {
     /// Stages a page of changes for the run (own short transaction). Later
     /// stagings of the same id replace earlier ones. Fails if the run is
     /// unknown or already finished.
-    fn stage(&self, run: RunId, changes: &[StagedChange]) -> Result<(), StoreError>;
+    fn stage(&self, run: RunId, changes: &[StagedChange]) -> Result<(), StoreError> {
+        self.stage_recorded(run, changes, &[])
+    }
+    /// Stages a page as [`AccountStore::stage`] does and, in the same
+    /// transaction, records what it changes account by account, after what
+    /// the run recorded before. The record stays with a run that commits, a
+    /// dry run and a run the safeguard held back; it goes with a run that
+    /// fails or is cancelled, which changed nothing.
+    fn stage_recorded(
+        &self,
+        run: RunId,
+        changes: &[StagedChange],
+        recorded: &[AccountChange],
+    ) -> Result<(), StoreError>;
     /// In ONE transaction: apply the run's staged upserts and deletes to the
     /// connection's accounts, apply the cursor update (`Set` stores value +
     /// settings_hash + updated_at = finish.finished_at), record the finish,
@@ -193,11 +206,6 @@ pub trait AccountStore: Send + Sync + 'static {
     fn connections(&self) -> Result<Vec<ConnectionRef>, StoreError>;
     /// The stored accounts among `ids` (those that exist), ordered by id.
     fn get_accounts(&self, c: &ConnectionRef, ids: &[String]) -> Result<Vec<Account>, StoreError>;
-    /// Records what the run changed (or would change) account by account,
-    /// after what it recorded before. Kept with a run that commits, a dry
-    /// run and a run the safeguard held back; dropped with a run that fails
-    /// or is cancelled, which changed nothing.
-    fn record_changes(&self, run: RunId, changes: &[AccountChange]) -> Result<(), StoreError>;
     /// The run's changes in the order recorded: those after sequence number
     /// `after` (0: from the start), at most `limit`, each with its number.
     fn run_changes(&self, run: RunId, after: u64, limit: usize) -> Result<Vec<(u64, AccountChange)>, StoreError>;

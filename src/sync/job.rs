@@ -296,10 +296,8 @@ async fn stage_page(
         .filter_map(|(change, kind)| {
             let kind = (*kind)?;
             match change {
-                StagedChange::Upsert(after) => {
-                    let stored = (kind == ChangeKind::Updated).then(|| before.get(&after.id)).flatten();
-                    AccountChange::between(stored, Some(after))
-                }
+                StagedChange::Upsert(after) if kind == ChangeKind::Created => Some(AccountChange::creation(after)),
+                StagedChange::Upsert(after) => AccountChange::between(before.get(&after.id), Some(after)),
                 StagedChange::Delete(id) => AccountChange::between(before.get(id), None).or_else(|| {
                     Some(AccountChange { account_id: id.clone(), kind: ChangeKind::Deleted, fields: Vec::new() })
                 }),
@@ -307,11 +305,7 @@ async fn stage_page(
         })
         .collect();
     state.preview.add(&recorded);
-    blocking(store, move |s| {
-        s.stage(run_id, &staged)?;
-        s.record_changes(run_id, &recorded)
-    })
-    .await?;
+    blocking(store, move |s| s.stage_recorded(run_id, &staged, &recorded)).await?;
     Ok(())
 }
 

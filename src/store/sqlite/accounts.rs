@@ -119,7 +119,12 @@ impl AccountStore for SqliteStore {
         })
     }
 
-    fn stage(&self, run: RunId, changes: &[StagedChange]) -> Result<(), StoreError> {
+    fn stage_recorded(
+        &self,
+        run: RunId,
+        changes: &[StagedChange],
+        recorded: &[AccountChange],
+    ) -> Result<(), StoreError> {
         // Serialize and hash before taking the lock: it is the slow part of a
         // page, and other connections' runs should not wait for it.
         // (id, Some((hash, data))) is an upsert, (id, None) a delete.
@@ -132,6 +137,7 @@ impl AccountStore for SqliteStore {
                 StagedChange::Delete(id) => (id.as_str(), None),
             })
             .collect();
+        let recorded = changes::encode(recorded)?;
         self.write(|tx| {
             open_run_connection(tx, run)?;
             let mut insert = tx.prepare_cached(
@@ -143,6 +149,9 @@ impl AccountStore for SqliteStore {
                     Some((hash, data)) => insert.execute(params![run, id, OP_UPSERT, &hash.0[..], data])?,
                     None => insert.execute(params![run, id, OP_DELETE, None::<&[u8]>, None::<&str>])?,
                 };
+            }
+            if !recorded.is_empty() {
+                changes::record(tx, run, &recorded)?;
             }
             Ok(())
         })
@@ -303,17 +312,6 @@ impl AccountStore for SqliteStore {
             }
         }
         Ok(accounts)
-    }
-
-    fn record_changes(&self, run: RunId, changes: &[AccountChange]) -> Result<(), StoreError> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let encoded = changes::encode(changes)?;
-        self.write(|tx| {
-            open_run_connection(tx, run)?;
-            changes::record(tx, run, &encoded)
-        })
     }
 
     fn run_changes(&self, run: RunId, after: u64, limit: usize) -> Result<Vec<(u64, AccountChange)>, StoreError> {

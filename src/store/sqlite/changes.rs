@@ -133,9 +133,9 @@ mod tests {
             started_at: at(start),
         };
         let run = store.start_run(&new).unwrap();
-        store.stage(run, &[StagedChange::Upsert(Account::new(format!("a{start}")))]).unwrap();
-        store.record_changes(run, &[change("a", ChangeKind::Created)]).unwrap();
-        store.record_changes(run, &[change("b", ChangeKind::Updated), change("c", ChangeKind::Deleted)]).unwrap();
+        let staged = [StagedChange::Upsert(Account::new(format!("a{start}")))];
+        store.stage_recorded(run, &staged, &[change("a", ChangeKind::Created)]).unwrap();
+        store.stage_recorded(run, &[], &[change("b", ChangeKind::Updated), change("c", ChangeKind::Deleted)]).unwrap();
         let finish = RunFinish {
             outcome,
             mode: Some("Full".into()),
