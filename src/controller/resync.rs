@@ -198,19 +198,7 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
                             preview: Vec::new(),
                         })
                         .collect();
-                    s.targets = work
-                        .connections
-                        .iter()
-                        .map(|n| TargetStatus {
-                            connection: n.clone(),
-                            phase: TargetPhase::Pending,
-                            mode: None,
-                            counts: None,
-                            message: String::new(),
-                            start_time: None,
-                            completion_time: None,
-                        })
-                        .collect();
+                    s.targets = work.connections.iter().map(TargetStatus::pending).collect();
                     conditions::set_condition(
                         &mut s.conditions,
                         conditions::COMPLETE,
@@ -489,6 +477,8 @@ fn on_done(ctx: &Arc<Context>, namespace: &str, request: &str, connection: &str)
                 t.mode = Some(report.mode);
                 t.counts = Some(counts_of(&report));
                 t.message = summary(&report);
+                t.run = report.run;
+                t.preview = report.preview.clone();
                 t.completion_time = Some(now.clone());
                 if t.start_time.is_none() {
                     t.start_time = Some(now.clone());
@@ -732,15 +722,7 @@ mod tests {
     }
 
     fn target(phase: TargetPhase) -> TargetStatus {
-        TargetStatus {
-            connection: "c".into(),
-            phase,
-            mode: None,
-            counts: None,
-            message: String::new(),
-            start_time: None,
-            completion_time: None,
-        }
+        TargetStatus { phase, ..TargetStatus::pending("c") }
     }
 
     #[test]

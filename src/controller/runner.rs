@@ -460,7 +460,9 @@ async fn record_result(ctx: &Arc<Context>, connection: &Connection, ticket: &Tic
     let connections: Api<Connection> = Api::namespaced(ctx.client.clone(), &conn.namespace);
     let now = Timestamp::now();
     let note = summary(report);
-    let dry_run = report.outcome == RunOutcome::DryRun;
+    // Whatever a dry run found (changes, a failure, a safeguard it would
+    // trip), the Connection's live status stays as it was.
+    let dry_run = ticket.dry_run;
     let written = status::update(&connections, &conn.name, |c: &mut Connection| {
         let generation = c.metadata.generation;
         let s = c.status.get_or_insert_with(Default::default);

@@ -153,6 +153,12 @@ pub async fn run(
             Some("Cancelled".to_string()),
             false,
         ),
+        Err(Failure::Safeguard(tripped)) if job.dry_run => (
+            RunOutcome::SafeguardTripped,
+            format!("dry run: would trip the import safeguard: {tripped}"),
+            Some("SafeguardTripped".to_string()),
+            false,
+        ),
         Err(Failure::Safeguard(tripped)) => {
             (RunOutcome::SafeguardTripped, tripped.to_string(), Some("SafeguardTripped".to_string()), false)
         }
@@ -201,7 +207,11 @@ pub async fn run(
         accounts,
         reason,
         stalled,
-        preview: state.preview.lines(),
+        // A run that failed changed nothing: what it had read is no preview.
+        preview: match outcome {
+            RunOutcome::Succeeded | RunOutcome::DryRun | RunOutcome::SafeguardTripped => state.preview.lines(),
+            _ => Vec::new(),
+        },
     }
 }
 
@@ -397,6 +407,12 @@ async fn read_and_stage(
     let total_before = diff.total_before();
     let (deletions, counts) = diff.finish();
     state.counts = counts;
+    // Staged and recorded before the safeguard decides, so that a held-back
+    // sync's run history lists whom it would have deleted.
+    for chunk in deletions.chunks(1000) {
+        let kinds = vec![Some(ChangeKind::Deleted); chunk.len()];
+        stage_page(store, &conn, run_id, PageChanges { staged: chunk.to_vec(), kinds }, state).await?;
+    }
     match safeguard::check(counts.deleted, total_before, &job.safeguard) {
         Err(tripped) if job.confirm_deletes => add_note(
             state,
@@ -407,10 +423,6 @@ async fn read_and_stage(
         ),
         Err(tripped) => return Err(tripped.into()),
         Ok(()) => {}
-    }
-    for chunk in deletions.chunks(1000) {
-        let kinds = vec![Some(ChangeKind::Deleted); chunk.len()];
-        stage_page(store, &conn, run_id, PageChanges { staged: chunk.to_vec(), kinds }, state).await?;
     }
     let cursor = match connector.cursor() {
         Some(value) => CursorUpdate::Set { value, settings_hash: job.settings_hash.clone() },

@@ -756,3 +756,46 @@ async fn every_sync_has_its_own_event_with_its_own_counts() {
         assert!(described.contains(counts), "kubectl describe lacks {counts:?}:\n{described}");
     }
 }
+
+/// A dry run shows what it would change, account by account, in the
+/// request's status and the run history, and leaves the Connection's live
+/// status as it was, even when it would trip the safeguard.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_lists_each_change_and_never_touches_the_live_status() {
+    let env = Env::start().await;
+    env.config_map("hr-export", &export(0..10)).await;
+    env.csv_connection("hr", "hr-export").await;
+    env.sync("initial", "hr", json!({})).await;
+    let live = env.get_connection("hr").await.status.expect("status");
+
+    // Person 1 gets a new address; 0, 2 and 3 leave (30% > 20%); 10 joins.
+    let next = export([1, 4, 5, 6, 7, 8, 9, 10]).replace("person1@", "renamed1@");
+    env.config_map("hr-export", &next).await;
+    let preview = env.sync("preview", "hr", json!({"dryRun": true})).await;
+    let t = target(&preview);
+    assert_eq!(t.phase, TargetPhase::SafeguardTripped, "{t:?}");
+    assert!(t.message.contains("dry run: would trip the import safeguard"), "{}", t.message);
+    assert!(t.message.contains("would delete 3 of 10 accounts (30%)"), "{}", t.message);
+    assert_eq!(
+        t.preview,
+        [
+            "create E0010 (person10@acme.example)",
+            "update E0001: email person1@acme.example → renamed1@acme.example, attributes.work_email person1@acme.example → renamed1@acme.example",
+            "delete E0000 (person0@acme.example)",
+            "delete E0002 (person2@acme.example)",
+            "delete E0003 (person3@acme.example)",
+        ]
+    );
+    // The run history keeps the whole diff of the dry run.
+    let run = t.run.expect("the run's number");
+    let kept = env.store().run_changes(run, 0, 100).expect("changes");
+    assert_eq!(kept.len(), 5, "{kept:?}");
+
+    // Nothing live moved: not the accounts, not Ready, lastResult or lastSyncTime.
+    assert_eq!(env.accounts("hr").len(), 10);
+    let after = env.get_connection("hr").await.status.expect("status");
+    assert_eq!(after.last_sync_time, live.last_sync_time);
+    assert_eq!(after.last_result, live.last_result);
+    let ready = |s: &idsync_api::ConnectionStatus| idsync_api::conditions::find(&s.conditions, "Ready").cloned();
+    assert_eq!(ready(&after), ready(&live));
+}

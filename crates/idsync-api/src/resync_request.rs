@@ -249,6 +249,32 @@ pub struct TargetStatus {
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// The sync's number in the store's run history: `idsync runs get RUN`
+    /// shows every account it changed (or, in a dry run, would change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_INT64))]
+    pub run: Option<i64>,
+    /// The first accounts it created, updated (each field, before → after)
+    /// and deleted, up to ten of each; for a dry run, what it would change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preview: Vec<String>,
+}
+
+impl TargetStatus {
+    /// A connection the request will sync, not started yet.
+    pub fn pending(connection: impl Into<String>) -> Self {
+        TargetStatus {
+            connection: connection.into(),
+            phase: TargetPhase::Pending,
+            mode: None,
+            counts: None,
+            message: String::new(),
+            start_time: None,
+            completion_time: None,
+            run: None,
+            preview: Vec::new(),
+        }
+    }
 }
 
 /// The processing of one IdentityProfile within a request.
