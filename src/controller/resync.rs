@@ -182,9 +182,11 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
             }
             s.observed_generation = generation;
             s.start_time = Some(stamp.clone());
+            s.target = request.spec.target.describe();
             match &resolved {
                 Ok(work) => {
-                    s.phase = Some(Phase::Running);
+                    // Running once a target's sync starts (finish_if_done).
+                    s.phase = Some(Phase::Pending);
                     s.profiles = work
                         .profiles
                         .iter()
@@ -401,29 +403,46 @@ fn finish_if_done(s: &mut idsync_api::ResyncRequestStatus, generation: Option<i6
     if s.phase.is_some_and(|p| p.is_finished()) {
         return;
     }
-    if let Some(phase) = overall_phase(&s.targets, &s.profiles) {
-        s.phase = Some(phase);
-        s.completion_time = Some(stamp.clone());
-        let succeeded = s.targets.iter().filter(|t| t.phase == TargetPhase::Succeeded).count();
-        let processed = s.profiles.iter().filter(|p| p.phase == TargetPhase::Succeeded).count();
-        let message = match (s.targets.len(), s.profiles.len()) {
-            (_, 0) => format!("{succeeded} of {} connection(s) synced", s.targets.len()),
-            (0, profiles) => format!("{processed} of {profiles} profile(s) processed"),
-            (targets, profiles) => {
-                format!("{succeeded} of {targets} connection(s) synced, {processed} of {profiles} profile(s) processed")
-            }
-        };
-        let reason = format!("{phase:?}");
-        conditions::set_condition(
-            &mut s.conditions,
-            conditions::COMPLETE,
-            TRUE,
-            &reason,
-            &message,
-            generation,
-            stamp.clone(),
-        );
-    }
+    let Some(phase) = overall_phase(&s.targets, &s.profiles) else {
+        // Not done: Running while something runs, Pending while every
+        // target waits (for a busy connection, a sync slot, its turn).
+        let running = s.targets.iter().map(|t| t.phase).chain(s.profiles.iter().map(|p| p.phase));
+        s.phase =
+            Some(if running.into_iter().any(|p| p == TargetPhase::Running) { Phase::Running } else { Phase::Pending });
+        return;
+    };
+    s.phase = Some(phase);
+    s.completion_time = Some(stamp.clone());
+    let succeeded = s.targets.iter().filter(|t| t.phase == TargetPhase::Succeeded).count();
+    let processed = s.profiles.iter().filter(|p| p.phase == TargetPhase::Succeeded).count();
+    let held: Vec<&str> =
+        s.targets.iter().filter(|t| t.phase == TargetPhase::SafeguardTripped).map(|t| t.connection.as_str()).collect();
+    let mut message = match (s.targets.len(), s.profiles.len()) {
+        (_, 0) => format!("{succeeded} of {} connection(s) synced", s.targets.len()),
+        (0, profiles) => format!("{processed} of {profiles} profile(s) processed"),
+        (targets, profiles) => {
+            format!("{succeeded} of {targets} connection(s) synced, {processed} of {profiles} profile(s) processed")
+        }
+    };
+    // A held-back sync waits for a person, which a plain "Failed" hides.
+    let reason = if held.is_empty() {
+        format!("{phase:?}")
+    } else {
+        message.push_str(&format!(
+            "; held back by the import safeguard: {}; to apply, create a ResyncRequest naming them with confirmDeletes: true",
+            held.join(", ")
+        ));
+        "SafeguardTripped".to_string()
+    };
+    conditions::set_condition(
+        &mut s.conditions,
+        conditions::COMPLETE,
+        TRUE,
+        &reason,
+        &message,
+        generation,
+        stamp.clone(),
+    );
 }
 
 async fn announce_completion(ctx: &Arc<Context>, request: &ResyncRequest) {

@@ -62,9 +62,29 @@ fn idsync_crds_prints_every_committed_crd() {
 #[test]
 fn every_crd_has_status_columns_short_names_and_the_idsync_category() {
     let expected_columns = [
-        ("Connection", vec!["Provider", "Category", "Ready", "Syncing", "Last Sync", "Accounts", "Age"]),
-        ("ResyncRequest", vec!["Target", "Mode", "Phase", "Started", "Completed", "Age"]),
-        ("IdentityProfile", vec!["Source", "Identities", "Active", "Ready", "Last Processed", "Age"]),
+        (
+            "Connection",
+            vec![
+                "Provider",
+                "Category",
+                "Ready",
+                "Status",
+                "Suspended",
+                "Syncing",
+                "Last Sync",
+                "Next Sync",
+                "Accounts",
+                "Age",
+            ],
+        ),
+        (
+            "ResyncRequest",
+            vec!["Target", "Scope", "Mode", "Dry Run", "Phase", "Reason", "Message", "Started", "Completed", "Age"],
+        ),
+        (
+            "IdentityProfile",
+            vec!["Source", "Identities", "Active", "Ready", "Pending", "Status", "Last Processed", "Age"],
+        ),
     ];
     let expected_short = [("Connection", "conn"), ("ResyncRequest", "rr"), ("IdentityProfile", "idprof")];
     for crd in crdgen::all() {

@@ -25,7 +25,25 @@ async fn kubectl_applies_the_crds_and_every_example_and_lists_them_with_columns(
     let out = h.kubectl_ok(&["get", "connections"]).await;
     let header = out.lines().next().expect("a header line");
     let columns: Vec<&str> = header.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
-    assert_eq!(columns, vec!["NAME", "PROVIDER", "CATEGORY", "READY", "SYNCING", "LAST SYNC", "ACCOUNTS", "AGE"]);
+    // Why a Connection is not ready, whether it is suspended and when it
+    // syncs next are in the default columns; SYNCING is in -o wide.
+    assert_eq!(
+        columns,
+        vec![
+            "NAME",
+            "PROVIDER",
+            "CATEGORY",
+            "READY",
+            "STATUS",
+            "SUSPENDED",
+            "LAST SYNC",
+            "NEXT SYNC",
+            "ACCOUNTS",
+            "AGE"
+        ]
+    );
+    let wide = h.kubectl_ok(&["get", "connections", "-o", "wide"]).await;
+    assert!(wide.lines().next().is_some_and(|h| h.contains("SYNCING")), "{wide}");
     let hris = out.lines().find(|l| l.starts_with("hris ")).expect("hris listed");
     let cells: Vec<&str> = hris.split_whitespace().collect();
     assert_eq!(&cells[..3], &["hris", "csv", "HRIS"], "{hris}");

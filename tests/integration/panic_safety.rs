@@ -118,7 +118,7 @@ async fn numbers_and_times_at_the_ends_of_their_ranges_panic_no_controller() {
     })
     .await
     .expect("the request for the guarded connection does not wait for the guard's holder");
-    assert_eq!(waiting.status.as_ref().and_then(|s| s.phase), Some(Phase::Running), "{:?}", waiting.status);
+    assert_eq!(waiting.status.as_ref().and_then(|s| s.phase), Some(Phase::Pending), "{:?}", waiting.status);
     let connections: Api<idsync_api::Connection> = Api::namespaced(op.h.client.clone(), "default");
     let scheduled =
         eventually(Duration::from_secs(30), || async { connections.get("legacy").await.ok()?.status?.next_sync_time })

@@ -210,6 +210,18 @@ async fn the_import_safeguard_holds_back_a_mass_deletion_until_confirmed() {
     assert_eq!(t.phase, TargetPhase::SafeguardTripped);
     assert!(t.message.contains("would delete 3 of 10 accounts (30%)"), "{}", t.message);
     assert_eq!(env.accounts("hris").len(), 10, "the safeguard applied something");
+    // kubectl get rr -o wide says it waits for a confirmation, not just "Failed".
+    let status = held.status.as_ref().expect("status");
+    assert_eq!(status.target, "connections hris");
+    let complete = idsync_api::conditions::find(&status.conditions, "Complete").expect("Complete");
+    assert_eq!(complete.reason, "SafeguardTripped");
+    assert!(complete.message.contains("held back by the import safeguard: hris"), "{}", complete.message);
+    assert!(complete.message.contains("confirmDeletes: true"), "{}", complete.message);
+    let wide = env.h.kubectl_ok(&["get", "rr", "held", "-o", "wide"]).await;
+    let row = wide.lines().nth(1).expect("a row");
+    for cell in ["connections hris", "Accounts", "Full", "false", "Failed", "SafeguardTripped"] {
+        assert!(row.contains(cell), "{cell:?} not in {row:?}");
+    }
     let warnings: Vec<Event> =
         env.events_for("hris").await.into_iter().filter(|e| e.reason.as_deref() == Some("SafeguardTripped")).collect();
     assert_eq!(warnings.first().and_then(|e| e.type_.clone()).as_deref(), Some("Warning"));
@@ -300,10 +312,12 @@ async fn forbid_rejects_wait_queues_and_replace_cancels() {
     env.request("waiting", json!({"target": {"connections": ["slow"]}, "concurrencyPolicy": "Wait"})).await;
     let waited = eventually(Duration::from_secs(5), || async {
         let r = api.get("waiting").await.ok()?;
-        (r.status.as_ref()?.targets.first()?.phase == TargetPhase::Waiting).then_some(())
+        (r.status.as_ref()?.targets.first()?.phase == TargetPhase::Waiting).then_some(r)
     })
     .await;
-    assert!(waited.is_some(), "the Wait request did not queue");
+    let waited = waited.expect("the Wait request did not queue");
+    // Waiting is not running: the request reads Pending until its sync starts.
+    assert_eq!(phase(&waited), Some(Phase::Pending), "{:?}", waited.status);
     let first = env.finished("first", Duration::from_secs(60)).await;
     let waiting = env.finished("waiting", Duration::from_secs(60)).await;
     assert_eq!(phase(&first), Some(Phase::Succeeded));

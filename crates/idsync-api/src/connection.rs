@@ -33,8 +33,16 @@ use super::crdgen::add_rule;
     printcolumn(name = "Provider", type_ = "string", json_path = ".spec.provider.type"),
     printcolumn(name = "Category", type_ = "string", json_path = ".spec.category"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Syncing", type_ = "string", json_path = ".status.conditions[?(@.type==\"Syncing\")].status"),
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].message"),
+    printcolumn(name = "Suspended", type_ = "boolean", json_path = ".spec.suspend"),
+    printcolumn(
+        name = "Syncing",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Syncing\")].status",
+        priority = 1
+    ),
     printcolumn(name = "Last Sync", type_ = "date", json_path = ".status.lastSyncTime"),
+    printcolumn(name = "Next Sync", type_ = "date", json_path = ".status.nextSyncTime"),
     printcolumn(name = "Accounts", type_ = "integer", json_path = ".status.accountCount"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]

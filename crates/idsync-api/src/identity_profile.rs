@@ -35,6 +35,17 @@ use super::crdgen::add_rule;
     printcolumn(name = "Identities", type_ = "integer", json_path = ".status.identityCount"),
     printcolumn(name = "Active", type_ = "integer", json_path = ".status.lifecycleStateCounts.active"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Pending",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"ChangesPending\")].status"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        priority = 1
+    ),
     printcolumn(name = "Last Processed", type_ = "date", json_path = ".status.lastProcessing.completionTime"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]

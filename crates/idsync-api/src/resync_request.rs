@@ -25,9 +25,23 @@ use super::crdgen::add_rule;
     shortname = "resync",
     category = "idsync",
     derive = "PartialEq",
-    printcolumn(name = "Target", type_ = "string", json_path = ".spec.target"),
+    printcolumn(name = "Target", type_ = "string", json_path = ".status.target"),
+    printcolumn(name = "Scope", type_ = "string", json_path = ".spec.scope"),
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(name = "Dry Run", type_ = "boolean", json_path = ".spec.dryRun"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Complete\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Complete\")].message",
+        priority = 1
+    ),
     printcolumn(name = "Started", type_ = "date", json_path = ".status.startTime"),
     printcolumn(name = "Completed", type_ = "date", json_path = ".status.completionTime"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
@@ -152,6 +166,40 @@ fn resync_target_rules(schema: &mut schemars::Schema) {
     );
 }
 
+impl ResyncTarget {
+    /// The target in words, for a person: `connections hr, idp`,
+    /// `category HRIS`, `connections labelled team=iam`, `profiles
+    /// employees`, `all connections` (several, joined with `; `).
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.all == Some(true) {
+            parts.push("all connections".to_string());
+        }
+        if let Some(category) = &self.category {
+            parts.push(format!(
+                "category {}",
+                serde_json::to_value(category).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+            ));
+        }
+        if let Some(names) = self.connections.as_ref().filter(|n| !n.is_empty()) {
+            parts.push(format!("connections {}", names.join(", ")));
+        }
+        if let Some(selector) = &self.selector {
+            let mut terms: Vec<String> =
+                selector.match_labels.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+            terms.extend(selector.match_expressions.iter().flatten().map(|e| {
+                let values = e.values.as_deref().unwrap_or_default().join(",");
+                format!("{} {} ({values})", e.key, e.operator)
+            }));
+            parts.push(format!("connections labelled {}", terms.join(",")));
+        }
+        if let Some(names) = self.profiles.as_ref().filter(|n| !n.is_empty()) {
+            parts.push(format!("profiles {}", names.join(", ")));
+        }
+        parts.join("; ")
+    }
+}
+
 /// What a request processes.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Scope {
@@ -212,6 +260,10 @@ pub enum TargetPhase {
 pub struct ResyncRequestStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
+    /// The target in words (`connections hr, idp`, `category HRIS`, `all
+    /// connections`…), for `kubectl get`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target: String,
     /// `Complete` once finished, and `Stalled` when the target cannot be
     /// resolved.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -294,4 +346,25 @@ pub struct ProfileRunStatus {
     /// For a dry run: what would change, e.g. `lifecycleState active → inactive: 12`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub preview: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(value: serde_json::Value) -> ResyncTarget {
+        serde_json::from_value(value).expect("a target")
+    }
+
+    #[test]
+    fn targets_read_as_words() {
+        assert_eq!(target(serde_json::json!({"connections": ["hr", "idp"]})).describe(), "connections hr, idp");
+        assert_eq!(target(serde_json::json!({"all": true})).describe(), "all connections");
+        assert_eq!(target(serde_json::json!({"category": "HRIS"})).describe(), "category HRIS");
+        assert_eq!(
+            target(serde_json::json!({"selector": {"matchLabels": {"team": "iam"}}})).describe(),
+            "connections labelled team=iam"
+        );
+        assert_eq!(target(serde_json::json!({"profiles": ["employees"]})).describe(), "profiles employees");
+    }
 }
