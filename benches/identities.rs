@@ -14,6 +14,7 @@ use idsync::identity::expr::CompiledProfile;
 use idsync::identity::process::{self, Selection};
 use idsync::model::Account;
 use idsync::model::{ConnectionRef, Counts, NewRun, ProcessingRunRecord, ProfileRef, RunFinish, RunOutcome};
+use idsync::model::{RunMode, Trigger};
 use idsync::store::{AccountStore, CursorUpdate, IdentityStore, SqliteStore, StagedChange};
 use idsync_api::IdentityProfileSpec;
 use jiff::Timestamp;
@@ -79,9 +80,9 @@ fn sync(store: &SqliteStore, name: &str, accounts: impl Iterator<Item = Account>
     let run = store
         .start_run(&NewRun {
             connection: c,
-            trigger: "Scheduled".into(),
+            trigger: Trigger::Scheduled,
             request: None,
-            requested_mode: "Full".into(),
+            requested_mode: RunMode::Full,
             holder: "bench".into(),
             started_at: Timestamp::now(),
         })
@@ -92,7 +93,7 @@ fn sync(store: &SqliteStore, name: &str, accounts: impl Iterator<Item = Account>
     }
     let finish = RunFinish {
         outcome: RunOutcome::Succeeded,
-        mode: Some("Full".into()),
+        mode: Some(RunMode::Full),
         counts: Counts::default(),
         message: String::new(),
         finished_at: Timestamp::now(),
@@ -115,7 +116,7 @@ fn process(store: &SqliteStore, compiled: &CompiledProfile, selection: Selection
     drop(snapshot);
     let run = ProcessingRunRecord {
         id: 0,
-        trigger: label.to_string(),
+        trigger: Trigger::Scheduled,
         request: None,
         started_at: now,
         finished_at: now,

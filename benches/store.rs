@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use idsync::model::{Account, ContentHash};
 use idsync::model::{ConnectionRef, Counts, NewRun, RunFinish, RunOutcome};
+use idsync::model::{RunMode, Trigger};
 use idsync::store::{AccountStore, CursorUpdate, SqliteStore, StagedChange};
 use serde_json::json;
 
@@ -40,9 +41,9 @@ fn account(n: usize, version: u32) -> Account {
 fn run(store: &SqliteStore, c: &ConnectionRef) -> i64 {
     let new = NewRun {
         connection: c.clone(),
-        trigger: "Scheduled".into(),
+        trigger: Trigger::Scheduled,
         request: None,
-        requested_mode: "Full".into(),
+        requested_mode: RunMode::Full,
         holder: "bench".into(),
         started_at: jiff::Timestamp::now(),
     };
@@ -52,7 +53,7 @@ fn run(store: &SqliteStore, c: &ConnectionRef) -> i64 {
 fn finish(counts: Counts) -> RunFinish {
     RunFinish {
         outcome: RunOutcome::Succeeded,
-        mode: Some("Full".into()),
+        mode: Some(RunMode::Full),
         counts,
         message: String::new(),
         finished_at: jiff::Timestamp::now(),

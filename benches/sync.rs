@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use idsync::connectors::{self, ProviderInputs};
 use idsync::model::ConnectionRef;
+use idsync::model::Trigger;
 use idsync::store::{SqliteStore, Store};
 use idsync::sync::job::{self, SyncJob};
 use idsync_api::ConnectionSpec;
@@ -55,7 +56,7 @@ async fn sync(store: &Arc<dyn Store>, data: Vec<u8>, label: &str) {
     let job = SyncJob {
         connection: ConnectionRef { namespace: "bench".into(), name: "hr".into() },
         mode: SyncMode::Full,
-        trigger: "Bench".into(),
+        trigger: Trigger::Requested,
         request: None,
         holder: "bench".into(),
         dry_run: false,

@@ -181,7 +181,7 @@ impl<'a> From<&'a ProcessingRunRecord> for RunItem<'a> {
     fn from(run: &'a ProcessingRunRecord) -> Self {
         RunItem {
             id: run.id,
-            trigger: &run.trigger,
+            trigger: run.trigger.as_str(),
             request: run.request.as_deref(),
             result: run.outcome.as_str(),
             processed: run.processed,
@@ -200,7 +200,7 @@ pub fn run_row(run: &ProcessingRunRecord, now: Timestamp) -> Vec<String> {
     let duration = run_length(run.finished_at.duration_since(run.started_at));
     let trigger = match &run.request {
         Some(request) => format!("{} ({request})", run.trigger),
-        None => run.trigger.clone(),
+        None => run.trigger.to_string(),
     };
     [
         run.id.to_string(),
@@ -447,7 +447,7 @@ pub fn runs_report<S: IdentityStore + ProcessingHistory>(
             for run in &runs {
                 csv.record(&[
                     run.id.to_string(),
-                    run.trigger.clone(),
+                    run.trigger.to_string(),
                     run.request.clone().unwrap_or_default(),
                     run.outcome.as_str().to_string(),
                     run.processed.to_string(),
@@ -549,6 +549,7 @@ mod tests {
 
     use super::*;
     use crate::cli::output::{API_VERSION, unknown_profile_message};
+    use crate::model::Trigger;
     use crate::model::{ProcessingRunRecord, RunId};
     use crate::store::StoreError;
     use crate::store::{ProcessingCommit, ProcessingSnapshot, ProfileState};
@@ -967,7 +968,7 @@ mod tests {
     fn run_rows_show_trigger_request_counts_age_and_length() {
         let run = |request: Option<&str>, seconds: f64, message: &str| ProcessingRunRecord {
             id: 7,
-            trigger: "Manual".into(),
+            trigger: Trigger::Manual,
             request: request.map(String::from),
             started_at: ts("2024-06-01T11:00:00Z"),
             finished_at: ts("2024-06-01T11:00:00Z") + SignedDuration::from_secs_f64(seconds),

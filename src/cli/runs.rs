@@ -88,10 +88,10 @@ impl<'a> From<&'a RunRecord> for SyncRunItem<'a> {
             id: run.id,
             namespace: &run.connection.namespace,
             connection: &run.connection.name,
-            trigger: &run.trigger,
+            trigger: run.trigger.as_str(),
             request: run.request.as_deref(),
-            requested_mode: &run.requested_mode,
-            mode: run.mode.as_deref(),
+            requested_mode: run.requested_mode.as_str(),
+            mode: run.mode.map(|m| m.as_str()),
             result: result(run),
             created: run.counts.created,
             updated: run.counts.updated,
@@ -113,7 +113,7 @@ fn result(run: &RunRecord) -> &'static str {
 fn trigger(run: &RunRecord) -> String {
     match &run.request {
         Some(request) => format!("{} ({request})", run.trigger),
-        None => run.trigger.clone(),
+        None => run.trigger.to_string(),
     }
 }
 
@@ -124,7 +124,7 @@ pub fn sync_run_row(run: &RunRecord, now: Timestamp) -> Vec<String> {
     [
         run.id.to_string(),
         trigger(run),
-        run.mode.clone().unwrap_or_else(|| run.requested_mode.clone()),
+        run.mode.unwrap_or(run.requested_mode).to_string(),
         result(run).to_string(),
         c.created.to_string(),
         c.updated.to_string(),
@@ -144,10 +144,10 @@ fn sync_run_csv_record(run: &RunRecord) -> Vec<String> {
     vec![
         run.id.to_string(),
         run.connection.to_string(),
-        run.trigger.clone(),
+        run.trigger.to_string(),
         run.request.clone().unwrap_or_default(),
-        run.requested_mode.clone(),
-        run.mode.clone().unwrap_or_default(),
+        run.requested_mode.to_string(),
+        run.mode.map(|m| m.to_string()).unwrap_or_default(),
         result(run).to_string(),
         c.created.to_string(),
         c.updated.to_string(),
@@ -239,7 +239,7 @@ pub fn get_report(
                 ("Run", run.id.to_string()),
                 ("Connection", run.connection.to_string()),
                 ("Trigger", trigger(&run)),
-                ("Mode", format!("{} (asked {})", run.mode.as_deref().unwrap_or(NONE), run.requested_mode)),
+                ("Mode", format!("{} (asked {})", run.mode.map_or(NONE, |m| m.as_str()), run.requested_mode)),
                 ("Result", result(&run).to_string()),
                 (
                     "Counts",

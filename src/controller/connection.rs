@@ -20,6 +20,7 @@ use kube::runtime::watcher;
 
 use super::runner::{Start, Ticket, connection_ref};
 use super::{CONNECTION_FINALIZER, Context, Error, guard, inputs, panics, status};
+use crate::model::Trigger;
 use crate::sync::schedule::Schedule;
 use idsync_api::conditions::{self, FALSE, TRUE};
 use idsync_api::{Connection, Provider, REQUESTED_AT_ANNOTATION, SyncMode};
@@ -148,18 +149,18 @@ async fn apply(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action,
     };
 
     let mut next_sync = None;
-    let mut start: Option<(&'static str, Option<String>)> = None;
+    let mut start: Option<(Trigger, Option<String>)> = None;
     // A suspended or stalled Connection neither schedules nor handles requested-at.
     if let (None, Ok(schedule), false) = (&problem, &schedule, connection.spec.suspend) {
         let recorded = status.next_sync_time.as_ref().map(|t| t.0);
         let plan = plan_schedule(schedule, recorded, spec_changed, now);
         next_sync = plan.next;
         if plan.due {
-            start = Some(("Scheduled", None));
+            start = Some((Trigger::Scheduled, None));
         }
         let requested = connection.annotations().get(REQUESTED_AT_ANNOTATION).cloned();
         if requested.is_some() && requested != status.last_handled_requested_at {
-            start = Some(("RequestedAt", requested));
+            start = Some((Trigger::RequestedAt, requested));
         }
     }
 
@@ -178,7 +179,7 @@ async fn apply(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action,
         match ctx.runner.start(ctx.clone(), ticket, Box::new(|_| Box::pin(async {}))).await? {
             Start::Started => handled_request = requested_at,
             Start::Busy(holder) => {
-                tracing::info!(connection = %name, holder = %holder.identity, trigger, "a sync is already running; not starting another");
+                tracing::info!(connection = %name, holder = %holder.identity, %trigger, "a sync is already running; not starting another");
                 // A requested sync is kept for when the running one ends; a
                 // scheduled slot that finds a sync running is covered by it.
                 busy_retry = requested_at.is_some();

@@ -32,7 +32,7 @@ use kube::{Resource, ResourceExt};
 use super::{Context, Error, events, panics, status, timing};
 use crate::identity::expr::CompiledProfile;
 use crate::identity::process::{self, Selection, Summary};
-use crate::model::{ProcessingRunRecord, ProfileRef, RunOutcome};
+use crate::model::{ProcessingRunRecord, ProfileRef, RunOutcome, Trigger};
 use crate::sync::schedule::Schedule;
 use idsync_api::conditions::{self, FALSE, TRUE};
 use idsync_api::identity_profile::{ApplyPolicy, ProcessingRun};
@@ -235,13 +235,13 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
     let spec_changed = eff.applies_current && eff.mappings_changed;
     let slot = state.last_scheduled.and_then(|last| schedule.due_between(last, now));
     let due = if spec_changed {
-        Some(("SpecChanged", Selection::All))
+        Some((Trigger::SpecChanged, Selection::All))
     } else if slot.is_some() {
-        Some(("Scheduled", Selection::All))
+        Some((Trigger::Scheduled, Selection::All))
     } else if versions != state.seen_versions {
-        Some(("EventBased", Selection::Changed))
+        Some((Trigger::EventBased, Selection::Changed))
     } else if state.next_time_based.is_some_and(|t| t <= now) {
-        Some(("TimeBased", Selection::Due))
+        Some((Trigger::TimeBased, Selection::Due))
     } else {
         None
     };
@@ -372,7 +372,7 @@ async fn missing_connections(ctx: &Context, namespace: &str, names: &[String]) -
 async fn mark_processing(
     api: &Api<IdentityProfile>,
     profile: &IdentityProfile,
-    trigger: &str,
+    trigger: Trigger,
     now: Timestamp,
 ) -> Result<(), Error> {
     let generation = profile.metadata.generation;
@@ -382,7 +382,7 @@ async fn mark_processing(
             &mut s.conditions,
             conditions::PROCESSING,
             TRUE,
-            trigger,
+            trigger.as_str(),
             &format!("{trigger} processing running"),
             generation,
             Time(now),
@@ -448,7 +448,7 @@ pub struct Job {
     pub compiled: Arc<CompiledProfile>,
     pub selection: Selection,
     /// SpecChanged, Scheduled, EventBased, TimeBased or Manual.
-    pub trigger: &'static str,
+    pub trigger: Trigger,
     pub request: Option<String>,
     pub dry_run: bool,
     /// The spec and generation this run applies, if it applies one.
@@ -506,7 +506,7 @@ pub async fn execute(ctx: &Arc<Context>, profile: &IdentityProfile, job: Job) ->
     if run.outcome != RunOutcome::DryRun {
         ctx.metrics.processing_finished(
             &format!("{}/{}", profile.namespace().unwrap_or_default(), profile.name_any()),
-            &run.trigger,
+            run.trigger.as_str(),
             run.outcome.as_str(),
             Duration::try_from(run.finished_at.duration_since(run.started_at)).unwrap_or_default(),
             run.changed,
@@ -594,7 +594,7 @@ fn compute_and_commit(
     }
     let mut run = ProcessingRunRecord {
         id: 0,
-        trigger: job.trigger.to_string(),
+        trigger: job.trigger,
         request: job.request.clone(),
         started_at: now,
         finished_at: now,
@@ -638,7 +638,7 @@ fn join_message(a: String, b: String) -> String {
 
 /// A run that failed and changed nothing.
 fn failed(
-    trigger: &str,
+    trigger: Trigger,
     request: Option<String>,
     started: Timestamp,
     finished: Timestamp,
@@ -647,7 +647,7 @@ fn failed(
     JobResult {
         run: ProcessingRunRecord {
             id: 0,
-            trigger: trigger.to_string(),
+            trigger,
             request,
             started_at: started,
             finished_at: finished,
@@ -690,7 +690,7 @@ pub fn record_run(
         return;
     }
     s.last_processing = Some(ProcessingRun {
-        trigger: run.trigger.clone(),
+        trigger: run.trigger.to_string(),
         start_time: Time(run.started_at),
         completion_time: Some(Time(run.finished_at)),
         processed: run.processed,
@@ -726,6 +726,7 @@ pub fn selection_for(identities: &[String]) -> Selection {
 mod tests {
     use super::*;
     use crate::model::Identity;
+    use crate::model::RunMode;
     use crate::store::{AccountStore, IdentityStore, ProcessingCommit, ProcessingHistory, SqliteStore};
 
     fn spec() -> IdentityProfileSpec {
@@ -748,7 +749,7 @@ mod tests {
         let seeded = ProcessingCommit { upserts: vec![identity("E1"), identity("E2")], ..Default::default() };
         let run = ProcessingRunRecord {
             id: 0,
-            trigger: "SpecChanged".into(),
+            trigger: Trigger::SpecChanged,
             request: None,
             started_at: Timestamp::UNIX_EPOCH,
             finished_at: Timestamp::UNIX_EPOCH,
@@ -767,7 +768,7 @@ mod tests {
             spec,
             compiled,
             selection: Selection::Changed,
-            trigger: "EventBased",
+            trigger: Trigger::EventBased,
             request: None,
             dry_run: false,
             applies: None,
@@ -791,9 +792,9 @@ mod tests {
         let sync = store
             .start_run(&NewRun {
                 connection: ConnectionRef::new("default", "hr"),
-                trigger: "Requested".into(),
+                trigger: Trigger::Requested,
                 request: None,
-                requested_mode: "Full".into(),
+                requested_mode: RunMode::Full,
                 holder: "test".into(),
                 started_at: Timestamp::now(),
             })
@@ -803,7 +804,7 @@ mod tests {
         store.stage(sync, &[StagedChange::Upsert(ada)]).expect("stage");
         let finish = RunFinish {
             outcome: RunOutcome::Succeeded,
-            mode: Some("Full".into()),
+            mode: Some(RunMode::Full),
             counts: Counts::default(),
             message: String::new(),
             finished_at: Timestamp::now(),
@@ -816,7 +817,7 @@ mod tests {
             compiled: Arc::new(compile_uncached(&spec).expect("compiles")),
             spec,
             selection: selection_for(&["E1".to_string(), "E404".to_string()]),
-            trigger: "Manual",
+            trigger: Trigger::Manual,
             request: Some("two".into()),
             dry_run: false,
             applies: None,
@@ -842,7 +843,7 @@ mod tests {
             compiled: Arc::new(compile_uncached(&spec).expect("compiles")),
             spec,
             selection: Selection::All,
-            trigger: "Scheduled",
+            trigger: Trigger::Scheduled,
             request: None,
             dry_run: false,
             applies: None,
@@ -854,6 +855,6 @@ mod tests {
         let history = store.processing_runs(&p, 10).expect("runs");
         assert_eq!(history.len(), 1);
         assert_eq!((history[0].id, history[0].outcome), (result.run.id, RunOutcome::Failed));
-        assert_eq!(history[0].trigger, "Scheduled");
+        assert_eq!(history[0].trigger, Trigger::Scheduled);
     }
 }

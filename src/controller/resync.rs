@@ -18,7 +18,7 @@ use kube::{Resource, ResourceExt};
 use super::runner::{OnDone, Start, Ticket, connection_ref, counts_of, summary};
 use super::{Context, Error, events, panics, profile, status, timing};
 use crate::identity::process;
-use crate::model::RunOutcome;
+use crate::model::{RunOutcome, Trigger};
 use crate::sync::job::SyncReport;
 use idsync_api::conditions::{self, FALSE, TRUE};
 use idsync_api::identity_profile::ApplyPolicy;
@@ -282,7 +282,7 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
         let ticket = Ticket {
             connection: connection.clone(),
             mode: request.spec.mode,
-            trigger: "Requested",
+            trigger: Trigger::Requested,
             request: Some(name.clone()),
             request_ref: Some(request.object_ref(&())),
             dry_run: request.spec.dry_run,
@@ -598,7 +598,7 @@ async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_na
         spec: mappings,
         compiled,
         selection: profile::selection_for(&spec.identities),
-        trigger: "Manual",
+        trigger: Trigger::Manual,
         request: Some(name.clone()),
         dry_run: spec.dry_run,
         // Applying to some identities only would leave the profile half on

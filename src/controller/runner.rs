@@ -21,7 +21,7 @@ use super::guard::{self, Acquired, GuardClaim, Holder};
 use super::{Context, Error, events, inputs, panics, status};
 use crate::connectors;
 use crate::lease::{Held, LeaseLost};
-use crate::model::{ConnectionRef, RunFinish, RunOutcome};
+use crate::model::{ConnectionRef, RunFinish, RunOutcome, Trigger};
 use crate::store::{Store, StoreError};
 use crate::sync::job::{self, SyncJob, SyncReport};
 use idsync_api::conditions::{self, FALSE, TRUE};
@@ -34,7 +34,7 @@ pub struct Ticket {
     pub connection: Connection,
     pub mode: SyncMode,
     /// Scheduled, RequestedAt or Requested.
-    pub trigger: &'static str,
+    pub trigger: Trigger,
     pub request: Option<String>,
     /// The ResyncRequest, to record its Events too.
     pub request_ref: Option<ObjectReference>,
@@ -267,7 +267,7 @@ async fn run_sync(ctx: Arc<Context>, ticket: Ticket, cancel: CancellationToken) 
     let job = SyncJob {
         connection: connection_ref(connection),
         mode: ticket.mode,
-        trigger: ticket.trigger.to_string(),
+        trigger: ticket.trigger,
         request: ticket.request.clone(),
         holder: ctx.config.identity.clone(),
         dry_run: ticket.dry_run,
@@ -601,6 +601,7 @@ async fn interrupt(ctx: &Arc<Context>, connection: &Connection, dead: &Holder) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::RunMode;
     use crate::model::{NewRun, RunId};
     use crate::store::SqliteStore;
 
@@ -622,9 +623,9 @@ mod tests {
     fn start(store: &dyn Store, c: &ConnectionRef, holder: &str) -> RunId {
         let run = NewRun {
             connection: c.clone(),
-            trigger: "Requested".into(),
+            trigger: Trigger::Requested,
             request: Some("resync-hr".into()),
-            requested_mode: "Full".into(),
+            requested_mode: RunMode::Full,
             holder: holder.into(),
             started_at: Timestamp::now(),
         };

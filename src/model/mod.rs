@@ -14,5 +14,6 @@ pub use account::{Account, ContentHash};
 pub use change::{AccountChange, ChangeKind, FieldChange};
 pub use identity::{AccountLink, Identity, LinkRecord, LinkState};
 pub use run::{
-    ConnectionRef, Counts, NewRun, ProcessingRunRecord, ProfileRef, RunFinish, RunId, RunOutcome, RunRecord,
+    ConnectionRef, Counts, NewRun, ProcessingRunRecord, ProfileRef, RunFinish, RunId, RunMode, RunOutcome, RunRecord,
+    Trigger,
 };

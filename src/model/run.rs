@@ -45,16 +45,95 @@ impl fmt::Display for ProfileRef {
     }
 }
 
+/// Why a run started: the store keeps it, the run history and Events show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    /// A slot of the Connection's (or profile's) schedule.
+    Scheduled,
+    /// A ResyncRequest.
+    Requested,
+    /// A new value of the Connection's `idsync.dev/requested-at` annotation.
+    RequestedAt,
+    /// A sync changed accounts the profile reads.
+    EventBased,
+    /// An identity's next-processing time came.
+    TimeBased,
+    /// An Automatic profile's spec changed.
+    SpecChanged,
+    /// A request applied a Manual profile's pending changes or named identities.
+    Manual,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 7] = [
+        Trigger::Scheduled,
+        Trigger::Requested,
+        Trigger::RequestedAt,
+        Trigger::EventBased,
+        Trigger::TimeBased,
+        Trigger::SpecChanged,
+        Trigger::Manual,
+    ];
+
+    /// The name stored and shown (the variant's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Scheduled => "Scheduled",
+            Trigger::Requested => "Requested",
+            Trigger::RequestedAt => "RequestedAt",
+            Trigger::EventBased => "EventBased",
+            Trigger::TimeBased => "TimeBased",
+            Trigger::SpecChanged => "SpecChanged",
+            Trigger::Manual => "Manual",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Trigger::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which read a sync asks for, or ran (a Delta without a cursor runs Full).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RunMode {
+    Delta,
+    Full,
+}
+
+impl RunMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunMode::Delta => "Delta",
+            RunMode::Full => "Full",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [RunMode::Delta, RunMode::Full].into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+impl fmt::Display for RunMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the store records when a run starts.
 #[derive(Clone, Debug)]
 pub struct NewRun {
     pub connection: ConnectionRef,
-    /// Why the run started: `Scheduled`, `Requested`, `RequestedAt`, ...
-    pub trigger: String,
+    pub trigger: Trigger,
     /// The ResyncRequest that asked for the run, if one did.
     pub request: Option<String>,
-    /// `Delta` or `Full`, as asked; [`RunFinish::mode`] says what ran.
-    pub requested_mode: String,
+    /// As asked; [`RunFinish::mode`] says what ran.
+    pub requested_mode: RunMode,
     /// The operator instance running it.
     pub holder: String,
     pub started_at: jiff::Timestamp,
@@ -122,7 +201,7 @@ pub struct Counts {
 pub struct RunFinish {
     pub outcome: RunOutcome,
     /// The mode that actually ran (a Delta can turn into a Full), if any did.
-    pub mode: Option<String>,
+    pub mode: Option<RunMode>,
     pub counts: Counts,
     pub message: String,
     pub finished_at: jiff::Timestamp,
@@ -133,15 +212,15 @@ pub struct RunFinish {
 pub struct RunRecord {
     pub id: RunId,
     pub connection: ConnectionRef,
-    pub trigger: String,
+    pub trigger: Trigger,
     pub request: Option<String>,
-    pub requested_mode: String,
+    pub requested_mode: RunMode,
     pub holder: String,
     pub started_at: jiff::Timestamp,
     /// `None` while the run is going on (or its operator died).
     pub finished_at: Option<jiff::Timestamp>,
     pub outcome: Option<RunOutcome>,
-    pub mode: Option<String>,
+    pub mode: Option<RunMode>,
     pub counts: Counts,
     pub message: String,
 }
@@ -152,7 +231,7 @@ pub struct ProcessingRunRecord {
     /// Assigned by the store; ignored when recording.
     pub id: RunId,
     /// EventBased, Scheduled, Manual or TimeBased.
-    pub trigger: String,
+    pub trigger: Trigger,
     /// The ResyncRequest that asked for it, if one did.
     pub request: Option<String>,
     pub started_at: jiff::Timestamp,
@@ -168,6 +247,19 @@ pub struct ProcessingRunRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trigger_and_mode_names_round_trip() {
+        for t in Trigger::ALL {
+            assert_eq!(Trigger::parse(t.as_str()), Some(t));
+            assert_eq!(t.to_string(), format!("{t:?}"));
+        }
+        for m in [RunMode::Delta, RunMode::Full] {
+            assert_eq!(RunMode::parse(m.as_str()), Some(m));
+        }
+        assert_eq!(Trigger::parse("scheduled"), None);
+        assert_eq!(RunMode::parse("full"), None);
+    }
 
     #[test]
     fn outcome_names_round_trip() {

@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 use super::diff::{Diff, PageChanges};
 use super::safeguard;
 use crate::connectors::{Connector, ConnectorError, Page, ReadKind};
-use crate::model::{Account, AccountChange, ChangeKind, ConnectionRef, Counts, NewRun, RunFinish, RunId, RunOutcome};
+use crate::model::{
+    Account, AccountChange, ChangeKind, ConnectionRef, Counts, NewRun, RunFinish, RunId, RunMode, RunOutcome, Trigger,
+};
 use crate::store::{CursorUpdate, StagedChange, Store, StoreError};
 use idsync_api::SyncMode;
 use idsync_api::connection::ImportSafeguard;
@@ -22,8 +24,7 @@ use std::collections::HashMap;
 pub struct SyncJob {
     pub connection: ConnectionRef,
     pub mode: SyncMode,
-    /// Scheduled, Requested, RequestedAt…
-    pub trigger: String,
+    pub trigger: Trigger,
     pub request: Option<String>,
     pub holder: String,
     pub dry_run: bool,
@@ -40,12 +41,20 @@ pub struct SyncJob {
     pub full_sync_interval: std::time::Duration,
 }
 
+/// The store's name for an API sync mode.
+pub fn run_mode(mode: SyncMode) -> RunMode {
+    match mode {
+        SyncMode::Delta => RunMode::Delta,
+        SyncMode::Full => RunMode::Full,
+    }
+}
+
 /// Whether a full pass is due: no successful Full sync yet, or the last one
 /// is older than `interval` at `now`.
 pub fn full_pass_due(runs: &[crate::model::RunRecord], interval: std::time::Duration, now: Timestamp) -> bool {
     let last_full = runs
         .iter()
-        .filter(|r| r.outcome == Some(RunOutcome::Succeeded) && r.mode.as_deref() == Some("Full"))
+        .filter(|r| r.outcome == Some(RunOutcome::Succeeded) && r.mode == Some(RunMode::Full))
         .filter_map(|r| r.finished_at)
         .max();
     let interval = jiff::SignedDuration::try_from(interval).unwrap_or(jiff::SignedDuration::MAX);
@@ -110,9 +119,9 @@ pub async fn run(
     let conn = job.connection.clone();
     let new_run = NewRun {
         connection: conn.clone(),
-        trigger: job.trigger.clone(),
+        trigger: job.trigger,
         request: job.request.clone(),
-        requested_mode: job.mode.to_string(),
+        requested_mode: run_mode(job.mode),
         holder: job.holder.clone(),
         started_at: Timestamp::now(),
     };
@@ -171,7 +180,7 @@ pub async fn run(
     };
     let finish = RunFinish {
         outcome,
-        mode: Some(state.mode.to_string()),
+        mode: Some(run_mode(state.mode)),
         counts: state.counts,
         message: message.clone(),
         finished_at: Timestamp::now(),
@@ -481,7 +490,7 @@ mod tests {
         SyncJob {
             connection: ConnectionRef { namespace: "ns".into(), name: "entra".into() },
             mode,
-            trigger: "Test".into(),
+            trigger: Trigger::Requested,
             request: None,
             holder: "test".into(),
             dry_run: false,
@@ -537,26 +546,26 @@ mod tests {
     fn a_full_pass_is_due_without_one_or_after_the_interval() {
         use crate::model::{Counts, RunRecord};
         let now: Timestamp = "2026-11-22T12:00:00Z".parse().expect("time");
-        let run = |mode: &str, outcome: RunOutcome, finished: &str| RunRecord {
+        let run = |mode: RunMode, outcome: RunOutcome, finished: &str| RunRecord {
             id: 1,
             connection: ConnectionRef { namespace: "ns".into(), name: "c".into() },
-            trigger: "Test".into(),
+            trigger: Trigger::Requested,
             request: None,
-            requested_mode: mode.into(),
+            requested_mode: mode,
             holder: "h".into(),
             started_at: now,
             finished_at: Some(finished.parse().expect("time")),
             outcome: Some(outcome),
-            mode: Some(mode.into()),
+            mode: Some(mode),
             counts: Counts::default(),
             message: String::new(),
         };
         let day = std::time::Duration::from_secs(24 * 3600);
         assert!(full_pass_due(&[], day, now));
-        assert!(!full_pass_due(&[run("Full", RunOutcome::Succeeded, "2026-11-22T01:00:00Z")], day, now));
-        assert!(full_pass_due(&[run("Full", RunOutcome::Succeeded, "2026-11-21T11:00:00Z")], day, now));
-        assert!(full_pass_due(&[run("Full", RunOutcome::Failed, "2026-11-22T11:00:00Z")], day, now));
-        assert!(full_pass_due(&[run("Delta", RunOutcome::Succeeded, "2026-11-22T11:00:00Z")], day, now));
+        assert!(!full_pass_due(&[run(RunMode::Full, RunOutcome::Succeeded, "2026-11-22T01:00:00Z")], day, now));
+        assert!(full_pass_due(&[run(RunMode::Full, RunOutcome::Succeeded, "2026-11-21T11:00:00Z")], day, now));
+        assert!(full_pass_due(&[run(RunMode::Full, RunOutcome::Failed, "2026-11-22T11:00:00Z")], day, now));
+        assert!(full_pass_due(&[run(RunMode::Delta, RunOutcome::Succeeded, "2026-11-22T11:00:00Z")], day, now));
     }
 
     #[tokio::test]

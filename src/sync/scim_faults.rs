@@ -12,7 +12,7 @@ use crate::connectors::ProviderInputs;
 use crate::connectors::http::HttpSettings;
 use crate::connectors::scim::{ERROR_SCHEMA, ScimConnector};
 use crate::connectors::testing::{handler, respond, serve};
-use crate::model::RunOutcome;
+use crate::model::{RunOutcome, Trigger};
 use idsync_api::SyncMode;
 use idsync_api::connection::ConnectionSpec;
 
@@ -107,7 +107,7 @@ async fn sync_from(fault: Fault, store: &std::sync::Arc<dyn crate::store::Store>
     let job = crate::sync::job::SyncJob {
         connection: crate::model::ConnectionRef::new("ns", "idp"),
         mode: SyncMode::Full,
-        trigger: "Test".into(),
+        trigger: Trigger::Requested,
         request: None,
         holder: "test".into(),
         dry_run: false,

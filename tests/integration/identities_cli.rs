@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use idsync::model::Trigger;
 use idsync::model::{Identity, LinkRecord, LinkState};
 use idsync::model::{ProcessingRunRecord, ProfileRef, RunOutcome};
 use idsync::store::{IdentityStore, ProcessingCommit, ProfileState, SqliteStore};
@@ -46,7 +47,7 @@ fn run_record() -> ProcessingRunRecord {
     let now = Timestamp::now();
     ProcessingRunRecord {
         id: 0,
-        trigger: "Manual".into(),
+        trigger: Trigger::Manual,
         request: None,
         started_at: now,
         finished_at: now,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::operator::{Operator, TestClock};
 use common::{Harness, eventually};
 use idsync::model::Identity;
+use idsync::model::Trigger;
 use idsync::model::{ProfileRef, RunOutcome};
 use idsync::store::{IdentityStore, ProcessingHistory};
 use idsync_api::IdentityProfile;
@@ -266,7 +267,9 @@ async fn a_profile_over_two_connections_computes_identities_and_follows_changes(
     }
     let runs = env.runs();
     assert!(runs.len() > runs_before);
-    assert!(runs.iter().any(|r| r.trigger == "EventBased" && r.processed == 1 && r.outcome == RunOutcome::Succeeded));
+    assert!(
+        runs.iter().any(|r| r.trigger == Trigger::EventBased && r.processed == 1 && r.outcome == RunOutcome::Succeeded)
+    );
 
     // Accounts and identities in one request: the sync, then the profiles
     // that read the synced connection, each with its own entry.
@@ -427,12 +430,12 @@ async fn the_next_processing_attribute_schedules_an_identity_a_day_or_more_ahead
     // Not before its time.
     env.clock.advance_to(now + SignedDuration::from_hours(29) + SignedDuration::from_mins(30));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(!env.runs().iter().any(|r| r.trigger == "TimeBased"));
+    assert!(!env.runs().iter().any(|r| r.trigger == Trigger::TimeBased));
     assert_eq!(env.identity("employees", "E1").lifecycle_state.as_deref(), Some("active"));
 
     env.clock.advance_to(ahead + SignedDuration::from_secs(1));
     env.profile_until("a time-based run", |p| last_trigger(p).as_deref() == Some("TimeBased")).await;
-    let run = env.runs().into_iter().find(|r| r.trigger == "TimeBased").expect("time-based run");
+    let run = env.runs().into_iter().find(|r| r.trigger == Trigger::TimeBased).expect("time-based run");
     assert_eq!((run.processed, run.changed), (1, 1));
     let ada = env.identity("employees", "E1");
     assert_eq!(ada.lifecycle_state.as_deref(), Some("terminated"));

@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use idsync::connectors::{self, ProviderInputs};
+use idsync::model::Trigger;
 use idsync::model::{ConnectionRef, RunId, RunOutcome};
 use idsync::store::{SqliteStore, Store};
 use idsync::sync::job::{self, SyncJob};
@@ -28,7 +29,7 @@ async fn sync(store: &Arc<dyn Store>, csv: &str, dry_run: bool) -> RunId {
     let job = SyncJob {
         connection: ConnectionRef::new("default", "hr"),
         mode: SyncMode::Full,
-        trigger: "Requested".into(),
+        trigger: Trigger::Requested,
         request: Some(if dry_run { "preview" } else { "apply" }.into()),
         holder: "test".into(),
         dry_run,

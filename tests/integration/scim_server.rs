@@ -13,6 +13,7 @@ use futures::StreamExt;
 use idsync::connectors::scim::ScimConnector;
 use idsync::connectors::{Connector, ConnectorError, ProviderInputs, ReadKind, ReadPlan};
 use idsync::model::Account;
+use idsync::model::Trigger;
 use idsync_api::connection::{ConnectionSpec, ScimSettings};
 use idsync_api::{Provider, SyncMode};
 use serde_json::{Value, json};
@@ -423,7 +424,7 @@ fn sync_job(dry_run: bool) -> idsync::sync::job::SyncJob {
     idsync::sync::job::SyncJob {
         connection: idsync::model::ConnectionRef::new("default", "idp"),
         mode: SyncMode::Full,
-        trigger: "Test".into(),
+        trigger: Trigger::Requested,
         request: None,
         holder: "test".into(),
         dry_run,

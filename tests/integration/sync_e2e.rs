@@ -12,6 +12,7 @@ use common::faults::LeaseFaults;
 use common::operator::{Operator, TestClock, test_config};
 use common::{Harness, eventually};
 use idsync::controller::{Config, Context};
+use idsync::model::Trigger;
 use idsync::model::{ConnectionRef, RunOutcome};
 use idsync::store::{AccountStore, Store};
 use idsync_api::resync_request::{Phase, TargetPhase};
@@ -559,7 +560,7 @@ async fn schedules_fire_at_their_time_suspend_stops_them_and_requested_at_syncs_
     .await
     .expect("the scheduled sync ran");
     assert_eq!(synced.next_sync_time.map(|t| t.0), Some(next.0 + jiff::SignedDuration::from_hours(24)));
-    assert_eq!(env.runs("hris").first().map(|r| r.trigger.clone()).as_deref(), Some("Scheduled"));
+    assert_eq!(env.runs("hris").first().map(|r| r.trigger), Some(Trigger::Scheduled));
 
     // Suspended: the next slot passes without a sync.
     let connections: Api<Connection> = Api::namespaced(env.h.client.clone(), "default");
@@ -596,7 +597,7 @@ async fn schedules_fire_at_their_time_suspend_stops_them_and_requested_at_syncs_
     .await;
     assert!(handled.is_some(), "requested-at was not handled");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let requested: Vec<_> = env.runs("hris").into_iter().filter(|r| r.trigger == "RequestedAt").collect();
+    let requested: Vec<_> = env.runs("hris").into_iter().filter(|r| r.trigger == Trigger::RequestedAt).collect();
     assert_eq!(requested.len(), 1);
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use super::codec::{corrupt, decode_account, from_i64, parse_time, to_i64};
+use super::codec::{corrupt, decode_account, from_i64, parse_mode, parse_time, parse_trigger, to_i64};
 use super::{SqliteStore, changes};
 use crate::model::{
     Account, AccountChange, ConnectionRef, ContentHash, Counts, NewRun, RunFinish, RunId, RunOutcome, RunRecord,
@@ -109,9 +109,9 @@ impl AccountStore for SqliteStore {
             )?
             .execute(params![
                 key,
-                run.trigger,
+                run.trigger.as_str(),
                 run.request,
-                run.requested_mode,
+                run.requested_mode.as_str(),
                 run.holder,
                 run.started_at.to_string()
             ])?;
@@ -386,7 +386,7 @@ fn record_finish(tx: &Transaction<'_>, run: RunId, finish: &RunFinish) -> Result
         run,
         finish.finished_at.to_string(),
         finish.outcome.as_str(),
-        finish.mode,
+        finish.mode.map(|m| m.as_str()),
         to_i64("created count", created)?,
         to_i64("updated count", updated)?,
         to_i64("deleted count", deleted)?,
@@ -457,14 +457,14 @@ impl RawRun {
         Ok(RunRecord {
             id: self.id,
             connection: ConnectionRef { namespace: self.namespace, name: self.name },
-            trigger: self.trigger,
+            trigger: parse_trigger(self.id, &self.trigger)?,
             request: self.request,
-            requested_mode: self.requested_mode,
+            requested_mode: parse_mode(self.id, &self.requested_mode)?,
             holder: self.holder,
             started_at: parse_time(&self.started_at)?,
             finished_at: self.finished_at.as_deref().map(parse_time).transpose()?,
             outcome,
-            mode: self.mode,
+            mode: self.mode.as_deref().map(|m| parse_mode(self.id, m)).transpose()?,
             counts: Counts {
                 created: from_i64(created)?,
                 updated: from_i64(updated)?,
@@ -494,6 +494,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::model::{RunMode, Trigger};
     use crate::store::migrations;
 
     fn open() -> (TempDir, SqliteStore, std::path::PathBuf) {
@@ -527,9 +528,9 @@ mod tests {
     fn new_run(c: &ConnectionRef, at: Timestamp) -> NewRun {
         NewRun {
             connection: c.clone(),
-            trigger: "Scheduled".into(),
+            trigger: Trigger::Scheduled,
             request: None,
-            requested_mode: "Delta".into(),
+            requested_mode: RunMode::Delta,
             holder: "idsync-0".into(),
             started_at: at,
         }
@@ -538,7 +539,7 @@ mod tests {
     fn finish(outcome: RunOutcome, at: Timestamp) -> RunFinish {
         RunFinish {
             outcome,
-            mode: Some("Delta".into()),
+            mode: Some(RunMode::Delta),
             counts: Counts { created: 1, updated: 2, deleted: 3, unchanged: 4 },
             message: format!("{outcome} at {at}"),
             finished_at: at,
@@ -650,7 +651,7 @@ mod tests {
         assert_eq!(record.outcome, Some(RunOutcome::Succeeded));
         assert_eq!(record.finished_at, Some(end.finished_at));
         assert_eq!(record.counts, end.counts);
-        assert_eq!(record.mode.as_deref(), Some("Delta"));
+        assert_eq!(record.mode, Some(RunMode::Delta));
 
         // The diff's index: every id, hashed exactly as Account::content_hash.
         let index = store.account_index(&c).unwrap();
@@ -978,9 +979,9 @@ mod tests {
         let mut started = Vec::new();
         for i in 0..4 {
             let mut new = new_run(&c, time(i, 999_999_999 - i as i32));
-            new.trigger = format!("Trigger{i}");
+            new.trigger = Trigger::ALL[i as usize % Trigger::ALL.len()];
             new.request = (i % 2 == 0).then(|| format!("resync-{i}"));
-            new.requested_mode = "Full".into();
+            new.requested_mode = RunMode::Full;
             started.push((store.start_run(&new).unwrap(), new));
         }
         store.start_run(&new_run(&other, time(9, 0))).unwrap();

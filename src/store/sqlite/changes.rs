@@ -111,6 +111,7 @@ mod tests {
     use crate::store::{AccountStore, CursorUpdate, Retention, SqliteStore, StagedChange};
 
     use super::*;
+    use crate::model::{RunMode, Trigger};
 
     fn at(seconds: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + seconds).unwrap()
@@ -126,9 +127,9 @@ mod tests {
     fn run(store: &SqliteStore, c: &ConnectionRef, start: i64, outcome: RunOutcome) -> RunId {
         let new = NewRun {
             connection: c.clone(),
-            trigger: "Scheduled".into(),
+            trigger: Trigger::Scheduled,
             request: None,
-            requested_mode: "Full".into(),
+            requested_mode: RunMode::Full,
             holder: "h".into(),
             started_at: at(start),
         };
@@ -138,7 +139,7 @@ mod tests {
         store.stage_recorded(run, &[], &[change("b", ChangeKind::Updated), change("c", ChangeKind::Deleted)]).unwrap();
         let finish = RunFinish {
             outcome,
-            mode: Some("Full".into()),
+            mode: Some(RunMode::Full),
             counts: Counts::default(),
             message: String::new(),
             finished_at: at(start + 1),
@@ -208,7 +209,7 @@ mod tests {
         let p = ProfileRef::new("ns", "employees");
         let record = |at: i64| ProcessingRunRecord {
             id: 0,
-            trigger: "Scheduled".into(),
+            trigger: Trigger::Scheduled,
             request: None,
             started_at: self::at(at),
             finished_at: self::at(at),

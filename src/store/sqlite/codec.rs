@@ -3,7 +3,7 @@
 
 use jiff::Timestamp;
 
-use crate::model::Account;
+use crate::model::{Account, RunMode, Trigger};
 use crate::store::StoreError;
 
 pub(super) fn decode_account(data: &str) -> Result<Account, StoreError> {
@@ -24,4 +24,12 @@ pub(super) fn to_i64(what: &'static str, value: u64) -> Result<i64, StoreError> 
 
 pub(super) fn from_i64(value: i64) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative count {value}")))
+}
+
+pub(super) fn parse_trigger(run: i64, s: &str) -> Result<Trigger, StoreError> {
+    Trigger::parse(s).ok_or_else(|| StoreError::Corrupt(format!("run {run}: unknown trigger {s:?}")))
+}
+
+pub(super) fn parse_mode(run: i64, s: &str) -> Result<RunMode, StoreError> {
+    RunMode::parse(s).ok_or_else(|| StoreError::Corrupt(format!("run {run}: unknown mode {s:?}")))
 }

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use super::codec::{corrupt, decode_account, from_i64, parse_time, to_i64};
+use super::codec::{corrupt, decode_account, from_i64, parse_time, parse_trigger, to_i64};
 use super::{SqliteStore, changes};
 use crate::model::{
     Account, ContentHash, Identity, LinkRecord, LinkState, ProcessingRunRecord, ProfileRef, RunId, RunOutcome,
@@ -283,7 +283,7 @@ fn insert_run(
     )?
     .execute(params![
         key,
-        run.trigger,
+        run.trigger.as_str(),
         run.request,
         run.started_at.to_string(),
         run.finished_at.to_string(),
@@ -319,7 +319,7 @@ fn run_from_row(row: &Row<'_>) -> Result<ProcessingRunRecord, StoreError> {
     let outcome: String = row.get(5)?;
     Ok(ProcessingRunRecord {
         id,
-        trigger: row.get(1)?,
+        trigger: parse_trigger(id, &row.get::<_, String>(1)?)?,
         request: row.get(2)?,
         started_at: parse_time(&row.get::<_, String>(3)?)?,
         finished_at: parse_time(&row.get::<_, String>(4)?)?,
@@ -548,6 +548,7 @@ mod tests {
 
     use super::*;
     use crate::model::{AccountLink, ConnectionRef, Counts, NewRun, RunFinish};
+    use crate::model::{RunMode, Trigger};
     use crate::store::{AccountStore, CursorUpdate, StagedChange, migrations};
 
     fn open() -> (TempDir, SqliteStore, PathBuf) {
@@ -643,10 +644,10 @@ mod tests {
         }
     }
 
-    fn run(trigger: &str, outcome: RunOutcome, at: i64) -> ProcessingRunRecord {
+    fn run(trigger: Trigger, outcome: RunOutcome, at: i64) -> ProcessingRunRecord {
         ProcessingRunRecord {
             id: 0,
-            trigger: trigger.into(),
+            trigger,
             request: Some(format!("resync-{at}")),
             started_at: time(at, 1),
             finished_at: time(at + 1, 999),
@@ -675,9 +676,9 @@ mod tests {
         let run = store
             .start_run(&NewRun {
                 connection: c.clone(),
-                trigger: "Scheduled".into(),
+                trigger: Trigger::Scheduled,
                 request: None,
-                requested_mode: "Full".into(),
+                requested_mode: RunMode::Full,
                 holder: "idsync-0".into(),
                 started_at: time(0, 0),
             })
@@ -685,7 +686,7 @@ mod tests {
         store.stage(run, changes).unwrap();
         let finish = RunFinish {
             outcome: RunOutcome::Succeeded,
-            mode: Some("Full".into()),
+            mode: Some(RunMode::Full),
             counts: Counts::default(),
             message: String::new(),
             finished_at: time(1, 0),
@@ -733,7 +734,7 @@ mod tests {
             uncorrelated("ldap", "uid=nobody"),
             ambiguous("okta", "00u1", &["E1", "E3"]),
         ];
-        let first = run("EventBased", RunOutcome::Succeeded, 10);
+        let first = run(Trigger::EventBased, RunOutcome::Succeeded, 10);
         let id = store.commit_processing(&p, &commit(identities.clone(), links.clone(), state(4)), &first).unwrap();
 
         let snapshot = store.processing_snapshot(&p, &names(&["hr"])).unwrap();
@@ -758,7 +759,7 @@ mod tests {
         let mut changed = identity("E2", Some("Terminated"));
         changed.next_processing = None;
         changed.errors.clear();
-        let second = run("TimeBased", RunOutcome::Succeeded, 20);
+        let second = run(Trigger::TimeBased, RunOutcome::Succeeded, 20);
         let later = ProfileState { seen_versions: BTreeMap::from([("hr".to_string(), 4)]), ..ProfileState::default() };
         let id2 =
             store.commit_processing(&p, &commit(vec![changed.clone()], Vec::new(), later.clone()), &second).unwrap();
@@ -781,7 +782,7 @@ mod tests {
             .commit_processing(
                 &p,
                 &commit(vec![identity("E1", Some("Active")), identity("E2", None)], links, state(1)),
-                &run("Scheduled", RunOutcome::Succeeded, 0),
+                &run(Trigger::Scheduled, RunOutcome::Succeeded, 0),
             )
             .unwrap();
         let before = everything(&store, &p);
@@ -806,7 +807,7 @@ mod tests {
                     "CREATE TRIGGER sabotage {fault} BEGIN SELECT RAISE(ABORT, 'disk on fire'); END;"
                 ))
                 .unwrap();
-            let failed = store.commit_processing(&p, &next, &run("Manual", RunOutcome::Succeeded, 5));
+            let failed = store.commit_processing(&p, &next, &run(Trigger::Manual, RunOutcome::Succeeded, 5));
             assert!(matches!(failed, Err(StoreError::Sqlite(_))), "{fault}: {failed:?}");
             assert_eq!(everything(&store, &p), before, "{fault}");
             saboteur.execute_batch("DROP TRIGGER sabotage;").unwrap();
@@ -818,14 +819,14 @@ mod tests {
             )
             .unwrap();
         let new = profile("new");
-        assert!(store.commit_processing(&new, &next, &run("Manual", RunOutcome::Succeeded, 5)).is_err());
-        assert!(store.record_processing_run(&new, &run("Manual", RunOutcome::Failed, 5)).is_err());
+        assert!(store.commit_processing(&new, &next, &run(Trigger::Manual, RunOutcome::Succeeded, 5)).is_err());
+        assert!(store.record_processing_run(&new, &run(Trigger::Manual, RunOutcome::Failed, 5)).is_err());
         saboteur.execute_batch("DROP TRIGGER sabotage;").unwrap();
         assert_eq!(store.profiles().unwrap(), std::slice::from_ref(&p));
         assert_eq!(everything(&store, &new), Default::default());
 
         // Once the fault is gone the same commit goes through whole.
-        store.commit_processing(&p, &next, &run("Manual", RunOutcome::Succeeded, 6)).unwrap();
+        store.commit_processing(&p, &next, &run(Trigger::Manual, RunOutcome::Succeeded, 6)).unwrap();
         let (identities, links, state_after, runs) = everything(&store, &p);
         assert_eq!(ids(&identities), ["E1", "E3", "E4"]);
         assert_eq!(links, [ambiguous("ldap", "L1", &["E1", "E3"]), correlated("ldap", "L3", "E3")]);
@@ -841,7 +842,11 @@ mod tests {
         let links = || vec![correlated("ldap", "L1", "E1"), correlated("ldap", "L2", "E2"), uncorrelated("okta", "L1")];
         for q in [&p, &other] {
             store
-                .commit_processing(q, &commit(all(), links(), state(1)), &run("Scheduled", RunOutcome::Succeeded, 0))
+                .commit_processing(
+                    q,
+                    &commit(all(), links(), state(1)),
+                    &run(Trigger::Scheduled, RunOutcome::Succeeded, 0),
+                )
                 .unwrap();
         }
         let deleting = ProcessingCommit {
@@ -856,7 +861,7 @@ mod tests {
             ],
             state: state(2),
         };
-        store.commit_processing(&p, &deleting, &run("EventBased", RunOutcome::Succeeded, 1)).unwrap();
+        store.commit_processing(&p, &deleting, &run(Trigger::EventBased, RunOutcome::Succeeded, 1)).unwrap();
         let (identities, links_after, _, _) = everything(&store, &p);
         assert_eq!(ids(&identities), ["E1", "E3"]);
         assert_eq!(store.get_identity(&p, "E2").unwrap(), None);
@@ -872,7 +877,7 @@ mod tests {
             deletes: vec!["E1".into()],
             ..ProcessingCommit::default()
         };
-        store.commit_processing(&p, &both, &run("Manual", RunOutcome::Succeeded, 2)).unwrap();
+        store.commit_processing(&p, &both, &run(Trigger::Manual, RunOutcome::Succeeded, 2)).unwrap();
         assert_eq!(store.get_identity(&p, "E1").unwrap(), Some(identity("E1", Some("Active"))));
     }
 
@@ -895,7 +900,7 @@ mod tests {
             .commit_processing(
                 &p,
                 &commit(identities, Vec::new(), state(1)),
-                &run("Scheduled", RunOutcome::Succeeded, 0),
+                &run(Trigger::Scheduled, RunOutcome::Succeeded, 0),
             )
             .unwrap();
         // Another profile's identities never show.
@@ -903,7 +908,7 @@ mod tests {
             .commit_processing(
                 &profile("other"),
                 &commit(vec![identity("a0", Some("Active"))], Vec::new(), state(1)),
-                &run("Scheduled", RunOutcome::Succeeded, 0),
+                &run(Trigger::Scheduled, RunOutcome::Succeeded, 0),
             )
             .unwrap();
 
@@ -971,13 +976,17 @@ mod tests {
             correlated("okta", "00u1", "E3"),
         ];
         store
-            .commit_processing(&p, &commit(Vec::new(), links, state(1)), &run("Scheduled", RunOutcome::Succeeded, 0))
+            .commit_processing(
+                &p,
+                &commit(Vec::new(), links, state(1)),
+                &run(Trigger::Scheduled, RunOutcome::Succeeded, 0),
+            )
             .unwrap();
         store
             .commit_processing(
                 &profile("other"),
                 &commit(Vec::new(), vec![correlated("ad", "S-0", "E0")], state(1)),
-                &run("Scheduled", RunOutcome::Succeeded, 0),
+                &run(Trigger::Scheduled, RunOutcome::Succeeded, 0),
             )
             .unwrap();
 
@@ -1080,19 +1089,19 @@ mod tests {
             .commit_processing(
                 &p,
                 &commit(vec![identity("E1", None), identity("E2", None)], links.clone(), state(1)),
-                &run("Scheduled", RunOutcome::Succeeded, 0),
+                &run(Trigger::Scheduled, RunOutcome::Succeeded, 0),
             )
             .unwrap();
-        store.record_processing_run(&p, &run("Manual", RunOutcome::Failed, 1)).unwrap();
+        store.record_processing_run(&p, &run(Trigger::Manual, RunOutcome::Failed, 1)).unwrap();
         store
             .commit_processing(
                 &other,
                 &commit(vec![identity("E1", None)], links.clone(), state(1)),
-                &run("Scheduled", RunOutcome::Succeeded, 0),
+                &run(Trigger::Scheduled, RunOutcome::Succeeded, 0),
             )
             .unwrap();
         // A profile that only ever failed holds nothing to purge.
-        store.record_processing_run(&profile("failing"), &run("Manual", RunOutcome::Failed, 1)).unwrap();
+        store.record_processing_run(&profile("failing"), &run(Trigger::Manual, RunOutcome::Failed, 1)).unwrap();
         assert_eq!(store.profiles().unwrap(), [other.clone(), p.clone()]);
 
         assert_eq!(store.purge_profile(&p).unwrap(), 2);
@@ -1113,7 +1122,7 @@ mod tests {
             .commit_processing(
                 &p,
                 &commit(vec![bare("E3")], Vec::new(), ProfileState::default()),
-                &run("Scheduled", RunOutcome::Succeeded, 9),
+                &run(Trigger::Scheduled, RunOutcome::Succeeded, 9),
             )
             .unwrap();
         assert!(again > first);
@@ -1127,20 +1136,20 @@ mod tests {
         let (p, other) = (profile("people"), profile("other"));
         let mut recorded = Vec::new();
         for (i, outcome) in [RunOutcome::Succeeded, RunOutcome::Failed, RunOutcome::DryRun].into_iter().enumerate() {
-            let mut r = run(&format!("Trigger{i}"), outcome, i as i64 * 10);
+            let mut r = run(Trigger::ALL[i], outcome, i as i64 * 10);
             r.request = (i % 2 == 0).then(|| format!("resync-{i}"));
             r.processed = u64::from(u32::MAX) + i as u64;
             r.id = store.record_processing_run(&p, &r).unwrap();
             recorded.push(r);
         }
-        store.record_processing_run(&other, &run("Scheduled", RunOutcome::Succeeded, 99)).unwrap();
+        store.record_processing_run(&other, &run(Trigger::Scheduled, RunOutcome::Succeeded, 99)).unwrap();
         recorded.reverse();
         assert_eq!(store.processing_runs(&p, 10).unwrap(), recorded);
         assert_eq!(store.processing_runs(&p, 2).unwrap(), recorded[..2]);
         assert!(store.processing_runs(&p, 0).unwrap().is_empty());
         assert!(store.processing_runs(&profile("never"), 10).unwrap().is_empty());
 
-        let too_big = ProcessingRunRecord { errors: u64::MAX, ..run("Manual", RunOutcome::Failed, 50) };
+        let too_big = ProcessingRunRecord { errors: u64::MAX, ..run(Trigger::Manual, RunOutcome::Failed, 50) };
         assert!(matches!(store.record_processing_run(&p, &too_big), Err(StoreError::OutOfRange { .. })));
         assert_eq!(store.processing_runs(&p, 10).unwrap().len(), 3);
 
@@ -1155,7 +1164,7 @@ mod tests {
         let (_dir, store, path) = open();
         let p = profile("people");
         let one = commit(vec![identity("E1", None), identity("E2", None)], Vec::new(), state(1));
-        store.commit_processing(&p, &one, &run("Scheduled", RunOutcome::Succeeded, 0)).unwrap();
+        store.commit_processing(&p, &one, &run(Trigger::Scheduled, RunOutcome::Succeeded, 0)).unwrap();
         let vandal = rusqlite::Connection::open(&path).unwrap();
         // E2's record under E3's key.
         vandal
