@@ -15,7 +15,6 @@ use idsync::store::{SqliteStore, Store};
 use idsync::sync::job::{self, SyncJob};
 use idsync_api::ConnectionSpec;
 use idsync_api::SyncMode;
-use tokio_util::sync::CancellationToken;
 
 const ROWS: usize = 100_000;
 
@@ -66,7 +65,7 @@ async fn sync(store: &Arc<dyn Store>, data: Vec<u8>, label: &str) {
         full_sync_interval: std::time::Duration::from_secs(24 * 3600),
     };
     let started = Instant::now();
-    let report = job::run(job, connector, store.clone(), CancellationToken::new()).await;
+    let report = job::run(job, connector, store.clone(), idsync::sync::cancel::Cancel::new()).await;
     let c = report.counts;
     println!(
         "{label:<28} {:>8.2} s  outcome {:?}  created {} updated {} deleted {} unchanged {}  pages {}  peak RSS {:.0} MiB",

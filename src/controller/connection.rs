@@ -21,6 +21,7 @@ use kube::runtime::watcher;
 use super::runner::{Start, Ticket, connection_ref};
 use super::{CONNECTION_FINALIZER, Context, Error, guard, inputs, panics, status};
 use crate::model::Trigger;
+use crate::sync::cancel::CancelReason;
 use crate::sync::schedule::Schedule;
 use idsync_api::conditions::{self, FALSE, TRUE};
 use idsync_api::{Connection, Provider, REQUESTED_AT_ANNOTATION, SyncMode};
@@ -320,7 +321,7 @@ fn set_conditions(s: &mut idsync_api::ConnectionStatus, v: &ConditionInputs) {
 
 async fn cleanup(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action, Error> {
     let conn = connection_ref(&connection);
-    if let Some(mut done) = ctx.runner.cancel(&conn) {
+    if let Some(mut done) = ctx.runner.cancel(&conn, CancelReason::ConnectionDeleted) {
         let _ = tokio::time::timeout(Duration::from_secs(30), done.wait_for(|d| *d)).await;
     }
     let store = ctx.store.clone();

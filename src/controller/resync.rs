@@ -19,6 +19,7 @@ use super::runner::{OnDone, Start, Ticket, connection_ref, counts_of, summary};
 use super::{Context, Error, events, panics, profile, status, timing};
 use crate::identity::process;
 use crate::model::{RunOutcome, Trigger};
+use crate::sync::cancel::CancelReason;
 use crate::sync::job::SyncReport;
 use idsync_api::conditions::{self, FALSE, TRUE};
 use idsync_api::identity_profile::ApplyPolicy;
@@ -295,7 +296,7 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
         let replace = request.spec.concurrency_policy == ConcurrencyPolicy::Replace;
         if let Start::Busy(holder) = &outcome
             && replace
-            && let Some(mut done) = ctx.runner.cancel(&conn)
+            && let Some(mut done) = ctx.runner.cancel(&conn, CancelReason::ReplacedBy(name.clone()))
         {
             tracing::info!(connection = %conn.name, replaced = ?holder.request, "replacing the running sync");
             let _ = tokio::time::timeout(Duration::from_secs(30), done.wait_for(|d| *d)).await;

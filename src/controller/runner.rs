@@ -17,6 +17,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 
+use crate::sync::cancel::{Cancel, CancelReason};
+
 use super::guard::{self, Acquired, GuardClaim, Holder};
 use super::{Context, Error, events, inputs, panics, status};
 use crate::connectors;
@@ -53,7 +55,7 @@ pub enum Start {
 
 struct Running {
     holder: Holder,
-    cancel: CancellationToken,
+    cancel: Cancel,
     done: watch::Receiver<bool>,
 }
 
@@ -81,10 +83,10 @@ impl Runner {
 
     /// Cancels the running sync of `connection`; the receiver turns true
     /// when it has ended (having applied nothing).
-    pub fn cancel(&self, connection: &ConnectionRef) -> Option<watch::Receiver<bool>> {
+    pub fn cancel(&self, connection: &ConnectionRef, reason: CancelReason) -> Option<watch::Receiver<bool>> {
         let running = self.running.lock().ok()?;
         let entry = running.get(connection)?;
-        entry.cancel.cancel();
+        entry.cancel.cancel(reason);
         Some(entry.done.clone())
     }
 
@@ -94,7 +96,7 @@ impl Runner {
             Ok(running) => running
                 .values()
                 .map(|r| {
-                    r.cancel.cancel();
+                    r.cancel.cancel(CancelReason::Shutdown);
                     r.done.clone()
                 })
                 .collect(),
@@ -135,7 +137,7 @@ impl Runner {
             mode: ticket.mode.to_string(),
             since: Timestamp::now(),
         };
-        let cancel = CancellationToken::new();
+        let cancel = Cancel::new();
         let (done_tx, done_rx) = watch::channel(false);
         match self.running.lock() {
             Ok(mut running) => {
@@ -165,7 +167,7 @@ impl Runner {
         ticket: &Ticket,
         lease: Held,
         holder: Holder,
-        cancel: CancellationToken,
+        cancel: Cancel,
     ) -> SyncReport {
         let connection = &ticket.connection;
         let conn = connection_ref(connection);
@@ -253,7 +255,7 @@ impl Runner {
 }
 
 /// One sync, start to end, in its own task (see `Runner::execute`).
-async fn run_sync(ctx: Arc<Context>, ticket: Ticket, cancel: CancellationToken) -> SyncReport {
+async fn run_sync(ctx: Arc<Context>, ticket: Ticket, cancel: Cancel) -> SyncReport {
     let connection = &ticket.connection;
     let inputs = match inputs::resolve(&ctx.client, connection).await {
         Ok(Ok(inputs)) => inputs,
@@ -355,7 +357,7 @@ struct Heartbeat {
 }
 
 impl Heartbeat {
-    fn start(mut held: Held, policy: crate::lease::RenewPolicy, sync: CancellationToken) -> Heartbeat {
+    fn start(mut held: Held, policy: crate::lease::RenewPolicy, sync: Cancel) -> Heartbeat {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
@@ -365,7 +367,7 @@ impl Heartbeat {
             };
             let lost = GuardLost { lease: held.name().to_string(), lost };
             tracing::warn!(reason = %lost, "cancelling the sync");
-            sync.cancel();
+            sync.cancel(CancelReason::GuardLost(lost.to_string()));
             (held, Some(lost))
         });
         Heartbeat { stop, task }

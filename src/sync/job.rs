@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use jiff::Timestamp;
-use tokio_util::sync::CancellationToken;
 
+use super::cancel::Cancel;
 use super::diff::{Diff, PageChanges};
 use super::safeguard;
 use crate::connectors::{Connector, ConnectorError, Page, ReadKind};
@@ -109,12 +109,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Runs one sync to its end. Never leaves partial changes in the store.
-pub async fn run(
-    job: SyncJob,
-    mut connector: Box<dyn Connector>,
-    store: Arc<dyn Store>,
-    cancel: CancellationToken,
-) -> SyncReport {
+pub async fn run(job: SyncJob, mut connector: Box<dyn Connector>, store: Arc<dyn Store>, cancel: Cancel) -> SyncReport {
     let started = Instant::now();
     let conn = job.connection.clone();
     let new_run = NewRun {
@@ -156,12 +151,10 @@ pub async fn run(
             (RunOutcome::DryRun, with_note(&state, "dry run: nothing was applied"), None, false)
         }
         Ok(Plan::Commit { .. }) => (RunOutcome::Succeeded, with_note(&state, ""), None, false),
-        Err(Failure::Cancelled) => (
-            RunOutcome::Cancelled,
-            "cancelled: a newer request replaced this sync; nothing was applied".to_string(),
-            Some("Cancelled".to_string()),
-            false,
-        ),
+        Err(Failure::Cancelled) => {
+            let why = cancel.reason().map_or_else(|| "cancelled".to_string(), |r| format!("cancelled: {r}"));
+            (RunOutcome::Cancelled, format!("{why}; nothing was applied"), Some("Cancelled".to_string()), false)
+        }
         Err(Failure::Safeguard(tripped)) if job.dry_run => (
             RunOutcome::SafeguardTripped,
             format!("dry run: would trip the import safeguard: {tripped}"),
@@ -509,12 +502,12 @@ mod tests {
         let source =
             || Box::new(DeltaSource { began: began.clone(), served: false, kind: ReadKind::Full, deletions: true });
 
-        let first = run(job(SyncMode::Delta, "mapping-a"), source(), store.clone(), CancellationToken::new()).await;
+        let first = run(job(SyncMode::Delta, "mapping-a"), source(), store.clone(), Cancel::new()).await;
         assert_eq!((first.outcome, first.mode), (RunOutcome::Succeeded, SyncMode::Full));
-        let second = run(job(SyncMode::Delta, "mapping-a"), source(), store.clone(), CancellationToken::new()).await;
+        let second = run(job(SyncMode::Delta, "mapping-a"), source(), store.clone(), Cancel::new()).await;
         assert_eq!(second.mode, SyncMode::Delta);
         // A new mapping: the stored cursor is not used, the sync runs Full and says why.
-        let third = run(job(SyncMode::Delta, "mapping-b"), source(), store.clone(), CancellationToken::new()).await;
+        let third = run(job(SyncMode::Delta, "mapping-b"), source(), store.clone(), Cancel::new()).await;
         assert_eq!(third.mode, SyncMode::Full);
         assert!(third.message.contains("the provider settings changed"), "{}", third.message);
         let began = began.lock().expect("lock").clone();
@@ -531,13 +524,13 @@ mod tests {
         let began: Beginnings = Arc::default();
         let source =
             || Box::new(DeltaSource { began: began.clone(), served: false, kind: ReadKind::Full, deletions: false });
-        let first = run(job(SyncMode::Delta, "a"), source(), store.clone(), CancellationToken::new()).await;
+        let first = run(job(SyncMode::Delta, "a"), source(), store.clone(), Cancel::new()).await;
         assert_eq!(first.mode, SyncMode::Full);
-        let second = run(job(SyncMode::Delta, "a"), source(), store.clone(), CancellationToken::new()).await;
+        let second = run(job(SyncMode::Delta, "a"), source(), store.clone(), Cancel::new()).await;
         assert_eq!(second.mode, SyncMode::Delta, "a full pass ran within the interval: {}", second.message);
         let mut overdue = job(SyncMode::Delta, "a");
         overdue.full_sync_interval = std::time::Duration::ZERO;
-        let third = run(overdue, source(), store.clone(), CancellationToken::new()).await;
+        let third = run(overdue, source(), store.clone(), Cancel::new()).await;
         assert_eq!(third.mode, SyncMode::Full);
         assert!(third.message.contains("carry no deletions"), "{}", third.message);
     }
@@ -572,12 +565,13 @@ mod tests {
     async fn a_cancelled_sync_applies_nothing() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("store"));
-        let cancel = CancellationToken::new();
-        cancel.cancel();
+        let cancel = Cancel::new();
+        cancel.cancel(crate::sync::cancel::CancelReason::Shutdown);
         let source =
             Box::new(DeltaSource { began: Arc::default(), served: false, kind: ReadKind::Full, deletions: true });
         let report = run(job(SyncMode::Full, "a"), source, store.clone(), cancel).await;
         assert_eq!(report.outcome, RunOutcome::Cancelled);
+        assert_eq!(report.message, "cancelled: the operator is shutting down; nothing was applied");
         let conn = ConnectionRef { namespace: "ns".into(), name: "entra".into() };
         assert_eq!(store.account_count(&conn).expect("count"), 0);
         assert_eq!(store.cursor(&conn).expect("cursor"), None);
@@ -622,14 +616,14 @@ mod tests {
         full.safeguard.max_delete_percent = 100;
         let first =
             [person("E1", "ada@old.example"), person("E2", "grace@example.com"), person("E3", "alan@example.com")];
-        run(full.clone(), list(first.to_vec()), store.clone(), CancellationToken::new()).await;
+        run(full.clone(), list(first.to_vec()), store.clone(), Cancel::new()).await;
 
         // E1's domain changes, E3 leaves, E4 joins.
         let second =
             vec![person("E1", "ada@new.example"), person("E2", "grace@example.com"), person("E4", "kj@example.com")];
         let mut dry = full.clone();
         dry.dry_run = true;
-        let preview = run(dry, list(second.clone()), store.clone(), CancellationToken::new()).await;
+        let preview = run(dry, list(second.clone()), store.clone(), Cancel::new()).await;
         assert_eq!(preview.outcome, RunOutcome::DryRun);
         assert_eq!(
             preview.preview,
@@ -647,7 +641,7 @@ mod tests {
         let kept = store.run_changes(preview.run.expect("a run"), 0, 100).expect("changes");
         assert_eq!(kept.len(), 3, "a dry run keeps what it would change: {kept:?}");
 
-        let applied = run(full, list(second), store.clone(), CancellationToken::new()).await;
+        let applied = run(full, list(second), store.clone(), Cancel::new()).await;
         assert_eq!(applied.outcome, RunOutcome::Succeeded);
         let changes: Vec<AccountChange> = store
             .run_changes(applied.run.expect("a run"), 0, 100)

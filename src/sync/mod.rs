@@ -2,6 +2,7 @@
 //! that runs one sync atomically. Plain functions over plain data where it
 //! can be; the controllers decide when a sync runs and report what it did.
 
+pub mod cancel;
 pub mod diff;
 pub mod job;
 pub mod safeguard;

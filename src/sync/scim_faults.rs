@@ -116,7 +116,7 @@ async fn sync_from(fault: Fault, store: &std::sync::Arc<dyn crate::store::Store>
         settings_hash: "h".into(),
         full_sync_interval: Duration::from_secs(3600),
     };
-    let cancel = tokio_util::sync::CancellationToken::new();
+    let cancel = crate::sync::cancel::Cancel::new();
     crate::sync::job::run(job, Box::new(connector), store.clone(), cancel).await
 }
 

@@ -13,7 +13,6 @@ use idsync::store::{SqliteStore, Store};
 use idsync::sync::job::{self, SyncJob};
 use idsync_api::{ConnectionSpec, SyncMode};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 const HEADER: &str = "employee_id,display_name,work_email,status";
 
@@ -39,7 +38,7 @@ async fn sync(store: &Arc<dyn Store>, csv: &str, dry_run: bool) -> RunId {
         full_sync_interval: std::time::Duration::from_secs(86_400),
     };
     let connector = connectors::build(&spec, inputs).expect("connector");
-    let report = job::run(job, connector, store.clone(), CancellationToken::new()).await;
+    let report = job::run(job, connector, store.clone(), idsync::sync::cancel::Cancel::new()).await;
     let expected = if dry_run { RunOutcome::DryRun } else { RunOutcome::Succeeded };
     assert_eq!(report.outcome, expected, "{report:?}");
     report.run.expect("a run")

@@ -449,7 +449,7 @@ async fn a_deletion_during_a_full_read_never_deletes_a_live_user() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("idsync.db")).unwrap());
     let conn = idsync::model::ConnectionRef::new("default", "idp");
-    let cancel = tokio_util::sync::CancellationToken::new;
+    let cancel = idsync::sync::cancel::Cancel::new;
 
     let first =
         idsync::sync::job::run(sync_job(false), Box::new(server.connector(5, TOKEN)), store.clone(), cancel()).await;

@@ -343,7 +343,11 @@ async fn forbid_rejects_wait_queues_and_replace_cancels() {
     let replaced = env.finished("to-be-replaced", Duration::from_secs(60)).await;
     let replacement = env.finished("replacement", Duration::from_secs(60)).await;
     assert_eq!(target(&replaced).phase, TargetPhase::Failed);
-    assert!(target(&replaced).message.contains("cancelled"), "{}", target(&replaced).message);
+    // The cancelled run names its real cause, in the request and the run history.
+    let said = "cancelled: replaced by ResyncRequest replacement; nothing was applied";
+    assert!(target(&replaced).message.contains(said), "{}", target(&replaced).message);
+    let cancelled = env.runs("slow").into_iter().find(|r| r.outcome == Some(RunOutcome::Cancelled)).expect("a run");
+    assert_eq!(cancelled.message, said);
     assert_eq!(phase(&replacement), Some(Phase::Succeeded));
     let accounts = env.accounts("slow");
     assert!(accounts.values().all(|a| a.email.as_deref().is_some_and(|e| e.ends_with("@replacement.example"))));
