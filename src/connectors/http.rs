@@ -566,6 +566,9 @@ impl HttpClient {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 Attempt::Fail(ConnectorError::Unauthorized { message: format!("{message} (check the credentials)") })
             }
+            StatusCode::PAYMENT_REQUIRED => Attempt::Fail(ConnectorError::SubscriptionLapsed {
+                message: format!("{message} (check the source's licence or subscription)"),
+            }),
             StatusCode::TOO_MANY_REQUESTS => {
                 Attempt::Retry { error: http(message), status: Some(status), wait: retry_after }
             }
@@ -837,6 +840,19 @@ mod tests {
             format!("page 2: GET {}/missing answered HTTP 404 Not Found: no such export", server.base)
         );
         assert!(!e.is_stalled());
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_subscription_stalls_without_retrying() {
+        let server =
+            serve(handler(|_, _| Box::pin(async { respond(402, &[], "{\"error\": \"subscription expired\"}") }))).await;
+        let client = HttpClient::new(fast(Duration::from_secs(5))).unwrap();
+        let e = client.send(&Request::get(server.url("/x")), Some(1)).await.unwrap_err();
+        assert!(matches!(e, ConnectorError::SubscriptionLapsed { .. }), "{e:?}");
+        assert!(e.is_stalled());
+        assert_eq!(e.reason(), "SubscriptionLapsed");
+        assert!(e.to_string().contains("HTTP 402 Payment Required"), "{e}");
+        assert_eq!(server.requests(), 1, "a 402 is not retried");
     }
 
     #[tokio::test]

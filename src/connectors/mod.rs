@@ -215,6 +215,10 @@ pub enum ConnectorError {
     /// 401/403: the Connection becomes Stalled (reason Unauthorized).
     #[error("unauthorized: {message}")]
     Unauthorized { message: String },
+    /// 402 Payment Required: the source's licence or subscription has
+    /// lapsed; Stalled (reason SubscriptionLapsed) until someone renews it.
+    #[error("the source refuses service until its subscription is renewed: {message}")]
+    SubscriptionLapsed { message: String },
     /// A bad spec or a missing Secret key: Stalled, naming the field.
     #[error("{field}: {message}")]
     Config { field: String, message: String },
@@ -240,7 +244,12 @@ impl ConnectorError {
     /// Whether the Connection should become Stalled (retrying will not help
     /// until someone changes the spec or the credentials).
     pub fn is_stalled(&self) -> bool {
-        matches!(self, ConnectorError::Unauthorized { .. } | ConnectorError::Config { .. })
+        matches!(
+            self,
+            ConnectorError::Unauthorized { .. }
+                | ConnectorError::SubscriptionLapsed { .. }
+                | ConnectorError::Config { .. }
+        )
     }
 
     /// The page the read failed on, when known.
@@ -250,7 +259,10 @@ impl ConnectorError {
             | ConnectorError::Http { page, .. }
             | ConnectorError::Timeout { page, .. }
             | ConnectorError::Transport { page, .. } => *page,
-            ConnectorError::Unauthorized { .. } | ConnectorError::Config { .. } | ConnectorError::Cancelled => None,
+            ConnectorError::Unauthorized { .. }
+            | ConnectorError::SubscriptionLapsed { .. }
+            | ConnectorError::Config { .. }
+            | ConnectorError::Cancelled => None,
         }
     }
 
@@ -258,6 +270,7 @@ impl ConnectorError {
     pub fn reason(&self) -> &'static str {
         match self {
             ConnectorError::Unauthorized { .. } => "Unauthorized",
+            ConnectorError::SubscriptionLapsed { .. } => "SubscriptionLapsed",
             ConnectorError::Config { .. } => "InvalidConfiguration",
             ConnectorError::Source { .. } => "SourceError",
             ConnectorError::Http { .. } => "HttpError",
@@ -274,7 +287,10 @@ impl ConnectorError {
             | ConnectorError::Http { page, .. }
             | ConnectorError::Timeout { page, .. }
             | ConnectorError::Transport { page, .. } => *page = new_page,
-            ConnectorError::Unauthorized { .. } | ConnectorError::Config { .. } | ConnectorError::Cancelled => {}
+            ConnectorError::Unauthorized { .. }
+            | ConnectorError::SubscriptionLapsed { .. }
+            | ConnectorError::Config { .. }
+            | ConnectorError::Cancelled => {}
         }
         self
     }

@@ -20,6 +20,7 @@ use kube::runtime::watcher;
 
 use super::runner::{Start, Ticket, connection_ref};
 use super::{CONNECTION_FINALIZER, Context, Error, guard, inputs, panics, status};
+use crate::connectors;
 use crate::model::Trigger;
 use crate::sync::cancel::CancelReason;
 use crate::sync::schedule::Schedule;
@@ -146,7 +147,15 @@ async fn apply(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action,
     let schedule = Schedule::parse(&connection.spec.schedule.cron, &connection.spec.schedule.time_zone);
     let problem = match &schedule {
         Err(e) => Some(inputs::Problem { reason: "InvalidSchedule", message: format!("spec.schedule: {e}") }),
-        Ok(_) => inputs::resolve(&ctx.client, &connection).await?.err(),
+        // The provider's own validation too, on every reconcile: a bad
+        // setting (or a provider not built yet) stalls the Connection now,
+        // not at its first sync.
+        Ok(_) => match inputs::resolve(&ctx.client, &connection).await? {
+            Err(problem) => Some(problem),
+            Ok(provider_inputs) => connectors::build(&connection.spec, provider_inputs)
+                .err()
+                .map(|e| inputs::Problem { reason: e.reason(), message: e.to_string() }),
+        },
     };
 
     let mut next_sync = None;

@@ -818,3 +818,37 @@ async fn a_dry_run_lists_each_change_and_never_touches_the_live_status() {
     let ready = |s: &idsync_api::ConnectionStatus| idsync_api::conditions::find(&s.conditions, "Ready").cloned();
     assert_eq!(ready(&after), ready(&live));
 }
+
+/// Settings only the provider can judge (a csv delimiter that is a quote, a
+/// provider not built yet) stall the Connection as soon as it is applied,
+/// not at its first sync.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_provider_setting_stalls_the_connection_at_once() {
+    let env = Env::start().await;
+    env.config_map("hr-export", &export(0..3)).await;
+    env.connection(
+        "quoted",
+        json!({"category": "HRIS", "provider": {"type": "csv", "csv": {
+            "source": {"configMapKeyRef": {"name": "hr-export", "key": "people.csv"}},
+            "idColumn": "employee_id", "delimiter": "\""}}}),
+    )
+    .await;
+    let stalled = |name: &'static str| {
+        let env = &env;
+        async move {
+            eventually(Duration::from_secs(30), || async {
+                let status = env.get_connection(name).await.status?;
+                let stalled = idsync_api::conditions::find(&status.conditions, "Stalled")?.clone();
+                (stalled.status == "True").then_some((stalled, status))
+            })
+            .await
+            .unwrap_or_else(|| panic!("{name} did not stall"))
+        }
+    };
+    let (condition, status) = stalled("quoted").await;
+    assert_eq!(condition.reason, "InvalidConfiguration");
+    assert!(condition.message.contains("spec.provider.csv.delimiter"), "{}", condition.message);
+    assert!(status.last_sync_time.is_none(), "it stalled without a sync");
+    let ready = idsync_api::conditions::find(&status.conditions, "Ready").expect("Ready");
+    assert_eq!(ready.status, "False");
+}
