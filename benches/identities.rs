@@ -16,36 +16,32 @@ use idsync::model::Account;
 use idsync::model::{ConnectionRef, Counts, NewRun, ProcessingRunRecord, ProfileRef, RunFinish, RunOutcome};
 use idsync::model::{RunMode, Trigger};
 use idsync::store::{AccountStore, CursorUpdate, IdentityStore, SqliteStore, StagedChange};
-use idsync_api::IdentityProfileSpec;
+use idsync_api::{IdentityProfile, IdentityProfileSpec};
 use jiff::Timestamp;
 use serde_json::json;
 
 const PEOPLE: usize = 100_000;
 
 fn spec() -> IdentityProfileSpec {
-    serde_json::from_value(json!({
-        "authoritativeConnection": "hr",
-        "correlation": [{"connection": "github", "rules": [
-            {"accountAttribute": "email", "identityAttribute": "email", "ignoreCase": true}]}],
-        "attributes": {
-            "employeeId": "accounts.hr.id",
-            "email": "accounts.hr.email.lowerAscii()",
-            "displayName": "accounts.hr.first_name + ' ' + accounts.hr.last_name",
-            "department": "accounts.hr.department",
-            "title": "accounts.hr.title",
-            "managerId": "accounts.hr.manager_id",
-            "location": "accounts.hr.location",
-            "costCenter": "accounts.hr.cost_center",
-            "employeeType": "accounts.hr.employee_type == 'C' ? 'contractor' : 'employee'",
-            "githubLogin": "has(accounts.github) ? accounts.github.username : null"
-        },
-        "lifecycle": {
-            "expression": "date(accounts.hr.hire_date) > now ? 'prehire' : accounts.hr.termination_date != '' && date(accounts.hr.termination_date) <= now ? 'terminated' : 'active'",
-            "states": ["prehire", "active", "terminated"]
-        },
-        "manager": {"attribute": "managerId", "matchAttribute": "employeeId"}
-    }))
-    .expect("spec")
+    IdentityProfile::test("employees")
+        .authoritative("hr")
+        .correlate_ignoring_case("github", "email", "email")
+        .attribute("employeeId", "accounts.hr.id")
+        .attribute("email", "accounts.hr.email.lowerAscii()")
+        .attribute("displayName", "accounts.hr.first_name + ' ' + accounts.hr.last_name")
+        .attribute("department", "accounts.hr.department")
+        .attribute("title", "accounts.hr.title")
+        .attribute("managerId", "accounts.hr.manager_id")
+        .attribute("location", "accounts.hr.location")
+        .attribute("costCenter", "accounts.hr.cost_center")
+        .attribute("employeeType", "accounts.hr.employee_type == 'C' ? 'contractor' : 'employee'")
+        .attribute("githubLogin", "has(accounts.github) ? accounts.github.username : null")
+        .lifecycle(
+            "date(accounts.hr.hire_date) > now ? 'prehire' : accounts.hr.termination_date != '' && date(accounts.hr.termination_date) <= now ? 'terminated' : 'active'",
+            ["prehire", "active", "terminated"],
+        )
+        .manager("managerId", "employeeId")
+        .spec()
 }
 
 fn person(n: usize, version: u32) -> Account {

@@ -13,8 +13,8 @@ use idsync::model::ConnectionRef;
 use idsync::model::Trigger;
 use idsync::store::{SqliteStore, Store};
 use idsync::sync::job::{self, SyncJob};
-use idsync_api::ConnectionSpec;
 use idsync_api::SyncMode;
+use idsync_api::{Connection, ConnectionSpec};
 
 const ROWS: usize = 100_000;
 
@@ -39,13 +39,14 @@ fn export(changed_every: Option<usize>) -> Vec<u8> {
 }
 
 fn spec() -> ConnectionSpec {
-    serde_json::from_value(serde_json::json!({
-        "category": "HRIS", "pageSize": 1000,
-        "importSafeguard": {"maxDeletePercent": 100},
-        "provider": {"type": "csv", "csv": {"source": {"configMapKeyRef": {"name": "hr", "key": "people.csv"}},
-            "idColumn": "employee_id", "columns": {"email": "work_email", "enabled": "status", "groups": "groups"}}}
-    }))
-    .expect("spec")
+    Connection::test("hr")
+        .page_size(1000)
+        .max_delete_percent(100)
+        .id_column("employee_id")
+        .column("email", "work_email")
+        .column("enabled", "status")
+        .column("groups", "groups")
+        .spec()
 }
 
 async fn sync(store: &Arc<dyn Store>, data: Vec<u8>, label: &str) {

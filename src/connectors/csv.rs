@@ -524,36 +524,20 @@ mod tests {
     use super::*;
     use crate::connectors::build;
     use crate::connectors::testing::{channel_body, handler, respond, serve};
-    use idsync_api::Provider;
+    use idsync_api::Connection;
+    use idsync_api::connection::CsvSource;
+    use idsync_api::fixtures::ConnectionBuilder;
 
-    fn spec(csv: Value, page_size: u32) -> ConnectionSpec {
-        serde_json::from_value(json!({
-            "provider": {"type": "csv", "csv": csv},
-            "category": "HRIS",
-            "pageSize": page_size,
-        }))
-        .unwrap()
+    /// The HR export from key `export.csv` of the ConfigMap `hr`, id column
+    /// `id`.
+    fn from_config_map() -> ConnectionBuilder {
+        Connection::test("hr").csv_config_map("hr", "export.csv")
     }
 
-    fn settings(spec: &ConnectionSpec) -> &CsvSettings {
-        match &spec.provider {
-            Provider::Csv(settings) => settings,
-            other => panic!("not csv: {other:?}"),
-        }
-    }
-
-    fn from_config_map(extra: Value) -> Value {
-        let mut csv = json!({"source": {"configMapKeyRef": {"name": "hr", "key": "export.csv"}}, "idColumn": "id"});
-        for (k, v) in extra.as_object().unwrap() {
-            csv[k] = v.clone();
-        }
-        csv
-    }
-
-    fn data_connector(csv: Value, page_size: u32, data: &[u8]) -> CsvConnector {
-        let spec = spec(csv, page_size);
+    fn data_connector(csv: ConnectionBuilder, page_size: u32, data: &[u8]) -> CsvConnector {
+        let spec = csv.page_size(page_size).spec();
         let inputs = ProviderInputs { csv_data: Some(data.to_vec()), ..Default::default() };
-        CsvConnector::new(&spec, settings(&spec), inputs).unwrap()
+        CsvConnector::new(&spec, spec.expect_csv(), inputs).unwrap()
     }
 
     async fn read_all(connector: &mut dyn Connector) -> Result<Vec<Page>, ConnectorError> {
@@ -584,17 +568,14 @@ mod tests {
         E005,,,,on leave,Sales,sales,,\r\n\
         E006,kim,kim@example.com,Kim,ENABLED,Sales,sales;x,,";
 
-    fn hr_csv() -> Value {
-        from_config_map(json!({
-            "idColumn": "Employee ID",
-            "columns": {
-                "username": "Username",
-                "email": "Work Email",
-                "displayName": "Full Name",
-                "enabled": "Employment Status",
-                "groups": "Groups",
-            },
-        }))
+    fn hr_csv() -> ConnectionBuilder {
+        from_config_map()
+            .id_column("Employee ID")
+            .column("username", "Username")
+            .column("email", "Work Email")
+            .column("displayName", "Full Name")
+            .column("enabled", "Employment Status")
+            .column("groups", "Groups")
     }
 
     #[tokio::test]
@@ -659,8 +640,7 @@ mod tests {
     #[tokio::test]
     async fn without_mapped_columns_every_account_is_enabled_and_groupless() {
         let data = "id;name;status\n1;a;inactive\n2;b;\n";
-        let mut connector =
-            data_connector(from_config_map(json!({"delimiter": ";", "groupsSeparator": "|"})), 10, data.as_bytes());
+        let mut connector = data_connector(from_config_map().delimiter(";").groups_separator("|"), 10, data.as_bytes());
         assert!(!connector.capabilities().groups);
         let accounts = accounts(read_all(&mut connector).await.unwrap());
         assert_eq!(accounts.len(), 2);
@@ -671,7 +651,7 @@ mod tests {
     #[tokio::test]
     async fn groups_split_on_a_multi_character_separator() {
         let data = "id,groups\n1, a || b ||| c||\n";
-        let csv = from_config_map(json!({"columns": {"groups": "groups"}, "groupsSeparator": "||"}));
+        let csv = from_config_map().column("groups", "groups").groups_separator("||");
         let accounts = accounts(read_all(&mut data_connector(csv, 10, data.as_bytes())).await.unwrap());
         // " a ", " b ", "| c", "": trimmed, the empty one dropped, sorted.
         assert_eq!(accounts[0].groups, vec!["a".to_string(), "b".to_string(), "| c".to_string()]);
@@ -683,8 +663,7 @@ mod tests {
         for i in 0..2500 {
             data.push_str(&format!("E{i:05},user{i}@example.com\n"));
         }
-        let mut connector =
-            data_connector(from_config_map(json!({"columns": {"email": "email"}})), 1000, data.as_bytes());
+        let mut connector = data_connector(from_config_map().column("email", "email"), 1000, data.as_bytes());
         let plan = connector.begin(SyncMode::Delta, Some("ignored")).await.unwrap();
         assert_eq!(plan, ReadPlan { kind: ReadKind::Full, reason: Some(DELTA_REASON.to_string()) });
         let mut sizes = Vec::new();
@@ -709,13 +688,13 @@ mod tests {
         for i in 0..4 {
             data.push_str(&format!("{i}\n"));
         }
-        let pages = read_all(&mut data_connector(from_config_map(json!({})), 2, data.as_bytes())).await.unwrap();
+        let pages = read_all(&mut data_connector(from_config_map(), 2, data.as_bytes())).await.unwrap();
         assert_eq!(pages.iter().map(|p| p.accounts.len()).collect::<Vec<_>>(), vec![2, 2]);
-        let pages = read_all(&mut data_connector(from_config_map(json!({})), 2, b"\xEF\xBB\xBFid\r\n")).await.unwrap();
+        let pages = read_all(&mut data_connector(from_config_map(), 2, b"\xEF\xBB\xBFid\r\n")).await.unwrap();
         assert!(pages.is_empty(), "a header alone is an export without accounts");
     }
 
-    async fn read_error(csv: Value, page_size: u32, data: &[u8]) -> ConnectorError {
+    async fn read_error(csv: ConnectionBuilder, page_size: u32, data: &[u8]) -> ConnectorError {
         read_all(&mut data_connector(csv, page_size, data)).await.unwrap_err()
     }
 
@@ -749,7 +728,7 @@ mod tests {
             (b"id,n\xFFme\n1,a\n", 10, "line 1: the header's column 2 is not valid UTF-8"),
         ];
         for (data, page_size, expected) in cases {
-            let e = read_error(from_config_map(json!({})), *page_size, data).await;
+            let e = read_error(from_config_map(), *page_size, data).await;
             assert_eq!(e.to_string(), *expected, "{}", String::from_utf8_lossy(data));
             assert!(matches!(e, ConnectorError::Source { .. }), "{e:?}");
             assert_eq!(e.reason(), "SourceError");
@@ -783,7 +762,7 @@ mod tests {
             ];
             for (data, expected) in &cases {
                 for chunk in [1, 2, 3, 7, DATA_CHUNK] {
-                    let mut connector = data_connector(from_config_map(json!({})), 10, data);
+                    let mut connector = data_connector(from_config_map(), 10, data);
                     connector.data_chunk = chunk;
                     let e = read_all(&mut connector).await.unwrap_err();
                     assert_eq!(e.to_string(), format!("page 1: {expected}"), "{style}, pieces of {chunk}");
@@ -796,7 +775,7 @@ mod tests {
     #[tokio::test]
     async fn an_endless_record_is_refused_before_it_fills_memory() {
         let data = format!("id,note\n1,a\n2,\"{}", "x".repeat(5000));
-        let mut connector = data_connector(from_config_map(json!({})), 10, data.as_bytes());
+        let mut connector = data_connector(from_config_map(), 10, data.as_bytes());
         connector.data_chunk = 1000;
         connector.begin(SyncMode::Full, None).await.unwrap();
         connector.reading.as_mut().unwrap().records.max_record = 2000;
@@ -809,7 +788,7 @@ mod tests {
 
     #[tokio::test]
     async fn rows_before_a_bad_row_are_paged_out_first() {
-        let mut connector = data_connector(from_config_map(json!({})), 2, b"id\n1\n2\n3\n3\n");
+        let mut connector = data_connector(from_config_map(), 2, b"id\n1\n2\n3\n3\n");
         connector.begin(SyncMode::Full, None).await.unwrap();
         assert_eq!(connector.next_page().await.unwrap().unwrap().accounts.len(), 2);
         let e = connector.next_page().await.unwrap_err();
@@ -821,47 +800,50 @@ mod tests {
 
     #[tokio::test]
     async fn columns_missing_from_the_header_are_configuration_errors() {
-        let e = read_error(from_config_map(json!({"idColumn": "employeeId"})), 10, b"id,email\n1,a@x\n").await;
+        let e = read_error(from_config_map().id_column("employeeId"), 10, b"id,email\n1,a@x\n").await;
         assert!(e.is_stalled());
         assert!(matches!(&e, ConnectorError::Config { field, .. } if field == "spec.provider.csv.idColumn"), "{e:?}");
         assert_eq!(
             e.to_string(),
             "spec.provider.csv.idColumn: column \"employeeId\" is not in the export's header (line 1), which has \"id\", \"email\""
         );
-        let e = read_error(from_config_map(json!({"columns": {"email": "mail"}})), 10, b"id,email\n1,a@x\n").await;
+        let e = read_error(from_config_map().column("email", "mail"), 10, b"id,email\n1,a@x\n").await;
         assert!(
             matches!(&e, ConnectorError::Config { field, .. } if field == "spec.provider.csv.columns.email"),
             "{e:?}"
         );
-        let e = read_error(from_config_map(json!({"columns": {"displayName": "Name"}})), 10, b"id,email\n").await;
+        let e = read_error(from_config_map().column("displayName", "Name"), 10, b"id,email\n").await;
         assert!(matches!(&e, ConnectorError::Config { field, .. } if field == "spec.provider.csv.columns.displayName"));
     }
 
     #[test]
     fn bad_settings_are_configuration_errors() {
-        let build_err = |csv: Value, inputs: ProviderInputs| {
-            let spec = spec(csv, 10);
+        let build_err = |csv: ConnectionBuilder, inputs: ProviderInputs| {
+            let spec = csv.page_size(10).spec();
             build(&spec, inputs).err().unwrap()
         };
         let data = || ProviderInputs { csv_data: Some(b"id\n".to_vec()), ..Default::default() };
         for delimiter in [";;", "\"", "\n", "é"] {
-            let e = build_err(from_config_map(json!({"delimiter": delimiter})), data());
+            let e = build_err(from_config_map().delimiter(delimiter), data());
             assert!(e.to_string().starts_with("spec.provider.csv.delimiter: "), "{e}");
         }
-        let e = build_err(from_config_map(json!({})), ProviderInputs::default());
+        let e = build_err(from_config_map(), ProviderInputs::default());
         assert_eq!(
             e.to_string(),
             "spec.provider.csv.source.configMapKeyRef: no content was supplied for key \"export.csv\" of ConfigMap \"hr\""
         );
-        let e = build_err(json!({"source": {}, "idColumn": "id"}), data());
+        let e = build_err(
+            from_config_map().csv_source(CsvSource { config_map_key_ref: None, secret_key_ref: None, url: None }),
+            data(),
+        );
         assert!(e.to_string().starts_with("spec.provider.csv.source: exactly one"), "{e}");
-        let e = build_err(json!({"source": {"url": "http://example.com/x.csv"}, "idColumn": "id"}), data());
+        let e = build_err(from_config_map().csv_url("http://example.com/x.csv"), data());
         assert!(e.to_string().starts_with("spec.provider.csv.source.url: "), "{e}");
         let mut inputs = ProviderInputs::default();
         inputs.secret.insert("token".into(), vec![0xff]);
-        let e = build_err(json!({"source": {"url": "https://hr.example.com/x.csv"}, "idColumn": "id"}), inputs);
+        let e = build_err(from_config_map().csv_url("https://hr.example.com/x.csv"), inputs);
         assert_eq!(e.to_string(), "spec.credentialsSecretRef: key \"token\" is not valid UTF-8");
-        let e = build_err(from_config_map(json!({"columns": {"groups": " "}})), data());
+        let e = build_err(from_config_map().column("groups", " "), data());
         assert!(e.to_string().starts_with("spec.provider.csv.columns.groups: "), "{e}");
     }
 
@@ -872,7 +854,7 @@ mod tests {
         let tricky = "\u{FEFF}id,a,b\r\n1,\"x,\r\ny\",\"\"\"q\"\"\"\r2,z\"w,\"p\"\"\"\n\n3,\"\",\r\n4,\"a\"b,c\n5,\"\"\"\",\n\"6\",\"\n\",\"\r\"";
         let bad = "id,a\n1,\"x\n\"\n2,b\n3\n";
         for data in [tricky, HR_EXPORT, bad] {
-            let csv = if data == HR_EXPORT { hr_csv() } else { from_config_map(json!({})) };
+            let csv = if data == HR_EXPORT { hr_csv() } else { from_config_map() };
             let expected = match read_all(&mut data_connector(csv.clone(), 2, data.as_bytes())).await {
                 Ok(pages) => Ok(pages),
                 Err(e) => Err(e.to_string()),
@@ -884,7 +866,7 @@ mod tests {
                 assert_eq!(got, expected, "chunk {chunk}");
             }
         }
-        let pages = read_all(&mut data_connector(from_config_map(json!({})), 10, tricky.as_bytes())).await.unwrap();
+        let pages = read_all(&mut data_connector(from_config_map(), 10, tricky.as_bytes())).await.unwrap();
         let accounts = accounts(pages);
         let ids: Vec<&str> = accounts.iter().map(|a| a.id.as_str()).collect();
         assert_eq!(ids, ["1", "2", "3", "4", "5", "6"]);
@@ -892,7 +874,7 @@ mod tests {
         assert_eq!(accounts[1].attributes, attrs(&[("a", "z\"w"), ("b", "p\"")]));
         assert_eq!(accounts[3].attributes, attrs(&[("a", "ab"), ("b", "c")]));
         assert_eq!(accounts[5].attributes, attrs(&[("a", "\n"), ("b", "\r")]));
-        let e = read_all(&mut data_connector(from_config_map(json!({})), 10, bad.as_bytes())).await.unwrap_err();
+        let e = read_all(&mut data_connector(from_config_map(), 10, bad.as_bytes())).await.unwrap_err();
         assert_eq!(e.to_string(), "page 1: line 5: 1 field, the header has 2");
     }
 
@@ -901,7 +883,7 @@ mod tests {
     const TOKEN: &str = "csv-TOKEN-7f3a9";
 
     fn url_connector(url: String, page_size: u32, token: Option<&str>) -> CsvConnector {
-        let spec = spec(json!({"source": {"url": url}, "idColumn": "id", "columns": {"email": "email"}}), page_size);
+        let spec = from_config_map().csv_url(&url).column("email", "email").page_size(page_size).spec();
         let mut inputs = ProviderInputs::default();
         if let Some(token) = token {
             inputs.secret.insert("token".into(), format!("{token}\n").into_bytes());
@@ -913,7 +895,7 @@ mod tests {
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(50),
         };
-        CsvConnector::with_http_settings(&spec, settings(&spec), inputs, http).unwrap()
+        CsvConnector::with_http_settings(&spec, spec.expect_csv(), inputs, http).unwrap()
     }
 
     fn rows(range: std::ops::Range<usize>) -> String {

@@ -704,17 +704,11 @@ mod tests {
 
     use super::*;
     use crate::connectors::testing::{handler, respond, serve};
+    use idsync_api::Connection;
 
     fn spec(base_url: &str, page_size: u32) -> (ConnectionSpec, ScimSettings) {
-        let spec: ConnectionSpec = serde_json::from_value(json!({
-            "category": "IdP",
-            "credentialsSecretRef": {"name": "s"},
-            "pageSize": page_size,
-            "provider": {"type": "scim", "scim": {"baseUrl": base_url}},
-        }))
-        .unwrap();
-        let idsync_api::Provider::Scim(settings) = &spec.provider else { panic!("not scim") };
-        let settings = settings.clone();
+        let spec = Connection::test("idp").scim(base_url).credentials("s").page_size(page_size).spec();
+        let settings = spec.expect_scim().clone();
         (spec, settings)
     }
 

@@ -202,12 +202,8 @@ mod tests {
 
     #[test]
     fn the_owner_is_the_connection_without_blocking_its_deletion() {
-        let mut connection: Connection =
-            serde_json::from_value(serde_json::json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "Connection",
-                "metadata": {"name": "hr", "uid": "u-1"},
-                "spec": {"category": "HRIS", "provider": {"type": "csv", "csv": {
-                    "source": {"url": "https://hr.example/export.csv"}, "idColumn": "id"}}}}))
-            .expect("a Connection");
+        let mut connection = Connection::test("hr").build();
+        connection.metadata.uid = Some("u-1".into());
         let owner = owner(&connection).expect("an owner");
         assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()), ("Connection", "hr", "u-1"));
         assert_eq!(owner.block_owner_deletion, None);

@@ -730,11 +730,7 @@ mod tests {
     use crate::store::{AccountStore, IdentityStore, ProcessingCommit, ProcessingHistory, SqliteStore};
 
     fn spec() -> IdentityProfileSpec {
-        serde_json::from_value(serde_json::json!({
-            "authoritativeConnection": "hr",
-            "attributes": {"email": "accounts.hr.email"}
-        }))
-        .expect("spec")
+        IdentityProfile::test("employees").attribute("email", "accounts.hr.email").spec()
     }
 
     fn identity(id: &str) -> Identity {

@@ -645,96 +645,78 @@ async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_na
 mod tests {
     use super::*;
     use idsync_api::Category;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-
-    fn connection(name: &str, category: Category, labels: &[(&str, &str)]) -> Connection {
-        let spec = serde_json::json!({"category": category, "provider": {"type": "csv", "csv": {
-            "source": {"url": "https://hr.example.com/x.csv"}, "idColumn": "id"}}});
-        let mut c = Connection::new(name, serde_json::from_value(spec).expect("spec"));
-        c.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
-        c
-    }
+    use idsync_api::fixtures::ResyncRequestBuilder;
+    use idsync_api::resync_request::Scope;
 
     fn fleet() -> Vec<Connection> {
         vec![
-            connection("okta", Category::IdP, &[("site", "hq")]),
-            connection("aws", Category::Infrastructure, &[("site", "hq")]),
-            connection("gcp", Category::Infrastructure, &[("site", "eu")]),
-            connection("hris", Category::Hris, &[]),
+            Connection::test("okta").category(Category::IdP).label("site", "hq").build(),
+            Connection::test("aws").category(Category::Infrastructure).label("site", "hq").build(),
+            Connection::test("gcp").category(Category::Infrastructure).label("site", "eu").build(),
+            Connection::test("hris").category(Category::Hris).build(),
         ]
+    }
+
+    fn target_of(request: ResyncRequestBuilder) -> ResyncTarget {
+        request.spec().target
     }
 
     #[test]
     fn targets_resolve_to_connections_in_a_stable_order() {
-        let all = ResyncTarget { all: Some(true), ..Default::default() };
+        let all = target_of(ResyncRequest::test("r").all());
         assert_eq!(resolve_target(&all, &fleet()), Ok(vec!["aws".into(), "gcp".into(), "hris".into(), "okta".into()]));
-        let category = ResyncTarget { category: Some(Category::Infrastructure), ..Default::default() };
+        let category = target_of(ResyncRequest::test("r").category(Category::Infrastructure));
         assert_eq!(resolve_target(&category, &fleet()), Ok(vec!["aws".into(), "gcp".into()]));
-        let selector = ResyncTarget {
-            selector: Some(LabelSelector {
-                match_labels: Some([("site".to_string(), "hq".to_string())].into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let selector = target_of(ResyncRequest::test("r").selector([("site", "hq")]));
         assert_eq!(resolve_target(&selector, &fleet()), Ok(vec!["aws".into(), "okta".into()]));
         // Named connections are kept even when missing, to fail by name.
-        let named = ResyncTarget { connections: Some(vec!["okta".into(), "ghost".into()]), ..Default::default() };
+        let named = target_of(ResyncRequest::test("r").connections(["okta", "ghost"]));
         assert_eq!(resolve_target(&named, &fleet()), Ok(vec!["ghost".into(), "okta".into()]));
     }
 
     #[test]
     fn a_target_matching_nothing_says_so() {
-        let category = ResyncTarget { category: Some(Category::Mdm), ..Default::default() };
+        let category = target_of(ResyncRequest::test("r").category(Category::Mdm));
         assert_eq!(
             resolve_target(&category, &fleet()),
             Err("the target matched no Connection in this namespace".into())
         );
-        let all = ResyncTarget { all: Some(true), ..Default::default() };
+        let all = target_of(ResyncRequest::test("r").all());
         assert!(resolve_target(&all, &[]).is_err());
-    }
-
-    fn profile(name: &str, authoritative: &str, correlated: &[&str]) -> IdentityProfile {
-        let correlation: Vec<serde_json::Value> = correlated
-            .iter()
-            .map(|c| serde_json::json!({"connection": c, "rules": [{"accountAttribute": "email", "identityAttribute": "email"}]}))
-            .collect();
-        let spec = serde_json::json!({"authoritativeConnection": authoritative, "correlation": correlation,
-            "attributes": {"email": "accounts.x.email"}});
-        IdentityProfile::new(name, serde_json::from_value(spec).expect("profile spec"))
-    }
-
-    fn request(spec: serde_json::Value) -> idsync_api::ResyncRequestSpec {
-        serde_json::from_value(spec).expect("request spec")
     }
 
     #[test]
     fn work_follows_scope_and_named_profiles() {
-        let profiles = vec![profile("employees", "hris", &["okta"]), profile("contractors", "gcp", &[])];
-        let accounts = request(serde_json::json!({"target": {"category": "IdP"}}));
+        let profiles = vec![
+            IdentityProfile::test("employees")
+                .authoritative("hris")
+                .correlate("okta", "email", "email")
+                .attribute("email", "accounts.hris.email")
+                .build(),
+            IdentityProfile::test("contractors").authoritative("gcp").attribute("email", "accounts.gcp.email").build(),
+        ];
+        let accounts = ResyncRequest::test("r").category(Category::IdP).spec();
         assert_eq!(
             resolve_work(&accounts, &fleet(), &profiles),
             Ok(Work { connections: vec!["okta".into()], profiles: vec![] })
         );
-        let both = request(serde_json::json!({"target": {"category": "IdP"}, "scope": "AccountsAndIdentities"}));
+        let both = ResyncRequest::test("r").category(Category::IdP).scope(Scope::AccountsAndIdentities).spec();
         assert_eq!(
             resolve_work(&both, &fleet(), &profiles),
             Ok(Work { connections: vec!["okta".into()], profiles: vec!["employees".into()] })
         );
         // Identities only: the profiles that read the target, no sync.
-        let identities = request(serde_json::json!({"target": {"all": true}, "scope": "Identities"}));
+        let identities = ResyncRequest::test("r").all().scope(Scope::Identities).spec();
         assert_eq!(
             resolve_work(&identities, &fleet(), &profiles),
             Ok(Work { connections: vec![], profiles: vec!["contractors".into(), "employees".into()] })
         );
-        let named = request(
-            serde_json::json!({"target": {"profiles": ["employees", "employees", "ghost"]}, "scope": "Identities"}),
-        );
+        let named = ResyncRequest::test("r").profiles(["employees", "employees", "ghost"]).spec();
         assert_eq!(
             resolve_work(&named, &fleet(), &profiles),
             Ok(Work { connections: vec![], profiles: vec!["employees".into(), "ghost".into()] })
         );
-        let unused = request(serde_json::json!({"target": {"connections": ["aws"]}, "scope": "Identities"}));
+        let unused = ResyncRequest::test("r").connections(["aws"]).scope(Scope::Identities).spec();
         assert_eq!(
             resolve_work(&unused, &fleet(), &profiles),
             Err("no IdentityProfile in this namespace uses the target's connections".into())

@@ -719,34 +719,33 @@ impl Preview {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use idsync_api::IdentityProfile;
     use serde_json::json;
 
     /// HR makes identities; GitHub accounts correlate by e-mail (ignoring
     /// case), then by login.
     fn spec() -> IdentityProfileSpec {
-        serde_json::from_value(json!({
-            "authoritativeConnection": "hr",
-            "correlation": [{"connection": "github", "rules": [
-                {"accountAttribute": "email", "identityAttribute": "email", "ignoreCase": true},
-                {"accountAttribute": "username", "identityAttribute": "githubLogin"}
-            ]}],
-            "attributes": {
-                "email": "accounts.hr.email",
-                "displayName": "accounts.hr.displayName",
-                "employeeId": "accounts.hr.id",
-                "managerId": "accounts.hr.manager_id",
-                "title": "accounts.hr.title",
-                "githubLogin": "has(accounts.hr.github_login) ? accounts.hr.github_login : (has(accounts.github) ? accounts.github.username : null)",
-                "badge": "int(accounts.hr.badge)"
-            },
-            "lifecycle": {
-                "expression": "has(accounts.hr.termination_date) && date(accounts.hr.termination_date) <= now ? 'terminated' : date(accounts.hr.hire_date) > now ? 'prehire' : 'active'",
-                "states": ["prehire", "active", "terminated"]
-            },
-            "manager": {"attribute": "managerId", "matchAttribute": "employeeId"},
-            "schedule": {"cron": ["0 8 * * *", "0 20 * * *"], "timeZone": "America/Chicago"}
-        }))
-        .expect("spec")
+        IdentityProfile::test("employees")
+            .authoritative("hr")
+            .correlate_ignoring_case("github", "email", "email")
+            .correlate("github", "username", "githubLogin")
+            .attribute("email", "accounts.hr.email")
+            .attribute("displayName", "accounts.hr.displayName")
+            .attribute("employeeId", "accounts.hr.id")
+            .attribute("managerId", "accounts.hr.manager_id")
+            .attribute("title", "accounts.hr.title")
+            .attribute(
+                "githubLogin",
+                "has(accounts.hr.github_login) ? accounts.hr.github_login : (has(accounts.github) ? accounts.github.username : null)",
+            )
+            .attribute("badge", "int(accounts.hr.badge)")
+            .lifecycle(
+                "has(accounts.hr.termination_date) && date(accounts.hr.termination_date) <= now ? 'terminated' : date(accounts.hr.hire_date) > now ? 'prehire' : 'active'",
+                ["prehire", "active", "terminated"],
+            )
+            .manager("managerId", "employeeId")
+            .schedule(["0 8 * * *", "0 20 * * *"], "America/Chicago")
+            .spec()
     }
 
     fn person(id: &str, name: &str, email: &str, manager: &str, extra: &[(&str, &str)]) -> Account {

@@ -13,20 +13,13 @@ use crate::connectors::http::HttpSettings;
 use crate::connectors::scim::{ERROR_SCHEMA, ScimConnector};
 use crate::connectors::testing::{handler, respond, serve};
 use crate::model::{RunOutcome, Trigger};
-use idsync_api::SyncMode;
 use idsync_api::connection::ConnectionSpec;
+use idsync_api::{Connection, SyncMode};
 
 /// A scim Connection's spec and settings for `base_url`, `page_size` a page.
 fn spec(base_url: &str, page_size: u32) -> (ConnectionSpec, idsync_api::connection::ScimSettings) {
-    let spec: ConnectionSpec = serde_json::from_value(json!({
-        "category": "IdP",
-        "credentialsSecretRef": {"name": "s"},
-        "pageSize": page_size,
-        "provider": {"type": "scim", "scim": {"baseUrl": base_url}},
-    }))
-    .unwrap();
-    let idsync_api::Provider::Scim(settings) = &spec.provider else { panic!("not scim") };
-    let settings = settings.clone();
+    let spec = Connection::test("idp").scim(base_url).credentials("s").page_size(page_size).spec();
+    let settings = spec.expect_scim().clone();
     (spec, settings)
 }
 

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use common::operator::{Operator, TestClock, test_config};
 use common::{Harness, eventually};
-use idsync_api::Connection;
 use idsync_api::conditions;
+use idsync_api::fixtures::ConnectionBuilder;
+use idsync_api::{Connection, ResyncRequest};
 use idsync_devcluster::reads::{ReadCount, ReadVerb};
 use idsync_devcluster::representation::Representation;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -34,12 +35,11 @@ async fn start() -> (Harness, Operator, tempfile::TempDir) {
     (h, operator, data)
 }
 
-async fn connection(h: &Harness, name: &str, source: serde_json::Value) {
+/// Applies an HR export Connection with id column `employee_id`, its
+/// source given by `source`.
+async fn connection(h: &Harness, name: &str, source: impl FnOnce(ConnectionBuilder) -> ConnectionBuilder) {
     let api: Api<Connection> = Api::namespaced(h.client.clone(), "default");
-    let object = json!({
-        "apiVersion": "idsync.dev/v1alpha1", "kind": "Connection", "metadata": {"name": name},
-        "spec": {"category": "HRIS", "provider": {"type": "csv", "csv": {"source": source, "idColumn": "employee_id"}}},
-    });
+    let object = source(Connection::test(name).id_column("employee_id")).build();
     api.patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&object)).await.expect("connection");
 }
 
@@ -88,10 +88,10 @@ async fn a_stalled_connection_recovers_when_its_secret_appears_or_its_config_map
 
     // One Connection waits for a Secret that does not exist yet, the other
     // for a key its ConfigMap does not have yet.
-    connection(&h, "from-secret", json!({"secretKeyRef": {"name": "hr-secret", "key": "people.csv"}})).await;
+    connection(&h, "from-secret", |c| c.csv_secret("hr-secret", "people.csv")).await;
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "hr-config"}, "data": {"old.csv": EXPORT}});
     config_maps.patch("hr-config", &PatchParams::apply("test"), &Patch::Apply(&cm)).await.expect("configmap");
-    connection(&h, "from-config-map", json!({"configMapKeyRef": {"name": "hr-config", "key": "people.csv"}})).await;
+    connection(&h, "from-config-map", |c| c.csv_config_map("hr-config", "people.csv")).await;
     stalled_with(&h, "from-secret", "SecretNotFound").await;
     stalled_with(&h, "from-config-map", "KeyNotFound").await;
 
@@ -105,11 +105,7 @@ async fn a_stalled_connection_recovers_when_its_secret_appears_or_its_config_map
     recovered(&h, "from-config-map").await;
 
     // And the data is read when a sync needs it.
-    h.create_request(
-        "sync-both",
-        json!({"target": {"connections": ["from-secret", "from-config-map"]}, "mode": "Full"}),
-    )
-    .await;
+    h.create_request(ResyncRequest::test("sync-both").connections(["from-secret", "from-config-map"]).full()).await;
     let done = h.finished_request("sync-both", Duration::from_secs(30)).await;
     let status = done.status.expect("status");
     assert_eq!(status.phase, Some(idsync_api::resync_request::Phase::Succeeded), "{status:#?}");
@@ -130,7 +126,7 @@ async fn the_operator_lists_and_watches_secrets_and_config_maps_by_metadata_only
         secrets.create(&PostParams::default(), &secret(&name, "token", "not-for-idsync")).await.expect("secret");
     }
     secrets.create(&PostParams::default(), &secret("hr-secret", "people.csv", EXPORT)).await.expect("secret");
-    connection(&h, "hris", json!({"secretKeyRef": {"name": "hr-secret", "key": "people.csv"}})).await;
+    connection(&h, "hris", |c| c.csv_secret("hr-secret", "people.csv")).await;
     recovered(&h, "hris").await;
 
     // Both watches are up (listed, then watching) by metadata.
@@ -157,8 +153,7 @@ async fn the_operator_lists_and_watches_secrets_and_config_maps_by_metadata_only
         .replace("unrelated-0", &PostParams::default(), &secret("unrelated-0", "token", "rotated"))
         .await
         .expect("replace");
-    let sync = json!({"target": {"connections": ["hris"]}, "mode": "Full"});
-    h.create_request("sync", sync).await;
+    h.create_request(ResyncRequest::test("sync").connections(["hris"]).full()).await;
     h.finished_request("sync", Duration::from_secs(30)).await;
 
     for resource in ["secrets", "configmaps"] {

@@ -13,9 +13,9 @@ use idsync::model::Identity;
 use idsync::model::Trigger;
 use idsync::model::{ProfileRef, RunOutcome};
 use idsync::store::{IdentityStore, ProcessingHistory};
-use idsync_api::IdentityProfile;
-use idsync_api::resync_request::{Phase, TargetPhase};
-use idsync_api::{Connection, ResyncRequest};
+use idsync_api::fixtures::{IdentityProfileBuilder, ResyncRequestBuilder};
+use idsync_api::resync_request::{Phase, Scope, TargetPhase};
+use idsync_api::{Category, Connection, IdentityProfile, ResyncRequest};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
@@ -63,6 +63,31 @@ fn github_csv() -> String {
     "id,login,email\ngh1,ada,ADA@acme.example\ngh2,bob,bob@acme.example\ngh9,mallory,mallory@evil.example\n".into()
 }
 
+/// The profile `employees` without attributes: HR accounts make
+/// identities, GitHub accounts attach by e-mail ignoring case, a lifecycle
+/// from the termination date and a manager by employee id.
+fn employees() -> IdentityProfileBuilder {
+    IdentityProfile::test("employees")
+        .authoritative("hr")
+        .correlate_ignoring_case("github", "email", "email")
+        .lifecycle(
+            "accounts.hr.termination_date != '' && date(accounts.hr.termination_date) <= now ? 'terminated' : 'active'",
+            ["active", "terminated"],
+        )
+        .manager("managerId", "employeeId")
+}
+
+/// [`employees`] with its usual attributes.
+fn employees_with_attributes() -> IdentityProfileBuilder {
+    employees()
+        .attribute("email", "accounts.hr.email.lowerAscii()")
+        .attribute("displayName", "accounts.hr.displayName")
+        .attribute("employeeId", "accounts.hr.id")
+        .attribute("managerId", "accounts.hr.manager_id")
+        .attribute("title", "accounts.hr.title")
+        .attribute("github", "has(accounts.github) ? accounts.github.username : null")
+}
+
 struct Env {
     h: Harness,
     _operator: Operator,
@@ -88,15 +113,9 @@ impl Env {
         self.store().get_identity(&ProfileRef::new("default", profile), id).expect("get").expect("identity exists")
     }
 
-    async fn apply(&self, kind: &str, name: &str, body: serde_json::Value) {
-        let mut object = json!({"apiVersion": "idsync.dev/v1alpha1", "kind": kind, "metadata": {"name": name}});
-        if let (Some(o), Some(b)) = (object.as_object_mut(), body.as_object()) {
-            o.extend(b.clone());
-        }
-        if kind == "ConfigMap" {
-            object["apiVersion"] = json!("v1");
-        }
-        self.h.apply_json(object).await;
+    /// Server-side applies one resource, as `idsync dev --apply` does.
+    async fn apply(&self, object: impl serde::Serialize) {
+        self.h.apply_json(serde_json::to_value(object).expect("serializable")).await;
     }
 
     async fn exports(&self, people: &[Person]) {
@@ -110,51 +129,34 @@ impl Env {
 
     async fn connections(&self) {
         self.apply(
-            "Connection",
-            "hr",
-            json!({"spec": {"category": "HRIS", "provider": {"type": "csv", "csv": {
-            "source": {"configMapKeyRef": {"name": "hr-export", "key": "data.csv"}},
-            "idColumn": "employee_id", "columns": {"email": "work_email", "displayName": "name"}}}}}),
+            Connection::test("hr")
+                .csv_config_map("hr-export", "data.csv")
+                .id_column("employee_id")
+                .column("email", "work_email")
+                .column("displayName", "name")
+                .build(),
         )
         .await;
         self.apply(
-            "Connection",
-            "github",
-            json!({"spec": {"category": "VersionControl", "provider": {"type": "csv", "csv": {
-            "source": {"configMapKeyRef": {"name": "github-export", "key": "data.csv"}},
-            "idColumn": "id", "columns": {"email": "email", "username": "login"}}}}}),
+            Connection::test("github")
+                .category(Category::VersionControl)
+                .csv_config_map("github-export", "data.csv")
+                .column("email", "email")
+                .column("username", "login")
+                .build(),
         )
         .await;
     }
 
-    async fn profile(&self, extra: serde_json::Value) {
-        let mut spec = json!({
-            "authoritativeConnection": "hr",
-            "correlation": [{"connection": "github", "rules": [
-                {"accountAttribute": "email", "identityAttribute": "email", "ignoreCase": true}]}],
-            "attributes": {
-                "email": "accounts.hr.email.lowerAscii()",
-                "displayName": "accounts.hr.displayName",
-                "employeeId": "accounts.hr.id",
-                "managerId": "accounts.hr.manager_id",
-                "title": "accounts.hr.title",
-                "github": "has(accounts.github) ? accounts.github.username : null"
-            },
-            "lifecycle": {
-                "expression": "accounts.hr.termination_date != '' && date(accounts.hr.termination_date) <= now ? 'terminated' : 'active'",
-                "states": ["active", "terminated"]
-            },
-            "manager": {"attribute": "managerId", "matchAttribute": "employeeId"}
-        });
-        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
-            s.extend(e.clone());
-        }
-        self.apply("IdentityProfile", "employees", json!({"spec": spec})).await;
+    async fn profile(&self, profile: IdentityProfileBuilder) {
+        self.apply(profile.build()).await;
     }
 
-    async fn request(&self, name: &str, spec: serde_json::Value) -> ResyncRequest {
-        self.h.create_request(name, spec).await;
-        self.h.finished_request(name, Duration::from_secs(60)).await
+    async fn request(&self, request: ResyncRequestBuilder) -> ResyncRequest {
+        let request = request.build();
+        let name = request.metadata.name.clone().expect("a name");
+        self.h.create_request(request).await;
+        self.h.finished_request(&name, Duration::from_secs(60)).await
     }
 
     async fn get_profile(&self) -> IdentityProfile {
@@ -181,7 +183,7 @@ impl Env {
     }
 
     async fn sync_all(&self, name: &str) {
-        let r = self.request(name, json!({"target": {"all": true}, "mode": "Full"})).await;
+        let r = self.request(ResyncRequest::test(name).all().full()).await;
         assert_eq!(r.status.and_then(|s| s.phase), Some(Phase::Succeeded));
     }
 }
@@ -204,7 +206,7 @@ async fn a_profile_over_two_connections_computes_identities_and_follows_changes(
     let env = Env::start().await;
     env.exports(&people()).await;
     env.connections().await;
-    env.profile(json!({})).await;
+    env.profile(employees_with_attributes()).await;
     env.sync_all("first-sync").await;
 
     let profile = env
@@ -274,7 +276,7 @@ async fn a_profile_over_two_connections_computes_identities_and_follows_changes(
     // Accounts and identities in one request: the sync, then the profiles
     // that read the synced connection, each with its own entry.
     let both =
-        env.request("both", json!({"target": {"connections": ["github"]}, "scope": "AccountsAndIdentities"})).await;
+        env.request(ResyncRequest::test("both").connections(["github"]).scope(Scope::AccountsAndIdentities)).await;
     let status = both.status.expect("status");
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:#?}");
     assert_eq!(status.targets.len(), 1);
@@ -290,7 +292,7 @@ async fn the_20_00_run_moves_an_identity_past_its_termination_date() {
     staff[1].termination = "2027-01-15".into();
     env.exports(&staff).await;
     env.connections().await;
-    env.profile(json!({})).await;
+    env.profile(employees_with_attributes()).await;
     env.sync_all("first-sync").await;
     env.profile_until("identities", |p| p.status.as_ref().and_then(|s| s.identity_count) == Some(4)).await;
     assert_eq!(env.identity("employees", "E2").lifecycle_state.as_deref(), Some("active"));
@@ -322,22 +324,19 @@ async fn manual_apply_policy_waits_previews_and_applies() {
     }
     env.exports(&staff).await;
     env.connections().await;
-    env.profile(json!({"applyPolicy": "Manual", "schedule": {"cron": ["0 0 1 1 *"], "timeZone": "UTC"}})).await;
+    env.profile(employees_with_attributes().manual().schedule(["0 0 1 1 *"], "UTC")).await;
     env.sync_all("first-sync").await;
     env.profile_until("applied", |p| p.status.as_ref().and_then(|s| s.applied_generation) == Some(1)).await;
     let original: Vec<Identity> = env.identities("employees");
     assert!(original.iter().all(|i| i.attributes["title"] == json!("Engineer")));
 
     // A spec change is pending, not applied.
-    env.profile(json!({"applyPolicy": "Manual", "schedule": {"cron": ["0 0 1 1 *"], "timeZone": "UTC"},
-    "attributes": {
-        "email": "accounts.hr.email.lowerAscii()",
-        "displayName": "accounts.hr.displayName",
-        "employeeId": "accounts.hr.id",
-        "managerId": "accounts.hr.manager_id",
-        "title": "accounts.hr.title.upperAscii()",
-        "github": "has(accounts.github) ? accounts.github.username : null"
-    }}))
+    env.profile(
+        employees_with_attributes()
+            .manual()
+            .schedule(["0 0 1 1 *"], "UTC")
+            .attribute("title", "accounts.hr.title.upperAscii()"),
+    )
     .await;
     let profile =
         env.profile_until("changes pending", |p| condition(p, "ChangesPending").is_some_and(|c| c.0 == "True")).await;
@@ -350,9 +349,7 @@ async fn manual_apply_policy_waits_previews_and_applies() {
     env.clock.advance_to(now + SignedDuration::from_hours(2));
 
     // The dry run reports exactly what applying would do, and commits nothing.
-    let preview = env
-        .request("preview", json!({"target": {"profiles": ["employees"]}, "scope": "Identities", "dryRun": true}))
-        .await;
+    let preview = env.request(ResyncRequest::test("preview").profiles(["employees"]).dry_run()).await;
     let status = preview.status.expect("status");
     assert_eq!(status.phase, Some(Phase::Succeeded));
     let entry = &status.profiles[0];
@@ -369,12 +366,7 @@ async fn manual_apply_policy_waits_previews_and_applies() {
     assert!(env.runs().iter().any(|r| r.outcome == RunOutcome::DryRun));
 
     // Naming two identities processes just those, with the applied mappings.
-    let two = env
-        .request(
-            "two",
-            json!({"target": {"profiles": ["employees"]}, "scope": "Identities", "identities": ["E1", "E2"]}),
-        )
-        .await;
+    let two = env.request(ResyncRequest::test("two").profiles(["employees"]).identities(["E1", "E2"])).await;
     let entry = &two.status.expect("status").profiles[0];
     assert_eq!((entry.phase, entry.processed, entry.changed), (TargetPhase::Succeeded, 2, 2));
     let now_stored = env.identities("employees");
@@ -385,7 +377,7 @@ async fn manual_apply_policy_waits_previews_and_applies() {
     assert!(now_stored.iter().all(|i| i.attributes["title"] == json!("Engineer")), "pending mappings not applied");
 
     // Applying.
-    let apply = env.request("apply", json!({"target": {"profiles": ["employees"]}, "scope": "Identities"})).await;
+    let apply = env.request(ResyncRequest::test("apply").profiles(["employees"])).await;
     assert_eq!(apply.status.and_then(|s| s.phase), Some(Phase::Succeeded));
     let profile = env
         .profile_until("applied generation 2", |p| {
@@ -409,16 +401,17 @@ async fn the_next_processing_attribute_schedules_an_identity_a_day_or_more_ahead
     staff[1].review_at = (now + SignedDuration::from_hours(10)).to_string();
     env.exports(&staff).await;
     env.connections().await;
-    let mut attributes = json!({
-        "email": "accounts.hr.email.lowerAscii()",
-        "employeeId": "accounts.hr.id",
-        "managerId": "accounts.hr.manager_id",
-        "reviewAt": "accounts.hr.review_at != '' ? accounts.hr.review_at : null"
-    });
-    attributes["title"] = json!("accounts.hr.title");
-    env.profile(json!({"schedule": {"cron": ["0 0 1 1 *"], "timeZone": "UTC"}, "attributes": attributes,
-        "nextProcessingAttribute": "reviewAt"}))
-        .await;
+    env.profile(
+        employees()
+            .schedule(["0 0 1 1 *"], "UTC")
+            .attribute("email", "accounts.hr.email.lowerAscii()")
+            .attribute("employeeId", "accounts.hr.id")
+            .attribute("managerId", "accounts.hr.manager_id")
+            .attribute("reviewAt", "accounts.hr.review_at != '' ? accounts.hr.review_at : null")
+            .attribute("title", "accounts.hr.title")
+            .next_processing_attribute("reviewAt"),
+    )
+    .await;
     env.sync_all("first-sync").await;
     let profile =
         env.profile_until("identities", |p| p.status.as_ref().and_then(|s| s.identity_count) == Some(4)).await;
@@ -447,11 +440,12 @@ async fn bad_expressions_stall_the_profile_or_mark_one_identity() {
     let env = Env::start().await;
     env.exports(&people()).await;
     env.connections().await;
-    env.profile(json!({"attributes": {
-        "email": "accounts.hr.email.lowerAscii(",
-        "employeeId": "accounts.hr.id",
-        "managerId": "accounts.hr.manager_id"
-    }}))
+    env.profile(
+        employees()
+            .attribute("email", "accounts.hr.email.lowerAscii(")
+            .attribute("employeeId", "accounts.hr.id")
+            .attribute("managerId", "accounts.hr.manager_id"),
+    )
     .await;
     let profile = env.profile_until("stalled", |p| condition(p, "Stalled").is_some_and(|c| c.0 == "True")).await;
     let (_, reason, message) = condition(&profile, "Stalled").expect("stalled");
@@ -466,12 +460,13 @@ async fn bad_expressions_stall_the_profile_or_mark_one_identity() {
     let mut staff = people();
     staff[3].manager = "n/a";
     env.exports(&staff).await;
-    env.profile(json!({"attributes": {
-        "email": "accounts.hr.email.lowerAscii()",
-        "employeeId": "accounts.hr.id",
-        "managerId": "accounts.hr.manager_id",
-        "managerNumber": "int(accounts.hr.manager_id.substring(1))"
-    }}))
+    env.profile(
+        employees()
+            .attribute("email", "accounts.hr.email.lowerAscii()")
+            .attribute("employeeId", "accounts.hr.id")
+            .attribute("managerId", "accounts.hr.manager_id")
+            .attribute("managerNumber", "int(accounts.hr.manager_id.substring(1))"),
+    )
     .await;
     env.sync_all("sync").await;
     let profile = env
@@ -495,7 +490,7 @@ async fn an_ambiguous_account_is_reported_and_deleting_the_profile_removes_its_i
     staff[3].email = "bob@acme.example";
     env.exports(&staff).await;
     env.connections().await;
-    env.profile(json!({})).await;
+    env.profile(employees_with_attributes()).await;
     env.sync_all("sync").await;
     let profile =
         env.profile_until("identities", |p| p.status.as_ref().and_then(|s| s.identity_count) == Some(4)).await;
@@ -525,7 +520,7 @@ async fn a_missing_connection_stalls_the_profile_and_keeps_its_identities() {
     let env = Env::start().await;
     env.exports(&people()).await;
     env.connections().await;
-    env.profile(json!({})).await;
+    env.profile(employees_with_attributes()).await;
     env.sync_all("sync").await;
     env.profile_until("identities", |p| p.status.as_ref().and_then(|s| s.identity_count) == Some(4)).await;
 

@@ -13,7 +13,8 @@ use std::process::{Command, Stdio};
 use idsync::connectors::ldap::LdapConnector;
 use idsync::connectors::{Connector, ConnectorError, Page, ProviderInputs, ReadKind, ReadPlan};
 use idsync::model::Account;
-use idsync_api::{ConnectionSpec, Provider, SyncMode};
+use idsync_api::fixtures::ConnectionBuilder;
+use idsync_api::{Connection, SyncMode};
 
 const ADMIN: &str = "cn=admin,dc=example,dc=com";
 const PASSWORD: &str = "admin-secret";
@@ -161,31 +162,24 @@ fn user_ldif(uid: &str, i: usize) -> String {
     ldif
 }
 
-fn connector(slapd: &Slapd, page_size: u32, password: &str, extra: serde_json::Value) -> LdapConnector {
-    try_connector(slapd, page_size, password, extra, None).unwrap()
+/// The Connection `idp` to `slapd`'s people, bound as its admin, with
+/// ten-second requests.
+fn directory(slapd: &Slapd) -> ConnectionBuilder {
+    Connection::test("idp").ldap(&slapd.url(), PEOPLE).bind_dn(ADMIN).credentials("ldap").request_timeout_seconds(10)
+}
+
+fn connector(connection: ConnectionBuilder, page_size: u32, password: &str) -> LdapConnector {
+    try_connector(connection, page_size, password, None).unwrap()
 }
 
 fn try_connector(
-    slapd: &Slapd,
+    connection: ConnectionBuilder,
     page_size: u32,
     password: &str,
-    extra: serde_json::Value,
     ca: Option<Vec<u8>>,
 ) -> Result<LdapConnector, ConnectorError> {
     idsync::tls::install_crypto_provider();
-    let mut ldap = serde_json::json!({"url": slapd.url(), "bindDn": ADMIN, "baseDn": PEOPLE});
-    if let (Some(ldap), Some(extra)) = (ldap.as_object_mut(), extra.as_object()) {
-        ldap.extend(extra.clone());
-    }
-    let spec: ConnectionSpec = serde_json::from_value(serde_json::json!({
-        "provider": {"type": "ldap", "ldap": ldap},
-        "category": "IdP",
-        "credentialsSecretRef": {"name": "ldap"},
-        "pageSize": page_size,
-        "requestTimeoutSeconds": 10,
-    }))
-    .unwrap();
-    let Provider::Ldap(settings) = &spec.provider else { panic!("not ldap") };
+    let spec = connection.page_size(page_size).spec();
     let mut inputs = ProviderInputs {
         secret: BTreeMap::from([("password".to_string(), password.as_bytes().to_vec())]),
         csv_data: None,
@@ -193,7 +187,7 @@ fn try_connector(
     if let Some(ca) = ca {
         inputs.secret.insert("ca.crt".to_string(), ca);
     }
-    LdapConnector::new(&spec, settings, &inputs)
+    LdapConnector::new(&spec, spec.expect_ldap(), &inputs)
 }
 
 async fn read(c: &mut LdapConnector, mode: SyncMode, cursor: Option<&str>) -> (ReadPlan, Vec<Page>, Option<String>) {
@@ -217,14 +211,13 @@ fn by_username(accounts: &[Account], username: &str) -> Account {
 #[tokio::test]
 async fn full_sync_maps_every_user_with_groups() {
     let slapd = Slapd::seeded(300);
-    for extra in [serde_json::json!({}), serde_json::json!({"groupBaseDn": "ou=groups,dc=example,dc=com"})] {
-        let mut extra = extra;
-        extra["attributes"] = serde_json::json!({"extra": ["sn", "telephoneNumber"]});
-        let mut c = connector(&slapd, 100, PASSWORD, extra.clone());
+    for groups in [directory(&slapd), directory(&slapd).group_base_dn("ou=groups,dc=example,dc=com")] {
+        let extra = groups.extra_attribute("sn").extra_attribute("telephoneNumber");
+        let mut c = connector(extra.clone(), 100, PASSWORD);
         let (plan, pages, cursor) = read(&mut c, SyncMode::Full, None).await;
         assert_eq!(plan, ReadPlan { kind: ReadKind::Full, reason: None });
         assert!(cursor.is_some(), "syncprov gives a cookie");
-        assert_eq!(pages.len(), 3, "{extra}");
+        assert_eq!(pages.len(), 3, "{extra:?}");
         let all = accounts(&pages);
         assert_eq!(all.len(), 300);
         assert!(pages.iter().all(|p| p.deleted.is_empty()));
@@ -234,7 +227,7 @@ async fn full_sync_maps_every_user_with_groups() {
         assert_eq!(a.email.as_deref(), Some("user0001@example.com"));
         assert_eq!(a.display_name.as_deref(), Some("User 0001"));
         assert!(a.enabled);
-        assert_eq!(a.groups, vec!["all", "engineering"], "{extra}");
+        assert_eq!(a.groups, vec!["all", "engineering"], "{extra:?}");
         assert_eq!(a.attributes["dn"], format!("uid=user0001,{PEOPLE}"));
         assert_eq!(a.attributes["sn"], "Surname1");
         assert_eq!(a.attributes["telephoneNumber"], serde_json::json!(["+1 555 0001", "+1 555 0002"]));
@@ -247,7 +240,7 @@ async fn full_sync_maps_every_user_with_groups() {
 #[tokio::test]
 async fn paging_reads_every_user_once() {
     let slapd = Slapd::seeded(500);
-    let mut c = connector(&slapd, 7, PASSWORD, serde_json::json!({}));
+    let mut c = connector(directory(&slapd), 7, PASSWORD);
     let (_, pages, _) = read(&mut c, SyncMode::Full, None).await;
     assert!(pages.iter().all(|p| p.accounts.len() <= 7));
     assert_eq!(pages.len(), 500usize.div_ceil(7));
@@ -259,7 +252,7 @@ async fn paging_reads_every_user_once() {
 #[tokio::test]
 async fn delta_reads_changes_and_deletions_with_the_cookie() {
     let slapd = Slapd::seeded(40);
-    let mut c = connector(&slapd, 5, PASSWORD, serde_json::json!({}));
+    let mut c = connector(directory(&slapd), 5, PASSWORD);
 
     let (plan, pages, _) = read(&mut c, SyncMode::Delta, None).await;
     assert_eq!(plan.kind, ReadKind::Full);
@@ -317,7 +310,7 @@ async fn delta_reads_changes_and_deletions_with_the_cookie() {
 #[tokio::test]
 async fn rename_keeps_the_id() {
     let slapd = Slapd::seeded(10);
-    let mut c = connector(&slapd, 50, PASSWORD, serde_json::json!({}));
+    let mut c = connector(directory(&slapd), 50, PASSWORD);
     let (_, pages, cursor) = read(&mut c, SyncMode::Full, None).await;
     let before = by_username(&accounts(&pages), "user0004");
 
@@ -343,7 +336,7 @@ async fn rename_keeps_the_id() {
 async fn wrong_password_is_unauthorized_and_never_shown() {
     let slapd = Slapd::seeded(1);
     let wrong = "wrong-Pa55word-xyz";
-    let mut c = connector(&slapd, 50, wrong, serde_json::json!({}));
+    let mut c = connector(directory(&slapd), 50, wrong);
     let e = c.begin(SyncMode::Full, None).await.unwrap_err();
     assert!(matches!(e, ConnectorError::Unauthorized { .. }), "{e:?}");
     assert!(e.is_stalled());
@@ -358,21 +351,21 @@ async fn ldaps_and_start_tls_verify_the_certificate() {
     let ca = std::fs::read(slapd.dir.path().join("tls/ca.crt")).unwrap();
     let ldaps = format!("ldaps://127.0.0.1:{}", slapd.tls_port.unwrap());
     let cases = [
-        (serde_json::json!({"url": ldaps}), Some(ca.clone())),
-        (serde_json::json!({"startTls": true}), Some(ca.clone())),
-        (serde_json::json!({"url": ldaps, "insecureSkipTlsVerify": true}), None),
+        (directory(&slapd).ldap_url(&ldaps), Some(ca.clone())),
+        (directory(&slapd).start_tls(), Some(ca.clone())),
+        (directory(&slapd).ldap_url(&ldaps).insecure_skip_tls_verify(), None),
     ];
     for (extra, ca) in cases {
-        let mut c = try_connector(&slapd, 5, PASSWORD, extra.clone(), ca).unwrap();
+        let mut c = try_connector(extra.clone(), 5, PASSWORD, ca).unwrap();
         let (plan, pages, _) = read(&mut c, SyncMode::Full, None).await;
         assert_eq!(plan.kind, ReadKind::Full);
-        assert_eq!(accounts(&pages).len(), 12, "{extra}");
+        assert_eq!(accounts(&pages).len(), 12, "{extra:?}");
     }
     // Without the CA the certificate is not trusted.
-    for extra in [serde_json::json!({"url": ldaps}), serde_json::json!({"startTls": true})] {
-        let mut c = try_connector(&slapd, 5, PASSWORD, extra.clone(), None).unwrap();
+    for extra in [directory(&slapd).ldap_url(&ldaps), directory(&slapd).start_tls()] {
+        let mut c = try_connector(extra.clone(), 5, PASSWORD, None).unwrap();
         let e = c.begin(SyncMode::Full, None).await.unwrap_err();
-        assert!(matches!(e, ConnectorError::Transport { .. }), "{extra}: {e:?}");
+        assert!(matches!(e, ConnectorError::Transport { .. }), "{extra:?}: {e:?}");
         assert!(!e.to_string().contains(PASSWORD));
     }
 }
@@ -380,7 +373,7 @@ async fn ldaps_and_start_tls_verify_the_certificate() {
 #[tokio::test]
 async fn delta_by_modify_timestamp_without_syncprov() {
     let slapd = Slapd::seeded_with(30, false, false);
-    let mut c = connector(&slapd, 7, PASSWORD, serde_json::json!({"attributes": {"extra": ["modifyTimestamp"]}}));
+    let mut c = connector(directory(&slapd).extra_attribute("modifyTimestamp"), 7, PASSWORD);
 
     let (plan, pages, _) = read(&mut c, SyncMode::Delta, None).await;
     assert_eq!(plan.kind, ReadKind::Full);
@@ -448,24 +441,21 @@ async fn an_ldap_connection_through_the_operator() {
     use idsync::store::{AccountStore, SqliteStore};
 
     use idsync::model::ConnectionRef;
+    use idsync_api::ResyncRequest;
     use idsync_api::resync_request::{Phase, TargetPhase};
-    use idsync_api::{Connection, ResyncRequest};
     use kube::api::Api;
     use serde_json::{Value, json};
 
     let slapd = Slapd::seeded(300);
     let common::operator::Started { h, operator, data, .. } = common::operator::start_operator().await;
     let apply = |value: Value| h.apply_json(value);
-    let create =
-        |name: &'static str| h.create_request(name, json!({"target": {"connections": ["idp"]}, "mode": "Full"}));
+    let create = |name: &'static str| h.create_request(ResyncRequest::test(name).connections(["idp"]).full());
     let finished = |name: &'static str| h.finished_request(name, Duration::from_secs(60));
     let wrong = "not-the-Password-0815";
     let secret = |password: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ldap-creds"}, "stringData": {"password": password}});
     apply(secret(wrong)).await;
-    apply(json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "Connection", "metadata": {"name": "idp"},
-        "spec": {"category": "IdP", "pageSize": 1, "credentialsSecretRef": {"name": "ldap-creds"},
-                 "provider": {"type": "ldap", "ldap": {"url": slapd.url(), "bindDn": ADMIN, "baseDn": PEOPLE}}}}))
-    .await;
+    let idp = Connection::test("idp").ldap(&slapd.url(), PEOPLE).bind_dn(ADMIN).credentials("ldap-creds").page_size(1);
+    apply(serde_json::to_value(idp.build()).expect("json")).await;
 
     create("bad-password").await;
     let refused = finished("bad-password").await;

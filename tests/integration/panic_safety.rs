@@ -63,9 +63,11 @@ impl Running {
     }
 
     async fn csv_connection(&self, name: &str, cron: &str) {
-        let object = json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "Connection", "metadata": {"name": name},
-            "spec": {"category": "HRIS", "schedule": {"cron": [cron]}, "provider": {"type": "csv", "csv": {
-                "source": {"configMapKeyRef": {"name": "people", "key": "people.csv"}}, "idColumn": "employee_id"}}}});
+        let object = idsync_api::Connection::test(name)
+            .schedule([cron], "UTC")
+            .csv_config_map("people", "people.csv")
+            .id_column("employee_id")
+            .build();
         let api: Api<idsync_api::Connection> = Api::namespaced(self.h.client.clone(), "default");
         api.patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&object)).await.expect("connection");
     }
@@ -109,7 +111,7 @@ async fn numbers_and_times_at_the_ends_of_their_ranges_panic_no_controller() {
     .expect("a Lease");
     let leases: Api<Lease> = Api::namespaced(op.h.client.clone(), "default");
     leases.create(&PostParams::default(), &lease).await.expect("lease");
-    op.h.create_request("sync-legacy", json!({"target": {"connections": ["legacy"]}, "mode": "Full"})).await;
+    op.h.create_request(ResyncRequest::test("sync-legacy").connections(["legacy"]).full()).await;
 
     let requests = op.requests();
     let waiting = eventually(Duration::from_secs(60), || async {
@@ -128,16 +130,12 @@ async fn numbers_and_times_at_the_ends_of_their_ranges_panic_no_controller() {
     // The controller goes on: a request at the largest TTL the schema takes
     // finishes (adding its TTL once panicked every controller) ...
     let ttl = MAX_TTL_SECONDS_AFTER_FINISHED;
-    op.h.create_request(
-        "keep-a-year",
-        json!({"target": {"connections": ["hr"]}, "mode": "Full",
-        "ttlSecondsAfterFinished": ttl}),
-    )
-    .await;
+    op.h.create_request(ResyncRequest::test("keep-a-year").connections(["hr"]).full().ttl_seconds_after_finished(ttl))
+        .await;
     let kept = op.h.finished_request("keep-a-year", Duration::from_secs(60)).await;
     assert_eq!(kept.status.as_ref().and_then(|s| s.phase), Some(Phase::Succeeded), "{:?}", kept.status);
     // ... and so does the ordinary request after it.
-    op.h.create_request("after", json!({"target": {"connections": ["hr"]}})).await;
+    op.h.create_request(ResyncRequest::test("after").connections(["hr"])).await;
     let after = op.h.finished_request("after", Duration::from_secs(60)).await;
     assert_eq!(after.status.as_ref().and_then(|s| s.phase), Some(Phase::Succeeded), "{:?}", after.status);
     let legacy = requests.get("sync-legacy").await.expect("the legacy request");

@@ -11,19 +11,19 @@ use idsync::model::Trigger;
 use idsync::model::{ConnectionRef, RunId, RunOutcome};
 use idsync::store::{SqliteStore, Store};
 use idsync::sync::job::{self, SyncJob};
-use idsync_api::{ConnectionSpec, SyncMode};
-use serde_json::{Value, json};
+use idsync_api::{Connection, SyncMode};
+use serde_json::Value;
 
 const HEADER: &str = "employee_id,display_name,work_email,status";
 
 async fn sync(store: &Arc<dyn Store>, csv: &str, dry_run: bool) -> RunId {
-    let spec: ConnectionSpec = serde_json::from_value(json!({
-        "category": "HRIS",
-        "importSafeguard": {"maxDeletePercent": 100},
-        "provider": {"type": "csv", "csv": {"source": {"configMapKeyRef": {"name": "hr", "key": "people.csv"}},
-            "idColumn": "employee_id", "columns": {"email": "work_email", "displayName": "display_name", "enabled": "status"}}}
-    }))
-    .expect("spec");
+    let spec = Connection::test("hr")
+        .max_delete_percent(100)
+        .id_column("employee_id")
+        .column("email", "work_email")
+        .column("displayName", "display_name")
+        .column("enabled", "status")
+        .spec();
     let inputs = ProviderInputs { csv_data: Some(csv.as_bytes().to_vec()), ..Default::default() };
     let job = SyncJob {
         connection: ConnectionRef::new("default", "hr"),

@@ -14,8 +14,7 @@ use idsync::connectors::scim::ScimConnector;
 use idsync::connectors::{Connector, ConnectorError, ProviderInputs, ReadKind, ReadPlan};
 use idsync::model::Account;
 use idsync::model::Trigger;
-use idsync_api::connection::{ConnectionSpec, ScimSettings};
-use idsync_api::{Provider, SyncMode};
+use idsync_api::{Connection, SyncMode};
 use serde_json::{Value, json};
 
 const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
@@ -127,22 +126,13 @@ impl ScimServer {
     }
 
     fn connector(&self, page_size: u32, token: &str) -> ScimConnector {
-        let spec: ConnectionSpec = serde_json::from_value(json!({
-            "category": "IdP",
-            "credentialsSecretRef": {"name": "s"},
-            "pageSize": page_size,
-            "provider": {"type": "scim", "scim": {"baseUrl": format!("{}/", self.base)}},
-        }))
-        .unwrap();
-        let settings: ScimSettings = match &spec.provider {
-            Provider::Scim(settings) => settings.clone(),
-            other => panic!("not scim: {other:?}"),
-        };
+        let spec =
+            Connection::test("idp").scim(&format!("{}/", self.base)).credentials("s").page_size(page_size).spec();
         let inputs = ProviderInputs {
             secret: BTreeMap::from([("token".to_string(), token.as_bytes().to_vec())]),
             csv_data: None,
         };
-        ScimConnector::new(&spec, &settings, &inputs).unwrap()
+        ScimConnector::new(&spec, spec.expect_scim(), &inputs).unwrap()
     }
 }
 
@@ -316,8 +306,8 @@ async fn a_wrong_token_is_unauthorized_and_never_shown() {
 async fn a_scim_connection_through_the_operator() {
     use idsync::model::ConnectionRef;
     use idsync::store::{AccountStore, SqliteStore};
+    use idsync_api::ResyncRequest;
     use idsync_api::resync_request::Phase;
-    use idsync_api::{Connection, ResyncRequest};
     use kube::api::Api;
 
     let mut server = ScimServer::start().await;
@@ -327,16 +317,14 @@ async fn a_scim_connection_through_the_operator() {
     let run = |name: &'static str| {
         let h = &h;
         async move {
-            h.create_request(name, json!({"target": {"connections": ["idp"]}, "mode": "Full"})).await;
+            h.create_request(ResyncRequest::test(name).connections(["idp"]).full()).await;
             h.finished_request(name, Duration::from_secs(60)).await
         }
     };
     let secret = |token: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "scim-creds"}, "stringData": {"token": token}});
     apply(secret("not-the-token-0815")).await;
-    apply(json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "Connection", "metadata": {"name": "idp"},
-        "spec": {"category": "IdP", "pageSize": 5, "credentialsSecretRef": {"name": "scim-creds"},
-                 "provider": {"type": "scim", "scim": {"baseUrl": format!("{}/", server.base)}}}}))
-    .await;
+    let idp = Connection::test("idp").scim(&format!("{}/", server.base)).credentials("scim-creds");
+    apply(serde_json::to_value(idp.clone().page_size(5).build()).expect("json")).await;
 
     let refused = run("bad-token").await;
     assert_eq!(refused.status.as_ref().and_then(|s| s.phase), Some(Phase::Failed));
@@ -355,14 +343,11 @@ async fn a_scim_connection_through_the_operator() {
     assert_eq!(before.len(), 40);
 
     // One user a page, and the server dies part-way.
-    apply(json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "Connection", "metadata": {"name": "idp"},
-        "spec": {"category": "IdP", "pageSize": 1, "credentialsSecretRef": {"name": "scim-creds"},
-                 "provider": {"type": "scim", "scim": {"baseUrl": format!("{}/", server.base)}}}}))
-    .await;
+    apply(serde_json::to_value(idp.page_size(1).build()).expect("json")).await;
     server.patch_user(&before[0].id, json!([{"op": "replace", "path": "title", "value": "Changed"}])).await;
     // Enough users that one-a-page takes seconds, so the kill lands mid-read.
     server.create_users((1000..1600).map(user).collect()).await;
-    h.create_request("dies", json!({"target": {"connections": ["idp"]}, "mode": "Full"})).await;
+    h.create_request(ResyncRequest::test("dies").connections(["idp"]).full()).await;
     let requests: Api<ResyncRequest> = Api::namespaced(h.client.clone(), "default");
     common::eventually(Duration::from_secs(20), || async {
         let r = requests.get("dies").await.ok()?;

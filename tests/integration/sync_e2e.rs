@@ -15,11 +15,13 @@ use idsync::controller::{Config, Context};
 use idsync::model::Trigger;
 use idsync::model::{ConnectionRef, RunOutcome};
 use idsync::store::{AccountStore, Store};
+use idsync_api::fixtures::{ConnectionBuilder, ResyncRequestBuilder};
 use idsync_api::resync_request::{Phase, TargetPhase};
-use idsync_api::{Connection, ResyncRequest};
+use idsync_api::{Category, ConcurrencyPolicy, Connection, ResyncRequest};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::events::v1::Event;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -70,33 +72,24 @@ impl Env {
         api.patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&cm)).await.expect("configmap");
     }
 
-    async fn connection(&self, name: &str, spec: serde_json::Value) {
+    async fn connection(&self, connection: ConnectionBuilder) {
         let api: Api<Connection> = Api::namespaced(self.h.client.clone(), "default");
-        let object = json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "Connection", "metadata": {"name": name}, "spec": spec});
-        api.patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&object)).await.expect("connection");
+        let object = connection.build();
+        api.patch(&object.name_any(), &PatchParams::apply("test").force(), &Patch::Apply(&object))
+            .await
+            .expect("connection");
     }
 
     async fn csv_connection(&self, name: &str, config_map: &str) {
-        self.connection(
-            name,
-            json!({"category": "HRIS", "provider": {"type": "csv", "csv": {
-                "source": {"configMapKeyRef": {"name": config_map, "key": "people.csv"}},
-                "idColumn": "employee_id", "columns": {"email": "work_email", "enabled": "status"}}}}),
-        )
-        .await;
+        self.connection(hr_export(name).csv_config_map(config_map, "people.csv").column("enabled", "status")).await;
     }
 
     async fn url_connection(&self, name: &str, url: &str, page_size: u32) {
-        self.connection(
-            name,
-            json!({"category": "HRIS", "pageSize": page_size, "provider": {"type": "csv", "csv": {
-                "source": {"url": url}, "idColumn": "employee_id", "columns": {"email": "work_email"}}}}),
-        )
-        .await;
+        self.connection(hr_export(name).csv_url(url).page_size(page_size)).await;
     }
 
-    async fn request(&self, name: &str, spec: serde_json::Value) {
-        self.h.create_request(name, spec).await;
+    async fn request(&self, request: ResyncRequestBuilder) {
+        self.h.create_request(request).await;
     }
 
     async fn finished(&self, name: &str, timeout: Duration) -> ResyncRequest {
@@ -112,14 +105,24 @@ impl Env {
         api.list(&ListParams::default().fields(&format!("regarding.name={name}"))).await.expect("events").items
     }
 
-    async fn sync(&self, request: &str, connection: &str, extra: serde_json::Value) -> ResyncRequest {
-        let mut spec = json!({"target": {"connections": [connection]}, "mode": "Full"});
-        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-            spec.extend(extra.clone());
-        }
-        self.request(request, spec).await;
-        self.finished(request, Duration::from_secs(30)).await
+    /// Creates `request` and waits for it to finish.
+    async fn sync(&self, request: ResyncRequestBuilder) -> ResyncRequest {
+        let request = request.build();
+        let name = request.name_any();
+        self.h.create_request(request).await;
+        self.finished(&name, Duration::from_secs(30)).await
     }
+}
+
+/// An HR export with id column `employee_id` and e-mail column
+/// `work_email`, read from key `people.csv` of the ConfigMap `name`.
+fn hr_export(name: &str) -> ConnectionBuilder {
+    Connection::test(name).id_column("employee_id").column("email", "work_email")
+}
+
+/// A Full sync of `connection` by the request `name`.
+fn full(name: &str, connection: &str) -> ResyncRequestBuilder {
+    ResyncRequest::test(name).connections([connection]).full()
 }
 
 fn phase(r: &ResyncRequest) -> Option<Phase> {
@@ -173,7 +176,7 @@ async fn counts_are_right_across_three_exports_and_a_rename_is_an_update() {
     let env = Env::start().await;
     env.config_map("hr-export", &export(1..=5)).await;
     env.csv_connection("hris", "hr-export").await;
-    let first = env.sync("v1", "hris", json!({})).await;
+    let first = env.sync(full("v1", "hris")).await;
     let c = target(&first).counts.expect("counts");
     assert_eq!((c.created, c.updated, c.deleted, c.unchanged), (5, 0, 0, 0));
 
@@ -183,7 +186,7 @@ async fn counts_are_right_across_three_exports_and_a_rename_is_an_update() {
         + &person(6)
         + "\n";
     env.config_map("hr-export", &v2).await;
-    let second = env.sync("v2", "hris", json!({})).await;
+    let second = env.sync(full("v2", "hris")).await;
     let c = target(&second).counts.expect("counts");
     assert_eq!((c.created, c.updated, c.deleted, c.unchanged), (1, 1, 1, 3));
     let accounts = env.accounts("hris");
@@ -191,7 +194,7 @@ async fn counts_are_right_across_three_exports_and_a_rename_is_an_update() {
     assert!(!accounts.contains_key("E0005"));
 
     // Nothing changed: everything unchanged.
-    let third = env.sync("v3", "hris", json!({})).await;
+    let third = env.sync(full("v3", "hris")).await;
     let c = target(&third).counts.expect("counts");
     assert_eq!((c.created, c.updated, c.deleted, c.unchanged), (0, 0, 0, 5));
     assert_eq!(env.get_connection("hris").await.status.and_then(|s| s.account_count), Some(5));
@@ -202,10 +205,10 @@ async fn the_import_safeguard_holds_back_a_mass_deletion_until_confirmed() {
     let env = Env::start().await;
     env.config_map("hr-export", &export(1..=10)).await;
     env.csv_connection("hris", "hr-export").await;
-    env.sync("initial", "hris", json!({})).await;
+    env.sync(full("initial", "hris")).await;
     // 30% of the people are missing from the next export.
     env.config_map("hr-export", &export(1..=7)).await;
-    let held = env.sync("held", "hris", json!({})).await;
+    let held = env.sync(full("held", "hris")).await;
     assert_eq!(phase(&held), Some(Phase::Failed));
     let t = target(&held);
     assert_eq!(t.phase, TargetPhase::SafeguardTripped);
@@ -230,7 +233,7 @@ async fn the_import_safeguard_holds_back_a_mass_deletion_until_confirmed() {
     let ready = idsync_api::conditions::find(&status.conditions, "Ready").expect("Ready");
     assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "SafeguardTripped"));
 
-    let confirmed = env.sync("confirmed", "hris", json!({"confirmDeletes": true})).await;
+    let confirmed = env.sync(full("confirmed", "hris").confirm_deletes()).await;
     assert_eq!(phase(&confirmed), Some(Phase::Succeeded), "{:#?}", confirmed.status);
     assert_eq!(target(&confirmed).counts.expect("counts").deleted, 3);
     assert_eq!(env.accounts("hris").len(), 7);
@@ -246,7 +249,7 @@ async fn a_source_failing_on_its_third_page_or_a_malformed_row_changes_nothing()
     let env = Env::start().await;
     let server = CsvServer::start(&export(1..=500)).await;
     env.url_connection("hr-url", &server.url, 100).await;
-    let ok = env.sync("good", "hr-url", json!({})).await;
+    let ok = env.sync(full("good", "hr-url")).await;
     assert_eq!(phase(&ok), Some(Phase::Succeeded), "{:#?}", ok.status);
     let before = env.accounts("hr-url");
     assert_eq!(before.len(), 500);
@@ -258,7 +261,7 @@ async fn a_source_failing_on_its_third_page_or_a_malformed_row_changes_nothing()
         // Paced, so the response and its first pages are on the wire before the cut.
         b.delay_per_chunk = Duration::from_millis(30);
     });
-    let failed = env.sync("broken", "hr-url", json!({})).await;
+    let failed = env.sync(full("broken", "hr-url")).await;
     assert_eq!(phase(&failed), Some(Phase::Failed));
     let t = target(&failed);
     assert!(t.message.contains("page 3"), "{}", t.message);
@@ -269,11 +272,11 @@ async fn a_source_failing_on_its_third_page_or_a_malformed_row_changes_nothing()
     // A malformed row in a ConfigMap export: its line number, nothing applied.
     env.config_map("hr-export", &export(1..=5)).await;
     env.csv_connection("hris", "hr-export").await;
-    env.sync("cm-good", "hris", json!({})).await;
+    env.sync(full("cm-good", "hris")).await;
     let malformed =
         export(1..=5).replace("E0005,First5,Last5,person5@acme.example,Dept5,active", "E0005,First5,\"Last5");
     env.config_map("hr-export", &(malformed + &person(6) + "\n")).await;
-    let failed = env.sync("cm-bad", "hris", json!({})).await;
+    let failed = env.sync(full("cm-bad", "hris")).await;
     assert_eq!(phase(&failed), Some(Phase::Failed));
     assert!(
         target(&failed).message.contains("line 6") || target(&failed).message.contains("line 7"),
@@ -302,15 +305,16 @@ async fn forbid_rejects_wait_queues_and_replace_cancels() {
         }
     };
 
-    env.request("first", json!({"target": {"connections": ["slow"]}, "mode": "Full"})).await;
+    env.request(full("first", "slow")).await;
     running("first").await;
-    env.request("forbidden", json!({"target": {"connections": ["slow"]}, "concurrencyPolicy": "Forbid"})).await;
+    env.request(ResyncRequest::test("forbidden").connections(["slow"]).concurrency_policy(ConcurrencyPolicy::Forbid))
+        .await;
     let forbidden = env.finished("forbidden", Duration::from_secs(30)).await;
     let t = target(&forbidden);
     assert_eq!(t.phase, TargetPhase::Rejected);
     assert!(t.message.contains("ResyncRequest first"), "{}", t.message);
 
-    env.request("waiting", json!({"target": {"connections": ["slow"]}, "concurrencyPolicy": "Wait"})).await;
+    env.request(ResyncRequest::test("waiting").connections(["slow"]).concurrency_policy(ConcurrencyPolicy::Wait)).await;
     let waited = eventually(Duration::from_secs(5), || async {
         let r = api.get("waiting").await.ok()?;
         (r.status.as_ref()?.targets.first()?.phase == TargetPhase::Waiting).then_some(r)
@@ -329,17 +333,13 @@ async fn forbid_rejects_wait_queues_and_replace_cancels() {
 
     // Replace: the running sync is cancelled and its data never lands.
     server.set(|b| b.body = export(1..=1000).replace("@acme.example", "@first.example"));
-    env.request("to-be-replaced", json!({"target": {"connections": ["slow"]}, "mode": "Full"})).await;
+    env.request(full("to-be-replaced", "slow")).await;
     running("to-be-replaced").await;
     server.set(|b| {
         b.body = export(1..=1000).replace("@acme.example", "@replacement.example");
         b.delay_per_chunk = Duration::ZERO;
     });
-    env.request(
-        "replacement",
-        json!({"target": {"connections": ["slow"]}, "mode": "Full", "concurrencyPolicy": "Replace"}),
-    )
-    .await;
+    env.request(full("replacement", "slow").concurrency_policy(ConcurrencyPolicy::Replace)).await;
     let replaced = env.finished("to-be-replaced", Duration::from_secs(60)).await;
     let replacement = env.finished("replacement", Duration::from_secs(60)).await;
     assert_eq!(target(&replaced).phase, TargetPhase::Failed);
@@ -360,7 +360,7 @@ async fn an_operator_killed_mid_sync_leaves_the_store_as_it_was_and_its_successo
     let mut env = Env::start().await;
     let server = CsvServer::start(&export(1..=300)).await;
     env.url_connection("crashy", &server.url, 50).await;
-    env.sync("before", "crashy", json!({})).await;
+    env.sync(full("before", "crashy")).await;
     let before = env.accounts("crashy");
     assert_eq!(before.len(), 300);
 
@@ -369,7 +369,7 @@ async fn an_operator_killed_mid_sync_leaves_the_store_as_it_was_and_its_successo
         b.delay_per_chunk = Duration::from_millis(300);
         b.chunk_lines = 50;
     });
-    env.request("during-crash", json!({"target": {"connections": ["crashy"]}, "mode": "Full"})).await;
+    env.request(full("during-crash", "crashy")).await;
     let api: Api<ResyncRequest> = Api::namespaced(env.h.client.clone(), "default");
     eventually(Duration::from_secs(10), || async {
         let r = api.get("during-crash").await.ok()?;
@@ -465,7 +465,7 @@ async fn a_sync_guard_rides_out_renewal_failures_shorter_than_its_lease() {
     let op = GuardFaults::start(Duration::from_secs(9)).await;
     let env = &op.env;
     let _server = slow_export(env, "flaky-api").await;
-    env.request("through-failures", json!({"target": {"connections": ["flaky-api"]}, "mode": "Full"})).await;
+    env.request(full("through-failures", "flaky-api")).await;
     op.wait_running("through-failures").await;
 
     op.faults.fail_next(3);
@@ -498,7 +498,7 @@ async fn a_sync_guard_whose_renewals_keep_failing_cancels_its_sync_once_it_lapse
     let op = GuardFaults::start(Duration::from_secs(3)).await;
     let env = &op.env;
     let _server = slow_export(env, "lost-guard").await;
-    env.request("lapsing", json!({"target": {"connections": ["lost-guard"]}, "mode": "Full"})).await;
+    env.request(full("lapsing", "lost-guard")).await;
     op.wait_running("lapsing").await;
 
     // Every guard write fails from now on, so the last renewal stays on the
@@ -529,7 +529,7 @@ async fn a_sync_guard_whose_renewals_keep_failing_cancels_its_sync_once_it_lapse
     // The API takes writes again: the next sync takes the lapsed guard over
     // from this same instance without calling itself interrupted.
     op.faults.fail_all(false);
-    let again = env.sync("after-recovery", "lost-guard", json!({})).await;
+    let again = env.sync(full("after-recovery", "lost-guard")).await;
     assert_eq!(phase(&again), Some(Phase::Succeeded), "{:#?}", again.status);
     assert_eq!(env.accounts("lost-guard").len(), 600);
     let outcomes: Vec<RunOutcome> = env.runs("lost-guard").iter().filter_map(|r| r.outcome).collect();
@@ -542,9 +542,10 @@ async fn schedules_fire_at_their_time_suspend_stops_them_and_requested_at_syncs_
     let env = Env::start().await;
     env.config_map("hr-export", &export(1..=3)).await;
     env.connection(
-        "hris",
-        json!({"category": "HRIS", "schedule": {"cron": ["0 3 * * *"], "timeZone": "UTC"},
-               "provider": {"type": "csv", "csv": {"source": {"configMapKeyRef": {"name": "hr-export", "key": "people.csv"}}, "idColumn": "employee_id"}}}),
+        Connection::test("hris")
+            .schedule(["0 3 * * *"], "UTC")
+            .csv_config_map("hr-export", "people.csv")
+            .id_column("employee_id"),
     )
     .await;
     let next =
@@ -608,11 +609,8 @@ async fn schedules_fire_at_their_time_suspend_stops_them_and_requested_at_syncs_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_whose_secret_is_missing_is_stalled_until_it_appears() {
     let env = Env::start().await;
-    env.connection(
-        "hris",
-        json!({"category": "HRIS", "provider": {"type": "csv", "csv": {"source": {"secretKeyRef": {"name": "hr-export-secret", "key": "people.csv"}}, "idColumn": "employee_id"}}}),
-    )
-    .await;
+    env.connection(Connection::test("hris").csv_secret("hr-export-secret", "people.csv").id_column("employee_id"))
+        .await;
     let stalled = eventually(Duration::from_secs(10), || async {
         let s = env.get_connection("hris").await.status?;
         let c = idsync_api::conditions::find(&s.conditions, "Stalled")?.clone();
@@ -639,7 +637,7 @@ async fn a_connection_whose_secret_is_missing_is_stalled_until_it_appears() {
     })
     .await;
     assert!(ready.is_some(), "{:#?}", env.get_connection("hris").await.status);
-    let synced = env.sync("now", "hris", json!({})).await;
+    let synced = env.sync(full("now", "hris")).await;
     assert_eq!(phase(&synced), Some(Phase::Succeeded), "{:#?}", synced.status);
     assert_eq!(env.accounts("hris").len(), 2);
 }
@@ -649,7 +647,7 @@ async fn deleting_a_connection_purges_its_accounts_from_the_store() {
     let env = Env::start().await;
     env.config_map("hr-export", &export(1..=3)).await;
     env.csv_connection("hris", "hr-export").await;
-    env.sync("fill", "hris", json!({})).await;
+    env.sync(full("fill", "hris")).await;
     assert_eq!(env.accounts("hris").len(), 3);
     let finalizers = env.get_connection("hris").await.metadata.finalizers.unwrap_or_default();
     assert!(finalizers.contains(&idsync::controller::CONNECTION_FINALIZER.to_string()), "{finalizers:?}");
@@ -667,14 +665,14 @@ async fn a_dry_run_reports_everything_and_commits_nothing() {
     let env = Env::start().await;
     env.config_map("hr-export", &export(1..=6)).await;
     env.csv_connection("hris", "hr-export").await;
-    env.sync("real", "hris", json!({})).await;
+    env.sync(full("real", "hris")).await;
     let before = env.accounts("hris");
     let cursor_before =
         env.store().cursor(&ConnectionRef { namespace: "default".into(), name: "hris".into() }).expect("cursor");
     let status_before = env.get_connection("hris").await.status.expect("status");
 
     env.config_map("hr-export", &(export(2..=6).replace("person3@", "renamed3@") + &person(7) + "\n")).await;
-    let dry = env.sync("dry", "hris", json!({"dryRun": true})).await;
+    let dry = env.sync(full("dry", "hris").dry_run()).await;
     assert_eq!(phase(&dry), Some(Phase::Succeeded), "{:#?}", dry.status);
     let t = target(&dry);
     let c = t.counts.expect("counts");
@@ -697,11 +695,7 @@ async fn finished_requests_are_deleted_after_their_ttl_and_unresolvable_ones_fai
     // A one-second TTL can delete the request between two polls of a busy
     // machine, so its success is read from what outlives it: the run
     // history and the completion Event.
-    env.request(
-        "short-lived",
-        json!({"target": {"connections": ["hris"]}, "mode": "Full", "ttlSecondsAfterFinished": 1}),
-    )
-    .await;
+    env.request(full("short-lived", "hris").ttl_seconds_after_finished(1)).await;
     let api: Api<ResyncRequest> = Api::namespaced(env.h.client.clone(), "default");
     let gone = eventually(Duration::from_secs(30), || async {
         api.get_opt("short-lived").await.ok()?.is_none().then_some(())
@@ -716,7 +710,7 @@ async fn finished_requests_are_deleted_after_their_ttl_and_unresolvable_ones_fai
     let reasons: Vec<String> = env.events_for("short-lived").await.into_iter().filter_map(|e| e.reason).collect();
     assert!(reasons.contains(&"ResyncSucceeded".to_string()), "it finished before it went: {reasons:?}");
 
-    env.request("nothing", json!({"target": {"category": "MDM"}})).await;
+    env.request(ResyncRequest::test("nothing").category(Category::Mdm)).await;
     let failed = env.finished("nothing", Duration::from_secs(30)).await;
     assert_eq!(phase(&failed), Some(Phase::Failed));
     let complete = idsync_api::conditions::find(&failed.status.as_ref().expect("status").conditions, "Complete")
@@ -725,7 +719,7 @@ async fn finished_requests_are_deleted_after_their_ttl_and_unresolvable_ones_fai
     assert_eq!(complete.reason, "TargetNotResolved");
     assert!(complete.message.contains("matched no Connection"), "{}", complete.message);
 
-    env.request("ghost", json!({"target": {"connections": ["hris", "ghost"]}})).await;
+    env.request(ResyncRequest::test("ghost").connections(["hris", "ghost"])).await;
     let partial = env.finished("ghost", Duration::from_secs(30)).await;
     assert_eq!(phase(&partial), Some(Phase::PartiallyFailed), "{:#?}", partial.status);
     let targets = partial.status.expect("status").targets;
@@ -739,14 +733,14 @@ async fn every_sync_has_its_own_event_with_its_own_counts() {
     let env = Env::start().await;
     env.config_map("hr-export", &export(0..10)).await;
     env.csv_connection("hr", "hr-export").await;
-    env.sync("sync-1", "hr", json!({})).await;
+    env.sync(full("sync-1", "hr")).await;
     // Two people change their e-mail and three join.
     let second = export(0..13).replace("person1@", "renamed1@").replace("person2@", "renamed2@");
     env.config_map("hr-export", &second).await;
-    env.sync("sync-2", "hr", json!({})).await;
+    env.sync(full("sync-2", "hr")).await;
     // One leaves.
     env.config_map("hr-export", &second.replace(&(person(12) + "\n"), "")).await;
-    env.sync("sync-3", "hr", json!({})).await;
+    env.sync(full("sync-3", "hr")).await;
 
     let expected = [
         "created 10, updated 0, deleted 0, unchanged 0",
@@ -784,13 +778,13 @@ async fn a_dry_run_lists_each_change_and_never_touches_the_live_status() {
     let env = Env::start().await;
     env.config_map("hr-export", &export(0..10)).await;
     env.csv_connection("hr", "hr-export").await;
-    env.sync("initial", "hr", json!({})).await;
+    env.sync(full("initial", "hr")).await;
     let live = env.get_connection("hr").await.status.expect("status");
 
     // Person 1 gets a new address; 0, 2 and 3 leave (30% > 20%); 10 joins.
     let next = export([1, 4, 5, 6, 7, 8, 9, 10]).replace("person1@", "renamed1@");
     env.config_map("hr-export", &next).await;
-    let preview = env.sync("preview", "hr", json!({"dryRun": true})).await;
+    let preview = env.sync(full("preview", "hr").dry_run()).await;
     let t = target(&preview);
     assert_eq!(t.phase, TargetPhase::SafeguardTripped, "{t:?}");
     assert!(t.message.contains("dry run: would trip the import safeguard"), "{}", t.message);
@@ -826,13 +820,7 @@ async fn a_dry_run_lists_each_change_and_never_touches_the_live_status() {
 async fn a_bad_provider_setting_stalls_the_connection_at_once() {
     let env = Env::start().await;
     env.config_map("hr-export", &export(0..3)).await;
-    env.connection(
-        "quoted",
-        json!({"category": "HRIS", "provider": {"type": "csv", "csv": {
-            "source": {"configMapKeyRef": {"name": "hr-export", "key": "people.csv"}},
-            "idColumn": "employee_id", "delimiter": "\""}}}),
-    )
-    .await;
+    env.connection(hr_export("quoted").csv_config_map("hr-export", "people.csv").delimiter("\"")).await;
     let stalled = |name: &'static str| {
         let env = &env;
         async move {

@@ -14,6 +14,8 @@ pub mod common;
 pub mod conditions;
 pub mod connection;
 pub mod crdgen;
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
 pub mod identity_profile;
 pub mod resync_request;
 

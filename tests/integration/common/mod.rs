@@ -75,14 +75,11 @@ impl Harness {
         idsync::dev::apply_documents(&self.client, &[doc], "default").await.expect("applied");
     }
 
-    /// Creates the ResyncRequest `name` in `default` with `spec` (a create,
-    /// not an apply: requests are immutable and one name is one run).
-    pub async fn create_request(&self, name: &str, spec: serde_json::Value) {
+    /// Creates the ResyncRequest in `default` (a create, not an apply:
+    /// requests are immutable and one name is one run).
+    pub async fn create_request(&self, request: impl Into<idsync_api::ResyncRequest>) {
         let api: kube::Api<idsync_api::ResyncRequest> = kube::Api::namespaced(self.client.clone(), "default");
-        let object: idsync_api::ResyncRequest = serde_json::from_value(serde_json::json!({
-            "apiVersion": "idsync.dev/v1alpha1", "kind": "ResyncRequest", "metadata": {"name": name}, "spec": spec}))
-        .expect("a ResyncRequest");
-        api.create(&kube::api::PostParams::default(), &object).await.expect("create request");
+        api.create(&kube::api::PostParams::default(), &request.into()).await.expect("create request");
     }
 
     /// Waits until the ResyncRequest `name` has finished and returns it.
