@@ -581,14 +581,25 @@ async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_na
         let p = p.clone();
         profile::blocking(ctx, move |store| store.profile_state(&p)).await?
     };
-    let applied: Option<idsync_api::IdentityProfileSpec> =
-        state.applied_spec.as_deref().and_then(|s| serde_json::from_str(s).ok());
     let named = !spec.identities.is_empty();
     // Which mappings: the spec as it is (dry runs, applying), or what a
     // Manual profile has applied. Only a request naming the profile itself
     // and no identities applies pending changes; one that reaches it through
     // its connections (AccountsAndIdentities) processes as the profile would.
     let names_profile = spec.target.profiles.is_some();
+    let applied = match profile::applied_mappings(&profile, state.applied_spec.as_deref(), state.applied_generation) {
+        Ok(applied) => applied,
+        // Previewing or applying the current spec does not need the applied
+        // one, and applying records it again: the way out of this error.
+        Err(_) if spec.dry_run || (names_profile && !named) => None,
+        Err(error) => {
+            let written = finish(TargetPhase::Failed, error.to_string(), None).await?;
+            if let Some(written) = written {
+                announce_completion(ctx, &written).await;
+            }
+            return Ok(());
+        }
+    };
     let use_applied = profile.spec.apply_policy == ApplyPolicy::Manual
         && applied.is_some()
         && !spec.dry_run
