@@ -757,13 +757,45 @@ fn first_value(entry: &SearchEntry, name: &str) -> Option<String> {
     values(entry, name).into_iter().map(|v| v.trim().to_string()).find(|v| !v.is_empty())
 }
 
+/// Why a user entry cannot become an account; each names the entry's DN.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    /// The id attribute is absent or empty.
+    #[error("entry {dn:?} has no usable {attribute}")]
+    NoId { dn: String, attribute: String },
+    /// An Active Directory id attribute that is not a 16-byte GUID; worded
+    /// as a missing one, since either way the entry has no id to go by.
+    #[error("entry {dn:?} has no usable {attribute}")]
+    BadGuid { dn: String, attribute: String, bytes: usize },
+    #[error("entry {dn:?}: userAccountControl {value:?} is not a number")]
+    BadUserAccountControl { dn: String, value: String },
+}
+
+impl EntryError {
+    /// The DN of the entry refused.
+    pub fn dn(&self) -> &str {
+        match self {
+            EntryError::NoId { dn, .. }
+            | EntryError::BadGuid { dn, .. }
+            | EntryError::BadUserAccountControl { dn, .. } => dn,
+        }
+    }
+}
+
 /// One user entry as an account.
-fn to_account(settings: &Settings, entry: &SearchEntry, groups: Option<&GroupMap>) -> Result<Account, String> {
+fn to_account(settings: &Settings, entry: &SearchEntry, groups: Option<&GroupMap>) -> Result<Account, EntryError> {
+    let no_id = || EntryError::NoId { dn: entry.dn.clone(), attribute: settings.id_attr.clone() };
     let id = match settings.flavour {
-        LdapFlavour::OpenLdap => first_value(entry, &settings.id_attr),
-        LdapFlavour::ActiveDirectory => first_bytes(entry, &settings.id_attr).and_then(|b| guid_string(&b)),
+        LdapFlavour::OpenLdap => first_value(entry, &settings.id_attr).ok_or_else(no_id)?,
+        LdapFlavour::ActiveDirectory => {
+            let bytes = first_bytes(entry, &settings.id_attr).ok_or_else(no_id)?;
+            guid_string(&bytes).ok_or_else(|| EntryError::BadGuid {
+                dn: entry.dn.clone(),
+                attribute: settings.id_attr.clone(),
+                bytes: bytes.len(),
+            })?
+        }
     };
-    let id = id.ok_or_else(|| format!("entry {:?} has no usable {}", entry.dn, settings.id_attr))?;
     let mut account = Account::new(id);
     account.username = first_value(entry, &settings.username_attr);
     account.email = first_value(entry, &settings.email_attr);
@@ -772,7 +804,7 @@ fn to_account(settings: &Settings, entry: &SearchEntry, groups: Option<&GroupMap
         && let Some(uac) = first_value(entry, "userAccountControl")
     {
         account.enabled = uac_enabled(&uac)
-            .ok_or_else(|| format!("entry {:?}: userAccountControl {uac:?} is not a number", entry.dn))?;
+            .ok_or_else(|| EntryError::BadUserAccountControl { dn: entry.dn.clone(), value: uac.clone() })?;
     }
     account.groups = match groups {
         Some(map) => map.get(&normalize_dn(&entry.dn)).cloned().unwrap_or_default(),
@@ -1097,7 +1129,7 @@ impl LdapConnector {
                     .iter()
                     .map(|e| to_account(&settings, e, groups.as_deref()))
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|m| source(number, m))?;
+                    .map_err(|e| source(number, e.to_string()))?;
                 Ok(Some(Page { number, accounts, deleted: Vec::new() }))
             }
             Read::Delta { ldap, deleted, changed, page, groups, cursor, done } => {
@@ -1123,7 +1155,9 @@ impl LdapConnector {
                         .map_err(|e| ldap_error(&settings, "read changed entries", e).with_page(Some(number)))?;
                     for entry in entries.into_iter().filter(|e| !e.is_ref() && !e.is_intermediate()) {
                         let entry = SearchEntry::construct(entry);
-                        accounts.push(to_account(&settings, &entry, groups.as_deref()).map_err(|m| source(number, m))?);
+                        let account = to_account(&settings, &entry, groups.as_deref())
+                            .map_err(|e| source(number, e.to_string()))?;
+                        accounts.push(account);
                     }
                 }
                 *done = deleted.is_empty() && changed.is_empty();
@@ -1360,5 +1394,30 @@ mod tests {
         assert_eq!(a.attributes["dn"], "CN=Ann,OU=Users,DC=x");
         assert_eq!(a.attributes["department"], "R&D");
         assert_eq!(a.attributes["proxyAddresses"], serde_json::json!(["smtp:a@x", "SMTP:ann@x"]));
+    }
+
+    #[test]
+    fn an_entry_without_a_usable_id_or_flag_is_refused_by_dn() {
+        let (s, l) = spec(serde_json::json!({"url": "ldaps://h", "baseDn": "dc=x", "flavour": "activedirectory"}));
+        let c = LdapConnector::new(&s, &l, &ProviderInputs::default()).unwrap();
+        let entry = |bin_attrs: HashMap<String, Vec<Vec<u8>>>, uac: &str| SearchEntry {
+            dn: "CN=Bob,DC=x".into(),
+            attrs: HashMap::from([("userAccountControl".to_string(), vec![uac.to_string()])]),
+            bin_attrs,
+        };
+        let guid = |bytes: Vec<u8>| HashMap::from([("objectGUID".to_string(), vec![bytes])]);
+
+        let missing = to_account(&c.settings, &entry(HashMap::new(), "512"), None).unwrap_err();
+        assert!(matches!(&missing, EntryError::NoId { attribute, .. } if attribute == "objectGUID"), "{missing:?}");
+        assert_eq!(missing.to_string(), r#"entry "CN=Bob,DC=x" has no usable objectGUID"#);
+
+        let short = to_account(&c.settings, &entry(guid(vec![1; 15]), "512"), None).unwrap_err();
+        assert!(matches!(short, EntryError::BadGuid { bytes: 15, .. }), "{short:?}");
+        assert_eq!(short.to_string(), missing.to_string(), "worded as a missing id");
+
+        let flag = to_account(&c.settings, &entry(guid(vec![1; 16]), "on"), None).unwrap_err();
+        assert_eq!(flag, EntryError::BadUserAccountControl { dn: "CN=Bob,DC=x".into(), value: "on".into() });
+        assert_eq!(flag.dn(), "CN=Bob,DC=x");
+        assert_eq!(flag.to_string(), r#"entry "CN=Bob,DC=x": userAccountControl "on" is not a number"#);
     }
 }

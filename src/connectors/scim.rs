@@ -488,16 +488,25 @@ struct ListPage {
     requested: u64,
 }
 
+/// Why a ListResponse page cannot be read.
+#[derive(Debug, thiserror::Error)]
+enum ListPageError {
+    #[error("totalResults is not a count: {0}")]
+    TotalResults(Value),
+    #[error("Resources is not a list")]
+    Resources,
+}
+
 impl ListPage {
-    fn parse(body: &Value) -> Result<ListPage, String> {
+    fn parse(body: &Value) -> Result<ListPage, ListPageError> {
         let total_results = match body.get("totalResults") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_u64().ok_or_else(|| format!("totalResults is not a count: {v}"))?),
+            Some(v) => Some(v.as_u64().ok_or_else(|| ListPageError::TotalResults(v.clone()))?),
         };
         let resources = match body.get("Resources") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(items)) => items.clone(),
-            Some(_) => return Err("Resources is not a list".to_string()),
+            Some(_) => return Err(ListPageError::Resources),
         };
         Ok(ListPage { total_results, resources, requested: 0 })
     }

@@ -30,7 +30,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use super::{Context, Error, events, panics, status, timing};
-use crate::identity::expr::CompiledProfile;
+use crate::identity::expr::{CompileError, CompiledProfile};
 use crate::identity::process::{self, Selection, Summary};
 use crate::model::{ProcessingRunRecord, ProfileRef, RunOutcome, Trigger};
 use crate::sync::schedule::Schedule;
@@ -42,6 +42,9 @@ use idsync_api::{Connection, IdentityProfile, IdentityProfileSpec};
 pub const PROFILE_FINALIZER: &str = "idsync.dev/identity-cleanup";
 /// The condition saying a Manual profile has spec changes not yet applied.
 pub const CHANGES_PENDING: &str = "ChangesPending";
+/// The Stalled reason of a Manual profile whose applied mappings cannot be
+/// read back from the store.
+pub const APPLIED_SPEC_UNREADABLE: &str = "AppliedSpecUnreadable";
 
 pub fn controller(ctx: Arc<Context>) -> Controller<IdentityProfile> {
     let client = ctx.client.clone();
@@ -113,10 +116,27 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(Error::Store)
 }
 
+/// Why a spec's mappings cannot be processed: every problem at once, so
+/// that one status update reports them all.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", self.problems().join("; "))]
+pub struct InvalidMappings {
+    /// Expressions that do not compile, in field order.
+    pub expressions: Vec<CompileError>,
+    /// References to attributes the profile does not define.
+    pub references: Vec<String>,
+}
+
+impl InvalidMappings {
+    fn problems(&self) -> Vec<String> {
+        self.expressions.iter().map(ToString::to_string).chain(self.references.iter().cloned()).collect()
+    }
+}
+
 /// A spec's expressions compiled, once per distinct set of mappings (the
 /// controller looks at a profile every few minutes and after every sync of
-/// its connections), or every problem in one message.
-pub fn compile(ctx: &Context, spec: &IdentityProfileSpec) -> Result<Arc<CompiledProfile>, String> {
+/// its connections), or every problem.
+pub fn compile(ctx: &Context, spec: &IdentityProfileSpec) -> Result<Arc<CompiledProfile>, InvalidMappings> {
     let key = process::mapping_hash(spec);
     if let Some(hit) = ctx.compiled.lock().ok().and_then(|cache| cache.get(&key).cloned()) {
         return Ok(hit);
@@ -137,19 +157,64 @@ pub fn compile(ctx: &Context, spec: &IdentityProfileSpec) -> Result<Arc<Compiled
 const COMPILED_CACHE_SIZE: usize = 256;
 
 /// A spec's expressions and references checked.
-fn compile_uncached(spec: &IdentityProfileSpec) -> Result<CompiledProfile, String> {
-    let mut problems: Vec<String> = Vec::new();
-    let compiled = match CompiledProfile::compile(&spec.attributes, spec.lifecycle.as_ref()) {
-        Ok(c) => Some(c),
-        Err(errors) => {
-            problems.extend(errors.iter().map(ToString::to_string));
-            None
-        }
+fn compile_uncached(spec: &IdentityProfileSpec) -> Result<CompiledProfile, InvalidMappings> {
+    let (compiled, expressions) = match CompiledProfile::compile(&spec.attributes, spec.lifecycle.as_ref()) {
+        Ok(c) => (Some(c), Vec::new()),
+        Err(errors) => (None, errors),
     };
-    problems.extend(process::check_references(spec));
+    let references = process::check_references(spec);
     match compiled {
-        Some(c) if problems.is_empty() => Ok(c),
-        _ => Err(problems.join("; ")),
+        Some(c) if references.is_empty() => Ok(c),
+        _ => Err(InvalidMappings { expressions, references }),
+    }
+}
+
+/// A Manual profile's applied mappings, kept in the store, do not parse (a
+/// damaged database, or one written by a version that no longer reads it).
+/// Processing as if nothing were applied would apply the current spec
+/// unreviewed, so the profile stalls until someone applies it on purpose.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the applied mappings kept in the store (generation {}) cannot be read: {} at line {}, column {}; the \
+     profile's identities are kept as they are. Apply the current generation with a ResyncRequest with scope \
+     Identities and target.profiles [{profile}], which records it again",
+    .generation.map_or_else(|| "unknown".to_string(), |g| g.to_string()),
+    category(.source),
+    .source.line(),
+    .source.column()
+)]
+pub struct AppliedSpecUnreadable {
+    pub profile: String,
+    pub generation: Option<i64>,
+    /// Only its position and kind are shown: serde's message can quote
+    /// pieces of the stored text.
+    #[source]
+    pub source: serde_json::Error,
+}
+
+fn category(error: &serde_json::Error) -> &'static str {
+    match error.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "not JSON",
+        serde_json::error::Category::Data => "not a profile spec",
+        serde_json::error::Category::Io => "unreadable",
+    }
+}
+
+/// The mappings a Manual profile last applied: None when none are (a new
+/// profile) or when the profile is not Manual (it always applies its spec,
+/// which records it again).
+pub fn applied_mappings(
+    profile: &IdentityProfile,
+    applied_spec: Option<&str>,
+    applied_generation: Option<i64>,
+) -> Result<Option<IdentityProfileSpec>, AppliedSpecUnreadable> {
+    let Some(text) = applied_spec else { return Ok(None) };
+    match serde_json::from_str(text) {
+        Ok(spec) => Ok(Some(spec)),
+        Err(_) if profile.spec.apply_policy != ApplyPolicy::Manual => Ok(None),
+        Err(source) => {
+            Err(AppliedSpecUnreadable { profile: profile.name_any(), generation: applied_generation, source })
+        }
     }
 }
 
@@ -166,10 +231,14 @@ struct Effective {
     mappings_changed: bool,
 }
 
-fn effective(profile: &IdentityProfile, applied_spec: Option<&str>, applied_generation: Option<i64>) -> Effective {
-    let applied: Option<IdentityProfileSpec> = applied_spec.and_then(|s| serde_json::from_str(s).ok());
+fn effective(
+    profile: &IdentityProfile,
+    applied_spec: Option<&str>,
+    applied_generation: Option<i64>,
+) -> Result<Effective, AppliedSpecUnreadable> {
+    let applied = applied_mappings(profile, applied_spec, applied_generation)?;
     let mappings_changed = applied.as_ref().map(process::mapping_hash) != Some(process::mapping_hash(&profile.spec));
-    match applied {
+    Ok(match applied {
         Some(spec) if profile.spec.apply_policy == ApplyPolicy::Manual => Effective {
             pending: applied_generation != profile.metadata.generation && mappings_changed,
             spec,
@@ -179,7 +248,7 @@ fn effective(profile: &IdentityProfile, applied_spec: Option<&str>, applied_gene
         // A new Manual profile has nothing to preview against: its first
         // generation applies itself.
         _ => Effective { spec: profile.spec.clone(), applies_current: true, pending: false, mappings_changed },
-    }
+    })
 }
 
 async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -194,14 +263,21 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
         let p = p.clone();
         blocking(&ctx, move |store| store.profile_state(&p)).await?
     };
-    let eff = effective(&profile, state.applied_spec.as_deref(), state.applied_generation);
+    let eff = match effective(&profile, state.applied_spec.as_deref(), state.applied_generation) {
+        Ok(eff) => eff,
+        Err(error) => {
+            tracing::warn!(%error, profile = %p, "a Manual profile's applied mappings cannot be read; not processing");
+            write_stalled(&ctx, &api, &profile, APPLIED_SPEC_UNREADABLE, &error.to_string(), now).await?;
+            return Ok(Action::requeue(ctx.config.max_requeue));
+        }
+    };
     let schedule = Schedule::parse(&profile.spec.schedule.cron, &profile.spec.schedule.time_zone)
         .map_err(|e| format!("spec.schedule: {e}"));
     let compiled = compile(&ctx, &eff.spec);
-    let pending_problem = if eff.pending { compile(&ctx, &profile.spec).err() } else { None };
+    let pending_problem = if eff.pending { compile(&ctx, &profile.spec).err().map(|e| e.to_string()) } else { None };
 
     let problem = match (&compiled, &schedule) {
-        (Err(message), _) => Some(("InvalidExpression", message.clone())),
+        (Err(invalid), _) => Some(("InvalidExpression", invalid.to_string())),
         (_, Err(message)) => Some(("InvalidSchedule", message.clone())),
         _ => None,
     };
@@ -852,5 +928,84 @@ mod tests {
         assert_eq!(history.len(), 1);
         assert_eq!((history[0].id, history[0].outcome), (result.run.id, RunOutcome::Failed));
         assert_eq!(history[0].trigger, Trigger::Scheduled);
+    }
+
+    fn manual_profile(policy: &str) -> IdentityProfile {
+        let mut spec = serde_json::to_value(spec()).expect("spec json");
+        spec["applyPolicy"] = serde_json::json!(policy);
+        let mut profile = IdentityProfile::new("employees", serde_json::from_value(spec).expect("spec"));
+        profile.metadata.namespace = Some("default".into());
+        profile.metadata.generation = Some(3);
+        profile
+    }
+
+    #[test]
+    fn a_manual_profile_whose_applied_spec_cannot_be_read_stalls() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(&dir.path().join("idsync.db")).expect("store");
+        let p = ProfileRef::new("default", "employees");
+        let corrupt = ProcessingCommit {
+            upserts: vec![identity("E1")],
+            state: crate::store::ProfileState {
+                applied_spec: Some("{not json".into()),
+                applied_generation: Some(2),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let run = ProcessingRunRecord {
+            id: 0,
+            trigger: Trigger::SpecChanged,
+            request: None,
+            started_at: Timestamp::UNIX_EPOCH,
+            finished_at: Timestamp::UNIX_EPOCH,
+            outcome: RunOutcome::Succeeded,
+            processed: 1,
+            changed: 1,
+            errors: 0,
+            message: String::new(),
+        };
+        store.commit_processing(&p, &corrupt, &run).expect("seed");
+        let state = store.profile_state(&p).expect("state");
+
+        // Manual: stalled, not "nothing applied" (which would apply
+        // generation 3 unreviewed).
+        let manual = manual_profile("Manual");
+        let Err(error) = effective(&manual, state.applied_spec.as_deref(), state.applied_generation) else {
+            panic!("a Manual profile with an unreadable applied spec must not process");
+        };
+        assert_eq!((error.profile.as_str(), error.generation), ("employees", Some(2)));
+        let message = error.to_string();
+        assert!(message.contains("(generation 2) cannot be read: not JSON at line 1"), "{message}");
+        assert!(message.contains("ResyncRequest with scope Identities and target.profiles [employees]"), "{message}");
+        assert!(!message.contains("{not json"), "the stored text is not quoted: {message}");
+
+        // Automatic applies its current spec anyway, which records it again.
+        let automatic = manual_profile("Automatic");
+        let eff = effective(&automatic, state.applied_spec.as_deref(), state.applied_generation).expect("processes");
+        assert!(eff.applies_current && eff.mappings_changed);
+
+        // A readable one is what a Manual profile processes with.
+        let applied = serde_json::to_string(&spec()).expect("json");
+        let eff = effective(&manual, Some(&applied), Some(2)).expect("readable");
+        assert!(!eff.applies_current);
+        assert_eq!(store.list_identities(&p, None, None, 10).expect("list").len(), 1, "identities kept");
+    }
+
+    #[test]
+    fn invalid_mappings_list_every_problem() {
+        let mut spec = spec();
+        spec.attributes.insert("name".into(), "accounts.hr.".into());
+        spec.attributes.insert("title".into(), "nope".into());
+        let invalid = compile_uncached(&spec).expect_err("does not compile");
+        let fields: Vec<&str> = invalid.expressions.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.attributes.name", "spec.attributes.title"]);
+        assert!(invalid.references.is_empty());
+        let shown = invalid.to_string();
+        assert!(shown.starts_with("spec.attributes.name: "), "{shown}");
+        assert!(
+            shown.contains("; spec.attributes.title: \"nope\" does not compile: unknown variable `nope`"),
+            "{shown}"
+        );
     }
 }

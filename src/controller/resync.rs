@@ -37,9 +37,22 @@ pub fn error_policy(request: Arc<ResyncRequest>, error: &Error, ctx: Arc<Context
     Action::requeue(Duration::from_secs(5))
 }
 
+/// Why a request's target resolves to no work; the request fails with it
+/// (condition message and Event).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WorkError {
+    /// The label selector does not parse (the parser's message).
+    #[error("spec.target.selector: {0}")]
+    InvalidSelector(String),
+    #[error("the target matched no Connection in this namespace")]
+    NoConnection,
+    #[error("no IdentityProfile in this namespace uses the target's connections")]
+    NoProfile,
+}
+
 /// The names of the Connections a target selects, in a stable order; an
-/// error message when the target cannot be resolved at all.
-pub fn resolve_target(target: &ResyncTarget, connections: &[Connection]) -> Result<Vec<String>, String> {
+/// error when the target cannot be resolved at all.
+pub fn resolve_target(target: &ResyncTarget, connections: &[Connection]) -> Result<Vec<String>, WorkError> {
     let names: Vec<String> = if target.all == Some(true) {
         connections.iter().map(|c| c.name_any()).collect()
     } else if let Some(category) = target.category {
@@ -52,14 +65,14 @@ pub fn resolve_target(target: &ResyncTarget, connections: &[Connection]) -> Resu
         let selector: kube::core::Selector = selector
             .clone()
             .try_into()
-            .map_err(|e: kube::core::ParseExpressionError| format!("spec.target.selector: {e}"))?;
+            .map_err(|e: kube::core::ParseExpressionError| WorkError::InvalidSelector(e.to_string()))?;
         connections.iter().filter(|c| selector.matches(c.labels())).map(|c| c.name_any()).collect()
     } else {
         Vec::new()
     };
     let unique: BTreeSet<String> = names.into_iter().collect();
     if unique.is_empty() {
-        return Err("the target matched no Connection in this namespace".into());
+        return Err(WorkError::NoConnection);
     }
     Ok(unique.into_iter().collect())
 }
@@ -79,7 +92,7 @@ pub fn resolve_work(
     spec: &idsync_api::ResyncRequestSpec,
     connections: &[Connection],
     profiles: &[IdentityProfile],
-) -> Result<Work, String> {
+) -> Result<Work, WorkError> {
     if let Some(named) = &spec.target.profiles {
         let unique: BTreeSet<String> = named.iter().cloned().collect();
         return Ok(Work { connections: Vec::new(), profiles: unique.into_iter().collect() });
@@ -92,7 +105,7 @@ pub fn resolve_work(
             .map(|p| p.name_any())
             .collect();
         if using.is_empty() {
-            return Err("no IdentityProfile in this namespace uses the target's connections".into());
+            return Err(WorkError::NoProfile);
         }
         using.into_iter().collect()
     } else {
@@ -216,7 +229,8 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
                         stamp.clone(),
                     );
                 }
-                Err(message) => {
+                Err(error) => {
+                    let message = &error.to_string();
                     s.phase = Some(Phase::Failed);
                     s.completion_time = Some(stamp.clone());
                     conditions::set_condition(
@@ -242,8 +256,9 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
             true
         })
         .await?;
-        if let Err(message) = &resolved {
-            events::publish(&ctx.recorder, &request.object_ref(&()), true, events::SYNC_FAILED, message.clone()).await;
+        if let Err(error) = &resolved {
+            events::publish(&ctx.recorder, &request.object_ref(&()), true, events::SYNC_FAILED, error.to_string())
+                .await;
         }
         // The status write brings the next reconcile.
         return Ok(Action::requeue(ctx.config.max_requeue));
@@ -567,14 +582,25 @@ async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_na
         let p = p.clone();
         profile::blocking(ctx, move |store| store.profile_state(&p)).await?
     };
-    let applied: Option<idsync_api::IdentityProfileSpec> =
-        state.applied_spec.as_deref().and_then(|s| serde_json::from_str(s).ok());
     let named = !spec.identities.is_empty();
     // Which mappings: the spec as it is (dry runs, applying), or what a
     // Manual profile has applied. Only a request naming the profile itself
     // and no identities applies pending changes; one that reaches it through
     // its connections (AccountsAndIdentities) processes as the profile would.
     let names_profile = spec.target.profiles.is_some();
+    let applied = match profile::applied_mappings(&profile, state.applied_spec.as_deref(), state.applied_generation) {
+        Ok(applied) => applied,
+        // Previewing or applying the current spec does not need the applied
+        // one, and applying records it again: the way out of this error.
+        Err(_) if spec.dry_run || (names_profile && !named) => None,
+        Err(error) => {
+            let written = finish(TargetPhase::Failed, error.to_string(), None).await?;
+            if let Some(written) = written {
+                announce_completion(ctx, &written).await;
+            }
+            return Ok(());
+        }
+    };
     let use_applied = profile.spec.apply_policy == ApplyPolicy::Manual
         && applied.is_some()
         && !spec.dry_run
@@ -677,10 +703,7 @@ mod tests {
     #[test]
     fn a_target_matching_nothing_says_so() {
         let category = target_of(ResyncRequest::test("r").category(Category::Mdm));
-        assert_eq!(
-            resolve_target(&category, &fleet()),
-            Err("the target matched no Connection in this namespace".into())
-        );
+        assert_eq!(resolve_target(&category, &fleet()), Err(WorkError::NoConnection));
         let all = target_of(ResyncRequest::test("r").all());
         assert!(resolve_target(&all, &[]).is_err());
     }
@@ -717,10 +740,7 @@ mod tests {
             Ok(Work { connections: vec![], profiles: vec!["employees".into(), "ghost".into()] })
         );
         let unused = ResyncRequest::test("r").connections(["aws"]).scope(Scope::Identities).spec();
-        assert_eq!(
-            resolve_work(&unused, &fleet(), &profiles),
-            Err("no IdentityProfile in this namespace uses the target's connections".into())
-        );
+        assert_eq!(resolve_work(&unused, &fleet(), &profiles), Err(WorkError::NoProfile));
     }
 
     fn target(phase: TargetPhase) -> TargetStatus {
@@ -771,5 +791,30 @@ mod tests {
         assert_eq!(overall_phase(&[target(Succeeded)], &[processed(Pending)]), None, "profiles run after syncs");
         assert_eq!(overall_phase(&[], &[processed(Succeeded)]), Some(Phase::Succeeded));
         assert_eq!(overall_phase(&[target(Succeeded)], &[processed(Failed)]), Some(Phase::PartiallyFailed));
+    }
+
+    #[test]
+    fn work_errors_read_as_the_request_shows_them() {
+        assert_eq!(WorkError::NoConnection.to_string(), "the target matched no Connection in this namespace");
+        assert_eq!(
+            WorkError::NoProfile.to_string(),
+            "no IdentityProfile in this namespace uses the target's connections"
+        );
+        let bad = ResyncTarget {
+            selector: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_expressions: Some(vec![
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                        key: "site".into(),
+                        operator: "Near".into(),
+                        values: None,
+                    },
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let error = resolve_target(&bad, &fleet()).expect_err("an unknown operator");
+        assert!(matches!(&error, WorkError::InvalidSelector(_)), "{error:?}");
+        assert!(error.to_string().starts_with("spec.target.selector: "), "{error}");
     }
 }

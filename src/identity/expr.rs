@@ -116,14 +116,118 @@ impl fmt::Debug for CompiledProfile {
 
 /// An expression of a profile that does not compile.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{field}: {expression:?} does not compile: {message}")]
+#[error("{field}: {expression:?} does not compile: {problem}")]
 pub struct CompileError {
     /// Where the expression is, e.g. `spec.attributes.email` or
     /// `spec.lifecycle.expression`.
     pub field: String,
     pub expression: String,
-    /// What is wrong, in one paragraph.
+    /// What is wrong, shown as one paragraph.
+    pub problem: CheckError,
+}
+
+/// Why one expression does not compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckError {
+    /// It does not parse; each error at its position, each once. Without
+    /// any (never seen), "syntax error", since an empty message would hide
+    /// that it failed.
+    #[error("{}", if .0.is_empty() { "syntax error".to_string() } else { join(.0) })]
+    Parse(Vec<SyntaxError>),
+    /// It parses, but cannot work on any identity; each mistake once.
+    #[error("{}", join(.0))]
+    Refused(Vec<Refusal>),
+}
+
+/// One parser error: `line:column: message`, without the source snippet and
+/// caret the parser adds on separate lines (the expression is reported next
+/// to the message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{line}:{column}: {message}")]
+pub struct SyntaxError {
+    pub line: isize,
+    pub column: isize,
     pub message: String,
+}
+
+/// What the checker refuses in an expression that parses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("unknown variable `{0}`; expressions can use `{ACCOUNTS}` and `{NOW}`")]
+    UnknownVariable(String),
+    #[error("unknown function `{0}`")]
+    UnknownFunction(String),
+    /// Resolving the string argument of `date` past the arguments given is
+    /// an error anyway, but refusing it names the mistake.
+    #[error("`date` takes one argument, a string")]
+    DateArity,
+    /// The interpreter panics on these.
+    #[error("message fields are not supported")]
+    MessageFields,
+    /// The interpreter panics on these (`todo!`).
+    #[error("message construction (`{0}{{…}}`) is not supported")]
+    MessageConstruction(String),
+    #[error("incomplete expression")]
+    Incomplete,
+}
+
+/// Why an expression failed on one identity's inputs. Shown (as text) on
+/// the identity, so no variant quotes whole values: at most
+/// [`MAX_QUOTED`] characters of user data.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    /// A map (an account, an attribute) has no such key; also what an
+    /// absent connection's `accounts.<connection>` is.
+    #[error("No such key: {0}")]
+    NoSuchKey(String),
+    #[error("undeclared reference to `{0}`")]
+    UndeclaredReference(String),
+    /// A function refused its arguments; `date()` words its own message
+    /// with its argument.
+    #[error("{}", function_message(.function, .message))]
+    Function { function: String, message: String },
+    /// Any other failure of the interpreter, described by type rather than
+    /// by value (see [`describe_error`]).
+    #[error("{0}")]
+    Interpreter(String),
+    /// The interpreter panicked; caught so that one expression does not
+    /// take down the evaluating task.
+    #[error("the CEL interpreter failed on this expression: {}", truncate(.detail))]
+    InterpreterPanicked { detail: String },
+    /// The lifecycle expression named a state the profile does not list.
+    #[error("yielded {:?}, which is not one of its states ({})", truncate(.value), .states.join(", "))]
+    NotAState { value: String, states: Vec<String> },
+    /// The lifecycle expression yielded something other than a string.
+    #[error("yielded {type_name}, not a string")]
+    NotAString { type_name: String },
+    /// A result an attribute cannot hold, because JSON cannot.
+    #[error(transparent)]
+    Unrepresentable(#[from] Unrepresentable),
+}
+
+/// A result that has no JSON form.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Unrepresentable {
+    #[error("yields {0}, which an attribute cannot hold")]
+    NonFiniteNumber(f64),
+    #[error("yields a map with keys that are not strings, which an attribute cannot hold")]
+    NonStringKeys,
+    #[error("yields a timestamp outside the years -9999 to 9999")]
+    TimestampOutOfRange,
+    /// Bytes, types, functions and other values of no JSON type.
+    #[error("yields {type_name}, which an attribute cannot hold")]
+    Type { type_name: String },
+}
+
+/// Problems as one paragraph.
+fn join<T: fmt::Display>(problems: &[T]) -> String {
+    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// A function's error: `date()` words its own messages with its argument,
+/// others get the function's name in front.
+fn function_message(function: &str, message: &str) -> String {
+    if message.starts_with(&format!("{function}(")) { message.to_string() } else { format!("{function}(): {message}") }
 }
 
 /// What expressions see.
@@ -144,7 +248,8 @@ pub struct Evaluation {
     /// to one of its states.
     pub lifecycle_state: Option<String>,
     /// Attribute name (or `lifecycle`) -> error message, for expressions that
-    /// failed on these inputs.
+    /// failed on these inputs: an [`EvalError`] shown, as identities store
+    /// it.
     pub errors: BTreeMap<String, String>,
 }
 
@@ -164,10 +269,10 @@ impl CompiledProfile {
                 Ok(program) => {
                     compiled.insert(name.clone(), program);
                 }
-                Err(message) => errors.push(CompileError {
+                Err(problem) => errors.push(CompileError {
                     field: format!("spec.attributes.{name}"),
                     expression: source.clone(),
-                    message,
+                    problem,
                 }),
             }
         }
@@ -175,11 +280,11 @@ impl CompiledProfile {
             None => None,
             Some(lifecycle) => match checker.compile(&lifecycle.expression) {
                 Ok(program) => Some(CompiledLifecycle { program, states: lifecycle.states.clone() }),
-                Err(message) => {
+                Err(problem) => {
                     errors.push(CompileError {
                         field: "spec.lifecycle.expression".to_string(),
                         expression: lifecycle.expression.clone(),
-                        message,
+                        problem,
                     });
                     None
                 }
@@ -248,8 +353,8 @@ impl CompiledProfile {
                     evaluation.attributes.insert(name.clone(), value);
                 }
                 Ok(None) => {}
-                Err(message) => {
-                    evaluation.errors.insert(name.clone(), message);
+                Err(error) => {
+                    evaluation.errors.insert(name.clone(), error.to_string());
                 }
             }
         }
@@ -259,8 +364,8 @@ impl CompiledProfile {
         {
             match execute(&lifecycle.program, &scope).and_then(|value| lifecycle.state(value)) {
                 Ok(state) => evaluation.lifecycle_state = Some(state),
-                Err(message) => {
-                    evaluation.errors.insert(LIFECYCLE.to_string(), message);
+                Err(error) => {
+                    evaluation.errors.insert(LIFECYCLE.to_string(), error.to_string());
                 }
             }
         }
@@ -270,15 +375,11 @@ impl CompiledProfile {
 
 impl CompiledLifecycle {
     /// The state a lifecycle expression's result names.
-    fn state(&self, value: Value) -> Result<String, String> {
+    fn state(&self, value: Value) -> Result<String, EvalError> {
         match value {
             Value::String(state) if self.states.iter().any(|s| s == state.as_str()) => Ok(state.to_string()),
-            Value::String(state) => Err(format!(
-                "yielded {:?}, which is not one of its states ({})",
-                truncate(&state),
-                self.states.join(", ")
-            )),
-            other => Err(format!("yielded {}, not a string", type_name(&other))),
+            Value::String(state) => Err(EvalError::NotAState { value: state.to_string(), states: self.states.clone() }),
+            other => Err(EvalError::NotAString { type_name: type_name(&other) }),
         }
     }
 }
@@ -293,9 +394,15 @@ fn base_context() -> cel::Context<'static> {
 /// `date(string) -> timestamp`: a plain date as midnight UTC, or an RFC 3339
 /// timestamp. Also callable as a method, `'2024-01-31'.date()`.
 fn date(ftx: &FunctionContext, This(text): This<Arc<String>>) -> Result<Value, ExecutionError> {
-    parse_date(&text)
-        .ok_or_else(|| ftx.error(format!("date({:?}): not a date (YYYY-MM-DD) or RFC 3339 timestamp", truncate(&text))))
+    // The interpreter takes a function's error as text; it comes back as an
+    // `EvalError::Function` that shows it as it is.
+    parse_date(&text).ok_or_else(|| ftx.error(NotADate(&text).to_string()))
 }
+
+/// What `date()` says of a string that is not a date.
+#[derive(Debug, thiserror::Error)]
+#[error("date({:?}): not a date (YYYY-MM-DD) or RFC 3339 timestamp", truncate(.0))]
+struct NotADate<'a>(&'a str);
 
 fn parse_date(text: &str) -> Option<Value> {
     let instant = if is_plain_date(text) {
@@ -396,8 +503,8 @@ fn json_to_cel(value: &Json) -> Value {
     }
 }
 
-/// Runs a program, turning the interpreter's failures into messages.
-fn execute(program: &Expression, scope: &cel::Context<'_>) -> Result<Value, String> {
+/// Runs a program, turning the interpreter's failures into errors.
+fn execute(program: &Expression, scope: &cel::Context<'_>) -> Result<Value, EvalError> {
     // The interpreter panics on a few inputs (`todo!`s, and its expression
     // extractor reads past a call's arguments); compiling refuses the ones
     // we know of, and this keeps any other from taking down the evaluating
@@ -411,32 +518,34 @@ fn execute(program: &Expression, scope: &cel::Context<'_>) -> Result<Value, Stri
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            Err(format!("the CEL interpreter failed on this expression: {}", truncate(&detail)))
+            Err(EvalError::InterpreterPanicked { detail })
         }
     }
 }
 
-/// A readable message for an evaluation error.
+/// An evaluation error as an [`EvalError`].
 ///
 /// Several of the interpreter's messages print whole values with Rust's
 /// `Debug` (an account map, with every attribute); errors are stored on
 /// identities and shown in statuses, so those name the values' types instead.
-fn describe_error(error: &ExecutionError) -> String {
+fn describe_error(error: &ExecutionError) -> EvalError {
     match error {
-        ExecutionError::NoSuchKey(key) => format!("No such key: {key}"),
+        ExecutionError::NoSuchKey(key) => EvalError::NoSuchKey(key.to_string()),
         // What `accounts.<connection>` fails with without the rewrite.
         ExecutionError::UndeclaredReference(name) => match name.strip_prefix(ACCOUNT_PREFIX) {
-            Some(connection) => format!("No such key: {connection}"),
-            None => format!("undeclared reference to `{name}`"),
+            Some(connection) => EvalError::NoSuchKey(connection.to_string()),
+            None => EvalError::UndeclaredReference(name.to_string()),
         },
         ExecutionError::FunctionError { function, message } => {
-            // `date()` words its own messages with its argument.
-            if message.starts_with(&format!("{function}(")) {
-                message.clone()
-            } else {
-                format!("{function}(): {message}")
-            }
+            EvalError::Function { function: function.clone(), message: message.clone() }
         }
+        other => EvalError::Interpreter(describe_other(other)),
+    }
+}
+
+/// The message of an interpreter error with no variant of its own.
+fn describe_other(error: &ExecutionError) -> String {
+    match error {
         ExecutionError::UnexpectedType { got, want } => {
             format!("expected {}, got {}", cel_type_of_rust(want), debug_type_name(got))
         }
@@ -527,21 +636,21 @@ fn truncate(text: &str) -> String {
 }
 
 /// An expression's result as an attribute value; `None` for null.
-fn to_json(value: &Value) -> Result<Option<Json>, String> {
+fn to_json(value: &Value) -> Result<Option<Json>, EvalError> {
     match value {
         Value::Null => Ok(None),
         Value::Opaque(opaque) => match opaque.downcast_ref::<OptionalValue>() {
             // An optional attribute is its value when it has one, absent
             // otherwise, like null.
             Some(optional) => optional.value().map_or(Ok(None), to_json),
-            None => Err(cannot_hold(value)),
+            None => Err(cannot_hold(value).into()),
         },
-        other => to_json_inner(other).map(Some),
+        other => Ok(Some(to_json_inner(other)?)),
     }
 }
 
 /// A value nested in a list or map: null stays null there.
-fn to_json_inner(value: &Value) -> Result<Json, String> {
+fn to_json_inner(value: &Value) -> Result<Json, Unrepresentable> {
     Ok(match value {
         Value::Null => Json::Null,
         Value::Bool(b) => Json::Bool(*b),
@@ -549,7 +658,7 @@ fn to_json_inner(value: &Value) -> Result<Json, String> {
         Value::UInt(u) => Json::from(*u),
         Value::Float(f) => match serde_json::Number::from_f64(*f) {
             Some(n) => Json::Number(n),
-            None => return Err(format!("yields {f}, which an attribute cannot hold")),
+            None => return Err(Unrepresentable::NonFiniteNumber(*f)),
         },
         Value::String(s) => Json::String(s.to_string()),
         Value::List(items) => Json::Array(items.iter().map(to_json_inner).collect::<Result<_, _>>()?),
@@ -557,9 +666,7 @@ fn to_json_inner(value: &Value) -> Result<Json, String> {
             let mut object = serde_json::Map::new();
             for (k, v) in map.map.iter() {
                 let Key::String(k) = k else {
-                    return Err(
-                        "yields a map with keys that are not strings, which an attribute cannot hold".to_string()
-                    );
+                    return Err(Unrepresentable::NonStringKeys);
                 };
                 object.insert(k.to_string(), to_json_inner(v)?);
             }
@@ -570,7 +677,7 @@ fn to_json_inner(value: &Value) -> Result<Json, String> {
             let nanos = t.timestamp_subsec_nanos().min(999_999_999) as i32;
             match jiff::Timestamp::new(t.timestamp(), nanos) {
                 Ok(instant) => Json::String(instant.to_string()),
-                Err(_) => return Err("yields a timestamp outside the years -9999 to 9999".to_string()),
+                Err(_) => return Err(Unrepresentable::TimestampOutOfRange),
             }
         }
         Value::Duration(d) => Json::String(format_duration(d.num_seconds(), d.subsec_nanos())),
@@ -578,8 +685,8 @@ fn to_json_inner(value: &Value) -> Result<Json, String> {
     })
 }
 
-fn cannot_hold(value: &Value) -> String {
-    format!("yields {}, which an attribute cannot hold", type_name(value))
+fn cannot_hold(value: &Value) -> Unrepresentable {
+    Unrepresentable::Type { type_name: type_name(value) }
 }
 
 /// A duration as CEL and protobuf JSON write them: seconds with a `s`
@@ -616,25 +723,22 @@ impl<'a> Checker<'a> {
     /// stays off: cel 0.13 parses it, but its `.?` fails on a missing key
     /// instead of yielding `optional.none()`, so it would not do what
     /// Kubernetes users expect of it.
-    fn compile(&mut self, source: &str) -> Result<Expression, String> {
-        let program = Parser::new().parse(source).map_err(|errors| parse_message(&errors))?;
+    fn compile(&mut self, source: &str) -> Result<Expression, CheckError> {
+        let program = Parser::new().parse(source).map_err(|errors| CheckError::Parse(syntax_errors(&errors)))?;
         let mut problems = Vec::new();
         self.check(&program, &mut Vec::new(), &mut problems);
-        if problems.is_empty() { Ok(program) } else { Err(problems.join("; ")) }
+        if problems.is_empty() { Ok(program) } else { Err(CheckError::Refused(problems)) }
     }
 
     /// Collects what is wrong with `expr`, with `bound` the variables that
     /// enclosing macros (`all`, `exists`, `map`, …) declare.
-    fn check<'e>(&mut self, expr: &'e IdedExpr, bound: &mut Vec<&'e str>, problems: &mut Vec<String>) {
+    fn check<'e>(&mut self, expr: &'e IdedExpr, bound: &mut Vec<&'e str>, problems: &mut Vec<Refusal>) {
         match &expr.expr {
             Expr::Literal(_) => {}
             Expr::Ident(name) => {
                 // The parser's own variables (macro accumulators) start with `@`.
                 if !(name == ACCOUNTS || name == NOW || name.starts_with('@') || bound.contains(&name.as_str())) {
-                    add_problem(
-                        problems,
-                        format!("unknown variable `{name}`; expressions can use `{ACCOUNTS}` and `{NOW}`"),
-                    );
+                    add_problem(problems, Refusal::UnknownVariable(name.clone()));
                 }
             }
             Expr::Select(select) => self.check(&select.operand, bound, problems),
@@ -665,23 +769,17 @@ impl<'a> Checker<'a> {
                             self.check(&entry.key, bound, problems);
                             self.check(&entry.value, bound, problems);
                         }
-                        // The interpreter panics on these.
-                        EntryExpr::StructField(_) => {
-                            add_problem(problems, "message fields are not supported".to_string())
-                        }
+                        EntryExpr::StructField(_) => add_problem(problems, Refusal::MessageFields),
                     }
                 }
             }
-            // The interpreter panics on these (`todo!`).
-            Expr::Struct(s) => {
-                add_problem(problems, format!("message construction (`{}{{…}}`) is not supported", s.type_name));
-            }
-            Expr::Unspecified => add_problem(problems, "incomplete expression".to_string()),
+            Expr::Struct(s) => add_problem(problems, Refusal::MessageConstruction(s.type_name.clone())),
+            Expr::Unspecified => add_problem(problems, Refusal::Incomplete),
         }
     }
 
-    fn check_call<'e>(&mut self, call: &'e CallExpr, bound: &mut Vec<&'e str>, problems: &mut Vec<String>) {
-        let check_args = |this: &mut Self, bound: &mut Vec<&'e str>, problems: &mut Vec<String>| {
+    fn check_call<'e>(&mut self, call: &'e CallExpr, bound: &mut Vec<&'e str>, problems: &mut Vec<Refusal>) {
+        let check_args = |this: &mut Self, bound: &mut Vec<&'e str>, problems: &mut Vec<Refusal>| {
             for arg in &call.args {
                 this.check(arg, bound, problems);
             }
@@ -704,11 +802,9 @@ impl<'a> Checker<'a> {
             return;
         }
         if !self.function_exists(&call.func_name) {
-            add_problem(problems, format!("unknown function `{}`", call.func_name));
+            add_problem(problems, Refusal::UnknownFunction(call.func_name.clone()));
         } else if call.func_name == "date" && call.args.len() + usize::from(call.target.is_some()) != 1 {
-            // Resolving the string argument of `date` past the arguments
-            // given is an error, but refusing it here names the mistake.
-            add_problem(problems, "`date` takes one argument, a string".to_string());
+            add_problem(problems, Refusal::DateArity);
         }
         if let Some(target) = &call.target {
             self.check(target, bound, problems);
@@ -876,9 +972,9 @@ fn collect_account_use(expr: &IdedExpr, uses: &mut HashMap<String, AccountUse>) 
 }
 
 /// Adds a problem once: a misspelled variable used twice is one mistake.
-fn add_problem(problems: &mut Vec<String>, message: String) {
-    if !problems.contains(&message) {
-        problems.push(message);
+fn add_problem(problems: &mut Vec<Refusal>, problem: Refusal) {
+    if !problems.contains(&problem) {
+        problems.push(problem);
     }
 }
 
@@ -888,23 +984,17 @@ fn is_operator(name: &str) -> bool {
     name.starts_with('@') || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
 }
 
-/// The parser's errors as one paragraph: `line:column: message` each, without
-/// the source snippet and caret the parser adds on separate lines (the
-/// expression is reported next to the message).
-fn parse_message(errors: &cel::ParseErrors) -> String {
-    let mut messages: Vec<String> = Vec::new();
+/// The parser's errors, each once, with its message on one line.
+fn syntax_errors(errors: &cel::ParseErrors) -> Vec<SyntaxError> {
+    let mut found: Vec<SyntaxError> = Vec::new();
     for error in &errors.errors {
-        let message =
-            format!("{}:{}: {}", error.pos.0, error.pos.1, error.msg.split_whitespace().collect::<Vec<_>>().join(" "));
-        if !messages.contains(&message) {
-            messages.push(message);
+        let message = error.msg.split_whitespace().collect::<Vec<_>>().join(" ");
+        let error = SyntaxError { line: error.pos.0, column: error.pos.1, message };
+        if !found.contains(&error) {
+            found.push(error);
         }
     }
-    if messages.is_empty() {
-        // Never seen, but an empty message would hide that it failed.
-        return "syntax error".to_string();
-    }
-    messages.join("; ")
+    found
 }
 
 #[cfg(test)]
@@ -1026,8 +1116,8 @@ mod tests {
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].field, "spec.attributes.email");
         assert_eq!(errors[0].expression, "accounts.hr.email +");
-        assert!(errors[0].message.starts_with("1:"), "{}", errors[0].message);
-        assert!(!errors[0].message.contains('\n'), "{}", errors[0].message);
+        assert!(errors[0].problem.to_string().starts_with("1:"), "{}", errors[0].problem);
+        assert!(!errors[0].problem.to_string().contains('\n'), "{}", errors[0].problem);
         let shown = errors[0].to_string();
         assert!(shown.starts_with("spec.attributes.email: \"accounts.hr.email +\" does not compile: 1:"), "{shown}");
     }
@@ -1047,8 +1137,11 @@ mod tests {
             fields,
             ["spec.attributes.a", "spec.attributes.b", "spec.attributes.c", "spec.lifecycle.expression"]
         );
-        assert_eq!(errors[0].message, "unknown variable `acounts`; expressions can use `accounts` and `now`");
-        assert_eq!(errors[2].message, "unknown function `lowercase`");
+        assert_eq!(
+            errors[0].problem.to_string(),
+            "unknown variable `acounts`; expressions can use `accounts` and `now`"
+        );
+        assert_eq!(errors[2].problem.to_string(), "unknown function `lowercase`");
     }
 
     #[test]
@@ -1068,20 +1161,20 @@ mod tests {
         ]);
         // A macro's variable is only known inside it.
         let Err(errors) = compile(&[("a", "accounts.hr.groups.map(g, g) + [g]")]) else { panic!("compiled") };
-        assert_eq!(errors[0].message, "unknown variable `g`; expressions can use `accounts` and `now`");
+        assert_eq!(errors[0].problem.to_string(), "unknown variable `g`; expressions can use `accounts` and `now`");
         // An unknown namespace is a variable as far as CEL is concerned.
         let Err(errors) = compile(&[("a", "sets.frobnicate([1], [2])")]) else { panic!("compiled") };
         assert_eq!(
-            errors[0].message,
+            errors[0].problem.to_string(),
             "unknown function `frobnicate`; unknown variable `sets`; expressions can use `accounts` and `now`"
         );
         // Wrong arity of date, and what the interpreter would panic on.
         let Err(errors) = compile(&[("a", "date()"), ("b", "date('a', 'b')"), ("c", "Foo{x: 1}")]) else {
             panic!("compiled")
         };
-        assert_eq!(errors[0].message, "`date` takes one argument, a string");
-        assert_eq!(errors[1].message, "`date` takes one argument, a string");
-        assert_eq!(errors[2].message, "message construction (`Foo{…}`) is not supported");
+        assert_eq!(errors[0].problem.to_string(), "`date` takes one argument, a string");
+        assert_eq!(errors[1].problem.to_string(), "`date` takes one argument, a string");
+        assert_eq!(errors[2].problem.to_string(), "message construction (`Foo{…}`) is not supported");
     }
 
     #[test]
@@ -1345,5 +1438,40 @@ mod tests {
         assert_eq!(error, "no `add` for map and int");
         let error = eval_one("accounts.hr < 1").expect_err("comparing a map");
         assert!(!error.contains("Chicago"), "{error}");
+    }
+
+    #[test]
+    fn errors_say_what_failed() {
+        let Err(errors) = compile(&[("a", "acounts.hr + lowercase(1)"), ("b", "1 +")]) else { panic!("compiled") };
+        assert_eq!(
+            errors[0].problem,
+            CheckError::Refused(vec![
+                Refusal::UnknownVariable("acounts".to_string()),
+                Refusal::UnknownFunction("lowercase".to_string()),
+            ])
+        );
+        assert!(matches!(&errors[1].problem, CheckError::Parse(found) if found[0].line == 1), "{:?}", errors[1]);
+
+        let base = base_context();
+        let run = |source: &str| execute(&Parser::new().parse(source).expect("parses"), &base);
+        assert_eq!(run("accounts.hr"), Err(EvalError::UndeclaredReference("accounts".to_string())));
+        let Err(EvalError::Function { function, .. }) = run("date('soon')") else { panic!("not a function error") };
+        assert_eq!(function, "date");
+
+        let lifecycle =
+            CompiledLifecycle { program: Parser::new().parse("'a'").expect("parses"), states: vec!["a".to_string()] };
+        assert_eq!(
+            lifecycle.state(string("b")),
+            Err(EvalError::NotAState { value: "b".to_string(), states: vec!["a".to_string()] })
+        );
+        assert_eq!(lifecycle.state(Value::Int(1)), Err(EvalError::NotAString { type_name: "int".to_string() }));
+
+        let infinite = to_json(&Value::Float(f64::INFINITY)).expect_err("no JSON number");
+        assert_eq!(infinite, EvalError::Unrepresentable(Unrepresentable::NonFiniteNumber(f64::INFINITY)));
+        assert_eq!(infinite.to_string(), "yields inf, which an attribute cannot hold");
+        assert_eq!(
+            to_json(&Value::Bytes(Arc::new(vec![1]))),
+            Err(Unrepresentable::Type { type_name: "bytes".to_string() }.into())
+        );
     }
 }

@@ -25,39 +25,92 @@ pub struct Cron {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ScheduleError {
     #[error("cron expression {expression:?}: {problem}")]
-    Cron { expression: String, problem: String },
+    Cron { expression: String, problem: CronError },
     #[error("time zone {0:?} is not a known IANA time zone")]
     TimeZone(String),
     #[error("a schedule needs at least one cron expression")]
     Empty,
 }
 
+/// What is wrong with one cron expression; the field variants name the
+/// field and the text or number that is wrong in it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CronError {
+    #[error("unknown macro {0}")]
+    UnknownMacro(String),
+    #[error("expected 5 fields (minute hour day-of-month month day-of-week), found {0}")]
+    FieldCount(usize),
+    #[error("{field} field: step {step:?} is not a number")]
+    StepNotANumber { field: CronField, step: String },
+    #[error("{field} field: a step of 0 never matches")]
+    ZeroStep { field: CronField },
+    #[error("{field} field: {value:?} is not a number")]
+    NotANumber { field: CronField, value: String },
+    #[error("{field} field: {value} is outside {min}-{max}")]
+    OutOfRange { field: CronField, value: u64, min: u64, max: u64 },
+    #[error("{field} field: range {range:?} runs backwards")]
+    Backwards { field: CronField, range: String },
+}
+
+/// The five fields of a cron expression, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CronField {
+    Minute,
+    Hour,
+    DayOfMonth,
+    Month,
+    DayOfWeek,
+}
+
+impl CronField {
+    /// The field's range and the names it accepts for its values.
+    fn bounds(self) -> (u64, u64, &'static [&'static str]) {
+        const MONTHS: &[&str] = &["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"];
+        const DAYS: &[&str] = &["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+        match self {
+            CronField::Minute => (0, 59, &[]),
+            CronField::Hour => (0, 23, &[]),
+            CronField::DayOfMonth => (1, 31, &[]),
+            CronField::Month => (1, 12, MONTHS),
+            // 7 is Sunday too.
+            CronField::DayOfWeek => (0, 7, DAYS),
+        }
+    }
+}
+
+impl std::fmt::Display for CronField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CronField::Minute => "minute",
+            CronField::Hour => "hour",
+            CronField::DayOfMonth => "day-of-month",
+            CronField::Month => "month",
+            CronField::DayOfWeek => "day-of-week",
+        })
+    }
+}
+
 impl Cron {
     pub fn parse(expression: &str) -> Result<Cron, ScheduleError> {
-        let fail = |problem: String| ScheduleError::Cron { expression: expression.to_string(), problem };
+        let fail = |problem: CronError| ScheduleError::Cron { expression: expression.to_string(), problem };
         let expanded = match expression.trim() {
             "@yearly" | "@annually" => "0 0 1 1 *",
             "@monthly" => "0 0 1 * *",
             "@weekly" => "0 0 * * 0",
             "@daily" | "@midnight" => "0 0 * * *",
             "@hourly" => "0 * * * *",
-            other if other.starts_with('@') => return Err(fail(format!("unknown macro {other}"))),
+            other if other.starts_with('@') => return Err(fail(CronError::UnknownMacro(other.to_string()))),
             other => other,
         };
         let fields: Vec<&str> = expanded.split_whitespace().collect();
         if fields.len() != 5 {
-            return Err(fail(format!(
-                "expected 5 fields (minute hour day-of-month month day-of-week), found {}",
-                fields.len()
-            )));
+            return Err(fail(CronError::FieldCount(fields.len())));
         }
-        let minutes = parse_field(fields[0], 0, 59, &[]).map_err(|p| fail(format!("minute field: {p}")))?;
-        let hours = parse_field(fields[1], 0, 23, &[]).map_err(|p| fail(format!("hour field: {p}")))?;
-        let doms = parse_field(fields[2], 1, 31, &[]).map_err(|p| fail(format!("day-of-month field: {p}")))?;
-        const MONTHS: &[&str] = &["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"];
-        let months = parse_field(fields[3], 1, 12, MONTHS).map_err(|p| fail(format!("month field: {p}")))?;
-        const DAYS: &[&str] = &["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
-        let mut dows = parse_field(fields[4], 0, 7, DAYS).map_err(|p| fail(format!("day-of-week field: {p}")))?;
+        let minutes = parse_field(fields[0], CronField::Minute).map_err(fail)?;
+        let hours = parse_field(fields[1], CronField::Hour).map_err(fail)?;
+        let doms = parse_field(fields[2], CronField::DayOfMonth).map_err(fail)?;
+        let months = parse_field(fields[3], CronField::Month).map_err(fail)?;
+        let mut dows = parse_field(fields[4], CronField::DayOfWeek).map_err(fail)?;
         // 7 is Sunday too.
         if dows & (1 << 7) != 0 {
             dows |= 1;
@@ -170,15 +223,16 @@ impl Schedule {
     }
 }
 
-/// Parses one field into a bit set over `min..=max`.
-fn parse_field(field: &str, min: u64, max: u64, names: &[&str]) -> Result<u64, String> {
+/// Parses one field into a bit set over the field's range.
+fn parse_field(text: &str, field: CronField) -> Result<u64, CronError> {
+    let (min, max, _) = field.bounds();
     let mut bits = 0u64;
-    for part in field.split(',') {
+    for part in text.split(',') {
         let (range, step) = match part.split_once('/') {
             Some((r, s)) => {
-                let step: u64 = s.parse().map_err(|_| format!("step {s:?} is not a number"))?;
+                let step: u64 = s.parse().map_err(|_| CronError::StepNotANumber { field, step: s.to_string() })?;
                 if step == 0 {
-                    return Err("a step of 0 never matches".to_string());
+                    return Err(CronError::ZeroStep { field });
                 }
                 (r, step)
             }
@@ -187,14 +241,14 @@ fn parse_field(field: &str, min: u64, max: u64, names: &[&str]) -> Result<u64, S
         let (low, high) = if range == "*" {
             (min, max)
         } else if let Some((a, b)) = range.split_once('-') {
-            (value(a, min, max, names)?, value(b, min, max, names)?)
+            (value(a, field)?, value(b, field)?)
         } else {
-            let v = value(range, min, max, names)?;
+            let v = value(range, field)?;
             // `5/15` means from 5 to the end in steps of 15.
             (v, if part.contains('/') { max } else { v })
         };
         if low > high {
-            return Err(format!("range {range:?} runs backwards"));
+            return Err(CronError::Backwards { field, range: range.to_string() });
         }
         // The step is the expression's own number, up to u64::MAX: a sum
         // past it means no further value in the range.
@@ -208,15 +262,17 @@ fn parse_field(field: &str, min: u64, max: u64, names: &[&str]) -> Result<u64, S
     Ok(bits)
 }
 
-fn value(text: &str, min: u64, max: u64, names: &[&str]) -> Result<u64, String> {
+/// One value of a field: a number in its range, or one of its names.
+fn value(text: &str, field: CronField) -> Result<u64, CronError> {
+    let (min, max, names) = field.bounds();
     let upper = text.to_ascii_uppercase();
     if let Some(i) = names.iter().position(|n| *n == upper) {
         // Month names count from 1 (JAN), day names from 0 (SUN).
         return Ok(i as u64 + u64::from(names.len() == 12));
     }
-    let v: u64 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
+    let v: u64 = text.parse().map_err(|_| CronError::NotANumber { field, value: text.to_string() })?;
     if v < min || v > max {
-        return Err(format!("{v} is outside {min}-{max}"));
+        return Err(CronError::OutOfRange { field, value: v, min, max });
     }
     Ok(v)
 }
@@ -308,5 +364,25 @@ mod tests {
             Some(ts("2026-11-22T03:00:00Z"))
         );
         assert_eq!(schedule.due_between(ts("2026-11-22T03:00:00Z"), ts("2026-11-22T10:00:00Z")), None);
+    }
+
+    #[test]
+    fn a_bad_field_is_named_with_its_value() {
+        let problem = |e: &str| match Cron::parse(e) {
+            Err(ScheduleError::Cron { problem, .. }) => problem,
+            other => panic!("{e}: {other:?}"),
+        };
+        assert_eq!(problem("0 25 * * *"), CronError::OutOfRange { field: CronField::Hour, value: 25, min: 0, max: 23 });
+        assert_eq!(problem("0 0 * JAN-X *"), CronError::NotANumber { field: CronField::Month, value: "X".to_string() });
+        assert_eq!(
+            problem("0 0 * * FRI-MON"),
+            CronError::Backwards { field: CronField::DayOfWeek, range: "FRI-MON".to_string() }
+        );
+        assert_eq!(
+            problem("*/x * * * *"),
+            CronError::StepNotANumber { field: CronField::Minute, step: "x".to_string() }
+        );
+        assert_eq!(problem("0 0 0 * *").to_string(), "day-of-month field: 0 is outside 1-31");
+        assert_eq!(problem("0 0 * *"), CronError::FieldCount(4));
     }
 }

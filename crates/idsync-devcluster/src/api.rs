@@ -60,15 +60,24 @@ pub fn present(rt: &ResourceType, stored: &Value) -> Value {
     out
 }
 
+/// Why a request body could not be decoded, in the decoder's own words.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Yaml(#[from] yaml_serde::Error),
+}
+
 /// Reads a request body: JSON, or YAML for apply patches.
 pub fn parse_body(body: &[u8], yaml: bool) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_request("the request body is empty"));
     }
-    let parsed: Result<Value, String> = if yaml {
-        yaml_serde::from_slice(body).map_err(|e| e.to_string())
+    let parsed: Result<Value, BodyError> = if yaml {
+        yaml_serde::from_slice(body).map_err(BodyError::from)
     } else {
-        serde_json::from_slice(body).map_err(|e| e.to_string())
+        serde_json::from_slice(body).map_err(BodyError::from)
     };
     let value =
         parsed.map_err(|e| ApiError::bad_request(format!("the body of the request could not be decoded: {e}")))?;

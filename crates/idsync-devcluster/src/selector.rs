@@ -23,7 +23,7 @@ use serde_json::Value;
 pub enum SelectorError {
     /// A label requirement could not be parsed or validated.
     #[error("unable to parse requirement: {0}")]
-    Requirement(String),
+    Requirement(RequirementError),
     /// The label selector is malformed between requirements.
     #[error("{0}")]
     Syntax(String),
@@ -39,6 +39,41 @@ pub enum SelectorError {
     /// The resource does not support selecting on this field.
     #[error("field label not supported: {0}")]
     UnsupportedField(String),
+}
+
+/// Why one label requirement (`k in (a,b)`, `k=v`, …) is refused, in apimachinery's words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequirementError {
+    /// A token other than the grammar allows here.
+    #[error("found '{found}', expected: {expected}")]
+    Unexpected { found: String, expected: &'static str },
+    /// No `(` after `in`/`notin`; apimachinery words this one without the comma.
+    #[error("found '{found}' expected: '('")]
+    NoOpenParenthesis { found: String },
+    /// The key is not a qualified name.
+    #[error("{0}")]
+    InvalidKey(InvalidField),
+    /// Values that are not label values (or not integers for `>`/`<`); apimachinery prints one alone and
+    /// several as an aggregate.
+    #[error("{}", aggregate(.0))]
+    InvalidValues(Vec<InvalidField>),
+}
+
+/// `field.Invalid(path, value, detail)`: a value refused at a path, with why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: Invalid value: {}: {}", quote(.value), .details.join("; "))]
+pub struct InvalidField {
+    pub path: String,
+    pub value: String,
+    pub details: Vec<String>,
+}
+
+/// apimachinery's `utilerrors.NewAggregate(...).Error()`: one error alone, several in brackets.
+fn aggregate(errors: &[InvalidField]) -> String {
+    match errors {
+        [one] => one.to_string(),
+        _ => format!("[{}]", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,7 +283,7 @@ impl Parser {
         }
     }
 
-    fn parse_requirement(&mut self) -> Result<Requirement, String> {
+    fn parse_requirement(&mut self) -> Result<Requirement, RequirementError> {
         let (key, inferred) = self.parse_key_and_infer_operator()?;
         if let Some(operator) = inferred {
             return Ok(Requirement { key, operator, values: Vec::new() });
@@ -262,7 +297,7 @@ impl Parser {
         Ok(Requirement { key, operator, values })
     }
 
-    fn parse_key_and_infer_operator(&mut self) -> Result<(String, Option<Operator>), String> {
+    fn parse_key_and_infer_operator(&mut self) -> Result<(String, Option<Operator>), RequirementError> {
         let mut operator = None;
         let (mut token, mut literal) = self.next(Context::Values);
         if token == Token::DoesNotExist {
@@ -270,11 +305,11 @@ impl Parser {
             (token, literal) = self.next(Context::Values);
         }
         if token != Token::Identifier {
-            return Err(format!("found '{literal}', expected: identifier"));
+            return Err(RequirementError::Unexpected { found: literal, expected: "identifier" });
         }
         let errors = label_key_errors(&literal);
         if !errors.is_empty() {
-            return Err(invalid_value("<nil>", &literal, &errors));
+            return Err(RequirementError::InvalidKey(invalid_value("<nil>", &literal, errors)));
         }
         let (next, _) = self.peek(Context::Values);
         if operator.is_none() && (next == Token::EndOfString || next == Token::Comma) {
@@ -283,7 +318,7 @@ impl Parser {
         Ok((literal, operator))
     }
 
-    fn parse_operator(&mut self) -> Result<Operator, String> {
+    fn parse_operator(&mut self) -> Result<Operator, RequirementError> {
         let (token, literal) = self.next(Context::KeyAndOperator);
         Ok(match token {
             Token::In => Operator::In,
@@ -293,14 +328,16 @@ impl Parser {
             Token::LessThan => Operator::LessThan,
             Token::NotIn => Operator::NotIn,
             Token::NotEquals => Operator::NotEquals,
-            _ => return Err(format!("found '{literal}', expected: in, notin, =, ==, !=, gt, lt")),
+            _ => {
+                return Err(RequirementError::Unexpected { found: literal, expected: "in, notin, =, ==, !=, gt, lt" });
+            }
         })
     }
 
-    fn parse_values(&mut self) -> Result<Vec<String>, String> {
+    fn parse_values(&mut self) -> Result<Vec<String>, RequirementError> {
         let (token, literal) = self.next(Context::Values);
         if token != Token::OpenPar {
-            return Err(format!("found '{literal}' expected: '('"));
+            return Err(RequirementError::NoOpenParenthesis { found: literal });
         }
         let (token, literal) = self.peek(Context::Values);
         match token {
@@ -308,7 +345,7 @@ impl Parser {
                 let values = self.parse_identifiers_list()?;
                 // parse_identifiers_list only returns once a ')' is next, so this consumes it.
                 if self.next(Context::Values).0 != Token::ClosedPar {
-                    return Err(format!("found '{literal}', expected: ')'"));
+                    return Err(RequirementError::Unexpected { found: literal, expected: "')'" });
                 }
                 Ok(values)
             }
@@ -316,12 +353,12 @@ impl Parser {
                 self.next(Context::Values);
                 Ok(vec![String::new()])
             }
-            _ => Err(format!("found '{literal}', expected: ',', ')' or identifier")),
+            _ => Err(RequirementError::Unexpected { found: literal, expected: "',', ')' or identifier" }),
         }
     }
 
     /// A comma-separated list in which empty entries stand for the empty value, e.g. `(a,,b)` or `(,)`.
-    fn parse_identifiers_list(&mut self) -> Result<Vec<String>, String> {
+    fn parse_identifiers_list(&mut self) -> Result<Vec<String>, RequirementError> {
         let mut values = BTreeSet::new();
         loop {
             let (token, literal) = self.next(Context::Values);
@@ -332,7 +369,9 @@ impl Parser {
                     match next {
                         Token::Comma => continue,
                         Token::ClosedPar => return Ok(values.into_iter().collect()),
-                        _ => return Err(format!("found '{next_literal}', expected: ',' or ')'")),
+                        _ => {
+                            return Err(RequirementError::Unexpected { found: next_literal, expected: "',' or ')'" });
+                        }
                     }
                 }
                 Token::Comma => {
@@ -348,12 +387,12 @@ impl Parser {
                         values.insert(String::new());
                     }
                 }
-                _ => return Err(format!("found '{literal}', expected: ',', or identifier")),
+                _ => return Err(RequirementError::Unexpected { found: literal, expected: "',', or identifier" }),
             }
         }
     }
 
-    fn parse_exact_value(&mut self) -> Result<Vec<String>, String> {
+    fn parse_exact_value(&mut self) -> Result<Vec<String>, RequirementError> {
         let (token, _) = self.peek(Context::Values);
         if token == Token::EndOfString || token == Token::Comma {
             return Ok(vec![String::new()]);
@@ -362,12 +401,12 @@ impl Parser {
         if token == Token::Identifier {
             return Ok(vec![literal]);
         }
-        Err(format!("found '{literal}', expected: identifier"))
+        Err(RequirementError::Unexpected { found: literal, expected: "identifier" })
     }
 }
 
 /// The checks of apimachinery's `NewRequirement` that parsing alone cannot guarantee.
-fn validate_requirement(key: &str, operator: Operator, values: &[String]) -> Result<(), String> {
+fn validate_requirement(key: &str, operator: Operator, values: &[String]) -> Result<(), RequirementError> {
     let mut errors = Vec::new();
     if matches!(operator, Operator::GreaterThan | Operator::LessThan) {
         for (i, value) in values.iter().enumerate() {
@@ -375,7 +414,7 @@ fn validate_requirement(key: &str, operator: Operator, values: &[String]) -> Res
                 errors.push(invalid_value(
                     &format!("values[{i}]"),
                     value,
-                    &["for 'Gt', 'Lt' operators, the value must be an integer".to_string()],
+                    vec!["for 'Gt', 'Lt' operators, the value must be an integer".to_string()],
                 ));
             }
         }
@@ -383,22 +422,18 @@ fn validate_requirement(key: &str, operator: Operator, values: &[String]) -> Res
     for (i, value) in values.iter().enumerate() {
         let problems = label_value_errors(value);
         if !problems.is_empty() {
-            errors.push(invalid_value(&format!("values[{i}][{key}]"), value, &problems));
+            errors.push(invalid_value(&format!("values[{i}][{key}]"), value, problems));
         }
     }
-    match errors.len() {
-        0 => Ok(()),
-        1 => Err(errors.remove(0)),
-        _ => {
-            errors.dedup();
-            Err(format!("[{}]", errors.join(", ")))
-        }
+    if errors.is_empty() {
+        return Ok(());
     }
+    errors.dedup();
+    Err(RequirementError::InvalidValues(errors))
 }
 
-/// `field.Invalid(path, value, detail).Error()`.
-fn invalid_value(path: &str, value: &str, details: &[String]) -> String {
-    format!("{path}: Invalid value: {}: {}", quote(value), details.join("; "))
+fn invalid_value(path: &str, value: &str, details: Vec<String>) -> InvalidField {
+    InvalidField { path: path.to_string(), value: value.to_string(), details }
 }
 
 fn quote(s: &str) -> String {
@@ -869,5 +904,26 @@ mod tests {
         assert_eq!(selector.fields(), vec!["a"]);
         assert!(selector.matches(&json!({"a": "c"})));
         assert!(!selector.matches(&json!({"a": "b"})));
+    }
+
+    #[test]
+    fn a_bad_requirement_says_which_part_is_wrong() {
+        let requirement = |selector: &str| match LabelSelector::parse(selector) {
+            Err(SelectorError::Requirement(error)) => error,
+            other => panic!("{selector}: {other:?}"),
+        };
+        assert_eq!(requirement("a in b"), RequirementError::NoOpenParenthesis { found: "b".to_string() });
+        assert_eq!(
+            requirement("a (b)"),
+            RequirementError::Unexpected { found: "(".to_string(), expected: "in, notin, =, ==, !=, gt, lt" }
+        );
+        let RequirementError::InvalidKey(key) = requirement("-a=b") else { panic!("not a key error") };
+        assert_eq!((key.path.as_str(), key.value.as_str()), ("<nil>", "-a"));
+        let RequirementError::InvalidValues(values) = requirement("a>x") else { panic!("not a value error") };
+        assert_eq!(values.iter().map(|v| v.path.as_str()).collect::<Vec<_>>(), ["values[0]"]);
+        assert_eq!(
+            values[0].to_string(),
+            "values[0]: Invalid value: \"x\": for 'Gt', 'Lt' operators, the value must be an integer"
+        );
     }
 }
