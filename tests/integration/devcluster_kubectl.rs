@@ -42,6 +42,7 @@ async fn kubectl_applies_the_crds_and_every_example_and_lists_them_with_columns(
             "AGE"
         ]
     );
+    assert!(!out.contains("<invalid>"), "a future time shown as an age:\n{out}");
     let wide = h.kubectl_ok(&["get", "connections", "-o", "wide"]).await;
     assert!(wide.lines().next().is_some_and(|h| h.contains("SYNCING")), "{wide}");
     let hris = out.lines().find(|l| l.starts_with("hris ")).expect("hris listed");

@@ -556,6 +556,10 @@ async fn schedules_fire_at_their_time_suspend_stops_them_and_requested_at_syncs_
     assert!(next.0 > now && next.0.duration_since(now) <= jiff::SignedDuration::from_hours(24));
     assert_eq!(next.0.strftime("%H:%M").to_string(), "03:00");
     assert!(env.runs("hris").is_empty(), "a sync ran before its time");
+    // kubectl shows when it is (an age column would print "<invalid>").
+    let table = env.h.kubectl_ok(&["get", "conn", "hris"]).await;
+    assert!(table.contains(&next.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()), "{table}");
+    assert!(!table.contains("<invalid>"), "{table}");
 
     env.clock.advance_to(next.0 + jiff::SignedDuration::from_secs(1));
     let synced = eventually(Duration::from_secs(10), || async {

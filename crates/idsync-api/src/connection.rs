@@ -42,7 +42,8 @@ use super::crdgen::add_rule;
         priority = 1
     ),
     printcolumn(name = "Last Sync", type_ = "date", json_path = ".status.lastSyncTime"),
-    printcolumn(name = "Next Sync", type_ = "date", json_path = ".status.nextSyncTime"),
+    // A future time: as a date column kubectl would print "<invalid>" for it.
+    printcolumn(name = "Next Sync", type_ = "string", json_path = ".status.nextSyncTime"),
     printcolumn(name = "Accounts", type_ = "integer", json_path = ".status.accountCount"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
