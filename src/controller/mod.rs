@@ -170,8 +170,28 @@ impl Context {
     }
 }
 
+/// Closes what a previous process left in the store: runs it started and
+/// never finished (it was killed) are marked Interrupted and their staging
+/// is dropped, at once rather than when each connection next syncs. Only
+/// the leader writes the store, so no run of a live process is among them.
+pub async fn recover_store(store: &Arc<dyn Store>, now: Timestamp) -> Result<usize, crate::store::StoreError> {
+    let store = store.clone();
+    let message = "the operator stopped while this sync ran; nothing it read was applied";
+    let interrupted = tokio::task::spawn_blocking(move || store.interrupt_unfinished_runs(None, now, message))
+        .await
+        .map_err(|e| crate::store::StoreError::Internal(format!("store task failed: {e}")))??;
+    for run in &interrupted {
+        tracing::warn!(run = run.id, connection = %run.connection, holder = %run.holder,
+            "a sync was left unfinished by a previous operator; marked interrupted");
+    }
+    Ok(interrupted.len())
+}
+
 /// Runs the controllers until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    if let Err(error) = recover_store(&ctx.store, ctx.clock.now()).await {
+        tracing::warn!(%error, "could not close the runs a previous operator left unfinished");
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

@@ -844,3 +844,49 @@ async fn a_bad_provider_setting_stalls_the_connection_at_once() {
     let ready = idsync_api::conditions::find(&status.conditions, "Ready").expect("Ready");
     assert_eq!(ready.status, "False");
 }
+
+/// A run a killed operator left unfinished, and its staging, are closed as
+/// soon as the next operator starts, not when that connection next syncs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_operator_closes_the_runs_a_killed_one_left_at_once() {
+    use idsync::model::{NewRun, RunMode};
+    use idsync::store::{SqliteStore, StagedChange};
+
+    let h = Harness::start().await;
+    idsync::dev::install_crds(&h.client).await.expect("CRDs");
+    let data = tempfile::tempdir().expect("data dir");
+    let path = data.path().join("idsync.db");
+    let left = {
+        let store = SqliteStore::open(&path).expect("store");
+        let run = store
+            .start_run(&NewRun {
+                connection: ConnectionRef::new("default", "gone"),
+                trigger: Trigger::Scheduled,
+                request: None,
+                requested_mode: RunMode::Full,
+                holder: "operator-killed".into(),
+                started_at: jiff::Timestamp::now(),
+            })
+            .expect("run");
+        let staged: Vec<StagedChange> =
+            (0..500).map(|i| StagedChange::Upsert(idsync::model::Account::new(format!("E{i}")))).collect();
+        store.stage(run, &staged).expect("stage");
+        run
+    };
+    let staging_rows = || -> i64 {
+        let db = rusqlite::Connection::open(&path).expect("open");
+        db.query_row("SELECT count(*) FROM staging", [], |r| r.get(0)).expect("count")
+    };
+    assert_eq!(staging_rows(), 500);
+
+    let operator = Operator::start(&h.cluster, data.path(), Arc::new(TestClock::default()), test_config("operator-b"));
+    let closed = eventually(Duration::from_secs(20), || async {
+        let record = SqliteStore::open(&path).ok()?.run(left).ok()??;
+        (record.outcome == Some(RunOutcome::Interrupted)).then_some(record)
+    })
+    .await
+    .expect("the left run was not closed at startup");
+    assert!(closed.message.contains("the operator stopped while this sync ran"), "{}", closed.message);
+    assert_eq!(staging_rows(), 0, "the left run's staging stayed");
+    operator.kill();
+}
