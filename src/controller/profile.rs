@@ -537,6 +537,8 @@ pub struct Job {
 #[derive(Clone, Debug)]
 pub struct JobResult {
     pub run: ProcessingRunRecord,
+    /// Named identities the profile does not have.
+    pub unknown: Vec<String>,
     /// The profile's numbers after the run (a dry run: as they would be).
     pub summary: Option<Summary>,
     pub preview: Vec<String>,
@@ -687,7 +689,12 @@ fn compute_and_commit(
     if job.dry_run {
         finished(&mut run);
         run.id = store.record_processing_run(&job.profile, &run)?;
-        return Ok(JobResult { run, summary: Some(outcome.summary), preview: outcome.preview });
+        return Ok(JobResult {
+            run,
+            summary: Some(outcome.summary),
+            preview: outcome.preview,
+            unknown: outcome.unknown,
+        });
     }
     let state = &mut outcome.commit.state;
     if matches!(job.selection, Selection::All | Selection::Changed) {
@@ -705,7 +712,7 @@ fn compute_and_commit(
     // having the finish inside the same transaction.
     finished(&mut run);
     run.id = store.commit_processing(&job.profile, &outcome.commit, &run)?;
-    Ok(JobResult { run, summary: Some(outcome.summary), preview: outcome.preview })
+    Ok(JobResult { run, summary: Some(outcome.summary), preview: outcome.preview, unknown: outcome.unknown })
 }
 
 fn join_message(a: String, b: String) -> String {
@@ -735,6 +742,7 @@ fn failed(
         },
         summary: None,
         preview: Vec::new(),
+        unknown: Vec::new(),
     }
 }
 

@@ -127,7 +127,10 @@ pub fn overall_phase(targets: &[TargetStatus], profiles: &[ProfileRunStatus]) ->
         return None;
     }
     let succeeded = phases.iter().filter(|p| **p == TargetPhase::Succeeded).count();
+    // Named identities the profile does not have: the rest was processed.
+    let missed = profiles.iter().any(|p| !p.unknown_identities.is_empty());
     Some(match succeeded {
+        n if n == phases.len() && missed => Phase::PartiallyFailed,
         n if n == phases.len() => Phase::Succeeded,
         0 => Phase::Failed,
         _ => Phase::PartiallyFailed,
@@ -212,6 +215,7 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
                             errors: 0,
                             message: String::new(),
                             preview: Vec::new(),
+                            unknown_identities: Vec::new(),
                         })
                         .collect();
                     s.targets = work.connections.iter().map(TargetStatus::pending).collect();
@@ -559,6 +563,7 @@ async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_na
                     entry.changed = result.run.changed;
                     entry.errors = result.run.errors;
                     entry.preview = result.preview.clone();
+                    entry.unknown_identities = result.unknown.clone();
                 }
                 finish_if_done(s, generation, &now);
                 true
@@ -787,6 +792,7 @@ mod tests {
             errors: 0,
             message: String::new(),
             preview: vec![],
+            unknown_identities: vec![],
         };
         assert_eq!(overall_phase(&[target(Succeeded)], &[processed(Pending)]), None, "profiles run after syncs");
         assert_eq!(overall_phase(&[], &[processed(Succeeded)]), Some(Phase::Succeeded));

@@ -376,6 +376,16 @@ async fn manual_apply_policy_waits_previews_and_applies() {
     assert_eq!(state("E3").as_deref(), Some("active"), "not named");
     assert!(now_stored.iter().all(|i| i.attributes["title"] == json!("Engineer")), "pending mappings not applied");
 
+    // Naming one that does not exist: the others are processed, and the
+    // request is PartiallyFailed, naming it.
+    let typo = env.request(ResyncRequest::test("typo").profiles(["employees"]).identities(["E3", "E404"])).await;
+    let status = typo.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::PartiallyFailed), "{status:?}");
+    let entry = &status.profiles[0];
+    assert_eq!(entry.unknown_identities, ["E404"]);
+    assert_eq!(entry.processed, 1);
+    assert!(entry.message.contains("no such identities: E404"), "{}", entry.message);
+
     // Applying.
     let apply = env.request(ResyncRequest::test("apply").profiles(["employees"])).await;
     assert_eq!(apply.status.and_then(|s| s.phase), Some(Phase::Succeeded));

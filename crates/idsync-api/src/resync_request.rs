@@ -346,6 +346,11 @@ pub struct ProfileRunStatus {
     /// For a dry run: what would change, e.g. `lifecycleState active → inactive: 12`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub preview: Vec<String>,
+    /// Identities the request named that the profile does not have: the
+    /// request is then PartiallyFailed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub unknown_identities: Vec<String>,
 }
 
 #[cfg(test)]
