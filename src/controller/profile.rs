@@ -577,6 +577,7 @@ pub async fn execute(ctx: &Arc<Context>, profile: &IdentityProfile, job: Job) ->
     };
     let run = &result.run;
     let (warning, reason) = match run.outcome {
+        _ if every_identity_failed(run) => (true, events::PROCESSING_FAILED),
         RunOutcome::Succeeded | RunOutcome::DryRun => (false, events::PROCESSING_SUCCEEDED),
         _ => (true, events::PROCESSING_FAILED),
     };
@@ -750,6 +751,9 @@ fn failed(
 pub fn run_note(run: &ProcessingRunRecord) -> String {
     let counts = format!("processed {}, changed {}, errors {}", run.processed, run.changed, run.errors);
     let head = match run.outcome {
+        RunOutcome::Succeeded if every_identity_failed(run) => {
+            format!("{} processing failed on every identity: {counts}", run.trigger)
+        }
         RunOutcome::Succeeded => format!("{} processing succeeded: {counts}", run.trigger),
         RunOutcome::DryRun => format!("{} dry run: {counts} (would change); nothing was applied", run.trigger),
         _ => format!("{} processing failed: {}", run.trigger, run.message),
@@ -791,10 +795,20 @@ pub fn record_run(
         s.unresolved_managers = Some(summary.unresolved_managers);
     }
     let note = run_note(run);
-    let (ready, reason) =
-        if run.outcome == RunOutcome::Succeeded { (TRUE, "Processed") } else { (FALSE, "ProcessingFailed") };
+    let (ready, reason) = match run.outcome {
+        // Every expression failing on every identity is a broken profile,
+        // however cleanly the run itself went.
+        RunOutcome::Succeeded if every_identity_failed(run) => (FALSE, "AllIdentitiesFailed"),
+        RunOutcome::Succeeded => (TRUE, "Processed"),
+        _ => (FALSE, "ProcessingFailed"),
+    };
     conditions::set_condition(&mut s.conditions, conditions::READY, ready, reason, &note, generation, stamp.clone());
     conditions::set_condition(&mut s.conditions, conditions::PROCESSING, FALSE, "Idle", "", generation, stamp.clone());
+}
+
+/// A run that processed identities and failed on every one of them.
+fn every_identity_failed(run: &ProcessingRunRecord) -> bool {
+    run.processed > 0 && run.errors >= run.processed
 }
 
 /// Identity ids named by a request, as a selection.

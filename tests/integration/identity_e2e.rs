@@ -485,11 +485,43 @@ async fn bad_expressions_stall_the_profile_or_mark_one_identity() {
                 && p.status.as_ref().and_then(|s| s.identity_count) == Some(4)
         })
         .await;
-    let last = profile.status.and_then(|s| s.last_processing).expect("last");
+    let last = profile.status.clone().and_then(|s| s.last_processing).expect("last");
     assert_eq!(last.errors, 1, "{last:?}");
     let dee = env.identity("employees", "E4");
     assert!(dee.errors.contains_key("managerNumber"), "{:?}", dee.errors);
     assert_eq!(env.identity("employees", "E3").attributes["managerNumber"], json!(2));
+    assert_eq!(condition(&profile, "Ready").map(|c| c.0).as_deref(), Some("True"), "one failing identity");
+
+    // An expression that fails on everyone: the profile is not Ready, and
+    // its Event is a Warning.
+    env.profile(
+        employees()
+            .attribute("email", "accounts.hr.email.lowerAscii()")
+            .attribute("employeeId", "accounts.hr.id")
+            .attribute("managerId", "accounts.hr.manager_id")
+            .attribute("broken", "int(accounts.hr.email)"),
+    )
+    .await;
+    let broken = env
+        .profile_until("every identity failed", |p| {
+            condition(p, "Ready").is_some_and(|c| c.0 == "False" && c.1 == "AllIdentitiesFailed")
+        })
+        .await;
+    let last = broken.status.and_then(|s| s.last_processing).expect("last");
+    assert_eq!((last.processed, last.errors), (4, 4), "{last:?}");
+    let events: Vec<Event> = Api::namespaced(env.h.client.clone(), "default")
+        .list(&ListParams::default().fields("regarding.name=employees"))
+        .await
+        .expect("events")
+        .items;
+    let warned = events.iter().any(|e| {
+        e.type_.as_deref() == Some("Warning")
+            && e.reason.as_deref() == Some("ProcessingFailed")
+            && e.note
+                .as_deref()
+                .is_some_and(|n| n.contains("processing failed on every identity") && n.contains("errors 4"))
+    });
+    assert!(warned, "{:#?}", events.iter().map(|e| (&e.type_, &e.reason, &e.note)).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread")]
