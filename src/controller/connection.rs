@@ -28,7 +28,16 @@ use idsync_api::conditions::{self, FALSE, TRUE};
 use idsync_api::{Connection, Provider, REQUESTED_AT_ANNOTATION, SyncMode};
 
 /// Reasons of `Stalled` that a reconcile finds (and clears when fixed).
-const CONFIGURATION_REASONS: &[&str] = &["SecretNotFound", "ConfigMapNotFound", "KeyNotFound", "InvalidSchedule"];
+/// Stalled reasons a reconcile finds (and clears once fixed); the others
+/// come from a sync and stay until a sync succeeds.
+const CONFIGURATION_REASONS: &[&str] = &[
+    "SecretNotFound",
+    "SecretNotAllowed",
+    "ConfigMapNotFound",
+    "KeyNotFound",
+    "InvalidSchedule",
+    "InvalidConfiguration",
+];
 
 pub fn controller(ctx: Arc<Context>) -> Controller<Connection> {
     use kube::core::PartialObjectMeta;

@@ -25,6 +25,9 @@ pub async fn resolve(client: &kube::Client, connection: &Connection) -> Result<R
     let mut inputs = ProviderInputs::default();
     if let Some(reference) = &connection.spec.credentials_secret_ref {
         match secrets.get_opt(&reference.name).await.map_err(Error::Kube)? {
+            Some(secret) if !usable(&secret) => {
+                return Ok(Err(not_usable("spec.credentialsSecretRef", &reference.name, &secret)));
+            }
             Some(secret) => inputs.secret = secret_data(&secret),
             None => {
                 return Ok(Err(Problem {
@@ -78,6 +81,9 @@ pub async fn resolve(client: &kube::Client, connection: &Connection) -> Result<R
                     ),
                 }));
             };
+            if !usable(&secret) {
+                return Ok(Err(not_usable("spec.provider.csv.source.secretKeyRef", &key_ref.name, &secret)));
+            }
             match secret_data(&secret).remove(&key_ref.key) {
                 Some(bytes) => inputs.csv_data = Some(bytes),
                 None => {
@@ -93,6 +99,32 @@ pub async fn resolve(client: &kube::Client, connection: &Connection) -> Result<R
         }
     }
     Ok(Ok(inputs))
+}
+
+/// The Secret type a Connection may read without more ado.
+pub const CREDENTIALS_TYPE: &str = "idsync.dev/credentials";
+/// The label that lets a Connection read a Secret of another type.
+pub const CREDENTIALS_LABEL: &str = "idsync.dev/credentials";
+
+/// Whether Connections may read the Secret: one of type
+/// `idsync.dev/credentials`, or labelled `idsync.dev/credentials: "true"`.
+/// Anyone who may create a Connection would otherwise be able to read (and
+/// send to any URL) every Secret of its namespace.
+pub fn usable(secret: &Secret) -> bool {
+    secret.type_.as_deref() == Some(CREDENTIALS_TYPE)
+        || secret.metadata.labels.as_ref().and_then(|l| l.get(CREDENTIALS_LABEL)).is_some_and(|v| v == "true")
+}
+
+fn not_usable(field: &str, name: &str, secret: &Secret) -> Problem {
+    let kind = secret.type_.as_deref().unwrap_or("Opaque");
+    Problem {
+        reason: "SecretNotAllowed",
+        message: format!(
+            "{field}: Secret {name:?} (type {kind}) is not marked for idsync; Connections read only Secrets of type \
+             {CREDENTIALS_TYPE} (kubectl create secret generic {name} --type={CREDENTIALS_TYPE} ...) or labelled \
+             {CREDENTIALS_LABEL}=true (kubectl label secret {name} {CREDENTIALS_LABEL}=true)"
+        ),
+    }
 }
 
 fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {

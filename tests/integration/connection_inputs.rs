@@ -68,8 +68,11 @@ async fn recovered(h: &Harness, name: &str) {
     assert!(ready.is_some(), "{name} did not recover: {:?}", condition(h, name, conditions::STALLED).await);
 }
 
+/// A Secret idsync may read: labelled `idsync.dev/credentials: "true"`.
 fn secret(name: &str, key: &str, value: &str) -> Secret {
-    serde_json::from_value(json!({"metadata": {"name": name}, "stringData": {key: value}})).expect("secret")
+    serde_json::from_value(json!({"metadata": {"name": name, "labels": {"idsync.dev/credentials": "true"}},
+                                  "stringData": {key: value}}))
+    .expect("secret")
 }
 
 fn reads_of(h: &Harness, resource: &str) -> Vec<ReadCount> {
@@ -162,5 +165,47 @@ async fn the_operator_lists_and_watches_secrets_and_config_maps_by_metadata_only
             assert_eq!(count(&reads, verb, Representation::Object), 0, "{resource} {verb:?} in full: {reads:#?}");
         }
     }
+    operator.stop().await;
+}
+
+/// A Connection cannot read just any Secret of its namespace: one not
+/// marked for idsync stalls it, saying how to mark it; marked (by label, or
+/// created with its type as `kubectl create secret` does), it is read.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_secrets_marked_for_idsync_are_read() {
+    let (h, operator, _data) = start().await;
+    // Somebody else's Secret: an Opaque one, applied with kubectl.
+    // (`kubectl create secret` sends protobuf, which the devcluster does not
+    // decode yet.)
+    let apply = |name: &str, yaml: String| {
+        let path = h.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).expect("manifest");
+        path.display().to_string()
+    };
+    let opaque = apply(
+        "db-password",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: db-password}\nstringData: {people.csv: \"id\\nE1\\n\"}\n"
+            .into(),
+    );
+    h.kubectl_ok(&["apply", "-f", &opaque]).await;
+    connection(&h, "sneaky", |c| c.csv_secret("db-password", "people.csv").id_column("id")).await;
+    stalled_with(&h, "sneaky", "SecretNotAllowed").await;
+    let said = condition(&h, "sneaky", conditions::STALLED).await.expect("Stalled").message;
+    assert!(said.contains("kubectl label secret db-password idsync.dev/credentials=true"), "{said}");
+    assert!(!said.contains("E1"), "the Secret's content reached the status: {said}");
+
+    // Marked by a label: read.
+    h.kubectl_ok(&["label", "secret", "db-password", "idsync.dev/credentials=true"]).await;
+    recovered(&h, "sneaky").await;
+
+    // Of idsync's type: read too.
+    let typed = apply(
+        "hr-export",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: hr-export}\ntype: idsync.dev/credentials\nstringData: {people.csv: \"id\\nE2\\n\"}\n"
+            .into(),
+    );
+    h.kubectl_ok(&["apply", "-f", &typed]).await;
+    connection(&h, "typed", |c| c.csv_secret("hr-export", "people.csv").id_column("id")).await;
+    recovered(&h, "typed").await;
     operator.stop().await;
 }

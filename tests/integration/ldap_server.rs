@@ -452,7 +452,7 @@ async fn an_ldap_connection_through_the_operator() {
     let create = |name: &'static str| h.create_request(ResyncRequest::test(name).connections(["idp"]).full());
     let finished = |name: &'static str| h.finished_request(name, Duration::from_secs(60));
     let wrong = "not-the-Password-0815";
-    let secret = |password: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ldap-creds"}, "stringData": {"password": password}});
+    let secret = |password: &str| json!({"apiVersion": "v1", "kind": "Secret", "type": "idsync.dev/credentials", "metadata": {"name": "ldap-creds"}, "stringData": {"password": password}});
     apply(secret(wrong)).await;
     let idp = Connection::test("idp").ldap(&slapd.url(), PEOPLE).bind_dn(ADMIN).credentials("ldap-creds").page_size(1);
     apply(serde_json::to_value(idp.build()).expect("json")).await;

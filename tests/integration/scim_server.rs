@@ -321,7 +321,7 @@ async fn a_scim_connection_through_the_operator() {
             h.finished_request(name, Duration::from_secs(60)).await
         }
     };
-    let secret = |token: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "scim-creds"}, "stringData": {"token": token}});
+    let secret = |token: &str| json!({"apiVersion": "v1", "kind": "Secret", "type": "idsync.dev/credentials", "metadata": {"name": "scim-creds"}, "stringData": {"token": token}});
     apply(secret("not-the-token-0815")).await;
     let idp = Connection::test("idp").scim(&format!("{}/", server.base)).credentials("scim-creds");
     apply(serde_json::to_value(idp.clone().page_size(5).build()).expect("json")).await;

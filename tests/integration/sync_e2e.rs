@@ -843,6 +843,16 @@ async fn a_bad_provider_setting_stalls_the_connection_at_once() {
     assert!(status.last_sync_time.is_none(), "it stalled without a sync");
     let ready = idsync_api::conditions::find(&status.conditions, "Ready").expect("Ready");
     assert_eq!(ready.status, "False");
+
+    // Fixed, it is no longer Stalled.
+    env.connection(hr_export("quoted").csv_config_map("hr-export", "people.csv")).await;
+    let fixed = eventually(Duration::from_secs(30), || async {
+        let status = env.get_connection("quoted").await.status?;
+        let stalled = idsync_api::conditions::find(&status.conditions, "Stalled")?.clone();
+        (stalled.status == "False").then_some(())
+    })
+    .await;
+    assert!(fixed.is_some(), "the fixed Connection stayed Stalled");
 }
 
 /// A run a killed operator left unfinished, and its staging, are closed as

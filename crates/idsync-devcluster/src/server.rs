@@ -86,6 +86,12 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         resolve(&state.registry, &segments).ok_or_else(|| ApiError::no_route(&path))?
     };
     let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    // Bodies are JSON (or YAML for apply). A client that sends protobuf
+    // (kubectl does for built-in kinds) is told 415, as a server without
+    // protobuf would, and client-go then sends JSON.
+    if !body.is_empty() && matches!(method, Method::POST | Method::PUT) && !is_json_or_yaml(&content_type) {
+        return Err(ApiError::unsupported_media_type(&content_type));
+    }
     let watching = method == Method::GET && target.name.is_none() && query.flag("watch");
     let answer = match (&target.name, watching) {
         (_, true) => Answer::Watch,
@@ -202,4 +208,25 @@ fn stream_response(mut lines: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Bo
     let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     response
+}
+
+/// Whether a body of this media type is one the devcluster decodes.
+fn is_json_or_yaml(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    media == "application/json" || media.ends_with("+json") || media == "application/yaml" || media.is_empty()
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::is_json_or_yaml;
+
+    #[test]
+    fn bodies_other_than_json_or_yaml_are_unsupported() {
+        for accepted in ["application/json", "application/json; charset=utf-8", "application/merge-patch+json", ""] {
+            assert!(is_json_or_yaml(accepted), "{accepted}");
+        }
+        for refused in ["application/vnd.kubernetes.protobuf", "application/cbor", "text/plain"] {
+            assert!(!is_json_or_yaml(refused), "{refused}");
+        }
+    }
 }
