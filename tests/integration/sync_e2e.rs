@@ -628,10 +628,10 @@ async fn a_connection_whose_secret_is_missing_is_stalled_until_it_appears() {
     assert!(stalled.message.contains("\"hr-export-secret\""), "{}", stalled.message);
 
     let secrets: Api<Secret> = Api::namespaced(env.h.client.clone(), "default");
-    let secret: Secret = serde_json::from_value(
-        json!({"metadata": {"name": "hr-export-secret"}, "stringData": {"people.csv": export(1..=2)}}),
-    )
-    .expect("secret");
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "hr-export-secret"}, "type": "idsync.dev/credentials",
+               "stringData": {"people.csv": export(1..=2)}}))
+        .expect("secret");
     secrets.create(&PostParams::default(), &secret).await.expect("create secret");
     let ready = eventually(Duration::from_secs(10), || async {
         let s = env.get_connection("hris").await.status?;
