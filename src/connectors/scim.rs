@@ -707,35 +707,12 @@ fn explain_scim_error(error: ConnectorError) -> ConnectorError {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use serde_json::json;
 
     use super::*;
-    use crate::connectors::testing::{handler, respond, serve};
-    use idsync_api::Connection;
-
-    fn spec(base_url: &str, page_size: u32) -> (ConnectionSpec, ScimSettings) {
-        let spec = Connection::test("idp").scim(base_url).credentials("s").page_size(page_size).spec();
-        let settings = spec.expect_scim().clone();
-        (spec, settings)
-    }
-
-    fn inputs(token: &str) -> ProviderInputs {
-        let mut inputs = ProviderInputs::default();
-        inputs.secret.insert("token".into(), token.as_bytes().to_vec());
-        inputs
-    }
-
-    fn fast() -> HttpSettings {
-        HttpSettings {
-            timeout: Duration::from_secs(5),
-            requests_per_second: None,
-            max_retries: 1,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(50),
-        }
-    }
+    use crate::connectors::testing::{
+        fast_http as fast, handler, respond, scim_spec as spec, serve, token_inputs as inputs,
+    };
 
     #[test]
     fn maps_a_realistic_user() {

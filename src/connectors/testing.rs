@@ -88,3 +88,33 @@ pub(crate) fn channel_body() -> (tokio::sync::mpsc::Sender<Result<Bytes, std::io
         .unwrap();
     (tx, response)
 }
+
+/// A scim Connection's spec and settings for `base_url`, `page_size` users
+/// a page.
+pub(crate) fn scim_spec(
+    base_url: &str,
+    page_size: u32,
+) -> (idsync_api::ConnectionSpec, idsync_api::connection::ScimSettings) {
+    use idsync_api::Connection;
+    let spec = Connection::test("idp").scim(base_url).credentials("s").page_size(page_size).spec();
+    let settings = spec.expect_scim().clone();
+    (spec, settings)
+}
+
+/// A provider's inputs holding a bearer `token`.
+pub(crate) fn token_inputs(token: &str) -> super::ProviderInputs {
+    let mut inputs = super::ProviderInputs::default();
+    inputs.secret.insert("token".into(), token.as_bytes().to_vec());
+    inputs
+}
+
+/// One retry and short backoffs, so that a fault shows at once.
+pub(crate) fn fast_http() -> super::http::HttpSettings {
+    super::http::HttpSettings {
+        timeout: std::time::Duration::from_secs(5),
+        requests_per_second: None,
+        max_retries: 1,
+        initial_backoff: std::time::Duration::from_millis(10),
+        max_backoff: std::time::Duration::from_millis(50),
+    }
+}

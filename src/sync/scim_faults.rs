@@ -8,37 +8,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::connectors::ProviderInputs;
-use crate::connectors::http::HttpSettings;
 use crate::connectors::scim::{ERROR_SCHEMA, ScimConnector};
-use crate::connectors::testing::{handler, respond, serve};
+use crate::connectors::testing::{fast_http, handler, respond, scim_spec, serve, token_inputs};
 use crate::model::{RunOutcome, Trigger};
-use idsync_api::connection::ConnectionSpec;
-use idsync_api::{Connection, SyncMode};
-
-/// A scim Connection's spec and settings for `base_url`, `page_size` a page.
-fn spec(base_url: &str, page_size: u32) -> (ConnectionSpec, idsync_api::connection::ScimSettings) {
-    let spec = Connection::test("idp").scim(base_url).credentials("s").page_size(page_size).spec();
-    let settings = spec.expect_scim().clone();
-    (spec, settings)
-}
-
-fn inputs(token: &str) -> ProviderInputs {
-    let mut inputs = ProviderInputs::default();
-    inputs.secret.insert("token".into(), token.as_bytes().to_vec());
-    inputs
-}
-
-/// One retry, short backoffs: a fault shows at once.
-fn fast() -> HttpSettings {
-    HttpSettings {
-        timeout: Duration::from_secs(5),
-        requests_per_second: None,
-        max_retries: 1,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-    }
-}
+use idsync_api::SyncMode;
 
 /// How the fake SCIM server below misbehaves.
 #[derive(Clone, Copy, Debug)]
@@ -95,8 +68,8 @@ async fn fake_scim(fault: Fault) -> crate::connectors::testing::TestServer {
 /// A full sync through the engine into `store` from the fake server.
 async fn sync_from(fault: Fault, store: &std::sync::Arc<dyn crate::store::Store>) -> crate::sync::job::SyncReport {
     let server = fake_scim(fault).await;
-    let (spec, settings) = spec(&format!("{}/scim", server.base), 5);
-    let connector = ScimConnector::with_http_settings(&spec, &settings, &inputs("tok"), fast()).unwrap();
+    let (spec, settings) = scim_spec(&format!("{}/scim", server.base), 5);
+    let connector = ScimConnector::with_http_settings(&spec, &settings, &token_inputs("tok"), fast_http()).unwrap();
     let job = crate::sync::job::SyncJob {
         connection: crate::model::ConnectionRef::new("ns", "idp"),
         mode: SyncMode::Full,
