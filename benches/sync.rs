@@ -64,6 +64,7 @@ async fn sync(store: &Arc<dyn Store>, data: Vec<u8>, label: &str) {
         safeguard: spec.import_safeguard.clone(),
         settings_hash: "bench".into(),
         full_sync_interval: std::time::Duration::from_secs(24 * 3600),
+        max_duration: std::time::Duration::from_secs(3600),
     };
     let started = Instant::now();
     let report = job::run(job, connector, store.clone(), idsync::sync::cancel::Cancel::new()).await;

@@ -277,6 +277,7 @@ async fn run_sync(ctx: Arc<Context>, ticket: Ticket, cancel: Cancel) -> SyncRepo
         safeguard: connection.spec.import_safeguard.clone(),
         settings_hash: inputs::settings_hash(connection),
         full_sync_interval: std::time::Duration::from_secs(u64::from(connection.spec.full_sync_interval_hours) * 3600),
+        max_duration: std::time::Duration::from_secs(u64::from(connection.spec.max_sync_duration_minutes) * 60),
     };
     job::run(job, connector, ctx.store.clone(), cancel).await
 }

@@ -39,6 +39,8 @@ pub struct SyncJob {
     /// when the last successful Full sync is older than this, so deleted
     /// accounts are found.
     pub full_sync_interval: std::time::Duration,
+    /// The longest the sync may run before it is stopped, applying nothing.
+    pub max_duration: std::time::Duration,
 }
 
 /// The store's name for an API sync mode.
@@ -93,6 +95,8 @@ enum Failure {
     Store(#[from] StoreError),
     #[error("cancelled")]
     Cancelled,
+    #[error("ran longer than its deadline")]
+    Deadline(std::time::Duration),
     #[error("{0}")]
     Safeguard(#[from] safeguard::Tripped),
 }
@@ -143,7 +147,9 @@ pub async fn run(job: SyncJob, mut connector: Box<dyn Connector>, store: Arc<dyn
     let result = tokio::select! {
         biased;
         _ = cancel.cancelled() => Err(Failure::Cancelled),
-        result = read_and_stage(&job, connector.as_mut(), &store, run_id, &mut state) => result,
+        result = tokio::time::timeout(job.max_duration, read_and_stage(&job, connector.as_mut(), &store, run_id, &mut state)) => {
+            result.unwrap_or(Err(Failure::Deadline(job.max_duration)))
+        }
     };
 
     let (outcome, message, reason, stalled) = match &result {
@@ -155,6 +161,15 @@ pub async fn run(job: SyncJob, mut connector: Box<dyn Connector>, store: Arc<dyn
             let why = cancel.reason().map_or_else(|| "cancelled".to_string(), |r| format!("cancelled: {r}"));
             (RunOutcome::Cancelled, format!("{why}; nothing was applied"), Some("Cancelled".to_string()), false)
         }
+        Err(Failure::Deadline(limit)) => (
+            RunOutcome::Failed,
+            format!(
+                "the sync ran longer than maxSyncDurationMinutes ({} min) and was stopped; nothing was applied",
+                limit.as_millis().div_ceil(60_000)
+            ),
+            Some("DeadlineExceeded".to_string()),
+            false,
+        ),
         Err(Failure::Safeguard(tripped)) if job.dry_run => (
             RunOutcome::SafeguardTripped,
             format!("dry run: would trip the import safeguard: {tripped}"),
@@ -491,6 +506,7 @@ mod tests {
             safeguard: ImportSafeguard::default(),
             settings_hash: settings_hash.into(),
             full_sync_interval: std::time::Duration::from_secs(24 * 3600),
+            max_duration: std::time::Duration::from_secs(600),
         }
     }
 
@@ -664,5 +680,46 @@ mod tests {
             deleted.fields.iter().find(|f| f.field == "email").and_then(|f| f.before.clone()),
             Some("alan@example.com".into())
         );
+    }
+
+    /// A source that answers its first page and then never again.
+    struct Hangs {
+        served: bool,
+    }
+
+    impl Connector for Hangs {
+        fn capabilities(&self) -> Capabilities {
+            Capabilities { delta: false, delta_deletions: false, groups: false }
+        }
+        fn begin<'a>(&'a mut self, _: SyncMode, _: Option<&'a str>) -> BoxFuture<'a, Result<ReadPlan, ConnectorError>> {
+            Box::pin(async { Ok(ReadPlan { kind: ReadKind::Full, reason: None }) })
+        }
+        fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>, ConnectorError>> {
+            if std::mem::replace(&mut self.served, true) {
+                return Box::pin(std::future::pending());
+            }
+            Box::pin(async { Ok(Some(Page { number: 1, accounts: vec![person("E1", "a@x")], deleted: vec![] })) })
+        }
+        fn cursor(&self) -> Option<String> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sync_past_its_deadline_is_stopped_and_applies_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("store"));
+        let mut slow = job(SyncMode::Full, "h");
+        slow.max_duration = std::time::Duration::from_millis(300);
+        let report = run(slow.clone(), Box::new(Hangs { served: false }), store.clone(), Cancel::new()).await;
+        assert_eq!(report.outcome, RunOutcome::Failed, "{report:?}");
+        assert_eq!(report.reason.as_deref(), Some("DeadlineExceeded"));
+        assert_eq!(
+            report.message,
+            "the sync ran longer than maxSyncDurationMinutes (1 min) and was stopped; nothing was applied"
+        );
+        assert_eq!(store.account_count(&slow.connection).expect("count"), 0, "the first page was applied");
+        let runs = store.runs(&slow.connection, 10).expect("runs");
+        assert_eq!(runs[0].outcome, Some(RunOutcome::Failed), "the run is closed, not left running");
     }
 }

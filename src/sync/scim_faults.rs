@@ -81,6 +81,7 @@ async fn sync_from(fault: Fault, store: &std::sync::Arc<dyn crate::store::Store>
         safeguard: Default::default(),
         settings_hash: "h".into(),
         full_sync_interval: Duration::from_secs(3600),
+        max_duration: Duration::from_secs(60),
     };
     let cancel = crate::sync::cancel::Cancel::new();
     crate::sync::job::run(job, Box::new(connector), store.clone(), cancel).await

@@ -210,6 +210,7 @@ async fn an_invalid_manifest_is_refused_naming_the_field() {
         ("tests/invalid/connection-huge-page-size.yaml", "spec.pageSize"),
         ("tests/invalid/connection-max-delete-count-1e23.yaml", "spec.importSafeguard.maxDeleteCount"),
         ("tests/invalid/connection-timeout-over-ten-minutes.yaml", "spec.requestTimeoutSeconds"),
+        ("tests/invalid/connection-sync-longer-than-a-day.yaml", "spec.maxSyncDurationMinutes"),
     ] {
         let out = h.kubectl(&["apply", "-f", &repo(file).display().to_string()]).await;
         assert!(!out.status.success(), "{file} was accepted");

@@ -170,6 +170,7 @@ fn idsync_validate_refuses_numbers_beyond_their_maxima() {
         "connection-huge-page-size.yaml",
         "connection-max-delete-count-1e23.yaml",
         "connection-timeout-over-ten-minutes.yaml",
+        "connection-sync-longer-than-a-day.yaml",
     ] {
         let path = root().join("tests/invalid").join(file);
         let (field, message) = expectation(&std::fs::read_to_string(&path).expect("read"), &path);

@@ -36,6 +36,7 @@ async fn sync(store: &Arc<dyn Store>, csv: &str, dry_run: bool) -> RunId {
         safeguard: spec.import_safeguard.clone(),
         settings_hash: "h".into(),
         full_sync_interval: std::time::Duration::from_secs(86_400),
+        max_duration: std::time::Duration::from_secs(600),
     };
     let connector = connectors::build(&spec, inputs).expect("connector");
     let report = job::run(job, connector, store.clone(), idsync::sync::cancel::Cancel::new()).await;

@@ -417,6 +417,7 @@ fn sync_job(dry_run: bool) -> idsync::sync::job::SyncJob {
         safeguard: Default::default(),
         settings_hash: "scim".into(),
         full_sync_interval: Duration::from_secs(24 * 3600),
+        max_duration: Duration::from_secs(600),
     }
 }
 

@@ -103,6 +103,14 @@ pub struct ConnectionSpec {
     #[serde(default = "default_full_sync_interval_hours")]
     #[schemars(range(min = 1, max = 720))]
     pub full_sync_interval_hours: u32,
+
+    /// The longest a sync may run, in minutes, from 1 to 1440 (a day;
+    /// default 120). One that runs longer (a source that pages forever,
+    /// hangs between pages) is stopped, applies nothing, fails with reason
+    /// DeadlineExceeded and frees the Connection for the next sync.
+    #[serde(default = "default_max_sync_duration_minutes")]
+    #[schemars(range(min = 1, max = 1440))]
+    pub max_sync_duration_minutes: u32,
 }
 
 fn default_page_size() -> u32 {
@@ -113,6 +121,9 @@ fn default_request_timeout_seconds() -> u32 {
 }
 fn default_full_sync_interval_hours() -> u32 {
     24
+}
+fn default_max_sync_duration_minutes() -> u32 {
+    120
 }
 
 fn connection_spec_rules(schema: &mut schemars::Schema) {
