@@ -649,10 +649,29 @@ struct Preview {
     transitions: BTreeMap<(String, String), Vec<String>>,
     managers: Vec<String>,
     accounts: Vec<String>,
+    /// The first identities that would change, each with what changes.
+    details: Vec<String>,
+}
+
+/// Identities a preview shows one by one, before → after.
+const PREVIEW_IDENTITIES: usize = 10;
+
+/// A value as a preview line shows it: strings bare, `(none)` for absent,
+/// other JSON as JSON, long ones cut.
+fn shown(value: Option<&serde_json::Value>) -> String {
+    let text = match value {
+        None | Some(serde_json::Value::Null) => "(none)".to_string(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    if text.chars().count() > 60 { text.chars().take(57).chain("...".chars()).collect() } else { text }
 }
 
 impl Preview {
     fn record(&mut self, before: &Identity, after: &Identity) {
+        if self.details.len() < PREVIEW_IDENTITIES {
+            self.details.push(Self::detail(before, after));
+        }
         let names: BTreeSet<&String> = before.attributes.keys().chain(after.attributes.keys()).collect();
         for name in names {
             if before.attributes.get(name) != after.attributes.get(name) {
@@ -672,6 +691,34 @@ impl Preview {
         if before.accounts != after.accounts {
             self.accounts.push(after.id.clone());
         }
+    }
+
+    /// `E5: lifecycleState active → terminated, title Engineer → ENGINEER`.
+    fn detail(before: &Identity, after: &Identity) -> String {
+        let mut changes = Vec::new();
+        if before.lifecycle_state != after.lifecycle_state {
+            let state = |s: &Option<String>| s.clone().unwrap_or_else(|| "(none)".to_string());
+            changes.push(format!(
+                "lifecycleState {} → {}",
+                state(&before.lifecycle_state),
+                state(&after.lifecycle_state)
+            ));
+        }
+        let names: BTreeSet<&String> = before.attributes.keys().chain(after.attributes.keys()).collect();
+        for name in names {
+            let (old, new) = (before.attributes.get(name), after.attributes.get(name));
+            if old != new {
+                changes.push(format!("{name} {} → {}", shown(old), shown(new)));
+            }
+        }
+        if before.manager != after.manager {
+            let manager = |m: &Option<String>| m.clone().unwrap_or_else(|| "(none)".to_string());
+            changes.push(format!("manager {} → {}", manager(&before.manager), manager(&after.manager)));
+        }
+        if before.accounts != after.accounts {
+            changes.push(format!("accounts {} → {}", before.accounts.len(), after.accounts.len()));
+        }
+        format!("{}: {}", after.id, changes.join(", "))
     }
 
     fn lines(&self, processed: u64) -> Vec<String> {
@@ -712,6 +759,7 @@ impl Preview {
         if !self.removed.is_empty() {
             lines.push(line("removed".to_string(), &self.removed));
         }
+        lines.extend(self.details.iter().cloned());
         lines
     }
 }
@@ -1012,6 +1060,13 @@ mod tests {
                 "6 of 6 identities would change, 0 would be created, 0 removed".to_string(),
                 "lifecycleState active → terminated: 1 (e.g. E5)".to_string(),
                 "attribute title: 6 (e.g. E1, E2, E3)".to_string(),
+                // Then each identity, before → after (ten at most).
+                "E1: title Engineer → ENGINEER".to_string(),
+                "E2: title Engineer → ENGINEER".to_string(),
+                "E3: title Engineer → ENGINEER".to_string(),
+                "E4: title Engineer → ENGINEER".to_string(),
+                "E5: lifecycleState active → terminated, title Engineer → ENGINEER".to_string(),
+                "E6: title Engineer → ENGINEER".to_string(),
             ]
         );
     }

@@ -360,6 +360,11 @@ async fn manual_apply_policy_waits_previews_and_applies() {
             "4 of 4 identities would change, 0 would be created, 0 removed".to_string(),
             "lifecycleState active → terminated: 3 (e.g. E1, E2, E3)".to_string(),
             "attribute title: 4 (e.g. E1, E2, E3)".to_string(),
+            // Each identity, before → after.
+            "E1: lifecycleState active → terminated, title Engineer → ENGINEER".to_string(),
+            "E2: lifecycleState active → terminated, title Engineer → ENGINEER".to_string(),
+            "E3: lifecycleState active → terminated, title Engineer → ENGINEER".to_string(),
+            "E4: title Engineer → ENGINEER".to_string(),
         ]
     );
     assert_eq!(env.identities("employees"), original, "a dry run commits nothing");
