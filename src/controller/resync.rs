@@ -505,6 +505,11 @@ fn on_done(ctx: &Arc<Context>, namespace: &str, request: &str, connection: &str)
     let ctx = ctx.clone();
     Box::new(move |report: SyncReport| {
         Box::pin(async move {
+            // Stopped by shutdown: the target stays Running, as after a
+            // kill -9, and the next operator runs it.
+            if report.reason.as_deref() == Some(crate::sync::job::SHUTDOWN) {
+                return;
+            }
             let now = Time(Timestamp::now());
             let written = status::update(&api, &request, |r: &mut ResyncRequest| {
                 let generation = r.metadata.generation;

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use jiff::Timestamp;
 
-use super::cancel::Cancel;
+use super::cancel::{Cancel, CancelReason};
 use super::diff::{Diff, PageChanges};
 use super::safeguard;
 use crate::connectors::{Connector, ConnectorError, Page, ReadKind};
@@ -42,6 +42,10 @@ pub struct SyncJob {
     /// The longest the sync may run before it is stopped, applying nothing.
     pub max_duration: std::time::Duration,
 }
+
+/// A report's reason when the operator's shutdown stopped the sync: its
+/// request is left to the next operator, not marked failed.
+pub const SHUTDOWN: &str = "Shutdown";
 
 /// The store's name for an API sync mode.
 pub fn run_mode(mode: SyncMode) -> RunMode {
@@ -157,6 +161,17 @@ pub async fn run(job: SyncJob, mut connector: Box<dyn Connector>, store: Arc<dyn
             (RunOutcome::DryRun, with_note(&state, "dry run: nothing was applied"), None, false)
         }
         Ok(Plan::Commit { .. }) => (RunOutcome::Succeeded, with_note(&state, ""), None, false),
+        // Stopped by shutdown, the sync is interrupted as by a kill -9: its
+        // request keeps waiting for it, and the next operator runs it.
+        Err(Failure::Cancelled) if cancel.reason() == Some(CancelReason::Shutdown) => (
+            RunOutcome::Interrupted,
+            format!(
+                "interrupted: {}; nothing was applied, and the next operator runs it again",
+                CancelReason::Shutdown
+            ),
+            Some(SHUTDOWN.to_string()),
+            false,
+        ),
         Err(Failure::Cancelled) => {
             let why = cancel.reason().map_or_else(|| "cancelled".to_string(), |r| format!("cancelled: {r}"));
             (RunOutcome::Cancelled, format!("{why}; nothing was applied"), Some("Cancelled".to_string()), false)
@@ -586,8 +601,12 @@ mod tests {
         let source =
             Box::new(DeltaSource { began: Arc::default(), served: false, kind: ReadKind::Full, deletions: true });
         let report = run(job(SyncMode::Full, "a"), source, store.clone(), cancel).await;
-        assert_eq!(report.outcome, RunOutcome::Cancelled);
-        assert_eq!(report.message, "cancelled: the operator is shutting down; nothing was applied");
+        assert_eq!(report.outcome, RunOutcome::Interrupted);
+        assert_eq!(report.reason.as_deref(), Some(SHUTDOWN));
+        assert_eq!(
+            report.message,
+            "interrupted: the operator is shutting down; nothing was applied, and the next operator runs it again"
+        );
         let conn = ConnectionRef { namespace: "ns".into(), name: "entra".into() };
         assert_eq!(store.account_count(&conn).expect("count"), 0);
         assert_eq!(store.cursor(&conn).expect("cursor"), None);

@@ -900,3 +900,45 @@ async fn a_restarted_operator_closes_the_runs_a_killed_one_left_at_once() {
     assert_eq!(staging_rows(), 0, "the left run's staging stayed");
     operator.kill();
 }
+
+/// A graceful stop (SIGTERM) mid-sync interrupts the sync as a kill -9
+/// would: nothing is applied, the request is not marked failed, and the
+/// next operator runs it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_stopped_by_shutdown_is_run_again_by_the_next_operator() {
+    let mut env = Env::start().await;
+    let server = CsvServer::start(&export(1..=300)).await;
+    env.url_connection("stopped", &server.url, 50).await;
+    env.sync(full("before", "stopped")).await;
+    let before = env.accounts("stopped");
+
+    server.set(|b| {
+        b.body = export(1..=300).replace("@acme.example", "@after.example");
+        b.delay_per_chunk = Duration::from_millis(300);
+        b.chunk_lines = 50;
+    });
+    env.request(full("during-shutdown", "stopped")).await;
+    let api: Api<ResyncRequest> = Api::namespaced(env.h.client.clone(), "default");
+    eventually(Duration::from_secs(10), || async {
+        let r = api.get("during-shutdown").await.ok()?;
+        (r.status.as_ref()?.targets.first()?.phase == TargetPhase::Running).then_some(())
+    })
+    .await
+    .expect("the sync started");
+    env.operator.take().expect("operator").stop().await;
+    assert_eq!(env.accounts("stopped"), before, "a stopped sync left partial changes");
+    let waiting = api.get("during-shutdown").await.expect("request");
+    assert_eq!(target(&waiting).phase, TargetPhase::Running, "the request was not left for the next operator");
+    let interrupted = env.runs("stopped").into_iter().find(|r| r.outcome == Some(RunOutcome::Interrupted));
+    let interrupted = interrupted.expect("the stopped run is recorded as interrupted");
+    assert!(interrupted.message.contains("the operator is shutting down"), "{}", interrupted.message);
+
+    server.set(|b| b.delay_per_chunk = Duration::ZERO);
+    let successor = Operator::start(&env.h.cluster, env.data.path(), env.clock.clone(), test_config("operator-b"));
+    let request = env.finished("during-shutdown", Duration::from_secs(60)).await;
+    assert_eq!(phase(&request), Some(Phase::Succeeded), "{:#?}", request.status);
+    assert!(
+        env.accounts("stopped").values().all(|a| a.email.as_deref().is_some_and(|e| e.ends_with("@after.example")))
+    );
+    successor.kill();
+}
