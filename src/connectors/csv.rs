@@ -1031,4 +1031,49 @@ mod tests {
         assert!(matches!(e, ConnectorError::Http { status: 404, page: None, .. }), "{e:?}");
         assert_eq!(server.requests(), 1);
     }
+
+    /// A raw HTTP/1.1 server that answers every request with `head` and
+    /// then `body`, and closes the connection: a body cut short.
+    async fn raw_server(head: String, body: String) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(body.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        format!("http://{addr}/export.csv")
+    }
+
+    /// Short reads never delete: a body that ends before its Content-Length,
+    /// or before the last chunk of a chunked body, at a line boundary where
+    /// the rows read so far parse, fails the read instead of passing as a
+    /// shorter export.
+    #[tokio::test]
+    async fn a_body_cut_at_a_line_boundary_fails_the_read() {
+        let full = format!("id,email\n{}", rows(0..1000));
+        let cut = full[..full.len() / 10].rsplit_once('\n').map(|(kept, _)| format!("{kept}\n")).unwrap();
+        let length = raw_server(
+            format!("HTTP/1.1 200 OK\r\ncontent-type: text/csv\r\ncontent-length: {}\r\n\r\n", full.len()),
+            cut.clone(),
+        )
+        .await;
+        let chunked = raw_server(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/csv\r\ntransfer-encoding: chunked\r\n\r\n".to_string(),
+            format!("{:x}\r\n{cut}\r\n", cut.len()),
+        )
+        .await;
+        for url in [length, chunked] {
+            let e = read_all(&mut url_connector(url.clone(), 100, None)).await.unwrap_err();
+            assert!(
+                matches!(e, ConnectorError::Transport { .. } | ConnectorError::Source { .. }),
+                "{url}: a cut body was taken as complete: {e:?}"
+            );
+        }
+    }
 }
