@@ -15,22 +15,7 @@ pub enum ChangeKind {
     Deleted,
 }
 
-impl ChangeKind {
-    pub const ALL: [ChangeKind; 3] = [ChangeKind::Created, ChangeKind::Updated, ChangeKind::Deleted];
-
-    /// The name stored and shown (the variant's).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChangeKind::Created => "Created",
-            ChangeKind::Updated => "Updated",
-            ChangeKind::Deleted => "Deleted",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        ChangeKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
+named!(ChangeKind { Created, Updated, Deleted });
 
 /// One field's value before and after; absent on the side where the field
 /// had no value (everything before a creation, after a deletion).

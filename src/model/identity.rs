@@ -138,19 +138,7 @@ pub enum LinkState {
     Ambiguous,
 }
 
-impl LinkState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LinkState::Correlated => "Correlated",
-            LinkState::Uncorrelated => "Uncorrelated",
-            LinkState::Ambiguous => "Ambiguous",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [LinkState::Correlated, LinkState::Uncorrelated, LinkState::Ambiguous].into_iter().find(|l| l.as_str() == s)
-    }
-}
+named!(LinkState { Correlated, Uncorrelated, Ambiguous });
 
 /// The correlation of one account of a correlated connection.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -64,40 +64,7 @@ pub enum Trigger {
     Manual,
 }
 
-impl Trigger {
-    pub const ALL: [Trigger; 7] = [
-        Trigger::Scheduled,
-        Trigger::Requested,
-        Trigger::RequestedAt,
-        Trigger::EventBased,
-        Trigger::TimeBased,
-        Trigger::SpecChanged,
-        Trigger::Manual,
-    ];
-
-    /// The name stored and shown (the variant's).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Scheduled => "Scheduled",
-            Trigger::Requested => "Requested",
-            Trigger::RequestedAt => "RequestedAt",
-            Trigger::EventBased => "EventBased",
-            Trigger::TimeBased => "TimeBased",
-            Trigger::SpecChanged => "SpecChanged",
-            Trigger::Manual => "Manual",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Trigger::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-}
-
-impl fmt::Display for Trigger {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+named!(Trigger { Scheduled, Requested, RequestedAt, EventBased, TimeBased, SpecChanged, Manual });
 
 /// Which read a sync asks for, or ran (a Delta without a cursor runs Full).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -106,24 +73,7 @@ pub enum RunMode {
     Full,
 }
 
-impl RunMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunMode::Delta => "Delta",
-            RunMode::Full => "Full",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [RunMode::Delta, RunMode::Full].into_iter().find(|m| m.as_str() == s)
-    }
-}
-
-impl fmt::Display for RunMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+named!(RunMode { Delta, Full });
 
 /// What the store records when a run starts.
 #[derive(Clone, Debug)]
@@ -153,39 +103,7 @@ pub enum RunOutcome {
     DryRun,
 }
 
-impl RunOutcome {
-    pub const ALL: [RunOutcome; 6] = [
-        RunOutcome::Succeeded,
-        RunOutcome::Failed,
-        RunOutcome::Interrupted,
-        RunOutcome::Cancelled,
-        RunOutcome::SafeguardTripped,
-        RunOutcome::DryRun,
-    ];
-
-    /// The name stored and shown (the same as the variant's).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunOutcome::Succeeded => "Succeeded",
-            RunOutcome::Failed => "Failed",
-            RunOutcome::Interrupted => "Interrupted",
-            RunOutcome::Cancelled => "Cancelled",
-            RunOutcome::SafeguardTripped => "SafeguardTripped",
-            RunOutcome::DryRun => "DryRun",
-        }
-    }
-
-    /// The outcome named `s` (exactly as [`RunOutcome::as_str`] spells it).
-    pub fn parse(s: &str) -> Option<Self> {
-        RunOutcome::ALL.into_iter().find(|o| o.as_str() == s)
-    }
-}
-
-impl fmt::Display for RunOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+named!(RunOutcome { Succeeded, Failed, Interrupted, Cancelled, SafeguardTripped, DryRun });
 
 /// What a run did to the connection's accounts, as the sync engine counted it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
