@@ -5,8 +5,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use super::output::{
-    CsvWriter, ItemFormat, JsonListWriter, ListFormat, NONE, ReportError, cell, finish, open_store_file, render_item,
-    write_table,
+    CsvWriter, ItemFormat, JsonListWriter, ListFormat, NONE, Pages, ReportError, cell, finish, open_store_file,
+    render_item, write_table,
 };
 use super::{AccountsCommand, ConnectionArgs};
 use crate::model::{Account, ConnectionRef};
@@ -63,34 +63,6 @@ fn account_csv_record(account: &Account) -> Vec<String> {
     ]
 }
 
-/// The connection's accounts in id order, a store page at a time.
-struct Pages<'a> {
-    store: &'a dyn AccountStore,
-    connection: &'a ConnectionRef,
-    after: Option<String>,
-    done: bool,
-}
-
-impl Iterator for Pages<'_> {
-    type Item = Result<Vec<Account>, ReportError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let page = match self.store.list_accounts(self.connection, self.after.as_deref(), PAGE_SIZE) {
-            Ok(page) => page,
-            Err(e) => {
-                self.done = true;
-                return Some(Err(e.into()));
-            }
-        };
-        self.done = page.len() < PAGE_SIZE;
-        self.after = page.last().map(|a| a.id.clone());
-        (!page.is_empty()).then_some(Ok(page))
-    }
-}
-
 /// `accounts list`: every account of the connection, ordered by id, read a
 /// page at a time; CSV and JSON stream, the table (whose widths need every
 /// row) holds its rows. Returns how many it printed; with none, the table
@@ -102,14 +74,12 @@ pub fn list_report(
     out: &mut impl Write,
 ) -> Result<usize, ReportError> {
     ensure_connection(store, connection)?;
-    let pages = Pages { store, connection, after: None, done: false };
+    let accounts =
+        Pages::new(PAGE_SIZE, |a: &Account| a.id.clone(), |after, limit| store.list_accounts(connection, after, limit));
     let mut count = 0;
     match format {
         ListFormat::Table => {
-            let mut rows = Vec::new();
-            for page in pages {
-                rows.extend(page?.iter().map(account_row));
-            }
+            let rows = accounts.map(|a| a.map(|a| account_row(&a))).collect::<Result<Vec<_>, _>>()?;
             count = rows.len();
             if !rows.is_empty() {
                 write_table(&COLUMNS, &rows, out)?;
@@ -117,21 +87,17 @@ pub fn list_report(
         }
         ListFormat::Csv => {
             let mut csv = CsvWriter::begin(&mut *out, &CSV_HEADER)?;
-            for page in pages {
-                for account in page? {
-                    csv.record(&account_csv_record(&account))?;
-                    count += 1;
-                }
+            for account in accounts {
+                csv.record(&account_csv_record(&account?))?;
+                count += 1;
             }
             csv.finish()?;
         }
         ListFormat::Json => {
             let mut json = JsonListWriter::begin(&mut *out, ACCOUNT_LIST_KIND)?;
-            for page in pages {
-                for account in page? {
-                    json.item(&account)?;
-                    count += 1;
-                }
+            for account in accounts {
+                json.item(&account?)?;
+                count += 1;
             }
             json.finish()?;
         }

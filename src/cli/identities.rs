@@ -17,8 +17,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::output::{
-    CsvWriter, ItemFormat, JsonListWriter, ListFormat, NONE, ReportError, cell, finish, open_store_file, render_item,
-    run_length, write_table,
+    CsvWriter, ItemFormat, JsonListWriter, ListFormat, NONE, Pages, ReportError, cell, finish, open_store_file,
+    render_item, run_length, write_table,
 };
 use super::{IdentitiesCommand, ProfileArgs};
 use crate::store::SqliteStore;
@@ -288,49 +288,12 @@ fn list_pages(
     page_size: usize,
     out: &mut impl Write,
 ) -> Result<usize, ReportError> {
-    let pages = Pages { store, profile, state, page_size, after: None, page: Vec::new().into_iter(), done: false };
+    let pages = Pages::new(
+        page_size,
+        |i: &Identity| i.id.clone(),
+        |after, limit| store.list_identities(profile, state, after, limit),
+    );
     render_identities(pages, format, now, out)
-}
-
-/// A profile's identities read from the store a page at a time, each page
-/// after the last id of the one before. An operator committing meanwhile can
-/// make later pages newer than earlier ones, but no identity is listed
-/// twice.
-struct Pages<'a> {
-    store: &'a dyn IdentityStore,
-    profile: &'a ProfileRef,
-    state: Option<&'a str>,
-    page_size: usize,
-    after: Option<String>,
-    page: std::vec::IntoIter<Identity>,
-    /// The last read was short (or failed): nothing more to read.
-    done: bool,
-}
-
-impl Iterator for Pages<'_> {
-    type Item = Result<Identity, ReportError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(identity) = self.page.next() {
-                return Some(Ok(identity));
-            }
-            if self.done {
-                return None;
-            }
-            match self.store.list_identities(self.profile, self.state, self.after.as_deref(), self.page_size) {
-                Err(error) => {
-                    self.done = true;
-                    return Some(Err(error.into()));
-                }
-                Ok(page) => {
-                    self.done = page.len() < self.page_size;
-                    self.after = page.last().map(|i| i.id.clone());
-                    self.page = page.into_iter();
-                }
-            }
-        }
-    }
 }
 
 /// Prints identities as `format` one at a time, as they come (from the

@@ -234,6 +234,62 @@ pub fn run_length(length: jiff::SignedDuration) -> String {
     }
 }
 
+/// Items read from the store a page at a time, each page after the key of
+/// the last item of the one before (keyset paging), so a listing holds one
+/// page in memory whatever its length. A writer committing meanwhile can
+/// make later pages newer than earlier ones, but no item comes twice.
+pub struct Pages<T, F, K> {
+    fetch: F,
+    key: K,
+    page_size: usize,
+    after: Option<String>,
+    page: std::vec::IntoIter<T>,
+    /// The last read was short (or failed): nothing more to read.
+    done: bool,
+}
+
+impl<T, F, K> Pages<T, F, K>
+where
+    F: FnMut(Option<&str>, usize) -> Result<Vec<T>, StoreError>,
+    K: Fn(&T) -> String,
+{
+    /// `fetch(after, limit)` reads the page after `after`; `key` is an
+    /// item's key in the store's order.
+    pub fn new(page_size: usize, key: K, fetch: F) -> Self {
+        Pages { fetch, key, page_size, after: None, page: Vec::new().into_iter(), done: false }
+    }
+}
+
+impl<T, F, K> Iterator for Pages<T, F, K>
+where
+    F: FnMut(Option<&str>, usize) -> Result<Vec<T>, StoreError>,
+    K: Fn(&T) -> String,
+{
+    type Item = Result<T, ReportError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.page.next() {
+                return Some(Ok(item));
+            }
+            if self.done {
+                return None;
+            }
+            match (self.fetch)(self.after.as_deref(), self.page_size) {
+                Err(error) => {
+                    self.done = true;
+                    return Some(Err(error.into()));
+                }
+                Ok(page) => {
+                    self.done = page.len() < self.page_size;
+                    self.after = page.last().map(&self.key);
+                    self.page = page.into_iter();
+                }
+            }
+        }
+    }
+}
+
 /// One object, whole, in JSON (pretty) or YAML.
 pub fn render_item(item: &impl Serialize, format: ItemFormat, out: &mut impl Write) -> Result<(), ReportError> {
     match format {

@@ -426,9 +426,8 @@ fn finish_if_done(s: &mut idsync_api::ResyncRequestStatus, generation: Option<i6
     let Some(phase) = overall_phase(&s.targets, &s.profiles) else {
         // Not done: Running while something runs, Pending while every
         // target waits (for a busy connection, a sync slot, its turn).
-        let running = s.targets.iter().map(|t| t.phase).chain(s.profiles.iter().map(|p| p.phase));
-        s.phase =
-            Some(if running.into_iter().any(|p| p == TargetPhase::Running) { Phase::Running } else { Phase::Pending });
+        let mut phases = s.targets.iter().map(|t| t.phase).chain(s.profiles.iter().map(|p| p.phase));
+        s.phase = Some(if phases.any(|p| p == TargetPhase::Running) { Phase::Running } else { Phase::Pending });
         return;
     };
     s.phase = Some(phase);

@@ -105,6 +105,16 @@ pub enum RunOutcome {
 
 named!(RunOutcome { Succeeded, Failed, Interrupted, Cancelled, SafeguardTripped, DryRun });
 
+impl RunOutcome {
+    /// Whether what the run changed (or would change) is worth keeping and
+    /// showing: it applied it, or showing it is its point (a dry run, a sync
+    /// the safeguard held back). A run that failed or stopped changed
+    /// nothing, and what it had read is no diff.
+    pub fn keeps_changes(self) -> bool {
+        matches!(self, RunOutcome::Succeeded | RunOutcome::DryRun | RunOutcome::SafeguardTripped)
+    }
+}
+
 /// What a run did to the connection's accounts, as the sync engine counted it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {

@@ -2,6 +2,7 @@
 //! against the store, stage the changes, check the import safeguard, and
 //! commit the changes with the new cursor in one transaction — or nothing.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,7 +18,6 @@ use crate::model::{
 use crate::store::{CursorUpdate, StagedChange, Store, StoreError};
 use idsync_api::SyncMode;
 use idsync_api::connection::ImportSafeguard;
-use std::collections::HashMap;
 
 /// What a sync is asked to do.
 #[derive(Clone, Debug)]
@@ -239,11 +239,7 @@ pub async fn run(job: SyncJob, mut connector: Box<dyn Connector>, store: Arc<dyn
         accounts,
         reason,
         stalled,
-        // A run that failed changed nothing: what it had read is no preview.
-        preview: match outcome {
-            RunOutcome::Succeeded | RunOutcome::DryRun | RunOutcome::SafeguardTripped => state.preview.lines(),
-            _ => Vec::new(),
-        },
+        preview: if outcome.keeps_changes() { state.preview.lines() } else { Vec::new() },
     }
 }
 

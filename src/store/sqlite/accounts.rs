@@ -225,7 +225,7 @@ impl AccountStore for SqliteStore {
         self.write(|tx| {
             let key = open_run_connection(tx, run)?;
             record_finish(tx, run, finish)?;
-            if !changes::kept_for(finish.outcome) {
+            if !finish.outcome.keeps_changes() {
                 changes::drop_for_run(tx, run)?;
             }
             drop_staging(tx, run)?;

@@ -5,7 +5,7 @@ use jiff::Timestamp;
 use rusqlite::{Connection, Transaction, params};
 
 use super::codec::{corrupt, from_i64, to_i64};
-use crate::model::{AccountChange, ChangeKind, FieldChange, RunId, RunOutcome};
+use crate::model::{AccountChange, ChangeKind, FieldChange, RunId};
 use crate::store::{Retention, StoreError};
 
 /// Appends `changes` to the run's, numbered after those recorded before.
@@ -53,12 +53,6 @@ pub(super) fn list(
         changes.push((from_i64(seq)?, AccountChange { account_id, kind, fields }));
     }
     Ok(changes)
-}
-
-/// Whether a run that ended so keeps its changes: those that applied them,
-/// and those whose point is to show them (a dry run, a held-back sync).
-pub(super) fn kept_for(outcome: RunOutcome) -> bool {
-    matches!(outcome, RunOutcome::Succeeded | RunOutcome::DryRun | RunOutcome::SafeguardTripped)
 }
 
 pub(super) fn drop_for_run(tx: &Transaction<'_>, run: RunId) -> Result<(), StoreError> {
@@ -111,6 +105,7 @@ mod tests {
     use crate::store::{AccountStore, CursorUpdate, Retention, SqliteStore, StagedChange};
 
     use super::*;
+    use crate::model::RunOutcome;
     use crate::model::{RunMode, Trigger};
 
     fn at(seconds: i64) -> Timestamp {
