@@ -43,7 +43,7 @@ pub fn controller(ctx: Arc<Context>) -> Controller<Connection> {
     use kube::core::PartialObjectMeta;
 
     let client = ctx.client.clone();
-    let controller = Controller::new(Api::<Connection>::all(client.clone()), watcher::Config::default());
+    let controller = super::undecodable::controller::<Connection>(&ctx);
     let store = controller.store();
     let secret_store = store.clone();
     // A Secret or ConfigMap appearing or changing re-checks the Connections

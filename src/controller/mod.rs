@@ -13,6 +13,7 @@ pub mod resync;
 pub mod runner;
 pub mod status;
 pub mod timing;
+pub mod undecodable;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,6 +90,8 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     pub config: Config,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Reports objects that do not decode (see `undecodable`).
+    pub undecodable: undecodable::Reporter,
     /// One processing at a time per profile, whoever starts it (the profile
     /// controller or a ResyncRequest).
     profile_locks: std::sync::Mutex<std::collections::HashMap<crate::model::ProfileRef, Arc<tokio::sync::Mutex<()>>>>,
@@ -148,6 +151,10 @@ impl Context {
     pub fn new(client: Client, store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Arc<Context> {
         Arc::new(Context {
             recorder: Recorder::new(client.clone(), CONTROLLER_NAME, config.identity.clone()),
+            undecodable: undecodable::Reporter::new(
+                client.clone(),
+                Recorder::new(client.clone(), CONTROLLER_NAME, config.identity.clone()),
+            ),
             runner: Arc::new(Runner::new(config.max_concurrent_syncs)),
             client,
             store,

@@ -48,11 +48,13 @@ pub const APPLIED_SPEC_UNREADABLE: &str = "AppliedSpecUnreadable";
 
 pub fn controller(ctx: Arc<Context>) -> Controller<IdentityProfile> {
     let client = ctx.client.clone();
-    let controller = Controller::new(Api::<IdentityProfile>::all(client.clone()), watcher::Config::default());
+    let controller = super::undecodable::controller::<IdentityProfile>(&ctx);
     let profiles = controller.store();
     // A Connection's status moves when a sync commits: the profiles that
     // read it look at their accounts versions then, not minutes later.
-    controller.watches(Api::<Connection>::all(client), watcher::Config::default(), move |c: Connection| {
+    // Lenient: a Connection that does not decode still names its profiles.
+    let connections = Api::<super::undecodable::Lenient<Connection>>::all(client);
+    controller.watches(connections, watcher::Config::default(), move |c| {
         let ns = c.namespace().unwrap_or_default();
         let name = c.name_any();
         profiles

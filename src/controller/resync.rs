@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams};
 use kube::core::SelectorExt;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use super::runner::{OnDone, Start, Ticket, connection_ref, counts_of, summary};
+use super::undecodable::{self, Lenient};
 use super::{Context, Error, events, panics, profile, status, timing};
 use crate::identity::process;
 use crate::model::{RunOutcome, Trigger};
@@ -27,7 +27,7 @@ use idsync_api::resync_request::{Phase, ProfileRunStatus, ResyncTarget, TargetPh
 use idsync_api::{ConcurrencyPolicy, Connection, IdentityProfile, ResyncRequest};
 
 pub fn controller(ctx: Arc<Context>) -> Controller<ResyncRequest> {
-    Controller::new(Api::<ResyncRequest>::all(ctx.client.clone()), watcher::Config::default())
+    super::undecodable::controller(&ctx)
 }
 
 pub fn error_policy(request: Arc<ResyncRequest>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -115,6 +115,22 @@ pub fn resolve_work(
     Ok(Work { connections, profiles })
 }
 
+/// The Connections that do not decode and that the target would select
+/// by what is known of them: all of them, or their labels. (A category
+/// lives in the spec that does not decode; named ones are kept anyway.)
+fn selected_unreadable(spec: &idsync_api::ResyncRequestSpec, set_aside: &[Lenient<Connection>]) -> Vec<String> {
+    if spec.target.profiles.is_some() || !spec.scope.includes_accounts() {
+        return Vec::new();
+    }
+    let target = &spec.target;
+    let selector: Option<kube::core::Selector> = target.selector.clone().and_then(|s| s.try_into().ok());
+    set_aside
+        .iter()
+        .filter(|c| target.all == Some(true) || selector.as_ref().is_some_and(|s| s.matches(c.labels())))
+        .map(|c| c.name_any())
+        .collect()
+}
+
 fn target_finished(p: TargetPhase) -> bool {
     matches!(p, TargetPhase::Succeeded | TargetPhase::Failed | TargetPhase::Rejected | TargetPhase::SafeguardTripped)
 }
@@ -181,15 +197,28 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
 
     // First sight: resolve the target.
     if status.phase.is_none() {
-        let connections: Api<Connection> = Api::namespaced(ctx.client.clone(), &namespace);
-        let listed = connections.list(&ListParams::default()).await.map_err(Error::Kube)?.items;
-        let profiles: Api<IdentityProfile> = Api::namespaced(ctx.client.clone(), &namespace);
+        // Objects that do not decode are set aside (and reported on
+        // themselves) rather than failing the list for every request.
+        let listed = undecodable::list::<Connection>(&ctx.undecodable, &namespace).await.map_err(Error::Kube)?;
         let listed_profiles = if request.spec.scope.includes_identities() {
-            profiles.list(&ListParams::default()).await.map_err(Error::Kube)?.items
+            undecodable::list::<IdentityProfile>(&ctx.undecodable, &namespace).await.map_err(Error::Kube)?.objects
         } else {
             Vec::new()
         };
-        let resolved = resolve_work(&request.spec, &listed, &listed_profiles);
+        let mut resolved = resolve_work(&request.spec, &listed.objects, &listed_profiles);
+        // A Connection the target selects but idsync cannot read gets its
+        // own Failed entry saying why, as a missing named one does.
+        let unreadable = selected_unreadable(&request.spec, &listed.undecodable);
+        match &mut resolved {
+            Ok(work) if !unreadable.is_empty() => {
+                let all: BTreeSet<String> = work.connections.drain(..).chain(unreadable).collect();
+                work.connections = all.into_iter().collect();
+            }
+            Err(WorkError::NoConnection) if !unreadable.is_empty() => {
+                resolved = Ok(Work { connections: unreadable, profiles: Vec::new() });
+            }
+            _ => {}
+        }
         let generation = request.metadata.generation;
         let stamp = Time(now);
         status::update(&api, &name, |r: &mut ResyncRequest| {
@@ -269,7 +298,6 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
     }
 
     // Start what can start.
-    let connections: Api<Connection> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut updates: Vec<(String, TargetPhase, String)> = Vec::new();
     let mut waiting = false;
     for target in status
@@ -277,13 +305,27 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
         .iter()
         .filter(|t| matches!(t.phase, TargetPhase::Pending | TargetPhase::Waiting | TargetPhase::Running))
     {
-        let Some(connection) = connections.get_opt(&target.connection).await.map_err(Error::Kube)? else {
-            updates.push((
-                target.connection.clone(),
-                TargetPhase::Failed,
-                format!("Connection {:?} not found", target.connection),
-            ));
-            continue;
+        let connection = match undecodable::get::<Connection>(&ctx.undecodable, &namespace, &target.connection)
+            .await
+            .map_err(Error::Kube)?
+        {
+            Some(Ok(connection)) => connection,
+            Some(Err(problem)) => {
+                updates.push((
+                    target.connection.clone(),
+                    TargetPhase::Failed,
+                    format!("Connection {:?} cannot be read by idsync: {problem}", target.connection),
+                ));
+                continue;
+            }
+            None => {
+                updates.push((
+                    target.connection.clone(),
+                    TargetPhase::Failed,
+                    format!("Connection {:?} not found", target.connection),
+                ));
+                continue;
+            }
         };
         let conn = connection_ref(&connection);
         if target.phase == TargetPhase::Running {

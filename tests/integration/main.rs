@@ -18,3 +18,4 @@ mod run_command;
 mod runs_cli;
 mod scim_server;
 mod sync_e2e;
+mod undecodable;

@@ -118,3 +118,31 @@ fn a_crd_whose_rule_does_not_compile_is_refused() {
     let error = SchemaValidator::from_schema("Thing.example.com", schema, "things.example.com").expect_err("refused");
     assert!(error.to_string().contains("does not compile"), "{error}");
 }
+
+/// Ratcheting, as Kubernetes does since 1.30: a value an older CRD let in
+/// may stay while other fields change, but no write may set or change it.
+#[test]
+fn an_update_may_keep_a_value_the_schema_now_refuses_but_not_change_to_one() {
+    let v = validator("Connection");
+    let connection = |max_delete_count: Value| {
+        json!({
+            "apiVersion": "idsync.dev/v1alpha1", "kind": "Connection", "metadata": {"name": "hris"},
+            "spec": {"category": "HRIS", "importSafeguard": {"maxDeleteCount": max_delete_count},
+                     "provider": {"type": "csv", "csv": {
+                "source": {"configMapKeyRef": {"name": "hris-export", "key": "people.csv"}}, "idColumn": "id"}}}
+        })
+    };
+    let stored = connection(json!(1e23));
+    let created = v.admit(stored.clone(), None, FieldValidation::Strict).expect_err("too large to create");
+    assert_eq!(created.errors[0].field, "spec.importSafeguard.maxDeleteCount");
+
+    let mut labelled = stored.clone();
+    labelled["metadata"]["labels"] = json!({"team": "people"});
+    labelled["status"] = json!({"conditions": []});
+    assert!(v.admit(labelled, Some(&stored), FieldValidation::Strict).is_ok(), "unchanged, it ratchets");
+
+    let changed = connection(json!(2e23));
+    let refused = v.admit(changed, Some(&stored), FieldValidation::Strict).expect_err("a new bad value");
+    assert_eq!(refused.errors[0].field, "spec.importSafeguard.maxDeleteCount");
+    assert!(v.admit(connection(json!(10)), Some(&stored), FieldValidation::Strict).is_ok(), "the fix is accepted");
+}

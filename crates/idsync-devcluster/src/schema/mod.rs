@@ -152,6 +152,7 @@ impl SchemaValidator {
         defaults::apply_defaults(&self.schema, &mut object);
         validate_metadata(&object, &mut errors);
         structural::validate(&self.schema, &object, "", &mut errors);
+        ratchet(&object, old, &mut errors);
 
         // CEL rules assume the types the schema promised, so (like the API
         // server) they only run on an object that passed the schema.
@@ -172,6 +173,7 @@ impl SchemaValidator {
             }
         }
 
+        ratchet(&object, old, &mut errors);
         if errors.is_empty() {
             Ok(Admitted { object, warnings })
         } else {
@@ -243,6 +245,19 @@ pub fn dns_subdomain_problem(name: &str) -> Option<String> {
 }
 
 /// The value at a dotted field path such as `spec.target.connections[0]`.
+/// Validation ratcheting (KEP-4008, on by default since Kubernetes 1.30):
+/// an update may keep a value the current schema refuses when it does not
+/// change it, so an object stored under an older, looser CRD can still get
+/// its status written, labels edited and other fields fixed. Only errors at
+/// a value present and equal in the old object are dropped.
+fn ratchet(object: &Value, old: Option<&Value>, errors: &mut Vec<FieldError>) {
+    let Some(old) = old else { return };
+    errors.retain(|e| match (lookup(object, &e.field), lookup(old, &e.field)) {
+        (Some(new), Some(before)) => new != before,
+        _ => true,
+    });
+}
+
 fn lookup<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
     let mut current = root;
     if path.is_empty() {
