@@ -84,6 +84,24 @@ impl AccountChange {
         AccountChange { account_id: account.id.clone(), kind: ChangeKind::Created, fields }
     }
 
+    /// The account after this change, given the account before it: what a
+    /// dry run's diff lays over the store when identities are previewed
+    /// with the accounts it would sync. A creation recorded by
+    /// [`AccountChange::creation`] carries only who was created, so only a
+    /// full record ([`AccountChange::between`]) rebuilds the whole account.
+    pub fn apply(&self, before: Option<&Account>) -> Option<Account> {
+        let mut account = match self.kind {
+            ChangeKind::Deleted => return None,
+            ChangeKind::Created => Account::new(self.account_id.clone()),
+            ChangeKind::Updated => before.cloned().unwrap_or_else(|| Account::new(self.account_id.clone())),
+        };
+        for change in &self.fields {
+            set_field(&mut account, &change.field, change.after.as_ref());
+        }
+        account.normalize();
+        Some(account)
+    }
+
     /// One line for a person: `updated E1002: email a@x → b@x, groups [a] → [a, b]`.
     pub fn summary(&self) -> String {
         let verb = match self.kind {
@@ -135,6 +153,33 @@ fn fields(account: Option<&Account>) -> Vec<(String, Value)> {
     }
     out.extend(a.attributes.iter().map(|(k, v)| (format!("attributes.{k}"), v.clone())));
     out
+}
+
+/// Sets one field as [`fields`] names it (`None`: the field has no value).
+/// A value of the wrong shape leaves the field empty rather than guessing.
+fn set_field(account: &mut Account, field: &str, value: Option<&Value>) {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    match field {
+        "username" => account.username = text(value),
+        "email" => account.email = text(value),
+        "displayName" => account.display_name = text(value),
+        // `enabled` is always present; a record without it keeps the default.
+        "enabled" => account.enabled = value.and_then(Value::as_bool).unwrap_or(true),
+        "groups" => {
+            account.groups = value
+                .and_then(Value::as_array)
+                .map(|groups| groups.iter().filter_map(|g| g.as_str().map(str::to_string)).collect())
+                .unwrap_or_default()
+        }
+        other => {
+            if let Some(name) = other.strip_prefix("attributes.") {
+                match value {
+                    Some(v) => account.attributes.insert(name.to_string(), v.clone()),
+                    None => account.attributes.remove(name),
+                };
+            }
+        }
+    }
 }
 
 /// Standard fields first, in their order, then attributes by name.
@@ -230,5 +275,23 @@ mod tests {
             assert_eq!(ChangeKind::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(ChangeKind::parse("created"), None);
+    }
+
+    #[test]
+    fn a_full_change_applied_to_the_account_before_gives_the_account_after() {
+        let mut before = account("E2", "grace@old.example");
+        before.username = Some("grace".into());
+        let mut after = account("E2", "grace@new.example");
+        after.enabled = false;
+        after.username = None;
+        after.groups = vec!["admins".into(), "eng".into()];
+        after.attributes.insert("title".into(), json!({"rank": "Rear Admiral"}));
+        after.attributes.remove("department");
+        let update = AccountChange::between(Some(&before), Some(&after)).expect("updated");
+        assert_eq!(update.apply(Some(&before)), Some(after.clone()));
+        let creation = AccountChange::between(None, Some(&after)).expect("created");
+        assert_eq!(creation.apply(None), Some(after.clone()));
+        let deletion = AccountChange::between(Some(&after), None).expect("deleted");
+        assert_eq!(deletion.apply(Some(&after)), None);
     }
 }

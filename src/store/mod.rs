@@ -89,6 +89,48 @@ pub struct ProcessingSnapshot {
     pub state: ProfileState,
 }
 
+impl ProcessingSnapshot {
+    /// Lays `changes` to `connection`'s accounts over the snapshot, as if
+    /// they had been synced: how a dry run of scope AccountsAndIdentities
+    /// previews the identities with the accounts it would change. Versions
+    /// are left as read; nothing is written.
+    pub fn overlay(&mut self, connection: &str, changes: &[AccountChange]) {
+        let accounts = self.accounts.entry(connection.to_string()).or_default();
+        let mut by_id: BTreeMap<String, (Account, ContentHash)> =
+            accounts.drain(..).map(|(a, hash)| (a.id.clone(), (a, hash))).collect();
+        for change in changes {
+            match change.apply(by_id.get(&change.account_id).map(|(a, _)| a)) {
+                Some(after) => {
+                    let hash = after.content_hash();
+                    by_id.insert(after.id.clone(), (after, hash));
+                }
+                None => {
+                    by_id.remove(&change.account_id);
+                }
+            }
+        }
+        *accounts = by_id.into_values().collect();
+    }
+}
+
+/// Every change a run recorded, in order (read in pages).
+pub fn all_run_changes(store: &dyn AccountStore, run: RunId) -> Result<Vec<AccountChange>, StoreError> {
+    const PAGE: usize = 1000;
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.run_changes(run, after, PAGE)?;
+        let full = page.len() == PAGE;
+        if let Some((last, _)) = page.last() {
+            after = *last;
+        }
+        all.extend(page.into_iter().map(|(_, change)| change));
+        if !full {
+            return Ok(all);
+        }
+    }
+}
+
 /// What a processing run writes, all in one transaction.
 #[derive(Clone, Debug, Default)]
 pub struct ProcessingCommit {

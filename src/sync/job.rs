@@ -146,8 +146,14 @@ pub async fn run(job: SyncJob, mut connector: Box<dyn Connector>, store: Arc<dyn
             };
         }
     };
-    let mut state =
-        Progress { mode: job.mode, note: None, counts: Counts::default(), pages: 0, preview: Preview::default() };
+    let mut state = Progress {
+        mode: job.mode,
+        whole_creations: job.dry_run,
+        note: None,
+        counts: Counts::default(),
+        pages: 0,
+        preview: Preview::default(),
+    };
     let result = tokio::select! {
         biased;
         _ = cancel.cancelled() => Err(Failure::Cancelled),
@@ -245,6 +251,9 @@ pub async fn run(job: SyncJob, mut connector: Box<dyn Connector>, store: Arc<dyn
 
 struct Progress {
     mode: SyncMode,
+    /// Record creations whole, not only who was created: a dry run's diff
+    /// is what identities are previewed with (`ProcessingSnapshot::overlay`).
+    whole_creations: bool,
     note: Option<String>,
     counts: Counts,
     pages: u64,
@@ -334,7 +343,9 @@ async fn stage_page(
         .filter_map(|(change, kind)| {
             let kind = (*kind)?;
             match change {
-                StagedChange::Upsert(after) if kind == ChangeKind::Created => Some(AccountChange::creation(after)),
+                StagedChange::Upsert(after) if kind == ChangeKind::Created && !state.whole_creations => {
+                    Some(AccountChange::creation(after))
+                }
                 StagedChange::Upsert(after) => AccountChange::between(before.get(&after.id), Some(after)),
                 StagedChange::Delete(id) => AccountChange::between(before.get(id), None).or_else(|| {
                     Some(AccountChange { account_id: id.clone(), kind: ChangeKind::Deleted, fields: Vec::new() })
