@@ -92,7 +92,7 @@ struct Elector {
 
 impl Elector {
     fn start(h: &Harness, identity: &str, leaders: &Leaders) -> Elector {
-        Self::start_with(h.client.clone(), config(identity), leaders)
+        Self::start_with(operator_client(h), config(identity), leaders)
     }
 
     fn start_with(client: kube::Client, config: LeaderConfig, leaders: &Leaders) -> Elector {
@@ -189,8 +189,8 @@ async fn of_two_electors_exactly_one_leads() {
     let leaders = Leaders::default();
     // Long enough that only a leader stalled for seconds would lose it.
     let lease_duration = Duration::from_secs(4);
-    let a = Elector::start_with(h.client.clone(), config_for("a", lease_duration), &leaders);
-    let b = Elector::start_with(h.client.clone(), config_for("b", lease_duration), &leaders);
+    let a = Elector::start_with(operator_client(&h), config_for("a", lease_duration), &leaders);
+    let b = Elector::start_with(operator_client(&h), config_for("b", lease_duration), &leaders);
     let (a_ref, b_ref) = (&a, &b);
     eventually(PATIENCE, || async move { (a_ref.led() + b_ref.led() > 0).then_some(()) }).await.expect("someone leads");
     // Several renewals and more than a lease duration: the standby must not
@@ -220,9 +220,9 @@ async fn a_graceful_shutdown_hands_over_at_once() {
     let leaders = Leaders::default();
     // The lease outlives the test: the standby can lead only because the
     // leader released it, not because it expired.
-    let a = Elector::start_with(h.client.clone(), config_for("a", LONG_LEASE), &leaders);
+    let a = Elector::start_with(operator_client(&h), config_for("a", LONG_LEASE), &leaders);
     a.wait_to_lead().await;
-    let b = Elector::start_with(h.client.clone(), config_for("b", LONG_LEASE), &leaders);
+    let b = Elector::start_with(operator_client(&h), config_for("b", LONG_LEASE), &leaders);
     tokio::time::sleep(RENEW).await;
     assert_eq!(b.led(), 0, "the standby took a held lease");
 
@@ -374,7 +374,7 @@ async fn leadership_lost_to_another_holder_is_regained_later() {
 async fn work_that_ends_on_its_own_gives_up_the_lease() {
     let h = Harness::start().await;
     let lead = |_token: CancellationToken| async {};
-    let run = leader::run(h.client.clone(), config("a"), lead, std::future::pending());
+    let run = leader::run(operator_client(&h), config("a"), lead, std::future::pending());
     tokio::time::timeout(PATIENCE, run).await.expect("run returns").expect("run");
     let lease = spec(&read_lease(&h).await);
     assert_eq!(lease.holder_identity, None);
@@ -445,4 +445,9 @@ async fn a_leader_whose_renewals_keep_failing_steps_down_once_its_lease_lapses()
     assert_eq!(spec(&read_lease(&h).await).holder_identity.as_deref(), Some("a"));
     a.shut_down().await;
     assert_eq!(leaders.most.load(Ordering::SeqCst), 1);
+}
+
+/// A client with the chart's permissions, as the operator's pod has.
+fn operator_client(h: &Harness) -> kube::Client {
+    h.cluster.client_as(common::rbac::OPERATOR_USER, common::rbac::chart_rules()).expect("client")
 }

@@ -14,6 +14,7 @@ mod identity_e2e;
 mod ldap_server;
 mod leader;
 mod panic_safety;
+mod rbac;
 mod run_command;
 mod runs_cli;
 mod scim_server;

@@ -64,6 +64,30 @@ impl ApiError {
         e
     }
 
+    /// `secrets "hr" is forbidden: User "system:serviceaccount:idsync:idsync"
+    /// cannot get resource "secrets" in API group "" in the namespace "default"`
+    pub fn forbidden(user: &str, access: &crate::authz::Access, target: &crate::request::Target) -> Self {
+        let qualified = target.rt.qualified();
+        let object = match &target.name {
+            Some(name) => format!("{qualified} {name:?}"),
+            None => qualified.clone(),
+        };
+        let scope = match &target.namespace {
+            Some(ns) => format!("in the namespace {ns:?}"),
+            None => "at the cluster scope".to_string(),
+        };
+        let mut e = Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{object} is forbidden: User {user:?} cannot {} resource {:?} in API group {:?} {scope}",
+                access.verb, access.resource, access.group
+            ),
+        );
+        e.details = Some(details(&qualified, target.name.as_deref().unwrap_or_default()));
+        e
+    }
+
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(405, "MethodNotAllowed", message)
     }

@@ -37,6 +37,7 @@
 pub mod age;
 pub mod api;
 pub mod apply;
+pub mod authz;
 pub mod discovery;
 pub mod error;
 pub mod events;
@@ -106,6 +107,8 @@ pub struct Shared {
     pub config: ServerConfig,
     /// The reads answered, for tests.
     pub reads: reads::Reads,
+    /// Users with their own token and RBAC rules (see `authz`).
+    pub users: authz::Users,
 }
 
 impl Shared {
@@ -174,6 +177,7 @@ impl DevCluster {
             watch_epoch,
             config: ServerConfig { token, address: addr.to_string(), bookmark_interval: config.bookmark_interval },
             reads: reads::Reads::default(),
+            users: authz::Users::default(),
         });
         if let Some(path) = &config.kubeconfig {
             write_kubeconfig(path, addr, &shared.config.token, &tls.ca_pem)
@@ -233,13 +237,34 @@ impl DevCluster {
         self.kubeconfig.as_deref()
     }
 
+    /// A kube-rs client acting as `user`, whose every request is authorized
+    /// against `rules` as RBAC would for a ClusterRole bound to it.
+    pub fn client_as(
+        &self,
+        user: &str,
+        rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
+    ) -> Result<kube::Client, DevClusterError> {
+        let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        self.shared.users.add(token.clone(), user, rules);
+        self.client_with_token(&token)
+    }
+
+    /// The distinct calls (verb, group, resource) `user` made, sorted.
+    pub fn accesses(&self, user: &str) -> Vec<authz::Access> {
+        self.shared.users.accesses(user)
+    }
+
     /// A kube-rs client for this devcluster.
     pub fn client(&self) -> Result<kube::Client, DevClusterError> {
+        self.client_with_token(self.token())
+    }
+
+    fn client_with_token(&self, token: &str) -> Result<kube::Client, DevClusterError> {
         let url: http::Uri =
             self.url().parse().map_err(|e: http::uri::InvalidUri| DevClusterError::Client(e.to_string()))?;
         let mut config = kube::Config::new(url);
         config.default_namespace = "default".to_string();
-        config.auth_info.token = Some(self.token().to_string().into());
+        config.auth_info.token = Some(token.to_string().into());
         config.root_cert = Some(vec![self.ca_der.clone()]);
         kube::Client::try_from(config).map_err(|e| DevClusterError::Client(e.to_string()))
     }

@@ -47,12 +47,10 @@ fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str>
 }
 
 async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let authorized = header_str(&req, header::AUTHORIZATION)
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|token| token == shared.config.token);
-    if !authorized {
+    let token = header_str(&req, header::AUTHORIZATION).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string);
+    let Some(token) = token.filter(|t| *t == shared.config.token || shared.users.knows(t)) else {
         return Err(ApiError::unauthorized());
-    }
+    };
     let method = req.method().clone();
     let path = req.uri().path().trim_end_matches('/').to_string();
     let query = Query::parse(req.uri().query(), header_str(&req, header::USER_AGENT));
@@ -98,6 +96,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         (None, false) => Answer::List,
         (Some(_), false) => Answer::Object,
     };
+    shared.users.authorize(&token, crate::authz::verb(&method, target.name.is_some(), watching), &target)?;
     let representation = Representation::negotiate(accept.as_deref(), answer, query.get("includeObject"))?;
     let resource = target.rt.qualified();
 

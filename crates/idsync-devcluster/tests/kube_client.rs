@@ -437,3 +437,40 @@ async fn asking_a_list_for_one_object_s_metadata_is_not_acceptable() {
         other => panic!("expected 406, got {other:?}"),
     }
 }
+
+/// A user added with RBAC rules may do what they grant, is refused the rest
+/// with the API server's 403 and words, and its calls are tallied.
+#[tokio::test]
+async fn a_user_with_rules_is_authorized_as_rbac_would() {
+    use k8s_openapi::api::rbac::v1::PolicyRule;
+    let h = Harness::start().await;
+    let admin: Api<ConfigMap> = Api::namespaced(h.client.clone(), "default");
+    admin.create(&PostParams::default(), &config_map("settings", "1")).await.expect("admin may");
+    let rules = vec![PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec!["configmaps".to_string()]),
+        verbs: vec!["get".to_string(), "list".to_string()],
+        ..Default::default()
+    }];
+    let reader = h.cluster.client_as("system:serviceaccount:ops:reader", rules).expect("client");
+    let maps: Api<ConfigMap> = Api::namespaced(reader.clone(), "default");
+    assert_eq!(maps.get("settings").await.expect("get is granted").data.expect("data")["value"], "1");
+    assert_eq!(maps.list(&ListParams::default()).await.expect("list is granted").items.len(), 1);
+
+    let refused = maps.delete("settings", &DeleteParams::default()).await.expect_err("delete is not granted");
+    let kube::Error::Api(status) = refused else { panic!("an API error: {refused:?}") };
+    assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        status.message,
+        "configmaps \"settings\" is forbidden: User \"system:serviceaccount:ops:reader\" cannot delete resource \
+         \"configmaps\" in API group \"\" in the namespace \"default\""
+    );
+    let secrets: Api<Secret> = Api::all(reader);
+    let refused = secrets.list(&ListParams::default()).await.expect_err("secrets are not granted");
+    assert!(refused.to_string().contains("cannot list resource \"secrets\" in API group \"\" at the cluster scope"));
+    assert!(admin.get("settings").await.is_ok(), "the refused delete changed nothing");
+
+    let made: Vec<(String, String)> =
+        h.cluster.accesses("system:serviceaccount:ops:reader").into_iter().map(|a| (a.verb, a.resource)).collect();
+    assert_eq!(made, vec![("get".into(), "configmaps".into()), ("list".into(), "configmaps".into())]);
+}

@@ -5,6 +5,7 @@
 pub mod csv_server;
 pub mod faults;
 pub mod operator;
+pub mod rbac;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

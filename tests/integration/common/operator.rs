@@ -65,7 +65,9 @@ impl Operator {
             .expect("operator runtime");
         let client = {
             let _guard = runtime.enter();
-            cluster.client().expect("client")
+            // With exactly the permissions the chart grants: a call it does
+            // not allow fails here as it would in a cluster.
+            cluster.client_as(super::rbac::OPERATOR_USER, super::rbac::chart_rules()).expect("client")
         };
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.join("idsync.db")).expect("store"));
         let identity = config.identity.clone();
