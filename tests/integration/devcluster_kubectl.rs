@@ -266,3 +266,88 @@ async fn a_request_without_the_token_is_unauthorized() {
     let ok = h.kubectl_ok(&["get", "namespaces", "-o", "name"]).await;
     assert!(ok.contains("namespace/default"), "{ok}");
 }
+
+/// A dry-run delete deletes nothing, however the client says "dry run":
+/// kubectl and kube-rs put it in the DeleteOptions body; a query value
+/// other than `All` is refused with 422, as a real server does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_delete_deletes_nothing_however_it_is_asked() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let h = Harness::start().await;
+    for name in ["one", "two"] {
+        h.kubectl_ok(&["create", "configmap", name, "--from-literal=a=b"]).await;
+    }
+    let out = h.kubectl_ok(&["delete", "configmap", "one", "--dry-run=server"]).await;
+    assert!(out.contains("deleted (server dry run)"), "{out}");
+    let out = h.kubectl_ok(&["delete", "configmaps", "--all", "--dry-run=server"]).await;
+    assert!(out.contains("two"), "{out}");
+    let maps: Api<ConfigMap> = Api::namespaced(h.client.clone(), "default");
+    maps.delete("one", &kube::api::DeleteParams::default().dry_run()).await.expect("a kube-rs dry run");
+    let names = |list: kube::core::ObjectList<ConfigMap>| -> Vec<String> {
+        list.items.into_iter().filter_map(|m| m.metadata.name).filter(|n| n != "kube-root-ca.crt").collect()
+    };
+    assert_eq!(names(maps.list(&Default::default()).await.expect("list")), vec!["one", "two"]);
+
+    let request = http::Request::delete("/api/v1/namespaces/default/configmaps/one?dryRun=true")
+        .body(Vec::new())
+        .expect("request");
+    let refused = h.client.request::<serde_json::Value>(request).await.expect_err("refused");
+    let kube::Error::Api(status) = refused else { panic!("an API error: {refused:?}") };
+    assert_eq!(status.code, 422);
+    assert!(
+        status.message.contains("dryRun: Unsupported value: \"true\": supported values: \"All\""),
+        "{}",
+        status.message
+    );
+    assert_eq!(names(maps.list(&Default::default()).await.expect("list")), vec!["one", "two"]);
+    h.kubectl_ok(&["delete", "configmap", "one"]).await;
+    assert_eq!(names(maps.list(&Default::default()).await.expect("list")), vec!["two"], "a real delete deletes");
+}
+
+/// kubectl's imperative commands send protobuf: the credentials Secret a
+/// new user creates first, a ConfigMap from a file, a namespace; with each
+/// kubectl version the devcluster is tested with.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_create_secret_configmap_and_namespace_work() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+    for kubectl in common::kubectls() {
+        let h = Harness::start().await;
+        let run = |args: Vec<String>| {
+            let mut command = h.kubectl_command_of(&kubectl);
+            command.args(&args);
+            async move {
+                let out = command.output().await.expect("kubectl runs");
+                assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            }
+        };
+        let args = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+        run(args("create namespace people")).await;
+        run(args("create secret generic hr-token -n people --from-literal=token=s3cr3t=x")).await;
+        run(args("label secret hr-token -n people idsync.dev/credentials=true")).await;
+        // The README's command for a Secret idsync may read.
+        run(args(
+            "create secret generic scim-credentials -n people --type=idsync.dev/credentials --from-literal=token=t",
+        ))
+        .await;
+        let export = h.dir.path().join("people.csv");
+        std::fs::write(&export, "employee_id,work_email\nE1,a@acme.example\n").expect("export");
+        let mut from_file = args("create configmap hr-export -n people");
+        from_file.push(format!("--from-file=people.csv={}", export.display()));
+        run(from_file).await;
+
+        let namespaces: Api<Namespace> = Api::all(h.client.clone());
+        assert!(namespaces.get("people").await.is_ok(), "{}: the namespace exists", kubectl.display());
+        let secret = Api::<Secret>::namespaced(h.client.clone(), "people").get("hr-token").await.expect("secret");
+        assert_eq!(secret.type_.as_deref(), Some("Opaque"), "the API server's default type");
+        assert_eq!(secret.data.expect("data")["token"].0, b"s3cr3t=x");
+        assert_eq!(secret.metadata.labels.expect("labels")["idsync.dev/credentials"], "true");
+        let typed =
+            Api::<Secret>::namespaced(h.client.clone(), "people").get("scim-credentials").await.expect("secret");
+        assert_eq!(typed.type_.as_deref(), Some("idsync.dev/credentials"));
+        let map = Api::<ConfigMap>::namespaced(h.client.clone(), "people").get("hr-export").await.expect("configmap");
+        assert_eq!(map.data.expect("data")["people.csv"], "employee_id,work_email\nE1,a@acme.example\n");
+        let shown = run(args("get secret hr-token -n people -o jsonpath={.data.token}")).await;
+        assert_eq!(shown.trim(), "czNjcjN0PXg=", "{}", kubectl.display());
+    }
+}

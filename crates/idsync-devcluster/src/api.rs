@@ -625,12 +625,16 @@ fn admit(rt: &ResourceType, name: &str, object: Value, old: Option<&Value>, q: &
 }
 
 /// A Secret's `stringData` is write-only: the API server folds it into
-/// base64 `data`.
+/// base64 `data`. Its type defaults to Opaque.
 fn merge_string_data(secret: &mut Value) {
     use base64::Engine;
     let Some(map) = secret.as_object_mut() else {
         return;
     };
+    // The API server defaults an empty type to Opaque (kubectl sends "").
+    if map.get("type").is_none_or(|t| t.is_null() || t.as_str() == Some("")) {
+        map.insert("type".to_string(), Value::String("Opaque".to_string()));
+    }
     let Some(Value::Object(string_data)) = map.remove("stringData") else {
         return;
     };
@@ -754,21 +758,27 @@ pub fn delete(state: &mut State, t: &Target, body: Option<Value>, q: &Query) -> 
             return Err(ApiError::bad_request(format!("unsupported propagationPolicy {other:?}")));
         }
     };
-    if q.dry_run() {
+    if q.dry_run_checked(Some(&options), "DeleteOptions")? {
         return Ok((200, present(&t.rt, &existing)));
     }
     let result = delete_object(state, &t.rt, &namespace, &name, propagation);
     Ok((200, present(&t.rt, &result)))
 }
 
-pub fn delete_collection(state: &mut State, t: &Target, q: &Query) -> Result<(u16, Value), ApiError> {
+pub fn delete_collection(
+    state: &mut State,
+    t: &Target,
+    options: Option<Value>,
+    q: &Query,
+) -> Result<(u16, Value), ApiError> {
+    let dry_run = q.dry_run_checked(options.as_ref(), "DeleteOptions")?;
     let listed = list(state, t, q)?;
     let namespace = t.storage_namespace();
     let mut deleted = Vec::new();
     for item in listed["items"].as_array().cloned().unwrap_or_default() {
         let name = meta_str(&item, "name").unwrap_or_default().to_string();
         let ns = meta_str(&item, "namespace").map(str::to_string).unwrap_or_else(|| namespace.clone());
-        if !q.dry_run() {
+        if !dry_run {
             delete_object(state, &t.rt, &ns, &name, Propagation::Background);
         }
         deleted.push(item);

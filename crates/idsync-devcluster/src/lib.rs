@@ -14,7 +14,14 @@
 //! watch with bookmarks, timeouts and `410 Gone`, `kubectl get` Tables from
 //! printer columns, metadata-only lists, gets and watches
 //! (`PartialObjectMetadata`), and `metav1.Status` errors. It counts the
-//! reads it answers, by representation ([`DevCluster::reads`]).
+//! reads it answers, by representation ([`DevCluster::reads`]). Dry runs
+//! (`dryRun=All`, in the query or a delete's body) change nothing, and any
+//! other value is a 422. Updates ratchet validation as Kubernetes 1.30+ does
+//! (an unchanged value the schema now refuses may stay). Users added with
+//! [`DevCluster::client_as`] are held to their RBAC rules (403 as the API
+//! server words it) and their calls are tallied ([`DevCluster::accesses`]).
+//! kubectl's protobuf bodies for Secrets, ConfigMaps and Namespaces are read
+//! (`kubectl create secret generic …`).
 //!
 //! Where it differs from a real API server (none of which idsync relies on):
 //! - One process, one lock, objects in memory: nothing survives a restart.
@@ -30,8 +37,12 @@
 //!   see `apply.rs` for exactly where it simplifies.
 //! - Pages of a list (`continue`) read the current state, not a snapshot at
 //!   the first page's resourceVersion; `resourceVersionMatch` is ignored.
-//! - No authorization, admission webhooks, protobuf, or aggregated
-//!   discovery (clients fall back to the per-group documents).
+//! - Authorization is RBAC rules per added user, as one ClusterRole bound
+//!   cluster-wide (no Roles, bindings or aggregation); the kubeconfig's user
+//!   is an admin. No admission webhooks or aggregated discovery (clients
+//!   fall back to the per-group documents). Protobuf is read only for the
+//!   request bodies of the three kinds above and never answered (clients
+//!   accept JSON).
 //! - CEL rule failures render the offending value by its JSON type.
 
 pub mod age;
@@ -43,6 +54,7 @@ pub mod error;
 pub mod events;
 pub mod jsonpath;
 pub mod openapi;
+pub mod protobuf;
 pub mod reads;
 pub mod representation;
 pub mod request;

@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 
+use serde_json::Value;
+
 use super::error::ApiError;
 use super::resources::ResourceType;
-use crate::schema::FieldValidation;
+use crate::schema::{ErrorType, FieldError, FieldValidation};
 
 /// The object(s) a request addresses.
 #[derive(Clone, Debug)]
@@ -65,6 +67,31 @@ impl Query {
 
     pub fn dry_run(&self) -> bool {
         self.get("dryRun") == Some("All")
+    }
+
+    /// Whether a request is a dry run, from the query and, for a delete,
+    /// its `DeleteOptions` body (`dryRun: ["All"]`, where kubectl, client-go,
+    /// kube-rs and the Python client put it). Any value but `All` is
+    /// refused with 422, as the API server validates `*Options`, so a
+    /// client that means "dry run" never really writes.
+    pub fn dry_run_checked(&self, options: Option<&Value>, options_kind: &str) -> Result<bool, ApiError> {
+        let mut values: Vec<String> = self.get("dryRun").map(|v| vec![v.to_string()]).unwrap_or_default();
+        match options.and_then(|o| o.get("dryRun")) {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                values.extend(items.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+            }
+            Some(other) => values.push(other.as_str().map_or_else(|| other.to_string(), str::to_string)),
+        }
+        if let Some(bad) = values.iter().find(|v| *v != "All") {
+            let error = FieldError {
+                field: "dryRun".to_string(),
+                error_type: ErrorType::NotSupported { supported: vec!["All".to_string()] },
+                bad_value: Some(Value::String(bad.clone())),
+            };
+            return Err(ApiError::invalid(options_kind, "meta.k8s.io", "", &[error]));
+        }
+        Ok(!values.is_empty())
     }
 
     pub fn field_validation(&self) -> Result<FieldValidation, ApiError> {

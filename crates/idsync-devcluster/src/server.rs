@@ -83,12 +83,16 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         let state = shared.lock()?;
         resolve(&state.registry, &segments).ok_or_else(|| ApiError::no_route(&path))?
     };
-    let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    // Bodies are JSON (or YAML for apply). A client that sends protobuf
-    // (kubectl does for built-in kinds) is told 415, as a server without
-    // protobuf would, and client-go then sends JSON.
+    let mut body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    // Bodies are JSON (or YAML for apply). kubectl's imperative commands
+    // send protobuf for built-in kinds: those of them kubectl creates are
+    // read (see `protobuf`); any other non-JSON body is told 415, as a
+    // server without protobuf would, and client-go then sends JSON.
     if !body.is_empty() && matches!(method, Method::POST | Method::PUT) && !is_json_or_yaml(&content_type) {
-        return Err(ApiError::unsupported_media_type(&content_type));
+        if !crate::protobuf::is_protobuf(&content_type) {
+            return Err(ApiError::unsupported_media_type(&content_type));
+        }
+        body = Bytes::from(crate::protobuf::to_json(&body)?.to_string());
     }
     let watching = method == Method::GET && target.name.is_none() && query.flag("watch");
     let answer = match (&target.name, watching) {
@@ -97,6 +101,16 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         (Some(_), false) => Answer::Object,
     };
     shared.users.authorize(&token, crate::authz::verb(&method, target.name.is_some(), watching), &target)?;
+    // `?dryRun=` must say `All`; a delete's body is checked where it is read.
+    let options_kind = match method {
+        Method::POST => Some("CreateOptions"),
+        Method::PUT => Some("UpdateOptions"),
+        Method::PATCH => Some("PatchOptions"),
+        _ => None,
+    };
+    if let Some(kind) = options_kind {
+        query.dry_run_checked(None, kind)?;
+    }
     let representation = Representation::negotiate(accept.as_deref(), answer, query.get("includeObject"))?;
     let resource = target.rt.qualified();
 
@@ -136,7 +150,8 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
             Ok(json_response(code, &written(object, representation)))
         }
         Method::DELETE => {
-            let (code, object) = shared.write(|state| api::delete_collection(state, &target, &query))?;
+            let options = if body.is_empty() { None } else { Some(api::parse_body(&body, false)?) };
+            let (code, object) = shared.write(|state| api::delete_collection(state, &target, options, &query))?;
             Ok(json_response(code, &written(object, representation)))
         }
         _ => Err(ApiError::method_not_allowed(format!(

@@ -39,7 +39,12 @@ impl Harness {
     /// A kubectl command against this devcluster, with its own discovery
     /// cache so tests do not share one.
     pub fn kubectl_command(&self) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(kubectl_path());
+        self.kubectl_command_of(&kubectl_path())
+    }
+
+    /// The same with another kubectl binary (another version).
+    pub fn kubectl_command_of(&self, binary: &Path) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(binary);
         command
             .env("KUBECONFIG", self.kubeconfig())
             .env("KUBECACHEDIR", self.dir.path().join("cache"))
@@ -108,6 +113,22 @@ impl Harness {
 
 pub fn kubectl_path() -> PathBuf {
     std::env::var_os("KUBECTL").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("kubectl"))
+}
+
+/// A tool `scripts/test` installs (`$IDSYNC_TOOLS`, by default
+/// `~/.cache/idsync-tools`); the test fails saying how to get it.
+pub fn tool(path: &str) -> PathBuf {
+    let base = std::env::var_os("IDSYNC_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/idsync-tools"));
+    let tool = base.join(path);
+    assert!(tool.exists(), "{} is missing: run ./scripts/test once, which installs it", tool.display());
+    tool
+}
+
+/// Every kubectl the devcluster is tested with: the one on PATH and 1.35.
+pub fn kubectls() -> Vec<PathBuf> {
+    vec![kubectl_path(), tool("kubectl-v35/kubectl")]
 }
 
 pub fn repo(path: &str) -> PathBuf {
