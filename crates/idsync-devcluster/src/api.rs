@@ -204,6 +204,7 @@ pub fn create(state: &mut State, t: &Target, body: Value, q: &Query) -> Result<(
     if t.subresource.is_some() {
         return Err(ApiError::method_not_allowed("a subresource cannot be created"));
     }
+    crate::metadata::check_type(&body, &t.rt)?;
     let mut object = if t.rt.is_event() { events::from_version(&body, &t.rt.api_version()) } else { body };
     let meta = meta_mut(&mut object);
     if meta_name(meta).is_none() {
@@ -226,6 +227,7 @@ fn meta_name(meta: &Map<String, Value>) -> Option<String> {
 }
 
 pub fn replace(state: &mut State, t: &Target, body: Value, q: &Query) -> Result<(u16, Value), ApiError> {
+    crate::metadata::check_type(&body, &t.rt)?;
     let name = t.name.clone().unwrap_or_default();
     let old = state
         .store
@@ -464,6 +466,8 @@ fn write(
 
     // Admission.
     object = admit(rt, &name, object, old.as_ref(), q)?;
+    crate::metadata::validate(&object, rt, &name)?;
+    crate::metadata::drop_empty(&mut object);
 
     // Generation moves on changes outside metadata (and outside status when
     // status is a subresource).

@@ -53,6 +53,7 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod jsonpath;
+pub mod metadata;
 pub mod openapi;
 pub mod protobuf;
 pub mod reads;

@@ -84,6 +84,13 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         resolve(&state.registry, &segments).ok_or_else(|| ApiError::no_route(&path))?
     };
     let mut body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    if body.len() > crate::metadata::MAX_BODY_BYTES {
+        return Err(ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {}", crate::metadata::MAX_BODY_BYTES),
+        ));
+    }
     // Bodies are JSON (or YAML for apply). kubectl's imperative commands
     // send protobuf for built-in kinds: those of them kubectl creates are
     // read (see `protobuf`); any other non-JSON body is told 415, as a

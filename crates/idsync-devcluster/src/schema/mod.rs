@@ -244,7 +244,6 @@ pub fn dns_subdomain_problem(name: &str) -> Option<String> {
     if name.split('.').all(label_ok) { None } else { Some(MESSAGE.to_string()) }
 }
 
-/// The value at a dotted field path such as `spec.target.connections[0]`.
 /// Validation ratcheting (KEP-4008, on by default since Kubernetes 1.30):
 /// an update may keep a value the current schema refuses when it does not
 /// change it, so an object stored under an older, looser CRD can still get
@@ -258,6 +257,7 @@ fn ratchet(object: &Value, old: Option<&Value>, errors: &mut Vec<FieldError>) {
     });
 }
 
+/// The value at a dotted field path such as `spec.target.connections[0]`.
 fn lookup<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
     let mut current = root;
     if path.is_empty() {
