@@ -894,6 +894,7 @@ mod tests {
             max_retries: 3,
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(50),
+            address_policy: HttpSettings::from_spec(&spec).address_policy,
         };
         CsvConnector::with_http_settings(&spec, spec.expect_csv(), inputs, http).unwrap()
     }

@@ -17,4 +17,5 @@ mod panic_safety;
 mod run_command;
 mod runs_cli;
 mod scim_server;
+mod source_addresses;
 mod sync_e2e;
