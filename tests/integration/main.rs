@@ -17,5 +17,6 @@ mod panic_safety;
 mod run_command;
 mod runs_cli;
 mod scim_server;
+mod short_reads;
 mod source_addresses;
 mod sync_e2e;

@@ -397,8 +397,20 @@ impl From<Provider> for ProviderFields {
 
 /// A CSV export, typically from an HR system. The first row names the
 /// columns. A malformed row fails the whole sync with its line number.
+///
+/// A sync never takes an export that arrived cut short for a smaller one
+/// (which would delete the accounts it lacks) when there is a way to tell:
+/// a URL response that ends before its `Content-Length`, or before the last
+/// chunk of a chunked body, fails the read, and so does a row cut before its
+/// last column (it has too few fields). What idsync cannot tell on its own:
+/// a body sent without a length (HTTP/1.0, or a response closed to end it)
+/// and cut at a line boundary looks exactly like a shorter export, and a row
+/// cut inside its last column like a shorter value. `requireTrailingNewline`
+/// catches the second; `rowCountHeader` catches both, when the source states
+/// its row count. The import safeguard bounds what any short read deletes.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = csv_rules)]
 pub struct CsvSettings {
     /// Where the CSV comes from.
     pub source: CsvSource,
@@ -418,6 +430,29 @@ pub struct CsvSettings {
     #[serde(default = "default_groups_separator")]
     #[schemars(length(min = 1, max = 8))]
     pub groups_separator: String,
+    /// Fails a read whose export does not end with a line break: the last
+    /// row may have been cut inside its last column. Most exporters end
+    /// every row with one; default false, since a ConfigMap written with
+    /// `|-` (or from a file without a final newline) does not.
+    #[serde(default)]
+    pub require_trailing_newline: bool,
+    /// `url` sources only: the response header in which the source states
+    /// how many rows (after the header line, blank lines not counted) the
+    /// export holds, e.g. `X-Total-Count`. A read that finds another number
+    /// of rows, or a response without the header, fails instead of
+    /// deleting the accounts of the missing rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"), length(min = 1, max = 256))]
+    pub row_count_header: Option<String>,
+}
+
+fn csv_rules(schema: &mut schemars::Schema) {
+    add_rule(
+        schema,
+        "!has(self.rowCountHeader) || has(self.source.url)",
+        "rowCountHeader applies to url sources only",
+        Some(".rowCountHeader"),
+    );
 }
 
 fn default_delimiter() -> String {
