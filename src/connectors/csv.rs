@@ -27,12 +27,23 @@
 //!   it is not retried, since the earlier pages are already out (the next
 //!   sync reads the export again).
 //!
+//! - **Short reads never delete.** A read that ends early fails instead of
+//!   passing as a smaller export (whose missing rows the sync would
+//!   delete): a URL body that ends before its `Content-Length` or its last
+//!   chunk (the HTTP client reports it), a row cut before its last column
+//!   (too few fields), with `requireTrailingNewline` an export whose last
+//!   row has no line break (cut inside its last column), and with
+//!   `rowCountHeader` an export whose row count differs from the one its
+//!   response states. A body without any stated length that is cut at a
+//!   line boundary cannot be told from a shorter export: only a row count
+//!   from the source can tell.
+//!
 //! The export is always read whole: no deltas, no cursor.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use reqwest::header::{ACCEPT, HeaderValue};
+use reqwest::header::{ACCEPT, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use self::records::{Fields, Records, SplitError};
@@ -61,6 +72,9 @@ struct Settings {
     delimiter: u8,
     groups_separator: String,
     page_size: usize,
+    require_trailing_newline: bool,
+    /// The response header stating the export's row count (url only).
+    row_count_header: Option<HeaderName>,
 }
 
 enum Source {
@@ -134,7 +148,18 @@ impl CsvConnector {
                 Some(column) => Ok(Some(column.to_string())),
             }
         };
+        let row_count_header = match csv.row_count_header.as_deref().map(str::trim) {
+            None => None,
+            Some(_) if csv.source.url.is_none() => {
+                return Err(config("spec.provider.csv.rowCountHeader", "applies to url sources only"));
+            }
+            Some(name) => Some(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                config("spec.provider.csv.rowCountHeader", format!("{name:?} is not an HTTP header name"))
+            })?),
+        };
         let settings = Settings {
+            require_trailing_newline: csv.require_trailing_newline,
+            row_count_header,
             username: column("username", &csv.columns.username)?,
             email: column("email", &csv.columns.email)?,
             display_name: column("displayName", &csv.columns.display_name)?,
@@ -176,6 +201,7 @@ impl CsvConnector {
     }
 
     async fn open(&mut self) -> Result<Reading, ConnectorError> {
+        let mut stated_rows = None;
         let input = match &self.source {
             Source::Data(data) => Input::Data { data: data.clone(), offset: 0, chunk: self.data_chunk.max(1) },
             Source::Url { client, url, token } => {
@@ -183,10 +209,16 @@ impl CsvConnector {
                 if let Some(token) = token {
                     request = request.bearer_auth(token)?;
                 }
-                Input::Http(Box::new(client.send(&request, None).await?))
+                let response = client.send(&request, None).await?;
+                if let Some(header) = &self.settings.row_count_header {
+                    stated_rows =
+                        Some(StatedRows { header: header.clone(), rows: stated_row_count(&response, header)? });
+                }
+                Input::Http(Box::new(response))
             }
         };
         let mut reading = Reading::new(input, self.settings.clone());
+        reading.stated_rows = stated_rows;
         reading.fill(0, None).await?;
         if reading.mapper.layout.is_none() {
             return Err(reading.error.take().unwrap_or_else(|| ConnectorError::Source {
@@ -259,6 +291,28 @@ impl Connector for CsvConnector {
     }
 }
 
+/// The row count a response states, and the header it is in.
+#[derive(Debug)]
+struct StatedRows {
+    header: HeaderName,
+    rows: u64,
+}
+
+/// The row count in `header` of the response: a read that cannot be checked
+/// fails, since the Connection asked for the check.
+fn stated_row_count(response: &Response, header: &HeaderName) -> Result<u64, ConnectorError> {
+    let fail = |what: String| ConnectorError::Source {
+        page: None,
+        message: format!(
+            "{what}; spec.provider.csv.rowCountHeader says the source states its row count there, and without it a \
+             cut export cannot be told from a shorter one"
+        ),
+    };
+    let value = response.headers().get(header).ok_or_else(|| fail(format!("the response has no {header} header")))?;
+    let text = value.to_str().map(str::trim).unwrap_or_default();
+    text.parse::<u64>().map_err(|_| fail(format!("the response's {header} header is not a row count")))
+}
+
 enum Input {
     Data { data: Arc<[u8]>, offset: usize, chunk: usize },
     Http(Box<Response>),
@@ -283,6 +337,10 @@ struct Reading {
     /// The first bad row (or header), raised once `pending` is handed out.
     error: Option<ConnectorError>,
     eof: bool,
+    /// The last byte of the export read so far.
+    last_byte: Option<u8>,
+    /// The row count the source stated, to check at the end.
+    stated_rows: Option<StatedRows>,
     next_number: u64,
     done: bool,
 }
@@ -310,6 +368,8 @@ impl Reading {
             pending: VecDeque::new(),
             error: None,
             eof: false,
+            last_byte: None,
+            stated_rows: None,
             next_number: 1,
             done: false,
         }
@@ -328,12 +388,16 @@ impl Reading {
                     let piece = &data[*offset..end];
                     *offset = end;
                     self.eof = piece.is_empty();
+                    self.last_byte = piece.last().copied().or(self.last_byte);
                     if self.eof { self.records.finish(&mut each) } else { self.records.feed(piece, &mut each) }
                 }
                 Input::Http(response) => {
                     response.set_page(page);
                     match response.chunk().await? {
-                        Some(bytes) => self.records.feed(&bytes, &mut each),
+                        Some(bytes) => {
+                            self.last_byte = bytes.last().copied().or(self.last_byte);
+                            self.records.feed(&bytes, &mut each)
+                        }
                         None => {
                             self.eof = true;
                             self.records.finish(&mut each)
@@ -344,8 +408,36 @@ impl Reading {
             if let Err(error) = split {
                 self.error = Some(self.split_error(error));
             }
+            if self.eof && self.error.is_none() {
+                self.error = self.incomplete();
+            }
         }
         Ok(())
+    }
+
+    /// At the end of a well-formed export: why it may have been cut short,
+    /// by the checks the Connection asked for.
+    fn incomplete(&self) -> Option<ConnectorError> {
+        let settings = &self.mapper.settings;
+        // An empty export (no header) is reported as such.
+        self.mapper.layout.as_ref()?;
+        if settings.require_trailing_newline && !matches!(self.last_byte, Some(b'\n' | b'\r')) {
+            return Some(ConnectorError::Source {
+                page: None,
+                message: "the export does not end with a line break, so its last row may have been cut short \
+                          (spec.provider.csv.requireTrailingNewline is true)"
+                    .to_string(),
+            });
+        }
+        let stated = self.stated_rows.as_ref()?;
+        let read = self.mapper.seen.len() as u64;
+        (read != stated.rows).then(|| ConnectorError::Source {
+            page: None,
+            message: format!(
+                "the export holds {read} rows but its {} header says {}: it was cut short or changed while it was read",
+                stated.header, stated.rows
+            ),
+        })
     }
 
     fn split_error(&self, error: SplitError<ConnectorError>) -> ConnectorError {
@@ -883,7 +975,12 @@ mod tests {
     const TOKEN: &str = "csv-TOKEN-7f3a9";
 
     fn url_connector(url: String, page_size: u32, token: Option<&str>) -> CsvConnector {
-        let spec = from_config_map().csv_url(&url).column("email", "email").page_size(page_size).spec();
+        url_connector_with(from_config_map().csv_url(&url), page_size, token)
+    }
+
+    /// A connector for `csv` (a url source), with e-mail column `email`.
+    fn url_connector_with(csv: ConnectionBuilder, page_size: u32, token: Option<&str>) -> CsvConnector {
+        let spec = csv.column("email", "email").page_size(page_size).spec();
         let mut inputs = ProviderInputs::default();
         if let Some(token) = token {
             inputs.secret.insert("token".into(), format!("{token}\n").into_bytes());
@@ -894,6 +991,7 @@ mod tests {
             max_retries: 3,
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(50),
+            address_policy: HttpSettings::from_spec(&spec).address_policy,
         };
         CsvConnector::with_http_settings(&spec, spec.expect_csv(), inputs, http).unwrap()
     }
@@ -1075,5 +1173,82 @@ mod tests {
                 "{url}: a cut body was taken as complete: {e:?}"
             );
         }
+    }
+
+    /// A row cut inside its last column still has every field: only the
+    /// trailing line break policy tells it from a shorter value.
+    #[tokio::test]
+    async fn require_trailing_newline_fails_a_last_row_without_one() {
+        let cut = b"id,email\n1,a@acme.example\n2,b@acme.exa";
+        let passed = accounts(read_all(&mut data_connector(from_config_map(), 10, cut)).await.unwrap());
+        assert_eq!(passed.len(), 2, "without the policy the cut row passes");
+        let strict = || from_config_map().require_trailing_newline();
+        let e = read_error(strict(), 10, cut).await;
+        assert!(matches!(e, ConnectorError::Source { page: Some(1), .. }), "{e:?}");
+        assert!(!e.is_stalled(), "a cut read fails this sync; the next one reads the export again");
+        assert_eq!(
+            e.to_string(),
+            "page 1: the export does not end with a line break, so its last row may have been cut short \
+             (spec.provider.csv.requireTrailingNewline is true)"
+        );
+        for whole in [&b"id,email\n1,a@x\n2,b@x\n"[..], b"id,email\r\n1,a@x\r\n", b"id,email\r1,a@x\r", b"id\n1\n\n"] {
+            for chunk in [1, 3, 64] {
+                let mut connector = data_connector(strict(), 10, whole);
+                connector.data_chunk = chunk;
+                read_all(&mut connector).await.unwrap();
+            }
+        }
+        // A header alone without a line break is cut short too.
+        assert!(read_error(strict(), 10, b"id,email").await.to_string().contains("does not end with a line break"));
+    }
+
+    /// The case nothing in the transfer shows: a close-delimited body (no
+    /// Content-Length, not chunked) cut at a line boundary. Only a row
+    /// count the source states tells it from a shorter export.
+    #[tokio::test]
+    async fn a_stated_row_count_fails_a_body_cut_at_a_line_boundary() {
+        let full = format!("id,email\n{}", rows(0..1000));
+        let cut = full[..full.len() / 10].rsplit_once('\n').map(|(kept, _)| format!("{kept}\n")).unwrap();
+        let kept_rows = cut.lines().count() - 1;
+        let head =
+            |count: &str| format!("HTTP/1.1 200 OK\r\ncontent-type: text/csv\r\n{count}connection: close\r\n\r\n");
+        let short = raw_server(head("x-total-count: 1000\r\n"), cut.clone()).await;
+        let whole = raw_server(head("X-Total-Count: 1000\r\n"), full.clone()).await;
+        let unstated = raw_server(head(""), full.clone()).await;
+        let garbled = raw_server(head("x-total-count: lots\r\n"), full.clone()).await;
+
+        // Without the setting a cut body passes as a shorter export.
+        let passed = accounts(read_all(&mut url_connector(short.clone(), 100, None)).await.unwrap());
+        assert_eq!(passed.len(), kept_rows);
+
+        let counted =
+            |url: &str| url_connector_with(from_config_map().csv_url(url).row_count_header("X-Total-Count"), 100, None);
+        let e = read_all(&mut counted(&short)).await.unwrap_err();
+        assert!(matches!(e, ConnectorError::Source { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "page {}: the export holds {kept_rows} rows but its x-total-count header says 1000: it was cut short or changed while it was read",
+                kept_rows / 100 + 1
+            )
+        );
+        let read = accounts(read_all(&mut counted(&whole)).await.unwrap());
+        assert_eq!(read.len(), 1000, "a matching count passes");
+        for (url, why) in [(unstated, "the response has no x-total-count header"), (garbled, "is not a row count")] {
+            let e = read_all(&mut counted(&url)).await.unwrap_err();
+            assert!(matches!(e, ConnectorError::Source { page: None, .. }), "{e:?}");
+            assert!(e.to_string().contains(why) && e.to_string().contains("spec.provider.csv.rowCountHeader"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_row_count_header_needs_a_url_source_and_a_header_name() {
+        let data = || ProviderInputs { csv_data: Some(b"id\n".to_vec()), ..Default::default() };
+        let spec = from_config_map().row_count_header("X-Total-Count").spec();
+        let e = build(&spec, data()).err().unwrap();
+        assert_eq!(e.to_string(), "spec.provider.csv.rowCountHeader: applies to url sources only");
+        let spec = from_config_map().csv_url("https://hr.example.com/x.csv").row_count_header("X Count").spec();
+        let e = build(&spec, ProviderInputs::default()).err().unwrap();
+        assert_eq!(e.to_string(), "spec.provider.csv.rowCountHeader: \"X Count\" is not an HTTP header name");
     }
 }

@@ -16,6 +16,12 @@
 //!   [`Response::chunk`]) or read whole ([`HttpClient::send_buffered`],
 //!   [`HttpClient::json`]).
 //!
+//! Every connection goes only where the Connection's `spec.network` allows
+//! ([`super::address`]): names are resolved by a resolver that refuses
+//! loopback and link-local answers, and IP literals (which are never
+//! resolved) are checked on the request and on every redirect hop. A refused
+//! address is [`ConnectorError::AddressNotAllowed`], never retried.
+//!
 //! Secrets stay out of errors and logs: the credentials go into an
 //! `Authorization` header marked sensitive (which reqwest also drops on a
 //! redirect to another origin), headers are never logged, URLs are shown
@@ -37,6 +43,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
+use super::address::{AddressPolicy, AddressRefused, CheckedResolver};
 use super::{ConnectorError, SECRET_FIELD, redact};
 use idsync_api::ConnectionSpec;
 
@@ -62,6 +69,8 @@ pub struct HttpSettings {
     pub initial_backoff: Duration,
     /// The longest wait between two attempts, `Retry-After` included.
     pub max_backoff: Duration,
+    /// Which addresses requests may go to (default: none on loopback).
+    pub address_policy: AddressPolicy,
 }
 
 impl Default for HttpSettings {
@@ -72,17 +81,19 @@ impl Default for HttpSettings {
             max_retries: 4,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            address_policy: AddressPolicy::default(),
         }
     }
 }
 
 impl HttpSettings {
     /// The settings a Connection asks for (`requestTimeoutSeconds`,
-    /// `requestsPerSecond`), with the default retry policy.
+    /// `requestsPerSecond`, `network`), with the default retry policy.
     pub fn from_spec(spec: &ConnectionSpec) -> Self {
         HttpSettings {
             timeout: Duration::from_secs(u64::from(spec.request_timeout_seconds.max(1))),
             requests_per_second: spec.requests_per_second.filter(|rps| *rps > 0),
+            address_policy: AddressPolicy::from_spec(spec),
             ..HttpSettings::default()
         }
     }
@@ -375,11 +386,15 @@ impl HttpClient {
         // reqwest is built without a crypto provider; ring is the process's
         // one. Installing it twice is harmless (the second attempt fails).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+        let policy = settings.address_policy;
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= MAX_REDIRECTS {
                 attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
             } else if !scheme_allowed(attempt.url()) {
                 let refused = format!("refused a redirect to {}: not https", display_url(attempt.url()));
+                attempt.error(refused)
+            } else if let Err(refused) = policy.check_url_host(attempt.url()) {
+                // An IP literal is never resolved: the resolver would not see it.
                 attempt.error(refused)
             } else {
                 attempt.follow()
@@ -389,6 +404,7 @@ impl HttpClient {
             .user_agent(concat!("idsync/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.timeout)
             .redirect(redirects)
+            .dns_resolver(CheckedResolver { policy })
             .build()
             .map_err(|e| ConnectorError::Transport {
                 page: None,
@@ -479,6 +495,9 @@ impl HttpClient {
             limiter.acquire().await;
         }
         let description = request.describe();
+        if let Err(refused) = self.settings.address_policy.check_url_host(&request.url) {
+            return Attempt::Fail(refused.into_error(&description));
+        }
         let timeout = self.settings.timeout;
         let deadline = Instant::now() + timeout;
         let mut builder =
@@ -497,7 +516,7 @@ impl HttpClient {
                     wait: None,
                 };
             }
-            Ok(Err(e)) => return classify_send_error(&e, &description, page, timeout),
+            Ok(Err(e)) => return classify_send_error(&e, request, page, timeout),
             Ok(Ok(response)) => response,
         };
         let status = response.status();
@@ -597,10 +616,18 @@ fn gave_up(error: ConnectorError, attempts: u32) -> ConnectorError {
 
 fn classify_send_error(
     e: &reqwest::Error,
-    description: &str,
+    request: &Request,
     page: Option<u64>,
     timeout: Duration,
 ) -> Attempt<Received> {
+    let description = request.describe();
+    if let Some(refused) = AddressRefused::find(e) {
+        let context = match e.url().filter(|url| **url != request.url) {
+            Some(url) => format!("{description}, redirected to {}", display_url(url)),
+            None => description,
+        };
+        return Attempt::Fail(refused.clone().into_error(&context));
+    }
     let cause = error_chain(e);
     if e.is_timeout() {
         let message = format!("{description}: no response within {} ({cause})", seconds(timeout));
@@ -744,6 +771,8 @@ mod tests {
             max_retries: 4,
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(100),
+            // The test servers listen on 127.0.0.1.
+            address_policy: AddressPolicy { allow_loopback: true },
         }
     }
 
@@ -944,6 +973,108 @@ mod tests {
         assert!(matches!(e, ConnectorError::Transport { .. }), "{e:?}");
         assert!(e.to_string().contains("refused a redirect to http://example.com/x"), "{e}");
         assert_eq!(server.requests(), 3, "a refused redirect is not retried");
+    }
+
+    fn strict(timeout: Duration) -> HttpSettings {
+        HttpSettings { address_policy: AddressPolicy { allow_loopback: false }, ..fast(timeout) }
+    }
+
+    #[tokio::test]
+    async fn loopback_literals_are_refused_without_the_opt_in() {
+        let server = serve(handler(|_, _| Box::pin(async { respond(200, &[], "secret metrics") }))).await;
+        let client = HttpClient::new(strict(Duration::from_secs(5))).unwrap();
+        let e = client.send(&Request::get(server.url("/metrics")), None).await.unwrap_err();
+        assert!(matches!(e, ConnectorError::AddressNotAllowed { .. }), "{e:?}");
+        assert!(e.is_stalled());
+        assert_eq!(e.reason(), "AddressNotAllowed");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "GET {}/metrics: 127.0.0.1, a loopback address; set spec.network.allowLoopback: true if this source really runs on the operator's host",
+                server.base
+            )
+        );
+        assert_eq!(server.requests(), 0, "nothing is sent");
+        // The opt-in lets it through.
+        let client = HttpClient::new(fast(Duration::from_secs(5))).unwrap();
+        assert_eq!(
+            &client.send_buffered(&Request::get(server.url("/metrics")), None).await.unwrap().body[..],
+            b"secret metrics"
+        );
+    }
+
+    #[tokio::test]
+    async fn names_resolving_to_loopback_are_refused_where_they_resolve() {
+        let server = serve(handler(|_, _| Box::pin(async { respond(200, &[], "ok") }))).await;
+        let by_name = server.base.replace("127.0.0.1", "localhost");
+        let url = Url::parse(&format!("{by_name}/x")).unwrap();
+        let client = HttpClient::new(strict(Duration::from_secs(5))).unwrap();
+        let e = client.send(&Request::get(url.clone()), None).await.unwrap_err();
+        assert!(matches!(e, ConnectorError::AddressNotAllowed { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.starts_with(&format!("GET {by_name}/x: localhost resolves to ")), "{text}");
+        assert!(text.contains("a loopback address; set spec.network.allowLoopback: true"), "{text}");
+        assert_eq!(server.requests(), 0, "refused before connecting, and not retried");
+        let client = HttpClient::new(fast(Duration::from_secs(5))).unwrap();
+        client.send_buffered(&Request::get(url), None).await.unwrap();
+        assert_eq!(server.requests(), 1);
+    }
+
+    #[tokio::test]
+    async fn metadata_addresses_are_refused_even_with_the_opt_in() {
+        let client = HttpClient::new(fast(Duration::from_secs(5))).unwrap();
+        for url in ["http://169.254.169.254/latest/meta-data/", "https://metadata.google.internal/computeMetadata/v1/"]
+        {
+            let e = client.send(&Request::get(Url::parse(url).unwrap()), None).await.unwrap_err();
+            assert!(matches!(e, ConnectorError::AddressNotAllowed { .. }), "{url}: {e:?}");
+            assert!(e.to_string().contains("sources may not be there"), "{e}");
+        }
+    }
+
+    /// This host's address on its network (not loopback): the source of a
+    /// UDP socket "connected" (no packet is sent) to a TEST-NET address.
+    fn non_loopback_ip() -> std::net::IpAddr {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+        socket.connect("198.51.100.1:9").expect("a route off this host");
+        let ip = socket.local_addr().expect("local address").ip();
+        assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}");
+        ip
+    }
+
+    /// A server on every interface that redirects every request to `to`.
+    async fn redirecting_server(to: String) -> Url {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let head = format!("HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\n\r\n");
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        Url::parse(&format!("http://{}:{port}/export.csv", non_loopback_ip())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn redirects_to_loopback_are_refused() {
+        let target = serve(handler(|_, _| Box::pin(async { respond(200, &[], "secret") }))).await;
+        let client = HttpClient::new(strict(Duration::from_secs(5))).unwrap();
+        let by_name = target.base.replace("127.0.0.1", "localhost");
+        for (to, refused) in [
+            (format!("{}/admin", target.base), "127.0.0.1, a loopback address"),
+            (format!("{by_name}/admin"), "localhost resolves to "),
+        ] {
+            let start = redirecting_server(to.clone()).await;
+            let e = client.send(&Request::get(start.clone()), None).await.unwrap_err();
+            assert!(matches!(e, ConnectorError::AddressNotAllowed { .. }), "{to}: {e:?}");
+            let text = e.to_string();
+            assert!(text.starts_with(&format!("GET {start}")), "{text}");
+            assert!(text.contains(refused) && text.contains("spec.network.allowLoopback: true"), "{text}");
+        }
+        assert_eq!(target.requests(), 0, "the loopback server is never reached");
     }
 
     #[tokio::test]

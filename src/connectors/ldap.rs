@@ -445,6 +445,7 @@ impl fmt::Debug for Password {
 #[derive(Debug)]
 struct Settings {
     url: String,
+    address_policy: super::address::AddressPolicy,
     start_tls: bool,
     insecure: bool,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -625,6 +626,7 @@ impl LdapConnector {
         };
         let settings = Settings {
             url: url.to_string(),
+            address_policy: super::address::AddressPolicy::from_spec(spec),
             start_tls: ldap.start_tls,
             insecure: ldap.insecure_skip_tls_verify,
             tls,
@@ -681,6 +683,7 @@ fn result_error(settings: &Settings, what: &str, result: &LdapResult) -> Connect
 }
 
 async fn connect(settings: &Settings) -> Result<Ldap, ConnectorError> {
+    super::address::check_url(&settings.url, settings.address_policy, "spec.provider.ldap.url").await?;
     let mut conn = LdapConnSettings::new().set_conn_timeout(settings.timeout).set_starttls(settings.start_tls);
     if settings.insecure {
         conn = conn.set_no_tls_verify(true);

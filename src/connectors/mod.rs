@@ -51,6 +51,7 @@ use futures::future::BoxFuture;
 use crate::model::Account;
 use idsync_api::{ConnectionSpec, Provider, SyncMode};
 
+pub mod address;
 pub mod csv;
 pub mod http;
 pub mod ldap;
@@ -219,6 +220,10 @@ pub enum ConnectorError {
     /// lapsed; Stalled (reason SubscriptionLapsed) until someone renews it.
     #[error("the source refuses service until its subscription is renewed: {message}")]
     SubscriptionLapsed { message: String },
+    /// A source address `spec.network` does not allow (see [`address`]):
+    /// Stalled (reason AddressNotAllowed), saying how to fix it.
+    #[error("{message}")]
+    AddressNotAllowed { message: String },
     /// A bad spec or a missing Secret key: Stalled, naming the field.
     #[error("{field}: {message}")]
     Config { field: String, message: String },
@@ -248,6 +253,7 @@ impl ConnectorError {
             self,
             ConnectorError::Unauthorized { .. }
                 | ConnectorError::SubscriptionLapsed { .. }
+                | ConnectorError::AddressNotAllowed { .. }
                 | ConnectorError::Config { .. }
         )
     }
@@ -261,6 +267,7 @@ impl ConnectorError {
             | ConnectorError::Transport { page, .. } => *page,
             ConnectorError::Unauthorized { .. }
             | ConnectorError::SubscriptionLapsed { .. }
+            | ConnectorError::AddressNotAllowed { .. }
             | ConnectorError::Config { .. }
             | ConnectorError::Cancelled => None,
         }
@@ -271,6 +278,7 @@ impl ConnectorError {
         match self {
             ConnectorError::Unauthorized { .. } => "Unauthorized",
             ConnectorError::SubscriptionLapsed { .. } => "SubscriptionLapsed",
+            ConnectorError::AddressNotAllowed { .. } => "AddressNotAllowed",
             ConnectorError::Config { .. } => "InvalidConfiguration",
             ConnectorError::Source { .. } => "SourceError",
             ConnectorError::Http { .. } => "HttpError",
@@ -289,6 +297,7 @@ impl ConnectorError {
             | ConnectorError::Transport { page, .. } => *page = new_page,
             ConnectorError::Unauthorized { .. }
             | ConnectorError::SubscriptionLapsed { .. }
+            | ConnectorError::AddressNotAllowed { .. }
             | ConnectorError::Config { .. }
             | ConnectorError::Cancelled => {}
         }

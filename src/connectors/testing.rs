@@ -116,5 +116,6 @@ pub(crate) fn fast_http() -> super::http::HttpSettings {
         max_retries: 1,
         initial_backoff: std::time::Duration::from_millis(10),
         max_backoff: std::time::Duration::from_millis(50),
+        address_policy: super::address::AddressPolicy { allow_loopback: true },
     }
 }

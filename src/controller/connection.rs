@@ -1,5 +1,6 @@
 //! The Connection controller: checks what the schema cannot (Secrets,
-//! ConfigMaps, cron and time zone), runs scheduled syncs at their cron times
+//! ConfigMaps, cron and time zone, the addresses its source resolves to),
+//! warns while certificate verification is off, runs scheduled syncs at their cron times
 //! in the connection's time zone, honours `suspend`, turns a new
 //! `idsync.dev/requested-at` value into an ad-hoc Delta sync, and purges a
 //! deleted connection's accounts from the store (finalizer).
@@ -11,15 +12,15 @@ use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
 
 use super::runner::{Start, Ticket, connection_ref};
-use super::{CONNECTION_FINALIZER, Context, Error, guard, inputs, panics, status};
+use super::{CONNECTION_FINALIZER, Context, Error, events, guard, inputs, panics, status};
 use crate::connectors;
 use crate::model::Trigger;
 use crate::sync::cancel::CancelReason;
@@ -37,7 +38,13 @@ const CONFIGURATION_REASONS: &[&str] = &[
     "KeyNotFound",
     "InvalidSchedule",
     "InvalidConfiguration",
+    // Checked on every reconcile too (`address::check_spec`), so one a sync
+    // met is cleared once the source resolves to an allowed address again.
+    "AddressNotAllowed",
 ];
+
+/// The Warning Event when a Connection turns certificate verification off.
+const INSECURE_TLS: &str = "InsecureTLS";
 
 pub fn controller(ctx: Arc<Context>) -> Controller<Connection> {
     use kube::core::PartialObjectMeta;
@@ -161,11 +168,18 @@ async fn apply(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action,
         // not at its first sync.
         Ok(_) => match inputs::resolve(&ctx.client, &connection).await? {
             Err(problem) => Some(problem),
-            Ok(provider_inputs) => connectors::build(&connection.spec, provider_inputs)
-                .err()
-                .map(|e| inputs::Problem { reason: e.reason(), message: e.to_string() }),
+            Ok(provider_inputs) => match connectors::build(&connection.spec, provider_inputs) {
+                Err(e) => Some(inputs::Problem { reason: e.reason(), message: e.to_string() }),
+                Ok(_) => connectors::address::check_spec(&connection.spec)
+                    .await
+                    .err()
+                    .map(|e| inputs::Problem { reason: e.reason(), message: e.to_string() }),
+            },
         },
     };
+    let insecure = insecure_tls(&connection.spec);
+    let was_insecure =
+        status.conditions.iter().any(|c| c.type_ == idsync_api::connection::TLS_VERIFIED && c.status == FALSE);
 
     let mut next_sync = None;
     let mut start: Option<(Trigger, Option<String>)> = None;
@@ -226,9 +240,23 @@ async fn apply(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action,
             stamp: stamp.clone(),
         };
         set_conditions(s, &view);
+        set_tls_condition(s, insecure.as_deref(), generation, stamp.clone());
         *s != before
     })
     .await?;
+    // One Warning when verification is turned off, not one per reconcile.
+    if let (Some(message), false) = (&insecure, was_insecure) {
+        tracing::warn!(connection = %name, %namespace, "{message}");
+        events::publish_as(
+            &ctx.recorder,
+            &connection.object_ref(&()),
+            true,
+            INSECURE_TLS,
+            message.clone(),
+            "Configure",
+        )
+        .await;
+    }
 
     let max = ctx.config.max_requeue;
     let wait = if busy_retry {
@@ -244,6 +272,45 @@ async fn apply(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action,
         }
     };
     Ok(Action::requeue(wait))
+}
+
+/// Why the Connection's certificate verification is off, if it is.
+fn insecure_tls(spec: &idsync_api::ConnectionSpec) -> Option<String> {
+    match &spec.provider {
+        Provider::Ldap(ldap) if ldap.insecure_skip_tls_verify => Some(
+            "spec.provider.ldap.insecureSkipTlsVerify is true: the directory's certificate is not verified, so anyone \
+             on the network path can pose as it and read the bind password; use it for tests only"
+                .to_string(),
+        ),
+        _ => None,
+    }
+}
+
+/// `TLSVerified`: False (reason InsecureSkipTlsVerify) while verification
+/// is off; removed once it is on again, as on every Connection that never
+/// turned it off. A condition and not a suffix of Ready's message: each
+/// sync rewrites Ready, and the warning must stay for as long as it holds.
+fn set_tls_condition(
+    s: &mut idsync_api::ConnectionStatus,
+    insecure: Option<&str>,
+    generation: Option<i64>,
+    stamp: Time,
+) {
+    use idsync_api::connection::TLS_VERIFIED;
+    match insecure {
+        Some(message) => {
+            conditions::set_condition(
+                &mut s.conditions,
+                TLS_VERIFIED,
+                FALSE,
+                "InsecureSkipTlsVerify",
+                message,
+                generation,
+                stamp,
+            );
+        }
+        None => s.conditions.retain(|c| c.type_ != TLS_VERIFIED),
+    }
 }
 
 /// What the Connection's conditions are computed from.

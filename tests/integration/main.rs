@@ -18,5 +18,7 @@ mod rbac;
 mod run_command;
 mod runs_cli;
 mod scim_server;
+mod short_reads;
+mod source_addresses;
 mod sync_e2e;
 mod undecodable;

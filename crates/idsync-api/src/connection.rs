@@ -111,6 +111,12 @@ pub struct ConnectionSpec {
     #[serde(default = "default_max_sync_duration_minutes")]
     #[schemars(range(min = 1, max = 1440))]
     pub max_sync_duration_minutes: u32,
+
+    /// Which addresses the provider may connect to. By default none on the
+    /// operator's own host or on the link-local network (see
+    /// `ConnectionNetwork`).
+    #[serde(default)]
+    pub network: ConnectionNetwork,
 }
 
 fn default_page_size() -> u32 {
@@ -158,6 +164,34 @@ impl Default for ConnectionSchedule {
     fn default() -> Self {
         ConnectionSchedule { cron: vec!["0 3 * * *".to_string()], time_zone: default_time_zone() }
     }
+}
+
+/// Which addresses a Connection's source may be at.
+///
+/// Every connection a provider opens (a csv `url`, a scim `baseUrl`, an
+/// ldap `url`, and every redirect they answer with) is checked on the
+/// addresses its host name resolves to when it connects, so a name that
+/// resolves elsewhere later (DNS rebinding) is caught too:
+///
+/// - loopback (127.0.0.0/8, ::1) and unspecified (0.0.0.0, ::) addresses
+///   are the operator's own host, with its metrics and health ports: refused
+///   unless `allowLoopback` is true;
+/// - link-local addresses (169.254.0.0/16, fe80::/10), where clouds serve
+///   instance metadata and credentials (169.254.169.254,
+///   `metadata.google.internal`), are always refused;
+/// - private ranges (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7)
+///   are allowed: on-premises directories and HR systems live there.
+///
+/// An IPv4-mapped IPv6 address counts as its IPv4 address. A refused
+/// address stalls the Connection with reason `AddressNotAllowed`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionNetwork {
+    /// Lets the source be on the operator's own host (loopback), for a
+    /// source that really runs there: a sidecar, or `idsync dev` on a
+    /// workstation. Default false.
+    #[serde(default)]
+    pub allow_loopback: bool,
 }
 
 /// The import safeguard: a sync that would delete more accounts than this
@@ -363,8 +397,20 @@ impl From<Provider> for ProviderFields {
 
 /// A CSV export, typically from an HR system. The first row names the
 /// columns. A malformed row fails the whole sync with its line number.
+///
+/// A sync never takes an export that arrived cut short for a smaller one
+/// (which would delete the accounts it lacks) when there is a way to tell:
+/// a URL response that ends before its `Content-Length`, or before the last
+/// chunk of a chunked body, fails the read, and so does a row cut before its
+/// last column (it has too few fields). What idsync cannot tell on its own:
+/// a body sent without a length (HTTP/1.0, or a response closed to end it)
+/// and cut at a line boundary looks exactly like a shorter export, and a row
+/// cut inside its last column like a shorter value. `requireTrailingNewline`
+/// catches the second; `rowCountHeader` catches both, when the source states
+/// its row count. The import safeguard bounds what any short read deletes.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = csv_rules)]
 pub struct CsvSettings {
     /// Where the CSV comes from.
     pub source: CsvSource,
@@ -384,6 +430,29 @@ pub struct CsvSettings {
     #[serde(default = "default_groups_separator")]
     #[schemars(length(min = 1, max = 8))]
     pub groups_separator: String,
+    /// Fails a read whose export does not end with a line break: the last
+    /// row may have been cut inside its last column. Most exporters end
+    /// every row with one; default false, since a ConfigMap written with
+    /// `|-` (or from a file without a final newline) does not.
+    #[serde(default)]
+    pub require_trailing_newline: bool,
+    /// `url` sources only: the response header in which the source states
+    /// how many rows (after the header line, blank lines not counted) the
+    /// export holds, e.g. `X-Total-Count`. A read that finds another number
+    /// of rows, or a response without the header, fails instead of
+    /// deleting the accounts of the missing rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"), length(min = 1, max = 256))]
+    pub row_count_header: Option<String>,
+}
+
+fn csv_rules(schema: &mut schemars::Schema) {
+    add_rule(
+        schema,
+        "!has(self.rowCountHeader) || has(self.source.url)",
+        "rowCountHeader applies to url sources only",
+        Some(".rowCountHeader"),
+    );
 }
 
 fn default_delimiter() -> String {
@@ -404,8 +473,9 @@ pub struct CsvSource {
     /// A key of a Secret in the Connection's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key_ref: Option<KeyReference>,
-    /// An `https://` URL (plain `http://` only on loopback). A bearer token,
-    /// if any, comes from the `token` key of the credentials Secret.
+    /// An `https://` URL (plain `http://` only on loopback, which also
+    /// needs `spec.network.allowLoopback`). A bearer token, if any, comes
+    /// from the `token` key of the credentials Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = URL_PATTERN), length(max = 2048))]
     pub url: Option<String>,
@@ -481,7 +551,10 @@ pub struct LdapSettings {
     /// Upgrade an `ldap://` connection with StartTLS.
     #[serde(default)]
     pub start_tls: bool,
-    /// Turns certificate verification off. Only for tests; never in production.
+    /// Turns certificate verification off. Only for tests; never in
+    /// production: anyone on the path could read the bind password. While it
+    /// is set, the Connection's `TLSVerified` condition is False and a
+    /// Warning Event says so when it is turned on.
     #[serde(default)]
     pub insecure_skip_tls_verify: bool,
     /// The DN to bind as (simple bind); the password is in the Secret.
@@ -630,12 +703,17 @@ fn default_github_api_url() -> String {
     "https://api.github.com".to_string()
 }
 
+/// The condition that is False while a Connection's certificate
+/// verification is off (`insecureSkipTlsVerify`); absent otherwise.
+pub const TLS_VERIFIED: &str = "TLSVerified";
+
 /// What the operator observed of a Connection. Its counts and generations
 /// are int64s from 0 to the largest int64.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionStatus {
-    /// `Ready`, `Syncing` and `Stalled`.
+    /// `Ready`, `Syncing` and `Stalled`; and `TLSVerified`, False while an
+    /// ldap Connection has `insecureSkipTlsVerify` (absent otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(transform = super::common::conditions_list)]
     pub conditions: Vec<Condition>,
