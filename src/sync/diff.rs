@@ -4,7 +4,7 @@
 //! Memory: the store's id index plus the ids seen, never the accounts
 //! themselves beyond the page in hand.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::connectors::{Page, ReadKind};
 use crate::model::{Account, ChangeKind, ContentHash, Counts};
@@ -96,6 +96,28 @@ impl Diff {
         unseen
     }
 
+    /// In a Delta read whose source carried the whole membership of the
+    /// `complete` groups: the accounts of `stored` that the read neither
+    /// named nor deleted and that list one of those groups, without them.
+    /// They have left those groups: a source that changes a group without
+    /// moving its members' change stamps only names who is in it now. An
+    /// account the read named already carries its current groups, so it is
+    /// never changed (nor counted) twice.
+    pub fn departures(&self, stored: Vec<Account>, complete: &BTreeSet<String>) -> Vec<Account> {
+        if self.kind != ReadKind::Delta || complete.is_empty() {
+            return Vec::new();
+        }
+        stored
+            .into_iter()
+            .filter(|a| !self.seen.contains(&a.id) && !self.deleted.contains(&a.id))
+            .filter_map(|mut account| {
+                let before = account.groups.len();
+                account.groups.retain(|g| !complete.contains(g));
+                (account.groups.len() != before).then_some(account)
+            })
+            .collect()
+    }
+
     /// After the last page: the deletions a full read implies (stored ids
     /// the source no longer has) and the counts.
     pub fn finish(mut self) -> (Vec<StagedChange>, Counts) {
@@ -168,6 +190,67 @@ mod tests {
         let (deletions, counts) = diff.finish();
         assert!(deletions.is_empty(), "a delta implies no deletions beyond those it names");
         assert_eq!(counts, Counts { created: 1, updated: 0, deleted: 1, unchanged: 0 });
+    }
+
+    fn member(id: &str, groups: &[&str]) -> Account {
+        let mut a = account(id, &format!("{id}@x"));
+        a.groups = groups.iter().map(|g| g.to_string()).collect();
+        a.normalize();
+        a
+    }
+
+    fn complete(groups: &[&str]) -> BTreeSet<String> {
+        groups.iter().map(|g| g.to_string()).collect()
+    }
+
+    #[test]
+    fn a_delta_with_complete_groups_takes_them_off_the_accounts_it_did_not_name() {
+        // Stored: bob and dan in eng, carol in eng and ops, erin in ops only.
+        let stored = [
+            member("alice", &[]),
+            member("bob", &["eng", "all"]),
+            member("carol", &["eng", "ops"]),
+            member("dan", &["eng"]),
+            member("erin", &["ops"]),
+        ];
+        let mut diff = Diff::new(index(&stored), ReadKind::Delta);
+        // The delta: eng changed and now holds alice and carol (who also
+        // changed e-mail); dan was deleted at the source.
+        let mut carol = member("carol", &["eng", "ops"]);
+        carol.email = Some("carol@new".into());
+        let changes = diff.page(Page {
+            number: 1,
+            accounts: vec![member("alice", &["eng"]), carol],
+            deleted: vec!["dan".into()],
+        });
+        assert_eq!(
+            changes.kinds,
+            vec![Some(ChangeKind::Updated), Some(ChangeKind::Updated), Some(ChangeKind::Deleted)]
+        );
+        let left = diff.departures(stored.to_vec(), &complete(&["eng"]));
+        assert_eq!(
+            left,
+            vec![member("bob", &["all"])],
+            "only bob left eng; carol was named, dan deleted, erin never in it"
+        );
+
+        let changes = diff.page(Page { number: 2, accounts: left, deleted: vec![] });
+        assert_eq!(changes.kinds, vec![Some(ChangeKind::Updated)]);
+        let (deletions, counts) = diff.finish();
+        assert!(deletions.is_empty());
+        assert_eq!(counts, Counts { created: 0, updated: 3, deleted: 1, unchanged: 0 }, "carol counted once");
+    }
+
+    #[test]
+    fn departures_need_a_delta_and_a_complete_group() {
+        let stored = [member("bob", &["eng"])];
+        let full = Diff::new(index(&stored), ReadKind::Full);
+        assert!(full.departures(stored.to_vec(), &complete(&["eng"])).is_empty(), "a full read names everyone");
+        let delta = Diff::new(index(&stored), ReadKind::Delta);
+        assert!(delta.departures(stored.to_vec(), &complete(&[])).is_empty());
+        assert!(delta.departures(stored.to_vec(), &complete(&["Eng", "ops"])).is_empty(), "names match exactly");
+        // A group emptied of everyone: every stored member leaves it.
+        assert_eq!(delta.departures(stored.to_vec(), &complete(&["eng"])), vec![member("bob", &[])]);
     }
 
     #[test]

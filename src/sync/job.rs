@@ -2,7 +2,7 @@
 //! against the store, stage the changes, check the import safeguard, and
 //! commit the changes with the new cursor in one transaction — or nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -347,6 +347,42 @@ async fn stage_page(
     Ok(())
 }
 
+/// Stored accounts read per store call when looking for the members who
+/// left a group: bounds memory whatever the connection's size.
+const DEPARTURE_SCAN: usize = 1000;
+
+/// After a Delta read that carried the whole membership of `complete`
+/// groups: stages, as ordinary updates, the stored accounts that list one
+/// of them but were not among the members read, without those groups.
+async fn stage_departures(
+    store: &Arc<dyn Store>,
+    conn: &ConnectionRef,
+    run_id: RunId,
+    diff: &mut Diff,
+    complete: &BTreeSet<String>,
+    state: &mut Progress,
+) -> Result<(), Failure> {
+    let mut after: Option<String> = None;
+    loop {
+        let batch = {
+            let conn = conn.clone();
+            let after = after.clone();
+            blocking(store, move |s| s.list_accounts(&conn, after.as_deref(), DEPARTURE_SCAN)).await?
+        };
+        let full_batch = batch.len() == DEPARTURE_SCAN;
+        after = batch.last().map(|a| a.id.clone());
+        let left = diff.departures(batch, complete);
+        if !left.is_empty() {
+            tracing::debug!(connection = %conn, accounts = left.len(), "accounts left groups read in full");
+            let changes = diff.page(Page { number: state.pages, accounts: left, deleted: Vec::new() });
+            stage_page(store, conn, run_id, changes, state).await?;
+        }
+        if !full_batch || after.is_none() {
+            return Ok(());
+        }
+    }
+}
+
 /// Adds a sentence to the run's message.
 fn add_note(state: &mut Progress, note: String) {
     state.note = Some(match state.note.take() {
@@ -414,6 +450,12 @@ async fn read_and_stage(
         state.pages += 1;
         let changes = diff.page(page);
         stage_page(store, &conn, run_id, changes, state).await?;
+    }
+    if plan.kind == ReadKind::Delta {
+        let complete: BTreeSet<String> = connector.complete_groups().into_iter().collect();
+        if !complete.is_empty() {
+            stage_departures(store, &conn, run_id, &mut diff, &complete, state).await?;
+        }
     }
     // Before deleting what the listing did not name, ask the source about
     // each: a live account it skipped is kept (with what the source says
@@ -695,6 +737,101 @@ mod tests {
             deleted.fields.iter().find(|f| f.field == "email").and_then(|f| f.before.clone()),
             Some("alan@example.com".into())
         );
+    }
+
+    /// A delta-capable source that serves `accounts` in one page and reports
+    /// `complete` as the groups whose membership it read in full.
+    struct GroupSource {
+        accounts: Option<Vec<Account>>,
+        complete: Vec<String>,
+        kind: ReadKind,
+    }
+
+    impl Connector for GroupSource {
+        fn capabilities(&self) -> Capabilities {
+            Capabilities { delta: true, delta_deletions: true, groups: true }
+        }
+        fn begin<'a>(
+            &'a mut self,
+            mode: SyncMode,
+            cursor: Option<&'a str>,
+        ) -> BoxFuture<'a, Result<ReadPlan, ConnectorError>> {
+            self.kind = if mode == SyncMode::Delta && cursor.is_some() { ReadKind::Delta } else { ReadKind::Full };
+            let kind = self.kind;
+            Box::pin(async move { Ok(ReadPlan { kind, reason: None }) })
+        }
+        fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>, ConnectorError>> {
+            let page = self.accounts.take().map(|accounts| Page { number: 1, accounts, deleted: vec![] });
+            Box::pin(async move { Ok(page) })
+        }
+        fn cursor(&self) -> Option<String> {
+            Some("c".into())
+        }
+        fn complete_groups(&self) -> Vec<String> {
+            self.complete.clone()
+        }
+    }
+
+    fn in_groups(id: &str, groups: &[&str]) -> Account {
+        let mut a = person(id, &format!("{id}@example.com"));
+        a.groups = groups.iter().map(|g| g.to_string()).collect();
+        a
+    }
+
+    #[tokio::test]
+    async fn a_delta_that_read_a_group_whole_takes_it_off_those_who_left() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("store"));
+        let source = |accounts: Vec<Account>, complete: &[&str]| -> Box<dyn Connector> {
+            Box::new(GroupSource {
+                accounts: Some(accounts),
+                complete: complete.iter().map(|g| g.to_string()).collect(),
+                kind: ReadKind::Full,
+            })
+        };
+        // Enough accounts that the scan for departures takes several batches.
+        let mut everyone: Vec<Account> = (0..2500).map(|i| in_groups(&format!("U{i:04}"), &["all"])).collect();
+        everyone.push(in_groups("bob", &["all", "eng"]));
+        everyone.push(in_groups("carol", &["eng"]));
+        everyone.push(in_groups("alice", &["all"]));
+        let first = run(job(SyncMode::Full, "h"), source(everyone, &[]), store.clone(), Cancel::new()).await;
+        assert_eq!((first.outcome, first.counts.created), (RunOutcome::Succeeded, 2503), "{first:?}");
+
+        // eng changed at the source: alice joined, bob left, carol stayed.
+        let delta = run(
+            job(SyncMode::Delta, "h"),
+            source(vec![in_groups("alice", &["all", "eng"]), in_groups("carol", &["eng"])], &["eng"]),
+            store.clone(),
+            Cancel::new(),
+        )
+        .await;
+        assert_eq!((delta.outcome, delta.mode), (RunOutcome::Succeeded, SyncMode::Delta), "{delta:?}");
+        assert_eq!(delta.counts, Counts { created: 0, updated: 2, deleted: 0, unchanged: 1 }, "{delta:?}");
+        let changes: Vec<String> = store
+            .run_changes(delta.run.expect("a run"), 0, 100)
+            .expect("changes")
+            .into_iter()
+            .map(|(_, c)| c.summary())
+            .collect();
+        assert_eq!(
+            changes,
+            ["update alice: groups [\"all\"] → [\"all\",\"eng\"]", "update bob: groups [\"all\",\"eng\"] → [\"all\"]",]
+        );
+        let conn = ConnectionRef { namespace: "ns".into(), name: "entra".into() };
+        let groups = |id: &str| store.get_account(&conn, id).expect("read").expect("stored").groups;
+        assert_eq!(groups("bob"), ["all"]);
+        assert_eq!(groups("alice"), ["all", "eng"]);
+        assert_eq!(groups("U0001"), ["all"]);
+
+        // The same membership again: nothing changes.
+        let again = run(
+            job(SyncMode::Delta, "h"),
+            source(vec![in_groups("alice", &["all", "eng"]), in_groups("carol", &["eng"])], &["eng"]),
+            store.clone(),
+            Cancel::new(),
+        )
+        .await;
+        assert_eq!(again.counts, Counts { created: 0, updated: 0, deleted: 0, unchanged: 2 }, "{again:?}");
     }
 
     /// A source that answers its first page and then never again.
