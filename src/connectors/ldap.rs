@@ -37,10 +37,14 @@
 //!   mode: the member DNs under `baseDn`, one by one), each once, and
 //!   reports the names as complete ([`Connector::complete_groups`]): the
 //!   engine takes them off whoever is no longer a member. A renamed group
-//!   is a changed group under its new name. A deleted group goes unseen by
-//!   a delta (its entry is gone, and with it who was in it; the content
-//!   synchronisation names the deleted entry among every other deleted
-//!   entry): the next Full read takes it off its former members.
+//!   is a changed group under its new name. A deleted group's entry is
+//!   gone, and with it who was in it: content synchronisation names it
+//!   among the deleted entries, which are no stored account, and the
+//!   engine then asks [`Connector::groups_present`] (one search of the
+//!   group entries under the same base) and takes the groups that no
+//!   longer exist off their members. `groupFilter` should therefore select
+//!   every group `memberOf` names. Deltas by change stamp see no deletion:
+//!   their periodic Full pass takes a deleted group off its members.
 //! - **Deltas** (OpenLDAP flavour, when the root DSE lists the content
 //!   synchronisation control `1.3.6.1.4.1.4203.1.9.1.1`, i.e. syncprov):
 //!   RFC 4533 refreshOnly with the stored cookie. The read first asks for the
@@ -566,6 +570,8 @@ pub struct LdapConnector {
     complete: Vec<String>,
     /// The accounts a Delta read with members to read has returned.
     emitted: HashSet<String>,
+    /// Where the last read looked for groups.
+    group_base: Option<String>,
 }
 
 impl fmt::Debug for LdapConnector {
@@ -692,6 +698,7 @@ impl LdapConnector {
             members: None,
             complete: Vec::new(),
             emitted: HashSet::new(),
+            group_base: None,
         })
     }
 }
@@ -1263,6 +1270,7 @@ impl LdapConnector {
             None => None,
         };
         let group_base = group_search_base(&settings, &dse.naming_contexts);
+        self.group_base = Some(group_base.clone());
         let mut reason = None;
         if mode == SyncMode::Delta {
             match (stamp_kind, cursor) {
@@ -1551,6 +1559,19 @@ impl LdapConnector {
         Box::pin(self.next()).await
     }
 
+    /// Which of `names` still name a group entry (`groupFilter`) where the
+    /// last read looked for groups; None before any read.
+    async fn present_groups(&mut self, names: &[String]) -> Result<Option<Vec<String>>, ConnectorError> {
+        let Some(base) = self.group_base.clone() else {
+            return Ok(None);
+        };
+        let settings = self.settings.clone();
+        let mut ldap = connect(&settings).await?;
+        let groups = search_all(&settings, &mut ldap, &base, &settings.group_filter, vec!["1.1".to_string()]).await?;
+        let existing: HashSet<String> = groups.iter().filter_map(|g| first_rdn_value(&g.dn)).collect();
+        Ok(Some(names.iter().filter(|n| existing.contains(*n)).cloned().collect()))
+    }
+
     /// Remembers the accounts a read with members to read returned, so that
     /// none is returned twice.
     fn note_emitted(&mut self, accounts: &[Account]) {
@@ -1622,6 +1643,13 @@ impl Connector for LdapConnector {
 
     fn complete_groups(&self) -> Vec<String> {
         self.complete.clone()
+    }
+
+    fn groups_present<'a>(
+        &'a mut self,
+        groups: &'a [String],
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, ConnectorError>> {
+        self.present_groups(groups).boxed()
     }
 }
 

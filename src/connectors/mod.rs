@@ -34,6 +34,10 @@
 //!    and the engine takes the group off it (an update). Sources whose
 //!    group changes move no member's change stamp (LDAP's memberOf, SCIM
 //!    `/Groups`) use it so that a delta sees who joined *and* who left.
+//!    When a Delta named deletions of ids that are no stored account (a
+//!    deleted group, perhaps, whose entry took its membership with it),
+//!    [`Connector::groups_present`] is asked which of the groups stored
+//!    accounts list still exist; the engine takes the others off them.
 //! 6. After a Full read, [`Connector::still_present`] is asked about the
 //!    stored accounts no page named before the engine deletes them: a
 //!    provider that can look one account up confirms each is gone, so a
@@ -133,6 +137,19 @@ pub trait Connector: Send {
     /// never read groups apart from their members, names none.
     fn complete_groups(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// After a Delta read that named deletions of ids no stored account
+    /// has (a source that reports every deleted entry, groups included):
+    /// which of `groups` (the names stored accounts list) still name a group
+    /// at the source. The engine takes the others off the accounts. `None`
+    /// (the default): the source cannot tell, and a Full read settles it.
+    fn groups_present<'a>(
+        &'a mut self,
+        groups: &'a [String],
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, ConnectorError>> {
+        let _ = groups;
+        Box::pin(async { Ok(None) })
     }
 
     /// After a Full read: which of `ids` (stored accounts no page named) the

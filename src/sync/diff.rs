@@ -36,12 +36,21 @@ pub struct Diff {
     deleted: HashSet<String>,
     counts: Counts,
     kind: ReadKind,
+    /// A Delta named deleted ids that were no stored account.
+    deleted_unknown: bool,
 }
 
 impl Diff {
     /// A diff against `index` (id → hash of every stored account).
     pub fn new(index: HashMap<String, ContentHash>, kind: ReadKind) -> Self {
-        Diff { index, seen: HashSet::new(), deleted: HashSet::new(), counts: Counts::default(), kind }
+        Diff {
+            index,
+            seen: HashSet::new(),
+            deleted: HashSet::new(),
+            counts: Counts::default(),
+            kind,
+            deleted_unknown: false,
+        }
     }
 
     /// How many accounts the connection had before the sync.
@@ -77,12 +86,20 @@ impl Diff {
         }
         if self.kind == ReadKind::Delta {
             for id in page.deleted {
+                self.deleted_unknown |= !self.index.contains_key(&id);
                 if self.index.contains_key(&id) && !self.seen.contains(&id) && self.deleted.insert(id.clone()) {
                     changes.push(Some(ChangeKind::Deleted), StagedChange::Delete(id));
                 }
             }
         }
         changes
+    }
+
+    /// Whether this Delta named deletions of ids no stored account has:
+    /// what a source that reports every deleted entry says of a deleted
+    /// group.
+    pub fn deleted_unknown(&self) -> bool {
+        self.deleted_unknown
     }
 
     /// In a full read, the stored ids no page has named so far, sorted: what
@@ -187,6 +204,7 @@ mod tests {
             diff.page(Page { number: 1, accounts: vec![account("3", "c@x")], deleted: vec!["2".into(), "9".into()] });
         assert_eq!(changes.kinds, vec![Some(ChangeKind::Created), Some(ChangeKind::Deleted)]);
         assert_eq!(changes.staged[1], StagedChange::Delete("2".into()));
+        assert!(diff.deleted_unknown(), "9 was no stored account");
         let (deletions, counts) = diff.finish();
         assert!(deletions.is_empty(), "a delta implies no deletions beyond those it names");
         assert_eq!(counts, Counts { created: 1, updated: 0, deleted: 1, unchanged: 0 });

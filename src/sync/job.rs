@@ -383,6 +383,41 @@ async fn stage_departures(
     }
 }
 
+/// The groups stored accounts list that the source says no longer exist
+/// (none when it cannot tell).
+async fn groups_gone(
+    store: &Arc<dyn Store>,
+    conn: &ConnectionRef,
+    connector: &mut dyn Connector,
+) -> Result<BTreeSet<String>, Failure> {
+    let mut stored = BTreeSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let batch = {
+            let conn = conn.clone();
+            let after = after.clone();
+            blocking(store, move |s| s.list_accounts(&conn, after.as_deref(), DEPARTURE_SCAN)).await?
+        };
+        let full_batch = batch.len() == DEPARTURE_SCAN;
+        after = batch.last().map(|a| a.id.clone());
+        stored.extend(batch.into_iter().flat_map(|a| a.groups));
+        if !full_batch || after.is_none() {
+            break;
+        }
+    }
+    if stored.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let names: Vec<String> = stored.iter().cloned().collect();
+    let Some(present) = connector.groups_present(&names).await? else {
+        return Ok(BTreeSet::new());
+    };
+    for name in present {
+        stored.remove(&name);
+    }
+    Ok(stored)
+}
+
 /// Adds a sentence to the run's message.
 fn add_note(state: &mut Progress, note: String) {
     state.note = Some(match state.note.take() {
@@ -452,7 +487,21 @@ async fn read_and_stage(
         stage_page(store, &conn, run_id, changes, state).await?;
     }
     if plan.kind == ReadKind::Delta {
-        let complete: BTreeSet<String> = connector.complete_groups().into_iter().collect();
+        let mut complete: BTreeSet<String> = connector.complete_groups().into_iter().collect();
+        if diff.deleted_unknown() {
+            let gone = groups_gone(store, &conn, connector).await?;
+            if !gone.is_empty() {
+                add_note(
+                    state,
+                    format!(
+                        "{} group(s) no longer at the source were taken off their members: {}",
+                        gone.len(),
+                        gone.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                );
+                complete.extend(gone);
+            }
+        }
         if !complete.is_empty() {
             stage_departures(store, &conn, run_id, &mut diff, &complete, state).await?;
         }
@@ -745,6 +794,10 @@ mod tests {
         accounts: Option<Vec<Account>>,
         complete: Vec<String>,
         kind: ReadKind,
+        /// Ids the delta names as deleted.
+        deleted: Vec<String>,
+        /// What `groups_present` answers.
+        present: Option<Vec<String>>,
     }
 
     impl Connector for GroupSource {
@@ -761,7 +814,8 @@ mod tests {
             Box::pin(async move { Ok(ReadPlan { kind, reason: None }) })
         }
         fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>, ConnectorError>> {
-            let page = self.accounts.take().map(|accounts| Page { number: 1, accounts, deleted: vec![] });
+            let deleted = std::mem::take(&mut self.deleted);
+            let page = self.accounts.take().map(|accounts| Page { number: 1, accounts, deleted });
             Box::pin(async move { Ok(page) })
         }
         fn cursor(&self) -> Option<String> {
@@ -769,6 +823,14 @@ mod tests {
         }
         fn complete_groups(&self) -> Vec<String> {
             self.complete.clone()
+        }
+        fn groups_present<'a>(
+            &'a mut self,
+            groups: &'a [String],
+        ) -> BoxFuture<'a, Result<Option<Vec<String>>, ConnectorError>> {
+            let present =
+                self.present.as_ref().map(|p| groups.iter().filter(|g| p.contains(g)).cloned().collect::<Vec<_>>());
+            Box::pin(async move { Ok(present) })
         }
     }
 
@@ -787,6 +849,8 @@ mod tests {
                 accounts: Some(accounts),
                 complete: complete.iter().map(|g| g.to_string()).collect(),
                 kind: ReadKind::Full,
+                deleted: Vec::new(),
+                present: None,
             })
         };
         // Enough accounts that the scan for departures takes several batches.
@@ -832,6 +896,61 @@ mod tests {
         )
         .await;
         assert_eq!(again.counts, Counts { created: 0, updated: 0, deleted: 0, unchanged: 2 }, "{again:?}");
+    }
+
+    #[tokio::test]
+    async fn a_delta_that_deleted_an_unknown_entry_asks_which_groups_are_left() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("store"));
+        let source = |deleted: &[&str], present: Option<&[&str]>| -> Box<dyn Connector> {
+            Box::new(GroupSource {
+                accounts: Some(Vec::new()),
+                complete: Vec::new(),
+                kind: ReadKind::Full,
+                deleted: deleted.iter().map(|d| d.to_string()).collect(),
+                present: present.map(|p| p.iter().map(|g| g.to_string()).collect()),
+            })
+        };
+        let everyone = vec![in_groups("bob", &["all", "eng"]), in_groups("carol", &["ops"]), in_groups("dan", &[])];
+        let full = run(
+            job(SyncMode::Full, "h"),
+            Box::new(GroupSource {
+                accounts: Some(everyone),
+                complete: Vec::new(),
+                kind: ReadKind::Full,
+                deleted: Vec::new(),
+                present: None,
+            }),
+            store.clone(),
+            Cancel::new(),
+        )
+        .await;
+        assert_eq!(full.counts.created, 3, "{full:?}");
+
+        // Deletions of stored accounts only: no question asked, nothing else changes.
+        let plain = run(job(SyncMode::Delta, "h"), source(&["dan"], Some(&[])), store.clone(), Cancel::new()).await;
+        assert_eq!(plain.counts, Counts { created: 0, updated: 0, deleted: 1, unchanged: 0 }, "{plain:?}");
+        // A source that cannot tell: nothing changes.
+        let unsure = run(job(SyncMode::Delta, "h"), source(&["group-uuid"], None), store.clone(), Cancel::new()).await;
+        assert_eq!(unsure.counts, Counts::default(), "{unsure:?}");
+        // eng is gone at the source: bob loses it, carol keeps ops.
+        let gone = run(
+            job(SyncMode::Delta, "h"),
+            source(&["group-uuid"], Some(&["all", "ops"])),
+            store.clone(),
+            Cancel::new(),
+        )
+        .await;
+        assert_eq!(gone.counts, Counts { created: 0, updated: 1, deleted: 0, unchanged: 0 }, "{gone:?}");
+        assert!(
+            gone.message.contains("1 group(s) no longer at the source were taken off their members: eng"),
+            "{}",
+            gone.message
+        );
+        let conn = ConnectionRef { namespace: "ns".into(), name: "entra".into() };
+        let groups = |id: &str| store.get_account(&conn, id).expect("read").expect("stored").groups;
+        assert_eq!(groups("bob"), ["all"]);
+        assert_eq!(groups("carol"), ["ops"]);
     }
 
     /// A source that answers its first page and then never again.

@@ -554,6 +554,27 @@ async fn group_changes_reach_deltas(syncprov: bool) {
         let quiet = sync(connection.clone(), &store, conn, SyncMode::Delta).await;
         assert_eq!(quiet.counts.updated, 0, "{conn}: {quiet:?}");
     }
+
+    if syncprov {
+        // A deleted group took its membership with it: content
+        // synchronisation names the deleted entry, which is no account, and
+        // the engine takes the groups that are gone off their members.
+        slapd.tool("ldapdelete", &["cn=revenue,ou=groups,dc=example,dc=com"], "");
+        for (conn, connection) in &modes {
+            let delta = sync(connection.clone(), &store, conn, SyncMode::Delta).await;
+            assert_eq!(
+                (delta.mode, delta.counts.updated, delta.counts.deleted),
+                (SyncMode::Delta, 16, 0),
+                "{conn}: {delta:?}"
+            );
+            assert!(delta.message.contains("taken off their members: revenue"), "{conn}: {}", delta.message);
+            let after = stored_groups(&store, conn);
+            assert_eq!(after["user0005"], groups_of(&["all", "engineering"]), "{conn}");
+            assert!(after.values().all(|groups| !groups.contains(&"revenue".to_string())), "{conn}: {after:?}");
+            let quiet = sync(connection.clone(), &store, conn, SyncMode::Delta).await;
+            assert_eq!(quiet.counts.updated, 0, "{conn}: {quiet:?}");
+        }
+    }
 }
 
 #[tokio::test]
