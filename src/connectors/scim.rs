@@ -379,12 +379,39 @@ impl ScimConnector {
         let number = reading.number;
         let mut accounts = Vec::with_capacity(ids.len());
         for id in &ids {
-            if let Some(account) = self.user(id, Some(number), reading.memberships.as_ref()).await? {
-                accounts.push(account);
-            }
+            let member = match &self.user_filter {
+                // Only a member the user filter selects is one of this
+                // connection's accounts.
+                Some(user_filter) => self.filtered_user(user_filter, id, number, reading.memberships.as_ref()).await?,
+                None => self.user(id, Some(number), reading.memberships.as_ref()).await?,
+            };
+            accounts.extend(member);
         }
         reading.number += 1;
         Ok(Some(Page { number, accounts, deleted: Vec::new() }))
+    }
+
+    /// The user `id` if `user_filter` selects it:
+    /// `/Users?filter=(<userFilter>) and id eq "<id>"`.
+    async fn filtered_user(
+        &self,
+        user_filter: &str,
+        id: &str,
+        page: u64,
+        memberships: Option<&HashMap<String, Vec<String>>>,
+    ) -> Result<Option<Account>, ConnectorError> {
+        let escaped = id.replace('\\', "\\\\").replace('"', "\\\"");
+        let filter = format!("({user_filter}) and id eq \"{escaped}\"");
+        let list = self.list("Users", 1, Some(&filter), page).await?;
+        let Some(user) = list.resources.iter().find(|u| str_at(u, "/id") == Some(id)) else {
+            return Ok(None);
+        };
+        let mut account = map_user(user).map_err(|m| source(Some(page), format!("the user {id:?}: {m}")))?;
+        if let Some(groups) = memberships.and_then(|m| m.get(&account.id)) {
+            account.groups.extend(groups.iter().cloned());
+            account.normalize();
+        }
+        Ok(Some(account))
     }
 
     /// `GET /Users/{id}` as an account with its groups from `memberships`;
@@ -1017,6 +1044,10 @@ mod tests {
                 let filtered = query.contains("filter=");
                 let body = match parts.uri.path() {
                     "/scim/ServiceProviderConfig" => json!({"filter": {"supported": true}}),
+                    // Only u2 is an active user, the userFilter of one test.
+                    "/scim/Users" if query.contains("u2") => json!({"totalResults": 1, "Resources": [
+                        {"id": "u2", "userName": "bob"},
+                    ]}),
                     "/scim/Users" if filtered => json!({"totalResults": 0, "Resources": []}),
                     "/scim/Users/u2" => json!({"id": "u2", "userName": "bob"}),
                     "/scim/Users/u3" => json!({"id": "u3", "userName": "carol"}),
@@ -1065,6 +1096,23 @@ mod tests {
         assert_eq!(members, [("u2", vec!["eng".to_string(), "ops".to_string()]), ("u3", vec!["eng".to_string()])]);
         assert_eq!(connector.complete_groups(), ["eng"]);
         assert_eq!(connector.cursor().as_deref(), Some("2026-11-29T08:00:00Z"), "the cursor covers the groups");
+    }
+
+    #[tokio::test]
+    async fn only_members_the_user_filter_selects_are_read() {
+        let changed = json!({"totalResults": 1, "Resources": [{"id": "g1", "displayName": "eng"}]});
+        let server = group_server(Some(changed)).await;
+        let (spec, mut settings) = spec(&format!("{}/scim", server.base), 10);
+        settings.user_filter = Some("active eq true".into());
+        let mut connector = ScimConnector::with_http_settings(&spec, &settings, &inputs("tok"), fast()).unwrap();
+        let plan = connector.begin(SyncMode::Delta, Some("2026-11-29T07:00:00Z")).await.unwrap();
+        assert_eq!(plan.kind, ReadKind::Delta);
+        let mut ids = Vec::new();
+        while let Some(page) = connector.next_page().await.unwrap() {
+            ids.extend(page.accounts.into_iter().map(|a| a.id));
+        }
+        assert_eq!(ids, ["u2"], "u3 is outside the user filter, so no account of this connection");
+        assert_eq!(connector.complete_groups(), ["eng"]);
     }
 
     #[tokio::test]
