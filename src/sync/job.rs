@@ -347,9 +347,33 @@ async fn stage_page(
     Ok(())
 }
 
-/// Stored accounts read per store call when looking for the members who
-/// left a group: bounds memory whatever the connection's size.
-const DEPARTURE_SCAN: usize = 1000;
+/// The stored accounts of a connection, read in id order a batch at a
+/// time: memory stays bounded whatever the connection's size.
+struct StoredAccounts {
+    conn: ConnectionRef,
+    after: Option<String>,
+    done: bool,
+}
+
+impl StoredAccounts {
+    const BATCH: usize = 1000;
+
+    fn of(conn: &ConnectionRef) -> Self {
+        StoredAccounts { conn: conn.clone(), after: None, done: false }
+    }
+
+    /// The next batch; None after the last.
+    async fn next(&mut self, store: &Arc<dyn Store>) -> Result<Option<Vec<Account>>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let (conn, after) = (self.conn.clone(), self.after.clone());
+        let batch = blocking(store, move |s| s.list_accounts(&conn, after.as_deref(), Self::BATCH)).await?;
+        self.done = batch.len() < Self::BATCH;
+        self.after = batch.last().map(|a| a.id.clone());
+        Ok((!batch.is_empty()).then_some(batch))
+    }
+}
 
 /// After a Delta read that carried the whole membership of `complete`
 /// groups: stages, as ordinary updates, the stored accounts that list one
@@ -362,25 +386,16 @@ async fn stage_departures(
     complete: &BTreeSet<String>,
     state: &mut Progress,
 ) -> Result<(), Failure> {
-    let mut after: Option<String> = None;
-    loop {
-        let batch = {
-            let conn = conn.clone();
-            let after = after.clone();
-            blocking(store, move |s| s.list_accounts(&conn, after.as_deref(), DEPARTURE_SCAN)).await?
-        };
-        let full_batch = batch.len() == DEPARTURE_SCAN;
-        after = batch.last().map(|a| a.id.clone());
+    let mut stored = StoredAccounts::of(conn);
+    while let Some(batch) = stored.next(store).await? {
         let left = diff.departures(batch, complete);
         if !left.is_empty() {
             tracing::debug!(connection = %conn, accounts = left.len(), "accounts left groups read in full");
             let changes = diff.page(Page { number: state.pages, accounts: left, deleted: Vec::new() });
             stage_page(store, conn, run_id, changes, state).await?;
         }
-        if !full_batch || after.is_none() {
-            return Ok(());
-        }
     }
+    Ok(())
 }
 
 /// The groups stored accounts list that the source says no longer exist
@@ -390,32 +405,22 @@ async fn groups_gone(
     conn: &ConnectionRef,
     connector: &mut dyn Connector,
 ) -> Result<BTreeSet<String>, Failure> {
-    let mut stored = BTreeSet::new();
-    let mut after: Option<String> = None;
-    loop {
-        let batch = {
-            let conn = conn.clone();
-            let after = after.clone();
-            blocking(store, move |s| s.list_accounts(&conn, after.as_deref(), DEPARTURE_SCAN)).await?
-        };
-        let full_batch = batch.len() == DEPARTURE_SCAN;
-        after = batch.last().map(|a| a.id.clone());
-        stored.extend(batch.into_iter().flat_map(|a| a.groups));
-        if !full_batch || after.is_none() {
-            break;
-        }
+    let mut listed = BTreeSet::new();
+    let mut stored = StoredAccounts::of(conn);
+    while let Some(batch) = stored.next(store).await? {
+        listed.extend(batch.into_iter().flat_map(|a| a.groups));
     }
-    if stored.is_empty() {
-        return Ok(BTreeSet::new());
+    if listed.is_empty() {
+        return Ok(listed);
     }
-    let names: Vec<String> = stored.iter().cloned().collect();
+    let names: Vec<String> = listed.iter().cloned().collect();
     let Some(present) = connector.groups_present(&names).await? else {
         return Ok(BTreeSet::new());
     };
     for name in present {
-        stored.remove(&name);
+        listed.remove(&name);
     }
-    Ok(stored)
+    Ok(listed)
 }
 
 /// Adds a sentence to the run's message.
