@@ -24,8 +24,27 @@
 //!   `cn=engineering,ou=groups,…` → `engineering`) or, when `groupBaseDn` is
 //!   set, by searching the groups (`groupFilter`, default groupOfNames and
 //!   groupOfUniqueNames) at the start of each read and mapping their
-//!   `member`/`uniqueMember` DNs to users. In that mode a Delta read only sees
-//!   users whose own entry changed; membership changes show up on Full reads.
+//!   `member`/`uniqueMember` DNs to users (Active Directory's default
+//!   `groupFilter` is `(objectClass=group)`).
+//! - **Group changes in Deltas**: slapd's memberof overlay (and Active
+//!   Directory's memberOf back-link) changes a member's `memberOf` without
+//!   moving its `modifyTimestamp`/`entryCSN`/`uSNChanged`, so a Delta also
+//!   asks for the *group entries* changed since the cursor (by the same
+//!   mechanism as the users, under `groupBaseDn` or else the naming context
+//!   that holds `baseDn`), then, after the changed users, reads every
+//!   current member of every group of those names (memberOf mode: users
+//!   whose `memberOf` names one of them, `pageSize` at a time; groupBaseDn
+//!   mode: the member DNs under `baseDn`, one by one), each once, and
+//!   reports the names as complete ([`Connector::complete_groups`]): the
+//!   engine takes them off whoever is no longer a member. A renamed group
+//!   is a changed group under its new name. A deleted group's entry is
+//!   gone, and with it who was in it: content synchronisation names it
+//!   among the deleted entries, which are no stored account, and the
+//!   engine then asks [`Connector::groups_present`] (one search of the
+//!   group entries under the same base) and takes the groups that no
+//!   longer exist off their members. `groupFilter` should therefore select
+//!   every group `memberOf` names. Deltas by change stamp see no deletion:
+//!   their periodic Full pass takes a deleted group off its members.
 //! - **Deltas** (OpenLDAP flavour, when the root DSE lists the content
 //!   synchronisation control `1.3.6.1.4.1.4203.1.9.1.1`, i.e. syncprov):
 //!   RFC 4533 refreshOnly with the stored cookie. The read first asks for the
@@ -43,7 +62,8 @@
 //!   (`ts:20261122041900Z`, `usn:12345`, see [`Stamp`]). A Delta read
 //!   searches `(&<userFilter>(<stamp>>=<cursor>))` (`>=`: a timestamp has
 //!   second resolution, so users changed in the cursor's second come again;
-//!   the engine counts them as unchanged) and yields upserts only: such
+//!   the engine counts them as unchanged; the cursor covers the changed
+//!   group entries' stamps too) and yields upserts only: such
 //!   deltas carry no deletions, so [`Capabilities::delta_deletions`] is false
 //!   and the engine runs a Full pass every `fullSyncIntervalHours`. A change
 //!   made during a read to an entry already read, with a stamp below the
@@ -57,7 +77,7 @@
 //!
 //! The password is never put in an error or a log.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +110,8 @@ const CURSOR_PREFIX: &str = "ldapsync1:";
 /// A filter no entry matches: reads the current cookie without entries.
 const MATCH_NOTHING: &str = "(&(objectClass=*)(!(objectClass=*)))";
 const DEFAULT_GROUP_FILTER: &str = "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))";
+/// Active Directory's groups are of class `group`.
+const DEFAULT_AD_GROUP_FILTER: &str = "(objectClass=group)";
 const FIELD: &str = "spec.provider.ldap";
 
 /// A malformed content synchronisation control or message.
@@ -525,6 +547,15 @@ enum Read {
         cursor: String,
         done: bool,
     },
+    /// After the changed users of a Delta: the changed groups' members.
+    Members {
+        ldap: Ldap,
+        members: Members,
+        /// The paged results cookie of the filter in hand (empty: start it).
+        cookie: Vec<u8>,
+        page: u64,
+        groups: Option<Arc<GroupMap>>,
+    },
 }
 
 /// The ldap connector.
@@ -534,6 +565,14 @@ pub struct LdapConnector {
     cursor: Option<String>,
     /// Whether the server offered content synchronisation, once a read saw.
     sync: Option<bool>,
+    /// A Delta read's members of changed groups, read after the users.
+    members: Option<Members>,
+    /// The changed groups whose members this Delta read returns.
+    complete: Vec<String>,
+    /// The accounts a Delta read with members to read has returned.
+    emitted: HashSet<String>,
+    /// Where the last read looked for groups.
+    group_base: Option<String>,
 }
 
 impl fmt::Debug for LdapConnector {
@@ -639,7 +678,11 @@ impl LdapConnector {
                 if ad { "(&(objectCategory=person)(objectClass=user))" } else { "(objectClass=inetOrgPerson)" },
             )?,
             group_base_dn: ldap.group_base_dn.as_deref().map(str::trim).filter(|d| !d.is_empty()).map(str::to_string),
-            group_filter: filter("groupFilter", &ldap.group_filter, DEFAULT_GROUP_FILTER)?,
+            group_filter: filter(
+                "groupFilter",
+                &ldap.group_filter,
+                if ad { DEFAULT_AD_GROUP_FILTER } else { DEFAULT_GROUP_FILTER },
+            )?,
             flavour: ldap.flavour,
             id_attr: if ad { "objectGUID" } else { "entryUUID" }.to_string(),
             username_attr: name("username", &a.username, if ad { "sAMAccountName" } else { "uid" })?,
@@ -649,7 +692,16 @@ impl LdapConnector {
             page_size: spec.page_size.clamp(1, i32::MAX as u32),
             timeout: Duration::from_secs(u64::from(spec.request_timeout_seconds.max(1))),
         };
-        Ok(LdapConnector { settings: Arc::new(settings), read: None, cursor: None, sync: None })
+        Ok(LdapConnector {
+            settings: Arc::new(settings),
+            read: None,
+            cursor: None,
+            sync: None,
+            members: None,
+            complete: Vec::new(),
+            emitted: HashSet::new(),
+            group_base: None,
+        })
     }
 }
 
@@ -710,18 +762,53 @@ async fn connect(settings: &Settings) -> Result<Ldap, ConnectorError> {
     Ok(ldap)
 }
 
-/// Whether the root DSE lists the content synchronisation control.
-async fn supports_sync(settings: &Settings, ldap: &mut Ldap) -> Result<bool, ConnectorError> {
+/// What a read learns from the root DSE.
+#[derive(Debug, Default)]
+struct RootDse {
+    /// It lists the content synchronisation control.
+    sync: bool,
+    naming_contexts: Vec<String>,
+}
+
+async fn root_dse(settings: &Settings, ldap: &mut Ldap) -> Result<RootDse, ConnectorError> {
     let (entries, _) = ldap
         .with_timeout(settings.timeout)
-        .search("", Scope::Base, "(objectClass=*)", vec!["supportedControl"])
+        .search("", Scope::Base, "(objectClass=*)", vec!["supportedControl", "namingContexts"])
         .await
         .and_then(|r| r.success())
         .map_err(|e| ldap_error(settings, "read the root DSE", e))?;
-    Ok(entries.into_iter().filter(|e| !e.is_ref() && !e.is_intermediate()).any(|e| {
-        let entry = SearchEntry::construct(e);
-        values(&entry, "supportedControl").iter().any(|c| c == SYNC_REQUEST_OID)
-    }))
+    let mut dse = RootDse::default();
+    for entry in entries.into_iter().filter(|e| !e.is_ref() && !e.is_intermediate()) {
+        let entry = SearchEntry::construct(entry);
+        dse.sync |= values(&entry, "supportedControl").iter().any(|c| c == SYNC_REQUEST_OID);
+        dse.naming_contexts.extend(values(&entry, "namingContexts"));
+    }
+    Ok(dse)
+}
+
+/// Where a Delta read looks for changed groups: `groupBaseDn`, or else the
+/// naming context that holds `baseDn` (memberOf may name groups anywhere in
+/// it), or `baseDn` itself when the server lists none that does.
+fn group_search_base(settings: &Settings, naming_contexts: &[String]) -> String {
+    if let Some(base) = &settings.group_base_dn {
+        return base.clone();
+    }
+    let base = normalize_dn(&settings.base_dn);
+    naming_contexts
+        .iter()
+        .filter(|nc| {
+            let nc = normalize_dn(nc);
+            !nc.is_empty() && (base == nc || base.ends_with(&format!(",{nc}")))
+        })
+        .max_by_key(|nc| nc.len())
+        .cloned()
+        .unwrap_or_else(|| settings.base_dn.clone())
+}
+
+/// Whether `dn` is `base` or below it.
+fn is_within(dn: &str, base: &str) -> bool {
+    let (dn, base) = (normalize_dn(dn), normalize_dn(base));
+    dn == base || dn.ends_with(&format!(",{base}"))
 }
 
 fn sync_control(cookie: Option<Vec<u8>>) -> RawControl {
@@ -903,19 +990,22 @@ struct Changes {
     unusable: Option<String>,
 }
 
-/// Runs a refreshOnly content synchronisation from `cookie` (None: the
-/// current cookie only, with a filter nothing matches) without attributes.
+/// Runs a refreshOnly content synchronisation of `base` and `filter` from
+/// `cookie` (None: the current cookie only, with a filter nothing matches)
+/// without attributes.
 async fn sync_changes(
     settings: &Settings,
     ldap: &mut Ldap,
+    base: &str,
+    filter: &str,
     cookie: Option<Vec<u8>>,
 ) -> Result<Changes, ConnectorError> {
     let what = "content synchronisation";
-    let filter = if cookie.is_some() { settings.user_filter.as_str() } else { MATCH_NOTHING };
+    let filter = if cookie.is_some() { filter } else { MATCH_NOTHING };
     let mut stream = ldap
         .with_timeout(settings.timeout)
         .with_controls(vec![sync_control(cookie)])
-        .streaming_search(&settings.base_dn, Scope::Subtree, filter, vec!["1.1"])
+        .streaming_search(base, Scope::Subtree, filter, vec!["1.1"])
         .await
         .map_err(|e| ldap_error(settings, what, e))?;
     let mut changes = Changes::default();
@@ -1008,13 +1098,170 @@ async fn sync_changes(
     Ok(changes)
 }
 
+/// Every entry of a paged search.
+async fn search_all(
+    settings: &Settings,
+    ldap: &mut Ldap,
+    base: &str,
+    filter: &str,
+    attrs: Vec<String>,
+) -> Result<Vec<SearchEntry>, ConnectorError> {
+    let mut all = Vec::new();
+    let mut cookie = Vec::new();
+    loop {
+        let (entries, next) = paged_search(settings, ldap, base, filter, attrs.clone(), cookie).await?;
+        all.extend(entries);
+        match next {
+            Some(next) => cookie = next,
+            None => return Ok(all),
+        }
+    }
+}
+
+/// Values joined into an LDAP OR filter of `attribute=value` terms.
+fn any_of<'a>(attribute: &str, values: impl IntoIterator<Item = &'a str>) -> String {
+    let terms: String = values.into_iter().map(|v| format!("({attribute}={})", ldap3::ldap_escape(v))).collect();
+    format!("(|{terms})")
+}
+
+/// Terms per OR filter: long enough to need few searches, short enough for
+/// any server's filter limits.
+const FILTER_TERMS: usize = 50;
+
+/// The groups a Delta read found changed: their DNs (group entries by their
+/// change stamp or content synchronisation).
+#[derive(Debug, Default)]
+struct ChangedGroups {
+    dns: Vec<String>,
+}
+
+impl ChangedGroups {
+    /// Their names, as accounts list them (the first RDN value).
+    fn names(&self) -> std::collections::BTreeSet<String> {
+        self.dns.iter().filter_map(|dn| first_rdn_value(dn)).collect()
+    }
+}
+
+/// The group entries of `base` stamped at or after `from`; raises `highest`
+/// to the highest stamp among them, so the cursor covers group changes too.
+async fn groups_changed_since(
+    settings: &Settings,
+    ldap: &mut Ldap,
+    base: &str,
+    from: &Stamp,
+    highest: &mut Option<Stamp>,
+) -> Result<ChangedGroups, ConnectorError> {
+    let kind = from.kind();
+    let filter = from.filter(&settings.group_filter);
+    let entries = search_all(settings, ldap, base, &filter, vec![kind.attribute().to_string()]).await?;
+    let mut changed = ChangedGroups::default();
+    for entry in entries {
+        let seen = first_value(&entry, kind.attribute()).and_then(|v| kind.parse_value(&v));
+        *highest = advance(highest.take(), seen);
+        changed.dns.push(entry.dn);
+    }
+    Ok(changed)
+}
+
+/// The DNs of the group entries of `base` with these entryUUIDs.
+async fn groups_by_uuid(
+    settings: &Settings,
+    ldap: &mut Ldap,
+    base: &str,
+    uuids: &[String],
+) -> Result<ChangedGroups, ConnectorError> {
+    let mut changed = ChangedGroups::default();
+    for chunk in uuids.chunks(FILTER_TERMS) {
+        let filter = format!("(&{}{})", settings.group_filter, any_of("entryUUID", chunk.iter().map(String::as_str)));
+        let entries = search_all(settings, ldap, base, &filter, vec!["1.1".to_string()]).await?;
+        changed.dns.extend(entries.into_iter().map(|e| e.dn));
+    }
+    Ok(changed)
+}
+
+/// What a Delta read reads after the changed users, so that every current
+/// member of each changed group comes with its current groups.
+#[derive(Debug, Default)]
+struct Members {
+    /// memberOf mode: user filters to page through under `baseDn`, each
+    /// naming a chunk of the groups by DN.
+    filters: VecDeque<String>,
+    /// groupBaseDn mode: the member DNs, read one by one.
+    dns: VecDeque<String>,
+}
+
+impl Members {
+    fn is_empty(&self) -> bool {
+        self.filters.is_empty() && self.dns.is_empty()
+    }
+}
+
+/// Plans the reading of the members of every group named as one of the
+/// changed groups is (names are first RDN values, so two groups of one name
+/// are one group to the accounts, and both are read).
+async fn plan_members(
+    settings: &Settings,
+    ldap: &mut Ldap,
+    group_base: &str,
+    changed: &ChangedGroups,
+    groups: Option<&GroupMap>,
+) -> Result<Members, ConnectorError> {
+    let names = changed.names();
+    let mut members = Members::default();
+    if names.is_empty() {
+        return Ok(members);
+    }
+    if let Some(map) = groups {
+        // groupBaseDn mode: the read already holds every group's members.
+        let mut dns: Vec<&String> = map
+            .iter()
+            .filter(|(dn, of)| of.iter().any(|g| names.contains(g)) && is_within(dn, &settings.base_dn))
+            .map(|(dn, _)| dn)
+            .collect();
+        dns.sort();
+        members.dns = dns.into_iter().cloned().collect();
+        return Ok(members);
+    }
+    // memberOf mode: every group entry of these names, then the users whose
+    // memberOf names one of them.
+    let mut by_type: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    for dn in &changed.dns {
+        let (Some(kind), Some(name)) = (dn.split('=').next().map(str::trim), first_rdn_value(dn)) else { continue };
+        by_type.entry(kind.to_lowercase()).or_default().push(name);
+    }
+    let mut group_dns = std::collections::BTreeSet::new();
+    for (kind, mut values) in by_type {
+        values.sort();
+        values.dedup();
+        for chunk in values.chunks(FILTER_TERMS) {
+            let filter = format!("(&{}{})", settings.group_filter, any_of(&kind, chunk.iter().map(String::as_str)));
+            for entry in search_all(settings, ldap, group_base, &filter, vec!["1.1".to_string()]).await? {
+                if first_rdn_value(&entry.dn).is_some_and(|n| names.contains(&n)) {
+                    group_dns.insert(entry.dn);
+                }
+            }
+        }
+    }
+    // The changed groups themselves, whatever their RDN attribute matched.
+    group_dns.extend(changed.dns.iter().cloned());
+    let group_dns: Vec<&str> = group_dns.iter().map(String::as_str).collect();
+    for chunk in group_dns.chunks(FILTER_TERMS) {
+        members.filters.push_back(format!("(&{}{})", settings.user_filter, any_of("memberOf", chunk.iter().copied())));
+    }
+    Ok(members)
+}
+
 impl LdapConnector {
     async fn begin_read(&mut self, mode: SyncMode, cursor: Option<&str>) -> Result<ReadPlan, ConnectorError> {
         self.read = None;
         self.cursor = None;
+        self.members = None;
+        self.complete = Vec::new();
+        self.emitted = HashSet::new();
         let settings = self.settings.clone();
         let mut ldap = connect(&settings).await?;
-        let sync = settings.flavour == LdapFlavour::OpenLdap && supports_sync(&settings, &mut ldap).await?;
+        let dse = root_dse(&settings, &mut ldap).await?;
+        let sync = settings.flavour == LdapFlavour::OpenLdap && dse.sync;
         self.sync = Some(sync);
         let stamp_kind = match (settings.flavour, sync) {
             (LdapFlavour::ActiveDirectory, _) => Some(StampKind::UsnChanged),
@@ -1025,6 +1272,8 @@ impl LdapConnector {
             Some(base) => Some(Arc::new(read_groups(&settings, &mut ldap, base).await?)),
             None => None,
         };
+        let group_base = group_search_base(&settings, &dse.naming_contexts);
+        self.group_base = Some(group_base.clone());
         let mut reason = None;
         if mode == SyncMode::Delta {
             match (stamp_kind, cursor) {
@@ -1038,6 +1287,13 @@ impl LdapConnector {
                         ))
                     }
                     Some(from) => {
+                        // Group changes move no member's stamp: the changed
+                        // groups' members are read too, and the cursor
+                        // covers the groups' stamps as well as the users'.
+                        let mut highest = Some(from.clone());
+                        let changed =
+                            groups_changed_since(&settings, &mut ldap, &group_base, &from, &mut highest).await?;
+                        self.plan_members(&mut ldap, &group_base, &changed, groups.as_deref()).await?;
                         self.read = Some(Read::Full {
                             ldap,
                             paging: Some(Vec::new()),
@@ -1045,7 +1301,7 @@ impl LdapConnector {
                             groups,
                             cursor: None,
                             filter: from.filter(&settings.user_filter),
-                            stamp: Some((kind, Some(from))),
+                            stamp: Some((kind, highest)),
                         });
                         return Ok(ReadPlan { kind: ReadKind::Delta, reason: None });
                     }
@@ -1053,10 +1309,36 @@ impl LdapConnector {
                 (None, Some(cursor)) => match decode_cursor(cursor) {
                     None => reason = Some("the stored cursor is not an LDAP sync cookie".to_string()),
                     Some(cookie) => {
-                        let changes = sync_changes(&settings, &mut ldap, Some(cookie.clone())).await?;
-                        match changes.unusable {
+                        let changes = sync_changes(
+                            &settings,
+                            &mut ldap,
+                            &settings.base_dn,
+                            &settings.user_filter,
+                            Some(cookie.clone()),
+                        )
+                        .await?;
+                        // memberOf changes move no member's entryCSN: the
+                        // groups changed since the same cookie are asked for.
+                        let group_changes = match changes.unusable {
+                            Some(_) => None,
+                            None => Some(
+                                sync_changes(
+                                    &settings,
+                                    &mut ldap,
+                                    &group_base,
+                                    &settings.group_filter,
+                                    Some(cookie.clone()),
+                                )
+                                .await?,
+                            ),
+                        };
+                        match group_deltas_unusable(&changes, group_changes.as_ref()) {
                             Some(why) => reason = Some(why),
                             None => {
+                                let group_changes = group_changes.unwrap_or_default();
+                                let changed =
+                                    groups_by_uuid(&settings, &mut ldap, &group_base, &group_changes.changed).await?;
+                                self.plan_members(&mut ldap, &group_base, &changed, groups.as_deref()).await?;
                                 // No new cookie: nothing changed, the stored one stays valid.
                                 let cookie = changes.cookie.unwrap_or(cookie);
                                 self.read = Some(Read::Delta {
@@ -1075,8 +1357,10 @@ impl LdapConnector {
                 },
             }
         }
+        self.members = None;
+        self.complete = Vec::new();
         let cursor = if sync {
-            let changes = sync_changes(&settings, &mut ldap, None).await?;
+            let changes = sync_changes(&settings, &mut ldap, &settings.base_dn, MATCH_NOTHING, None).await?;
             changes.cookie.map(|c| encode_cursor(&c))
         } else {
             None
@@ -1093,6 +1377,90 @@ impl LdapConnector {
         Ok(ReadPlan { kind: ReadKind::Full, reason: reason.map(|r| format!("{r}: reading everything")) })
     }
 
+    /// Plans reading the members of the changed groups after the changed
+    /// users, and what the read will report as complete.
+    async fn plan_members(
+        &mut self,
+        ldap: &mut Ldap,
+        group_base: &str,
+        changed: &ChangedGroups,
+        groups: Option<&GroupMap>,
+    ) -> Result<(), ConnectorError> {
+        let members = plan_members(&self.settings, ldap, group_base, changed, groups).await?;
+        self.complete = changed.names().into_iter().collect();
+        if !self.complete.is_empty() {
+            tracing::debug!(groups = ?self.complete, "ldap delta: reading the members of changed groups");
+        }
+        self.members = (!members.is_empty()).then_some(members);
+        Ok(())
+    }
+
+    /// After the changed users: the members of the changed groups, a page
+    /// at a time, leaving out accounts the read already returned.
+    async fn next_members(&mut self, number: u64) -> Result<Option<Page>, ConnectorError> {
+        let settings = self.settings.clone();
+        let Some(Read::Members { ldap, members, cookie, .. }) = self.read.as_mut() else {
+            return Ok(None);
+        };
+        let mut entries = Vec::new();
+        if let Some(filter) = members.filters.front().cloned() {
+            let (found, next) = paged_search(
+                &settings,
+                ldap,
+                &settings.base_dn,
+                &filter,
+                settings.user_attributes(),
+                std::mem::take(cookie),
+            )
+            .await
+            .map_err(|e| e.with_page(Some(number)))?;
+            entries = found;
+            match next {
+                Some(next) => *cookie = next,
+                None => {
+                    members.filters.pop_front();
+                }
+            }
+        } else if !members.dns.is_empty() {
+            let size = settings.page_size as usize;
+            let dns: Vec<String> = members.dns.drain(..members.dns.len().min(size)).collect();
+            for dn in dns {
+                if let Some(entry) = read_user(&settings, ldap, &dn).await.map_err(|e| e.with_page(Some(number)))? {
+                    entries.push(entry);
+                }
+            }
+        } else {
+            return Ok(None);
+        }
+        let groups = match self.read.as_ref() {
+            Some(Read::Members { groups, .. }) => groups.clone(),
+            _ => None,
+        };
+        let mut accounts = Vec::new();
+        for entry in &entries {
+            let account = to_account(&settings, entry, groups.as_deref()).map_err(|e| source(number, e.to_string()))?;
+            if self.emitted.insert(account.id.clone()) {
+                accounts.push(account);
+            }
+        }
+        Ok(Some(Page { number, accounts, deleted: Vec::new() }))
+    }
+
+    /// The end of the changed users: on to the changed groups' members, if
+    /// any, else the end of the read.
+    fn after_users(&mut self, ldap: Ldap, page: u64, groups: Option<Arc<GroupMap>>) -> bool {
+        match self.members.take() {
+            Some(members) => {
+                self.read = Some(Read::Members { ldap, members, cookie: Vec::new(), page, groups });
+                true
+            }
+            None => {
+                self.read = None;
+                false
+            }
+        }
+    }
+
     async fn next(&mut self) -> Result<Option<Page>, ConnectorError> {
         let settings = self.settings.clone();
         let Some(read) = self.read.as_mut() else {
@@ -1105,8 +1473,8 @@ impl LdapConnector {
                         Some((_, highest)) => highest.map(|s| s.cursor()),
                         None => cursor.take(),
                     };
-                    self.read = None;
-                    return Ok(None);
+                    let (ldap, page, groups) = (ldap.clone(), *page, groups.take());
+                    return self.after_users_next(ldap, page, groups).await;
                 };
                 *page += 1;
                 let number = *page;
@@ -1133,13 +1501,14 @@ impl LdapConnector {
                     .map(|e| to_account(&settings, e, groups.as_deref()))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| source(number, e.to_string()))?;
+                self.note_emitted(&accounts);
                 Ok(Some(Page { number, accounts, deleted: Vec::new() }))
             }
             Read::Delta { ldap, deleted, changed, page, groups, cursor, done } => {
                 if *done {
                     self.cursor = Some(std::mem::take(cursor));
-                    self.read = None;
-                    return Ok(None);
+                    let (ldap, page, groups) = (ldap.clone(), *page, groups.take());
+                    return self.after_users_next(ldap, page, groups).await;
                 }
                 *page += 1;
                 let number = *page;
@@ -1164,9 +1533,83 @@ impl LdapConnector {
                     }
                 }
                 *done = deleted.is_empty() && changed.is_empty();
+                self.note_emitted(&accounts);
                 Ok(Some(Page { number, accounts, deleted: gone }))
             }
+            Read::Members { page, .. } => {
+                *page += 1;
+                let number = *page;
+                let result = self.next_members(number).await?;
+                if result.is_none() {
+                    self.read = None;
+                }
+                Ok(result)
+            }
         }
+    }
+
+    /// Moves on from the changed users to the groups' members and serves
+    /// their first page, or ends the read.
+    async fn after_users_next(
+        &mut self,
+        ldap: Ldap,
+        page: u64,
+        groups: Option<Arc<GroupMap>>,
+    ) -> Result<Option<Page>, ConnectorError> {
+        if !self.after_users(ldap, page, groups) {
+            return Ok(None);
+        }
+        Box::pin(self.next()).await
+    }
+
+    /// Which of `names` still name a group entry (`groupFilter`) where the
+    /// last read looked for groups; None before any read.
+    async fn present_groups(&mut self, names: &[String]) -> Result<Option<Vec<String>>, ConnectorError> {
+        let Some(base) = self.group_base.clone() else {
+            return Ok(None);
+        };
+        let settings = self.settings.clone();
+        let mut ldap = connect(&settings).await?;
+        let groups = search_all(&settings, &mut ldap, &base, &settings.group_filter, vec!["1.1".to_string()]).await?;
+        let existing: HashSet<String> = groups.iter().filter_map(|g| first_rdn_value(&g.dn)).collect();
+        Ok(Some(names.iter().filter(|n| existing.contains(*n)).cloned().collect()))
+    }
+
+    /// Remembers the accounts a read with members to read returned, so that
+    /// none is returned twice.
+    fn note_emitted(&mut self, accounts: &[Account]) {
+        if self.members.is_some() {
+            self.emitted.extend(accounts.iter().map(|a| a.id.clone()));
+        }
+    }
+}
+
+/// Why a content-synchronisation Delta cannot be used, groups included: the
+/// users' answer is unusable, or the groups' is.
+fn group_deltas_unusable(users: &Changes, groups: Option<&Changes>) -> Option<String> {
+    if let Some(why) = &users.unusable {
+        return Some(why.clone());
+    }
+    groups.and_then(|g| g.unusable.as_ref()).map(|why| format!("groups: {why}"))
+}
+
+/// The user entry at `dn` (None: no such entry, outside `baseDn`, or not
+/// one the user filter selects).
+async fn read_user(settings: &Settings, ldap: &mut Ldap, dn: &str) -> Result<Option<SearchEntry>, ConnectorError> {
+    if !is_within(dn, &settings.base_dn) {
+        return Ok(None);
+    }
+    let result = ldap
+        .with_timeout(settings.timeout)
+        .search(dn, Scope::Base, &settings.user_filter, settings.user_attributes())
+        .await
+        .map_err(|e| ldap_error(settings, &format!("read {dn:?}"), e))?;
+    let (entries, result) = (result.0, result.1);
+    match result.rc {
+        0 => Ok(entries.into_iter().filter(|e| !e.is_ref() && !e.is_intermediate()).map(SearchEntry::construct).next()),
+        // noSuchObject: a member DN whose entry is gone.
+        32 => Ok(None),
+        _ => Err(result_error(settings, &format!("read {dn:?}"), &result)),
     }
 }
 
@@ -1200,6 +1643,17 @@ impl Connector for LdapConnector {
     fn cursor(&self) -> Option<String> {
         self.cursor.clone()
     }
+
+    fn complete_groups(&self) -> Vec<String> {
+        self.complete.clone()
+    }
+
+    fn groups_present<'a>(
+        &'a mut self,
+        groups: &'a [String],
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, ConnectorError>> {
+        self.present_groups(groups).boxed()
+    }
 }
 
 #[cfg(test)]
@@ -1232,6 +1686,30 @@ mod tests {
         assert_eq!(first_rdn_value("cn=a\\,b+uid=x,dc=c").unwrap(), "a,b");
         assert_eq!(first_rdn_value(""), None);
         assert_eq!(normalize_dn("UID=a, OU=People,dc=Example"), "uid=a,ou=people,dc=example");
+    }
+
+    #[test]
+    fn changed_groups_are_looked_for_in_the_naming_context_of_the_users() {
+        let (s, l) = spec(serde_json::json!({"url": "ldaps://h", "baseDn": "OU=People, DC=Example,DC=com"}));
+        let c = LdapConnector::new(&s, &l, &ProviderInputs::default()).unwrap();
+        let contexts = ["dc=other".to_string(), "dc=com".to_string(), "dc=example,dc=com".to_string()];
+        assert_eq!(group_search_base(&c.settings, &contexts), "dc=example,dc=com", "the closest one");
+        assert_eq!(group_search_base(&c.settings, &contexts[..1]), "OU=People, DC=Example,DC=com");
+        let (s, l) = spec(serde_json::json!({"url": "ldaps://h", "baseDn": "dc=x", "groupBaseDn": "ou=g,dc=x"}));
+        let c = LdapConnector::new(&s, &l, &ProviderInputs::default()).unwrap();
+        assert_eq!(group_search_base(&c.settings, &contexts), "ou=g,dc=x");
+
+        assert!(is_within("uid=a,OU=People,dc=x", "ou=people, dc=x"));
+        assert!(is_within("dc=x", "dc=x"));
+        assert!(!is_within("uid=a,ou=otherpeople,dc=x", "ou=people,dc=x"));
+        assert_eq!(
+            any_of("memberOf", ["cn=a (b),dc=x", "cn=*"]),
+            "(|(memberOf=cn=a \\28b\\29,dc=x)(memberOf=cn=\\2a))"
+        );
+        assert!(ldap3::parse_filter(any_of("memberOf", ["cn=a (b),dc=x"])).is_ok());
+        let changed =
+            ChangedGroups { dns: vec!["cn=eng,ou=a,dc=x".into(), "CN=eng,ou=b,dc=x".into(), "cn=ops,dc=x".into()] };
+        assert_eq!(changed.names().into_iter().collect::<Vec<_>>(), ["eng", "ops"]);
     }
 
     #[test]

@@ -28,7 +28,17 @@
 //! 4. After the last page, [`Connector::cursor`] is the cursor the engine
 //!    stores *together with* this read's data, in the same commit; `None`
 //!    means there is none (a provider without deltas).
-//! 5. After a Full read, [`Connector::still_present`] is asked about the
+//! 5. After a Delta read, [`Connector::complete_groups`] names the groups
+//!    whose whole current membership the read's pages carried: a stored
+//!    account that lists one of them and that no page named has left it,
+//!    and the engine takes the group off it (an update). Sources whose
+//!    group changes move no member's change stamp (LDAP's memberOf, SCIM
+//!    `/Groups`) use it so that a delta sees who joined *and* who left.
+//!    When a Delta named deletions of ids that are no stored account (a
+//!    deleted group, perhaps, whose entry took its membership with it),
+//!    [`Connector::groups_present`] is asked which of the groups stored
+//!    accounts list still exist; the engine takes the others off them.
+//! 6. After a Full read, [`Connector::still_present`] is asked about the
 //!    stored accounts no page named before the engine deletes them: a
 //!    provider that can look one account up confirms each is gone, so a
 //!    listing that skipped someone never deletes a live account.
@@ -119,6 +129,29 @@ pub trait Connector: Send {
     /// After the last page: the cursor to store with this read's data (None:
     /// none).
     fn cursor(&self) -> Option<String>;
+
+    /// After the last page of a Delta read: the groups (as `Account::groups`
+    /// names them) whose membership this read reported in full. Every
+    /// current member of each was in one of the read's pages, carrying all
+    /// of its current groups; the engine takes these groups off every
+    /// stored account the read did not name. The default, for sources that
+    /// never read groups apart from their members, names none.
+    fn complete_groups(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// After a Delta read that named deletions of ids no stored account
+    /// has (a source that reports every deleted entry, groups included):
+    /// which of `groups` (the names stored accounts list) still name a group
+    /// at the source. The engine takes the others off the accounts. `None`
+    /// (the default): the source cannot tell, and a Full read settles it.
+    fn groups_present<'a>(
+        &'a mut self,
+        groups: &'a [String],
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, ConnectorError>> {
+        let _ = groups;
+        Box::pin(async { Ok(None) })
+    }
 
     /// After a Full read: which of `ids` (stored accounts no page named) the
     /// source still has, read again one by one. A listing can skip a live

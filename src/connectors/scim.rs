@@ -18,9 +18,21 @@
 //!   `userFilter` joined with `and`). SCIM has no tombstones, so a delta only
 //!   upserts; the periodic Full pass finds deletions. Otherwise the read is
 //!   Full and the plan says why.
-//! - **Cursor**: the highest `meta.lastModified` seen (compared as
-//!   timestamps, stored verbatim); a delta that sees nothing keeps the stored
-//!   cursor.
+//! - **Group changes in a Delta**: adding a member to a group changes no
+//!   user's `meta.lastModified`, so `begin` also reads
+//!   `/Groups?filter=meta.lastModified gt "<cursor>"`. When a group
+//!   changed, it reads the whole membership (`/Groups`, as a Full read
+//!   does) and, after the changed users, `GET /Users/{id}` for every member
+//!   of every group of a changed group's name that the listing did not
+//!   return (404: gone, left out), and reports those names as complete
+//!   ([`Connector::complete_groups`]): the engine takes them off whoever
+//!   left. A renamed group is a changed group under its new name. A server
+//!   that refuses that filter on `/Groups` (400, 501) makes the read Full,
+//!   and the plan says why. A deleted group leaves no trace to filter on:
+//!   the periodic Full pass takes it off its former members.
+//! - **Cursor**: the highest `meta.lastModified` seen among the users and
+//!   the changed groups (compared as timestamps, stored verbatim); a delta
+//!   that sees nothing keeps the stored cursor.
 //! - **Mapping**: id = `id`; username = `userName`; email = the primary (or
 //!   first) `emails[].value`; display name = `displayName`, `name.formatted`
 //!   or given and family names; enabled = `active` (default true); groups =
@@ -65,6 +77,8 @@ pub const ERROR_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
 const ACCEPT_SCIM: &str = "application/scim+json, application/json;q=0.9";
 const NO_CURSOR: &str = "no cursor yet";
 const NO_FILTER: &str = "the server does not support filtering";
+const NO_GROUP_FILTER: &str =
+    "the server does not filter /Groups by meta.lastModified, so a delta cannot see who joined or left a group";
 
 /// How requests are authenticated. `Debug` never shows the values.
 enum Auth {
@@ -106,6 +120,11 @@ struct Reading {
     /// The most pages this read may take: what the first page's
     /// `totalResults` announced, with a margin for users added meanwhile.
     max_pages: Option<u64>,
+    /// A Delta's members of the groups changed since the cursor, read one
+    /// by one after the changed users (those not among them).
+    members: std::collections::VecDeque<String>,
+    /// The changed groups' names: their membership is complete in this read.
+    complete: Vec<String>,
 }
 
 /// The SCIM connector.
@@ -235,10 +254,24 @@ impl ScimConnector {
     /// Every group's members: member id → group display names.
     async fn memberships(&self, page: u64) -> Result<HashMap<String, Vec<String>>, ConnectorError> {
         let mut map: HashMap<String, Vec<String>> = HashMap::new();
+        for group in self.groups(None, page).await? {
+            let Some(name) = group_name(&group) else { continue };
+            for member in group.get("members").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(id) = str_at(member, "/value") {
+                    map.entry(id.to_string()).or_default().push(name.to_string());
+                }
+            }
+        }
+        Ok(map)
+    }
+
+    /// Every group `filter` selects (None: every group).
+    async fn groups(&self, filter: Option<&str>, page: u64) -> Result<Vec<Value>, ConnectorError> {
+        let mut groups = Vec::new();
         let mut start_index = 1;
         let mut seen: HashSet<String> = HashSet::new();
         loop {
-            let list = self.list("Groups", start_index, None, page).await?;
+            let list = self.list("Groups", start_index, filter, page).await?;
             // A server that ignores startIndex would be paged forever.
             let ids: Vec<&str> = list.resources.iter().filter_map(|group| str_at(group, "/id")).collect();
             if !ids.is_empty() && ids.iter().all(|id| seen.contains(*id)) {
@@ -251,40 +284,55 @@ impl ScimConnector {
                 ));
             }
             seen.extend(ids.into_iter().map(String::from));
-            for group in &list.resources {
-                let Some(name) = str_at(group, "/displayName").or_else(|| str_at(group, "/id")) else {
-                    continue;
-                };
-                for member in group.get("members").and_then(Value::as_array).into_iter().flatten() {
-                    if let Some(id) = str_at(member, "/value") {
-                        map.entry(id.to_string()).or_default().push(name.to_string());
-                    }
-                }
-            }
-            match list.next_start(start_index) {
+            let next = list.next_start(start_index);
+            groups.extend(list.resources);
+            match next {
                 Some(next) => start_index = next,
-                None => return Ok(map),
+                None => return Ok(groups),
             }
         }
+    }
+
+    /// A Delta's groups changed since `cursor`, by name, with their latest
+    /// `meta.lastModified`; None when the server refuses to filter
+    /// `/Groups` by it.
+    async fn changed_groups(&self, cursor: &str) -> Result<Option<ChangedGroups>, ConnectorError> {
+        let groups = match self.groups(Some(&delta_filter(None, cursor)), 1).await {
+            Ok(groups) => groups,
+            Err(ConnectorError::Http { status: 400 | 501, .. }) => return Ok(None),
+            Err(e) => return Err(e.with_page(None)),
+        };
+        let mut changed = ChangedGroups::default();
+        for group in &groups {
+            if let Some(name) = group_name(group) {
+                changed.names.insert(name.to_string());
+            }
+            changed.latest = latest(changed.latest.take(), group);
+        }
+        Ok(Some(changed))
     }
 
     async fn page(&mut self) -> Result<Option<Page>, ConnectorError> {
         let Some(mut reading) = self.reading.take() else {
             return Err(source(None, "no read in progress: it failed, or begin was not called"));
         };
-        if reading.done {
-            self.reading = Some(reading);
-            return Ok(None);
-        }
-        let number = reading.number;
         // On error the read is over: `reading` stays taken.
+        let page =
+            if reading.done { self.member_page(&mut reading).await? } else { self.user_page(&mut reading).await? };
+        self.reading = Some(reading);
+        Ok(page)
+    }
+
+    /// The next page of the `/Users` listing; after its last, the first
+    /// page of the changed groups' members (None: the read is over).
+    async fn user_page(&mut self, reading: &mut Reading) -> Result<Option<Page>, ConnectorError> {
+        let number = reading.number;
         let list = self.list("Users", reading.start_index, reading.filter.as_deref(), number).await?;
         reading.check_page(&list, number)?;
         if list.resources.is_empty() {
             reading.done = true;
             self.cursor = reading.cursor();
-            self.reading = Some(reading);
-            return Ok(None);
+            return self.member_page(reading).await;
         }
         reading.groups_on_users |= list.resources.iter().any(has_groups);
         if reading.memberships.is_none() && !reading.groups_on_users {
@@ -299,12 +347,7 @@ impl ScimConnector {
                 account.groups.extend(groups.iter().cloned());
                 account.normalize();
             }
-            if let Some(modified) = str_at(user, "/meta/lastModified")
-                && let Ok(at) = modified.parse::<jiff::Timestamp>()
-                && reading.latest.as_ref().is_none_or(|(latest, _)| at > *latest)
-            {
-                reading.latest = Some((at, modified.to_string()));
-            }
+            reading.latest = latest(reading.latest.take(), user);
             accounts.push(account);
         }
         match list.next_start(reading.start_index) {
@@ -315,40 +358,104 @@ impl ScimConnector {
             }
         }
         reading.number += 1;
-        self.reading = Some(reading);
         Ok(Some(Page { number, accounts, deleted: Vec::new() }))
+    }
+
+    /// The next page of the changed groups' members the listing did not
+    /// return, read one by one (None: none left).
+    async fn member_page(&self, reading: &mut Reading) -> Result<Option<Page>, ConnectorError> {
+        let size = usize::try_from(self.page_size).unwrap_or(usize::MAX);
+        let mut ids = Vec::new();
+        while ids.len() < size
+            && let Some(id) = reading.members.pop_front()
+        {
+            if reading.seen.insert(id.clone()) {
+                ids.push(id);
+            }
+        }
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let number = reading.number;
+        let mut accounts = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let member = match &self.user_filter {
+                // Only a member the user filter selects is one of this
+                // connection's accounts.
+                Some(user_filter) => self.filtered_user(user_filter, id, number, reading.memberships.as_ref()).await?,
+                None => self.user(id, Some(number), reading.memberships.as_ref()).await?,
+            };
+            accounts.extend(member);
+        }
+        reading.number += 1;
+        Ok(Some(Page { number, accounts, deleted: Vec::new() }))
+    }
+
+    /// The user `id` if `user_filter` selects it:
+    /// `/Users?filter=(<userFilter>) and id eq "<id>"`.
+    async fn filtered_user(
+        &self,
+        user_filter: &str,
+        id: &str,
+        page: u64,
+        memberships: Option<&HashMap<String, Vec<String>>>,
+    ) -> Result<Option<Account>, ConnectorError> {
+        let escaped = id.replace('\\', "\\\\").replace('"', "\\\"");
+        let filter = format!("({user_filter}) and id eq \"{escaped}\"");
+        let list = self.list("Users", 1, Some(&filter), page).await?;
+        let Some(user) = list.resources.iter().find(|u| str_at(u, "/id") == Some(id)) else {
+            return Ok(None);
+        };
+        let mut account = map_user(user).map_err(|m| source(Some(page), format!("the user {id:?}: {m}")))?;
+        if let Some(groups) = memberships.and_then(|m| m.get(&account.id)) {
+            account.groups.extend(groups.iter().cloned());
+            account.normalize();
+        }
+        Ok(Some(account))
+    }
+
+    /// `GET /Users/{id}` as an account with its groups from `memberships`;
+    /// None when the server answers 404 (no such user).
+    async fn user(
+        &self,
+        id: &str,
+        page: Option<u64>,
+        memberships: Option<&HashMap<String, Vec<String>>>,
+    ) -> Result<Option<Account>, ConnectorError> {
+        let mut url = self.endpoint("Users")?;
+        url.path_segments_mut()
+            .map_err(|()| ConnectorError::Config {
+                field: "spec.provider.scim.baseUrl".to_string(),
+                message: "cannot be a base for user URLs".to_string(),
+            })?
+            .push(id);
+        let request = self.request(url)?;
+        let user = match self.get_json(&request, page).await {
+            Ok(user) => user,
+            Err(ConnectorError::Http { status: 404, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut account = map_user(&user).map_err(|m| source(page, format!("the user {id:?}: {m}")))?;
+        if account.id != *id {
+            return Err(source(page, format!("GET /Users/{id} answered with the user {:?}", account.id)));
+        }
+        if let Some(groups) = memberships.and_then(|m| m.get(&account.id)) {
+            account.groups.extend(groups.iter().cloned());
+            account.normalize();
+        }
+        Ok(Some(account))
     }
 
     /// `GET /Users/{id}` for each id: the users the server still has (404
     /// means gone; any other failure fails the read).
     async fn present(&mut self, ids: &[String]) -> Result<Vec<Account>, ConnectorError> {
         let page = self.reading.as_ref().map(|r| r.number);
+        let memberships = self.reading.as_ref().and_then(|r| r.memberships.as_ref());
         let mut present = Vec::new();
         for id in ids {
-            let mut url = self.endpoint("Users")?;
-            url.path_segments_mut()
-                .map_err(|()| ConnectorError::Config {
-                    field: "spec.provider.scim.baseUrl".to_string(),
-                    message: "cannot be a base for user URLs".to_string(),
-                })?
-                .push(id);
-            let request = self.request(url)?;
-            let user = match self.get_json(&request, page).await {
-                Ok(user) => user,
-                Err(ConnectorError::Http { status: 404, .. }) => continue,
-                Err(e) => return Err(e),
-            };
-            let mut account = map_user(&user).map_err(|m| source(page, format!("the user {id:?}: {m}")))?;
-            if account.id != *id {
-                return Err(source(page, format!("GET /Users/{id} answered with the user {:?}", account.id)));
+            if let Some(account) = self.user(id, page, memberships).await? {
+                present.push(account);
             }
-            if let Some(groups) =
-                self.reading.as_ref().and_then(|r| r.memberships.as_ref()).and_then(|m| m.get(&account.id))
-            {
-                account.groups.extend(groups.iter().cloned());
-                account.normalize();
-            }
-            present.push(account);
         }
         Ok(present)
     }
@@ -364,6 +471,31 @@ impl ScimConnector {
             (SyncMode::Delta, Some(_)) if !filter_supported => (ReadKind::Full, Some(NO_FILTER.to_string())),
             (SyncMode::Delta, Some(_)) => (ReadKind::Delta, None),
         };
+        // Adding a member to a group changes no user's meta.lastModified: a
+        // Delta also reads the groups changed since the cursor, and then
+        // every current member of every group of their names.
+        let (kind, reason, changed) = match (kind, cursor) {
+            (ReadKind::Delta, Some(cursor)) => match self.changed_groups(cursor).await? {
+                Some(changed) => (kind, reason, changed),
+                None => (ReadKind::Full, Some(NO_GROUP_FILTER.to_string()), ChangedGroups::default()),
+            },
+            _ => (kind, reason, ChangedGroups::default()),
+        };
+        let (memberships, members) = if changed.names.is_empty() {
+            (None, Default::default())
+        } else {
+            // The whole membership: the members' other groups, and every
+            // group of a changed group's name.
+            let memberships = self.memberships(1).await.map_err(|e| e.with_page(None))?;
+            let mut members: Vec<String> = memberships
+                .iter()
+                .filter(|(_, groups)| groups.iter().any(|g| changed.names.contains(g)))
+                .map(|(id, _)| id.clone())
+                .collect();
+            members.sort();
+            tracing::debug!(groups = ?changed.names, members = members.len(), "scim delta: groups changed");
+            (Some(memberships), members.into())
+        };
         let filter = match (kind, cursor) {
             (ReadKind::Delta, Some(cursor)) => Some(delta_filter(self.user_filter.as_deref(), cursor)),
             _ => self.user_filter.clone(),
@@ -374,11 +506,13 @@ impl ScimConnector {
             number: 1,
             done: false,
             stored_cursor: cursor.map(String::from),
-            latest: None,
-            memberships: None,
+            latest: changed.latest,
+            memberships,
             groups_on_users: false,
             seen: HashSet::new(),
             max_pages: None,
+            members,
+            complete: changed.names.into_iter().collect(),
         });
         Ok(ReadPlan { kind, reason })
     }
@@ -460,6 +594,31 @@ impl Connector for ScimConnector {
 
     fn still_present<'a>(&'a mut self, ids: &'a [String]) -> BoxFuture<'a, Result<Vec<Account>, ConnectorError>> {
         Box::pin(self.present(ids))
+    }
+
+    fn complete_groups(&self) -> Vec<String> {
+        self.reading.as_ref().filter(|r| r.done).map(|r| r.complete.clone()).unwrap_or_default()
+    }
+}
+
+/// The groups a Delta found changed since its cursor.
+#[derive(Debug, Default)]
+struct ChangedGroups {
+    names: std::collections::BTreeSet<String>,
+    /// Their highest `meta.lastModified`: (parsed, verbatim).
+    latest: Option<(jiff::Timestamp, String)>,
+}
+
+/// A group's name as accounts list it: `displayName`, or its id.
+fn group_name(group: &Value) -> Option<&str> {
+    str_at(group, "/displayName").or_else(|| str_at(group, "/id"))
+}
+
+/// The later of `latest` and a resource's `meta.lastModified`.
+fn latest(latest: Option<(jiff::Timestamp, String)>, resource: &Value) -> Option<(jiff::Timestamp, String)> {
+    match str_at(resource, "/meta/lastModified").and_then(|m| Some((m.parse::<jiff::Timestamp>().ok()?, m))) {
+        Some((at, text)) if latest.as_ref().is_none_or(|(l, _)| at > *l) => Some((at, text.to_string())),
+        _ => latest,
     }
 }
 
@@ -873,6 +1032,97 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    /// A server whose users carry no groups; `/Groups` with a filter
+    /// answers `groups_filtered` (None: 400 invalidFilter).
+    async fn group_server(groups_filtered: Option<Value>) -> crate::connectors::testing::TestServer {
+        serve(handler(move |_, parts| {
+            let groups_filtered = groups_filtered.clone();
+            Box::pin(async move {
+                let query = parts.uri.query().unwrap_or_default().to_string();
+                let filtered = query.contains("filter=");
+                let body = match parts.uri.path() {
+                    "/scim/ServiceProviderConfig" => json!({"filter": {"supported": true}}),
+                    // Only u2 is an active user, the userFilter of one test.
+                    "/scim/Users" if query.contains("u2") => json!({"totalResults": 1, "Resources": [
+                        {"id": "u2", "userName": "bob"},
+                    ]}),
+                    "/scim/Users" if filtered => json!({"totalResults": 0, "Resources": []}),
+                    "/scim/Users/u2" => json!({"id": "u2", "userName": "bob"}),
+                    "/scim/Users/u3" => json!({"id": "u3", "userName": "carol"}),
+                    "/scim/Users/gone" => return respond(404, &[], ""),
+                    "/scim/Groups" if filtered => match groups_filtered {
+                        Some(body) => body,
+                        None => {
+                            return respond(
+                                400,
+                                &[],
+                                json!({"schemas": [ERROR_SCHEMA], "status": "400", "scimType": "invalidFilter"})
+                                    .to_string(),
+                            );
+                        }
+                    },
+                    "/scim/Groups" => json!({"totalResults": 3, "Resources": [
+                        {"id": "g1", "displayName": "eng", "members": [{"value": "u2"}, {"value": "gone"}]},
+                        {"id": "g2", "displayName": "ops", "members": [{"value": "u2"}, {"value": "u9"}]},
+                        {"id": "g3", "displayName": "eng", "members": [{"value": "u3"}]},
+                    ]}),
+                    _ => return respond(404, &[], ""),
+                };
+                respond(200, &[("content-type", "application/scim+json")], body.to_string())
+            })
+        }))
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_delta_reads_the_members_of_the_groups_changed_since_the_cursor() {
+        let changed = json!({"totalResults": 1, "Resources": [
+            {"id": "g1", "displayName": "eng", "meta": {"lastModified": "2026-11-29T08:00:00Z"}},
+        ]});
+        let server = group_server(Some(changed)).await;
+        let (spec, settings) = spec(&format!("{}/scim", server.base), 10);
+        let mut connector = ScimConnector::with_http_settings(&spec, &settings, &inputs("tok"), fast()).unwrap();
+        let plan = connector.begin(SyncMode::Delta, Some("2026-11-29T07:00:00Z")).await.unwrap();
+        assert_eq!(plan, ReadPlan { kind: ReadKind::Delta, reason: None });
+        let mut accounts = Vec::new();
+        while let Some(page) = connector.next_page().await.unwrap() {
+            accounts.extend(page.accounts);
+        }
+        // Every member of both groups named eng, each with all its groups;
+        // a member the server no longer has is left out.
+        let members: Vec<(&str, Vec<String>)> = accounts.iter().map(|a| (a.id.as_str(), a.groups.clone())).collect();
+        assert_eq!(members, [("u2", vec!["eng".to_string(), "ops".to_string()]), ("u3", vec!["eng".to_string()])]);
+        assert_eq!(connector.complete_groups(), ["eng"]);
+        assert_eq!(connector.cursor().as_deref(), Some("2026-11-29T08:00:00Z"), "the cursor covers the groups");
+    }
+
+    #[tokio::test]
+    async fn only_members_the_user_filter_selects_are_read() {
+        let changed = json!({"totalResults": 1, "Resources": [{"id": "g1", "displayName": "eng"}]});
+        let server = group_server(Some(changed)).await;
+        let (spec, mut settings) = spec(&format!("{}/scim", server.base), 10);
+        settings.user_filter = Some("active eq true".into());
+        let mut connector = ScimConnector::with_http_settings(&spec, &settings, &inputs("tok"), fast()).unwrap();
+        let plan = connector.begin(SyncMode::Delta, Some("2026-11-29T07:00:00Z")).await.unwrap();
+        assert_eq!(plan.kind, ReadKind::Delta);
+        let mut ids = Vec::new();
+        while let Some(page) = connector.next_page().await.unwrap() {
+            ids.extend(page.accounts.into_iter().map(|a| a.id));
+        }
+        assert_eq!(ids, ["u2"], "u3 is outside the user filter, so no account of this connection");
+        assert_eq!(connector.complete_groups(), ["eng"]);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_cannot_filter_groups_makes_a_delta_full() {
+        let server = group_server(None).await;
+        let (spec, settings) = spec(&format!("{}/scim", server.base), 10);
+        let mut connector = ScimConnector::with_http_settings(&spec, &settings, &inputs("tok"), fast()).unwrap();
+        let plan = connector.begin(SyncMode::Delta, Some("2026-11-29T07:00:00Z")).await.unwrap();
+        assert_eq!(plan, ReadPlan { kind: ReadKind::Full, reason: Some(NO_GROUP_FILTER.into()) });
+        assert!(connector.complete_groups().is_empty());
     }
 
     #[test]

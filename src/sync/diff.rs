@@ -4,7 +4,7 @@
 //! Memory: the store's id index plus the ids seen, never the accounts
 //! themselves beyond the page in hand.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::connectors::{Page, ReadKind};
 use crate::model::{Account, ChangeKind, ContentHash, Counts};
@@ -36,12 +36,21 @@ pub struct Diff {
     deleted: HashSet<String>,
     counts: Counts,
     kind: ReadKind,
+    /// A Delta named deleted ids that were no stored account.
+    deleted_unknown: bool,
 }
 
 impl Diff {
     /// A diff against `index` (id → hash of every stored account).
     pub fn new(index: HashMap<String, ContentHash>, kind: ReadKind) -> Self {
-        Diff { index, seen: HashSet::new(), deleted: HashSet::new(), counts: Counts::default(), kind }
+        Diff {
+            index,
+            seen: HashSet::new(),
+            deleted: HashSet::new(),
+            counts: Counts::default(),
+            kind,
+            deleted_unknown: false,
+        }
     }
 
     /// How many accounts the connection had before the sync.
@@ -77,12 +86,20 @@ impl Diff {
         }
         if self.kind == ReadKind::Delta {
             for id in page.deleted {
+                self.deleted_unknown |= !self.index.contains_key(&id);
                 if self.index.contains_key(&id) && !self.seen.contains(&id) && self.deleted.insert(id.clone()) {
                     changes.push(Some(ChangeKind::Deleted), StagedChange::Delete(id));
                 }
             }
         }
         changes
+    }
+
+    /// Whether this Delta named deletions of ids no stored account has:
+    /// what a source that reports every deleted entry says of a deleted
+    /// group.
+    pub fn deleted_unknown(&self) -> bool {
+        self.deleted_unknown
     }
 
     /// In a full read, the stored ids no page has named so far, sorted: what
@@ -94,6 +111,28 @@ impl Diff {
         let mut unseen: Vec<String> = self.index.keys().filter(|id| !self.seen.contains(*id)).cloned().collect();
         unseen.sort();
         unseen
+    }
+
+    /// In a Delta read whose source carried the whole membership of the
+    /// `complete` groups: the accounts of `stored` that the read neither
+    /// named nor deleted and that list one of those groups, without them.
+    /// They have left those groups: a source that changes a group without
+    /// moving its members' change stamps only names who is in it now. An
+    /// account the read named already carries its current groups, so it is
+    /// never changed (nor counted) twice.
+    pub fn departures(&self, stored: Vec<Account>, complete: &BTreeSet<String>) -> Vec<Account> {
+        if self.kind != ReadKind::Delta || complete.is_empty() {
+            return Vec::new();
+        }
+        stored
+            .into_iter()
+            .filter(|a| !self.seen.contains(&a.id) && !self.deleted.contains(&a.id))
+            .filter_map(|mut account| {
+                let before = account.groups.len();
+                account.groups.retain(|g| !complete.contains(g));
+                (account.groups.len() != before).then_some(account)
+            })
+            .collect()
     }
 
     /// After the last page: the deletions a full read implies (stored ids
@@ -165,9 +204,71 @@ mod tests {
             diff.page(Page { number: 1, accounts: vec![account("3", "c@x")], deleted: vec!["2".into(), "9".into()] });
         assert_eq!(changes.kinds, vec![Some(ChangeKind::Created), Some(ChangeKind::Deleted)]);
         assert_eq!(changes.staged[1], StagedChange::Delete("2".into()));
+        assert!(diff.deleted_unknown(), "9 was no stored account");
         let (deletions, counts) = diff.finish();
         assert!(deletions.is_empty(), "a delta implies no deletions beyond those it names");
         assert_eq!(counts, Counts { created: 1, updated: 0, deleted: 1, unchanged: 0 });
+    }
+
+    fn member(id: &str, groups: &[&str]) -> Account {
+        let mut a = account(id, &format!("{id}@x"));
+        a.groups = groups.iter().map(|g| g.to_string()).collect();
+        a.normalize();
+        a
+    }
+
+    fn complete(groups: &[&str]) -> BTreeSet<String> {
+        groups.iter().map(|g| g.to_string()).collect()
+    }
+
+    #[test]
+    fn a_delta_with_complete_groups_takes_them_off_the_accounts_it_did_not_name() {
+        // Stored: bob and dan in eng, carol in eng and ops, erin in ops only.
+        let stored = [
+            member("alice", &[]),
+            member("bob", &["eng", "all"]),
+            member("carol", &["eng", "ops"]),
+            member("dan", &["eng"]),
+            member("erin", &["ops"]),
+        ];
+        let mut diff = Diff::new(index(&stored), ReadKind::Delta);
+        // The delta: eng changed and now holds alice and carol (who also
+        // changed e-mail); dan was deleted at the source.
+        let mut carol = member("carol", &["eng", "ops"]);
+        carol.email = Some("carol@new".into());
+        let changes = diff.page(Page {
+            number: 1,
+            accounts: vec![member("alice", &["eng"]), carol],
+            deleted: vec!["dan".into()],
+        });
+        assert_eq!(
+            changes.kinds,
+            vec![Some(ChangeKind::Updated), Some(ChangeKind::Updated), Some(ChangeKind::Deleted)]
+        );
+        let left = diff.departures(stored.to_vec(), &complete(&["eng"]));
+        assert_eq!(
+            left,
+            vec![member("bob", &["all"])],
+            "only bob left eng; carol was named, dan deleted, erin never in it"
+        );
+
+        let changes = diff.page(Page { number: 2, accounts: left, deleted: vec![] });
+        assert_eq!(changes.kinds, vec![Some(ChangeKind::Updated)]);
+        let (deletions, counts) = diff.finish();
+        assert!(deletions.is_empty());
+        assert_eq!(counts, Counts { created: 0, updated: 3, deleted: 1, unchanged: 0 }, "carol counted once");
+    }
+
+    #[test]
+    fn departures_need_a_delta_and_a_complete_group() {
+        let stored = [member("bob", &["eng"])];
+        let full = Diff::new(index(&stored), ReadKind::Full);
+        assert!(full.departures(stored.to_vec(), &complete(&["eng"])).is_empty(), "a full read names everyone");
+        let delta = Diff::new(index(&stored), ReadKind::Delta);
+        assert!(delta.departures(stored.to_vec(), &complete(&[])).is_empty());
+        assert!(delta.departures(stored.to_vec(), &complete(&["Eng", "ops"])).is_empty(), "names match exactly");
+        // A group emptied of everyone: every stored member leaves it.
+        assert_eq!(delta.departures(stored.to_vec(), &complete(&["eng"])), vec![member("bob", &[])]);
     }
 
     #[test]

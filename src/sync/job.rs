@@ -2,7 +2,7 @@
 //! against the store, stage the changes, check the import safeguard, and
 //! commit the changes with the new cursor in one transaction — or nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -358,6 +358,82 @@ async fn stage_page(
     Ok(())
 }
 
+/// The stored accounts of a connection, read in id order a batch at a
+/// time: memory stays bounded whatever the connection's size.
+struct StoredAccounts {
+    conn: ConnectionRef,
+    after: Option<String>,
+    done: bool,
+}
+
+impl StoredAccounts {
+    const BATCH: usize = 1000;
+
+    fn of(conn: &ConnectionRef) -> Self {
+        StoredAccounts { conn: conn.clone(), after: None, done: false }
+    }
+
+    /// The next batch; None after the last.
+    async fn next(&mut self, store: &Arc<dyn Store>) -> Result<Option<Vec<Account>>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let (conn, after) = (self.conn.clone(), self.after.clone());
+        let batch = blocking(store, move |s| s.list_accounts(&conn, after.as_deref(), Self::BATCH)).await?;
+        self.done = batch.len() < Self::BATCH;
+        self.after = batch.last().map(|a| a.id.clone());
+        Ok((!batch.is_empty()).then_some(batch))
+    }
+}
+
+/// After a Delta read that carried the whole membership of `complete`
+/// groups: stages, as ordinary updates, the stored accounts that list one
+/// of them but were not among the members read, without those groups.
+async fn stage_departures(
+    store: &Arc<dyn Store>,
+    conn: &ConnectionRef,
+    run_id: RunId,
+    diff: &mut Diff,
+    complete: &BTreeSet<String>,
+    state: &mut Progress,
+) -> Result<(), Failure> {
+    let mut stored = StoredAccounts::of(conn);
+    while let Some(batch) = stored.next(store).await? {
+        let left = diff.departures(batch, complete);
+        if !left.is_empty() {
+            tracing::debug!(connection = %conn, accounts = left.len(), "accounts left groups read in full");
+            let changes = diff.page(Page { number: state.pages, accounts: left, deleted: Vec::new() });
+            stage_page(store, conn, run_id, changes, state).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The groups stored accounts list that the source says no longer exist
+/// (none when it cannot tell).
+async fn groups_gone(
+    store: &Arc<dyn Store>,
+    conn: &ConnectionRef,
+    connector: &mut dyn Connector,
+) -> Result<BTreeSet<String>, Failure> {
+    let mut listed = BTreeSet::new();
+    let mut stored = StoredAccounts::of(conn);
+    while let Some(batch) = stored.next(store).await? {
+        listed.extend(batch.into_iter().flat_map(|a| a.groups));
+    }
+    if listed.is_empty() {
+        return Ok(listed);
+    }
+    let names: Vec<String> = listed.iter().cloned().collect();
+    let Some(present) = connector.groups_present(&names).await? else {
+        return Ok(BTreeSet::new());
+    };
+    for name in present {
+        listed.remove(&name);
+    }
+    Ok(listed)
+}
+
 /// Adds a sentence to the run's message.
 fn add_note(state: &mut Progress, note: String) {
     state.note = Some(match state.note.take() {
@@ -425,6 +501,26 @@ async fn read_and_stage(
         state.pages += 1;
         let changes = diff.page(page);
         stage_page(store, &conn, run_id, changes, state).await?;
+    }
+    if plan.kind == ReadKind::Delta {
+        let mut complete: BTreeSet<String> = connector.complete_groups().into_iter().collect();
+        if diff.deleted_unknown() {
+            let gone = groups_gone(store, &conn, connector).await?;
+            if !gone.is_empty() {
+                add_note(
+                    state,
+                    format!(
+                        "{} group(s) no longer at the source were taken off their members: {}",
+                        gone.len(),
+                        gone.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                );
+                complete.extend(gone);
+            }
+        }
+        if !complete.is_empty() {
+            stage_departures(store, &conn, run_id, &mut diff, &complete, state).await?;
+        }
     }
     // Before deleting what the listing did not name, ask the source about
     // each: a live account it skipped is kept (with what the source says
@@ -706,6 +802,171 @@ mod tests {
             deleted.fields.iter().find(|f| f.field == "email").and_then(|f| f.before.clone()),
             Some("alan@example.com".into())
         );
+    }
+
+    /// A delta-capable source that serves `accounts` in one page and reports
+    /// `complete` as the groups whose membership it read in full.
+    struct GroupSource {
+        accounts: Option<Vec<Account>>,
+        complete: Vec<String>,
+        kind: ReadKind,
+        /// Ids the delta names as deleted.
+        deleted: Vec<String>,
+        /// What `groups_present` answers.
+        present: Option<Vec<String>>,
+    }
+
+    impl Connector for GroupSource {
+        fn capabilities(&self) -> Capabilities {
+            Capabilities { delta: true, delta_deletions: true, groups: true }
+        }
+        fn begin<'a>(
+            &'a mut self,
+            mode: SyncMode,
+            cursor: Option<&'a str>,
+        ) -> BoxFuture<'a, Result<ReadPlan, ConnectorError>> {
+            self.kind = if mode == SyncMode::Delta && cursor.is_some() { ReadKind::Delta } else { ReadKind::Full };
+            let kind = self.kind;
+            Box::pin(async move { Ok(ReadPlan { kind, reason: None }) })
+        }
+        fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>, ConnectorError>> {
+            let deleted = std::mem::take(&mut self.deleted);
+            let page = self.accounts.take().map(|accounts| Page { number: 1, accounts, deleted });
+            Box::pin(async move { Ok(page) })
+        }
+        fn cursor(&self) -> Option<String> {
+            Some("c".into())
+        }
+        fn complete_groups(&self) -> Vec<String> {
+            self.complete.clone()
+        }
+        fn groups_present<'a>(
+            &'a mut self,
+            groups: &'a [String],
+        ) -> BoxFuture<'a, Result<Option<Vec<String>>, ConnectorError>> {
+            let present =
+                self.present.as_ref().map(|p| groups.iter().filter(|g| p.contains(g)).cloned().collect::<Vec<_>>());
+            Box::pin(async move { Ok(present) })
+        }
+    }
+
+    fn in_groups(id: &str, groups: &[&str]) -> Account {
+        let mut a = person(id, &format!("{id}@example.com"));
+        a.groups = groups.iter().map(|g| g.to_string()).collect();
+        a
+    }
+
+    #[tokio::test]
+    async fn a_delta_that_read_a_group_whole_takes_it_off_those_who_left() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("store"));
+        let source = |accounts: Vec<Account>, complete: &[&str]| -> Box<dyn Connector> {
+            Box::new(GroupSource {
+                accounts: Some(accounts),
+                complete: complete.iter().map(|g| g.to_string()).collect(),
+                kind: ReadKind::Full,
+                deleted: Vec::new(),
+                present: None,
+            })
+        };
+        // Enough accounts that the scan for departures takes several batches.
+        let mut everyone: Vec<Account> = (0..2500).map(|i| in_groups(&format!("U{i:04}"), &["all"])).collect();
+        everyone.push(in_groups("bob", &["all", "eng"]));
+        everyone.push(in_groups("carol", &["eng"]));
+        everyone.push(in_groups("alice", &["all"]));
+        let first = run(job(SyncMode::Full, "h"), source(everyone, &[]), store.clone(), Cancel::new()).await;
+        assert_eq!((first.outcome, first.counts.created), (RunOutcome::Succeeded, 2503), "{first:?}");
+
+        // eng changed at the source: alice joined, bob left, carol stayed.
+        let delta = run(
+            job(SyncMode::Delta, "h"),
+            source(vec![in_groups("alice", &["all", "eng"]), in_groups("carol", &["eng"])], &["eng"]),
+            store.clone(),
+            Cancel::new(),
+        )
+        .await;
+        assert_eq!((delta.outcome, delta.mode), (RunOutcome::Succeeded, SyncMode::Delta), "{delta:?}");
+        assert_eq!(delta.counts, Counts { created: 0, updated: 2, deleted: 0, unchanged: 1 }, "{delta:?}");
+        let changes: Vec<String> = store
+            .run_changes(delta.run.expect("a run"), 0, 100)
+            .expect("changes")
+            .into_iter()
+            .map(|(_, c)| c.summary())
+            .collect();
+        assert_eq!(
+            changes,
+            ["update alice: groups [\"all\"] → [\"all\",\"eng\"]", "update bob: groups [\"all\",\"eng\"] → [\"all\"]",]
+        );
+        let conn = ConnectionRef { namespace: "ns".into(), name: "entra".into() };
+        let groups = |id: &str| store.get_account(&conn, id).expect("read").expect("stored").groups;
+        assert_eq!(groups("bob"), ["all"]);
+        assert_eq!(groups("alice"), ["all", "eng"]);
+        assert_eq!(groups("U0001"), ["all"]);
+
+        // The same membership again: nothing changes.
+        let again = run(
+            job(SyncMode::Delta, "h"),
+            source(vec![in_groups("alice", &["all", "eng"]), in_groups("carol", &["eng"])], &["eng"]),
+            store.clone(),
+            Cancel::new(),
+        )
+        .await;
+        assert_eq!(again.counts, Counts { created: 0, updated: 0, deleted: 0, unchanged: 2 }, "{again:?}");
+    }
+
+    #[tokio::test]
+    async fn a_delta_that_deleted_an_unknown_entry_asks_which_groups_are_left() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("store"));
+        let source = |deleted: &[&str], present: Option<&[&str]>| -> Box<dyn Connector> {
+            Box::new(GroupSource {
+                accounts: Some(Vec::new()),
+                complete: Vec::new(),
+                kind: ReadKind::Full,
+                deleted: deleted.iter().map(|d| d.to_string()).collect(),
+                present: present.map(|p| p.iter().map(|g| g.to_string()).collect()),
+            })
+        };
+        let everyone = vec![in_groups("bob", &["all", "eng"]), in_groups("carol", &["ops"]), in_groups("dan", &[])];
+        let full = run(
+            job(SyncMode::Full, "h"),
+            Box::new(GroupSource {
+                accounts: Some(everyone),
+                complete: Vec::new(),
+                kind: ReadKind::Full,
+                deleted: Vec::new(),
+                present: None,
+            }),
+            store.clone(),
+            Cancel::new(),
+        )
+        .await;
+        assert_eq!(full.counts.created, 3, "{full:?}");
+
+        // Deletions of stored accounts only: no question asked, nothing else changes.
+        let plain = run(job(SyncMode::Delta, "h"), source(&["dan"], Some(&[])), store.clone(), Cancel::new()).await;
+        assert_eq!(plain.counts, Counts { created: 0, updated: 0, deleted: 1, unchanged: 0 }, "{plain:?}");
+        // A source that cannot tell: nothing changes.
+        let unsure = run(job(SyncMode::Delta, "h"), source(&["group-uuid"], None), store.clone(), Cancel::new()).await;
+        assert_eq!(unsure.counts, Counts::default(), "{unsure:?}");
+        // eng is gone at the source: bob loses it, carol keeps ops.
+        let gone = run(
+            job(SyncMode::Delta, "h"),
+            source(&["group-uuid"], Some(&["all", "ops"])),
+            store.clone(),
+            Cancel::new(),
+        )
+        .await;
+        assert_eq!(gone.counts, Counts { created: 0, updated: 1, deleted: 0, unchanged: 0 }, "{gone:?}");
+        assert!(
+            gone.message.contains("1 group(s) no longer at the source were taken off their members: eng"),
+            "{}",
+            gone.message
+        );
+        let conn = ConnectionRef { namespace: "ns".into(), name: "entra".into() };
+        let groups = |id: &str| store.get_account(&conn, id).expect("read").expect("stored").groups;
+        assert_eq!(groups("bob"), ["all"]);
+        assert_eq!(groups("carol"), ["ops"]);
     }
 
     /// A source that answers its first page and then never again.

@@ -431,6 +431,162 @@ async fn delta_by_modify_timestamp_without_syncprov() {
     assert_eq!(cursor, Some(next));
 }
 
+/// One sync of `connection` through the sync engine into `store`.
+async fn sync(
+    connection: ConnectionBuilder,
+    store: &std::sync::Arc<dyn idsync::store::Store>,
+    conn: &str,
+    mode: SyncMode,
+) -> idsync::sync::job::SyncReport {
+    let job = idsync::sync::job::SyncJob {
+        connection: idsync::model::ConnectionRef::new("default", conn),
+        mode,
+        trigger: idsync::model::Trigger::Requested,
+        request: None,
+        holder: "test".into(),
+        dry_run: false,
+        confirm_deletes: false,
+        safeguard: Default::default(),
+        settings_hash: "ldap".into(),
+        full_sync_interval: std::time::Duration::from_secs(24 * 3600),
+        max_duration: std::time::Duration::from_secs(600),
+    };
+    let connector = Box::new(connector(connection, 4, PASSWORD));
+    let report = idsync::sync::job::run(job, connector, store.clone(), idsync::sync::cancel::Cancel::new()).await;
+    assert_eq!(report.outcome, idsync::model::RunOutcome::Succeeded, "{report:?}");
+    report
+}
+
+/// Username → groups of every stored account of `conn`.
+fn stored_groups(store: &std::sync::Arc<dyn idsync::store::Store>, conn: &str) -> BTreeMap<String, Vec<String>> {
+    let conn = idsync::model::ConnectionRef::new("default", conn);
+    store
+        .list_accounts(&conn, None, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.username.clone().unwrap_or_default(), a.groups))
+        .collect()
+}
+
+/// The changes a run recorded, one line each, sorted.
+fn recorded(store: &std::sync::Arc<dyn idsync::store::Store>, report: &idsync::sync::job::SyncReport) -> Vec<String> {
+    let mut lines: Vec<String> = store
+        .run_changes(report.run.unwrap(), 0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|(_, change)| change.summary())
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn groups_of(names: &[&str]) -> Vec<String> {
+    names.iter().map(|g| g.to_string()).collect()
+}
+
+/// slapd's memberof overlay changes a member's `memberOf` without moving
+/// its `modifyTimestamp` or `entryCSN`, so a delta that only asked for
+/// changed users missed who joined or left a group until the next Full.
+/// Both group modes (memberOf, groupBaseDn) and both delta mechanisms
+/// (content synchronisation, modifyTimestamp) now read the changed groups'
+/// members and take the group off whoever left.
+async fn group_changes_reach_deltas(syncprov: bool) {
+    use idsync::store::{SqliteStore, Store};
+
+    let slapd = Slapd::seeded_with(20, false, syncprov);
+    let dir = tempfile::tempdir().unwrap();
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+    let modes = [
+        ("member-of", directory(&slapd)),
+        ("group-base", directory(&slapd).group_base_dn("ou=groups,dc=example,dc=com")),
+    ];
+    for (conn, connection) in &modes {
+        let first = sync(connection.clone(), &store, conn, SyncMode::Full).await;
+        assert_eq!(first.counts.created, 20, "{conn}: {first:?}");
+        assert_eq!(stored_groups(&store, conn)["user0003"], groups_of(&["all", "engineering"]), "{conn}");
+    }
+    let before: BTreeMap<&str, _> = modes.iter().map(|(conn, _)| (*conn, stored_groups(&store, conn))).collect();
+
+    // In a later second than the cursor (modifyTimestamp has seconds).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // user0015 joins engineering, user0003 leaves it, and user0002 (who
+    // stays in it) also gets a new e-mail address.
+    slapd.modify(&format!(
+        "dn: cn=engineering,ou=groups,dc=example,dc=com\nchangetype: modify\nadd: member\nmember: uid=user0015,{PEOPLE}\n-\n\
+         delete: member\nmember: uid=user0003,{PEOPLE}\n"
+    ));
+    slapd.modify(&format!("dn: uid=user0002,{PEOPLE}\nchangetype: modify\nreplace: mail\nmail: new2@example.com\n"));
+
+    for (conn, connection) in &modes {
+        let delta = sync(connection.clone(), &store, conn, SyncMode::Delta).await;
+        assert_eq!(delta.mode, SyncMode::Delta, "{conn}: {delta:?}");
+        assert_eq!((delta.counts.created, delta.counts.updated, delta.counts.deleted), (0, 3, 0), "{conn}: {delta:?}");
+        let after = stored_groups(&store, conn);
+        assert_eq!(after["user0015"], groups_of(&["all", "engineering", "sales"]), "{conn}");
+        assert_eq!(after["user0003"], groups_of(&["all"]), "{conn}");
+        let touched: Vec<&String> = after.keys().filter(|name| after[*name] != before[conn][*name]).collect();
+        assert_eq!(touched, ["user0003", "user0015"], "{conn}: no one else's groups changed");
+        let changes = recorded(&store, &delta);
+        assert_eq!(changes.len(), 3, "{conn}: user0002 changed once: {changes:?}");
+        assert!(changes[0].contains("email user0002@example.com → new2@example.com"), "{conn}: {changes:?}");
+        assert!(changes[1].ends_with(r#"groups ["all","engineering"] → ["all"]"#), "{conn}: {changes:?}");
+        assert!(
+            changes[2].ends_with(r#"groups ["all","sales"] → ["all","engineering","sales"]"#),
+            "{conn}: {changes:?}"
+        );
+
+        // Nothing changed since: the next delta changes nothing.
+        let quiet = sync(connection.clone(), &store, conn, SyncMode::Delta).await;
+        assert_eq!(quiet.mode, SyncMode::Delta, "{conn}: {quiet:?}");
+        assert_eq!((quiet.counts.created, quiet.counts.updated, quiet.counts.deleted), (0, 0, 0), "{conn}: {quiet:?}");
+    }
+
+    // A renamed group: its members carry the new name, no one the old.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    slapd.tool("ldapmodrdn", &["-r", "cn=sales,ou=groups,dc=example,dc=com", "cn=revenue"], "");
+    for (conn, connection) in &modes {
+        let delta = sync(connection.clone(), &store, conn, SyncMode::Delta).await;
+        assert_eq!((delta.mode, delta.counts.updated), (SyncMode::Delta, 16), "{conn}: {delta:?}");
+        let after = stored_groups(&store, conn);
+        assert_eq!(after["user0005"], groups_of(&["all", "engineering", "revenue"]), "{conn}");
+        assert_eq!(after["user0020"], groups_of(&["all", "revenue"]), "{conn}");
+        assert!(after.values().all(|groups| !groups.contains(&"sales".to_string())), "{conn}: {after:?}");
+        let quiet = sync(connection.clone(), &store, conn, SyncMode::Delta).await;
+        assert_eq!(quiet.counts.updated, 0, "{conn}: {quiet:?}");
+    }
+
+    if syncprov {
+        // A deleted group took its membership with it: content
+        // synchronisation names the deleted entry, which is no account, and
+        // the engine takes the groups that are gone off their members.
+        slapd.tool("ldapdelete", &["cn=revenue,ou=groups,dc=example,dc=com"], "");
+        for (conn, connection) in &modes {
+            let delta = sync(connection.clone(), &store, conn, SyncMode::Delta).await;
+            assert_eq!(
+                (delta.mode, delta.counts.updated, delta.counts.deleted),
+                (SyncMode::Delta, 16, 0),
+                "{conn}: {delta:?}"
+            );
+            assert!(delta.message.contains("taken off their members: revenue"), "{conn}: {}", delta.message);
+            let after = stored_groups(&store, conn);
+            assert_eq!(after["user0005"], groups_of(&["all", "engineering"]), "{conn}");
+            assert!(after.values().all(|groups| !groups.contains(&"revenue".to_string())), "{conn}: {after:?}");
+            let quiet = sync(connection.clone(), &store, conn, SyncMode::Delta).await;
+            assert_eq!(quiet.counts.updated, 0, "{conn}: {quiet:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn group_changes_reach_content_sync_deltas() {
+    group_changes_reach_deltas(true).await;
+}
+
+#[tokio::test]
+async fn group_changes_reach_modify_timestamp_deltas() {
+    group_changes_reach_deltas(false).await;
+}
+
 /// The ldap provider through the operator: a wrong password stalls the
 /// Connection, the right one syncs, and a server killed mid-sync changes
 /// nothing in the store.

@@ -125,6 +125,11 @@ impl ScimServer {
         self.call(reqwest::Method::PATCH, &format!("/Users/{id}"), Some(patch)).await;
     }
 
+    async fn patch_group(&self, id: &str, operations: Value) {
+        let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": operations});
+        self.call(reqwest::Method::PATCH, &format!("/Groups/{id}"), Some(patch)).await;
+    }
+
     fn connector(&self, page_size: u32, token: &str) -> ScimConnector {
         let spec =
             Connection::test("idp").scim(&format!("{}/", self.base)).credentials("s").page_size(page_size).spec();
@@ -473,4 +478,104 @@ async fn a_deletion_during_a_full_read_never_deletes_a_live_user() {
         idsync::sync::job::run(sync_job(false), Box::new(server.connector(5, TOKEN)), store.clone(), cancel()).await;
     assert_eq!((third.outcome, third.counts.deleted), (idsync::model::RunOutcome::Succeeded, 1), "{third:?}");
     assert_eq!(stored(), ids.iter().filter(|id| **id != deleted).cloned().collect::<BTreeSet<_>>());
+}
+
+/// Adding a member to a group changes no user's `meta.lastModified` (nor
+/// does scim2-server fill `groups` on users): a delta reads the groups
+/// changed since the cursor and their members, and the engine takes the
+/// group off whoever left it. Across runs: the delta applies exactly the
+/// membership changes, the next one changes nothing.
+#[tokio::test]
+async fn a_delta_sees_who_joined_and_left_a_group() {
+    use idsync::model::{ConnectionRef, RunOutcome};
+    use idsync::store::{SqliteStore, Store};
+    use std::sync::Arc;
+
+    let server = ScimServer::start().await;
+    let ids = server.create_users((0..20).map(user).collect()).await;
+    let eng = server.create_group("eng", &ids[..10]).await;
+    let ops = server.create_group("ops", &ids[5..15]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("idsync.db")).unwrap());
+    let conn = ConnectionRef::new("default", "idp");
+    let sync = |mode: SyncMode| {
+        let store = store.clone();
+        let connector = Box::new(server.connector(4, TOKEN));
+        async move {
+            let mut job = sync_job(false);
+            job.mode = mode;
+            let report = idsync::sync::job::run(job, connector, store, idsync::sync::cancel::Cancel::new()).await;
+            assert_eq!(report.outcome, RunOutcome::Succeeded, "{report:?}");
+            report
+        }
+    };
+    let groups = || -> HashMap<String, Vec<String>> {
+        store.list_accounts(&conn, None, 100).unwrap().into_iter().map(|a| (a.id, a.groups)).collect()
+    };
+    let names = |names: &[&str]| -> Vec<String> { names.iter().map(|n| n.to_string()).collect() };
+
+    let first = sync(SyncMode::Full).await;
+    assert_eq!(first.counts.created, 20, "{first:?}");
+    assert_eq!(groups()[&ids[3]], names(&["eng"]));
+    // A delta right after: whatever it re-reads is unchanged.
+    let settled = sync(SyncMode::Delta).await;
+    assert_eq!((settled.mode, settled.counts.updated), (SyncMode::Delta, 0), "{settled:?}");
+    let before = groups();
+
+    // Be safe with servers whose lastModified has a coarse resolution.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // ids[15] joins eng, ids[3] leaves it; ids[2] (who stays) gets a new title.
+    server
+        .patch_group(
+            &eng,
+            json!([
+                {"op": "add", "path": "members", "value": [{"value": ids[15]}]},
+                {"op": "remove", "path": format!("members[value eq \"{}\"]", ids[3])},
+            ]),
+        )
+        .await;
+    server.patch_user(&ids[2], json!([{"op": "replace", "path": "title", "value": "Boss"}])).await;
+
+    let delta = sync(SyncMode::Delta).await;
+    assert_eq!(delta.mode, SyncMode::Delta, "{delta:?}");
+    assert_eq!((delta.counts.created, delta.counts.updated, delta.counts.deleted), (0, 3, 0), "{delta:?}");
+    let after = groups();
+    assert_eq!(after[&ids[15]], names(&["eng"]));
+    assert_eq!(after[&ids[3]], Vec::<String>::new());
+    let touched: BTreeSet<&String> = after.keys().filter(|id| after[*id] != before[*id]).collect();
+    assert_eq!(touched, BTreeSet::from([&ids[3], &ids[15]]), "no one else's groups changed");
+    let mut changes: Vec<String> =
+        store.run_changes(delta.run.unwrap(), 0, 100).unwrap().into_iter().map(|(_, c)| c.summary()).collect();
+    changes.sort();
+    let mut expected = vec![
+        format!("update {}: attributes.title Title2 → Boss", ids[2]),
+        format!(r#"update {}: groups ["eng"] → <none>"#, ids[3]),
+        format!(r#"update {}: groups <none> → ["eng"]"#, ids[15]),
+    ];
+    expected.sort();
+    // Without the lastModified a user's own change moves.
+    let lastmodified_free: Vec<String> = changes
+        .iter()
+        .map(|c| {
+            let (head, fields) = c.split_once(": ").unwrap();
+            let fields: Vec<&str> = fields.split(", ").filter(|f| !f.starts_with("attributes.lastModified")).collect();
+            format!("{head}: {}", fields.join(", "))
+        })
+        .collect();
+    assert_eq!(lastmodified_free, expected, "{changes:?}");
+
+    let quiet = sync(SyncMode::Delta).await;
+    assert_eq!((quiet.mode, quiet.counts.created, quiet.counts.updated), (SyncMode::Delta, 0, 0), "{quiet:?}");
+
+    // A renamed group: its members carry the new name, no one the old.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    server.patch_group(&ops, json!([{"op": "replace", "path": "displayName", "value": "operations"}])).await;
+    let renamed = sync(SyncMode::Delta).await;
+    assert_eq!((renamed.mode, renamed.counts.updated), (SyncMode::Delta, 10), "{renamed:?}");
+    let after = groups();
+    assert_eq!(after[&ids[5]], names(&["eng", "operations"]));
+    assert_eq!(after[&ids[14]], names(&["operations"]));
+    assert!(after.values().all(|g| !g.contains(&"ops".to_string())), "{after:?}");
+    let quiet = sync(SyncMode::Delta).await;
+    assert_eq!(quiet.counts.updated, 0, "{quiet:?}");
 }
