@@ -173,7 +173,12 @@ impl SchemaValidator {
             }
         }
 
-        ratchet(&object, old, &mut errors);
+        // A rule may report a field below the node it is on, so a CEL
+        // failure ratchets only when the whole spec is unchanged (a status
+        // or metadata write), never when what the rule reads changed.
+        if old.is_some_and(|old| old.get("spec") == object.get("spec")) {
+            ratchet(&object, old, &mut errors);
+        }
         if errors.is_empty() {
             Ok(Admitted { object, warnings })
         } else {
