@@ -28,22 +28,10 @@ fn init_tracing(json: bool) {
     }
 }
 
-/// Opens the store and starts the controllers; returns when `shutdown` fires.
-async fn operate(
-    client: kube::Client,
-    data_dir: &std::path::Path,
-    config: crate::controller::Config,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> anyhow::Result<()> {
+/// Opens the store at `data_dir/idsync.db`, saying which file failed.
+fn open_store(data_dir: &std::path::Path) -> anyhow::Result<crate::store::SqliteStore> {
     let path = data_dir.join("idsync.db");
-    let store =
-        crate::store::SqliteStore::open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
-    let store: std::sync::Arc<dyn crate::store::Store> = std::sync::Arc::new(store);
-    let ctx =
-        crate::controller::Context::new(client, store, std::sync::Arc::new(crate::controller::SystemClock), config);
-    tracing::info!(identity = %ctx.config.identity, store = %path.display(), "operator running");
-    crate::controller::run(ctx, shutdown).await;
-    Ok(())
+    crate::store::SqliteStore::open(&path).with_context(|| format!("cannot open the store {}", path.display()))
 }
 
 /// The run history's retention from `idsync run`'s flags (clap bounds them:
@@ -67,9 +55,7 @@ pub async fn run(
     let client = kube::Client::try_default().await.context("cannot reach the Kubernetes API")?;
     let config = crate::controller::Config { max_concurrent_syncs, ..Default::default() };
     let path = data_dir.join("idsync.db");
-    let store =
-        crate::store::SqliteStore::open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
-    let store: Arc<dyn crate::store::Store> = Arc::new(store.with_retention(retention));
+    let store: Arc<dyn crate::store::Store> = Arc::new(open_store(&data_dir)?.with_retention(retention));
     let ctx = crate::controller::Context::new(client.clone(), store, Arc::new(crate::controller::SystemClock), config);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -142,26 +128,40 @@ pub async fn dev(
     crate::dev::install_crds(&client).await?;
     let temporary = tempfile_dir()?;
     let data_dir = data_dir.unwrap_or_else(|| temporary.clone());
+    // The store opens before anything says "running": an unusable
+    // --data-dir stops `idsync dev` with the reason.
+    let store: std::sync::Arc<dyn crate::store::Store> = std::sync::Arc::new(open_store(&data_dir)?);
+    let ctx = crate::controller::Context::new(
+        client.clone(),
+        store,
+        std::sync::Arc::new(crate::controller::SystemClock),
+        crate::controller::Config::default(),
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let operator = tokio::spawn({
-        let client = client.clone();
-        let data_dir = data_dir.clone();
-        async move {
-            operate(client, &data_dir, crate::controller::Config::default(), async {
-                let _ = stop_rx.await;
-            })
-            .await
-        }
-    });
+    let mut operator = tokio::spawn(crate::controller::run(ctx, async {
+        let _ = stop_rx.await;
+    }));
     let applied = crate::dev::apply_documents(&client, &docs, "default").await?;
     tracing::info!(applied, "manifests applied");
     print!("{}", crate::dev::next_steps(&kubeconfig, &docs, &data_dir.join("idsync.db")));
-    shutdown_signal().await;
+    // The operator ends only when told to; if it ends on its own (it
+    // panicked), `idsync dev` stops and says so instead of serving a
+    // cluster nothing reconciles.
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        ended = &mut operator => {
+            cluster.stop();
+            let why = match ended {
+                Err(e) if e.is_panic() => "it panicked".to_string(),
+                Err(e) => e.to_string(),
+                Ok(()) => "it stopped".to_string(),
+            };
+            anyhow::bail!("the operator inside idsync dev stopped: {why}");
+        }
+    }
     let _ = stop_tx.send(());
-    match tokio::time::timeout(std::time::Duration::from_secs(15), operator).await {
-        Ok(Ok(result)) => result?,
-        Ok(Err(e)) => tracing::warn!(error = %e, "the operator task failed"),
-        Err(_) => tracing::warn!("the operator did not stop within 15 s"),
+    if tokio::time::timeout(std::time::Duration::from_secs(15), operator).await.is_err() {
+        tracing::warn!("the operator did not stop within 15 s");
     }
     cluster.stop();
     let _ = std::fs::remove_dir_all(&temporary);

@@ -111,3 +111,24 @@ fn idsync_dev_serves_the_examples_to_kubectl_and_stops_cleanly_on_ctrl_c() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// An unusable --data-dir stops `idsync dev` with the reason, before it
+/// says it is running (a file where the folder should be).
+#[test]
+fn idsync_dev_with_an_unusable_data_dir_fails_and_says_why() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let not_a_folder = dir.path().join("store");
+    std::fs::write(&not_a_folder, "a file, not a folder").expect("file");
+    let out = Command::new(env!("CARGO_BIN_EXE_idsync"))
+        .args(["dev", "--port", "0", "--kubeconfig"])
+        .arg(dir.path().join("kubeconfig"))
+        .arg("--data-dir")
+        .arg(&not_a_folder)
+        .output()
+        .expect("idsync runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit status {:?}\n{stdout}\n{stderr}", out.status);
+    assert!(stderr.contains("cannot open the store"), "{stderr}");
+    assert!(!stdout.contains("idsync dev is running"), "{stdout}");
+}
