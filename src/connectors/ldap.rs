@@ -1200,6 +1200,10 @@ impl Connector for LdapConnector {
 }
 
 #[cfg(test)]
+#[path = "ldap_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
