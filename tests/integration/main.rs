@@ -9,6 +9,7 @@ mod dev_command;
 mod devcluster_kubectl;
 mod devcluster_semantics;
 mod examples;
+mod faults;
 mod identities_cli;
 mod identity_e2e;
 mod ldap_server;
