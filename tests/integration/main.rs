@@ -12,6 +12,7 @@ mod examples;
 mod faults;
 mod identities_cli;
 mod identity_e2e;
+mod kill_loop;
 mod ldap_server;
 mod leader;
 mod panic_safety;
