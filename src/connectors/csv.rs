@@ -53,6 +53,8 @@ use crate::model::Account;
 use idsync_api::SyncMode;
 use idsync_api::connection::{ConnectionSpec, CsvSettings};
 
+#[cfg(test)]
+mod props;
 mod records;
 
 /// How much of an in-memory export is parsed at a time.

@@ -1657,6 +1657,10 @@ impl Connector for LdapConnector {
 }
 
 #[cfg(test)]
+#[path = "ldap_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

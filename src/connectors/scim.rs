@@ -865,6 +865,10 @@ fn explain_scim_error(error: ConnectorError) -> ConnectorError {
 }
 
 #[cfg(test)]
+#[path = "scim_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use serde_json::json;
 

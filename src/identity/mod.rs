@@ -11,4 +11,6 @@
 //! lives in `crate::controller::profile`.
 
 pub mod expr;
+#[cfg(test)]
+mod expr_props;
 pub mod process;

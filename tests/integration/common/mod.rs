@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod csv_server;
+pub mod fault_server;
 pub mod faults;
 pub mod operator;
 pub mod rbac;
