@@ -53,6 +53,26 @@ use crate::model::Account;
 use idsync_api::SyncMode;
 use idsync_api::connection::{ConnectionSpec, CsvSettings};
 
+/// An HTML page where an export was expected (a login page, a proxy's
+/// error page, a wrong URL) would otherwise be read as a CSV whose header
+/// lacks the id column: say what it is instead, without quoting it.
+fn refuse_html(response: &crate::connectors::http::Response) -> Result<(), ConnectorError> {
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+    match content_type.as_deref() {
+        Some("text/html" | "application/xhtml+xml") => Err(ConnectorError::Source {
+            page: None,
+            message: "the URL answered with an HTML page (Content-Type text/html), not a CSV export: check the \
+                      URL, and that the source does not answer with a login or error page"
+                .to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod props;
 mod records;
@@ -212,6 +232,7 @@ impl CsvConnector {
                     request = request.bearer_auth(token)?;
                 }
                 let response = client.send(&request, None).await?;
+                refuse_html(&response)?;
                 if let Some(header) = &self.settings.row_count_header {
                     stated_rows =
                         Some(StatedRows { header: header.clone(), rows: stated_row_count(&response, header)? });

@@ -650,17 +650,32 @@ struct ListPage {
 /// Why a ListResponse page cannot be read.
 #[derive(Debug, thiserror::Error)]
 enum ListPageError {
-    #[error("totalResults is not a count: {0}")]
-    TotalResults(Value),
+    /// Names what it got, never the value: it comes from the source.
+    #[error("totalResults is not a count: got {0}")]
+    TotalResults(&'static str),
     #[error("Resources is not a list")]
     Resources,
+}
+
+/// What kind of JSON value `v` is, for a message that must not quote it.
+fn shape_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.as_i64().is_some_and(|i| i < 0) => "a negative number",
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() != 0.0) => "a fraction",
+        Value::Number(_) => "a number too large",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
 }
 
 impl ListPage {
     fn parse(body: &Value) -> Result<ListPage, ListPageError> {
         let total_results = match body.get("totalResults") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_u64().ok_or_else(|| ListPageError::TotalResults(v.clone()))?),
+            Some(v) => Some(v.as_u64().ok_or_else(|| ListPageError::TotalResults(shape_of(v)))?),
         };
         let resources = match body.get("Resources") {
             None | Some(Value::Null) => Vec::new(),
@@ -1149,5 +1164,14 @@ mod tests {
         inputs.secret.insert("password".into(), b"pa55-SECRET".to_vec());
         let connector = ScimConnector::new(&spec, &settings, &inputs).unwrap();
         assert!(!format!("{connector:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn a_total_results_that_is_not_a_count_is_named_by_its_shape_not_quoted() {
+        let body = json!({"totalResults": "MARKER-from-the-source", "Resources": []});
+        let error = ListPage::parse(&body).expect_err("not a count").to_string();
+        assert_eq!(error, "totalResults is not a count: got a string");
+        let negative = ListPage::parse(&json!({"totalResults": -3})).expect_err("negative").to_string();
+        assert_eq!(negative, "totalResults is not a count: got a negative number");
     }
 }

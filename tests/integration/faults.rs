@@ -90,7 +90,7 @@ fn cases() -> Vec<Case> {
             "csv-html-page",
             Csv,
             Fault::Html { page: 1 },
-            Fails(&["column \"employee_id\" is not in the export's header"]),
+            Fails(&["the URL answered with an HTML page (Content-Type text/html), not a CSV export"]),
         ),
         huge("csv-huge-record", Csv, Fault::HugeRecord { page: 1 }, Fails(&["line 42", "longer than"])),
         case("scim-server-error-page-3", Scim, Fault::ServerError { page: 3 }, Fails(&["page 3", "500"])),
@@ -151,7 +151,9 @@ impl Suite {
             max_requeue: Duration::from_secs(30),
             ..test_config("operator-faults")
         };
-        let ctx = Context::new(h.client.clone(), store, Arc::new(TestClock::default()), config);
+        // With the chart's permissions, as every end-to-end operator.
+        let client = h.cluster.client_as(common::rbac::OPERATOR_USER, common::rbac::chart_rules()).expect("client");
+        let ctx = Context::new(client, store, Arc::new(TestClock::default()), config);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let done = tokio::spawn(idsync::controller::run(ctx.clone(), async {
             let _ = stopped.await;
