@@ -105,7 +105,7 @@ fn process(store: &SqliteStore, compiled: &CompiledProfile, selection: Selection
     let snapshot = store.processing_snapshot(&p, &process::connections_of(&spec)).expect("snapshot");
     let read = started.elapsed();
     let now = Timestamp::now();
-    let outcome = process::run(&spec, compiled, &snapshot, &selection, now);
+    let outcome = process::run(&spec, compiled, &snapshot, &selection, now).expect("within the evaluation bounds");
     let computed = started.elapsed() - read;
     let mut commit = outcome.commit.clone();
     commit.state.seen_versions = snapshot.versions.clone();

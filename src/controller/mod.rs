@@ -97,6 +97,8 @@ pub struct Context {
     profile_locks: std::sync::Mutex<std::collections::HashMap<crate::model::ProfileRef, Arc<tokio::sync::Mutex<()>>>>,
     /// Compiled profile expressions by mapping hash (see `profile::compile`).
     compiled: std::sync::Mutex<std::collections::HashMap<String, Arc<crate::identity::expr::CompiledProfile>>>,
+    /// Processing runs under way, stopped on shutdown.
+    pub processing: profile::RunningProcessing,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +165,7 @@ impl Context {
             metrics: Arc::new(crate::metrics::Metrics::new()),
             profile_locks: Default::default(),
             compiled: Default::default(),
+            processing: Default::default(),
         })
     }
 
@@ -227,8 +230,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
                 tracing::debug!(%error, "identity profile reconcile");
             }
         });
+    let stopping = ctx.clone();
     let stop = async move {
         shutdown.await;
+        // Before the controllers wait for their reconciles: a reconcile
+        // waits for its processing run.
+        stopping.processing.stop_all();
         let _ = stop_tx.send(true);
     };
     tokio::join!(connections, requests, profiles, stop);

@@ -16,8 +16,8 @@
 //! A ResyncRequest runs the same [`execute`] with its own selection (see
 //! `controller::resync`).
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -30,8 +30,8 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use super::{Context, Error, events, panics, status, timing};
-use crate::identity::expr::{CompileError, CompiledProfile};
-use crate::identity::process::{self, Selection, Summary};
+use crate::identity::expr::{self, CompileError, CompiledProfile, Interrupted, Stop};
+use crate::identity::process::{self, Abandoned, Selection, Summary};
 use crate::model::{ProcessingRunRecord, ProfileRef, RunOutcome, Trigger};
 use crate::sync::schedule::Schedule;
 use idsync_api::conditions::{self, FALSE, TRUE};
@@ -45,6 +45,20 @@ pub const CHANGES_PENDING: &str = "ChangesPending";
 /// The Stalled reason of a Manual profile whose applied mappings cannot be
 /// read back from the store.
 pub const APPLIED_SPEC_UNREADABLE: &str = "AppliedSpecUnreadable";
+/// The Stalled reason of a profile with an expression too long, too deep
+/// or too expensive to run (see `identity::expr::limits`).
+pub const EXPRESSION_TOO_COMPLEX: &str = "ExpressionTooComplex";
+/// The Stalled reason of a profile whose evaluation passed a bound (see
+/// `identity::expr::budget`) in its last run.
+pub const EVALUATION_BUDGET_EXCEEDED: &str = "EvaluationBudgetExceeded";
+/// How long a profile whose run passed an evaluation bound waits before
+/// the same expressions run again; a changed spec runs at once. The bound
+/// may have been passed on data that changes, so it is retried, but not at
+/// every reconcile: each try spends the whole budget again.
+const EXCEEDED_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// How often a running processing looks whether its profile changed or is
+/// being deleted (which stops it).
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 pub fn controller(ctx: Arc<Context>) -> Controller<IdentityProfile> {
     let client = ctx.client.clone();
@@ -269,7 +283,7 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
         Ok(eff) => eff,
         Err(error) => {
             tracing::warn!(%error, profile = %p, "a Manual profile's applied mappings cannot be read; not processing");
-            write_stalled(&ctx, &api, &profile, APPLIED_SPEC_UNREADABLE, &error.to_string(), now).await?;
+            write_stalled(&ctx, &api, &profile, APPLIED_SPEC_UNREADABLE, &error.to_string(), now, None).await?;
             return Ok(Action::requeue(ctx.config.max_requeue));
         }
     };
@@ -279,13 +293,16 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
     let pending_problem = if eff.pending { compile(&ctx, &profile.spec).err().map(|e| e.to_string()) } else { None };
 
     let problem = match (&compiled, &schedule) {
+        (Err(invalid), _) if invalid.expressions.iter().any(CompileError::is_too_complex) => {
+            Some((EXPRESSION_TOO_COMPLEX, invalid.to_string()))
+        }
         (Err(invalid), _) => Some(("InvalidExpression", invalid.to_string())),
         (_, Err(message)) => Some(("InvalidSchedule", message.clone())),
         _ => None,
     };
     let (Ok(compiled), Ok(schedule)) = (compiled, schedule) else {
         let (reason, message) = problem.unwrap_or(("Invalid", String::new()));
-        write_stalled(&ctx, &api, &profile, reason, &message, now).await?;
+        write_stalled(&ctx, &api, &profile, reason, &message, now, None).await?;
         return Ok(Action::requeue(ctx.config.max_requeue));
     };
 
@@ -301,7 +318,7 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
             missing.join(", "),
             p.namespace
         );
-        write_stalled(&ctx, &api, &profile, "ConnectionNotFound", &message, now).await?;
+        write_stalled(&ctx, &api, &profile, "ConnectionNotFound", &message, now, None).await?;
         return Ok(Action::requeue(ctx.config.max_requeue));
     }
 
@@ -324,6 +341,16 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
         None
     };
 
+    // These expressions passed an evaluation bound lately: stalled as that
+    // run left it, without spending the budget again at every reconcile.
+    if due.is_some()
+        && let Some((when, message)) = compiled.exceeded()
+        && when.elapsed() < EXCEEDED_RETRY_AFTER
+    {
+        write_stalled(&ctx, &api, &profile, EVALUATION_BUDGET_EXCEEDED, &message, now, None).await?;
+        return Ok(Action::requeue(EXCEEDED_RETRY_AFTER.saturating_sub(when.elapsed()).min(ctx.config.max_requeue)));
+    }
+
     let mut ran = None;
     if let Some((trigger, selection)) = due {
         let job = Job {
@@ -338,7 +365,12 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
             scheduled: Some(slot.unwrap_or(now)),
         };
         mark_processing(&api, &profile, trigger, now).await?;
-        ran = Some(execute(&ctx, &profile, job).await);
+        let result = execute(&ctx, &profile, job).await;
+        if let Some(Halt::Exceeded(message)) = &result.halted {
+            write_stalled(&ctx, &api, &profile, EVALUATION_BUDGET_EXCEEDED, message, now, Some(&result)).await?;
+            return Ok(Action::requeue(ctx.config.max_requeue));
+        }
+        ran = Some(result);
     }
 
     // A run moved the applied generation and the next time-based instant.
@@ -485,6 +517,8 @@ fn pending_note(profile: &IdentityProfile, applied: Option<i64>, problem: Option
     note
 }
 
+/// Says on the profile that it is stalled and why; with the run that
+/// stalled it, if one did.
 async fn write_stalled(
     ctx: &Arc<Context>,
     api: &Api<IdentityProfile>,
@@ -492,6 +526,7 @@ async fn write_stalled(
     reason: &str,
     message: &str,
     now: Timestamp,
+    run: Option<&JobResult>,
 ) -> Result<(), Error> {
     let generation = profile.metadata.generation;
     let written = status::update(api, &profile.name_any(), |obj: &mut IdentityProfile| {
@@ -499,6 +534,9 @@ async fn write_stalled(
         let before = s.clone();
         s.observed_generation = generation;
         let stamp = Time(now);
+        if let Some(run) = run {
+            record_run(s, run, generation, &stamp);
+        }
         conditions::set_condition(
             &mut s.conditions,
             conditions::STALLED,
@@ -544,6 +582,115 @@ pub struct JobResult {
     /// The profile's numbers after the run (a dry run: as they would be).
     pub summary: Option<Summary>,
     pub preview: Vec<String>,
+    /// Why the run was given up before it finished, if it was.
+    pub halted: Option<Halt>,
+}
+
+/// Why a processing run was given up; it changed nothing either way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Halt {
+    /// An expression passed an evaluation bound: the run's message, which
+    /// names the expression, the bound and the identity.
+    Exceeded(String),
+    /// Stopped from outside: the profile changed or is being deleted, or
+    /// the operator shuts down; the text says which.
+    Cancelled(String),
+}
+
+/// A processing run's stop, with the reason of whoever pulled it first.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessingStop {
+    stop: Stop,
+    reason: Arc<Mutex<Option<String>>>,
+}
+
+impl ProcessingStop {
+    pub fn stop(&self, reason: &str) {
+        if let Ok(mut slot) = self.reason.lock() {
+            slot.get_or_insert_with(|| reason.to_string());
+        }
+        self.stop.stop();
+    }
+
+    fn reason(&self) -> String {
+        self.reason.lock().ok().and_then(|r| r.clone()).unwrap_or_else(|| "stopped".to_string())
+    }
+}
+
+/// The processing runs under way, so that shutdown can stop them: the
+/// controllers' graceful shutdown waits for running reconciles, and a
+/// reconcile waits for its run.
+#[derive(Debug, Default)]
+pub struct RunningProcessing {
+    state: Mutex<Running>,
+}
+
+#[derive(Debug, Default)]
+struct Running {
+    shutting_down: bool,
+    next: u64,
+    stops: HashMap<u64, ProcessingStop>,
+}
+
+impl RunningProcessing {
+    /// Stops every run under way, and every run that starts from now on.
+    pub fn stop_all(&self) {
+        let Ok(mut running) = self.state.lock() else { return };
+        running.shutting_down = true;
+        for stop in running.stops.values() {
+            stop.stop(SHUTTING_DOWN);
+        }
+    }
+
+    /// Registers a run's stop until the returned guard is dropped.
+    fn register(&self, stop: &ProcessingStop) -> Registered<'_> {
+        let id = match self.state.lock() {
+            Ok(mut running) => {
+                if running.shutting_down {
+                    stop.stop(SHUTTING_DOWN);
+                }
+                running.next += 1;
+                let id = running.next;
+                running.stops.insert(id, stop.clone());
+                Some(id)
+            }
+            Err(_) => None,
+        };
+        Registered { running: self, id }
+    }
+}
+
+const SHUTTING_DOWN: &str = "the operator is shutting down";
+
+struct Registered<'a> {
+    running: &'a RunningProcessing,
+    id: Option<u64>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let (Some(id), Ok(mut running)) = (self.id, self.running.state.lock()) {
+            running.stops.remove(&id);
+        }
+    }
+}
+
+/// Why a running processing of `profile` should stop, if it should: the
+/// profile is gone, being deleted, or has a newer generation. A failed
+/// look says nothing (the run goes on).
+async fn stop_reason(api: &Api<IdentityProfile>, profile: &IdentityProfile) -> Option<String> {
+    match api.get_opt(&profile.name_any()).await {
+        Ok(None) => Some("the profile was deleted".to_string()),
+        Ok(Some(current)) if current.metadata.deletion_timestamp.is_some() => {
+            Some("the profile is being deleted".to_string())
+        }
+        Ok(Some(current)) if current.metadata.generation != profile.metadata.generation => Some(format!(
+            "the profile changed (generation {} → {})",
+            profile.metadata.generation.unwrap_or_default(),
+            current.metadata.generation.unwrap_or_default()
+        )),
+        _ => None,
+    }
 }
 
 /// Runs one processing job: snapshot, compute, commit (or, for a dry run,
@@ -563,20 +710,21 @@ pub async fn execute(ctx: &Arc<Context>, profile: &IdentityProfile, job: Job) ->
         "Process",
     )
     .await;
-    let store = ctx.store.clone();
-    let trigger = job.trigger;
-    let request = job.request.clone();
-    let outcome = tokio::task::spawn_blocking(move || process_blocking(store.as_ref(), job, started)).await;
-    let result = match outcome {
+    let compiled = job.compiled.clone();
+    let (trigger, request) = (job.trigger, job.request.clone());
+    let result = match run_stoppable(ctx, profile, job, started).await {
         Ok(result) => result,
-        Err(panic) => failed(
+        Err(problem) => failed(
             trigger,
             request,
             started,
             ctx.clock.now(),
-            format!("processing stopped: {panic}; nothing was applied"),
+            format!("processing stopped: {problem}; nothing was applied"),
         ),
     };
+    if let Some(Halt::Exceeded(message)) = &result.halted {
+        compiled.note_exceeded(message.clone());
+    }
     let run = &result.run;
     let (warning, reason) = match run.outcome {
         _ if every_identity_failed(run) => (true, events::PROCESSING_FAILED),
@@ -599,13 +747,55 @@ pub async fn execute(ctx: &Arc<Context>, profile: &IdentityProfile, job: Job) ->
     result
 }
 
+/// Runs a job on a thread of its own, stopped when the profile changes or
+/// is being deleted, or the operator shuts down. The thread has the stack
+/// evaluation needs (see `expr::EVALUATION_STACK`), and evaluation stops
+/// within one comprehension step of the stop, so the run is always waited
+/// for: what it commits, it commits whole.
+async fn run_stoppable(
+    ctx: &Arc<Context>,
+    profile: &IdentityProfile,
+    job: Job,
+    now: Timestamp,
+) -> Result<JobResult, String> {
+    let stop = ProcessingStop::default();
+    let _registered = ctx.processing.register(&stop);
+    let (done, mut finished) = tokio::sync::oneshot::channel();
+    let (store, thread_stop) = (ctx.store.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name("idsync-processing".to_string())
+        .stack_size(expr::EVALUATION_STACK)
+        .spawn(move || {
+            let result =
+                expr::with_stop(&thread_stop.stop, || process_blocking(store.as_ref(), job, now, &thread_stop));
+            // The receiver is gone only if the reconcile was dropped.
+            let _ = done.send(result);
+        })
+        .map_err(|e| format!("could not start a processing thread: {e}"))?;
+    let api: Api<IdentityProfile> =
+        Api::namespaced(ctx.client.clone(), &profile.namespace().unwrap_or_else(|| "default".to_string()));
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            result = &mut finished => return result.map_err(|_| "the processing thread failed".to_string()),
+            _ = tokio::time::sleep(WATCH_INTERVAL), if watching => {
+                if let Some(reason) = stop_reason(&api, profile).await {
+                    tracing::info!(profile = %profile.name_any(), %reason, "stopping a processing run");
+                    stop.stop(&reason);
+                    watching = false;
+                }
+            }
+        }
+    }
+}
+
 /// The blocking part of a run. A failed one changes nothing (the commit is
 /// one transaction) and is recorded in the run history too, when the store
 /// can still record it.
-fn process_blocking(store: &dyn crate::store::Store, job: Job, now: Timestamp) -> JobResult {
+fn process_blocking(store: &dyn crate::store::Store, job: Job, now: Timestamp, stop: &ProcessingStop) -> JobResult {
     let (profile, trigger, request) = (job.profile.clone(), job.trigger, job.request.clone());
     let timer = std::time::Instant::now();
-    match compute_and_commit(store, job, now) {
+    match compute_and_commit(store, job, now, stop) {
         Ok(result) => result,
         Err(error) => {
             let finished =
@@ -625,6 +815,7 @@ fn compute_and_commit(
     store: &dyn crate::store::Store,
     job: Job,
     now: Timestamp,
+    stop: &ProcessingStop,
 ) -> Result<JobResult, crate::store::StoreError> {
     // `now` comes from the controller's clock (a test's, perhaps); the
     // run's length is the wall clock's.
@@ -646,7 +837,19 @@ fn compute_and_commit(
         result.run.id = store.record_processing_run(&job.profile, &result.run)?;
         return Ok(result);
     }
-    let mut outcome = process::run(&job.spec, &job.compiled, &snapshot, &job.selection, now);
+    let mut outcome = match process::run(&job.spec, &job.compiled, &snapshot, &job.selection, now) {
+        Ok(outcome) => outcome,
+        Err(abandoned) => {
+            let finished =
+                timing::saturating_add(now, jiff::SignedDuration::try_from(timer.elapsed()).unwrap_or_default());
+            let (message, halt) = halt_of(&abandoned, stop);
+            tracing::warn!(profile = %job.profile, %message, "processing given up");
+            let mut result = failed(job.trigger, job.request.clone(), now, finished, message);
+            result.halted = Some(halt);
+            result.run.id = store.record_processing_run(&job.profile, &result.run)?;
+            return Ok(result);
+        }
+    };
     let mut message = match outcome.errors {
         0 => String::new(),
         1 => "1 identity has expressions that failed; their previous values are kept".to_string(),
@@ -697,6 +900,7 @@ fn compute_and_commit(
             summary: Some(outcome.summary),
             preview: outcome.preview,
             unknown: outcome.unknown,
+            halted: None,
         });
     }
     let state = &mut outcome.commit.state;
@@ -715,7 +919,31 @@ fn compute_and_commit(
     // having the finish inside the same transaction.
     finished(&mut run);
     run.id = store.commit_processing(&job.profile, &outcome.commit, &run)?;
-    Ok(JobResult { run, summary: Some(outcome.summary), preview: outcome.preview, unknown: outcome.unknown })
+    Ok(JobResult {
+        run,
+        summary: Some(outcome.summary),
+        preview: outcome.preview,
+        unknown: outcome.unknown,
+        halted: None,
+    })
+}
+
+/// The message of a run given up, and why it was.
+fn halt_of(abandoned: &Abandoned, stop: &ProcessingStop) -> (String, Halt) {
+    match &abandoned.cause {
+        Interrupted::Stopped => {
+            let message = format!("cancelled: {}; nothing was applied", stop.reason());
+            (message.clone(), Halt::Cancelled(message))
+        }
+        Interrupted::Exceeded { .. } => {
+            let message = format!(
+                "{abandoned}; processing stopped there and nothing was applied. Simplify the expression (fewer \
+                 nested comprehensions, smaller values); the same expressions are tried again in {} minutes",
+                EXCEEDED_RETRY_AFTER.as_secs() / 60
+            );
+            (message.clone(), Halt::Exceeded(message))
+        }
+    }
 }
 
 fn join_message(a: String, b: String) -> String {
@@ -746,6 +974,7 @@ fn failed(
         summary: None,
         preview: Vec::new(),
         unknown: Vec::new(),
+        halted: None,
     }
 }
 
@@ -870,7 +1099,7 @@ mod tests {
             applies: None,
             scheduled: None,
         };
-        let result = compute_and_commit(&store, job, Timestamp::now()).expect("runs");
+        let result = compute_and_commit(&store, job, Timestamp::now(), &ProcessingStop::default()).expect("runs");
         assert_eq!(result.run.outcome, RunOutcome::Failed);
         assert!(result.run.message.contains("has no accounts in the store"), "{}", result.run.message);
         assert_eq!(store.list_identities(&p, None, None, 10).expect("list").len(), 2, "kept");
@@ -919,7 +1148,7 @@ mod tests {
             applies: None,
             scheduled: None,
         };
-        let result = process_blocking(&store, job, Timestamp::now());
+        let result = process_blocking(&store, job, Timestamp::now(), &ProcessingStop::default());
         assert_eq!((result.run.outcome, result.run.processed), (RunOutcome::Succeeded, 1));
         assert_eq!(result.run.message, "no such identities: E404");
     }
@@ -945,13 +1174,114 @@ mod tests {
             applies: None,
             scheduled: None,
         };
-        let result = process_blocking(&store, job, Timestamp::now());
+        let result = process_blocking(&store, job, Timestamp::now(), &ProcessingStop::default());
         assert_eq!(result.run.outcome, RunOutcome::Failed);
         assert!(result.run.message.ends_with("; nothing was applied"), "{}", result.run.message);
         let history = store.processing_runs(&p, 10).expect("runs");
         assert_eq!(history.len(), 1);
         assert_eq!((history[0].id, history[0].outcome), (result.run.id, RunOutcome::Failed));
         assert_eq!(history[0].trigger, Trigger::Scheduled);
+    }
+
+    /// A store whose `hr` connection has the account E1, as a sync leaves it.
+    fn store_with_hr_account(dir: &std::path::Path) -> SqliteStore {
+        use crate::model::Account;
+        use crate::model::{ConnectionRef, Counts, NewRun, RunFinish};
+        use crate::store::{CursorUpdate, StagedChange};
+        let store = SqliteStore::open(&dir.join("idsync.db")).expect("store");
+        let sync = store
+            .start_run(&NewRun {
+                connection: ConnectionRef::new("default", "hr"),
+                trigger: Trigger::Requested,
+                request: None,
+                requested_mode: RunMode::Full,
+                holder: "test".into(),
+                started_at: Timestamp::now(),
+            })
+            .expect("start");
+        let mut ada = Account::new("E1");
+        ada.email = Some("ada@acme.example".into());
+        store.stage(sync, &[StagedChange::Upsert(ada)]).expect("stage");
+        let finish = RunFinish {
+            outcome: RunOutcome::Succeeded,
+            mode: Some(RunMode::Full),
+            counts: Counts::default(),
+            message: String::new(),
+            finished_at: Timestamp::now(),
+        };
+        store.commit_run(sync, CursorUpdate::Keep, &finish).expect("commit");
+        store
+    }
+
+    fn job_for(spec: IdentityProfileSpec) -> Job {
+        Job {
+            profile: ProfileRef::new("default", "employees"),
+            compiled: Arc::new(compile_uncached(&spec).expect("compiles")),
+            spec,
+            selection: Selection::All,
+            trigger: Trigger::SpecChanged,
+            request: None,
+            dry_run: false,
+            applies: None,
+            scheduled: None,
+        }
+    }
+
+    #[test]
+    fn a_run_past_an_evaluation_bound_changes_nothing_and_says_where() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store_with_hr_account(dir.path());
+        let p = ProfileRef::new("default", "employees");
+        let chain = format!("accounts.hr.email{}", ".replace('a', 'aaaaaaaaaa')".repeat(8));
+        let spec = IdentityProfile::test("employees").attribute("email", &chain).spec();
+        let result = process_blocking(&store, job_for(spec), Timestamp::now(), &ProcessingStop::default());
+        assert_eq!(result.run.outcome, RunOutcome::Failed);
+        let Some(Halt::Exceeded(message)) = &result.halted else { panic!("not halted: {:?}", result.halted) };
+        assert!(
+            message.starts_with(
+                "spec.attributes.email: `replace` would build a value of more than 1048576 bytes (on identity E1, \
+                 after 0 identities were evaluated); processing stopped there and nothing was applied"
+            ),
+            "{message}"
+        );
+        assert_eq!(&result.run.message, message);
+        assert!(store.list_identities(&p, None, None, 10).expect("list").is_empty(), "nothing applied");
+        let history = store.processing_runs(&p, 10).expect("runs");
+        assert_eq!((history[0].id, history[0].outcome), (result.run.id, RunOutcome::Failed));
+    }
+
+    #[test]
+    fn a_stopped_run_changes_nothing_and_says_why() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store_with_hr_account(dir.path());
+        let stop = ProcessingStop::default();
+        stop.stop("the profile changed (generation 1 → 2)");
+        stop.stop("the operator is shutting down");
+        let result = expr::with_stop(&stop.stop, || process_blocking(&store, job_for(spec()), Timestamp::now(), &stop));
+        assert_eq!(result.run.outcome, RunOutcome::Failed);
+        let cancelled = "cancelled: the profile changed (generation 1 → 2); nothing was applied";
+        assert_eq!(result.halted, Some(Halt::Cancelled(cancelled.to_string())));
+        assert_eq!(result.run.message, cancelled);
+        let p = ProfileRef::new("default", "employees");
+        assert!(store.list_identities(&p, None, None, 10).expect("list").is_empty());
+    }
+
+    #[test]
+    fn shutdown_stops_running_and_later_runs() {
+        let running = RunningProcessing::default();
+        let (first, second) = (ProcessingStop::default(), ProcessingStop::default());
+        let registered = running.register(&first);
+        {
+            let _done = running.register(&second);
+        }
+        running.stop_all();
+        assert!(first.stop.is_stopped());
+        assert!(!second.stop.is_stopped(), "a finished run is no longer registered");
+        drop(registered);
+        let late = ProcessingStop::default();
+        let _registered = running.register(&late);
+        assert!(late.stop.is_stopped());
+        assert_eq!(late.reason(), "the operator is shutting down");
     }
 
     fn manual_profile(policy: &str) -> IdentityProfile {

@@ -26,11 +26,21 @@
 //! identity anyway (unknown variables and functions, and syntax the
 //! interpreter does not implement), so that a typo stalls the profile with a
 //! clear message instead of putting an error on each of its identities.
+//!
+//! Compiling also refuses expressions too large, too deep or too expensive
+//! to run safely ([`limits`]), and evaluation is bounded per identity and
+//! can be stopped between any two steps ([`budget`]); an evaluation past a
+//! bound fails the whole evaluation ([`Interrupted`]) rather than one
+//! attribute, since the profile, not the identity, is what needs fixing.
+
+pub mod budget;
+pub mod limits;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use kube_cel::KubeCelExt;
 use kube_cel::cel::common::ast::{CallExpr, EntryExpr, Expr, IdedExpr, LiteralValue, operators};
@@ -42,7 +52,9 @@ use kube_cel::cel::{self, ExecutionError, FunctionContext, Value};
 use serde_json::Value as Json;
 
 use crate::model::Account;
+pub use budget::{EVALUATION_STACK, Exceeded, Stop, with_stop};
 use idsync_api::identity_profile::Lifecycle;
+pub use limits::TooComplex;
 
 /// The variable holding the accounts by connection name.
 const ACCOUNTS: &str = "accounts";
@@ -86,6 +98,10 @@ pub struct CompiledProfile {
     /// through `accounts.<connection>`; a connection not in here is not
     /// read that way, and its account is not converted for it.
     account_use: HashMap<String, AccountUse>,
+    /// When a processing run with these expressions last passed an
+    /// evaluation bound, and the run's message: the controller does not run
+    /// them again at once (see `controller::profile`).
+    exceeded: Mutex<Option<(Instant, String)>>,
 }
 
 /// What expressions read of one connection's account.
@@ -137,6 +153,32 @@ pub enum CheckError {
     /// It parses, but cannot work on any identity; each mistake once.
     #[error("{}", join(.0))]
     Refused(Vec<Refusal>),
+    /// It is too long, too deeply nested or too expensive to run safely.
+    #[error(transparent)]
+    TooComplex(#[from] TooComplex),
+    /// The compiler could not run (no thread for it) or failed.
+    #[error("the expression could not be compiled: {0}")]
+    Internal(String),
+}
+
+impl CompileError {
+    /// Whether the expression is refused for its size or cost rather than
+    /// for a mistake.
+    pub fn is_too_complex(&self) -> bool {
+        matches!(self.problem, CheckError::TooComplex(_))
+    }
+}
+
+/// Why a profile's evaluation of one identity was abandoned: all of it, not
+/// one attribute, and nothing of the processing run is to be kept.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Interrupted {
+    /// An expression passed a bound of [`budget`].
+    #[error("{field}: {exceeded}")]
+    Exceeded { field: String, exceeded: Exceeded },
+    /// The run's [`Stop`] was pulled.
+    #[error("stopped")]
+    Stopped,
 }
 
 /// One parser error: `line:column: message`, without the source snippet and
@@ -256,7 +298,33 @@ pub struct Evaluation {
 impl CompiledProfile {
     /// Compiles every expression; returns all compile errors, ordered by
     /// field, so one status update can report every mistake at once.
+    ///
+    /// Runs on a thread of its own with a large stack (see [`limits`]): the
+    /// parser recurses deeply on some inputs, and a stack overflow aborts
+    /// the whole process.
     pub fn compile(
+        attributes: &BTreeMap<String, String>,
+        lifecycle: Option<&Lifecycle>,
+    ) -> Result<CompiledProfile, Vec<CompileError>> {
+        let compiled = std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("cel-compile".to_string())
+                .stack_size(limits::COMPILE_STACK)
+                .spawn_scoped(scope, || Self::compile_here(attributes, lifecycle))
+                .map_err(|e| e.to_string())?
+                .join()
+                .map_err(|panic| panic_text(&*panic))
+        });
+        compiled.unwrap_or_else(|problem| {
+            Err(vec![CompileError {
+                field: "spec".to_string(),
+                expression: String::new(),
+                problem: CheckError::Internal(truncate(&problem)),
+            }])
+        })
+    }
+
+    fn compile_here(
         attributes: &BTreeMap<String, String>,
         lifecycle: Option<&Lifecycle>,
     ) -> Result<CompiledProfile, Vec<CompileError>> {
@@ -299,8 +367,30 @@ impl CompiledProfile {
         for expression in compiled.values_mut().chain(lifecycle.as_mut().map(|l| &mut l.program)) {
             needs_accounts_map |= rewrite_account_access(expression, &mut Vec::new());
             collect_account_use(expression, &mut account_use);
+            budget::instrument(expression);
         }
-        Ok(CompiledProfile { base, attributes: compiled, lifecycle, needs_accounts_map, account_use })
+        Ok(CompiledProfile {
+            base,
+            attributes: compiled,
+            lifecycle,
+            needs_accounts_map,
+            account_use,
+            exceeded: Mutex::new(None),
+        })
+    }
+
+    /// Records that a run with these expressions passed an evaluation
+    /// bound, and what its message said.
+    pub fn note_exceeded(&self, message: String) {
+        if let Ok(mut exceeded) = self.exceeded.lock() {
+            *exceeded = Some((Instant::now(), message));
+        }
+    }
+
+    /// When a run with these expressions last passed an evaluation bound,
+    /// and its message.
+    pub fn exceeded(&self) -> Option<(Instant, String)> {
+        self.exceeded.lock().ok().and_then(|e| e.clone())
     }
 
     /// The names of the profile's attributes, in order.
@@ -311,7 +401,14 @@ impl CompiledProfile {
     /// Evaluates the attributes named in `only` (all when None) and, when
     /// `only` is None, the lifecycle. Names in `only` that are not attributes
     /// of the profile are ignored.
-    pub fn evaluate(&self, inputs: &Inputs<'_>, only: Option<&[&str]>) -> Evaluation {
+    ///
+    /// Fails as a whole when an expression passes a bound of [`budget`] or
+    /// the thread's [`Stop`] (see [`with_stop`]) is pulled.
+    pub fn evaluate(&self, inputs: &Inputs<'_>, only: Option<&[&str]>) -> Result<Evaluation, Interrupted> {
+        if budget::stopped() {
+            return Err(Interrupted::Stopped);
+        }
+        budget::begin_identity();
         let mut evaluation = Evaluation::default();
 
         // Accounts are converted once for all expressions, and only as far
@@ -348,7 +445,9 @@ impl CompiledProfile {
             if only.is_some_and(|only| !only.contains(&name.as_str())) {
                 continue;
             }
-            match execute(program, &scope).and_then(|value| to_json(&value)) {
+            let result = execute(program, &scope);
+            check_bounds(|| format!("spec.attributes.{name}"), &result)?;
+            match result.and_then(|value| to_json(&value)) {
                 Ok(Some(value)) => {
                     evaluation.attributes.insert(name.clone(), value);
                 }
@@ -362,15 +461,43 @@ impl CompiledProfile {
         if only.is_none()
             && let Some(lifecycle) = &self.lifecycle
         {
-            match execute(&lifecycle.program, &scope).and_then(|value| lifecycle.state(value)) {
+            let result = execute(&lifecycle.program, &scope);
+            check_bounds(|| "spec.lifecycle.expression".to_string(), &result)?;
+            match result.and_then(|value| lifecycle.state(value)) {
                 Ok(state) => evaluation.lifecycle_state = Some(state),
                 Err(error) => {
                     evaluation.errors.insert(LIFECYCLE.to_string(), error.to_string());
                 }
             }
         }
-        evaluation
+        Ok(evaluation)
     }
+}
+
+/// Fails the evaluation when the expression at `field` was stopped or
+/// passed a bound, whatever it yielded (an error of `@step` can be absorbed
+/// by `||` and `&&`), or yielded a value too large to keep.
+fn check_bounds(field: impl FnOnce() -> String, result: &Result<Value, EvalError>) -> Result<(), Interrupted> {
+    if budget::stopped() {
+        return Err(Interrupted::Stopped);
+    }
+    let exceeded = budget::take_exceeded().or_else(|| match result {
+        Ok(value) if budget::value_size(value) > budget::MAX_ATTRIBUTE_BYTES => Some(Exceeded::Attribute),
+        _ => None,
+    });
+    match exceeded {
+        Some(exceeded) => Err(Interrupted::Exceeded { field: field(), exceeded }),
+        None => Ok(()),
+    }
+}
+
+/// A panic's message, if it has one.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "the compiler panicked".to_string())
 }
 
 impl CompiledLifecycle {
@@ -388,6 +515,7 @@ impl CompiledLifecycle {
 fn base_context() -> cel::Context<'static> {
     let mut context = cel::Context::default().with_all();
     context.add_function("date", date);
+    budget::register(&mut context);
     context
 }
 
@@ -512,14 +640,7 @@ fn execute(program: &Expression, scope: &cel::Context<'_>) -> Result<Value, Eval
     match catch_unwind(AssertUnwindSafe(|| Value::resolve(program, scope))) {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(describe_error(&error)),
-        Err(panic) => {
-            let detail = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(EvalError::InterpreterPanicked { detail })
-        }
+        Err(panic) => Err(EvalError::InterpreterPanicked { detail: panic_text(&*panic) }),
     }
 }
 
@@ -723,8 +844,19 @@ impl<'a> Checker<'a> {
     /// stays off: cel 0.13 parses it, but its `.?` fails on a missing key
     /// instead of yielding `optional.none()`, so it would not do what
     /// Kubernetes users expect of it.
+    ///
+    /// The size limits come first, each before the step it protects: the
+    /// source's before parsing, the tree's before walking it.
     fn compile(&mut self, source: &str) -> Result<Expression, CheckError> {
-        let program = Parser::new().parse(source).map_err(|errors| CheckError::Parse(syntax_errors(&errors)))?;
+        limits::check_source(source)?;
+        // The parser panics on a few inputs (an overflow in its own
+        // recursion counter on long `?:` chains).
+        let program = match catch_unwind(|| Parser::new().parse(source)) {
+            Ok(Ok(program)) => program,
+            Ok(Err(errors)) => return Err(CheckError::Parse(syntax_errors(&errors))),
+            Err(panic) => return Err(CheckError::Internal(format!("the parser failed: {}", panic_text(&*panic)))),
+        };
+        limits::check_tree(&program)?;
         let mut problems = Vec::new();
         self.check(&program, &mut Vec::new(), &mut problems);
         if problems.is_empty() { Ok(program) } else { Err(CheckError::Refused(problems)) }
@@ -1039,7 +1171,7 @@ mod tests {
     }
 
     fn evaluate(profile: &CompiledProfile, accounts: &[(&str, &Account)], now: &str) -> Evaluation {
-        profile.evaluate(&Inputs { accounts, now: ts(now) }, None)
+        profile.evaluate(&Inputs { accounts, now: ts(now) }, None).expect("within the bounds")
     }
 
     fn eval_one(expression: &str) -> Result<Option<Json>, String> {
@@ -1338,7 +1470,7 @@ mod tests {
         let Ok(profile) = CompiledProfile::compile(&attributes, Some(&lifecycle)) else { panic!() };
         assert_eq!(profile.attribute_names().collect::<Vec<_>>(), ["a", "b", "c"]);
         let inputs = Inputs { accounts: &[], now: ts("2024-01-01T00:00:00Z") };
-        let evaluation = profile.evaluate(&inputs, Some(&["b", "unknown"]));
+        let evaluation = profile.evaluate(&inputs, Some(&["b", "unknown"])).expect("within the bounds");
         assert_eq!(
             evaluation,
             Evaluation {
@@ -1347,7 +1479,7 @@ mod tests {
                 errors: BTreeMap::new(),
             }
         );
-        let evaluation = profile.evaluate(&inputs, None);
+        let evaluation = profile.evaluate(&inputs, None).expect("within the bounds");
         assert_eq!(evaluation.attributes.len(), 2);
         assert_eq!(evaluation.lifecycle_state.as_deref(), Some("active"));
         assert_eq!(evaluation.errors.keys().collect::<Vec<_>>(), ["c"]);
@@ -1473,5 +1605,208 @@ mod tests {
             to_json(&Value::Bytes(Arc::new(vec![1]))),
             Err(Unrepresentable::Type { type_name: "bytes".to_string() }.into())
         );
+    }
+
+    /// `[1,2,…,n]`.
+    fn literal_list(n: usize) -> String {
+        format!("[{}]", (1..=n).map(|i| i.to_string()).collect::<Vec<_>>().join(","))
+    }
+
+    fn evaluate_bounded(profile: &CompiledProfile, hr: &Account) -> Result<Evaluation, Interrupted> {
+        let accounts = [("hr", hr)];
+        profile.evaluate(&Inputs { accounts: &accounts, now: ts("2024-06-15T12:00:00Z") }, None)
+    }
+
+    fn too_complex(errors: &[CompileError]) -> &TooComplex {
+        match &errors[0].problem {
+            CheckError::TooComplex(too) => too,
+            other => panic!("refused for another reason: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_7000_deep_expression_is_refused_without_crashing() {
+        // On this test's own 2 MiB thread, where parsing it overflowed the
+        // stack and aborted the process.
+        let deep = format!("{}1{}", "(".repeat(7000), ")".repeat(7000));
+        let Err(errors) = compile(&[("deep", &deep)]) else { panic!("compiled") };
+        assert!(errors[0].is_too_complex());
+        assert_eq!(too_complex(&errors), &TooComplex::Length { length: 14001, limit: 4096 });
+        // Within the length, the nesting is what is refused, before parsing.
+        let deep = format!("{}1{}", "[".repeat(2000), "]".repeat(2000));
+        let Err(errors) = compile(&[("deep", &deep)]) else { panic!("compiled") };
+        assert_eq!(too_complex(&errors), &TooComplex::Nesting { depth: 2000, limit: 32 });
+        assert_eq!(
+            errors[0].to_string(),
+            format!(
+                "spec.attributes.deep: {deep:?} does not compile: nests brackets 2000 deep; expressions may nest at most 32"
+            )
+        );
+        // Chains nest without brackets: parsed on the compiler's thread,
+        // refused by the tree's depth.
+        for chain in [
+            format!("1{}", " + 1".repeat(1000)),
+            format!("accounts.hr{}", ".x".repeat(2000)),
+            format!("'a'{}", ".lowerAscii()".repeat(300)),
+        ] {
+            let Err(errors) = compile(&[("chain", &chain)]) else { panic!("compiled {chain:.40}") };
+            assert!(matches!(too_complex(&errors), TooComplex::Depth { limit: 100, .. }), "{}", errors[0]);
+        }
+        // Long `?:` chains made the parser panic.
+        let ternaries = format!("{}'x'", "true ? 'a' : ".repeat(150));
+        assert!(compile(&[("t", &ternaries)]).is_err());
+    }
+
+    #[test]
+    fn the_deepest_expressions_allowed_evaluate_on_the_processing_stack() {
+        // Nested comprehensions, as many as the tree's depth allows (each
+        // is a few levels of it), and a chain of additions as deep.
+        let nest = |n: usize| format!("{}true{}", "[1].all(x, x > 0 && ".repeat(n), ")".repeat(n));
+        let levels = (1..=limits::MAX_NESTING).take_while(|n| compile(&[("nested", &nest(*n))]).is_ok()).last();
+        assert!(levels.is_some_and(|n| n >= 15), "{levels:?}");
+        let nested = nest(levels.unwrap_or_default());
+        let chain = format!("1{}", " + 1".repeat(limits::MAX_TREE_DEPTH - 1));
+        let profile = compiled(&[("nested", &nested), ("chain", &chain)]);
+        let evaluation = std::thread::Builder::new()
+            .stack_size(EVALUATION_STACK)
+            .spawn(move || evaluate_bounded(&profile, &hr_account()))
+            .expect("thread")
+            .join()
+            .expect("no overflow")
+            .expect("within the bounds");
+        assert_eq!(evaluation.attributes["chain"], json!(limits::MAX_TREE_DEPTH));
+        assert_eq!(evaluation.attributes["nested"], json!(true));
+        assert_eq!(evaluation.errors, BTreeMap::new());
+    }
+
+    #[test]
+    fn nested_comprehensions_over_literal_lists_are_refused_at_compile_time() {
+        // The shape that held a core for 13 minutes: 372 characters.
+        let list = literal_list(30);
+        let nested = format!("{list}.all(a, {list}.all(b, {list}.all(c, {list}.all(d, a + b + c + d > 0))))");
+        assert!(nested.len() < 400, "{}", nested.len());
+        let Err(errors) = compile(&[("busy", &nested)]) else { panic!("compiled") };
+        let TooComplex::Cost { cost, limit } = too_complex(&errors) else { panic!("{}", errors[0]) };
+        assert!(*cost > 30u64.pow(4), "{cost}");
+        assert_eq!(*limit, limits::MAX_ESTIMATED_COST);
+        let shown = errors[0].to_string();
+        assert!(shown.starts_with("spec.attributes.busy: "), "{shown}");
+        assert!(
+            shown.contains("nested comprehensions (all, exists, exists_one, map, filter): estimated cost"),
+            "{shown}"
+        );
+        // Two levels are fine.
+        compiled(&[("fine", &format!("{list}.all(a, {list}.all(b, a + b > 0))"))]);
+    }
+
+    #[test]
+    fn comprehensions_over_larger_lists_than_estimated_stop_at_the_budget() {
+        // Lists of unknown size count as 100: nested twice, it compiles; on
+        // 1,100 elements it takes 1.21 million steps (12.1 million units),
+        // past the budget.
+        let profile = compiled(&[
+            ("pairs", "accounts.hr.tags.all(a, accounts.hr.tags.all(b, a >= 0))"),
+            ("name", "accounts.hr.displayName"),
+        ]);
+        let mut hr = hr_account();
+        hr.attributes.insert("tags".to_string(), json!((0..1100).collect::<Vec<_>>()));
+        assert_eq!(
+            evaluate_bounded(&profile, &hr),
+            Err(Interrupted::Exceeded { field: "spec.attributes.pairs".to_string(), exceeded: Exceeded::Budget })
+        );
+        // An error that `||` absorbs still fails the evaluation.
+        let absorbed = compiled(&[("pairs", "accounts.hr.tags.all(a, accounts.hr.tags.all(b, a >= 0)) || true")]);
+        assert!(matches!(
+            evaluate_bounded(&absorbed, &hr),
+            Err(Interrupted::Exceeded { exceeded: Exceeded::Budget, .. })
+        ));
+        // The budget is per identity: a smaller one is evaluated in full.
+        hr.attributes.insert("tags".to_string(), json!((0..900).collect::<Vec<_>>()));
+        let evaluation = evaluate_bounded(&profile, &hr).expect("810,000 steps are within the budget");
+        assert_eq!(evaluation.attributes["pairs"], json!(true));
+        // Building a list copies it at every step: 5,000 elements copy
+        // 12.5 million, past the budget, in only 5,000 steps.
+        let profile = compiled(&[("copies", "accounts.hr.tags.map(t, t)")]);
+        hr.attributes.insert("tags".to_string(), json!((0..5000).collect::<Vec<_>>()));
+        assert!(matches!(
+            evaluate_bounded(&profile, &hr),
+            Err(Interrupted::Exceeded { exceeded: Exceeded::Budget, .. })
+        ));
+        hr.attributes.insert("tags".to_string(), json!((0..2000).collect::<Vec<_>>()));
+        let evaluation = evaluate_bounded(&profile, &hr).expect("within the budget");
+        assert_eq!(evaluation.attributes["copies"][1999], json!(1999));
+    }
+
+    #[test]
+    fn a_replace_chain_is_stopped_before_it_builds_100_mb() {
+        // Each replace multiplies the length by ten: 10^8 bytes after eight.
+        let chain = format!("'aaaaaaaaaa'{}", ".replace('a', 'aaaaaaaaaa')".repeat(8));
+        let profile = compiled(&[("big", &chain)]);
+        assert_eq!(
+            evaluate_bounded(&profile, &hr_account()),
+            Err(Interrupted::Exceeded {
+                field: "spec.attributes.big".to_string(),
+                exceeded: Exceeded::Value { function: "replace".to_string() },
+            })
+        );
+        assert_eq!(
+            Interrupted::Exceeded {
+                field: "spec.attributes.big".into(),
+                exceeded: Exceeded::Value { function: "replace".into() }
+            }
+            .to_string(),
+            "spec.attributes.big: `replace` would build a value of more than 1048576 bytes"
+        );
+        // Five replaces (1,000,000 bytes) are within the bound, and replace
+        // works as the Kubernetes library's: a count, and none for n <= 0.
+        let five = format!("'aaaaaaaaaa'{}", ".replace('a', 'aaaaaaaaaa')".repeat(5));
+        assert_eq!(eval_one(&format!("size({five})")), Ok(Some(json!(1_000_000))));
+        assert_eq!(eval_one("'a-b-c'.replace('-', '+')"), Ok(Some(json!("a+b+c"))));
+        assert_eq!(eval_one("'a-b-c'.replace('-', '+', 1)"), Ok(Some(json!("a+b-c"))));
+        assert_eq!(eval_one("'a-b-c'.replace('-', '+', -1)"), Ok(Some(json!("a-b-c"))));
+        assert_eq!(eval_one("'ab'.replace('', '.')"), Ok(Some(json!(".a.b."))));
+    }
+
+    #[test]
+    fn functions_that_grow_values_are_bounded() {
+        let exceeded = |expression: &str| {
+            let profile = compiled(&[("x", expression)]);
+            match evaluate_bounded(&profile, &hr_account()) {
+                Err(Interrupted::Exceeded { exceeded, .. }) => exceeded,
+                other => panic!("{expression}: {other:?}"),
+            }
+        };
+        let value = |function: &str| Exceeded::Value { function: function.to_string() };
+        // Each quoting doubles a string of quotes.
+        let quoted = format!("{}'\"\"\"\"\"\"\"\"'{}", "strings.quote(".repeat(20), ")".repeat(20));
+        assert_eq!(exceeded(&quoted), value("strings.quote"));
+        assert_eq!(exceeded("lists.range(10000000)"), value("lists.range"));
+        let hundred_kb = format!("'aaaaaaaaaa'{}", ".replace('a', 'aaaaaaaaaa')".repeat(4));
+        assert_eq!(exceeded(&format!("lists.range(11).map(i, {hundred_kb}).join('-')")), value("join"));
+        assert_eq!(
+            exceeded(&format!("{}{hundred_kb}{}", "base64.encode(bytes(".repeat(10), "))".repeat(10))),
+            value("base64.encode")
+        );
+        // An attribute's value is bounded too.
+        let megabyte = format!("'aaaaaaaaaa'{}", ".replace('a', 'aaaaaaaaaa')".repeat(5));
+        assert_eq!(exceeded(&megabyte), Exceeded::Attribute);
+        // Within the bounds they work as before.
+        assert_eq!(eval_one("strings.quote('say \"hi\"')"), Ok(Some(json!("\"say \\\"hi\\\"\""))));
+        assert_eq!(eval_one("lists.range(3)"), Ok(Some(json!([0, 1, 2]))));
+        assert_eq!(eval_one("['a', 'b'].join('-') + ['c'].join()"), Ok(Some(json!("a-bc"))));
+        assert_eq!(eval_one("base64.encode(bytes('hi'))"), Ok(Some(json!("aGk="))));
+        assert_eq!(eval_one("'a,b'.split(',')"), Ok(Some(json!(["a", "b"]))));
+    }
+
+    #[test]
+    fn a_pulled_stop_stops_evaluation() {
+        let profile = compiled(&[("name", "accounts.hr.displayName")]);
+        let stop = Stop::new();
+        let evaluation = with_stop(&stop, || evaluate_bounded(&profile, &hr_account()));
+        assert!(evaluation.is_ok());
+        stop.stop();
+        assert_eq!(with_stop(&stop, || evaluate_bounded(&profile, &hr_account())), Err(Interrupted::Stopped));
+        // The stop belongs to the scope it was given to.
+        assert!(evaluate_bounded(&profile, &hr_account()).is_ok());
     }
 }

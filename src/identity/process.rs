@@ -28,7 +28,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::expr::{CompiledProfile, Inputs};
+use super::expr::{CompiledProfile, Inputs, Interrupted};
 use crate::model::{Account, AccountLink, ContentHash, Identity, LinkRecord, LinkState};
 use crate::store::{ProcessingCommit, ProcessingSnapshot, ProfileState};
 use idsync_api::IdentityProfileSpec;
@@ -74,6 +74,17 @@ pub struct Outcome {
     pub preview: Vec<String>,
     /// Named identities that do not exist.
     pub unknown: Vec<String>,
+}
+
+/// A run given up at one identity's evaluation (see [`run`]).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{cause} (on identity {identity}, after {evaluated} identities were evaluated)")]
+pub struct Abandoned {
+    pub cause: Interrupted,
+    /// The identity whose evaluation it was.
+    pub identity: String,
+    /// Identities fully evaluated before it.
+    pub evaluated: u64,
 }
 
 /// The profile's numbers after the run, for its status.
@@ -145,13 +156,17 @@ pub fn check_references(spec: &IdentityProfileSpec) -> Vec<String> {
 
 /// Runs one processing pass. `now` is the time expressions see and the
 /// time written as `created` / `modified`.
+///
+/// Stops at the first identity whose evaluation passes a bound or is
+/// stopped (see `expr::budget`): the run is then abandoned as a whole, so
+/// that its caller keeps nothing of it.
 pub fn run(
     spec: &IdentityProfileSpec,
     compiled: &CompiledProfile,
     snapshot: &ProcessingSnapshot,
     selection: &Selection,
     now: Timestamp,
-) -> Outcome {
+) -> Result<Outcome, Abandoned> {
     let mapping = mapping_hash(spec);
     let no_accounts = Vec::new();
     let authoritative = snapshot.accounts.get(&spec.authoritative_connection).unwrap_or(&no_accounts);
@@ -180,7 +195,9 @@ pub fn run(
             _ if key_attributes.is_empty() => Cow::Owned(BTreeMap::new()),
             _ => {
                 let accounts = [(spec.authoritative_connection.as_str(), account)];
-                let evaluation = compiled.evaluate(&Inputs { accounts: &accounts, now }, Some(&key_attributes));
+                let evaluation = compiled
+                    .evaluate(&Inputs { accounts: &accounts, now }, Some(&key_attributes))
+                    .map_err(|cause| Abandoned { cause, identity: account.id.clone(), evaluated: 0 })?;
                 Cow::Owned(
                     evaluation.attributes.iter().filter_map(|(n, v)| Some((n.clone(), scalar_text(v)?))).collect(),
                 )
@@ -250,7 +267,11 @@ pub fn run(
                 inputs.push((connection, a));
             }
         }
-        let evaluation = compiled.evaluate(&Inputs { accounts: &inputs, now }, None);
+        let evaluation = compiled.evaluate(&Inputs { accounts: &inputs, now }, None).map_err(|cause| Abandoned {
+            cause,
+            identity: account.id.clone(),
+            evaluated: processed,
+        })?;
         let mut identity = Identity {
             id: account.id.clone(),
             attributes: evaluation.attributes,
@@ -389,7 +410,7 @@ pub fn run(
     outcome.errors = with_errors;
     outcome.commit.state = ProfileState { next_time_based, ..snapshot.state.clone() };
     outcome.preview = preview.lines(outcome.processed);
-    outcome
+    Ok(outcome)
 }
 
 /// Attaches one account by the first rule that matches exactly one identity.
@@ -879,6 +900,17 @@ mod tests {
         snapshot.state = outcome.commit.state.clone();
     }
 
+    /// A run that passes no bound, as every run of these fixtures does.
+    fn run(
+        spec: &IdentityProfileSpec,
+        compiled: &CompiledProfile,
+        snapshot: &ProcessingSnapshot,
+        selection: &Selection,
+        now: Timestamp,
+    ) -> Outcome {
+        super::run(spec, compiled, snapshot, selection, now).expect("within the evaluation bounds")
+    }
+
     fn compiled(spec: &IdentityProfileSpec) -> CompiledProfile {
         CompiledProfile::compile(&spec.attributes, spec.lifecycle.as_ref()).expect("compiles")
     }
@@ -1159,6 +1191,45 @@ mod tests {
         let e1 = outcome.commit.upserts.iter().find(|i| i.id == "E1").expect("E1 rewritten");
         assert_eq!(e1.correlation_keys.get("email").map(String::as_str), Some("ada@acme.com"));
         assert!(outcome.commit.link_upserts.is_empty(), "back to what is stored");
+    }
+
+    #[test]
+    fn a_run_is_abandoned_at_the_first_identity_past_an_evaluation_bound() {
+        use crate::identity::expr::{Exceeded, Stop, with_stop};
+        let mut spec = spec();
+        // Only E4's account has `huge`: a list far past the size bound.
+        spec.attributes.insert("big".into(), "has(accounts.hr.huge) ? lists.range(100000000) : []".into());
+        let mut people = hr();
+        people[3].attributes.insert("huge".into(), json!("yes"));
+        let snap = snapshot(people, github_accounts());
+        let abandoned = super::run(&spec, &compiled(&spec), &snap, &Selection::All, at("2026-11-22T12:00:00Z"))
+            .expect_err("abandoned");
+        assert_eq!(
+            abandoned,
+            Abandoned {
+                cause: Interrupted::Exceeded {
+                    field: "spec.attributes.big".into(),
+                    exceeded: Exceeded::Value { function: "lists.range".into() },
+                },
+                identity: "E4".into(),
+                evaluated: 3,
+            }
+        );
+        assert_eq!(
+            abandoned.to_string(),
+            "spec.attributes.big: `lists.range` would build a value of more than 1048576 bytes (on identity E4, after 3 \
+             identities were evaluated)"
+        );
+
+        // A pulled stop abandons the run at its first identity.
+        let spec = self::spec();
+        let snap = snapshot(hr(), github_accounts());
+        let stop = Stop::new();
+        stop.stop();
+        let stopped = with_stop(&stop, || {
+            super::run(&spec, &compiled(&spec), &snap, &Selection::All, at("2026-11-22T12:00:00Z"))
+        });
+        assert_eq!(stopped.map(|_| ()).map_err(|a| a.cause), Err(Interrupted::Stopped));
     }
 
     #[test]

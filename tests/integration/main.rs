@@ -3,6 +3,7 @@
 
 mod common;
 
+mod cel_limits;
 mod connection_inputs;
 mod crds;
 mod dev_command;

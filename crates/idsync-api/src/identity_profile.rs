@@ -65,8 +65,18 @@ pub struct IdentityProfileSpec {
     /// authoritative and correlated accounts by connection name), `now` and
     /// `date("YYYY-MM-DD")`, e.g. `accounts.hr.work_email.lowerAscii()`.
     /// Names are identifiers; `lifecycle` and `manager` are reserved.
+    ///
+    /// Each expression is at most 4096 characters. The controller also
+    /// refuses (Stalled, `ExpressionTooComplex`) an expression nesting
+    /// brackets more than 32 deep or operations more than 100 deep, or whose
+    /// estimated cost passes 1,000,000 (nested comprehensions multiply: a
+    /// list of unknown size counts as 100 elements). Evaluation is bounded
+    /// per identity: 1,000,000 comprehension steps, values built by
+    /// functions up to 1 MiB, attribute values up to 256 KiB; a run that
+    /// passes a bound changes nothing and stalls the profile
+    /// (`EvaluationBudgetExceeded`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 200))]
+    #[schemars(extend("maxProperties" = 200), transform = expression_map)]
     pub attributes: BTreeMap<String, String>,
 
     /// How the lifecycle state is computed.
@@ -94,6 +104,18 @@ pub struct IdentityProfileSpec {
     /// ResyncRequest with scope Identities (and previews with `dryRun`).
     #[serde(default)]
     pub apply_policy: ApplyPolicy,
+}
+
+/// The longest CEL expression of a profile, in characters; the controller
+/// holds specs that did not pass the schema to it too.
+pub const MAX_EXPRESSION_LENGTH: usize = 4096;
+
+/// Schema of the attribute expressions: each at most
+/// [`MAX_EXPRESSION_LENGTH`] characters.
+fn expression_map(schema: &mut schemars::Schema) {
+    if let Some(serde_json::Value::Object(values)) = schema.get_mut("additionalProperties") {
+        values.insert("maxLength".into(), MAX_EXPRESSION_LENGTH.into());
+    }
 }
 
 fn profile_spec_rules(schema: &mut schemars::Schema) {
@@ -150,8 +172,9 @@ pub struct CorrelationRule {
 #[serde(rename_all = "camelCase")]
 pub struct Lifecycle {
     /// A CEL expression yielding a state name, e.g. from hire and
-    /// termination dates compared with `now`.
-    #[schemars(length(min = 1, max = 4096))]
+    /// termination dates compared with `now`; bounded as attribute
+    /// expressions are.
+    #[schemars(length(min = 1, max = MAX_EXPRESSION_LENGTH))]
     pub expression: String,
     /// The states the expression may yield; any other result is an error on
     /// that identity.
