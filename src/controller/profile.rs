@@ -32,7 +32,7 @@ use kube::{Resource, ResourceExt};
 use super::{Context, Error, events, panics, status, timing};
 use crate::identity::expr::{self, CompileError, CompiledProfile, Interrupted, Stop};
 use crate::identity::process::{self, Abandoned, Selection, Summary};
-use crate::model::{ProcessingRunRecord, ProfileRef, RunOutcome, Trigger};
+use crate::model::{ProcessingRunRecord, ProfileRef, RunId, RunOutcome, Trigger};
 use crate::sync::schedule::Schedule;
 use idsync_api::conditions::{self, FALSE, TRUE};
 use idsync_api::identity_profile::{ApplyPolicy, ProcessingRun};
@@ -363,6 +363,7 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
             dry_run: false,
             applies: eff.applies_current.then(|| (profile.spec.clone(), generation)),
             scheduled: Some(slot.unwrap_or(now)),
+            overlay: Vec::new(),
         };
         mark_processing(&api, &profile, trigger, now).await?;
         let result = execute(&ctx, &profile, job).await;
@@ -571,6 +572,10 @@ pub struct Job {
     pub applies: Option<(IdentityProfileSpec, Option<i64>)>,
     /// The schedule slot this run covers, if any.
     pub scheduled: Option<Timestamp>,
+    /// Dry-run syncs whose account changes are laid over the store first
+    /// (connection name, its run): a dry run of scope AccountsAndIdentities
+    /// previews the identities with the accounts it would sync.
+    pub overlay: Vec<(String, RunId)>,
 }
 
 /// What a processing run did.
@@ -821,7 +826,10 @@ fn compute_and_commit(
     // run's length is the wall clock's.
     let timer = std::time::Instant::now();
     let connections = process::connections_of(&job.spec);
-    let snapshot = store.processing_snapshot(&job.profile, &connections)?;
+    let mut snapshot = store.processing_snapshot(&job.profile, &connections)?;
+    for (connection, run) in &job.overlay {
+        snapshot.overlay(connection, &crate::store::all_run_changes(store, *run)?);
+    }
     // An authoritative connection without accounts while identities exist
     // is a purged or reset connection far more often than an HR system that
     // lost everyone (the sync's import safeguard stops that): keep them.
@@ -1098,6 +1106,7 @@ mod tests {
             dry_run: false,
             applies: None,
             scheduled: None,
+            overlay: Vec::new(),
         };
         let result = compute_and_commit(&store, job, Timestamp::now(), &ProcessingStop::default()).expect("runs");
         assert_eq!(result.run.outcome, RunOutcome::Failed);
@@ -1147,6 +1156,7 @@ mod tests {
             dry_run: false,
             applies: None,
             scheduled: None,
+            overlay: Vec::new(),
         };
         let result = process_blocking(&store, job, Timestamp::now(), &ProcessingStop::default());
         assert_eq!((result.run.outcome, result.run.processed), (RunOutcome::Succeeded, 1));
@@ -1173,6 +1183,7 @@ mod tests {
             dry_run: false,
             applies: None,
             scheduled: None,
+            overlay: Vec::new(),
         };
         let result = process_blocking(&store, job, Timestamp::now(), &ProcessingStop::default());
         assert_eq!(result.run.outcome, RunOutcome::Failed);
@@ -1224,6 +1235,7 @@ mod tests {
             dry_run: false,
             applies: None,
             scheduled: None,
+            overlay: Vec::new(),
         }
     }
 

@@ -671,6 +671,21 @@ async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_na
         }
     };
     let applies = (!spec.dry_run && !use_applied).then(|| (profile.spec.clone(), profile.metadata.generation));
+    // A dry run that also synced (AccountsAndIdentities) previews the
+    // identities with the accounts its syncs would apply: each dry-run
+    // sync that would apply is laid over the store. One the safeguard held
+    // back would apply nothing, and is not.
+    let overlay: Vec<(String, crate::model::RunId)> = if spec.dry_run {
+        let status = request.status.clone().unwrap_or_default();
+        status
+            .targets
+            .iter()
+            .filter(|t| t.phase == TargetPhase::Succeeded)
+            .filter_map(|t| t.run.map(|run| (t.connection.clone(), run)))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let job = profile::Job {
         profile: p.clone(),
         spec: mappings,
@@ -683,6 +698,7 @@ async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_na
         // one generation and half on another.
         applies: if named { None } else { applies },
         scheduled: None,
+        overlay,
     };
     let result = profile::execute(ctx, &profile, job).await;
     let phase = if result.run.outcome == RunOutcome::Failed { TargetPhase::Failed } else { TargetPhase::Succeeded };

@@ -597,3 +597,45 @@ async fn a_missing_connection_stalls_the_profile_and_keeps_its_identities() {
     .await;
     assert_eq!(env.identities("employees").len(), 4);
 }
+
+/// A dry run of scope AccountsAndIdentities previews the identities with
+/// the account changes its syncs would apply (a new hire, a changed
+/// e-mail), and says what the real run then does; nothing changes
+/// until the real run.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_accounts_and_identities_dry_run_previews_identities_with_the_synced_accounts() {
+    let env = Env::start().await;
+    env.exports(&people()).await;
+    env.connections().await;
+    env.profile(employees_with_attributes()).await;
+    env.sync_all("first").await;
+    env.profile_until("four identities", |p| p.status.as_ref().is_some_and(|s| s.identity_count == Some(4))).await;
+    let before: Vec<(String, String)> =
+        env.identities("employees").into_iter().map(|i| (i.id.clone(), format!("{:?}", i.attributes))).collect();
+
+    let mut changed = people();
+    changed[1].email = "robert@acme.example";
+    changed.push(person("E5", "Eve Engineer", "eve@acme.example", "E1"));
+    env.exports(&changed).await;
+
+    let preview = ResyncRequest::test("preview").all().full().scope(Scope::AccountsAndIdentities).dry_run();
+    let status = env.request(preview).await.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:#?}");
+    let profile = status.profiles.iter().find(|p| p.profile == "employees").expect("the profile's entry");
+    let lines = profile.preview.join("\n");
+    assert!(lines.contains("robert@acme.example"), "the changed e-mail is previewed:\n{lines}");
+    assert!(lines.contains("created: 1 (e.g. E5)"), "the new hire is previewed:\n{lines}");
+    assert!(profile.changed >= 2, "at least the update and the creation: {profile:?}");
+    let after_preview: Vec<(String, String)> =
+        env.identities("employees").into_iter().map(|i| (i.id.clone(), format!("{:?}", i.attributes))).collect();
+    assert_eq!(after_preview, before, "a dry run changes no identity");
+
+    // The real run (or the profile's own event-based run, whichever comes
+    // first after the sync commits) does what the preview said.
+    let real = ResyncRequest::test("real").all().full().scope(Scope::AccountsAndIdentities);
+    assert_eq!(env.request(real).await.status.and_then(|s| s.phase), Some(Phase::Succeeded));
+    let identities = env.identities("employees");
+    assert_eq!(identities.len(), 5, "four and the new hire");
+    assert_eq!(env.identity("employees", "E2").attributes["email"], "robert@acme.example");
+    assert!(identities.iter().any(|i| i.id == "E5"));
+}
