@@ -113,40 +113,21 @@ fn token() -> impl Strategy<Value = String> {
     ]
 }
 
-/// An expression: a soup of CEL pieces, or any text at all.
-///
-/// Kept below two depths the `cel` 0.13 parser does not survive, until
-/// compiling refuses them before parsing: brackets nested 15 deep
-/// (`((((((((((((((((1))))))))))))))))`) overflow a 2 MiB stack in a debug
-/// build, an abort that no test can catch; and a chain of about 100
-/// conditionals (`true?1:true?1:…1`) makes its recursion guard subtract
-/// below zero (`cel-0.13.0/src/parser/parser.rs:405`), a panic in a debug
-/// build.
+/// An expression: a soup of CEL pieces, any text at all, or the two shapes
+/// the `cel` 0.13 parser does not survive on its own (compiling refuses them
+/// or parses them where they cannot hurt, see `expr::limits`): brackets
+/// nested deep, which overflow a 2 MiB stack in a debug build at 15; and a
+/// long chain of conditionals, which makes its recursion guard subtract
+/// below zero (`cel-0.13.0/src/parser/parser.rs:405`).
 fn expression() -> impl Strategy<Value = String> {
     prop_oneof![
         3 => prop::collection::vec(token(), 0..400).prop_map(|tokens| tokens.concat()),
         1 => "\\PC{0,1024}",
         1 => any::<String>(),
+        1 => (1usize..200, prop::sample::select(vec![("(", ")"), ("[", "]"), ("{1:", "}")]))
+            .prop_map(|(depth, (open, close))| format!("{}1{}", open.repeat(depth), close.repeat(depth))),
+        1 => (1usize..300).prop_map(|n| format!("{}1", "true?1:".repeat(n))),
     ]
-    .prop_filter("nested too deep for the cel parser", |source| {
-        nesting(source) <= 8 && source.matches('?').count() < 40
-    })
-}
-
-/// How deep brackets of any kind nest in `source`, quotes ignored.
-fn nesting(source: &str) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    for c in source.chars() {
-        match c {
-            '(' | '[' | '{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            ')' | ']' | '}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
 }
 
 /// Compiles `attributes` and `lifecycle`; checks what any refusal says.
