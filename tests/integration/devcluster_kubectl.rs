@@ -351,3 +351,46 @@ async fn kubectl_create_secret_configmap_and_namespace_work() {
         assert_eq!(shown.trim(), "czNjcjN0PXg=", "{}", kubectl.display());
     }
 }
+
+/// The small things clients probe, with each kubectl: health endpoints,
+/// `cluster-info`, `auth whoami`, a `Warning:` for an unknown field, and a
+/// plain-HTTP request answered as an HTTPS API server answers it.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_probes_get_the_answers_of_a_real_api_server() {
+    for kubectl in common::kubectls() {
+        let h = Harness::start().await;
+        h.install_crds().await;
+        let run = |args: &[&str]| {
+            let mut command = h.kubectl_command_of(&kubectl);
+            command.args(args);
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            async move {
+                let out = command.output().await.expect("kubectl runs");
+                assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+                (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+        };
+        for probe in ["/healthz", "/readyz", "/livez"] {
+            assert_eq!(run(&["get", "--raw", probe]).await.0.trim(), "ok", "{probe}");
+        }
+        let (info, _) = run(&["cluster-info"]).await;
+        assert!(info.contains("is running at https://127.0.0.1:"), "{info}");
+        let (whoami, _) = run(&["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]).await;
+        assert_eq!(whoami.trim(), "kubernetes-admin");
+
+        let manifest = h.dir.path().join("extra-field.yaml");
+        let mut request =
+            serde_json::to_value(idsync_api::ResyncRequest::test("with-colour").all().build()).expect("json");
+        request["spec"]["colour"] = json!("blue");
+        std::fs::write(&manifest, request.to_string()).expect("manifest");
+        let (_, warned) = run(&["create", "-f", &manifest.display().to_string(), "--validate=warn"]).await;
+        assert!(warned.contains("Warning: unknown field \"spec.colour\""), "{}: {warned}", kubectl.display());
+    }
+
+    let h = Harness::start().await;
+    let url = h.cluster.url().replacen("https://", "http://", 1);
+    let out = tokio::process::Command::new("curl").args(["-s", "-i", "-m", "5", &url]).output().await.expect("curl");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.starts_with("HTTP/1.0 400 Bad Request"), "{answer}");
+    assert!(answer.contains("Client sent an HTTP request to an HTTPS server."), "{answer}");
+}

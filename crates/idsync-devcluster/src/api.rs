@@ -557,7 +557,11 @@ fn storage_api_version(rt: &ResourceType) -> String {
 fn admit(rt: &ResourceType, name: &str, object: Value, old: Option<&Value>, q: &Query) -> Result<Value, ApiError> {
     let mode = q.field_validation()?;
     if let Some(validator) = &rt.validator {
-        return validator.admit(object, old, mode).map(|admitted| admitted.object).map_err(|invalid| {
+        let admitted = validator.admit(object, old, mode).map(|admitted| {
+            q.warn(admitted.warnings);
+            admitted.object
+        });
+        return admitted.map_err(|invalid| {
             // Unknown fields fail strict decoding before validation, as a 400.
             let unknown: Vec<String> = invalid
                 .errors

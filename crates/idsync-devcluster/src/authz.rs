@@ -20,6 +20,9 @@ use k8s_openapi::api::rbac::v1::PolicyRule;
 use super::error::ApiError;
 use super::request::Target;
 
+/// The kubeconfig's user, as kubeadm names its admin.
+pub const ADMIN: &str = "kubernetes-admin";
+
 /// One kind of call a user made: `patch` of `connections/status` in
 /// `idsync.dev`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -47,6 +50,14 @@ impl Users {
     pub fn add(&self, token: String, name: &str, rules: Vec<PolicyRule>) {
         if let Ok(mut users) = self.by_token.lock() {
             users.insert(token, User { name: name.to_string(), rules, made: BTreeSet::new() });
+        }
+    }
+
+    /// Who holds `token`: an added user's name, or the admin's.
+    pub fn name(&self, token: &str) -> String {
+        match self.by_token.lock() {
+            Ok(users) => users.get(token).map_or_else(|| ADMIN.to_string(), |u| u.name.clone()),
+            Err(_) => ADMIN.to_string(),
         }
     }
 

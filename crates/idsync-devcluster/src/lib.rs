@@ -21,7 +21,11 @@
 //! [`DevCluster::client_as`] are held to their RBAC rules (403 as the API
 //! server words it) and their calls are tallied ([`DevCluster::accesses`]).
 //! kubectl's protobuf bodies for Secrets, ConfigMaps and Namespaces are read
-//! (`kubectl create secret generic …`).
+//! (`kubectl create secret generic …`). Unknown fields dropped under the
+//! default field validation come back as `Warning` headers. `/healthz`,
+//! `/readyz`, `/livez`, `kubectl cluster-info` and `kubectl auth whoami`
+//! answer as on a real cluster, and a plain-HTTP request gets the 400 Go's
+//! HTTPS server sends.
 //!
 //! Where it differs from a real API server (none of which idsync relies on):
 //! - One process, one lock, objects in memory: nothing survives a restart.
@@ -153,6 +157,29 @@ pub enum DevClusterError {
     Tls(#[from] tls::TlsError),
 }
 
+/// Whether a connection begins with a TLS handshake record (0x16).
+async fn starts_tls(stream: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 0x16)
+}
+
+/// What Go's TLS server (and so the API server) answers a plain-HTTP
+/// request on its HTTPS port, instead of a TLS alert a person cannot read.
+async fn refuse_plain_http(stream: tokio::net::TcpStream) {
+    let answer: &[u8] = b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n\
+                          Client sent an HTTP request to an HTTPS server.\n";
+    // Read what the client sent first: closing with unread data would reset
+    // the connection before the client reads the answer.
+    let mut request = [0u8; 8192];
+    if stream.readable().await.is_ok() {
+        let _ = stream.try_read(&mut request);
+    }
+    // Small enough for one write; tokio's `io-util` is not needed for it.
+    if stream.writable().await.is_ok() {
+        let _ = stream.try_write(answer);
+    }
+}
+
 /// A running devcluster. Dropping it stops the server.
 pub struct DevCluster {
     shared: Arc<Shared>,
@@ -208,6 +235,10 @@ impl DevCluster {
                         let shared = server_shared.clone();
                         let acceptor = acceptor.clone();
                         tokio::spawn(async move {
+                            if !starts_tls(&stream).await {
+                                refuse_plain_http(stream).await;
+                                return;
+                            }
                             let Ok(stream) = acceptor.accept(stream).await else { return };
                             let service = service_fn(move |req| server::handle(shared.clone(), req));
                             let _ = hyper::server::conn::http1::Builder::new()

@@ -37,6 +37,9 @@ pub struct Query {
     params: HashMap<String, String>,
     /// The field manager: `fieldManager`, else the client's user agent.
     pub manager: String,
+    /// Warnings for the answer's `Warning` headers (unknown fields under
+    /// the default field validation), gathered while the request is served.
+    warnings: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Query {
@@ -48,7 +51,7 @@ impl Query {
         let manager = params.get("fieldManager").cloned().unwrap_or_else(|| {
             user_agent.and_then(|ua| ua.split('/').next()).filter(|s| !s.is_empty()).unwrap_or("unknown").to_string()
         });
-        Query { params, manager }
+        Query { params, manager, warnings: Default::default() }
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -63,6 +66,16 @@ impl Query {
         self.get(name)
             .map(|v| v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid value for {name}: {v:?}"))))
             .transpose()
+    }
+
+    pub fn warn(&self, warnings: Vec<String>) {
+        if let Ok(mut all) = self.warnings.lock() {
+            all.extend(warnings);
+        }
+    }
+
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.lock().map(|w| w.clone()).unwrap_or_default()
     }
 
     pub fn dry_run(&self) -> bool {

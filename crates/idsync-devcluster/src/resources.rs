@@ -190,6 +190,10 @@ pub fn builtins() -> Vec<ResourceType> {
             .stored_as("events")
             .selectable(EVENTS_V1_FIELDS),
         builtin("coordination.k8s.io", "v1", "Lease", "leases", true),
+        // Stored but never acted on: `kubectl cluster-info` lists kube-system's.
+        builtin("", "v1", "Service", "services", true).short(&["svc"]),
+        // Answered, never stored (`kubectl auth whoami`); see server.rs.
+        builtin("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", false),
         crds,
     ]
 }

@@ -58,6 +58,13 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
     let content_type = header_str(&req, header::CONTENT_TYPE).unwrap_or("application/json").to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
 
+    // Health, as the API server answers its probes and `kubectl get --raw`.
+    if method == Method::GET && matches!(segments.first(), Some(&("healthz" | "readyz" | "livez"))) {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"ok")).boxed());
+        response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
+        return Ok(response);
+    }
+
     // Discovery and OpenAPI.
     if method == Method::GET {
         let state = shared.lock()?;
@@ -83,6 +90,21 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         let state = shared.lock()?;
         resolve(&state.registry, &segments).ok_or_else(|| ApiError::no_route(&path))?
     };
+    // Who am I: answered for anyone, stored never.
+    if target.rt.kind == "SelfSubjectReview" && method == Method::POST {
+        let user = shared.users.name(&token);
+        let groups: Vec<&str> = if user == crate::authz::ADMIN {
+            vec!["kubeadm:cluster-admins", "system:authenticated"]
+        } else {
+            vec!["system:authenticated"]
+        };
+        let review = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
+            "metadata": {"creationTimestamp": null},
+            "status": {"userInfo": {"username": user, "groups": groups}}
+        });
+        return Ok(json_response(201, &review));
+    }
     let mut body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     if body.len() > crate::metadata::MAX_BODY_BYTES {
         return Err(ApiError::new(
@@ -121,7 +143,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
     let representation = Representation::negotiate(accept.as_deref(), answer, query.get("includeObject"))?;
     let resource = target.rt.qualified();
 
-    match method {
+    let answered = match method {
         Method::GET if watching => {
             let lines = watch::start(shared.clone(), target, &query, representation)?;
             shared.reads.record(&resource, ReadVerb::Watch, representation);
@@ -164,7 +186,17 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         _ => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({method} {path})"
         ))),
+    };
+    // Warnings (unknown fields dropped under `fieldValidation=Warn`, the
+    // default) reach the client as the API server sends them, and kubectl
+    // prints them as `Warning: …`.
+    let mut response = answered?;
+    for warning in query.warnings() {
+        if let Ok(value) = header::HeaderValue::from_str(&format!("299 - {warning:?}")) {
+            response.headers_mut().append(header::WARNING, value);
+        }
     }
+    Ok(response)
 }
 
 /// A list or object as JSON, as a Table or as its metadata, as asked for.
