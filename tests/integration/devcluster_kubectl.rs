@@ -370,6 +370,13 @@ async fn kubectl_probes_get_the_answers_of_a_real_api_server() {
                 (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
             }
         };
+        // Built-in kinds print their own columns; `ev` is core Events only.
+        run(&["create", "configmap", "settings", "--from-literal=a=1", "--from-literal=b=2"]).await;
+        let (maps, _) = run(&["get", "configmap", "settings"]).await;
+        assert!(maps.starts_with("NAME") && maps.contains("DATA") && maps.contains("settings   2"), "{maps}");
+        let (events, warned) = run(&["get", "ev"]).await;
+        assert!(!warned.contains("could also match"), "{warned}");
+        assert!(events.is_empty() || events.starts_with("LAST SEEN"), "{events}");
         for probe in ["/healthz", "/readyz", "/livez"] {
             assert_eq!(run(&["get", "--raw", probe]).await.0.trim(), "ok", "{probe}");
         }

@@ -53,6 +53,7 @@ pub mod age;
 pub mod api;
 pub mod apply;
 pub mod authz;
+pub mod builtin_tables;
 pub mod discovery;
 pub mod error;
 pub mod events;

@@ -185,10 +185,8 @@ pub fn builtins() -> Vec<ResourceType> {
         builtin("", "v1", "ConfigMap", "configmaps", true).short(&["cm"]),
         builtin("", "v1", "Event", "events", true).short(&["ev"]).selectable(CORE_EVENT_FIELDS),
         // Both Event versions are one stored object (see events.rs).
-        builtin("events.k8s.io", "v1", "Event", "events", true)
-            .short(&["ev"])
-            .stored_as("events")
-            .selectable(EVENTS_V1_FIELDS),
+        // No short name: on a real server only core/v1 Events answer to `ev`.
+        builtin("events.k8s.io", "v1", "Event", "events", true).stored_as("events").selectable(EVENTS_V1_FIELDS),
         builtin("coordination.k8s.io", "v1", "Lease", "leases", true),
         // Stored but never acted on: `kubectl cluster-info` lists kube-system's.
         builtin("", "v1", "Service", "services", true).short(&["svc"]),

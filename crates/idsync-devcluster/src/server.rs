@@ -213,7 +213,7 @@ fn render(t: &Target, value: Value, representation: Representation, is_list: boo
         let rv = value.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
         (vec![value], serde_json::json!({"resourceVersion": rv}))
     };
-    table::build(&t.rt.columns, &objects, include, metadata, k8s_openapi::jiff::Timestamp::now())
+    table::for_resource(&t.rt, &objects, include, metadata, k8s_openapi::jiff::Timestamp::now())
 }
 
 /// What a write answers: the object, or its metadata when asked for (a

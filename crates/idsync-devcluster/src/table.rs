@@ -77,6 +77,21 @@ fn age_column() -> Column {
     }
 }
 
+/// The Table of `objects` of `rt`: a built-in kind's own columns, or a
+/// CRD's printer columns.
+pub fn for_resource(
+    rt: &super::resources::ResourceType,
+    objects: &[Value],
+    include: IncludeObject,
+    list_metadata: Value,
+    now: jiff::Timestamp,
+) -> Value {
+    match super::builtin_tables::table(rt, objects, include, list_metadata.clone(), now) {
+        Some(table) => table,
+        None => build(&rt.columns, objects, include, list_metadata, now),
+    }
+}
+
 /// Builds a `meta.k8s.io/v1` `Table` JSON object for `objects` (each a full Kubernetes object as JSON).
 /// `columns` are a CRD version's additionalPrinterColumns; when `columns` is empty (built-in kinds, or a CRD
 /// without columns), use the API server's default: Name + "Age" (.metadata.creationTimestamp, date).
@@ -147,7 +162,7 @@ pub fn build(
     })
 }
 
-fn row_object(object: &Value, include: IncludeObject) -> Value {
+pub(crate) fn row_object(object: &Value, include: IncludeObject) -> Value {
     match include {
         IncludeObject::None => Value::Null,
         IncludeObject::Object => object.clone(),
@@ -184,6 +199,11 @@ fn go_float_cell(f: f64) -> Value {
     } else {
         serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
     }
+}
+
+/// An RFC 3339 time as `kubectl get` shows an age (`<unknown>` when unset).
+pub(crate) fn age_text(s: &str, now: jiff::Timestamp) -> String {
+    date_cell(s, now)
 }
 
 fn date_cell(s: &str, now: jiff::Timestamp) -> String {

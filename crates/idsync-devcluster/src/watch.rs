@@ -176,8 +176,8 @@ impl Watcher {
 
     async fn send(&self, kind: &str, object: &Value) -> bool {
         let object = match self.representation {
-            Representation::Table(include) => table::build(
-                &self.t.rt.columns,
+            Representation::Table(include) => table::for_resource(
+                &self.t.rt,
                 std::slice::from_ref(object),
                 include,
                 json!({"resourceVersion": object.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null)}),
