@@ -377,6 +377,11 @@ async fn kubectl_probes_get_the_answers_of_a_real_api_server() {
         let (events, warned) = run(&["get", "ev"]).await;
         assert!(!warned.contains("could also match"), "{warned}");
         assert!(events.is_empty() || events.starts_with("LAST SEEN"), "{events}");
+        // explain reads the published schemas, built-in and custom.
+        let (explained, _) = run(&["explain", "connection.metadata.labels"]).await;
+        assert!(explained.contains("FIELD: labels"), "{explained}");
+        let (explained, _) = run(&["explain", "configmap.data"]).await;
+        assert!(explained.contains("FIELD: data"), "{explained}");
         for probe in ["/healthz", "/readyz", "/livez"] {
             assert_eq!(run(&["get", "--raw", probe]).await.0.trim(), "ok", "{probe}");
         }

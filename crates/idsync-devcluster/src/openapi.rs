@@ -67,10 +67,15 @@ pub fn document(registry: &Registry, group: &str, version: &str) -> Option<Value
                 }),
             );
         }
-        // Only custom resources carry a schema here: kubectl finds none for
-        // the built-in kinds and falls back to its compiled-in types.
+        // A custom resource's schema from its CRD, with the type meta and
+        // metadata every object has (`kubectl explain connection.metadata`);
+        // a built-in kind's from k8s-openapi's types.
         if let Some(validator) = &rt.validator {
             let mut schema = validator.schema().clone();
+            with_object_meta(&mut schema, &mut schemas);
+            schema["x-kubernetes-group-version-kind"] = json!([gvk]);
+            schemas.insert(schema_name(rt), schema);
+        } else if let Some(mut schema) = builtin_schema(rt, &mut schemas) {
             schema["x-kubernetes-group-version-kind"] = json!([gvk]);
             schemas.insert(schema_name(rt), schema);
         }
@@ -111,4 +116,124 @@ fn operation(rt: &ResourceType, action: &str, gvk: &Value, params: &[&str]) -> V
 fn with_body(mut op: Value, body: &Value) -> Value {
     op["requestBody"] = body.clone();
     op
+}
+
+/// A schemars schema as an OpenAPI component: its `$defs` become
+/// components of their own and every `$ref` points there.
+fn component(root: schemars::Schema, schemas: &mut Map<String, Value>) -> Value {
+    let mut value = root.to_value();
+    let defs = value.as_object_mut().and_then(|o| {
+        o.remove("$schema");
+        o.remove("$defs")
+    });
+    if let Some(Value::Object(defs)) = defs {
+        for (name, mut def) in defs {
+            rewrite_refs(&mut def);
+            schemas.entry(name).or_insert(def);
+        }
+    }
+    rewrite_refs(&mut value);
+    value
+}
+
+fn rewrite_refs(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get_mut("$ref")
+                && let Some(name) = r.strip_prefix("#/$defs/")
+            {
+                *r = format!("#/components/schemas/{name}");
+            }
+            map.values_mut().for_each(rewrite_refs);
+        }
+        Value::Array(items) => items.iter_mut().for_each(rewrite_refs),
+        _ => {}
+    }
+}
+
+/// Adds `apiVersion`, `kind` and `metadata` to a custom resource's schema,
+/// as the API server publishes it.
+fn with_object_meta(schema: &mut Value, schemas: &mut Map<String, Value>) {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    if !schemas.contains_key("ObjectMeta") {
+        let meta = component(schemars::schema_for!(ObjectMeta), schemas);
+        schemas.insert("ObjectMeta".to_string(), meta);
+    }
+    let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) else { return };
+    properties.insert(
+        "apiVersion".to_string(),
+        json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}),
+    );
+    properties.insert(
+        "kind".to_string(),
+        json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}),
+    );
+    properties.insert(
+        "metadata".to_string(),
+        json!({"allOf": [{"$ref": "#/components/schemas/ObjectMeta"}], "default": {},
+               "description": "Standard object's metadata."}),
+    );
+}
+
+/// The schema of a built-in kind the devcluster serves.
+fn builtin_schema(rt: &ResourceType, schemas: &mut Map<String, Value>) -> Option<Value> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Secret, Service};
+    let root = match (rt.group.as_str(), rt.kind.as_str()) {
+        ("", "ConfigMap") => schemars::schema_for!(ConfigMap),
+        ("", "Secret") => schemars::schema_for!(Secret),
+        ("", "Namespace") => schemars::schema_for!(Namespace),
+        ("", "Event") => schemars::schema_for!(Event),
+        ("", "Service") => schemars::schema_for!(Service),
+        ("authentication.k8s.io", "SelfSubjectReview") => schemars::schema_for!(SelfSubjectReview),
+        ("coordination.k8s.io", "Lease") => schemars::schema_for!(Lease),
+        ("events.k8s.io", "Event") => schemars::schema_for!(k8s_openapi::api::events::v1::Event),
+        _ => return None,
+    };
+    Some(component(root, schemas))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("$ref") {
+                    out.push(r.clone());
+                }
+                map.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_of_a_document_resolves_inside_it() {
+        let registry = Registry::with_builtins();
+        for (group, version) in [("", "v1"), ("coordination.k8s.io", "v1"), ("authentication.k8s.io", "v1")] {
+            let document = super::document(&registry, group, version).expect("served");
+            let schemas = document["components"]["schemas"].as_object().expect("schemas");
+            let mut found = Vec::new();
+            refs(&document, &mut found);
+            for r in found {
+                let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("a local ref: {r}"));
+                assert!(schemas.contains_key(name), "{group}/{version}: {r} resolves");
+            }
+        }
+        let document = document(&registry, "", "v1").expect("core v1");
+        let schemas = document["components"]["schemas"].as_object().expect("schemas");
+        assert!(schemas.contains_key("io.k8s.api.core.v1.ConfigMap"));
+        assert!(schemas["io.k8s.api.core.v1.ConfigMap"]["properties"]["data"]["description"].is_string());
+        let mut found = Vec::new();
+        refs(&document, &mut found);
+        assert!(!found.is_empty());
+        for r in found {
+            let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("a local ref: {r}"));
+            assert!(schemas.contains_key(name), "{r} resolves");
+        }
+    }
 }
