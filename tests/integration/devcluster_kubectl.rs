@@ -382,6 +382,11 @@ async fn kubectl_probes_get_the_answers_of_a_real_api_server() {
         assert!(explained.contains("FIELD: labels"), "{explained}");
         let (explained, _) = run(&["explain", "configmap.data"]).await;
         assert!(explained.contains("FIELD: data"), "{explained}");
+        // A watch from a revision the server has not reached is refused.
+        let future = format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={}", u32::MAX);
+        let out = h.kubectl_command_of(&kubectl).args(["get", "--raw", &future]).output().await.expect("kubectl");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && said.contains("Too large resource version"), "{said}");
         for probe in ["/healthz", "/readyz", "/livez"] {
             assert_eq!(run(&["get", "--raw", probe]).await.0.trim(), "ok", "{probe}");
         }

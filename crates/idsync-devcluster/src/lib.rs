@@ -96,15 +96,24 @@ pub struct Config {
     pub port: u16,
     /// Where the kubeconfig is written; none writes no file.
     pub kubeconfig: Option<PathBuf>,
-    /// Changes kept for watches to resume from (etcd's compaction window).
+    /// Changes kept for watches to resume from, at most.
     pub history_limit: usize,
+    /// How long they are kept (etcd's compaction interval, five minutes in
+    /// Kubernetes); tests shorten it to exercise relists after 410 Gone.
+    pub history_window: Duration,
     /// How often an idle watch that allows bookmarks gets one.
     pub bookmark_interval: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { port: 0, kubeconfig: None, history_limit: 10_000, bookmark_interval: Duration::from_secs(15) }
+        Config {
+            port: 0,
+            kubeconfig: None,
+            history_limit: 10_000,
+            history_window: Duration::from_secs(300),
+            bookmark_interval: Duration::from_secs(15),
+        }
     }
 }
 
@@ -200,7 +209,7 @@ impl DevCluster {
         let addr = listener.local_addr().map_err(|source| DevClusterError::Bind { port: config.port, source })?;
         let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
         let tls = tls::generate()?;
-        let mut store = Store::new(config.history_limit);
+        let mut store = Store::new(config.history_limit, config.history_window);
         for ns in ["default", "kube-system", "kube-public"] {
             let object = json!({
                 "apiVersion": "v1", "kind": "Namespace",

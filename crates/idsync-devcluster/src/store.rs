@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -37,6 +38,8 @@ pub struct Change {
     /// The object before the change (none for an addition), so a watch with
     /// a selector can tell an object entering or leaving its selection.
     pub previous: Option<Arc<Value>>,
+    /// When it was committed: history older than the window is compacted.
+    pub at: Instant,
 }
 
 /// The history before `oldest` is gone.
@@ -50,17 +53,22 @@ pub struct Store {
     revision: u64,
     history: VecDeque<Change>,
     history_limit: usize,
+    /// How long a change stays in history, as etcd compacts by time (five
+    /// minutes by default in Kubernetes): a client resuming from an older
+    /// resourceVersion gets 410 Gone at once and relists.
+    history_window: Duration,
     /// Changes with a revision at or below this are no longer in history.
     compacted_through: u64,
 }
 
 impl Store {
-    pub fn new(history_limit: usize) -> Self {
+    pub fn new(history_limit: usize, history_window: Duration) -> Self {
         Store {
             objects: BTreeMap::new(),
             revision: 1,
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
+            history_window,
             compacted_through: 0,
         }
     }
@@ -138,8 +146,15 @@ impl Store {
             event_type,
             object,
             previous,
+            at: Instant::now(),
         });
         while self.history.len() > self.history_limit {
+            if let Some(dropped) = self.history.pop_front() {
+                self.compacted_through = dropped.revision;
+            }
+        }
+        let window = self.history_window;
+        while self.history.front().is_some_and(|c| c.at.elapsed() > window) {
             if let Some(dropped) = self.history.pop_front() {
                 self.compacted_through = dropped.revision;
             }
@@ -149,8 +164,12 @@ impl Store {
     /// Changes after `revision` matching `filter`, oldest first; `Compacted`
     /// when some of them are no longer kept.
     pub fn changes_since(&self, revision: u64, filter: impl Fn(&Change) -> bool) -> Result<Vec<Change>, Compacted> {
-        if revision < self.compacted_through {
-            return Err(Compacted { oldest: self.compacted_through + 1 });
+        // Changes past the window count as compacted even before a write
+        // prunes them (history is in commit order).
+        let expired = self.history.iter().take_while(|c| c.at.elapsed() > self.history_window).last();
+        let compacted_through = expired.map_or(self.compacted_through, |c| c.revision.max(self.compacted_through));
+        if revision < compacted_through {
+            return Err(Compacted { oldest: compacted_through + 1 });
         }
         Ok(self.history.iter().filter(|c| c.revision > revision && filter(c)).cloned().collect())
     }
@@ -176,7 +195,7 @@ mod tests {
 
     #[test]
     fn revisions_increase_and_history_is_bounded() {
-        let mut store = Store::new(2);
+        let mut store = Store::new(2, Duration::from_secs(300));
         let a = store.put("cm", "ns", "a", json!({"metadata": {"name": "a"}}), EventType::Added);
         assert_eq!(a["metadata"]["resourceVersion"], "2");
         store.put("cm", "ns", "b", json!({"metadata": {"name": "b"}}), EventType::Added);

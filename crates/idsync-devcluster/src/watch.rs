@@ -40,7 +40,18 @@ pub fn start(
         None | Some("0") => Start::CurrentState { initial_events_end_bookmark: send_initial },
         Some(_) if send_initial => Start::CurrentState { initial_events_end_bookmark: true },
         Some(rv) => {
-            Start::After(rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?)
+            let rv: u64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?;
+            // A revision the server has not reached is refused, as the API
+            // server does, rather than waited for.
+            let current = shared.lock()?.store.revision();
+            if rv > current {
+                return Err(ApiError::new(
+                    504,
+                    "Timeout",
+                    format!("Timeout: Too large resource version: {rv}, current: {current}"),
+                ));
+            }
+            Start::After(rv)
         }
     };
     let timeout = Duration::from_secs(q.u64("timeoutSeconds")?.unwrap_or(1800));

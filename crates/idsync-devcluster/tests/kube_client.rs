@@ -474,3 +474,27 @@ async fn a_user_with_rules_is_authorized_as_rbac_would() {
         h.cluster.accesses("system:serviceaccount:ops:reader").into_iter().map(|a| (a.verb, a.resource)).collect();
     assert_eq!(made, vec![("get".into(), "configmaps".into()), ("list".into(), "configmaps".into())]);
 }
+
+/// History is compacted by time, as etcd's is: a watch resuming from a
+/// revision older than the window gets 410 at once, and kube-runtime's
+/// watcher relists.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_older_than_its_window_is_gone() {
+    let h = Harness::start_with(Config { history_window: Duration::from_millis(300), ..Config::default() }).await;
+    let api: Api<ConfigMap> = Api::namespaced(h.client.clone(), "default");
+    api.create(&PostParams::default(), &config_map("first", "1")).await.expect("create");
+    let old = h.cluster.revision();
+    api.create(&PostParams::default(), &config_map("second", "1")).await.expect("create");
+    let mut fresh = api.watch(&WatchParams::default(), &old.to_string()).await.expect("watch").boxed();
+    match tokio::time::timeout(Duration::from_secs(5), fresh.next()).await.expect("an answer") {
+        Some(Ok(WatchEvent::Added(cm))) => assert_eq!(cm.metadata.name.as_deref(), Some("second")),
+        other => panic!("within the window the change is replayed: {other:?}"),
+    }
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut raw = api.watch(&WatchParams::default(), &old.to_string()).await.expect("watch").boxed();
+    match tokio::time::timeout(Duration::from_secs(5), raw.next()).await.expect("an answer") {
+        Some(Ok(WatchEvent::Error(e))) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("expected 410 past the window, got {other:?}"),
+    }
+}
