@@ -13,6 +13,7 @@ mod identities_cli;
 mod identity_e2e;
 mod ldap_server;
 mod leader;
+mod msgraph;
 mod panic_safety;
 mod rbac;
 mod run_command;
