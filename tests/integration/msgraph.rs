@@ -328,7 +328,19 @@ async fn an_msgraph_connection_through_the_operator() {
     assert_eq!((t.phase, t.mode), (TargetPhase::Succeeded, Some(idsync_api::SyncMode::Full)), "{t:?}");
     assert!(t.message.contains("syncStateNotFound"), "{}", t.message);
     assert_eq!(t.counts.unwrap().deleted, 1);
+    assert_eq!(stored().len(), 38);
+
+    // A new mapping (one more property read) needs a new delta token: the
+    // next sync is Full on its own.
+    let mut mapped = connection(&server, 7);
+    mapped["spec"]["provider"]["msgraph"]["extraAttributes"] = json!(["officeLocation"]);
+    h.apply_json(mapped).await;
+    let remapped = run("new-mapping", false).await;
+    let t = target(&remapped);
+    assert_eq!((t.phase, t.mode), (TargetPhase::Succeeded, Some(idsync_api::SyncMode::Full)), "{t:?}");
+    assert!(server.log().iter().any(|l| l.contains("officeLocation")), "the new property is read");
     let before_death = stored();
+    assert_eq!(before_death[&user_id(12)].attributes["officeLocation"], "B0");
     assert_eq!(before_death.len(), 38);
 
     // The server dies in the middle of a full sync: the store is unchanged.

@@ -733,13 +733,24 @@ fn resync_reason(error: &ConnectorError) -> Option<String> {
 /// message`.
 fn explain_graph_error(error: ConnectorError) -> ConnectorError {
     fn rewrite(message: String) -> String {
-        let (Some(at), Some(end)) = (message.find(": {"), message.rfind('}')) else { return message };
+        let Some(at) = message.find(": {") else { return message };
         // What the HttpClient appended after the body: "(gave up after …)".
-        let tail = &message[end + 1..];
-        match quoted_json(&message).as_ref().and_then(graph_error) {
-            Some((code, Some(text))) => format!("{}: {code}: {text}{tail}", &message[..at]),
-            Some((code, None)) => format!("{}: {code}{tail}", &message[..at]),
-            None => message,
+        let tail = match message.rfind(['}', '…']) {
+            Some(end) if end > at => message[end..].trim_start_matches(['}', '…']).to_string(),
+            _ => String::new(),
+        };
+        let (code, text) = match quoted_json(&message).as_ref().and_then(graph_error) {
+            Some(parsed) => parsed,
+            // A body cut short (the HttpClient quotes its start only): its
+            // fields by name, as far as they go.
+            None => match wire::json_string_field(&message, "code") {
+                Some(code) => (code, wire::json_string_field(&message, "message").map(|m| m + "…")),
+                None => return message,
+            },
+        };
+        match text {
+            Some(text) => format!("{}: {code}: {text}{tail}", &message[..at]),
+            None => format!("{}: {code}{tail}", &message[..at]),
         }
     }
     match error {

@@ -241,6 +241,24 @@ async fn throttling_is_waited_out_and_a_refused_token_renewed_once() {
     assert_eq!(again.accounts.len(), 4);
     assert!(server.log().iter().any(|l| l.ends_with("-> 401")));
     assert_eq!(server.token_requests(), tokens_before + 1, "one new token after the 401");
+
+    // Refused again with the new token: Unauthorized, after one renewal.
+    server.refuse_tokens();
+    let e = read(&mut c, SyncMode::Full, None).await.unwrap_err();
+    assert!(matches!(e, ConnectorError::Unauthorized { .. }), "{e:?}");
+    assert!(e.to_string().contains("HTTP 401 Unauthorized: InvalidAuthenticationToken"), "{e}");
+    assert!(!e.to_string().contains("fixture-access-"), "{e}");
+    assert_eq!(server.token_requests(), tokens_before + 2, "renewed once, not in a loop");
+}
+
+#[test]
+fn requests_per_tenant_share_one_bound() {
+    let a = tenant_permits("https://graph.example/\ntenant-a");
+    let again = tenant_permits("https://graph.example/\ntenant-a");
+    let b = tenant_permits("https://graph.example/\ntenant-b");
+    assert!(Arc::ptr_eq(&a, &again), "every Connection of a tenant shares its permits");
+    assert!(!Arc::ptr_eq(&a, &b));
+    assert_eq!(a.available_permits(), MAX_REQUESTS_PER_TENANT);
 }
 
 #[tokio::test]
@@ -295,6 +313,31 @@ async fn links_to_another_origin_are_not_followed() {
     let e = read(&mut c, SyncMode::Delta, Some(&cursor)).await.unwrap_err();
     assert!(e.to_string().contains("not to the Graph endpoint"), "{e}");
     assert!(server.log().is_empty(), "nothing was sent");
+}
+
+#[test]
+fn graph_error_bodies_are_summarised_even_when_cut() {
+    let whole = ConnectorError::Http {
+        page: Some(2),
+        status: 400,
+        message: r#"GET https://g/v1.0/users/delta answered HTTP 400 Bad Request: {"error":{"code":"Request_UnsupportedQuery","message":"Unsupported Query."}} (gave up after 1 attempts)"#.into(),
+    };
+    assert_eq!(
+        explain_graph_error(whole).to_string(),
+        "page 2: GET https://g/v1.0/users/delta answered HTTP 400 Bad Request: Request_UnsupportedQuery: Unsupported \
+         Query. (gave up after 1 attempts)"
+    );
+    let cut = ConnectorError::Http {
+        page: None,
+        status: 410,
+        message: r#"GET x answered HTTP 410 Gone: {"error":{"code":"resyncRequired","message":"Resync required. Replace any local items with the…"#.into(),
+    };
+    let e = explain_graph_error(cut);
+    assert_eq!(
+        e.to_string(),
+        "GET x answered HTTP 410 Gone: resyncRequired: Resync required. Replace any local items with the…"
+    );
+    assert!(resync_reason(&e).unwrap().contains("HTTP 410, resyncRequired"));
 }
 
 #[tokio::test]
