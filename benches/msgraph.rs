@@ -34,6 +34,9 @@ fn spec(server: &GraphServer) -> ConnectionSpec {
         "credentialsSecretRef": {"name": "entra"},
         "pageSize": 999,
         "importSafeguard": {"maxDeletePercent": 100},
+        // The fixture runs on this host (spec.network, where the operator
+        // checks source addresses; ignored where it does not).
+        "network": {"allowLoopback": true},
     }))
     .expect("spec")
 }

@@ -217,6 +217,8 @@ fn connection(server: &GraphServer, page_size: u32) -> Value {
             "schedule": {"cron": ["0 3 1 1 *"]},
             "pageSize": page_size,
             "importSafeguard": {"maxDeletePercent": 100},
+            // The fixture runs on the operator's host.
+            "network": {"allowLoopback": true},
         }
     })
 }
