@@ -65,6 +65,7 @@ pub mod address;
 pub mod csv;
 pub mod http;
 pub mod ldap;
+pub mod msgraph;
 pub mod scim;
 
 #[cfg(test)]
@@ -222,12 +223,13 @@ impl ProviderInputs {
 pub const SECRET_FIELD: &str = "spec.credentialsSecretRef";
 
 /// Builds the connector of a Connection. Providers not implemented yet
-/// (msgraph, okta, github) return [`ConnectorError::Config`] saying so.
+/// (okta, github) return [`ConnectorError::Config`] saying so.
 pub fn build(spec: &ConnectionSpec, inputs: ProviderInputs) -> Result<Box<dyn Connector>, ConnectorError> {
     match &spec.provider {
         Provider::Csv(settings) => Ok(Box::new(csv::CsvConnector::new(spec, settings, inputs)?)),
         Provider::Scim(settings) => Ok(Box::new(scim::ScimConnector::new(spec, settings, &inputs)?)),
         Provider::Ldap(settings) => Ok(Box::new(ldap::LdapConnector::new(spec, settings, &inputs)?)),
+        Provider::MsGraph(settings) => Ok(Box::new(msgraph::MsGraphConnector::new(spec, settings, &inputs)?)),
         other => Err(ConnectorError::Config {
             field: "spec.provider.type".to_string(),
             message: format!("the {} provider is not implemented yet", other.provider_type()),

@@ -629,28 +629,74 @@ pub struct LdapAttributes {
     pub extra: Vec<String>,
 }
 
-/// Microsoft Entra ID through Microsoft Graph (client-credentials flow).
-/// Credentials: the Secret's `clientSecret` key.
+/// Microsoft Entra ID through Microsoft Graph: users (and groups) read with
+/// delta queries (`/users/delta`, `/groups/delta`), so a delta sync reads
+/// only what changed, deletions included.
+///
+/// Credentials (OAuth 2.0 client credentials against
+/// `<loginEndpoint>/<tenantId>/oauth2/v2.0/token`), from the Secret:
+/// - `authentication: clientSecret` (default): the `clientSecret` key;
+/// - `authentication: certificate`: the `privateKey` key (PEM, PKCS#8
+///   `BEGIN PRIVATE KEY` or PKCS#1 `BEGIN RSA PRIVATE KEY`, RSA) and the
+///   `certificateThumbprint` key (the certificate's SHA-1 thumbprint as the
+///   portal shows it, hex, or already base64url: the assertion's `x5t`).
+///
+/// The app registration needs the application permissions User.Read.All
+/// (and GroupMember.Read.All with `includeGroups`).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct MsGraphSettings {
     /// The directory (tenant) id or a verified domain.
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9.-]*$"), length(min = 1, max = 256))]
     pub tenant_id: String,
     /// The application (client) id of the app registration.
     #[schemars(length(min = 1, max = 256))]
     pub client_id: String,
-    /// Graph endpoint; national clouds use their own.
+    /// How the app proves who it is: `clientSecret` or `certificate`.
+    #[serde(default)]
+    pub authentication: MsGraphAuthentication,
+    /// Graph endpoint; national clouds use their own (e.g.
+    /// `https://graph.microsoft.us`, `https://microsoftgraph.chinacloudapi.cn`).
     #[serde(default = "default_graph_endpoint")]
-    #[schemars(regex(pattern = URL_PATTERN))]
+    #[schemars(regex(pattern = URL_PATTERN), length(max = 2048))]
     pub graph_endpoint: String,
-    /// Token endpoint host.
+    /// Token endpoint host (the authority); national clouds use their own
+    /// (e.g. `https://login.microsoftonline.us`).
     #[serde(default = "default_login_endpoint")]
-    #[schemars(regex(pattern = URL_PATTERN))]
+    #[schemars(regex(pattern = URL_PATTERN), length(max = 2048))]
     pub login_endpoint: String,
-    /// Read group memberships too.
+    /// Read group memberships too (`/groups/delta`): an account's groups
+    /// are the display names of the groups it is a direct member of.
     #[serde(default = "default_true")]
     pub include_groups: bool,
+    /// Leave out guests (`userType` Guest): only the tenant's members are
+    /// synced. Applied by idsync, because Graph's `/users/delta` filters by
+    /// id only; a member who becomes a guest is deleted in the next delta.
+    #[serde(default)]
+    pub exclude_guests: bool,
+    /// Sync only users with at least one licence (`assignedLicenses` not
+    /// empty); a user whose last licence is removed is deleted in the next
+    /// delta.
+    #[serde(default)]
+    pub licensed_only: bool,
+    /// More user properties to read (Graph property names, e.g.
+    /// `officeLocation`, `onPremisesSamAccountName`), kept as attributes of
+    /// the same name. Changing them makes the next sync a full one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = r"^[A-Za-z][A-Za-z0-9_]*$"), length(min = 1, max = 128)), length(max = 32))]
+    pub extra_attributes: Vec<String>,
+}
+
+/// How an msgraph Connection authenticates to the token endpoint.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum MsGraphAuthentication {
+    /// A client secret: the Secret's `clientSecret` key.
+    #[default]
+    ClientSecret,
+    /// A certificate: a client assertion (a JWT signed RS256 with the
+    /// Secret's `privateKey`, its `x5t` the `certificateThumbprint` key).
+    Certificate,
 }
 
 fn default_graph_endpoint() -> String {
