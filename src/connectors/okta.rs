@@ -391,7 +391,7 @@ impl OktaConnector {
     ) -> Result<HashMap<String, Vec<String>>, ConnectorError> {
         let mut map: HashMap<String, Vec<String>> = HashMap::new();
         for group in groups {
-            let mut url = self.resource_url("api/v1/groups/", &[&group.id, "users"])?;
+            let mut url = self.resource_url("api/v1/groups", &[&group.id, "users"])?;
             url.query_pairs_mut().append_pair("limit", &self.limit.to_string());
             for member in self.list_all(url, page).await? {
                 if let Some(id) = str_at(&member, "/id") {
@@ -436,7 +436,7 @@ impl OktaConnector {
                 let (body, _) = self.get(url, page).await?;
                 body.as_array().and_then(|users| users.iter().find(|u| str_at(u, "/id") == Some(id)).cloned())
             }
-            None => match self.get(self.resource_url("api/v1/users/", &[id])?, page).await {
+            None => match self.get(self.resource_url("api/v1/users", &[id])?, page).await {
                 Ok((user, _)) => Some(user),
                 Err(ConnectorError::Http { status: 404, .. }) => None,
                 Err(e) => return Err(e),
@@ -650,18 +650,22 @@ async fn fetch_token(
             ("client_assertion", &assertion),
         ]);
     pacer.pace().await;
+    let refused = |message: &str| {
+        let hint = if message.to_ascii_lowercase().contains("dpop") {
+            " (the app requires DPoP proofs, which idsync does not send: turn off \"Require Demonstrating Proof of \
+             Possession\" on the service app)"
+        } else {
+            " (check the client id, the key id, the key and the app's granted scopes)"
+        };
+        ConnectorError::Unauthorized { message: format!("{message}{hint}") }
+    };
     let response = match client.send_buffered(&request, None).await {
         Ok(response) => response,
         // invalid_client, invalid_scope, a DPoP demand…: the credentials or
         // the app's settings, not something a retry fixes.
-        Err(ConnectorError::Http { status: 400, message, .. }) => {
-            let hint = if message.to_ascii_lowercase().contains("dpop") {
-                " (the app requires DPoP proofs, which idsync does not send: turn off \"Require Demonstrating \
-                 Proof of Possession\" on the service app)"
-            } else {
-                " (check the client id, the key and the app's granted scopes)"
-            };
-            return Err(ConnectorError::Unauthorized { message: format!("{message}{hint}") });
+        Err(ConnectorError::Http { status: 400, message, .. }) => return Err(refused(&message)),
+        Err(ConnectorError::Unauthorized { message }) => {
+            return Err(refused(message.strip_suffix(" (check the credentials)").unwrap_or(&message)));
         }
         Err(e) => return Err(e),
     };

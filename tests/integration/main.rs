@@ -15,6 +15,7 @@ mod identity_e2e;
 mod kill_loop;
 mod ldap_server;
 mod leader;
+mod okta;
 mod panic_safety;
 mod rbac;
 mod run_command;
