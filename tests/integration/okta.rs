@@ -347,3 +347,115 @@ async fn okta_s_rate_limits_through_the_operator() {
     );
     operator.stop().await;
 }
+
+/// One sync of `idp` through the sync engine into `store`.
+async fn sync(
+    org: &OktaOrg,
+    store: &std::sync::Arc<dyn idsync::store::Store>,
+    mode: SyncMode,
+) -> idsync::sync::job::SyncReport {
+    let job = idsync::sync::job::SyncJob {
+        connection: ConnectionRef::new("default", "idp"),
+        mode,
+        trigger: idsync::model::Trigger::Requested,
+        request: None,
+        holder: "test".into(),
+        dry_run: false,
+        confirm_deletes: false,
+        safeguard: idsync_api::connection::ImportSafeguard { max_delete_percent: 100, max_delete_count: None },
+        settings_hash: "okta".into(),
+        full_sync_interval: Duration::from_secs(24 * 3600),
+        max_duration: Duration::from_secs(600),
+    };
+    let settings = settings(org);
+    let connection = connection(settings.clone());
+    let inputs = ProviderInputs {
+        secret: BTreeMap::from([("apiToken".to_string(), TOKEN.as_bytes().to_vec())]),
+        csv_data: None,
+    };
+    let connector = Box::new(OktaConnector::new(&connection.spec, &settings, &inputs).expect("connector"));
+    let report = idsync::sync::job::run(job, connector, store.clone(), idsync::sync::cancel::Cancel::new()).await;
+    assert_eq!(report.outcome, idsync::model::RunOutcome::Succeeded, "{report:?}");
+    report
+}
+
+#[tokio::test]
+async fn deletions_during_a_read_delete_only_who_is_gone() {
+    let org = OktaOrg::start(TOKEN).await;
+    let ids: Vec<String> =
+        org.with(|s| (0..6).map(|n| s.add_user(&format!("u{n}@example.com"), "u", "Fixture", "ACTIVE")).collect());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: std::sync::Arc<dyn idsync::store::Store> =
+        std::sync::Arc::new(SqliteStore::open(&dir.path().join("idsync.db")).expect("store"));
+    let first = sync(&org, &store, SyncMode::Full).await;
+    assert_eq!(first.counts.created, 6);
+
+    // While the next Full read is on its second page (two users a page, by
+    // id), the first user (already listed) and the last (not yet) are
+    // deleted, and the fourth renamed.
+    let (early, late, renamed) = (ids[0].clone(), ids[5].clone(), ids[3].clone());
+    org.with(|s| {
+        let at = s.requests.len() + 2;
+        s.after_requests = Some((
+            at,
+            Box::new(move |s: &mut fixture::State| {
+                s.delete_user(&early);
+                s.delete_user(&late);
+                s.update_profile(&renamed, |p| {
+                    p.insert("login".into(), json!("renamed@example.com"));
+                });
+            }),
+        ));
+    });
+    let second = sync(&org, &store, SyncMode::Full).await;
+    // The listing cannot show who it already passed was deleted: that
+    // waits for the next Full; the one it never listed is confirmed gone
+    // by a 404 and deleted; the rename is an update of the same id.
+    assert_eq!((second.counts.created, second.counts.updated, second.counts.deleted), (0, 1, 1), "{second:?}");
+    let stored: BTreeMap<String, (String, bool, Vec<String>)> = stored_of(&store);
+    assert!(stored.contains_key(&ids[0]) && !stored.contains_key(&ids[5]));
+    assert_eq!(stored[&ids[3]].0, "renamed@example.com");
+    let third = sync(&org, &store, SyncMode::Full).await;
+    assert_eq!((third.counts.created, third.counts.updated, third.counts.deleted), (0, 0, 1));
+    let fourth = sync(&org, &store, SyncMode::Delta).await;
+    assert_eq!((fourth.counts.created, fourth.counts.updated, fourth.counts.deleted), (0, 0, 0));
+    assert_eq!(stored_of(&store).len(), 4);
+}
+
+fn stored_of(store: &std::sync::Arc<dyn idsync::store::Store>) -> BTreeMap<String, (String, bool, Vec<String>)> {
+    store
+        .list_accounts(&ConnectionRef::new("default", "idp"), None, 10_000)
+        .expect("accounts")
+        .into_iter()
+        .map(|a| (a.id.clone(), (a.username.unwrap_or_default(), a.enabled, a.groups)))
+        .collect()
+}
+
+#[tokio::test]
+async fn group_changes_reach_a_delta() {
+    let org = OktaOrg::start(TOKEN).await;
+    let ids = seed(&org);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: std::sync::Arc<dyn idsync::store::Store> =
+        std::sync::Arc::new(SqliteStore::open(&dir.path().join("idsync.db")).expect("store"));
+    sync(&org, &store, SyncMode::Full).await;
+    let groups =
+        |store: &std::sync::Arc<dyn idsync::store::Store>, login: &str| stored_of(store)[&ids[login]].2.clone();
+    assert_eq!(groups(&store, "bob@example.com"), ["eng", "ops"]);
+
+    // Bob leaves ops and Ann joins it: no user's lastUpdated moves, only
+    // the group's lastMembershipUpdated.
+    org.with(|s| {
+        let ops = s.groups.iter().find(|(_, g)| g.json["profile"]["name"] == "ops").map(|(id, _)| id.clone()).unwrap();
+        s.remove_member(&ops, &ids["bob@example.com"]);
+        s.add_member(&ops, &ids["ann@example.com"]);
+    });
+    let delta = sync(&org, &store, SyncMode::Delta).await;
+    assert_eq!(delta.mode, SyncMode::Delta);
+    assert_eq!((delta.counts.created, delta.counts.updated, delta.counts.deleted), (0, 2, 0), "{delta:?}");
+    assert_eq!(groups(&store, "bob@example.com"), ["eng"], "who left ops was taken off it");
+    assert_eq!(groups(&store, "ann@example.com"), ["eng", "ops"]);
+    assert_eq!(groups(&store, "dee@example.com"), ["ops"]);
+    let quiet = sync(&org, &store, SyncMode::Delta).await;
+    assert_eq!((quiet.counts.created, quiet.counts.updated, quiet.counts.deleted), (0, 0, 0), "{quiet:?}");
+}

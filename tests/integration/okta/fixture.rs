@@ -66,6 +66,9 @@ pub struct State {
     pub dead: bool,
     /// Dies (as `dead`) once this many requests were answered.
     pub die_after: Option<usize>,
+    /// A change made once this many requests were answered (someone at
+    /// the org acting while a sync reads it).
+    pub after_requests: Option<(usize, Box<dyn FnOnce(&mut State) + Send>)>,
     /// Each request as `METHOD path?query`.
     pub requests: Vec<String>,
     last_stamp: Timestamp,
@@ -207,6 +210,7 @@ impl OktaOrg {
             served_429: 0,
             dead: false,
             die_after: None,
+            after_requests: None,
             requests: Vec::new(),
             last_stamp: Timestamp::UNIX_EPOCH,
             next_id: 0,
@@ -223,6 +227,11 @@ impl OktaOrg {
                             let (parts, body) = request.into_parts();
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                             let mut state = state.lock().expect("state");
+                            if state.after_requests.as_ref().is_some_and(|(n, _)| state.requests.len() >= *n)
+                                && let Some((_, change)) = state.after_requests.take()
+                            {
+                                change(&mut state);
+                            }
                             if state.die_after.is_some_and(|n| state.requests.len() >= n) {
                                 state.dead = true;
                             }
