@@ -41,6 +41,9 @@ use tokio::net::TcpListener;
 /// The test key of `src/connectors/okta_test_key.pem`, PKCS#8 PEM.
 pub const TEST_KEY: &str = include_str!("../../../src/connectors/okta_test_key.pem");
 
+/// A change to the org, made while a test's sync reads it.
+pub type Change = Box<dyn FnOnce(&mut State) + Send>;
+
 pub struct Group {
     pub json: Value,
     pub members: BTreeSet<String>,
@@ -68,7 +71,7 @@ pub struct State {
     pub die_after: Option<usize>,
     /// A change made once this many requests were answered (someone at
     /// the org acting while a sync reads it).
-    pub after_requests: Option<(usize, Box<dyn FnOnce(&mut State) + Send>)>,
+    pub after_requests: Option<(usize, Change)>,
     /// Each request as `METHOD path?query`.
     pub requests: Vec<String>,
     last_stamp: Timestamp,
