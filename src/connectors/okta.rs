@@ -807,6 +807,10 @@ pub fn enabled_by_status(status: &str) -> Option<bool> {
     }
 }
 
+/// The most a user's JSON may take: an account is stored whole, and no
+/// real profile comes near this.
+pub const MAX_USER_BYTES: usize = 4 * 1024 * 1024;
+
 /// The top-level user fields kept as attributes.
 const TOP_LEVEL: [&str; 5] = ["status", "created", "activated", "statusChanged", "lastUpdated"];
 
@@ -817,6 +821,10 @@ pub fn map_user(user: &Value) -> Result<Account, String> {
         Some(Value::String(id)) if !id.trim().is_empty() => id.trim().to_string(),
         _ => return Err("a user without an id".to_string()),
     };
+    let bytes = serde_json::to_vec(user).map_or(0, |b| b.len());
+    if bytes > MAX_USER_BYTES {
+        return Err(format!("user {id:?} is {bytes} bytes, more than the {MAX_USER_BYTES} a user may take"));
+    }
     let status = user.get("status").and_then(Value::as_str).unwrap_or_default();
     let enabled = enabled_by_status(status).ok_or_else(|| {
         let shown: String =
@@ -894,6 +902,10 @@ fn explain_okta_error(error: ConnectorError) -> ConnectorError {
         other => other,
     }
 }
+
+#[cfg(test)]
+#[path = "okta_props.rs"]
+mod props;
 
 #[cfg(test)]
 mod tests {
