@@ -151,7 +151,9 @@ impl Pacer {
         if remaining > self.reserve() {
             return;
         }
-        let wait = reset_at.saturating_duration_since(Instant::now());
+        // Okta's buckets refill within a minute: a reset further off is
+        // not believed beyond that.
+        let wait = reset_at.saturating_duration_since(Instant::now()).min(RATE_LIMIT_WINDOW);
         tracing::info!(remaining, wait_ms = wait.as_millis() as u64, "okta: pausing until the rate limit resets");
         tokio::time::sleep(wait).await;
         self.pauses += 1;
