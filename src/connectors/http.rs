@@ -6,8 +6,9 @@
 //! - retries of 5xx answers, connection errors and timeouts, with exponential
 //!   backoff and full jitter, up to [`HttpSettings::max_retries`] retries;
 //! - 429 (and a 5xx carrying `Retry-After`) waits as long as `Retry-After`
-//!   says (delta-seconds or an HTTP-date), capped by
-//!   [`HttpSettings::max_backoff`]; it counts as a retry;
+//!   says (delta-seconds or an HTTP-date), or for a 429 without it until
+//!   Okta's `X-Rate-Limit-Reset`, capped by [`HttpSettings::max_backoff`];
+//!   it counts as a retry, and [`HttpClient::throttled`] adds it up;
 //! - other 4xx are never retried; 401 and 403 become
 //!   [`ConnectorError::Unauthorized`];
 //! - an optional requests-per-second limit shared by every clone of the
@@ -362,6 +363,8 @@ pub struct HttpClient {
     inner: reqwest::Client,
     settings: HttpSettings,
     limiter: Option<Arc<RateLimiter>>,
+    /// 429 answers waited out, and how long (ms), by every clone.
+    throttled: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
 }
 
 /// What one attempt came to.
@@ -411,11 +414,18 @@ impl HttpClient {
                 message: format!("cannot set up the HTTP client: {}", error_chain(&e)),
             })?;
         let limiter = settings.requests_per_second.filter(|rps| *rps > 0).map(|rps| Arc::new(RateLimiter::new(rps)));
-        Ok(HttpClient { inner, settings, limiter })
+        Ok(HttpClient { inner, settings, limiter, throttled: Arc::default() })
     }
 
     pub fn settings(&self) -> &HttpSettings {
         &self.settings
+    }
+
+    /// How many 429 answers this client (and its clones) waited out, and
+    /// how long it waited for them in all.
+    pub fn throttled(&self) -> (u64, Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.throttled.0.load(Relaxed), Duration::from_millis(self.throttled.1.load(Relaxed)))
     }
 
     /// Sends a request, retrying as the module documentation says, and gives
@@ -461,6 +471,11 @@ impl HttpClient {
                 Some(wait) => wait.min(self.settings.max_backoff),
                 None => self.backoff(attempt),
             };
+            if status == Some(StatusCode::TOO_MANY_REQUESTS) {
+                use std::sync::atomic::Ordering::Relaxed;
+                self.throttled.0.fetch_add(1, Relaxed);
+                self.throttled.1.fetch_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Relaxed);
+            }
             tracing::warn!(
                 method = %request.method,
                 url = %display_url(&request.url),
@@ -569,7 +584,10 @@ impl HttpClient {
         }
 
         // An error answer: quote the start of its body, never its headers.
-        let retry_after = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+        let retry_after =
+            headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after).or_else(|| {
+                (status == StatusCode::TOO_MANY_REQUESTS).then(|| rate_limit_reset_wait(&headers)).flatten()
+            });
         let quote = match read_body(response, deadline, ERROR_BODY_READ_BYTES).await {
             BodyRead::Complete(body) => quote_body(&body, &request.secrets),
             _ => String::new(),
@@ -721,6 +739,21 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     Duration::try_from(span).ok()
 }
 
+/// Okta's `X-Rate-Limit-Reset` (when the bucket refills, in UTC epoch
+/// seconds) as a wait from now, measured against the answer's `Date` (the
+/// server's own clock, so a skewed local clock neither waits too long nor
+/// too little) where it has one. None without the header.
+pub fn rate_limit_reset_wait(headers: &HeaderMap) -> Option<Duration> {
+    let reset: i64 = headers.get("x-rate-limit-reset")?.to_str().ok()?.trim().parse().ok()?;
+    let now = headers
+        .get(reqwest::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| jiff::fmt::rfc2822::DateTimeParser::new().parse_timestamp(v).ok())
+        .map_or_else(|| jiff::Timestamp::now().as_millisecond(), |t| t.as_millisecond());
+    let wait_ms = reset.saturating_mul(1000).saturating_sub(now).max(0);
+    Some(Duration::from_millis(u64::try_from(wait_ms).unwrap_or_default()))
+}
+
 fn seconds(d: Duration) -> String {
     let s = d.as_secs_f64();
     if s.fract() == 0.0 { format!("{}s", s as u64) } else { format!("{s:.1}s") }
@@ -834,6 +867,51 @@ mod tests {
         let start = StdInstant::now();
         client.send(&Request::get(server.url("/x")), None).await.unwrap();
         assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn okta_rate_limit_reset_is_measured_on_the_servers_clock() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(rate_limit_reset_wait(&headers), None);
+        // The server's Date says 12:00:00; the bucket refills 7 s later,
+        // whatever this machine's clock says.
+        headers.insert("date", HeaderValue::from_static("Sun, 29 Nov 2026 12:00:00 GMT"));
+        let reset = jiff::Timestamp::from_second(1_795_953_607).unwrap();
+        assert_eq!(reset.to_string(), "2026-11-29T12:00:07Z");
+        headers.insert("x-rate-limit-reset", HeaderValue::from_static("1795953607"));
+        assert_eq!(rate_limit_reset_wait(&headers), Some(Duration::from_secs(7)));
+        headers.insert("x-rate-limit-reset", HeaderValue::from_static("1795953590"));
+        assert_eq!(rate_limit_reset_wait(&headers), Some(Duration::ZERO), "a reset already past waits nothing");
+    }
+
+    #[tokio::test]
+    async fn a_429_without_retry_after_waits_for_okta_s_reset_and_is_counted() {
+        let server = serve(handler(|n, _| {
+            Box::pin(async move {
+                if n == 0 {
+                    let date = jiff::fmt::rfc2822::DateTimePrinter::new()
+                        .timestamp_to_rfc9110_string(&jiff::Timestamp::now())
+                        .unwrap();
+                    let reset = (jiff::Timestamp::now().as_second() + 2).to_string();
+                    respond(429, &[("date", date.as_str()), ("x-rate-limit-reset", reset.as_str())], "")
+                } else {
+                    respond(200, &[], "ok")
+                }
+            })
+        }))
+        .await;
+        let client =
+            HttpClient::new(HttpSettings { max_backoff: Duration::from_secs(5), ..fast(Duration::from_secs(5)) })
+                .unwrap();
+        assert_eq!(client.throttled(), (0, Duration::ZERO));
+        let start = StdInstant::now();
+        client.send(&Request::get(server.url("/x")), None).await.unwrap();
+        // The reset is 2 s after a Date cut to the second: at least 1 s.
+        assert!(start.elapsed() >= Duration::from_millis(950), "{:?}", start.elapsed());
+        let (count, waited) = client.throttled();
+        assert_eq!(count, 1);
+        assert!(waited >= Duration::from_secs(1), "{waited:?}");
+        assert_eq!(server.requests(), 2);
     }
 
     #[tokio::test]

@@ -66,6 +66,7 @@ pub mod csv;
 pub mod http;
 pub mod ldap;
 pub mod msgraph;
+pub mod okta;
 pub mod scim;
 
 #[cfg(test)]
@@ -163,6 +164,13 @@ pub trait Connector: Send {
         let _ = ids;
         Box::pin(async { Ok(Vec::new()) })
     }
+
+    /// After a read: what a person should know about how it went, one
+    /// sentence each, added to the run's message (a source that throttled
+    /// the read, and how long it waited). The default has nothing to say.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What the controller resolved from the cluster for the provider.
@@ -230,6 +238,7 @@ pub fn build(spec: &ConnectionSpec, inputs: ProviderInputs) -> Result<Box<dyn Co
         Provider::Scim(settings) => Ok(Box::new(scim::ScimConnector::new(spec, settings, &inputs)?)),
         Provider::Ldap(settings) => Ok(Box::new(ldap::LdapConnector::new(spec, settings, &inputs)?)),
         Provider::MsGraph(settings) => Ok(Box::new(msgraph::MsGraphConnector::new(spec, settings, &inputs)?)),
+        Provider::Okta(settings) => Ok(Box::new(okta::OktaConnector::new(spec, settings, &inputs)?)),
         other => Err(ConnectorError::Config {
             field: "spec.provider.type".to_string(),
             message: format!("the {} provider is not implemented yet", other.provider_type()),

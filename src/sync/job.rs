@@ -559,6 +559,9 @@ async fn read_and_stage(
         Err(tripped) => return Err(tripped.into()),
         Ok(()) => {}
     }
+    for note in connector.notes() {
+        add_note(state, note);
+    }
     let cursor = match connector.cursor() {
         Some(value) => CursorUpdate::Set { value, settings_hash: job.settings_hash.clone() },
         None => CursorUpdate::Clear,

@@ -17,6 +17,7 @@ mod kill_loop;
 mod ldap_server;
 mod leader;
 mod msgraph;
+mod okta;
 mod panic_safety;
 mod rbac;
 mod run_command;

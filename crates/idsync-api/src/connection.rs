@@ -709,10 +709,12 @@ fn default_true() -> bool {
     true
 }
 
-/// An Okta organisation. Credentials: the Secret's `apiToken` key (an SSWS
-/// API token).
+/// An Okta organisation. Credentials, as `auth` says: the Secret's
+/// `apiToken` key (an SSWS API token), or its `privateKey` key (a PKCS#8 PEM
+/// RSA key) for an OAuth 2.0 service app that signs its client assertion.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = okta_rules)]
 pub struct OktaSettings {
     /// The org URL, e.g. `https://acme.okta.com`.
     #[schemars(regex(pattern = URL_PATTERN), length(max = 2048))]
@@ -724,6 +726,46 @@ pub struct OktaSettings {
     /// Read group memberships too.
     #[serde(default = "default_true")]
     pub include_groups: bool,
+    /// How to authenticate.
+    #[serde(default)]
+    pub auth: OktaAuth,
+    /// The service app's client id (`privateKeyJwt` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub client_id: Option<String>,
+    /// The `kid` of the service app's public key, sent in the assertion's
+    /// header (`privateKeyJwt` only; optional when the app has one key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub key_id: Option<String>,
+}
+
+fn okta_rules(schema: &mut schemars::Schema) {
+    add_rule(
+        schema,
+        "(has(self.auth) && self.auth == 'privateKeyJwt') == has(self.clientId)",
+        "clientId must be set when auth is privateKeyJwt, and only then",
+        Some(".clientId"),
+    );
+    add_rule(
+        schema,
+        "!has(self.keyId) || (has(self.auth) && self.auth == 'privateKeyJwt')",
+        "keyId applies to auth privateKeyJwt only",
+        Some(".keyId"),
+    );
+}
+
+/// How the okta provider authenticates.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum OktaAuth {
+    /// `Authorization: SSWS <token>` from the Secret's `apiToken` key.
+    #[default]
+    ApiToken,
+    /// OAuth 2.0 client credentials: a client assertion signed (RS256) with
+    /// the Secret's `privateKey`, exchanged at `{orgUrl}/oauth2/v1/token` for
+    /// an access token with the scopes `okta.users.read okta.groups.read`.
+    PrivateKeyJwt,
 }
 
 /// A GitHub organisation's members. Credentials: the Secret's `token` key.
