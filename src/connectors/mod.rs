@@ -153,6 +153,13 @@ pub trait Connector: Send {
         Box::pin(async { Ok(None) })
     }
 
+    /// After the last page: what the run's message should say about how
+    /// the read went beyond its counts (a wait for the source's rate limit,
+    /// a detail the credentials could not read). None by default.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// After a Full read: which of `ids` (stored accounts no page named) the
     /// source still has, read again one by one. A listing can skip a live
     /// account (offset paging while someone else is deleted, a server that

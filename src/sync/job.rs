@@ -539,6 +539,9 @@ async fn read_and_stage(
             );
         }
     }
+    for note in connector.notes() {
+        add_note(state, note);
+    }
     let total_before = diff.total_before();
     let (deletions, counts) = diff.finish();
     state.counts = counts;
