@@ -63,6 +63,7 @@ use idsync_api::{ConnectionSpec, Provider, SyncMode};
 
 pub mod address;
 pub mod csv;
+pub mod github;
 pub mod http;
 pub mod ldap;
 pub mod scim;
@@ -235,6 +236,7 @@ pub fn build(spec: &ConnectionSpec, inputs: ProviderInputs) -> Result<Box<dyn Co
         Provider::Csv(settings) => Ok(Box::new(csv::CsvConnector::new(spec, settings, inputs)?)),
         Provider::Scim(settings) => Ok(Box::new(scim::ScimConnector::new(spec, settings, &inputs)?)),
         Provider::Ldap(settings) => Ok(Box::new(ldap::LdapConnector::new(spec, settings, &inputs)?)),
+        Provider::GitHub(settings) => Ok(Box::new(github::GitHubConnector::new(spec, settings, &inputs)?)),
         other => Err(ConnectorError::Config {
             field: "spec.provider.type".to_string(),
             message: format!("the {} provider is not implemented yet", other.provider_type()),
@@ -411,13 +413,13 @@ mod tests {
     #[test]
     fn unimplemented_providers_are_a_configuration_error() {
         let spec: ConnectionSpec = serde_json::from_value(serde_json::json!({
-            "provider": {"type": "github", "github": {"organization": "acme"}},
-            "category": "VersionControl",
+            "provider": {"type": "okta", "okta": {"orgUrl": "https://acme.okta.com"}},
+            "category": "IdP",
             "credentialsSecretRef": {"name": "gh"},
         }))
         .unwrap();
         let e = build(&spec, ProviderInputs::default()).err().unwrap();
         assert!(e.is_stalled());
-        assert_eq!(e.to_string(), "spec.provider.type: the github provider is not implemented yet");
+        assert_eq!(e.to_string(), "spec.provider.type: the okta provider is not implemented yet");
     }
 }
