@@ -391,29 +391,22 @@ impl GitHubConnector {
             let answer = self.client.send_buffered(&attempt, page).await.map_err(explain)?;
             self.requests += 1;
             let status = answer.status;
-            if status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS {
-                if let Some((limit, wait)) = throttled(status, &answer.headers, &answer.body) {
-                    waits += 1;
-                    if waits > MAX_WAITS_PER_REQUEST {
-                        return Err(ConnectorError::Http {
-                            page,
-                            status: status.as_u16(),
-                            message: format!(
-                                "{} {}: still held back by GitHub's rate limit after {MAX_WAITS_PER_REQUEST} waits",
-                                attempt.method(),
-                                display_url(attempt.url())
-                            ),
-                        });
-                    }
-                    self.wait(limit, wait, &attempt, page).await;
-                    continue;
+            let limited = status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS;
+            if limited && let Some((limit, wait)) = throttled(status, &answer.headers, &answer.body) {
+                waits += 1;
+                if waits > MAX_WAITS_PER_REQUEST {
+                    return Err(ConnectorError::Http {
+                        page,
+                        status: status.as_u16(),
+                        message: format!(
+                            "{} {}: still held back by GitHub's rate limit after {MAX_WAITS_PER_REQUEST} waits",
+                            attempt.method(),
+                            display_url(attempt.url())
+                        ),
+                    });
                 }
-                if status == StatusCode::TOO_MANY_REQUESTS {
-                    // 429 is always a limit, even one that says nothing more.
-                    waits += 1;
-                    self.wait(Limit::Secondary, SECONDARY_DEFAULT_WAIT, &attempt, page).await;
-                    continue;
-                }
+                self.wait(limit, wait, &attempt, page).await;
+                continue;
             }
             if status.is_success() && remaining(&answer.headers) == Some(0) {
                 self.blocked_until = reset(&answer.headers);
@@ -878,7 +871,8 @@ fn throttled(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Option<(Li
         .ok()
         .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_ascii_lowercase))
         .unwrap_or_default();
-    if message.contains("secondary rate limit") || (status == StatusCode::TOO_MANY_REQUESTS) {
+    // A 429 is always a limit, even one that says nothing more.
+    if message.contains("secondary rate limit") || status == StatusCode::TOO_MANY_REQUESTS {
         return Some((Limit::Secondary, SECONDARY_DEFAULT_WAIT));
     }
     None

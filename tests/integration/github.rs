@@ -410,14 +410,19 @@ async fn a_github_connection_through_the_operator() {
     let message = status_message().await;
     assert!(message.contains("waited 2s for GitHub's secondary rate limit (Retry-After)"), "{message}");
 
-    // The server dies: the sync fails and the store is as it was.
+    // The server dies when the second page of members is asked for: the
+    // sync fails on page 2 and the store is as it was.
     let before = accounts();
     fixture.with(|s| {
         s.members.push(Member::new(106, "newcomer"));
-        s.dead = true;
+        s.members.iter_mut().for_each(|m| m.login.push_str("-renamed"));
+        s.die_at_members_page = Some(2);
     });
     let died = run("dies").await;
     assert_eq!(died.status.as_ref().and_then(|s| s.phase), Some(Phase::Failed), "{:?}", died.status);
+    let message =
+        connections.get("gh").await.expect("connection").status.and_then(|s| s.last_result).map(|r| r.message);
+    assert!(message.as_deref().is_some_and(|m| m.starts_with("page 2: ")), "{message:?}");
     assert_eq!(accounts(), before, "a sync whose server died changed the store");
 
     // No credential anywhere the operator writes.

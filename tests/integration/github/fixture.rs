@@ -74,6 +74,8 @@ pub struct State {
     pub throttles: VecDeque<Throttle>,
     /// Close every connection without an answer from now on.
     pub dead: bool,
+    /// Die (as `dead`) when the member listing's page N is asked for.
+    pub die_at_members_page: Option<usize>,
     /// Remove this member once the first members page has been served.
     pub remove_after_first_page: Option<u64>,
     pub log: Vec<Exchange>,
@@ -102,8 +104,20 @@ impl GitHubFixture {
                         async move {
                             let (parts, body) = request.into_parts();
                             let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-                            if s.lock().expect("state").dead {
-                                return Err(std::io::Error::other("the GitHub fixture is down"));
+                            {
+                                let mut state = s.lock().expect("state");
+                                let page = form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
+                                    .find(|(k, _)| k == "page")
+                                    .and_then(|(_, v)| v.parse::<usize>().ok());
+                                let members = parts.uri.path() == format!("/orgs/{ORG}/members")
+                                    && !parts.uri.query().unwrap_or_default().contains("role=")
+                                    && !parts.uri.query().unwrap_or_default().contains("filter=");
+                                if members && page.is_some() && page == state.die_at_members_page {
+                                    state.dead = true;
+                                }
+                                if state.dead {
+                                    return Err(std::io::Error::other("the GitHub fixture is down"));
+                                }
                             }
                             Ok::<_, std::io::Error>(answer(&s, &b, &parts, &body))
                         }
