@@ -156,6 +156,8 @@ pub struct Request {
     headers: HeaderMap,
     body: Option<Bytes>,
     secrets: Vec<String>,
+    /// Error statuses handed back as answers (see [`Request::pass_status`]).
+    passed: Vec<StatusCode>,
 }
 
 impl std::fmt::Debug for Request {
@@ -171,7 +173,7 @@ impl std::fmt::Debug for Request {
 
 impl Request {
     pub fn new(method: Method, url: Url) -> Self {
-        Request { method, url, headers: HeaderMap::new(), body: None, secrets: Vec::new() }
+        Request { method, url, headers: HeaderMap::new(), body: None, secrets: Vec::new(), passed: Vec::new() }
     }
 
     pub fn get(url: Url) -> Self {
@@ -232,6 +234,15 @@ impl Request {
         if !value.is_empty() {
             self.secrets.push(value.to_string());
         }
+        self
+    }
+
+    /// Hands an answer with this (non-2xx) status back like a success,
+    /// neither retried nor turned into an error: for the provider to read
+    /// what only it understands (a 304 to a conditional request, GitHub's
+    /// 403 whose rate-limit headers say when to try again).
+    pub fn pass_status(mut self, status: StatusCode) -> Self {
+        self.passed.push(status);
         self
     }
 
@@ -536,7 +547,7 @@ impl HttpClient {
         };
         let status = response.status();
         let headers = response.headers().clone();
-        if status.is_success() {
+        if status.is_success() || request.passed.contains(&status) {
             if !buffered {
                 return Attempt::Done(Received::Streaming(Response {
                     inner: response,
@@ -947,6 +958,24 @@ mod tests {
             format!("page 2: GET {}/missing answered HTTP 404 Not Found: no such export", server.base)
         );
         assert!(!e.is_stalled());
+    }
+
+    #[tokio::test]
+    async fn passed_statuses_come_back_as_answers_with_their_headers() {
+        let server = serve(handler(|_, _| {
+            Box::pin(async { respond(403, &[("x-ratelimit-remaining", "0")], r#"{"message":"API rate limit"}"#) })
+        }))
+        .await;
+        let client = HttpClient::new(fast(Duration::from_secs(5))).unwrap();
+        let request = Request::get(server.url("/orgs/acme/members")).pass_status(StatusCode::FORBIDDEN);
+        let answer = client.send_buffered(&request, Some(1)).await.unwrap();
+        assert_eq!(server.requests(), 1, "a passed status is not retried");
+        assert_eq!(answer.status, StatusCode::FORBIDDEN);
+        assert_eq!(answer.headers["x-ratelimit-remaining"], "0");
+        assert_eq!(&answer.body[..], br#"{"message":"API rate limit"}"#);
+        // Without it the same answer is an error, as before.
+        let e = client.send_buffered(&Request::get(server.url("/x")), None).await.unwrap_err();
+        assert!(matches!(e, ConnectorError::Unauthorized { .. }), "{e:?}");
     }
 
     #[tokio::test]

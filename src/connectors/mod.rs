@@ -63,6 +63,7 @@ use idsync_api::{ConnectionSpec, Provider, SyncMode};
 
 pub mod address;
 pub mod csv;
+pub mod github;
 pub mod http;
 pub mod ldap;
 pub mod msgraph;
@@ -155,6 +156,13 @@ pub trait Connector: Send {
         Box::pin(async { Ok(None) })
     }
 
+    /// After the last page: what the run's message should say about how
+    /// the read went beyond its counts (a wait for the source's rate limit,
+    /// a detail the credentials could not read). None by default.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// After a Full read: which of `ids` (stored accounts no page named) the
     /// source still has, read again one by one. A listing can skip a live
     /// account (offset paging while someone else is deleted, a server that
@@ -163,13 +171,6 @@ pub trait Connector: Send {
     fn still_present<'a>(&'a mut self, ids: &'a [String]) -> BoxFuture<'a, Result<Vec<Account>, ConnectorError>> {
         let _ = ids;
         Box::pin(async { Ok(Vec::new()) })
-    }
-
-    /// After a read: what a person should know about how it went, one
-    /// sentence each, added to the run's message (a source that throttled
-    /// the read, and how long it waited). The default has nothing to say.
-    fn notes(&self) -> Vec<String> {
-        Vec::new()
     }
 }
 
@@ -230,8 +231,7 @@ impl ProviderInputs {
 /// The field named by errors about the credentials Secret.
 pub const SECRET_FIELD: &str = "spec.credentialsSecretRef";
 
-/// Builds the connector of a Connection. Providers not implemented yet
-/// (okta, github) return [`ConnectorError::Config`] saying so.
+/// Builds the connector of a Connection.
 pub fn build(spec: &ConnectionSpec, inputs: ProviderInputs) -> Result<Box<dyn Connector>, ConnectorError> {
     match &spec.provider {
         Provider::Csv(settings) => Ok(Box::new(csv::CsvConnector::new(spec, settings, inputs)?)),
@@ -239,10 +239,7 @@ pub fn build(spec: &ConnectionSpec, inputs: ProviderInputs) -> Result<Box<dyn Co
         Provider::Ldap(settings) => Ok(Box::new(ldap::LdapConnector::new(spec, settings, &inputs)?)),
         Provider::MsGraph(settings) => Ok(Box::new(msgraph::MsGraphConnector::new(spec, settings, &inputs)?)),
         Provider::Okta(settings) => Ok(Box::new(okta::OktaConnector::new(spec, settings, &inputs)?)),
-        other => Err(ConnectorError::Config {
-            field: "spec.provider.type".to_string(),
-            message: format!("the {} provider is not implemented yet", other.provider_type()),
-        }),
+        Provider::GitHub(settings) => Ok(Box::new(github::GitHubConnector::new(spec, settings, &inputs)?)),
     }
 }
 
@@ -410,18 +407,5 @@ mod tests {
     fn redact_replaces_every_secret() {
         let secrets = vec!["abc123".to_string(), String::new()];
         assert_eq!(redact("Bearer abc123 and abc123", &secrets), "Bearer [REDACTED] and [REDACTED]");
-    }
-
-    #[test]
-    fn unimplemented_providers_are_a_configuration_error() {
-        let spec: ConnectionSpec = serde_json::from_value(serde_json::json!({
-            "provider": {"type": "github", "github": {"organization": "acme"}},
-            "category": "VersionControl",
-            "credentialsSecretRef": {"name": "gh"},
-        }))
-        .unwrap();
-        let e = build(&spec, ProviderInputs::default()).err().unwrap();
-        assert!(e.is_stalled());
-        assert_eq!(e.to_string(), "spec.provider.type: the github provider is not implemented yet");
     }
 }

@@ -539,6 +539,9 @@ async fn read_and_stage(
             );
         }
     }
+    for note in connector.notes() {
+        add_note(state, note);
+    }
     let total_before = diff.total_before();
     let (deletions, counts) = diff.finish();
     state.counts = counts;
@@ -558,9 +561,6 @@ async fn read_and_stage(
         ),
         Err(tripped) => return Err(tripped.into()),
         Ok(()) => {}
-    }
-    for note in connector.notes() {
-        add_note(state, note);
     }
     let cursor = match connector.cursor() {
         Some(value) => CursorUpdate::Set { value, settings_hash: job.settings_hash.clone() },

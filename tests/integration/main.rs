@@ -11,6 +11,7 @@ mod devcluster_kubectl;
 mod devcluster_semantics;
 mod examples;
 mod faults;
+mod github;
 mod identities_cli;
 mod identity_e2e;
 mod kill_loop;

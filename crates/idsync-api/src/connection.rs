@@ -768,21 +768,26 @@ pub enum OktaAuth {
     PrivateKeyJwt,
 }
 
-/// A GitHub organisation's members. Credentials: the Secret's `token` key.
+/// A GitHub organisation's members (github.com or GitHub Enterprise
+/// Server). Credentials, from the Secret: `token` (a personal access or
+/// fine-grained token), or a GitHub App installation's `appId`,
+/// `installationId` and `privateKey` (the PEM GitHub issues).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct GitHubSettings {
     /// The organisation's login.
     #[schemars(regex(pattern = r"^[A-Za-z0-9](-?[A-Za-z0-9])*$"), length(min = 1, max = 39))]
     pub organization: String,
-    /// The REST API root; GitHub Enterprise Server uses its own.
+    /// The REST API root; GitHub Enterprise Server uses its own
+    /// (`https://HOST/api/v3`, GraphQL then at `https://HOST/api/graphql`).
     #[serde(default = "default_github_api_url")]
     #[schemars(regex(pattern = URL_PATTERN))]
     pub api_url: String,
-    /// Read teams as groups.
+    /// Read teams as groups (by slug).
     #[serde(default = "default_true")]
     pub include_teams: bool,
-    /// Include outside collaborators as well as members.
+    /// Include outside collaborators as well as members (role
+    /// `outside_collaborator`).
     #[serde(default)]
     pub include_outside_collaborators: bool,
 }
