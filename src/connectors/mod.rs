@@ -231,6 +231,24 @@ impl ProviderInputs {
 /// The field named by errors about the credentials Secret.
 pub const SECRET_FIELD: &str = "spec.credentialsSecretRef";
 
+/// The next `size` ids of `queue` not yet in `seen` (marking them seen):
+/// the members of changed groups a Delta reads one by one, each once.
+pub(crate) fn unseen_ids(
+    queue: &mut std::collections::VecDeque<String>,
+    seen: &mut std::collections::HashSet<String>,
+    size: usize,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    while ids.len() < size
+        && let Some(id) = queue.pop_front()
+    {
+        if seen.insert(id.clone()) {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
 /// Builds the connector of a Connection.
 pub fn build(spec: &ConnectionSpec, inputs: ProviderInputs) -> Result<Box<dyn Connector>, ConnectorError> {
     match &spec.provider {

@@ -594,14 +594,7 @@ impl OktaConnector {
     /// return (None: none left, the read is over).
     async fn member_page(&mut self, reading: &mut Reading) -> Result<Option<Page>, ConnectorError> {
         let size = usize::try_from(self.limit).unwrap_or(usize::MAX);
-        let mut ids = Vec::new();
-        while ids.len() < size
-            && let Some(id) = reading.members.pop_front()
-        {
-            if reading.seen.insert(id.clone()) {
-                ids.push(id);
-            }
-        }
+        let ids = super::unseen_ids(&mut reading.members, &mut reading.seen, size);
         if ids.is_empty() {
             return Ok(None);
         }

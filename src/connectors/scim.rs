@@ -365,14 +365,7 @@ impl ScimConnector {
     /// return, read one by one (None: none left).
     async fn member_page(&self, reading: &mut Reading) -> Result<Option<Page>, ConnectorError> {
         let size = usize::try_from(self.page_size).unwrap_or(usize::MAX);
-        let mut ids = Vec::new();
-        while ids.len() < size
-            && let Some(id) = reading.members.pop_front()
-        {
-            if reading.seen.insert(id.clone()) {
-                ids.push(id);
-            }
-        }
+        let ids = super::unseen_ids(&mut reading.members, &mut reading.seen, size);
         if ids.is_empty() {
             return Ok(None);
         }

@@ -1118,32 +1118,8 @@ mod tests {
 
     #[test]
     fn named_identities_that_do_not_exist_are_named_in_the_result() {
-        use crate::model::Account;
-        use crate::model::{ConnectionRef, Counts, NewRun, RunFinish};
-        use crate::store::{CursorUpdate, StagedChange};
         let dir = tempfile::tempdir().expect("dir");
-        let store = SqliteStore::open(&dir.path().join("idsync.db")).expect("store");
-        let sync = store
-            .start_run(&NewRun {
-                connection: ConnectionRef::new("default", "hr"),
-                trigger: Trigger::Requested,
-                request: None,
-                requested_mode: RunMode::Full,
-                holder: "test".into(),
-                started_at: Timestamp::now(),
-            })
-            .expect("start");
-        let mut ada = Account::new("E1");
-        ada.email = Some("ada@acme.example".into());
-        store.stage(sync, &[StagedChange::Upsert(ada)]).expect("stage");
-        let finish = RunFinish {
-            outcome: RunOutcome::Succeeded,
-            mode: Some(RunMode::Full),
-            counts: Counts::default(),
-            message: String::new(),
-            finished_at: Timestamp::now(),
-        };
-        store.commit_run(sync, CursorUpdate::Keep, &finish).expect("commit");
+        let store = store_with_hr_account(dir.path());
 
         let spec = spec();
         let job = Job {
