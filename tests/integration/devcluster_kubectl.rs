@@ -411,3 +411,30 @@ async fn kubectl_probes_get_the_answers_of_a_real_api_server() {
     assert!(answer.starts_with("HTTP/1.0 400 Bad Request"), "{answer}");
     assert!(answer.contains("Client sent an HTTP request to an HTTPS server."), "{answer}");
 }
+
+/// What a real server validates and normalizes, as kubectl users meet it:
+/// an unchanged manifest with `annotations: {}` diffs clean, a bad label
+/// is refused naming it, and a body of another kind is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_diff_of_an_unchanged_object_is_clean_and_bad_metadata_is_refused() {
+    let h = Harness::start().await;
+    let manifest = h.dir.path().join("settings.yaml");
+    let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  annotations: {}\n  labels: {}\ndata:\n  a: \"1\"\n";
+    std::fs::write(&manifest, yaml).expect("manifest");
+    let path = manifest.display().to_string();
+    h.kubectl_ok(&["apply", "-f", &path]).await;
+    let diff = h.kubectl(&["diff", "-f", &path]).await;
+    assert_eq!(diff.status.code(), Some(0), "no difference: {}", String::from_utf8_lossy(&diff.stdout));
+
+    let refused = h.kubectl(&["label", "configmap", "settings", "team=people ops"]).await;
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && said.contains("a valid label must be an empty string"), "{said}");
+
+    let wrong = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}});
+    let request = http::Request::post("/apis/coordination.k8s.io/v1/namespaces/default/leases")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&wrong).expect("json"))
+        .expect("request");
+    let error = h.client.request::<serde_json::Value>(request).await.expect_err("refused").to_string();
+    assert!(error.contains("does not match the expected API version (coordination.k8s.io/v1)"), "{error}");
+}
