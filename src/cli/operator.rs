@@ -55,8 +55,14 @@ pub async fn run(
     let client = kube::Client::try_default().await.context("cannot reach the Kubernetes API")?;
     let config = crate::controller::Config { max_concurrent_syncs, ..Default::default() };
     let path = data_dir.join("idsync.db");
-    let store: Arc<dyn crate::store::Store> = Arc::new(open_store(&data_dir)?.with_retention(retention));
-    let ctx = crate::controller::Context::new(client.clone(), store, Arc::new(crate::controller::SystemClock), config);
+    // The data folder must be there and writable before anything waits for
+    // leadership, so a bad volume fails the pod at once; the store itself
+    // opens (and migrates) only once this instance leads: a standby never
+    // touches the file its leader writes.
+    if !data_dir.is_dir() {
+        anyhow::bail!("the data folder {} does not exist", data_dir.display());
+    }
+    let metrics = Arc::new(crate::metrics::Metrics::new());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -65,19 +71,34 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    // Ready once the store is open and the API answers; a standby is ready too.
+    // Ready once the API answers; a standby is ready too.
     let ready = Arc::new(AtomicBool::new(true));
-    crate::health::serve(http_addr, ctx.metrics.clone(), ready.clone(), stopped()).await?;
+    crate::health::serve(http_addr, metrics.clone(), ready.clone(), stopped()).await?;
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
 
-    let election = crate::leader::LeaderConfig::new(leader_namespace, ctx.config.identity.clone());
-    tracing::info!(identity = %ctx.config.identity, store = %path.display(), "waiting for leadership");
+    let election = crate::leader::LeaderConfig::new(leader_namespace, config.identity.clone());
+    tracing::info!(identity = %config.identity, store = %path.display(), "waiting for leadership");
+    let failed: Arc<std::sync::Mutex<Option<anyhow::Error>>> = Arc::default();
     let lead = |token: tokio_util::sync::CancellationToken| {
-        let ctx = ctx.clone();
+        let (client, config, metrics, data_dir, failed) =
+            (client.clone(), config.clone(), metrics.clone(), data_dir.clone(), failed.clone());
         async move {
+            let store = match open_store(&data_dir) {
+                Ok(store) => store.with_retention(retention),
+                Err(error) => {
+                    tracing::error!(error = %format!("{error:#}"), "cannot open the store; giving up leadership");
+                    if let Ok(mut failed) = failed.lock() {
+                        *failed = Some(error);
+                    }
+                    return;
+                }
+            };
+            let store: Arc<dyn crate::store::Store> = Arc::new(store);
+            let clock = Arc::new(crate::controller::SystemClock);
+            let ctx = crate::controller::Context::with_metrics(client, store, clock, config, metrics);
             tracing::info!(identity = %ctx.config.identity, "leading: controllers running");
             ctx.metrics.set_leader(true);
             crate::controller::run(ctx.clone(), token.cancelled_owned()).await;
@@ -85,8 +106,11 @@ pub async fn run(
             tracing::info!("controllers stopped");
         }
     };
-    crate::leader::run(client, election, lead, stopped()).await?;
+    crate::leader::run(client.clone(), election, lead, stopped()).await?;
     ready.store(false, Ordering::SeqCst);
+    if let Some(error) = failed.lock().ok().and_then(|mut f| f.take()) {
+        return Err(error);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -151,6 +151,19 @@ impl Error {
 
 impl Context {
     pub fn new(client: Client, store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Arc<Context> {
+        Self::with_metrics(client, store, clock, config, Arc::new(crate::metrics::Metrics::new()))
+    }
+
+    /// A context reporting into `metrics`, which outlive it: `idsync run`
+    /// serves one registry while leadership (and with it the context and the
+    /// store) comes and goes.
+    pub fn with_metrics(
+        client: Client,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: Config,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Context> {
         Arc::new(Context {
             recorder: Recorder::new(client.clone(), CONTROLLER_NAME, config.identity.clone()),
             undecodable: undecodable::Reporter::new(
@@ -162,7 +175,7 @@ impl Context {
             store,
             clock,
             config,
-            metrics: Arc::new(crate::metrics::Metrics::new()),
+            metrics,
             profile_locks: Default::default(),
             compiled: Default::default(),
             processing: Default::default(),

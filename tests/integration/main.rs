@@ -4,6 +4,7 @@
 mod common;
 
 mod cel_limits;
+mod chart;
 mod connection_inputs;
 mod crds;
 mod dev_command;

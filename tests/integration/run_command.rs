@@ -52,7 +52,7 @@ async fn idsync_run_leads_syncs_serves_metrics_and_stops_on_sigterm() {
 
     let (status, metrics) = http_get(port, "/metrics").await.expect("metrics");
     assert_eq!(status, 200);
-    assert!(metrics.contains("idsync_leader 1"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "idsync_leader 1"), "{metrics}");
     assert!(
         metrics.contains(r#"idsync_accounts_changed_total{connection="default/acme-hr",kind="created"} 36"#),
         "{metrics}"
@@ -81,4 +81,57 @@ async fn idsync_run_leads_syncs_serves_metrics_and_stops_on_sigterm() {
         .kubectl_ok(&["-n", "kube-system", "get", "lease", "idsync-leader", "-o", "jsonpath={.spec.holderIdentity}"])
         .await;
     assert!(released.is_empty(), "the leader Lease was not released: {released}");
+}
+
+/// With `replicas: 2`, the standby waits for the leader Lease without
+/// opening the store the leader writes (not even to migrate it); it opens
+/// it once it leads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_never_opens_the_store_before_it_leads() {
+    let h = Harness::start().await;
+    idsync::dev::install_crds(&h.client).await.expect("CRDs");
+    let now = jiff::Timestamp::now();
+    let lease = serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "idsync-leader", "namespace": "kube-system"},
+        "spec": {"holderIdentity": "the-other-replica", "leaseDurationSeconds": 3600,
+                 "acquireTime": now.to_string(), "renewTime": now.to_string()}
+    });
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(h.client.clone(), "kube-system");
+    leases
+        .create(&Default::default(), &serde_json::from_value(lease).expect("lease"))
+        .await
+        .expect("the other replica's lease");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let data = tempfile::tempdir().expect("data dir");
+    let store = data.path().join("idsync.db");
+    let mut standby = Command::new(env!("CARGO_BIN_EXE_idsync"))
+        .args(["run", "--data-dir"])
+        .arg(data.path())
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .env("KUBECONFIG", h.kubeconfig())
+        .env("POD_NAMESPACE", "kube-system")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("idsync run starts");
+
+    let metrics = eventually(Duration::from_secs(20), || async {
+        http_get(port, "/metrics").await.filter(|(_, body)| body.lines().any(|l| l == "idsync_leader 0"))
+    })
+    .await;
+    assert!(metrics.is_some(), "the standby serves metrics and says it does not lead");
+    // It has tried for the Lease at least once by now (it retries every few seconds).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!store.exists(), "the standby opened the store");
+
+    leases.delete("idsync-leader", &Default::default()).await.expect("the other replica goes");
+    let leading = eventually(Duration::from_secs(30), || async {
+        http_get(port, "/metrics").await.filter(|(_, body)| body.lines().any(|l| l == "idsync_leader 1"))
+    })
+    .await;
+    assert!(leading.is_some(), "the standby takes over");
+    assert!(store.exists(), "the new leader opened the store");
+    let _ = standby.kill();
+    let _ = standby.wait();
 }

@@ -1,0 +1,53 @@
+//! The Helm chart as `helm` renders it (the helm binary `scripts/test`
+//! installs): it lints strictly, keeps the store's claim on uninstall, can
+//! reuse an existing claim, and runs exactly one pod.
+
+use crate::common;
+
+use std::process::Command;
+
+fn helm(args: &[&str]) -> String {
+    let out = Command::new(common::tool("kubectl-v35/helm")).args(args).output().expect("helm runs");
+    assert!(out.status.success(), "helm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The rendered documents as JSON.
+fn render(extra: &[&str]) -> Vec<serde_json::Value> {
+    let chart = common::repo("charts/idsync").display().to_string();
+    let mut args = vec!["template", "store-test", chart.as_str()];
+    args.extend_from_slice(extra);
+    helm(&args)
+        .split("\n---")
+        .filter_map(|doc| yaml_serde::from_str::<serde_json::Value>(doc).ok())
+        .filter(|doc| doc.is_object())
+        .collect()
+}
+
+fn of_kind<'a>(docs: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+#[test]
+fn the_chart_keeps_the_store_and_runs_one_pod() {
+    let chart = common::repo("charts/idsync").display().to_string();
+    helm(&["lint", "--strict", &chart]);
+
+    let docs = render(&[]);
+    let claims = of_kind(&docs, "PersistentVolumeClaim");
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0]["metadata"]["annotations"]["helm.sh/resource-policy"], "keep", "kept on uninstall");
+    let deployment = of_kind(&docs, "Deployment")[0];
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    let volume = &deployment["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"];
+    assert_eq!(volume, "store-test-store");
+
+    let reused = render(&["--set", "store.existingClaim=idsync-store-2025"]);
+    assert!(of_kind(&reused, "PersistentVolumeClaim").is_empty(), "no new claim");
+    let deployment = of_kind(&reused, "Deployment")[0];
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "idsync-store-2025"
+    );
+}
