@@ -1,6 +1,7 @@
 //! The Helm chart as `helm` renders it (the helm binary `scripts/test`
 //! installs): it lints strictly, keeps the store's claim on uninstall, can
-//! reuse an existing claim, and runs exactly one pod.
+//! reuse an existing claim, runs exactly one pod, and meets Pod Security
+//! "restricted".
 
 use crate::common;
 
@@ -29,7 +30,7 @@ fn of_kind<'a>(docs: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json:
 }
 
 #[test]
-fn the_chart_keeps_the_store_and_runs_one_pod() {
+fn the_chart_keeps_the_store_runs_one_restricted_pod() {
     let chart = common::repo("charts/idsync").display().to_string();
     helm(&["lint", "--strict", &chart]);
 
@@ -40,6 +41,17 @@ fn the_chart_keeps_the_store_and_runs_one_pod() {
     let deployment = of_kind(&docs, "Deployment")[0];
     assert_eq!(deployment["spec"]["replicas"], 1);
     assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    // Pod Security "restricted", field by field.
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert!(pod["securityContext"]["runAsUser"].as_u64().is_some_and(|uid| uid > 0), "a numeric non-root user");
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    for container in pod["containers"].as_array().expect("containers") {
+        let context = &container["securityContext"];
+        assert_eq!(context["allowPrivilegeEscalation"], false);
+        assert_eq!(context["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        assert_eq!(context["readOnlyRootFilesystem"], true);
+    }
     let volume = &deployment["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"];
     assert_eq!(volume, "store-test-store");
 
