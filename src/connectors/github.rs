@@ -930,29 +930,9 @@ fn forbidden(request: &Request, answer: &BufferedResponse, secrets: &[String]) -
 /// Replaces a quoted GitHub error body (`{"message": …}`) in an error from
 /// the HttpClient by its message.
 fn explain(error: ConnectorError) -> ConnectorError {
-    fn rewrite(message: String) -> String {
-        let Some(at) = message.find(": {") else { return message };
-        match serde_json::from_str::<Value>(&message[at + 2..]) {
-            Ok(body) => match body.get("message").and_then(Value::as_str) {
-                Some(said) => format!("{}: {}", &message[..at], truncate(said, 300)),
-                None => message,
-            },
-            Err(_) => message,
-        }
-    }
-    match error {
-        ConnectorError::Http { page, status, message } => {
-            ConnectorError::Http { page, status, message: rewrite(message) }
-        }
-        ConnectorError::Unauthorized { message } => {
-            const HINT: &str = " (check the credentials)";
-            match message.strip_suffix(HINT) {
-                Some(message) => ConnectorError::Unauthorized { message: rewrite(message.to_string()) + HINT },
-                None => ConnectorError::Unauthorized { message: rewrite(message) },
-            }
-        }
-        other => other,
-    }
+    super::http::summarize_quoted_body(error, |body| {
+        body.get("message").and_then(Value::as_str).map(|said| truncate(said, 300))
+    })
 }
 
 fn parse_json(body: &[u8], what: &str, page: Option<u64>) -> Result<Value, ConnectorError> {

@@ -612,7 +612,7 @@ impl HttpClient {
         let http = |message: String| ConnectorError::Http { page, status: status.as_u16(), message };
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                Attempt::Fail(ConnectorError::Unauthorized { message: format!("{message} (check the credentials)") })
+                Attempt::Fail(ConnectorError::Unauthorized { message: format!("{message}{CREDENTIALS_HINT}") })
             }
             StatusCode::PAYMENT_REQUIRED => Attempt::Fail(ConnectorError::SubscriptionLapsed {
                 message: format!("{message} (check the source's licence or subscription)"),
@@ -733,6 +733,37 @@ fn quote_body(body: &[u8], secrets: &[String]) -> String {
     }
     // Cutting may have split a secret; redact what is left of the cut too.
     redact(&quote, secrets)
+}
+
+/// What the client appends to a 401/403's message.
+pub const CREDENTIALS_HINT: &str = " (check the credentials)";
+
+/// Replaces the JSON error body the client quoted in an HTTP or
+/// Unauthorized error (`… answered HTTP 401 Unauthorized: {…}`) by what
+/// `summary` makes of it: the vendor's own words instead of raw JSON. A body
+/// cut short, or one `summary` has nothing to say about, stays as quoted.
+pub fn summarize_quoted_body(
+    error: ConnectorError,
+    summary: impl Fn(&serde_json::Value) -> Option<String>,
+) -> ConnectorError {
+    let rewrite = |message: String| -> String {
+        let Some(at) = message.find(": {") else { return message };
+        let Ok(body) = serde_json::from_str::<serde_json::Value>(&message[at + 2..]) else { return message };
+        match summary(&body) {
+            Some(said) => format!("{}: {said}", &message[..at]),
+            None => message,
+        }
+    };
+    match error {
+        ConnectorError::Http { page, status, message } => {
+            ConnectorError::Http { page, status, message: rewrite(message) }
+        }
+        ConnectorError::Unauthorized { message } => match message.strip_suffix(CREDENTIALS_HINT) {
+            Some(message) => ConnectorError::Unauthorized { message: rewrite(message.to_string()) + CREDENTIALS_HINT },
+            None => ConnectorError::Unauthorized { message: rewrite(message) },
+        },
+        other => other,
+    }
 }
 
 /// `Retry-After`: delta-seconds or an HTTP-date (a date in the past: no wait).

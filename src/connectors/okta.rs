@@ -660,7 +660,7 @@ async fn fetch_token(
         // the app's settings, not something a retry fixes.
         Err(ConnectorError::Http { status: 400, message, .. }) => return Err(refused(&message)),
         Err(ConnectorError::Unauthorized { message }) => {
-            return Err(refused(message.strip_suffix(" (check the credentials)").unwrap_or(&message)));
+            return Err(refused(message.strip_suffix(super::http::CREDENTIALS_HINT).unwrap_or(&message)));
         }
         Err(e) => return Err(e),
     };
@@ -871,31 +871,7 @@ pub fn okta_error_summary(body: &Value) -> Option<String> {
 
 /// Replaces a quoted Okta error body in an HTTP error with its summary.
 fn explain_okta_error(error: ConnectorError) -> ConnectorError {
-    fn rewrite(message: String) -> String {
-        let Some(at) = message.find(": {") else { return message };
-        let Ok(body) = serde_json::from_str::<Value>(&message[at + 2..]) else { return message };
-        match okta_error_summary(&body) {
-            Some(summary) => format!("{}: {summary}", &message[..at]),
-            None => message,
-        }
-    }
-    match error {
-        ConnectorError::Http { page, status, message } => {
-            ConnectorError::Http { page, status, message: rewrite(message) }
-        }
-        ConnectorError::Unauthorized { message } => {
-            // The HttpClient appends a hint after the quoted body.
-            const HINT: &str = " (check the credentials)";
-            match message.strip_suffix(HINT) {
-                Some(message) => ConnectorError::Unauthorized { message: rewrite(message.to_string()) + HINT },
-                None => ConnectorError::Unauthorized { message: rewrite(message) },
-            }
-        }
-        ConnectorError::SubscriptionLapsed { message } => {
-            ConnectorError::SubscriptionLapsed { message: rewrite(message) }
-        }
-        other => other,
-    }
+    super::http::summarize_quoted_body(error, okta_error_summary)
 }
 
 #[cfg(test)]

@@ -843,33 +843,7 @@ pub fn scim_error_summary(body: &Value) -> Option<String> {
 /// Replaces the quoted SCIM error body of an HTTP error (the HttpClient
 /// quotes the start of an error body, secrets redacted) by its summary.
 fn explain_scim_error(error: ConnectorError) -> ConnectorError {
-    fn rewrite(message: String) -> String {
-        let Some(at) = message.find(": {") else {
-            return message;
-        };
-        let Ok(body) = serde_json::from_str::<Value>(&message[at + 2..]) else {
-            // A body cut short: look for the schema at least.
-            return message;
-        };
-        match scim_error_summary(&body) {
-            Some(summary) => format!("{}: {summary}", &message[..at]),
-            None => message,
-        }
-    }
-    match error {
-        ConnectorError::Http { page, status, message } => {
-            ConnectorError::Http { page, status, message: rewrite(message) }
-        }
-        ConnectorError::Unauthorized { message } => {
-            // The HttpClient appends a hint after the quoted body.
-            const HINT: &str = " (check the credentials)";
-            match message.strip_suffix(HINT) {
-                Some(message) => ConnectorError::Unauthorized { message: rewrite(message.to_string()) + HINT },
-                None => ConnectorError::Unauthorized { message: rewrite(message) },
-            }
-        }
-        other => other,
-    }
+    super::http::summarize_quoted_body(error, scim_error_summary)
 }
 
 #[cfg(test)]
