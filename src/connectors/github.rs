@@ -287,15 +287,7 @@ impl GitHubConnector {
 
     /// `<api>/<segments…>`, each segment escaped.
     fn endpoint(&self, segments: &[&str]) -> Result<Url, ConnectorError> {
-        let mut url = self.api.clone();
-        url.path_segments_mut()
-            .map_err(|()| ConnectorError::Config {
-                field: FIELD_API_URL.to_string(),
-                message: "cannot be a base for API URLs".to_string(),
-            })?
-            .pop_if_empty()
-            .extend(segments);
-        Ok(url)
+        api_endpoint(&self.api, segments)
     }
 
     /// A listing's first page: `<api>/<segments…>?per_page=N&<query…>`.
@@ -330,14 +322,9 @@ impl GitHubConnector {
             return request.bearer_auth(token);
         }
         let jwt = credentials.jwt(now)?;
-        let mut url = self.api.clone();
-        url.path_segments_mut()
-            .map_err(|()| ConnectorError::Config {
-                field: FIELD_API_URL.to_string(),
-                message: "cannot be a base for API URLs".to_string(),
-            })?
-            .pop_if_empty()
-            .extend(["app", "installations", credentials.installation_id.as_str(), "access_tokens"]);
+        // `self.api`, not `self.endpoint`: `self.auth` is borrowed here.
+        let url =
+            api_endpoint(&self.api, &["app", "installations", credentials.installation_id.as_str(), "access_tokens"])?;
         let exchange = Self::headers(Request::post(url)).bearer_auth(&jwt)?;
         let answer = match self.client.send_buffered(&exchange, None).await {
             Ok(answer) => answer,
@@ -925,6 +912,19 @@ fn forbidden(request: &Request, answer: &BufferedResponse, secrets: &[String]) -
         text.push_str(&message);
     }
     ConnectorError::Unauthorized { message: format!("{text} (check the credentials' permissions)") }
+}
+
+/// `<api>/<segments…>`, each segment escaped.
+fn api_endpoint(api: &Url, segments: &[&str]) -> Result<Url, ConnectorError> {
+    let mut url = api.clone();
+    url.path_segments_mut()
+        .map_err(|()| ConnectorError::Config {
+            field: FIELD_API_URL.to_string(),
+            message: "cannot be a base for API URLs".to_string(),
+        })?
+        .pop_if_empty()
+        .extend(segments);
+    Ok(url)
 }
 
 /// Replaces a quoted GitHub error body (`{"message": …}`) in an error from
