@@ -164,12 +164,10 @@ impl Context {
         config: Config,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Context> {
+        let recorder = Recorder::new(client.clone(), CONTROLLER_NAME, config.identity.clone());
         Arc::new(Context {
-            recorder: Recorder::new(client.clone(), CONTROLLER_NAME, config.identity.clone()),
-            undecodable: undecodable::Reporter::new(
-                client.clone(),
-                Recorder::new(client.clone(), CONTROLLER_NAME, config.identity.clone()),
-            ),
+            undecodable: undecodable::Reporter::new(client.clone(), recorder.clone()),
+            recorder,
             runner: Arc::new(Runner::new(config.max_concurrent_syncs)),
             client,
             store,

@@ -21,7 +21,7 @@ pub fn table(
     rt: &ResourceType,
     objects: &[Value],
     include: IncludeObject,
-    metadata: Value,
+    metadata: &Value,
     now: Timestamp,
 ) -> Option<Value> {
     let (columns, cells): (&[Column], Cells) = match (rt.group.as_str(), rt.kind.as_str()) {
@@ -67,7 +67,7 @@ pub fn table(
             Value::Object(row)
         })
         .collect();
-    let metadata = if metadata.is_object() { metadata } else { json!({}) };
+    let metadata = if metadata.is_object() { metadata.clone() } else { json!({}) };
     Some(json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata,
                 "columnDefinitions": definitions, "rows": rows}))
 }
@@ -161,7 +161,7 @@ mod tests {
         };
         let objects =
             [event("b", "2026-11-29T09:59:00Z", "SyncSucceeded"), event("a", "2026-11-29T09:58:00Z", "SyncStarted")];
-        let table = table(&rt("", "events"), &objects, IncludeObject::None, json!({}), now).expect("a table");
+        let table = table(&rt("", "events"), &objects, IncludeObject::None, &json!({}), now).expect("a table");
         let names: Vec<&str> =
             table["columnDefinitions"].as_array().expect("columns").iter().filter_map(|c| c["name"].as_str()).collect();
         assert_eq!(names, ["Last Seen", "Type", "Reason", "Object", "Message", "Name"]);
@@ -186,25 +186,26 @@ mod tests {
         let secret =
             json!({"metadata": {"name": "t", "creationTimestamp": at}, "type": "Opaque", "data": {"a": "", "b": ""}});
         assert_eq!(
-            cells(&table(&rt("", "secrets"), &[secret], IncludeObject::None, json!({}), now).expect("t"))[0],
+            cells(&table(&rt("", "secrets"), &[secret], IncludeObject::None, &json!({}), now).expect("t"))[0],
             [json!("t"), json!("Opaque"), json!(2), json!("60m")]
         );
         let map =
             json!({"metadata": {"name": "m", "creationTimestamp": at}, "data": {"a": "1"}, "binaryData": {"b": ""}});
         assert_eq!(
-            cells(&table(&rt("", "configmaps"), &[map], IncludeObject::None, json!({}), now).expect("t"))[0][1],
+            cells(&table(&rt("", "configmaps"), &[map], IncludeObject::None, &json!({}), now).expect("t"))[0][1],
             2
         );
         let ns = json!({"metadata": {"name": "people", "creationTimestamp": at}, "status": {"phase": "Active"}});
         assert_eq!(
-            cells(&table(&rt("", "namespaces"), &[ns], IncludeObject::None, json!({}), now).expect("t"))[0][1],
+            cells(&table(&rt("", "namespaces"), &[ns], IncludeObject::None, &json!({}), now).expect("t"))[0][1],
             "Active"
         );
         let lease =
             json!({"metadata": {"name": "l", "creationTimestamp": at}, "spec": {"holderIdentity": "operator-a"}});
         assert_eq!(
             cells(
-                &table(&rt("coordination.k8s.io", "leases"), &[lease], IncludeObject::None, json!({}), now).expect("t")
+                &table(&rt("coordination.k8s.io", "leases"), &[lease], IncludeObject::None, &json!({}), now)
+                    .expect("t")
             )[0][1],
             "operator-a"
         );

@@ -86,7 +86,7 @@ pub fn for_resource(
     list_metadata: Value,
     now: jiff::Timestamp,
 ) -> Value {
-    match super::builtin_tables::table(rt, objects, include, list_metadata.clone(), now) {
+    match super::builtin_tables::table(rt, objects, include, &list_metadata, now) {
         Some(table) => table,
         None => build(&rt.columns, objects, include, list_metadata, now),
     }
