@@ -79,7 +79,19 @@ fn every_crd_has_status_columns_short_names_and_the_idsync_category() {
         ),
         (
             "ResyncRequest",
-            vec!["Target", "Scope", "Mode", "Dry Run", "Phase", "Reason", "Message", "Started", "Completed", "Age"],
+            vec![
+                "Target",
+                "Scope",
+                "Mode",
+                "Dry Run",
+                "Phase",
+                "Requested By",
+                "Reason",
+                "Message",
+                "Started",
+                "Completed",
+                "Age",
+            ],
         ),
         (
             "IdentityProfile",

@@ -30,6 +30,7 @@ use super::crdgen::add_rule;
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
     printcolumn(name = "Dry Run", type_ = "boolean", json_path = ".spec.dryRun"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Requested By", type_ = "string", json_path = ".spec.requestedBy", priority = 1),
     printcolumn(
         name = "Reason",
         type_ = "string",
@@ -77,6 +78,23 @@ pub struct ResyncRequestSpec {
     #[serde(default)]
     pub confirm_deletes: bool,
 
+    /// Apply the pending spec changes of the named Manual profiles (scope
+    /// Identities, target.profiles, no identities). Without it a request
+    /// processes a Manual profile with the mappings it has applied. Like
+    /// `confirmDeletes`, an admin's action: the chart's admission policy
+    /// refuses it from users without the `confirm` verb.
+    #[serde(default)]
+    pub apply_pending_changes: bool,
+
+    /// The user who asked, as the API server knows them (`kubectl auth
+    /// whoami`). The chart's admission policy refuses a value other than
+    /// the creating user's name, and requires it with `confirmDeletes` or
+    /// `applyPendingChanges`; it is shown in status, Events and
+    /// notifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub requested_by: Option<String>,
+
     /// What to do for a target that is already syncing.
     #[serde(default)]
     pub concurrency_policy: ConcurrencyPolicy,
@@ -110,6 +128,12 @@ fn resync_spec_rules(schema: &mut schemars::Schema) {
         "!self.confirmDeletes || has(self.target.connections)",
         "confirmDeletes needs target.connections: name the connections whose deletions you confirm",
         Some(".confirmDeletes"),
+    );
+    add_rule(
+        schema,
+        "!self.applyPendingChanges || (has(self.target.profiles) && self.scope == 'Identities' && (!has(self.identities) || size(self.identities) == 0))",
+        "applyPendingChanges needs target.profiles, scope Identities and no identities: a profile's changes apply to all its identities at once",
+        Some(".applyPendingChanges"),
     );
     add_rule(
         schema,
