@@ -254,9 +254,10 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
                         FALSE,
                         "Running",
                         &format!(
-                            "syncing {} connection(s), processing {} profile(s)",
+                            "syncing {} connection(s), processing {} profile(s){}",
                             work.connections.len(),
-                            work.profiles.len()
+                            work.profiles.len(),
+                            requested_by(&request.spec)
                         ),
                         generation,
                         stamp.clone(),
@@ -520,13 +521,22 @@ async fn announce_completion(ctx: &Arc<Context>, request: &ResyncRequest) {
     {
         return;
     }
-    let message = completion_note(complete.map(|c| c.message.as_str()).unwrap_or_default(), status);
+    let summary =
+        format!("{}{}", complete.map(|c| c.message.as_str()).unwrap_or_default(), requested_by(&request.spec));
+    let message = completion_note(&summary, status);
     let (warning, reason) = match phase {
         Phase::Succeeded => (false, "ResyncSucceeded"),
         Phase::PartiallyFailed => (true, "ResyncPartiallyFailed"),
         _ => (true, "ResyncFailed"),
     };
     events::publish(&ctx.recorder, &request.object_ref(&()), warning, reason, message).await;
+}
+
+/// `, requested by alice` when the request names who asked (the chart's
+/// admission policy checks it is the creating user), for condition messages
+/// and Events.
+fn requested_by(spec: &idsync_api::ResyncRequestSpec) -> String {
+    spec.requested_by.as_deref().map(|user| format!(", requested by {user}")).unwrap_or_default()
 }
 
 /// The completion Event's note: the summary, then what each target and
@@ -634,16 +644,17 @@ async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_na
         profile::blocking(ctx, move |store| store.profile_state(&p)).await?
     };
     let named = !spec.identities.is_empty();
-    // Which mappings: the spec as it is (dry runs, applying), or what a
-    // Manual profile has applied. Only a request naming the profile itself
-    // and no identities applies pending changes; one that reaches it through
-    // its connections (AccountsAndIdentities) processes as the profile would.
-    let names_profile = spec.target.profiles.is_some();
+    // Which mappings: the spec as it is (dry runs, and a request that
+    // applies pending changes), or what a Manual profile has applied.
+    // Applying is explicit (`applyPendingChanges`, an admin's action under
+    // the chart's admission policy): any other request, even one naming the
+    // profile, processes it as the profile itself would.
+    let applying = spec.apply_pending_changes && !named;
     let applied = match profile::applied_mappings(&profile, state.applied_spec.as_deref(), state.applied_generation) {
         Ok(applied) => applied,
         // Previewing or applying the current spec does not need the applied
         // one, and applying records it again: the way out of this error.
-        Err(_) if spec.dry_run || (names_profile && !named) => None,
+        Err(_) if spec.dry_run || applying => None,
         Err(error) => {
             let written = finish(TargetPhase::Failed, error.to_string(), None).await?;
             if let Some(written) = written {
@@ -652,10 +663,12 @@ async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_na
             return Ok(());
         }
     };
-    let use_applied = profile.spec.apply_policy == ApplyPolicy::Manual
-        && applied.is_some()
-        && !spec.dry_run
-        && (named || !names_profile);
+    let use_applied =
+        profile.spec.apply_policy == ApplyPolicy::Manual && applied.is_some() && !spec.dry_run && !applying;
+    // Said in the result, so a requester learns why the change did not land.
+    let left_pending = use_applied
+        && state.applied_generation != profile.metadata.generation
+        && applied.as_ref().map(process::mapping_hash) != Some(process::mapping_hash(&profile.spec));
     let mappings = match (&applied, use_applied) {
         (Some(applied), true) => applied.clone(),
         _ => profile.spec.clone(),
@@ -702,7 +715,13 @@ async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_na
     };
     let result = profile::execute(ctx, &profile, job).await;
     let phase = if result.run.outcome == RunOutcome::Failed { TargetPhase::Failed } else { TargetPhase::Succeeded };
-    let note = profile::run_note(&result.run);
+    let mut note = profile::run_note(&result.run);
+    if left_pending {
+        note.push_str(&format!(
+            "; processed with the applied mappings (generation {}): the pending changes apply with applyPendingChanges",
+            state.applied_generation.unwrap_or_default()
+        ));
+    }
     events::publish_as(
         &ctx.recorder,
         &request.object_ref(&()),

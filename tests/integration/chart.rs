@@ -15,8 +15,12 @@ fn helm(args: &[&str]) -> String {
 
 /// The rendered documents as JSON.
 fn render(extra: &[&str]) -> Vec<serde_json::Value> {
+    render_release("store-test", extra)
+}
+
+fn render_release(release: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let chart = common::repo("charts/idsync").display().to_string();
-    let mut args = vec!["template", "store-test", chart.as_str()];
+    let mut args = vec!["template", release, chart.as_str()];
     args.extend_from_slice(extra);
     helm(&args)
         .split("\n---")
@@ -53,7 +57,7 @@ fn the_chart_keeps_the_store_runs_one_restricted_pod() {
         assert_eq!(context["readOnlyRootFilesystem"], true);
     }
     let volume = &deployment["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"];
-    assert_eq!(volume, "store-test-store");
+    assert_eq!(volume, "store-test-idsync-store", "release-prefixed");
 
     let reused = render(&["--set", "store.existingClaim=idsync-store-2025"]);
     assert!(of_kind(&reused, "PersistentVolumeClaim").is_empty(), "no new claim");
@@ -61,5 +65,46 @@ fn the_chart_keeps_the_store_runs_one_restricted_pod() {
     assert_eq!(
         deployment["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
         "idsync-store-2025"
+    );
+}
+
+/// The access objects (roles, admission policy) `idsync dev` applies are the
+/// chart's, field by field; names carry the release's prefix, so a release
+/// called `admin` makes no ClusterRole `admin`; the admin role is never
+/// aggregated; switching the parts off drops them.
+#[test]
+fn the_charts_roles_and_admission_policy_are_idsyncs_own() {
+    let docs = render_release("idsync", &[]);
+    let ours =
+        idsync_api::access::roles("idsync", true).into_iter().chain(idsync_api::access::admission_policy("idsync"));
+    for expected in ours {
+        let name = expected["metadata"]["name"].as_str().expect("a name");
+        let rendered = docs
+            .iter()
+            .find(|d| d["kind"] == expected["kind"] && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("the chart renders no {} {name}", expected["kind"]));
+        let field = if expected["kind"] == "ClusterRole" { "rules" } else { "spec" };
+        assert_eq!(rendered[field], expected[field], "{name}: {field}");
+        let aggregation = |doc: &serde_json::Value| -> Vec<(String, serde_json::Value)> {
+            let labels = doc["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+            labels.into_iter().filter(|(k, _)| k.starts_with("rbac.authorization.k8s.io/")).collect()
+        };
+        assert_eq!(aggregation(rendered), aggregation(&expected), "{name}: aggregation labels");
+    }
+
+    let admin = render_release("admin", &[]);
+    let roles: Vec<&str> =
+        of_kind(&admin, "ClusterRole").iter().filter_map(|r| r["metadata"]["name"].as_str()).collect();
+    assert_eq!(roles, ["admin-idsync-viewer", "admin-idsync-requester", "admin-idsync-admin", "admin-idsync"]);
+
+    let off = render(&["--set", "accessControl.roles=false", "--set", "accessControl.admissionPolicy=false"]);
+    assert_eq!(of_kind(&off, "ClusterRole").len(), 1, "only the operator's own");
+    assert!(of_kind(&off, "ValidatingAdmissionPolicy").is_empty());
+    let unaggregated = render(&["--set", "accessControl.aggregateToDefaultRoles=false"]);
+    assert!(
+        of_kind(&unaggregated, "ClusterRole").iter().all(|r| r["metadata"]["labels"]
+            .as_object()
+            .is_none_or(|l| l.keys().all(|k| !k.starts_with("rbac.authorization.k8s.io/")))),
+        "no aggregation labels"
     );
 }

@@ -391,8 +391,22 @@ async fn manual_apply_policy_waits_previews_and_applies() {
     assert_eq!(entry.processed, 1);
     assert!(entry.message.contains("no such identities: E404"), "{}", entry.message);
 
+    // Naming the profile alone does not apply its pending changes: that
+    // takes applyPendingChanges (an admin's action). It processes with the
+    // applied mappings, and says how to apply.
+    let again = env.request(ResyncRequest::test("again").profiles(["employees"])).await;
+    let entry = &again.status.expect("status").profiles[0];
+    assert_eq!((entry.phase, entry.processed), (TargetPhase::Succeeded, 4));
+    assert!(entry.message.contains("the pending changes apply with applyPendingChanges"), "{}", entry.message);
+    assert!(env.identities("employees").iter().all(|i| i.attributes["title"] == json!("Engineer")), "not applied");
+    let profile =
+        env.profile_until("still pending", |p| condition(p, "ChangesPending").is_some_and(|c| c.0 == "True")).await;
+    assert_eq!(profile.status.as_ref().and_then(|s| s.applied_generation), Some(1));
+
     // Applying.
-    let apply = env.request(ResyncRequest::test("apply").profiles(["employees"])).await;
+    let apply = env
+        .request(ResyncRequest::test("apply").profiles(["employees"]).apply_pending_changes().requested_by("admin"))
+        .await;
     assert_eq!(apply.status.and_then(|s| s.phase), Some(Phase::Succeeded));
     let profile = env
         .profile_until("applied generation 2", |p| {

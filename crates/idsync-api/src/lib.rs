@@ -10,6 +10,7 @@
 //! zone names, the CEL expressions of identity profiles, Secrets that exist —
 //! the controllers report as a `Stalled` condition naming the field.
 
+pub mod access;
 pub mod common;
 pub mod conditions;
 pub mod connection;
