@@ -108,3 +108,47 @@ fn the_charts_roles_and_admission_policy_are_idsyncs_own() {
         "no aggregation labels"
     );
 }
+
+/// Mistyped or unknown values fail `helm template` (and so `helm install`)
+/// with the schema's message instead of rendering something else; the
+/// scheduling and extra settings land where they belong.
+#[test]
+fn the_values_schema_refuses_typos_and_the_extras_render() {
+    let chart = common::repo("charts/idsync").display().to_string();
+    for (set, says) in [
+        ("storage.size=5Gi", "additional properties 'storage' not allowed"),
+        ("logFormat=xml", "value must be one of 'json', 'text'"),
+        ("accessControl.role=false", "additional properties 'role' not allowed"),
+        ("image.pullPolicy=Sometimes", "value must be one of"),
+    ] {
+        let out = Command::new(common::tool("kubectl-v35/helm"))
+            .args(["template", "t", chart.as_str(), "--set", set])
+            .output()
+            .expect("helm runs");
+        assert!(!out.status.success(), "{set} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{set}: {stderr}");
+    }
+
+    let docs = render(&[
+        "--set",
+        "nodeSelector.disk=ssd",
+        "--set",
+        "tolerations[0].key=dedicated",
+        "--set",
+        "extraArgs[0]=--max-concurrent-syncs=8",
+        "--set",
+        "extraEnv[0].name=HTTPS_PROXY",
+        "--set",
+        "extraEnv[0].value=http://proxy:3128",
+        "--set",
+        "podAnnotations.team=iam",
+    ]);
+    let pod = &of_kind(&docs, "Deployment")[0]["spec"]["template"];
+    assert_eq!(pod["metadata"]["annotations"]["team"], "iam");
+    assert_eq!(pod["spec"]["nodeSelector"]["disk"], "ssd");
+    assert_eq!(pod["spec"]["tolerations"][0]["key"], "dedicated");
+    let container = &pod["spec"]["containers"][0];
+    assert!(container["args"].as_array().expect("args").contains(&serde_json::json!("--max-concurrent-syncs=8")));
+    assert!(container["env"].as_array().expect("env").iter().any(|e| e["name"] == "HTTPS_PROXY"));
+}
