@@ -152,3 +152,51 @@ fn the_values_schema_refuses_typos_and_the_extras_render() {
     assert!(container["args"].as_array().expect("args").contains(&serde_json::json!("--max-concurrent-syncs=8")));
     assert!(container["env"].as_array().expect("env").iter().any(|e| e["name"] == "HTTPS_PROXY"));
 }
+
+/// Every object the chart renders (CRDs included), with default and with
+/// every optional value set, is valid for each supported Kubernetes
+/// version, strictly (no unknown fields), as kubernetes-validate (installed
+/// by scripts/test) checks it against that version's schemas.
+#[test]
+fn the_rendered_chart_is_valid_for_kubernetes_1_33_to_1_35() {
+    let chart = common::repo("charts/idsync").display().to_string();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let variants: [&[&str]; 2] = [
+        &[],
+        &[
+            "--set",
+            "store.existingClaim=kept",
+            "--set",
+            "accessControl.aggregateToDefaultRoles=false",
+            "--set",
+            "nodeSelector.disk=ssd",
+            "--set",
+            "tolerations[0].key=dedicated",
+            "--set",
+            "tolerations[0].operator=Exists",
+            "--set",
+            "extraEnv[0].name=HTTPS_PROXY",
+            "--set",
+            "extraEnv[0].value=http://proxy:3128",
+        ],
+    ];
+    for (n, extra) in variants.iter().enumerate() {
+        let mut args = vec!["template", "idsync", chart.as_str(), "--include-crds"];
+        args.extend_from_slice(extra);
+        let rendered = helm(&args);
+        let objects = rendered.lines().filter(|l| l.starts_with("kind: ")).count();
+        let file = dir.path().join(format!("rendered-{n}.yaml"));
+        std::fs::write(&file, &rendered).expect("write the rendering");
+        for version in ["1.33.0", "1.34.0", "1.35.0"] {
+            let out = Command::new(common::tool("kvalidate-venv/bin/kubernetes-validate"))
+                .args(["--strict", "-k", version])
+                .arg(&file)
+                .output()
+                .expect("kubernetes-validate runs");
+            let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "variant {n}, Kubernetes {version}:\n{report}");
+            let passed = report.lines().filter(|l| l.contains(" passed for resource ")).count();
+            assert_eq!(passed, objects, "variant {n}, Kubernetes {version}: every object checked:\n{report}");
+        }
+    }
+}

@@ -89,7 +89,36 @@ pub fn file_name(crd: &CustomResourceDefinition) -> String {
 
 /// A CRD as the YAML document committed under `crds/`.
 pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, yaml_serde::Error> {
-    yaml_serde::to_string(crd)
+    let mut value = serde_json::to_value(crd).map_err(<yaml_serde::Error as serde::ser::Error>::custom)?;
+    whole_bounds(&mut value);
+    yaml_serde::to_string(&value)
+}
+
+/// Writes whole-number `minimum`/`maximum` bounds as integers. The API
+/// types hold them as float64, which YAML would print as
+/// `9.223372036854776e18`: a float to Go's YAML, but a string to YAML 1.1
+/// readers such as PyYAML (kubernetes-validate, Ansible), which then refuse
+/// the CRD. The integer is the same float64 to the API server.
+fn whole_bounds(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                let whole = match child.as_f64() {
+                    Some(n) if (key == "maximum" || key == "minimum") && n.fract() == 0.0 && !child.is_i64() => {
+                        // `as` saturates: 2^63 (i64::MAX rounded) becomes i64::MAX.
+                        Some(n as i64)
+                    }
+                    _ => None,
+                };
+                match whole {
+                    Some(n) => *child = serde_json::Value::from(n),
+                    None => whole_bounds(child),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(whole_bounds),
+        _ => {}
+    }
 }
 
 /// All CRDs as one multi-document YAML stream, as `idsync crds` prints it
