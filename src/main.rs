@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use idsync::cli::{Cli, Command, accounts, identities, manifests, operator, runs};
+use idsync::cli::{Cli, Command, accounts, identities, manifests, operator, runs, store};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         Command::Identities { command } => identities::run(command),
         Command::Runs { command } => runs::run(command),
         Command::Accounts { command } => accounts::run(command),
+        Command::Store { command } => store::run(command),
     };
     match result {
         Ok(code) => code,

@@ -14,6 +14,7 @@ pub mod manifests;
 pub mod operator;
 pub mod output;
 pub mod runs;
+pub mod store;
 
 use std::path::PathBuf;
 
@@ -103,6 +104,40 @@ pub enum Command {
     Accounts {
         #[command(subcommand)]
         command: AccountsCommand,
+    },
+    /// Back up the store (online, while idsync runs) or restore a backup
+    /// (while it does not).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum StoreCommand {
+    /// Copy the store to a file, consistent as of one commit, while idsync
+    /// runs. In a cluster: `kubectl exec deploy/idsync -- idsync store
+    /// backup --to - > idsync-backup.db`.
+    Backup {
+        /// The file to write (replaced if it exists); `-` writes the copy
+        /// to standard output.
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// The store's database file; default: idsync run's
+        /// (`$IDSYNC_DATA_DIR/idsync.db`, /var/lib/idsync/idsync.db).
+        #[arg(long, value_name = "FILE")]
+        store: Option<PathBuf>,
+    },
+    /// Replace the store with a backup, after checking it. idsync must not
+    /// be running on that store; the replaced store is kept as
+    /// `idsync.db.before-restore`.
+    Restore {
+        /// The backup to restore.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// The store's database file; default as for backup.
+        #[arg(long, value_name = "FILE")]
+        store: Option<PathBuf>,
     },
 }
 

@@ -28,10 +28,17 @@ fn init_tracing(json: bool) {
     }
 }
 
-/// Opens the store at `data_dir/idsync.db`, saying which file failed.
-fn open_store(data_dir: &std::path::Path) -> anyhow::Result<crate::store::SqliteStore> {
+/// Opens the store at `data_dir/idsync.db`, saying which file failed, and
+/// holds its lock: `idsync store restore` refuses to swap a store in use.
+fn open_store(
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(crate::store::SqliteStore, crate::store::backup::StoreLock)> {
     let path = data_dir.join("idsync.db");
-    crate::store::SqliteStore::open(&path).with_context(|| format!("cannot open the store {}", path.display()))
+    let lock = crate::store::backup::StoreLock::acquire(&path)
+        .with_context(|| format!("cannot open the store {}", path.display()))?;
+    let store =
+        crate::store::SqliteStore::open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
+    Ok((store, lock))
 }
 
 /// The run history's retention from `idsync run`'s flags (clap bounds them:
@@ -86,8 +93,9 @@ pub async fn run(
         let (client, config, metrics, data_dir, failed) =
             (client.clone(), config.clone(), metrics.clone(), data_dir.clone(), failed.clone());
         async move {
-            let store = match open_store(&data_dir) {
-                Ok(store) => store.with_retention(retention),
+            // The lock lives as long as this term of leadership.
+            let (store, _lock) = match open_store(&data_dir) {
+                Ok((store, lock)) => (store.with_retention(retention), lock),
                 Err(error) => {
                     tracing::error!(error = %format!("{error:#}"), "cannot open the store; giving up leadership");
                     if let Ok(mut failed) = failed.lock() {
@@ -154,7 +162,8 @@ pub async fn dev(
     let data_dir = data_dir.unwrap_or_else(|| temporary.clone());
     // The store opens before anything says "running": an unusable
     // --data-dir stops `idsync dev` with the reason.
-    let store: std::sync::Arc<dyn crate::store::Store> = std::sync::Arc::new(open_store(&data_dir)?);
+    let (store, _lock) = open_store(&data_dir)?;
+    let store: std::sync::Arc<dyn crate::store::Store> = std::sync::Arc::new(store);
     let ctx = crate::controller::Context::new(
         client.clone(),
         store,

@@ -350,7 +350,7 @@ pub fn open_store_file(path: Option<&Path>) -> anyhow::Result<(SqliteStore, Path
 /// Where `idsync run` keeps its store: `<data dir>/idsync.db`, the data dir
 /// from IDSYNC_DATA_DIR as for `run`, so that inside the operator's pod the
 /// default is right.
-fn default_store_path() -> PathBuf {
+pub fn default_store_path() -> PathBuf {
     std::env::var_os("IDSYNC_DATA_DIR")
         .filter(|dir| !dir.is_empty())
         .map(PathBuf::from)

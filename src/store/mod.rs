@@ -22,6 +22,7 @@ use crate::model::{
     ProfileRef, RunFinish, RunId, RunRecord,
 };
 
+pub mod backup;
 pub mod migrations;
 pub mod sqlite;
 

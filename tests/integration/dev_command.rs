@@ -95,6 +95,24 @@ fn idsync_dev_serves_the_examples_to_kubectl_and_stops_cleanly_on_ctrl_c() {
     }
     assert!(text.contains("idsync identities list --profile acme-employees --store "), "{text}");
 
+    // The running idsync holds its store: a backup works, online; a
+    // restore over it is refused.
+    let store = text
+        .split("--store ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the printed store path")
+        .to_string();
+    let backup = format!("{store}.test-backup");
+    let store_cmd =
+        |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_idsync")).args(args).output().expect("idsync runs");
+    let backed_up = store_cmd(&["store", "backup", "--store", &store, "--to", &backup]);
+    assert!(backed_up.status.success(), "{}", String::from_utf8_lossy(&backed_up.stderr));
+    let refused = store_cmd(&["store", "restore", "--store", &store, "--from", &backup]);
+    assert!(!refused.status.success(), "a restore under a running idsync");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is in use by a running idsync"));
+    let _ = std::fs::remove_file(&backup);
+
     let pid = dev.id().to_string();
     let signalled = Command::new("kill").args(["-INT", &pid]).status().expect("kill runs");
     assert!(signalled.success());

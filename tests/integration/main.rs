@@ -27,5 +27,6 @@ mod runs_cli;
 mod scim_server;
 mod short_reads;
 mod source_addresses;
+mod store_backup;
 mod sync_e2e;
 mod undecodable;

@@ -14,9 +14,9 @@ use idsync::sync::job::{self, SyncJob};
 use idsync_api::{Connection, SyncMode};
 use serde_json::Value;
 
-const HEADER: &str = "employee_id,display_name,work_email,status";
+pub(crate) const HEADER: &str = "employee_id,display_name,work_email,status";
 
-async fn sync(store: &Arc<dyn Store>, csv: &str, dry_run: bool) -> RunId {
+pub(crate) async fn sync(store: &Arc<dyn Store>, csv: &str, dry_run: bool) -> RunId {
     let spec = Connection::test("hr")
         .max_delete_percent(100)
         .id_column("employee_id")
@@ -47,7 +47,7 @@ async fn sync(store: &Arc<dyn Store>, csv: &str, dry_run: bool) -> RunId {
 
 /// The store after three syncs; returns it and the ids of the dry run and
 /// the applied run.
-async fn fixture() -> (tempfile::TempDir, PathBuf, RunId, RunId) {
+pub(crate) async fn fixture() -> (tempfile::TempDir, PathBuf, RunId, RunId) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("idsync.db");
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).expect("store"));

@@ -1,0 +1,60 @@
+//! `idsync store backup` and `idsync store restore`.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::StoreCommand;
+use super::output::default_store_path;
+use crate::store::backup;
+
+pub fn run(command: StoreCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        StoreCommand::Backup { to, store } => {
+            let store = store.unwrap_or_else(default_store_path);
+            if to == Path::new("-") {
+                return backup_to_stdout(&store);
+            }
+            let copied = backup::backup(&store, &to)?;
+            eprintln!(
+                "backed up {} to {} ({} bytes, schema version {})",
+                store.display(),
+                to.display(),
+                copied.bytes,
+                copied.schema_version
+            );
+        }
+        StoreCommand::Restore { from, store } => {
+            let store = store.unwrap_or_else(default_store_path);
+            let copied = backup::restore(&from, &store)?;
+            eprintln!(
+                "restored {} from {} ({} bytes, schema version {}); the replaced store is {}.before-restore",
+                store.display(),
+                from.display(),
+                copied.bytes,
+                copied.schema_version,
+                store.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The copy goes to a file beside the store first (the operator's image has
+/// a read-only root and no shell; its data folder is writable), then to
+/// standard output, so `kubectl exec … > file` takes a backup.
+fn backup_to_stdout(store: &Path) -> anyhow::Result<ExitCode> {
+    let mut name = store.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".backup-{}", std::process::id()));
+    let staged = store.with_file_name(name);
+    let result = backup::backup(store, &staged).map_err(anyhow::Error::from).and_then(|_| {
+        let mut file = std::fs::File::open(&staged).with_context(|| format!("cannot read {}", staged.display()))?;
+        let mut out = std::io::stdout().lock();
+        std::io::copy(&mut file, &mut out).context("cannot write the backup to standard output")?;
+        out.flush().context("cannot write the backup to standard output")
+    });
+    let _ = std::fs::remove_file(&staged);
+    result.map(|()| ExitCode::SUCCESS)
+}
