@@ -1,10 +1,15 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-use idsync::cli::{Cli, Command, accounts, identities, manifests, operator, runs, store};
+use clap::{CommandFactory, FromArgMatches};
+use idsync::cli::{Cli, Command, accounts, identities, manifests, operator, plugin, runs, store};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let bin_name = idsync::cli::bin_name(std::env::args_os().next().as_deref());
+    let matches = Cli::command().bin_name(bin_name).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     let result = match cli.command {
         Command::Crds => manifests::print_crds(),
         Command::Validate { paths } => manifests::validate(&paths),
@@ -31,6 +36,25 @@ fn main() -> ExitCode {
         Command::Runs { command } => runs::run(command),
         Command::Accounts { command } => accounts::run(command),
         Command::Store { command } => store::run(command),
+        Command::Resync { command, kube } => operator::run_async(false, plugin::resync(command, kube)),
+        Command::Status { kube } => operator::run_async(false, plugin::status(kube)),
+        Command::Version => {
+            println!("{bin_name} {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completion { shell } => {
+            let name = if bin_name == "idsync" { "idsync" } else { idsync::cli::PLUGIN_BINARY };
+            // Into a buffer: clap_complete panics on a write error, and a
+            // closed pipe (`| head`) is not one worth a panic.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), name, &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(anyhow::Error::new(error).context("cannot write the completion script"))
+                }
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
     };
     match result {
         Ok(code) => code,

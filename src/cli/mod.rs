@@ -13,6 +13,7 @@ pub mod identities;
 pub mod manifests;
 pub mod operator;
 pub mod output;
+pub mod plugin;
 pub mod runs;
 pub mod store;
 
@@ -21,6 +22,17 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use output::{ItemFormat, ListFormat};
+
+/// The name kubectl gives a plugin's command: the binary installed or
+/// linked as `kubectl-idsync` runs as `kubectl idsync`.
+pub const PLUGIN_BINARY: &str = "kubectl-idsync";
+
+/// How the binary was called: `kubectl idsync` when its file name is the
+/// plugin's, else `idsync`.
+pub fn bin_name(argv0: Option<&std::ffi::OsStr>) -> &'static str {
+    let called = argv0.and_then(|a| std::path::Path::new(a).file_stem()).and_then(|n| n.to_str());
+    if called == Some(PLUGIN_BINARY) { "kubectl idsync" } else { "idsync" }
+}
 
 /// idsync: keeps identity and account data in sync with connected systems.
 #[derive(Parser)]
@@ -104,6 +116,28 @@ pub enum Command {
     Accounts {
         #[command(subcommand)]
         command: AccountsCommand,
+    },
+    /// Create a ResyncRequest naming you as the requester, and with --wait
+    /// follow it to the end (as `kubectl idsync resync …`).
+    Resync {
+        #[command(subcommand)]
+        command: plugin::ResyncCommand,
+        #[command(flatten)]
+        kube: plugin::KubeArgs,
+    },
+    /// What needs attention in a namespace: Connections and profiles that
+    /// are not Ready, running requests, the counts.
+    Status {
+        #[command(flatten)]
+        kube: plugin::KubeArgs,
+    },
+    /// Print idsync's version.
+    Version,
+    /// Print a shell completion script (`source <(idsync completion bash)`;
+    /// for the kubectl plugin, `kubectl-idsync completion bash`).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Back up the store (online, while idsync runs) or restore a backup
     /// (while it does not).

@@ -16,6 +16,7 @@ mod github;
 mod identities_cli;
 mod identity_e2e;
 mod kill_loop;
+mod kubectl_plugin;
 mod ldap_server;
 mod leader;
 mod msgraph;

@@ -1,0 +1,124 @@
+//! `kubectl idsync …`: the idsync binary linked as `kubectl-idsync` on PATH,
+//! run through the real kubectl's plugin dispatch against an operator on the
+//! devcluster. A resync names its requester from the API server, follows the
+//! request to its end and exits by its outcome; status says what needs
+//! attention.
+
+use std::process::Output;
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+use idsync_api::resync_request::Phase;
+use idsync_api::{Connection, ResyncRequest, SyncMode};
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use crate::common::{self, Harness};
+
+/// Runs `kubectl idsync ARGS` with the plugin first on PATH.
+async fn plugin(h: &Harness, args: &[&str]) -> Output {
+    let bin = h.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin folder");
+    let link = bin.join("kubectl-idsync");
+    if !link.exists() {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_idsync"), &link).expect("link the plugin");
+    }
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let mut command = h.kubectl_command();
+    command.env("PATH", path).arg("idsync").args(args);
+    tokio::time::timeout(Duration::from_secs(90), command.output())
+        .await
+        .expect("kubectl idsync finished in time")
+        .expect("kubectl runs")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+async fn hr_connection(h: &Harness) {
+    let api: Api<ConfigMap> = Api::namespaced(h.client.clone(), "default");
+    let csv = "employee_id,name,work_email\nE1,Ada,ada@acme.example\nE2,Grace,grace@acme.example\nE3,Alan,alan@acme.example\n";
+    let cm =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "hr-export"}, "data": {"data.csv": csv}});
+    api.patch("hr-export", &PatchParams::apply("test").force(), &Patch::Apply(&cm)).await.expect("configmap");
+    let hr = Connection::test("hr")
+        .csv_config_map("hr-export", "data.csv")
+        .id_column("employee_id")
+        .column("email", "work_email")
+        .column("displayName", "name")
+        .build();
+    h.apply_json(serde_json::to_value(hr).expect("json")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_idsync_resyncs_follows_and_reports_status() {
+    let common::operator::Started { h, operator: _operator, .. } = common::operator::start_operator().await;
+    hr_connection(&h).await;
+
+    let out = plugin(&h, &["resync", "connection", "hr", "--full", "--wait"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let first = stdout.lines().next().unwrap_or_default();
+    let name = first
+        .strip_prefix("resyncrequest.idsync.dev/")
+        .and_then(|rest| rest.strip_suffix(" created"))
+        .unwrap_or_else(|| panic!("the created request first: {stdout}"));
+    assert!(name.starts_with("resync-hr-"), "{name}");
+    assert!(stdout.contains("hr: Succeeded: "), "each target's end: {stdout}");
+    assert!(
+        stdout.contains(&format!("resyncrequest.idsync.dev/{name} Succeeded: 1 of 1 connection(s) synced")),
+        "{stdout}"
+    );
+
+    // The request names who asked, as the API server knows them.
+    let api: Api<ResyncRequest> = Api::namespaced(h.client.clone(), "default");
+    let request = api.get(name).await.expect("the request");
+    assert_eq!(request.spec.requested_by.as_deref(), Some("kubernetes-admin"));
+    assert_eq!(request.spec.mode, SyncMode::Full);
+    assert_eq!(request.status.and_then(|s| s.phase), Some(Phase::Succeeded));
+
+    // A dry run prints what it would change.
+    let out = plugin(&h, &["resync", "connection", "hr", "--dry-run", "--wait", "-o", "name"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("resyncrequest.idsync.dev/resync-hr-"), "{stdout}");
+
+    let out = plugin(&h, &["status"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("nothing needs attention"), "{stdout}");
+    assert!(stdout.contains("connections: 1 (1 ready), 3 accounts"), "{stdout}");
+
+    // A request that fails: the exit code says so, and the reason is printed.
+    let out = plugin(&h, &["resync", "connection", "nosuch", "--wait"]).await;
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("Failed"), "{stdout}");
+    assert!(stdout.contains("nosuch"), "{stdout}");
+
+    // The API server's refusal, in its own words.
+    let out = plugin(&h, &["resync", "category", "Payroll"]).await;
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("\"Payroll\" is not a category"), "{}", text(&out).1);
+}
+
+#[tokio::test]
+async fn the_plugin_knows_its_name_version_and_completions() {
+    let h = Harness::start().await;
+    let out = plugin(&h, &["--help"]).await;
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("Usage: kubectl idsync"), "{stdout}");
+    let out = plugin(&h, &["version"]).await;
+    assert_eq!(text(&out).0.trim(), format!("kubectl idsync {}", env!("CARGO_PKG_VERSION")));
+    let out = plugin(&h, &["completion", "bash"]).await;
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("complete -F _kubectl__idsync"), "a bash completion for the plugin's binary: {stdout}");
+    assert!(stdout.contains("resync"), "it completes the subcommands");
+    // Misuse: clap's usage error, once, and exit code 2.
+    let out = plugin(&h, &["resync", "connection"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out).1;
+    assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
+}
