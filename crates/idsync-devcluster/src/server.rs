@@ -54,7 +54,8 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
     let method = req.method().clone();
     let raw_path = req.uri().path().to_string();
     let path = raw_path.trim_end_matches('/').to_string();
-    let query = Query::parse(req.uri().query(), header_str(&req, header::USER_AGENT));
+    let mut query = Query::parse(req.uri().query(), header_str(&req, header::USER_AGENT));
+    query.user = Some(user.clone());
     let accept = header_str(&req, header::ACCEPT).map(str::to_string);
     let content_type = header_str(&req, header::CONTENT_TYPE).unwrap_or("application/json").to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
