@@ -298,3 +298,58 @@ async fn an_access_review_says_which_binding_allowed_it() {
     let denied = reviews.create(&PostParams::default(), &ask("delete")).await.expect("answered");
     assert!(!denied.status.expect("status").allowed);
 }
+
+fn config_map(name: &str) -> k8s_openapi::api::core::v1::ConfigMap {
+    serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("config map")
+}
+
+/// The kubeconfig's admin is no exception: it may do anything only through
+/// the bootstrap ClusterRoleBinding of its group to `cluster-admin`.
+#[tokio::test]
+async fn the_admin_is_authorized_through_its_binding() {
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    let cluster = DevCluster::start(Config::default()).await.expect("devcluster starts");
+    let admin = cluster.client().expect("client");
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(admin.clone(), "default");
+    maps.create(&PostParams::default(), &config_map("before")).await.expect("admin may");
+    let bindings: Api<ClusterRoleBinding> = Api::all(admin);
+    bindings.delete("kubeadm:cluster-admins", &Default::default()).await.expect("deleted");
+    let refused = maps.create(&PostParams::default(), &config_map("after")).await.expect_err("no longer");
+    let kube::Error::Api(status) = refused else { panic!("an API error: {refused:?}") };
+    assert_eq!(
+        status.message,
+        "configmaps is forbidden: User \"kubernetes-admin\" cannot create resource \"configmaps\" in API group \"\" \
+         in the namespace \"default\""
+    );
+}
+
+/// A service account's name matches ServiceAccount subjects (namespaced by
+/// the RoleBinding when the subject names none) and carries its groups.
+#[tokio::test]
+async fn a_service_account_is_bound_as_a_service_account() {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let cluster = DevCluster::start(Config::default()).await.expect("devcluster starts");
+    let admin = cluster.client().expect("client");
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "bot-edit", "namespace": "default"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"kind": "ServiceAccount", "name": "bot"}]
+    }))
+    .expect("binding");
+    Api::namespaced(admin, "default").create(&PostParams::default(), &binding).await.expect("created");
+
+    let bot = cluster.client_for_token(&cluster.add_user("system:serviceaccount:default:bot", &[])).expect("client");
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(bot.clone(), "default");
+    maps.create(&PostParams::default(), &config_map("made-by-bot")).await.expect("edit allows it");
+    let elsewhere: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(bot.clone(), "kube-system");
+    assert!(elsewhere.create(&PostParams::default(), &config_map("x")).await.is_err(), "only in its namespace");
+    let other =
+        cluster.client_for_token(&cluster.add_user("system:serviceaccount:kube-system:bot", &[])).expect("client");
+    let as_other: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(other, "default");
+    assert!(as_other.create(&PostParams::default(), &config_map("y")).await.is_err(), "another namespace's bot");
+
+    let whoami: Api<SelfSubjectReview> = Api::all(bot);
+    let me = whoami.create(&PostParams::default(), &SelfSubjectReview::default()).await.expect("answered");
+    let groups = me.status.and_then(|s| s.user_info).and_then(|u| u.groups).unwrap_or_default();
+    assert_eq!(groups, ["system:serviceaccounts", "system:serviceaccounts:default", "system:authenticated"]);
+}

@@ -147,40 +147,21 @@ impl Policy {
     /// `namespace` is given, in it: ClusterRoleBindings first, then the
     /// namespace's RoleBindings, as the RBAC authorizer does. `visitor`
     /// returns false to stop.
-    fn visit<'a>(&'a self, user: &UserInfo, namespace: Option<&str>, mut visitor: impl FnMut(Visit<'a>) -> bool) {
-        for binding in &self.cluster_role_bindings {
-            let Some(subject) = applies_to(user, &binding.subjects, "") else { continue };
-            match self.role_rules(&binding.role_ref, "") {
-                Ok(rules) => {
-                    for rule in rules {
-                        if !visitor(Visit::Rule(Source { binding, subject }, rule)) {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    if !visitor(Visit::Error(e)) {
-                        return;
-                    }
-                }
-            }
-        }
-        let Some(namespace) = namespace.filter(|n| !n.is_empty()) else { return };
-        for binding in self.role_bindings.get(namespace).into_iter().flatten() {
+    fn visit<'a>(&'a self, user: &UserInfo, namespace: Option<&'a str>, mut visitor: impl FnMut(Visit<'a>) -> bool) {
+        let in_namespace = namespace
+            .filter(|ns| !ns.is_empty())
+            .and_then(|ns| self.role_bindings.get(ns).map(|bindings| bindings.iter().map(move |b| (b, ns))))
+            .into_iter()
+            .flatten();
+        let bindings = self.cluster_role_bindings.iter().map(|b| (b, "")).chain(in_namespace);
+        for (binding, namespace) in bindings {
             let Some(subject) = applies_to(user, &binding.subjects, namespace) else { continue };
-            match self.role_rules(&binding.role_ref, namespace) {
-                Ok(rules) => {
-                    for rule in rules {
-                        if !visitor(Visit::Rule(Source { binding, subject }, rule)) {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    if !visitor(Visit::Error(e)) {
-                        return;
-                    }
-                }
+            let go_on = match self.role_rules(&binding.role_ref, namespace) {
+                Ok(rules) => rules.iter().all(|rule| visitor(Visit::Rule(Source { binding, subject }, rule))),
+                Err(e) => visitor(Visit::Error(e)),
+            };
+            if !go_on {
+                return;
             }
         }
     }
