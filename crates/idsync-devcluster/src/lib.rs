@@ -25,11 +25,11 @@
 //! ([`DevCluster::add_user`], [`DevCluster::client_as`]), the kubeconfig's
 //! is `kubernetes-admin`, a cluster-admin; `kubectl auth can-i [--list]`
 //! and `whoami` answer; each user's allowed calls are tallied
-//! ([`DevCluster::accesses`]).
-//! kubectl's protobuf bodies for Secrets, ConfigMaps, Namespaces, the RBAC
-//! kinds and the self reviews are read (`kubectl create secret generic …`,
-//! `kubectl create rolebinding …`, `kubectl auth can-i …`). Unknown fields dropped under the
-//! default field validation come back as `Warning` headers. `/healthz`,
+//! ([`DevCluster::accesses`]). kubectl's protobuf bodies for Secrets,
+//! ConfigMaps, Namespaces, the RBAC kinds and the self reviews are read
+//! (`kubectl create secret generic …`, `kubectl create rolebinding …`,
+//! `kubectl auth can-i …`). Unknown fields dropped under the default field
+//! validation come back as `Warning` headers. `/healthz`,
 //! `/readyz`, `/livez`, `kubectl cluster-info` and `kubectl auth whoami`
 //! answer as on a real cluster, and a plain-HTTP request gets the 400 Go's
 //! HTTPS server sends.
@@ -50,11 +50,10 @@
 //!   the first page's resourceVersion; `resourceVersionMatch` is ignored.
 //! - RBAC without escalation checks (a user who may write bindings may
 //!   bind any role), impersonation, or anonymous requests; aggregation
-//!   happens inside the write that changed a ClusterRole. No admission
-//!   webhooks or aggregated discovery (clients
-//!   fall back to the per-group documents). Protobuf is read only for the
-//!   request bodies of the kinds above and never answered (clients
-//!   accept JSON).
+//!   happens inside the write that changed a ClusterRole.
+//! - No admission webhooks or aggregated discovery (clients fall back to
+//!   the per-group documents). Protobuf is read only for the request bodies
+//!   of the kinds above and never answered (clients accept JSON).
 //! - CEL rule failures render the offending value by its JSON type.
 
 pub mod age;
@@ -300,7 +299,7 @@ impl DevCluster {
     /// `(NAME, token)` given (tokens from [`DevCluster::add_user`]), so
     /// `kubectl --context idsync-dev-NAME` acts as that user.
     pub fn kubeconfig_yaml_with_users(&self, users: &[(&str, &str)]) -> String {
-        let mut yaml = self.kubeconfig_yaml();
+        let yaml = self.kubeconfig_yaml();
         let mut user_entries = String::new();
         let mut context_entries = String::new();
         for (name, token) in users {
@@ -310,8 +309,12 @@ impl DevCluster {
                 "- name: {id}\n  context:\n    cluster: idsync-dev\n    user: {id}\n    namespace: default\n"
             ));
         }
-        yaml = yaml.replacen("contexts:\n", &format!("{user_entries}contexts:\n"), 1);
-        yaml.replacen("current-context:", &format!("{context_entries}current-context:"), 1)
+        // Users go after the admin's user, contexts after its context.
+        yaml.replacen("contexts:\n", &format!("{user_entries}contexts:\n"), 1).replacen(
+            "current-context:",
+            &format!("{context_entries}current-context:"),
+            1,
+        )
     }
 
     pub fn addr(&self) -> SocketAddr {
