@@ -130,6 +130,20 @@ fn allows(rule: &PolicyRule, access: &Access, name: Option<&str>) -> bool {
         && names_match
 }
 
+impl Users {
+    /// Whether the user of `token` may make `access` (to the object `name`),
+    /// without tallying it as a call they made: what a
+    /// ValidatingAdmissionPolicy's `authorizer` asks (see
+    /// `admission_policy::authorizer`). The admin may do anything.
+    pub fn allows(&self, token: &str, access: &Access, name: Option<&str>) -> bool {
+        let Ok(users) = self.by_token.lock() else { return false };
+        match users.get(token) {
+            Some(user) => user.rules.iter().any(|rule| allows(rule, access, name)),
+            None => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,6 +49,7 @@
 //!   accept JSON).
 //! - CEL rule failures render the offending value by its JSON type.
 
+pub mod admission_policy;
 pub mod age;
 pub mod api;
 pub mod apply;

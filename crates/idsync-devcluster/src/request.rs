@@ -40,6 +40,9 @@ pub struct Query {
     /// Warnings for the answer's `Warning` headers (unknown fields under
     /// the default field validation), gathered while the request is served.
     warnings: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Who makes the request, for admission policies (`request.userInfo`,
+    /// `authorizer`); none for writes made inside the devcluster.
+    pub requester: Option<crate::admission_policy::Requester>,
 }
 
 impl Query {
@@ -51,7 +54,12 @@ impl Query {
         let manager = params.get("fieldManager").cloned().unwrap_or_else(|| {
             user_agent.and_then(|ua| ua.split('/').next()).filter(|s| !s.is_empty()).unwrap_or("unknown").to_string()
         });
-        Query { params, manager, warnings: Default::default() }
+        Query { params, manager, warnings: Default::default(), requester: None }
+    }
+
+    /// The query of a request by `requester`.
+    pub fn with_requester(self, requester: crate::admission_policy::Requester) -> Self {
+        Query { requester: Some(requester), ..self }
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {

@@ -130,6 +130,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         (Some(_), false) => Answer::Object,
     };
     shared.users.authorize(&token, crate::authz::verb(&method, target.name.is_some(), watching), &target)?;
+    let query = query.with_requester(crate::admission_policy::requester(&shared, &token));
     // `?dryRun=` must say `All`; a delete's body is checked where it is read.
     let options_kind = match method {
         Method::POST => Some("CreateOptions"),
