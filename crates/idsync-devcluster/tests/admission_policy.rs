@@ -450,3 +450,48 @@ spec:
     assert_eq!(listed.stdout, "", "nothing stored");
     h.kubectl_ok(&["create", "configmap", "unaffected"], "").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_reads_its_parameters_from_the_object_its_binding_names() {
+    let h = Harness::start().await;
+    let policy = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: max-keys}
+spec:
+  paramKind: {apiVersion: v1, kind: ConfigMap}
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [""], apiVersions: ["v1"], operations: ["CREATE", "UPDATE"], resources: ["configmaps"]}
+  validations:
+  - expression: "size(object.data) <= int(params.data.maxKeys)"
+    messageExpression: "'at most ' + params.data.maxKeys + ' keys in ' + object.metadata.name"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: max-keys}
+spec:
+  policyName: max-keys
+  validationActions: [Deny]
+  paramRef: {name: limits, parameterNotFoundAction: Deny}
+  matchResources:
+    objectSelector: {matchLabels: {limited: "true"}}
+"#;
+    h.kubectl_ok(&["apply", "-f", "-"], policy).await;
+    let big = r#"{"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": {"name": "big", "labels": {"limited": "true"}}, "data": {"a": "1", "b": "2", "c": "3"}}"#;
+    let without = h.kubectl(&["create", "-f", "-"], big).await;
+    assert_eq!(
+        without.stderr,
+        "The configmaps \"big\" is invalid: : ValidatingAdmissionPolicy 'max-keys' with binding 'max-keys' denied request: failed to configure binding: no params found for policy binding with `Deny` parameterNotFoundAction\n"
+    );
+
+    h.kubectl_ok(&["create", "configmap", "limits", "--from-literal=maxKeys=2"], "").await;
+    let over = h.kubectl(&["create", "-f", "-"], big).await;
+    assert_eq!(
+        over.stderr,
+        "The configmaps \"big\" is invalid: : ValidatingAdmissionPolicy 'max-keys' with binding 'max-keys' denied request: at most 2 keys in big\n"
+    );
+    let small = big.replace(r#", "c": "3""#, "");
+    h.kubectl_ok(&["create", "-f", "-"], &small).await;
+}

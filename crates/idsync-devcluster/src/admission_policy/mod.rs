@@ -21,7 +21,6 @@
 //! Where it differs from a real API server:
 //! - Variables are computed eagerly rather than when first used; one that
 //!   fails makes only the expressions that use it fail, as there.
-//! - `paramKind` / `paramRef` are not read: policies run with `params` null.
 //! - `matchPolicy: Equivalent` matches only the versions a rule names (a
 //!   request for another version of the same resource is not converted).
 //! - Expressions are not type-checked against the object's schema, and
@@ -32,6 +31,7 @@
 pub mod authorizer;
 pub mod cel_env;
 pub mod matching;
+mod params;
 mod validation;
 
 use std::collections::BTreeMap;
@@ -154,7 +154,11 @@ pub fn admit(state: &State, t: &Target, write: &Write, q: &Query) -> Result<(), 
         let request =
             request.get_or_insert_with(|| Request::new(t, write, &name, namespace_object.as_ref(), &requester));
         let binding_name = text(binding, "/metadata/name");
-        for failure in evaluate(policy, request) {
+        let failures = match params::collect(state, policy, binding, &namespace) {
+            Ok(params) => params.iter().flat_map(|param| evaluate(policy, request, param.as_ref())).collect(),
+            Err(error) => configuration_error(policy, format!("failed to configure binding: {error}")),
+        };
+        for failure in failures {
             for action in binding.pointer("/spec/validationActions").and_then(Value::as_array).into_iter().flatten() {
                 match action.as_str() {
                     Some("Deny") if denied.is_none() => {
@@ -258,12 +262,12 @@ impl Request {
         }
     }
 
-    fn scope(&self, variables: &BTreeMap<String, CelValue>) -> cel::Context<'static> {
+    fn scope(&self, variables: &BTreeMap<String, CelValue>, params: &CelValue) -> cel::Context<'static> {
         let mut scope = cel_env::base().new_inner_scope();
         scope.add_variable_from_value("object", self.object.clone());
         scope.add_variable_from_value("oldObject", self.old_object.clone());
         scope.add_variable_from_value("request", self.request.clone());
-        scope.add_variable_from_value("params", CelValue::Null);
+        scope.add_variable_from_value("params", params.clone());
         scope.add_variable_from_value("namespaceObject", self.namespace_object.clone());
         scope.add_variable_from_value("authorizer", self.authorizer.clone());
         scope.add_variable_from_value("variables", cel_env::map(variables.clone()));
@@ -271,14 +275,21 @@ impl Request {
     }
 }
 
-/// Evaluates one policy for a request it matched: its failures, each
-/// already decided by the failure policy (an ignored error is none).
-fn evaluate(policy: &Value, request: &Request) -> Vec<Failure> {
+/// An error the failure policy decides: a failure under `Fail` (the
+/// default), nothing under `Ignore`.
+fn configuration_error(policy: &Value, message: String) -> Vec<Failure> {
+    match policy.pointer("/spec/failurePolicy").and_then(Value::as_str) {
+        Some("Ignore") => Vec::new(),
+        _ => vec![Failure { reason: "Invalid", message }],
+    }
+}
+
+/// Evaluates one policy for a request it matched, with one parameter (or
+/// none): its failures, each already decided by the failure policy.
+fn evaluate(policy: &Value, request: &Request, param: Option<&Value>) -> Vec<Failure> {
     let spec = policy.get("spec").cloned().unwrap_or(Value::Null);
-    let fail_on_error = spec.get("failurePolicy").and_then(Value::as_str) != Some("Ignore");
-    let on_error = |message: String| -> Vec<Failure> {
-        if fail_on_error { vec![Failure { reason: "Invalid", message }] } else { Vec::new() }
-    };
+    let on_error = |message: String| configuration_error(policy, message);
+    let params = param.map(cel_env::to_cel).unwrap_or(CelValue::Null);
     let items = |field: &str| spec.get(field).and_then(Value::as_array).cloned().unwrap_or_default();
     let mut variables = BTreeMap::new();
 
@@ -287,7 +298,7 @@ fn evaluate(policy: &Value, request: &Request) -> Vec<Failure> {
     let mut condition_error = None;
     for condition in items("matchConditions") {
         let expression = text(&condition, "/expression");
-        match run(&expression, &request.scope(&variables)) {
+        match run(&expression, &request.scope(&variables, &params)) {
             Ok(CelValue::Bool(false)) => return Vec::new(),
             Ok(CelValue::Bool(true)) => {}
             Ok(_) => {
@@ -309,7 +320,7 @@ fn evaluate(policy: &Value, request: &Request) -> Vec<Failure> {
     let mut variable_errors: BTreeMap<String, String> = BTreeMap::new();
     for variable in items("variables") {
         let name = text(&variable, "/name");
-        match run(&text(&variable, "/expression"), &request.scope(&variables)) {
+        match run(&text(&variable, "/expression"), &request.scope(&variables, &params)) {
             Ok(value) => {
                 variables.insert(name, value);
             }
@@ -319,7 +330,7 @@ fn evaluate(policy: &Value, request: &Request) -> Vec<Failure> {
         }
     }
 
-    let scope = request.scope(&variables);
+    let scope = request.scope(&variables, &params);
     let mut failures = Vec::new();
     for validation in items("validations") {
         let expression = text(&validation, "/expression");
@@ -437,7 +448,7 @@ mod tests {
         let object = json!({"metadata": {"name": "cm", "namespace": "default"}, "data": {"a": "b"}});
         let write = Write::stored(&object, None, false);
         let request = Request::new(&target(), &write, "cm", None, &nobody());
-        evaluate(&json!({"spec": spec}), &request)
+        evaluate(&json!({"spec": spec}), &request, None)
     }
 
     #[test]
