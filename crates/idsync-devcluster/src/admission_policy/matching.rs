@@ -40,6 +40,9 @@ pub struct RequestAttributes<'a> {
     /// "" for cluster-scoped objects.
     pub namespace: &'a str,
     pub namespaced: bool,
+    /// Every version the resource is served in: under `matchPolicy:
+    /// Equivalent` (the default) a rule naming any of them matches.
+    pub served_versions: Vec<String>,
     pub object: Option<&'a Value>,
     pub old_object: Option<&'a Value>,
     /// The labels of the request's namespace (of the Namespace itself when
@@ -76,13 +79,15 @@ fn constraints_match(m: &Value, request: &RequestAttributes) -> bool {
     if !namespace_selected(m.get("namespaceSelector"), request) || !object_selected(m.get("objectSelector"), request) {
         return false;
     }
+    let equivalent = m.get("matchPolicy").and_then(Value::as_str) != Some("Exact");
+    let matches = |rule: &Value| rule_matches(rule, request, equivalent);
     let rules = |field: &str| m.get(field).and_then(Value::as_array).cloned().unwrap_or_default();
-    if rules("excludeResourceRules").iter().any(|rule| rule_matches(rule, request)) {
+    if rules("excludeResourceRules").iter().any(matches) {
         return false;
     }
     match m.get("resourceRules").and_then(Value::as_array) {
         None => true,
-        Some(included) => included.iter().any(|rule| rule_matches(rule, request)),
+        Some(included) => included.iter().any(matches),
     }
 }
 
@@ -151,8 +156,10 @@ pub fn selector_matches(selector: Option<&Value>, labels: &BTreeMap<String, Stri
     true
 }
 
-/// One `NamedRuleWithOperations`.
-pub fn rule_matches(rule: &Value, request: &RequestAttributes) -> bool {
+/// One `NamedRuleWithOperations`; `equivalent` lets a rule naming another
+/// served version of the resource match (the request is converted to it on
+/// a real API server; here all versions share one stored shape).
+pub fn rule_matches(rule: &Value, request: &RequestAttributes, equivalent: bool) -> bool {
     let list = |field: &str| -> Vec<&str> {
         rule.get(field)
             .and_then(Value::as_array)
@@ -164,7 +171,10 @@ pub fn rule_matches(rule: &Value, request: &RequestAttributes) -> bool {
     if !any(&operations, request.operation.as_str()) {
         return false;
     }
-    if !any(&list("apiGroups"), request.group) || !any(&list("apiVersions"), request.version) {
+    let versions = list("apiVersions");
+    let version_ok = any(&versions, request.version)
+        || (equivalent && versions.iter().any(|v| request.served_versions.iter().any(|served| served == v)));
+    if !any(&list("apiGroups"), request.group) || !version_ok {
         return false;
     }
     if !list("resources").iter().any(|pattern| resource_matches(pattern, request.resource, request.subresource)) {
@@ -215,6 +225,7 @@ mod tests {
             name: "r1",
             namespace: "idsync",
             namespaced: true,
+            served_versions: vec!["v1alpha1".to_string(), "v1beta1".to_string()],
             object,
             old_object: None,
             namespace_labels: Some(BTreeMap::from([("team".to_string(), "security".to_string())])),
@@ -228,28 +239,44 @@ mod tests {
     #[test]
     fn a_rule_matches_its_operations_groups_versions_and_resources() {
         let create = request(Operation::Create, None);
-        assert!(rule_matches(&rule(&["CREATE"], &["resyncrequests"]), &create));
-        assert!(rule_matches(&rule(&["*"], &["*"]), &create));
-        assert!(!rule_matches(&rule(&["UPDATE", "DELETE"], &["resyncrequests"]), &create));
-        assert!(!rule_matches(&rule(&["CREATE"], &["connections"]), &create));
+        assert!(rule_matches(&rule(&["CREATE"], &["resyncrequests"]), &create, true));
+        assert!(rule_matches(&rule(&["*"], &["*"]), &create, true));
+        assert!(!rule_matches(&rule(&["UPDATE", "DELETE"], &["resyncrequests"]), &create, true));
+        assert!(!rule_matches(&rule(&["CREATE"], &["connections"]), &create, true));
         let other_group = json!({"apiGroups": [""], "apiVersions": ["*"], "operations": ["*"], "resources": ["*"]});
-        assert!(!rule_matches(&other_group, &create));
+        assert!(!rule_matches(&other_group, &create, true));
         let other_version = json!({"apiGroups": ["*"], "apiVersions": ["v1"], "operations": ["*"], "resources": ["*"]});
-        assert!(!rule_matches(&other_version, &create));
+        assert!(!rule_matches(&other_version, &create, true));
+    }
+
+    #[test]
+    fn a_rule_for_another_served_version_matches_unless_the_match_policy_is_exact() {
+        let create = request(Operation::Create, None);
+        let v1beta1 =
+            json!({"apiGroups": ["idsync.dev"], "apiVersions": ["v1beta1"], "operations": ["*"], "resources": ["*"]});
+        assert!(rule_matches(&v1beta1, &create, true));
+        assert!(!rule_matches(&v1beta1, &create, false));
+        let unserved =
+            json!({"apiGroups": ["idsync.dev"], "apiVersions": ["v2"], "operations": ["*"], "resources": ["*"]});
+        assert!(!rule_matches(&unserved, &create, true));
+        let exact = json!({"matchPolicy": "Exact", "resourceRules": [v1beta1.clone()]});
+        assert!(!policy_matches(Some(&exact), &create));
+        let equivalent = json!({"resourceRules": [v1beta1]});
+        assert!(policy_matches(Some(&equivalent), &create), "Equivalent is the default");
     }
 
     #[test]
     fn subresources_match_only_rules_that_name_them() {
         let mut status = request(Operation::Update, None);
         status.subresource = Some("status");
-        assert!(!rule_matches(&rule(&["*"], &["resyncrequests"]), &status));
-        assert!(!rule_matches(&rule(&["*"], &["*"]), &status));
-        assert!(rule_matches(&rule(&["*"], &["resyncrequests/status"]), &status));
-        assert!(rule_matches(&rule(&["*"], &["resyncrequests/*"]), &status));
-        assert!(rule_matches(&rule(&["*"], &["*/status"]), &status));
-        assert!(rule_matches(&rule(&["*"], &["*/*"]), &status));
-        assert!(!rule_matches(&rule(&["*"], &["*/scale"]), &status));
-        assert!(!rule_matches(&rule(&["*"], &["resyncrequests/status"]), &request(Operation::Update, None)));
+        assert!(!rule_matches(&rule(&["*"], &["resyncrequests"]), &status, true));
+        assert!(!rule_matches(&rule(&["*"], &["*"]), &status, true));
+        assert!(rule_matches(&rule(&["*"], &["resyncrequests/status"]), &status, true));
+        assert!(rule_matches(&rule(&["*"], &["resyncrequests/*"]), &status, true));
+        assert!(rule_matches(&rule(&["*"], &["*/status"]), &status, true));
+        assert!(rule_matches(&rule(&["*"], &["*/*"]), &status, true));
+        assert!(!rule_matches(&rule(&["*"], &["*/scale"]), &status, true));
+        assert!(!rule_matches(&rule(&["*"], &["resyncrequests/status"]), &request(Operation::Update, None), true));
     }
 
     #[test]
@@ -257,14 +284,14 @@ mod tests {
         let create = request(Operation::Create, None);
         let mut cluster = rule(&["*"], &["*"]);
         cluster["scope"] = json!("Cluster");
-        assert!(!rule_matches(&cluster, &create));
+        assert!(!rule_matches(&cluster, &create, true));
         cluster["scope"] = json!("Namespaced");
-        assert!(rule_matches(&cluster, &create));
+        assert!(rule_matches(&cluster, &create, true));
         let mut named = rule(&["*"], &["*"]);
         named["resourceNames"] = json!(["r2"]);
-        assert!(!rule_matches(&named, &create));
+        assert!(!rule_matches(&named, &create, true));
         named["resourceNames"] = json!(["r1", "r2"]);
-        assert!(rule_matches(&named, &create));
+        assert!(rule_matches(&named, &create, true));
     }
 
     #[test]

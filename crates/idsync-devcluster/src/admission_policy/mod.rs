@@ -21,8 +21,9 @@
 //! Where it differs from a real API server:
 //! - Variables are computed eagerly rather than when first used; one that
 //!   fails makes only the expressions that use it fail, as there.
-//! - `matchPolicy: Equivalent` matches only the versions a rule names (a
-//!   request for another version of the same resource is not converted).
+//! - `matchPolicy: Equivalent` lets a rule naming any served version of a
+//!   resource match it, but `request.kind` and the object stay in the
+//!   requested version (versions here share one stored shape).
 //! - Expressions are not type-checked against the object's schema, and
 //!   runtime cost is not bounded; `auditAnnotations` are not evaluated.
 //! - Defaults (`failurePolicy: Fail`, `matchPolicy`, empty selectors) are
@@ -136,6 +137,7 @@ pub fn admit(state: &State, t: &Target, write: &Write, q: &Query) -> Result<(), 
         name: &name,
         namespace: &namespace,
         namespaced: t.rt.namespaced,
+        served_versions: served_versions(state, t),
         object: write.object,
         old_object: write.old_object,
         namespace_labels: namespace_object.as_ref().map(labels),
@@ -407,6 +409,12 @@ fn reason(given: Option<&str>) -> &'static str {
         Some("RequestEntityTooLarge") => "RequestEntityTooLarge",
         _ => "Invalid",
     }
+}
+
+/// The versions the target's resource is served in.
+fn served_versions(state: &State, t: &Target) -> Vec<String> {
+    let all = state.registry.all().iter();
+    all.filter(|rt| rt.group == t.rt.group && rt.plural == t.rt.plural).map(|rt| rt.version.clone()).collect()
 }
 
 fn text(value: &Value, pointer: &str) -> String {
