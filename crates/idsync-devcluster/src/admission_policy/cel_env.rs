@@ -16,6 +16,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, OnceLock};
 
 use kube_cel::KubeCelExt;
+use kube_cel::cel::common::ast::{EntryExpr, Expr, IdedExpr, MapExpr, StructExpr, operators};
 use kube_cel::cel::extractors::This;
 use kube_cel::cel::objects::{Key, Map, Opaque};
 use kube_cel::cel::parser::{Expression, Parser};
@@ -26,11 +27,49 @@ use super::authorizer::{CheckAttributes, CheckDecision, PolicyAuthorizer, Reques
 
 /// Parses an expression; the error is worded as the API server's CEL
 /// compiler words it (`compilation failed: ERROR: <input>:1:5: …`).
+/// Optional syntax (`object.spec.?x.orValue(…)`) is on, as in policies.
 pub fn compile(source: &str) -> Result<Expression, String> {
-    match catch_unwind(|| Parser::new().parse(source)) {
-        Ok(Ok(program)) => Ok(program),
+    match catch_unwind(|| Parser::new().enable_optional_syntax(true).parse(source)) {
+        Ok(Ok(mut program)) => {
+            optional_select_as_index(&mut program);
+            Ok(program)
+        }
         Ok(Err(errors)) => Err(format!("compilation failed: {errors}")),
         Err(_) => Err("compilation failed: the expression could not be parsed".to_string()),
+    }
+}
+
+/// Rewrites `a.?f` as `a[?'f']`: the interpreter's optional select fails
+/// on a missing field instead of giving `optional.none()`, while its
+/// optional index, which means the same, does not.
+fn optional_select_as_index(expr: &mut IdedExpr) {
+    match &mut expr.expr {
+        Expr::Call(call) => {
+            if call.func_name == operators::OPT_SELECT {
+                call.func_name = operators::OPT_INDEX.to_string();
+            }
+            call.target.iter_mut().for_each(|t| optional_select_as_index(t));
+            call.args.iter_mut().for_each(optional_select_as_index);
+        }
+        Expr::Comprehension(c) => {
+            for part in [&mut c.iter_range, &mut c.accu_init, &mut c.loop_cond, &mut c.loop_step, &mut c.result] {
+                optional_select_as_index(part);
+            }
+        }
+        Expr::List(list) => list.elements.iter_mut().for_each(optional_select_as_index),
+        Expr::Map(MapExpr { entries }) | Expr::Struct(StructExpr { entries, .. }) => {
+            for entry in entries {
+                match &mut entry.expr {
+                    EntryExpr::MapEntry(e) => {
+                        optional_select_as_index(&mut e.key);
+                        optional_select_as_index(&mut e.value);
+                    }
+                    EntryExpr::StructField(f) => optional_select_as_index(&mut f.value),
+                }
+            }
+        }
+        Expr::Select(select) => optional_select_as_index(&mut select.operand),
+        Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => {}
     }
 }
 
@@ -384,6 +423,14 @@ mod tests {
         assert_eq!(run("object.spec.n == 3 && object.spec.tags[0] == 'a'", &authz), Ok(Value::Bool(true)));
         assert_eq!(run("has(object.spec.requestedBy)", &authz), Ok(Value::Bool(false)));
         assert_eq!(run("object.spec.requestedBy == 'x'", &authz), Err("no such key: requestedBy".to_string()));
+    }
+
+    #[test]
+    fn optional_fields_give_none_when_absent() {
+        let authz = recording("none");
+        assert_eq!(run("object.spec.?requestedBy.orValue('nobody')", &authz), Ok(string("nobody")));
+        assert_eq!(run("object.?spec.?n.orValue(0)", &authz), Ok(Value::Int(3)));
+        assert_eq!(run("object.?status.?phase.hasValue()", &authz), Ok(Value::Bool(false)));
     }
 
     #[test]
