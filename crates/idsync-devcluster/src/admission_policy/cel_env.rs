@@ -39,6 +39,98 @@ pub fn compile(source: &str) -> Result<Expression, String> {
     }
 }
 
+/// The variables every policy expression may read.
+const VARIABLES: &[&str] = &["object", "oldObject", "request", "params", "namespaceObject", "variables", "authorizer"];
+
+/// Type names an expression may name (`type(x) == string`).
+const TYPE_NAMES: &[&str] =
+    &["bool", "bytes", "double", "duration", "int", "list", "map", "null_type", "string", "timestamp", "type", "uint"];
+
+/// Refuses what the API server's type checker refuses of a policy's
+/// expression without knowing the object's schema: a name that is not a
+/// variable (`objekt.spec`), and `variables.x` for an `x` not declared
+/// before. Worded as cel-go words it, at the name's first place in the source.
+pub fn check_names(program: &Expression, source: &str, declared: &[String]) -> Result<(), String> {
+    let mut bound = Vec::new();
+    match first_undeclared(program, declared, &mut bound) {
+        None => Ok(()),
+        Some(Undeclared::Name(name)) => {
+            Err(located(source, &name, &format!("undeclared reference to '{name}' (in container '')")))
+        }
+        Some(Undeclared::Variable(name)) => {
+            Err(located(source, &format!("variables.{name}"), &format!("undefined field '{name}'")))
+        }
+    }
+}
+
+enum Undeclared {
+    Name(String),
+    Variable(String),
+}
+
+/// The first undeclared name in `expr`; `bound` holds the comprehension
+/// variables in scope.
+fn first_undeclared(expr: &IdedExpr, declared: &[String], bound: &mut Vec<String>) -> Option<Undeclared> {
+    match &expr.expr {
+        Expr::Ident(name) => {
+            let known = name.starts_with('@')
+                || VARIABLES.contains(&name.as_str())
+                || TYPE_NAMES.contains(&name.as_str())
+                || bound.contains(name);
+            (!known).then(|| Undeclared::Name(name.clone()))
+        }
+        Expr::Select(select) => {
+            if let Expr::Ident(root) = &select.operand.expr
+                && root == "variables"
+                && !bound.contains(root)
+                && !declared.contains(&select.field)
+            {
+                return Some(Undeclared::Variable(select.field.clone()));
+            }
+            first_undeclared(&select.operand, declared, bound)
+        }
+        Expr::Call(call) => {
+            // `sets.contains(…)`, `math.abs(…)`: a library's name is the
+            // target of its functions, not a variable.
+            let target = call.target.as_deref().filter(|t| !matches!(t.expr, Expr::Ident(_)));
+            target.into_iter().chain(call.args.iter()).find_map(|e| first_undeclared(e, declared, bound))
+        }
+        Expr::Comprehension(c) => {
+            if let Some(found) = first_undeclared(&c.iter_range, declared, bound) {
+                return Some(found);
+            }
+            let before = bound.len();
+            bound.extend([Some(&c.iter_var), c.iter_var2.as_ref(), Some(&c.accu_var)].into_iter().flatten().cloned());
+            let found = [&c.accu_init, &c.loop_cond, &c.loop_step, &c.result]
+                .into_iter()
+                .find_map(|e| first_undeclared(e, declared, bound));
+            bound.truncate(before);
+            found
+        }
+        Expr::List(list) => list.elements.iter().find_map(|e| first_undeclared(e, declared, bound)),
+        Expr::Map(MapExpr { entries }) | Expr::Struct(StructExpr { entries, .. }) => {
+            entries.iter().find_map(|entry| match &entry.expr {
+                EntryExpr::MapEntry(e) => {
+                    first_undeclared(&e.key, declared, bound).or_else(|| first_undeclared(&e.value, declared, bound))
+                }
+                EntryExpr::StructField(f) => first_undeclared(&f.value, declared, bound),
+            })
+        }
+        Expr::Unspecified | Expr::Literal(_) => None,
+    }
+}
+
+/// A compiler error at the first place `needle` is in `source`, with the
+/// line and a caret under it, as parse errors are shown.
+fn located(source: &str, needle: &str, message: &str) -> String {
+    let at = source.find(needle).unwrap_or(0);
+    let line_start = source[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line_number = source[..at].matches('\n').count() + 1;
+    let column = source[line_start..at].chars().count() + 1;
+    let line = source[line_start..].lines().next().unwrap_or_default();
+    format!("compilation failed: ERROR: <input>:{line_number}:{column}: {message}\n| {line}\n| {:.>column$}", "^")
+}
+
 /// Rewrites `a.?f` as `a[?'f']`: the interpreter's optional select fails
 /// on a missing field instead of giving `optional.none()`, while its
 /// optional index, which means the same, does not.
@@ -431,6 +523,31 @@ mod tests {
         assert_eq!(run("object.spec.?requestedBy.orValue('nobody')", &authz), Ok(string("nobody")));
         assert_eq!(run("object.?spec.?n.orValue(0)", &authz), Ok(Value::Int(3)));
         assert_eq!(run("object.?status.?phase.hasValue()", &authz), Ok(Value::Bool(false)));
+    }
+
+    #[test]
+    fn undeclared_names_and_variables_are_refused_as_the_type_checker_refuses_them() {
+        let checked = |source: &str, declared: &[&str]| {
+            let declared: Vec<String> = declared.iter().map(|d| d.to_string()).collect();
+            check_names(&compile(source).expect("parses"), source, &declared)
+        };
+        assert_eq!(
+            checked("objekt.spec.x == 1", &[]),
+            Err("compilation failed: ERROR: <input>:1:1: undeclared reference to 'objekt' (in container '')\n| objekt.spec.x == 1\n| ^".into())
+        );
+        assert_eq!(
+            checked("true && variables.confirm", &["confirms"]),
+            Err("compilation failed: ERROR: <input>:1:9: undefined field 'confirm'\n| true && variables.confirm\n| ........^".into())
+        );
+        let fine = [
+            "variables.confirms && object.spec.all(k, k != '') && [1].exists(x, x == 1)",
+            "sets.contains([1], [1]) && math.abs(-1) == 1 && optional.of(1).hasValue()",
+            "type(object) == map && has(oldObject.spec) && request.userInfo.username != ''",
+            "authorizer.requestResource.check('get').allowed() && params == null && namespaceObject == null",
+        ];
+        for source in fine {
+            assert_eq!(checked(source, &["confirms"]), Ok(()), "{source}");
+        }
     }
 
     #[test]

@@ -36,16 +36,18 @@ fn items<'a>(value: &'a Value, field: &str) -> Vec<&'a Value> {
     value.get(field).and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default()
 }
 
-/// An expression at `field` that must be there and compile.
-fn expression(owner: &Value, key: &str, field: &str, errors: &mut Vec<FieldError>) {
+/// An expression at `field` that must be there and compile, reading only
+/// the `declared` variables.
+fn expression(owner: &Value, key: &str, field: &str, declared: &[String], errors: &mut Vec<FieldError>) {
     match owner.get(key).and_then(Value::as_str).filter(|s| !s.trim().is_empty()) {
         None => errors.push(FieldError::required(field)),
-        Some(source) => compiles(source, field, errors),
+        Some(source) => compiles(source, field, declared, errors),
     }
 }
 
-fn compiles(source: &str, field: &str, errors: &mut Vec<FieldError>) {
-    if let Err(problem) = cel_env::compile(source) {
+fn compiles(source: &str, field: &str, declared: &[String], errors: &mut Vec<FieldError>) {
+    let checked = cel_env::compile(source).and_then(|program| cel_env::check_names(&program, source, declared));
+    if let Err(problem) = checked {
         errors.push(FieldError::invalid(field, &Value::String(source.to_string()), problem));
     }
 }
@@ -67,15 +69,31 @@ fn policy(object: &Value) -> Vec<FieldError> {
             rules(constraints, "spec.matchConstraints", &mut errors);
         }
     }
+    // Each variable may read the ones before it; validations read them all;
+    // match conditions run before any is computed.
+    let mut declared: Vec<String> = Vec::new();
+    for (i, variable) in items(&spec, "variables").iter().enumerate() {
+        let at = format!("spec.variables[{i}]");
+        expression(variable, "expression", &format!("{at}.expression"), &declared, &mut errors);
+        match variable.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+            None => errors.push(FieldError::required(&format!("{at}.name"))),
+            Some(name) if !is_identifier(name) => errors.push(FieldError::invalid(
+                &format!("{at}.name"),
+                &Value::String(name.to_string()),
+                "name is not a valid CEL identifier",
+            )),
+            Some(name) => declared.push(name.to_string()),
+        }
+    }
     let validations = items(&spec, "validations");
     if validations.is_empty() && items(&spec, "auditAnnotations").is_empty() {
         errors.push(FieldError::required("spec.validations"));
     }
     for (i, validation) in validations.iter().enumerate() {
         let at = format!("spec.validations[{i}]");
-        expression(validation, "expression", &format!("{at}.expression"), &mut errors);
+        expression(validation, "expression", &format!("{at}.expression"), &declared, &mut errors);
         if let Some(source) = validation.get("messageExpression").and_then(Value::as_str) {
-            compiles(source, &format!("{at}.messageExpression"), &mut errors);
+            compiles(source, &format!("{at}.messageExpression"), &declared, &mut errors);
         }
         if let Some(reason) = validation.get("reason").and_then(Value::as_str)
             && !["Unauthorized", "Forbidden", "Invalid", "RequestEntityTooLarge"].contains(&reason)
@@ -84,25 +102,12 @@ fn policy(object: &Value) -> Vec<FieldError> {
             errors.push(not_supported(&format!("{at}.reason"), reason, &supported));
         }
     }
-    for (i, variable) in items(&spec, "variables").iter().enumerate() {
-        let at = format!("spec.variables[{i}]");
-        match variable.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-            None => errors.push(FieldError::required(&format!("{at}.name"))),
-            Some(name) if !is_identifier(name) => errors.push(FieldError::invalid(
-                &format!("{at}.name"),
-                &Value::String(name.to_string()),
-                "name is not a valid CEL identifier",
-            )),
-            Some(_) => {}
-        }
-        expression(variable, "expression", &format!("{at}.expression"), &mut errors);
-    }
     for (i, condition) in items(&spec, "matchConditions").iter().enumerate() {
         let at = format!("spec.matchConditions[{i}]");
         if condition.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
             errors.push(FieldError::required(&format!("{at}.name")));
         }
-        expression(condition, "expression", &format!("{at}.expression"), &mut errors);
+        expression(condition, "expression", &format!("{at}.expression"), &[], &mut errors);
     }
     errors
 }
@@ -194,6 +199,23 @@ mod tests {
         );
         let good = policy_with(json!({"matchConstraints": rules(), "validations": [{"expression": "true"}]}));
         assert_eq!(validate("ValidatingAdmissionPolicy", &good), Ok(()));
+    }
+
+    #[test]
+    fn expressions_may_read_only_variables_declared_before_them() {
+        let spec = |validation: &str| {
+            policy_with(json!({"matchConstraints": rules(),
+                "variables": [{"name": "a", "expression": "object.x"}, {"name": "b", "expression": "variables.a"}],
+                "validations": [{"expression": validation}]}))
+        };
+        assert_eq!(validate("ValidatingAdmissionPolicy", &spec("variables.a == variables.b")), Ok(()));
+        let typo = validate("ValidatingAdmissionPolicy", &spec("variables.c")).expect_err("undeclared");
+        assert!(typo.message.contains("spec.validations[0].expression: Invalid value: \"variables.c\": compilation failed: ERROR: <input>:1:1: undefined field 'c'"), "{}", typo.message);
+        let forward = policy_with(json!({"matchConstraints": rules(),
+            "variables": [{"name": "a", "expression": "variables.b"}, {"name": "b", "expression": "1"}],
+            "validations": [{"expression": "true"}]}));
+        let error = validate("ValidatingAdmissionPolicy", &forward).expect_err("a later variable");
+        assert!(error.message.contains("spec.variables[0].expression"), "{}", error.message);
     }
 
     #[test]
