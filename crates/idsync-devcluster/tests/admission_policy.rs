@@ -495,3 +495,48 @@ spec:
     let small = big.replace(r#", "c": "3""#, "");
     h.kubectl_ok(&["create", "-f", "-"], &small).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_request_variable_describes_the_write_and_its_user() {
+    let h = Harness::start().await;
+    let policy = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: describe}
+spec:
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [""], apiVersions: ["v1"], operations: ["*"], resources: ["configmaps"]}
+  validations:
+  - expression: "false"
+    messageExpression: >-
+      request.operation + ' ' + request.kind.kind + ' ' + request.resource.resource + ' ' + request.namespace + '/' +
+      request.name + ' dryRun=' + (request.dryRun ? 'yes' : 'no') + ' ' + request.options.kind + ' ' +
+      request.options.?fieldManager.orValue('none') + ' by ' +
+      request.userInfo.username + ' in ' + request.userInfo.groups.join(',') + ' old=' + (oldObject != null ? 'yes' : 'no')
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: describe}
+spec:
+  policyName: describe
+  validationActions: [Warn]
+"#;
+    h.kubectl_ok(&["apply", "-f", "-"], policy).await;
+    let prefix = "Warning: Validation failed for ValidatingAdmissionPolicy 'describe' with binding 'describe': ";
+    let created = h.kubectl_ok(&["create", "configmap", "c", "--dry-run=server"], "").await;
+    assert_eq!(
+        created.stderr,
+        format!(
+            "{prefix}CREATE ConfigMap configmaps default/c dryRun=yes CreateOptions kubectl-create by kubernetes-admin in kubeadm:cluster-admins,system:authenticated old=no\n"
+        )
+    );
+    h.kubectl_ok(&["create", "configmap", "c"], "").await;
+    let labelled = h.kubectl_ok(&["label", "configmap", "c", "x=y"], "").await;
+    assert_eq!(
+        labelled.stderr,
+        format!(
+            "{prefix}UPDATE ConfigMap configmaps default/c dryRun=no UpdateOptions kubectl-label by kubernetes-admin in kubeadm:cluster-admins,system:authenticated old=yes\n"
+        )
+    );
+}

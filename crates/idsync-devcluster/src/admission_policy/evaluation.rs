@@ -31,7 +31,16 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn new(t: &Target, write: &Write, name: &str, namespace_object: Option<&Value>, requester: &Requester) -> Self {
+    /// `options` are the write's `*Options` as the client sent them (for a
+    /// create or update, from its query).
+    pub fn new(
+        t: &Target,
+        write: &Write,
+        name: &str,
+        namespace_object: Option<&Value>,
+        requester: &Requester,
+        options: Value,
+    ) -> Self {
         let subresource = t.subresource.clone().unwrap_or_default();
         let kind = json!({"group": t.rt.group, "version": t.rt.version, "kind": t.rt.kind});
         let resource = json!({"group": t.rt.group, "version": t.rt.version, "resource": t.rt.plural});
@@ -40,7 +49,7 @@ impl Request {
             Operation::Update => "UpdateOptions",
             Operation::Delete => "DeleteOptions",
         };
-        let mut options = write.options.cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
+        let mut options = if options.is_object() { options } else { json!({}) };
         options["kind"] = json!(options_kind);
         options["apiVersion"] = json!("meta.k8s.io/v1");
         let user = &requester.user;
@@ -234,7 +243,7 @@ mod tests {
     fn evaluated(spec: Value) -> Vec<Failure> {
         let object = json!({"metadata": {"name": "cm", "namespace": "default"}, "data": {"a": "b"}});
         let write = Write::stored(&object, None, false);
-        let request = Request::new(&target(), &write, "cm", None, &nobody());
+        let request = Request::new(&target(), &write, "cm", None, &nobody(), json!({}));
         evaluate(&json!({"spec": spec}), &request, None)
     }
 

@@ -161,8 +161,10 @@ pub fn admit(state: &State, t: &Target, write: &Write, q: &Query) -> Result<(), 
         {
             continue;
         }
-        let request =
-            request.get_or_insert_with(|| Request::new(t, write, &name, namespace_object.as_ref(), &requester));
+        let request = request.get_or_insert_with(|| {
+            let options = write.options.cloned().unwrap_or_else(|| query_options(q, write.dry_run));
+            Request::new(t, write, &name, namespace_object.as_ref(), &requester, options)
+        });
         let binding_name = text(binding, "/metadata/name");
         let failures = match params::collect(state, policy, binding, &namespace) {
             Ok(params) => params.iter().flat_map(|param| evaluate(policy, request, param.as_ref())).collect(),
@@ -211,6 +213,20 @@ fn refusal(t: &Target, name: &str, policy: &str, binding: &str, failure: &Failur
         "name": object, "group": t.rt.group, "kind": t.rt.plural, "causes": [{"message": message}],
     }));
     error
+}
+
+/// A create's or update's options, from the query they came with.
+fn query_options(q: &Query, dry_run: bool) -> Value {
+    let mut options = serde_json::Map::new();
+    for field in ["fieldManager", "fieldValidation"] {
+        if let Some(value) = q.get(field) {
+            options.insert(field.to_string(), json!(value));
+        }
+    }
+    if dry_run {
+        options.insert("dryRun".to_string(), json!(["All"]));
+    }
+    Value::Object(options)
 }
 
 /// The versions the target's resource is served in.
