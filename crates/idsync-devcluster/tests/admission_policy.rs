@@ -209,6 +209,13 @@ async fn an_admin_may_confirm_and_a_user_without_the_confirm_verb_is_refused_wit
         stored.stdout,
         "resyncrequest.idsync.dev/admin-confirms\nresyncrequest.idsync.dev/alice-syncs\nresyncrequest.idsync.dev/bob-confirms\n"
     );
+
+    // Without its binding a policy binds nothing.
+    h.kubectl_ok(&["delete", "validatingadmissionpolicybinding", "idsync-confirmations"], "").await;
+    alice
+        .create(&PostParams::default(), &resync("alice-confirms", confirming("alice")))
+        .await
+        .expect("no binding, no refusal");
 }
 
 #[tokio::test(flavor = "multi_thread")]
