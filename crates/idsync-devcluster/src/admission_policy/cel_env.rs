@@ -41,6 +41,10 @@ const VARIABLES: &[&str] = &["object", "oldObject", "request", "params", "namesp
 const TYPE_NAMES: &[&str] =
     &["bool", "bytes", "double", "duration", "int", "list", "map", "null_type", "string", "timestamp", "type", "uint"];
 
+/// The namespaces of library functions (`math.abs`, `optional.of`, …).
+const LIBRARIES: &[&str] =
+    &["base64", "cel", "format", "ip", "jsonpatch", "lists", "math", "optional", "regex", "sets", "strings", "url"];
+
 /// Refuses what the API server's type checker refuses of a policy's
 /// expression without knowing the object's schema: a name that is not a
 /// variable (`objekt.spec`), and `variables.x` for an `x` not declared
@@ -87,7 +91,8 @@ fn first_undeclared(expr: &IdedExpr, declared: &[String], bound: &mut Vec<String
         Expr::Call(call) => {
             // `sets.contains(…)`, `math.abs(…)`: a library's name is the
             // target of its functions, not a variable.
-            let target = call.target.as_deref().filter(|t| !matches!(t.expr, Expr::Ident(_)));
+            let library = |t: &&IdedExpr| matches!(&t.expr, Expr::Ident(name) if LIBRARIES.contains(&name.as_str()));
+            let target = call.target.as_deref().filter(|t| !library(t));
             target.into_iter().chain(call.args.iter()).find_map(|e| first_undeclared(e, declared, bound))
         }
         Expr::Comprehension(c) => {
@@ -260,6 +265,12 @@ mod tests {
         assert_eq!(
             checked("objekt.spec.x == 1", &[]),
             Err("compilation failed: ERROR: <input>:1:1: undeclared reference to 'objekt' (in container '')\n| objekt.spec.x == 1\n| ^".into())
+        );
+        assert_eq!(
+            checked("objekt.startsWith('x')", &[]).map_err(|e| e.lines().next().map(str::to_string)),
+            Err(Some(
+                "compilation failed: ERROR: <input>:1:1: undeclared reference to 'objekt' (in container '')".into()
+            ))
         );
         assert_eq!(
             checked("true && variables.confirm", &["confirms"]),
