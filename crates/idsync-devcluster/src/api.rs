@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
+use super::admission_policy::Write;
 use super::apply::{self, ApplyRequest};
 use super::error::ApiError;
 use super::events;
@@ -468,6 +469,7 @@ fn write(
     object = admit(rt, &name, object, old.as_ref(), q)?;
     crate::metadata::validate(&object, rt, &name)?;
     crate::metadata::drop_empty(&mut object);
+    crate::admission_policy::admit(state, t, &Write::stored(&object, old.as_ref(), q.dry_run()), q)?;
 
     // Generation moves on changes outside metadata (and outside status when
     // status is a subresource).
@@ -769,7 +771,9 @@ pub fn delete(state: &mut State, t: &Target, body: Option<Value>, q: &Query) -> 
             return Err(ApiError::bad_request(format!("unsupported propagationPolicy {other:?}")));
         }
     };
-    if q.dry_run_checked(Some(&options), "DeleteOptions")? {
+    let dry_run = q.dry_run_checked(Some(&options), "DeleteOptions")?;
+    crate::admission_policy::admit(state, t, &Write::deleted(&existing, dry_run, Some(&options)), q)?;
+    if dry_run {
         return Ok((200, present(&t.rt, &existing)));
     }
     let result = delete_object(state, &t.rt, &namespace, &name, propagation);
@@ -785,8 +789,10 @@ pub fn delete_collection(
     let dry_run = q.dry_run_checked(options.as_ref(), "DeleteOptions")?;
     let listed = list(state, t, q)?;
     let namespace = t.storage_namespace();
+    let items = listed["items"].as_array().cloned().unwrap_or_default();
+    crate::admission_policy::admit_deletions(state, t, &items, dry_run, options.as_ref(), q)?;
     let mut deleted = Vec::new();
-    for item in listed["items"].as_array().cloned().unwrap_or_default() {
+    for item in items {
         let name = meta_str(&item, "name").unwrap_or_default().to_string();
         let ns = meta_str(&item, "namespace").map(str::to_string).unwrap_or_else(|| namespace.clone());
         if !dry_run {

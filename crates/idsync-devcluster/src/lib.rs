@@ -56,6 +56,7 @@
 //!   of the kinds above and never answered (clients accept JSON).
 //! - CEL rule failures render the offending value by its JSON type.
 
+pub mod admission_policy;
 pub mod age;
 pub mod api;
 pub mod apply;

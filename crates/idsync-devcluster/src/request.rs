@@ -43,6 +43,10 @@ pub struct Query {
     /// Who made the request (for admission, which may check what the user
     /// may do with `Shared::authz`); none for requests the server makes.
     pub user: Option<crate::authz::UserInfo>,
+    /// The same user with the authorizer, for admission policies
+    /// (`request.userInfo`, `authorizer`); none for writes made inside the
+    /// devcluster.
+    pub requester: Option<crate::admission_policy::Requester>,
 }
 
 impl Query {
@@ -54,7 +58,12 @@ impl Query {
         let manager = params.get("fieldManager").cloned().unwrap_or_else(|| {
             user_agent.and_then(|ua| ua.split('/').next()).filter(|s| !s.is_empty()).unwrap_or("unknown").to_string()
         });
-        Query { params, manager, warnings: Default::default(), user: None }
+        Query { params, manager, warnings: Default::default(), user: None, requester: None }
+    }
+
+    /// The query of a request by `requester`.
+    pub fn with_requester(self, requester: crate::admission_policy::Requester) -> Self {
+        Query { requester: Some(requester), ..self }
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {

@@ -212,6 +212,24 @@ pub fn builtins() -> Vec<ResourceType> {
         builtin("authorization.k8s.io", "v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", false),
         crds,
     ]
+    .into_iter()
+    .chain(admission_policy_kinds())
+    .collect()
+}
+
+/// ValidatingAdmissionPolicy and its binding (see `admission_policy`),
+/// both cluster-scoped; a policy has generation and a status subresource.
+fn admission_policy_kinds() -> Vec<ResourceType> {
+    let group = crate::admission_policy::GROUP;
+    let categories = vec!["api-extensions".to_string()];
+    let mut policies = builtin(group, "v1", "ValidatingAdmissionPolicy", "validatingadmissionpolicies", false);
+    policies.has_status = true;
+    policies.tracks_generation = true;
+    policies.categories = categories.clone();
+    let mut bindings =
+        builtin(group, "v1", "ValidatingAdmissionPolicyBinding", "validatingadmissionpolicybindings", false);
+    bindings.categories = categories;
+    vec![policies, bindings]
 }
 
 /// The resource types a stored CustomResourceDefinition serves, one per

@@ -157,6 +157,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         (None, false) => Answer::List,
         (Some(_), false) => Answer::Object,
     };
+    let query = query.with_requester(crate::admission_policy::requester(&shared, &user));
     // `?dryRun=` must say `All`; a delete's body is checked where it is read.
     let options_kind = match method {
         Method::POST => Some("CreateOptions"),
