@@ -87,6 +87,46 @@ pub async fn apply_documents(
     Ok(applied)
 }
 
+/// The name prefix of the access objects `idsync dev` installs: the chart's
+/// for a release called `idsync`.
+pub const ACCESS_PREFIX: &str = "idsync";
+
+/// Installs what the chart installs for access control: the viewer,
+/// requester and admin ClusterRoles and the confirmations admission policy
+/// (`idsync_api::access`, which the chart test keeps equal to the chart's).
+pub async fn install_access(client: &kube::Client) -> Result<usize, DevError> {
+    let objects = idsync_api::access::roles(ACCESS_PREFIX, true)
+        .into_iter()
+        .chain(idsync_api::access::admission_policy(ACCESS_PREFIX));
+    let docs: Vec<Document> = objects
+        .map(|value| Document { source: "idsync access (the chart's roles and policy)".into(), value })
+        .collect();
+    apply_documents(client, &docs, "default").await
+}
+
+/// The users `idsync dev` adds, each with a kubeconfig context
+/// `idsync-dev-NAME`, and the role bound to them cluster-wide.
+pub const DEMO_USERS: [(&str, &str); 3] = [("alice", "admin"), ("bob", "requester"), ("carol", "viewer")];
+
+/// Binds each demo user to their role (`<prefix>-<role>`), cluster-wide.
+pub async fn bind_demo_users(client: &kube::Client) -> Result<usize, DevError> {
+    let docs: Vec<Document> = DEMO_USERS
+        .iter()
+        .map(|(user, role)| Document {
+            source: "idsync dev's demo users".into(),
+            value: serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": format!("idsync-dev:{user}")},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": format!("{ACCESS_PREFIX}-{role}")},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+            }),
+        })
+        .collect();
+    apply_documents(client, &docs, "default").await
+}
+
 /// The API server's message of a failed request, without kube's wrapping.
 fn describe(error: kube::Error) -> String {
     match error {
@@ -114,6 +154,9 @@ pub fn next_steps(kubeconfig: &Path, docs: &[Document], store: &Path) -> String 
          \x20 kubectl --kubeconfig {k} get connections\n\
          \x20 kubectl --kubeconfig {k} describe connection {connection}\n\
          \x20 kubectl --kubeconfig {k} apply -f examples/resync/all-connections.yaml\n\
+         As a demo user (alice: idsync-admin, bob: idsync-requester, carol: idsync-viewer):\n\
+         \x20 kubectl --kubeconfig {k} --context idsync-dev-bob auth can-i confirm resyncrequests.idsync.dev\n\
+         \x20 kubectl --kubeconfig {k} --context idsync-dev-carol get connections\n\
          The store is {store}; read identities with:\n\
          \x20 idsync identities list --profile {profile} --store {store}\n\
          Press Ctrl-C to stop.\n"

@@ -158,6 +158,17 @@ pub async fn dev(
     tracing::info!(url = %cluster.url(), kubeconfig = %kubeconfig.display(), "devcluster serving");
     let client = cluster.client()?;
     crate::dev::install_crds(&client).await?;
+    // Access as the chart sets it up, and three demo users to try it with,
+    // each a context of the kubeconfig.
+    crate::dev::install_access(&client).await?;
+    crate::dev::bind_demo_users(&client).await?;
+    let tokens: Vec<(&str, String)> = crate::dev::DEMO_USERS
+        .iter()
+        .map(|(user, role)| (*user, cluster.add_user(user, &[&format!("idsync-{role}s")])))
+        .collect();
+    let contexts: Vec<(&str, &str)> = tokens.iter().map(|(user, token)| (*user, token.as_str())).collect();
+    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml_with_users(&contexts))
+        .with_context(|| format!("cannot write the kubeconfig {}", kubeconfig.display()))?;
     let temporary = tempfile_dir()?;
     let data_dir = data_dir.unwrap_or_else(|| temporary.clone());
     // The store opens before anything says "running": an unusable

@@ -95,6 +95,21 @@ fn idsync_dev_serves_the_examples_to_kubectl_and_stops_cleanly_on_ctrl_c() {
     }
     assert!(text.contains("idsync identities list --profile acme-employees --store "), "{text}");
 
+    // Each demo user is a context, answered by RBAC with the chart's roles:
+    // `kubectl auth can-i` per user.
+    let can_i = |user: &str, verb: &str, resource: &str| {
+        let out = kubectl(&["--context", &format!("idsync-dev-{user}"), "auth", "can-i", verb, resource]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(can_i("alice", "confirm", "resyncrequests.idsync.dev"), "yes");
+    assert_eq!(can_i("alice", "create", "connections.idsync.dev"), "yes");
+    assert_eq!(can_i("bob", "create", "resyncrequests.idsync.dev"), "yes");
+    assert_eq!(can_i("bob", "confirm", "resyncrequests.idsync.dev"), "no");
+    assert_eq!(can_i("bob", "create", "connections.idsync.dev"), "no");
+    assert_eq!(can_i("carol", "list", "connections.idsync.dev"), "yes");
+    assert_eq!(can_i("carol", "create", "resyncrequests.idsync.dev"), "no");
+    assert!(text.contains("--context idsync-dev-bob auth can-i confirm"), "{text}");
+
     // The running idsync holds its store: a backup works, online; a
     // restore over it is refused.
     let store = text

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod access;
 mod cel_limits;
 mod chart;
 mod connection_inputs;
