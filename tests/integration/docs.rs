@@ -2,7 +2,7 @@
 //! condition and Event reason the operator can set is explained in
 //! docs/troubleshooting.md (a person who meets one in `kubectl describe`
 //! finds it there), and every relative link in docs/ leads to a file that
-//! exists.
+//! exists, and to a heading of it when it names one.
 //!
 //! The reasons are read from the source, not listed by hand, so a new one
 //! fails this test until it is documented: every PascalCase string literal
@@ -113,7 +113,7 @@ fn variants(relative: &str, name: &str) -> Vec<String> {
         .unwrap_or_else(|| panic!("no enum {name} in {relative}"));
     let body = &text[start..start + text[start..].find('}').expect("the enum's end")];
     let found: Vec<String> = body
-        .split(|c: char| c == ',' || c == '\n')
+        .split([',', '\n'])
         .map(str::trim)
         .filter(|v| !v.starts_with('#') && pascal_case(v))
         .map(str::to_string)
@@ -189,31 +189,59 @@ fn link_targets(markdown: &str) -> Vec<String> {
     markdown.split("](").skip(1).filter_map(|rest| rest.find(')').map(|end| rest[..end].trim().to_string())).collect()
 }
 
+/// The anchors of a Markdown page's headings, as GitHub makes them:
+/// lowercase, punctuation dropped, spaces as hyphens. Fenced code is skipped
+/// (a shell comment is no heading).
+fn anchors(markdown: &str) -> BTreeSet<String> {
+    let mut anchors = BTreeSet::new();
+    let mut fenced = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            let title = line.trim_start_matches('#').trim();
+            let slug: String = title
+                .to_lowercase()
+                .chars()
+                .filter_map(|c| match c {
+                    ' ' => Some('-'),
+                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                    _ => None,
+                })
+                .collect();
+            anchors.insert(slug);
+        }
+    }
+    anchors
+}
+
 #[test]
-fn every_relative_link_in_docs_leads_to_a_file() {
+fn every_relative_link_in_docs_leads_to_a_file_and_its_heading() {
     let docs = root().join("docs");
     let files = markdown_files(&docs);
     assert!(files.len() >= 8, "docs/ has {} pages", files.len());
     let mut broken = Vec::new();
     let mut checked = 0;
     for file in &files {
-        for target in link_targets(&read(file)) {
+        let text = read(file);
+        for target in link_targets(&text) {
             if target.starts_with("http://") || target.starts_with("https://") || target.starts_with("mailto:") {
                 continue;
             }
-            let path = target.split('#').next().unwrap_or_default();
-            if path.is_empty() {
-                continue; // an anchor on the same page
-            }
             checked += 1;
-            let resolved = file.parent().expect("a folder").join(path);
-            if !resolved.exists() {
+            let (path, anchor) = target.split_once('#').unwrap_or((target.as_str(), ""));
+            let resolved = if path.is_empty() { file.clone() } else { file.parent().expect("a folder").join(path) };
+            let found = resolved.exists()
+                && (anchor.is_empty()
+                    || resolved.extension().is_none_or(|e| e != "md")
+                    || anchors(&read(&resolved)).contains(anchor));
+            if !found {
                 broken.push(format!("{}: {target}", file.strip_prefix(root()).unwrap_or(file).display()));
             }
         }
     }
-    assert!(checked >= 20, "only {checked} relative links were found; the link parser is broken");
-    assert!(broken.is_empty(), "links to files that do not exist: {broken:#?}");
+    assert!(checked >= 40, "only {checked} relative links were found; the link parser is broken");
+    assert!(broken.is_empty(), "links to files or headings that do not exist: {broken:#?}");
 }
 
 #[test]
@@ -226,4 +254,10 @@ fn the_link_parser_and_literal_reader_read_what_they_should() {
     assert_eq!(read, ["Ready", r#"a \"quoted\" word"#, "Synced"]);
     assert!(pascal_case("SafeguardTripped") && pascal_case("InsecureTLS"));
     assert!(!pascal_case("TLS") && !pascal_case("ready") && !pascal_case("Not a reason"));
+    let headings = anchors(
+        "# Install\n## On a laptop: `idsync dev`\n```sh\n# not a heading\n```\n### The operator's own permissions\n",
+    );
+    let expected: BTreeSet<String> =
+        ["install", "on-a-laptop-idsync-dev", "the-operators-own-permissions"].map(String::from).into();
+    assert_eq!(headings, expected);
 }
