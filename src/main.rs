@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Command::Store { command } => store::run(command),
         Command::Resync { command, kube } => operator::run_async(false, plugin::resync(command, kube)),
         Command::Status { kube } => operator::run_async(false, plugin::status(kube)),
+        Command::Docs { command: idsync::cli::DocsCommand::Api } => manifests::print_api_reference(),
         Command::Version => {
             println!("{bin_name} {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

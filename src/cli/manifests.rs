@@ -14,6 +14,11 @@ pub fn print_crds() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn print_api_reference() -> anyhow::Result<ExitCode> {
+    print!("{}", idsync_api::reference::markdown(&idsync_api::crdgen::all()));
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn validate(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let checker = Checker::new().context("idsync's own CRDs are unusable")?;
     let mut failures = 0;

@@ -133,6 +133,11 @@ pub enum Command {
     },
     /// Print idsync's version.
     Version,
+    /// Print documentation generated from idsync itself.
+    Docs {
+        #[command(subcommand)]
+        command: DocsCommand,
+    },
     /// Print a shell completion script (`source <(idsync completion bash)`;
     /// for the kubectl plugin, `kubectl-idsync completion bash`).
     Completion {
@@ -145,6 +150,13 @@ pub enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+}
+
+#[derive(Subcommand)]
+pub enum DocsCommand {
+    /// The API reference of the three kinds in Markdown, from the CRDs
+    /// (docs/reference/api.md).
+    Api,
 }
 
 #[derive(Subcommand)]

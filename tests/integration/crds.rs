@@ -44,6 +44,30 @@ fn helm_chart_crds_match_the_types() {
     check_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/idsync/crds"));
 }
 
+/// The API reference under docs/ is generated from the CRDs, so it says
+/// what the API server checks; `idsync docs api` prints it.
+#[test]
+fn the_api_reference_matches_the_crds() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/reference/api.md");
+    let generated = idsync_api::reference::markdown(&crdgen::all());
+    if update_requested() {
+        std::fs::create_dir_all(path.parent().expect("a folder")).expect("create docs/reference");
+        std::fs::write(&path, &generated).expect("write the reference");
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/reference/api.md differs from the CRDs; run `IDSYNC_UPDATE_CRDS=1 cargo test --test integration crds` and commit"
+    );
+    let printed =
+        std::process::Command::new(env!("CARGO_BIN_EXE_idsync")).args(["docs", "api"]).output().expect("run idsync");
+    assert!(printed.status.success());
+    assert_eq!(String::from_utf8_lossy(&printed.stdout), generated);
+    // What a reader looks for is there: a field, its bound, a rule's message.
+    assert!(generated.contains("| `spec.importSafeguard.maxDeleteCount` |"), "a nested field row");
+    assert!(generated.contains("confirmDeletes needs target.connections"), "a rule's message");
+}
+
 #[test]
 fn idsync_crds_prints_every_committed_crd() {
     let output =

@@ -16,6 +16,7 @@ mod faults;
 mod github;
 mod identities_cli;
 mod identity_e2e;
+mod image;
 mod kill_loop;
 mod kubectl_plugin;
 mod ldap_server;

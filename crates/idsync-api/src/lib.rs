@@ -18,6 +18,7 @@ pub mod crdgen;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
 pub mod identity_profile;
+pub mod reference;
 pub mod resync_request;
 
 pub use common::{Category, ConcurrencyPolicy, SecretReference, SyncCounts, SyncMode};

@@ -617,6 +617,9 @@ fn admit(rt: &ResourceType, name: &str, object: Value, old: Option<&Value>, q: &
                 ));
             }
         }
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
+            crate::authz::validate(&rt.kind, name, &object, old)?;
+        }
         "Secret" => {
             merge_string_data(&mut object);
             if let Some(problem) = dns_subdomain_problem(name) {

@@ -2,7 +2,8 @@
 //! own table printers give them (a CRD's come from its printer columns, see
 //! `table`): Secrets' TYPE and DATA, ConfigMaps' DATA, Namespaces' STATUS,
 //! Leases' HOLDER, and Events as `kubectl get events` shows them (LAST
-//! SEEN, TYPE, REASON, OBJECT, MESSAGE), oldest first.
+//! SEEN, TYPE, REASON, OBJECT, MESSAGE), oldest first, roles' CREATED AT
+//! and bindings' ROLE (wide: USERS, GROUPS, SERVICEACCOUNTS).
 
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
@@ -43,6 +44,20 @@ pub fn table(
                 ("Name", "string", 1),
             ],
             event,
+        ),
+        ("rbac.authorization.k8s.io", "ClusterRole" | "Role") => {
+            (&[("Name", "string", 0), ("Created At", "date", 0)], role)
+        }
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding" | "RoleBinding") => (
+            &[
+                ("Name", "string", 0),
+                ("Role", "string", 0),
+                ("Age", "string", 0),
+                ("Users", "string", 1),
+                ("Groups", "string", 1),
+                ("ServiceAccounts", "string", 1),
+            ],
+            role_binding,
         ),
         _ => return None,
     };
@@ -103,6 +118,37 @@ fn namespace(object: &Value, now: Timestamp) -> Vec<Value> {
 
 fn lease(object: &Value, now: Timestamp) -> Vec<Value> {
     vec![name(object), Value::String(text(object, "/spec/holderIdentity")), age(object, now)]
+}
+
+/// Roles show when they were created, as a date, not an age.
+fn role(object: &Value, _now: Timestamp) -> Vec<Value> {
+    vec![name(object), Value::String(text(object, "/metadata/creationTimestamp"))]
+}
+
+/// `ClusterRole/view`, then (wide) the subjects by kind; a service account
+/// as `namespace/name`.
+fn role_binding(object: &Value, now: Timestamp) -> Vec<Value> {
+    let role = format!("{}/{}", text(object, "/roleRef/kind"), text(object, "/roleRef/name"));
+    let subjects = object.get("subjects").and_then(Value::as_array).cloned().unwrap_or_default();
+    let of_kind = |kind: &str| {
+        let names: Vec<String> = subjects
+            .iter()
+            .filter(|s| s.get("kind").and_then(Value::as_str) == Some(kind))
+            .map(|s| match text(s, "/namespace") {
+                ns if ns.is_empty() || kind != "ServiceAccount" => text(s, "/name"),
+                ns => format!("{ns}/{}", text(s, "/name")),
+            })
+            .collect();
+        Value::String(names.join(", "))
+    };
+    vec![
+        name(object),
+        Value::String(role),
+        age(object, now),
+        of_kind("User"),
+        of_kind("Group"),
+        of_kind("ServiceAccount"),
+    ]
 }
 
 /// When an Event was last seen, in either version's fields.

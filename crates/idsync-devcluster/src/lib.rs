@@ -17,12 +17,19 @@
 //! reads it answers, by representation ([`DevCluster::reads`]). Dry runs
 //! (`dryRun=All`, in the query or a delete's body) change nothing, and any
 //! other value is a 422. Updates ratchet validation as Kubernetes 1.30+ does
-//! (an unchanged value the schema now refuses may stay). Users added with
-//! [`DevCluster::client_as`] are held to their RBAC rules (403 as the API
-//! server words it) and their calls are tallied ([`DevCluster::accesses`]).
-//! kubectl's protobuf bodies for Secrets, ConfigMaps and Namespaces are read
-//! (`kubectl create secret generic …`). Unknown fields dropped under the
-//! default field validation come back as `Warning` headers. `/healthz`,
+//! (an unchanged value the schema now refuses may stay). Every request is
+//! authorized by RBAC (see `authz`): Roles, ClusterRoles with aggregation
+//! (`admin`, `edit` and `view` as on a cluster), RoleBindings and
+//! ClusterRoleBindings to users, groups and service accounts, refused with
+//! the API server's 403 and words; users are bearer tokens
+//! ([`DevCluster::add_user`], [`DevCluster::client_as`]), the kubeconfig's
+//! is `kubernetes-admin`, a cluster-admin; `kubectl auth can-i [--list]`
+//! and `whoami` answer; each user's allowed calls are tallied
+//! ([`DevCluster::accesses`]). kubectl's protobuf bodies for Secrets,
+//! ConfigMaps, Namespaces, the RBAC kinds and the self reviews are read
+//! (`kubectl create secret generic …`, `kubectl create rolebinding …`,
+//! `kubectl auth can-i …`). Unknown fields dropped under the default field
+//! validation come back as `Warning` headers. `/healthz`,
 //! `/readyz`, `/livez`, `kubectl cluster-info` and `kubectl auth whoami`
 //! answer as on a real cluster, and a plain-HTTP request gets the 400 Go's
 //! HTTPS server sends.
@@ -41,12 +48,12 @@
 //!   see `apply.rs` for exactly where it simplifies.
 //! - Pages of a list (`continue`) read the current state, not a snapshot at
 //!   the first page's resourceVersion; `resourceVersionMatch` is ignored.
-//! - Authorization is RBAC rules per added user, as one ClusterRole bound
-//!   cluster-wide (no Roles, bindings or aggregation); the kubeconfig's user
-//!   is an admin. No admission webhooks or aggregated discovery (clients
-//!   fall back to the per-group documents). Protobuf is read only for the
-//!   request bodies of the three kinds above and never answered (clients
-//!   accept JSON).
+//! - RBAC without escalation checks (a user who may write bindings may
+//!   bind any role), impersonation, or anonymous requests; aggregation
+//!   happens inside the write that changed a ClusterRole.
+//! - No admission webhooks or aggregated discovery (clients fall back to
+//!   the per-group documents). Protobuf is read only for the request bodies
+//!   of the kinds above and never answered (clients accept JSON).
 //! - CEL rule failures render the offending value by its JSON type.
 
 pub mod age;
@@ -134,8 +141,9 @@ pub struct Shared {
     pub config: ServerConfig,
     /// The reads answered, for tests.
     pub reads: reads::Reads,
-    /// Users with their own token and RBAC rules (see `authz`).
-    pub users: authz::Users,
+    /// The users and the RBAC policy (see `authz`); reachable without the
+    /// state lock, and safe to call under it.
+    pub authz: Arc<authz::Authorizer>,
 }
 
 impl Shared {
@@ -143,11 +151,15 @@ impl Shared {
         self.state.lock().map_err(|_| ApiError::internal("the devcluster's state is poisoned by an earlier panic"))
     }
 
-    /// Runs a write under the lock and wakes the watches.
+    /// Runs a write under the lock and wakes the watches. A write that
+    /// changed RBAC objects re-aggregates ClusterRoles and refreshes the
+    /// policy before the lock is released, so the next request sees it.
     pub fn write<T>(&self, f: impl FnOnce(&mut State) -> Result<T, ApiError>) -> Result<T, ApiError> {
         let (result, revision) = {
             let mut state = self.lock()?;
+            let before = state.store.revision();
             let result = f(&mut state);
+            self.authz.after_write(&mut state.store, before);
             (result, state.store.revision())
         };
         self.changes.send_replace(revision);
@@ -207,7 +219,7 @@ impl DevCluster {
             .await
             .map_err(|source| DevClusterError::Bind { port: config.port, source })?;
         let addr = listener.local_addr().map_err(|source| DevClusterError::Bind { port: config.port, source })?;
-        let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let token = new_token();
         let tls = tls::generate()?;
         let mut store = Store::new(config.history_limit, config.history_window);
         for ns in ["default", "kube-system", "kube-public"] {
@@ -219,6 +231,9 @@ impl DevCluster {
             });
             store.put("namespaces", "", ns, object, EventType::Added);
         }
+        let authz = Arc::new(authz::Authorizer::default());
+        authz.install(&mut store);
+        authz.users.add(token.clone(), authz::users::user_info(authz::ADMIN, "", &[authz::bootstrap::ADMIN_GROUP]));
         let (changes, _) = notify::channel(store.revision());
         let (watch_epoch, _) = notify::channel(0);
         let shared = Arc::new(Shared {
@@ -227,7 +242,7 @@ impl DevCluster {
             watch_epoch,
             config: ServerConfig { token, address: addr.to_string(), bookmark_interval: config.bookmark_interval },
             reads: reads::Reads::default(),
-            users: authz::Users::default(),
+            authz,
         });
         if let Some(path) = &config.kubeconfig {
             write_kubeconfig(path, addr, &shared.config.token, &tls.ca_pem)
@@ -279,6 +294,29 @@ impl DevCluster {
         kubeconfig_yaml(self.addr, self.token(), &self.ca_pem)
     }
 
+    /// The kubeconfig with, besides the admin's context `idsync-dev` (the
+    /// current one), a user and a context `idsync-dev-NAME` for each
+    /// `(NAME, token)` given (tokens from [`DevCluster::add_user`]), so
+    /// `kubectl --context idsync-dev-NAME` acts as that user.
+    pub fn kubeconfig_yaml_with_users(&self, users: &[(&str, &str)]) -> String {
+        let yaml = self.kubeconfig_yaml();
+        let mut user_entries = String::new();
+        let mut context_entries = String::new();
+        for (name, token) in users {
+            let id = format!("idsync-dev-{name}");
+            user_entries.push_str(&format!("- name: {id}\n  user:\n    token: {token}\n"));
+            context_entries.push_str(&format!(
+                "- name: {id}\n  context:\n    cluster: idsync-dev\n    user: {id}\n    namespace: default\n"
+            ));
+        }
+        // Users go after the admin's user, contexts after its context.
+        yaml.replacen("contexts:\n", &format!("{user_entries}contexts:\n"), 1).replacen(
+            "current-context:",
+            &format!("{context_entries}current-context:"),
+            1,
+        )
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -291,29 +329,21 @@ impl DevCluster {
         self.kubeconfig.as_deref()
     }
 
-    /// A kube-rs client acting as `user`, whose every request is authorized
-    /// against `rules` as RBAC would for a ClusterRole bound to it.
-    pub fn client_as(
-        &self,
-        user: &str,
-        rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
-    ) -> Result<kube::Client, DevClusterError> {
-        let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-        self.shared.users.add(token.clone(), user, rules);
-        self.client_with_token(&token)
+    /// A new bearer token for the user `username` in `groups` (plus
+    /// `system:authenticated`, and a service account's groups for a
+    /// `system:serviceaccount:NS:NAME` name). The user may do what RBAC
+    /// bindings grant it: nothing but discovery and the self reviews until
+    /// one is made.
+    pub fn add_user(&self, username: &str, groups: &[&str]) -> String {
+        let token = new_token();
+        let uid = uuid::Uuid::new_v4().to_string();
+        self.shared.authz.users.add(token.clone(), authz::users::user_info(username, &uid, groups));
+        token
     }
 
-    /// The distinct calls (verb, group, resource) `user` made, sorted.
-    pub fn accesses(&self, user: &str) -> Vec<authz::Access> {
-        self.shared.users.accesses(user)
-    }
-
-    /// A kube-rs client for this devcluster.
-    pub fn client(&self) -> Result<kube::Client, DevClusterError> {
-        self.client_with_token(self.token())
-    }
-
-    fn client_with_token(&self, token: &str) -> Result<kube::Client, DevClusterError> {
+    /// A kube-rs client authenticating with `token` (the kubeconfig's, or
+    /// one [`DevCluster::add_user`] returned).
+    pub fn client_for_token(&self, token: &str) -> Result<kube::Client, DevClusterError> {
         let url: http::Uri =
             self.url().parse().map_err(|e: http::uri::InvalidUri| DevClusterError::Client(e.to_string()))?;
         let mut config = kube::Config::new(url);
@@ -321,6 +351,59 @@ impl DevCluster {
         config.auth_info.token = Some(token.to_string().into());
         config.root_cert = Some(vec![self.ca_der.clone()]);
         kube::Client::try_from(config).map_err(|e| DevClusterError::Client(e.to_string()))
+    }
+
+    /// A kube-rs client acting as `user`, granted exactly `rules`: a new
+    /// token for `user`, and a ClusterRole `devcluster:client-as:USER` with
+    /// those rules bound to it cluster-wide (stored as any other RBAC
+    /// object, so `kubectl get clusterrole` shows it). Calling it again for
+    /// the same user replaces the rules.
+    pub fn client_as(
+        &self,
+        user: &str,
+        rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
+    ) -> Result<kube::Client, DevClusterError> {
+        let token = self.add_user(user, &[]);
+        let name = format!("devcluster:client-as:{user}");
+        let role = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": name}, "rules": rules,
+        });
+        let binding = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        });
+        self.shared
+            .write(|state| {
+                authz::bootstrap::put_or_replace(&mut state.store, authz::rbac::CLUSTER_ROLES, role, "rules");
+                authz::bootstrap::put_or_replace(
+                    &mut state.store,
+                    authz::rbac::CLUSTER_ROLE_BINDINGS,
+                    binding,
+                    "subjects",
+                );
+                Ok(())
+            })
+            .map_err(|e| DevClusterError::Client(e.message))?;
+        self.client_for_token(&token)
+    }
+
+    /// The distinct calls (verb, group, resource) `user` made and was
+    /// allowed, sorted.
+    pub fn accesses(&self, user: &str) -> Vec<authz::Access> {
+        self.shared.authz.users.accesses(user)
+    }
+
+    /// The authorizer (users and RBAC policy), e.g. to `check` a request.
+    pub fn authorizer(&self) -> Arc<authz::Authorizer> {
+        self.shared.authz.clone()
+    }
+
+    /// A kube-rs client for this devcluster, as the kubeconfig's admin.
+    pub fn client(&self) -> Result<kube::Client, DevClusterError> {
+        self.client_for_token(self.token())
     }
 
     /// Drops all watch history, as an etcd compaction does: watches resuming
@@ -363,6 +446,11 @@ impl Drop for DevCluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A bearer token: 256 random bits.
+fn new_token() -> String {
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
 /// A kubeconfig for the devcluster: one cluster (trusting its CA), one user with the bearer

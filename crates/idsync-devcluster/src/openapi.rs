@@ -178,8 +178,10 @@ fn with_object_meta(schema: &mut Value, schemas: &mut Map<String, Value>) {
 /// The schema of a built-in kind the devcluster serves.
 fn builtin_schema(rt: &ResourceType, schemas: &mut Map<String, Value>) -> Option<Value> {
     use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    use k8s_openapi::api::authorization::v1::{SelfSubjectAccessReview, SelfSubjectRulesReview};
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Secret, Service};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
     let root = match (rt.group.as_str(), rt.kind.as_str()) {
         ("", "ConfigMap") => schemars::schema_for!(ConfigMap),
         ("", "Secret") => schemars::schema_for!(Secret),
@@ -189,6 +191,12 @@ fn builtin_schema(rt: &ResourceType, schemas: &mut Map<String, Value>) -> Option
         ("authentication.k8s.io", "SelfSubjectReview") => schemars::schema_for!(SelfSubjectReview),
         ("coordination.k8s.io", "Lease") => schemars::schema_for!(Lease),
         ("events.k8s.io", "Event") => schemars::schema_for!(k8s_openapi::api::events::v1::Event),
+        ("rbac.authorization.k8s.io", "ClusterRole") => schemars::schema_for!(ClusterRole),
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => schemars::schema_for!(ClusterRoleBinding),
+        ("rbac.authorization.k8s.io", "Role") => schemars::schema_for!(Role),
+        ("rbac.authorization.k8s.io", "RoleBinding") => schemars::schema_for!(RoleBinding),
+        ("authorization.k8s.io", "SelfSubjectAccessReview") => schemars::schema_for!(SelfSubjectAccessReview),
+        ("authorization.k8s.io", "SelfSubjectRulesReview") => schemars::schema_for!(SelfSubjectRulesReview),
         _ => return None,
     };
     Some(component(root, schemas))
@@ -214,7 +222,13 @@ mod tests {
     #[test]
     fn every_reference_of_a_document_resolves_inside_it() {
         let registry = Registry::with_builtins();
-        for (group, version) in [("", "v1"), ("coordination.k8s.io", "v1"), ("authentication.k8s.io", "v1")] {
+        for (group, version) in [
+            ("", "v1"),
+            ("coordination.k8s.io", "v1"),
+            ("authentication.k8s.io", "v1"),
+            ("rbac.authorization.k8s.io", "v1"),
+            ("authorization.k8s.io", "v1"),
+        ] {
             let document = super::document(&registry, group, version).expect("served");
             let schemas = document["components"]["schemas"].as_object().expect("schemas");
             let mut found = Vec::new();

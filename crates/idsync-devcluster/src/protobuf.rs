@@ -20,10 +20,10 @@ use serde_json::{Map, Value, json};
 use super::error::ApiError;
 
 pub const CONTENT_TYPE: &str = "application/vnd.kubernetes.protobuf";
-const MAGIC: &[u8] = b"k8s\0";
+pub(crate) const MAGIC: &[u8] = b"k8s\0";
 
 /// One field as it appears on the wire.
-enum Field<'a> {
+pub(crate) enum Field<'a> {
     Varint(u64),
     Bytes(&'a [u8]),
     /// Fixed 32/64-bit values: no field read here has them.
@@ -31,7 +31,7 @@ enum Field<'a> {
 }
 
 /// The fields of one message, in wire order.
-fn fields(mut buf: &[u8]) -> Result<Vec<(u32, Field<'_>)>, String> {
+pub(crate) fn fields(mut buf: &[u8]) -> Result<Vec<(u32, Field<'_>)>, String> {
     let mut out = Vec::new();
     while !buf.is_empty() {
         let key = varint(&mut buf)?;
@@ -72,7 +72,7 @@ fn varint(buf: &mut &[u8]) -> Result<u64, String> {
     Err("a varint longer than 64 bits".to_string())
 }
 
-fn text(bytes: &[u8]) -> Result<String, String> {
+pub(crate) fn text(bytes: &[u8]) -> Result<String, String> {
     String::from_utf8(bytes.to_vec()).map_err(|_| "a string field that is not UTF-8".to_string())
 }
 
@@ -118,7 +118,7 @@ impl Object {
     }
 }
 
-fn object_meta(bytes: &[u8]) -> Result<Value, String> {
+pub(crate) fn object_meta(bytes: &[u8]) -> Result<Value, String> {
     let mut meta = Object::default();
     for (tag, field) in fields(bytes)? {
         match (tag, field) {

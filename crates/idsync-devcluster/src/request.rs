@@ -40,6 +40,9 @@ pub struct Query {
     /// Warnings for the answer's `Warning` headers (unknown fields under
     /// the default field validation), gathered while the request is served.
     warnings: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Who made the request (for admission, which may check what the user
+    /// may do with `Shared::authz`); none for requests the server makes.
+    pub user: Option<crate::authz::UserInfo>,
 }
 
 impl Query {
@@ -51,7 +54,7 @@ impl Query {
         let manager = params.get("fieldManager").cloned().unwrap_or_else(|| {
             user_agent.and_then(|ua| ua.split('/').next()).filter(|s| !s.is_empty()).unwrap_or("unknown").to_string()
         });
-        Query { params, manager, warnings: Default::default() }
+        Query { params, manager, warnings: Default::default(), user: None }
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {

@@ -60,6 +60,12 @@ impl ResourceType {
         self.storage_key == "events"
     }
 
+    /// A self review (`SelfSubjectReview`, `…AccessReview`, `…RulesReview`):
+    /// created to be answered, never stored.
+    pub fn is_review(&self) -> bool {
+        matches!(self.group.as_str(), "authentication.k8s.io" | "authorization.k8s.io")
+    }
+
     /// Every field selector label this resource accepts.
     pub fn field_selectors(&self) -> Vec<String> {
         let mut all = vec!["metadata.name".to_string(), "metadata.namespace".to_string()];
@@ -71,6 +77,9 @@ impl ResourceType {
     /// subresources.
     pub fn discovery(&self) -> Vec<Value> {
         let mut verbs = vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+        if self.is_review() {
+            verbs = vec!["create"];
+        }
         if self.plural == "namespaces" {
             verbs.retain(|v| *v != "deletecollection");
         }
@@ -192,6 +201,15 @@ pub fn builtins() -> Vec<ResourceType> {
         builtin("", "v1", "Service", "services", true).short(&["svc"]),
         // Answered, never stored (`kubectl auth whoami`); see server.rs.
         builtin("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", false),
+        // RBAC (see authz): stored, and read by the authorizer. Like on a
+        // cluster they have no short names. The access and rules reviews are
+        // answered, never stored (`kubectl auth can-i [--list]`).
+        builtin("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false),
+        builtin("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false),
+        builtin("rbac.authorization.k8s.io", "v1", "Role", "roles", true),
+        builtin("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true),
+        builtin("authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", false),
+        builtin("authorization.k8s.io", "v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", false),
         crds,
     ]
 }

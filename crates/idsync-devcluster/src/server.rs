@@ -47,16 +47,31 @@ fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str>
 }
 
 async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let token = header_str(&req, header::AUTHORIZATION).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string);
-    let Some(token) = token.filter(|t| *t == shared.config.token || shared.users.knows(t)) else {
+    let token = header_str(&req, header::AUTHORIZATION).and_then(|v| v.strip_prefix("Bearer "));
+    let Some(user) = token.and_then(|t| shared.authz.users.authenticate(t)) else {
         return Err(ApiError::unauthorized());
     };
     let method = req.method().clone();
-    let path = req.uri().path().trim_end_matches('/').to_string();
-    let query = Query::parse(req.uri().query(), header_str(&req, header::USER_AGENT));
+    let raw_path = req.uri().path().to_string();
+    let path = raw_path.trim_end_matches('/').to_string();
+    let mut query = Query::parse(req.uri().query(), header_str(&req, header::USER_AGENT));
+    query.user = Some(user.clone());
     let accept = header_str(&req, header::ACCEPT).map(str::to_string);
     let content_type = header_str(&req, header::CONTENT_TYPE).unwrap_or("application/json").to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+
+    // Everything but `/api/v1/…` and `/apis/{group}/{version}/…` is a
+    // non-resource request, authorized by its path and lower-case method
+    // (what `system:discovery` and `system:public-info-viewer` grant).
+    let resource_request = match segments.first() {
+        Some(&"api") => segments.len() >= 3,
+        Some(&"apis") => segments.len() >= 4,
+        _ => false,
+    };
+    if !resource_request {
+        let verb = method.as_str().to_ascii_lowercase();
+        shared.authz.authorize(&user, &crate::authz::Attributes::of_path(&verb, &raw_path), None)?;
+    }
 
     // Health, as the API server answers its probes and `kubectl get --raw`.
     if method == Method::GET && matches!(segments.first(), Some(&("healthz" | "readyz" | "livez"))) {
@@ -90,21 +105,11 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         let state = shared.lock()?;
         resolve(&state.registry, &segments).ok_or_else(|| ApiError::no_route(&path))?
     };
-    // Who am I: answered for anyone, stored never.
-    if target.rt.kind == "SelfSubjectReview" && method == Method::POST {
-        let user = shared.users.name(&token);
-        let groups: Vec<&str> = if user == crate::authz::ADMIN {
-            vec!["kubeadm:cluster-admins", "system:authenticated"]
-        } else {
-            vec!["system:authenticated"]
-        };
-        let review = serde_json::json!({
-            "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
-            "metadata": {"creationTimestamp": null},
-            "status": {"userInfo": {"username": user, "groups": groups}}
-        });
-        return Ok(json_response(201, &review));
-    }
+    let watching = method == Method::GET && target.name.is_none() && query.flag("watch");
+    let verb = crate::authz::verb(&method, target.name.is_some(), watching);
+    let attributes = crate::authz::Attributes::of_request(&target, verb, query.get("fieldSelector"));
+    shared.authz.authorize(&user, &attributes, Some(&target))?;
+
     let mut body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     if body.len() > crate::metadata::MAX_BODY_BYTES {
         return Err(ApiError::new(
@@ -116,20 +121,42 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
     // Bodies are JSON (or YAML for apply). kubectl's imperative commands
     // send protobuf for built-in kinds: those of them kubectl creates are
     // read (see `protobuf`); any other non-JSON body is told 415, as a
-    // server without protobuf would, and client-go then sends JSON.
+    // server without protobuf would, and client-go then sends JSON. The
+    // RBAC kinds and the reviews are read in `authz::wire`: kubectl does
+    // not fall back to JSON for them.
     if !body.is_empty() && matches!(method, Method::POST | Method::PUT) && !is_json_or_yaml(&content_type) {
         if !crate::protobuf::is_protobuf(&content_type) {
             return Err(ApiError::unsupported_media_type(&content_type));
         }
-        body = Bytes::from(crate::protobuf::to_json(&body)?.to_string());
+        let json = if crate::authz::wire::reads(&target.rt.group, &target.rt.kind) {
+            crate::authz::wire::to_json(&body)?
+        } else {
+            crate::protobuf::to_json(&body)?
+        };
+        body = Bytes::from(json.to_string());
     }
-    let watching = method == Method::GET && target.name.is_none() && query.flag("watch");
+
+    // The self reviews: answered for the asking user, stored never.
+    if let Some(review) = SelfReview::of(&target.rt) {
+        if method != Method::POST || target.name.is_some() {
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({method} {path})"
+            )));
+        }
+        let asked = || api::parse_body(&body, false);
+        let answer = match review {
+            SelfReview::Subject => crate::authz::review::whoami(&user),
+            SelfReview::Access => crate::authz::review::access_review(&shared.authz, &user, &asked()?)?,
+            SelfReview::Rules => crate::authz::review::rules_review(&shared.authz, &user, &asked()?)?,
+        };
+        return Ok(json_response(201, &answer));
+    }
+
     let answer = match (&target.name, watching) {
         (_, true) => Answer::Watch,
         (None, false) => Answer::List,
         (Some(_), false) => Answer::Object,
     };
-    shared.users.authorize(&token, crate::authz::verb(&method, target.name.is_some(), watching), &target)?;
     // `?dryRun=` must say `All`; a delete's body is checked where it is read.
     let options_kind = match method {
         Method::POST => Some("CreateOptions"),
@@ -197,6 +224,24 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         }
     }
     Ok(response)
+}
+
+/// The reviews answered rather than stored.
+enum SelfReview {
+    Subject,
+    Access,
+    Rules,
+}
+
+impl SelfReview {
+    fn of(rt: &crate::resources::ResourceType) -> Option<SelfReview> {
+        match (rt.group.as_str(), rt.kind.as_str()) {
+            ("authentication.k8s.io", "SelfSubjectReview") => Some(SelfReview::Subject),
+            ("authorization.k8s.io", "SelfSubjectAccessReview") => Some(SelfReview::Access),
+            ("authorization.k8s.io", "SelfSubjectRulesReview") => Some(SelfReview::Rules),
+            _ => None,
+        }
+    }
 }
 
 /// A list or object as JSON, as a Table or as its metadata, as asked for.
