@@ -184,9 +184,24 @@ fn markdown_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// The targets of the inline links `[text](target)` of a Markdown text.
+/// The targets of the inline links `[text](target)` of a Markdown text,
+/// outside code: fenced blocks and `code spans` (a regular expression such
+/// as `^[a-z]([-a-z]*)?$` is no link).
 fn link_targets(markdown: &str) -> Vec<String> {
-    markdown.split("](").skip(1).filter_map(|rest| rest.find(')').map(|end| rest[..end].trim().to_string())).collect()
+    let mut prose = String::new();
+    let mut fenced = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if !fenced {
+            // Between backticks, every other piece is code.
+            prose.extend(line.split('`').step_by(2));
+            prose.push('\n');
+        }
+    }
+    prose.split("](").skip(1).filter_map(|rest| rest.find(')').map(|end| rest[..end].trim().to_string())).collect()
 }
 
 /// The anchors of a Markdown page's headings, as GitHub makes them:
@@ -250,6 +265,8 @@ fn the_link_parser_and_literal_reader_read_what_they_should() {
         link_targets("see [install](install.md) and [a](../examples/x.yaml#top)."),
         ["install.md", "../examples/x.yaml#top"]
     );
+    let code = "[`examples/`](../examples/), matches `^[a-z]([-a-z]*[a-z])?$`\n```\n[no](link.md)\n```\n";
+    assert_eq!(link_targets(code), ["../examples/"]);
     let read = literals(r#"set("Ready", "a \"quoted\" word", '"', "Synced")"#);
     assert_eq!(read, ["Ready", r#"a \"quoted\" word"#, "Synced"]);
     assert!(pascal_case("SafeguardTripped") && pascal_case("InsecureTLS"));
