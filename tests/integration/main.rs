@@ -11,6 +11,7 @@ mod crds;
 mod dev_command;
 mod devcluster_kubectl;
 mod devcluster_semantics;
+mod docs;
 mod examples;
 mod faults;
 mod github;
