@@ -178,7 +178,8 @@ pub enum StoreCommand {
     /// be running on that store; the replaced store is kept as
     /// `idsync.db.before-restore`.
     Restore {
-        /// The backup to restore.
+        /// The backup to restore; `-` reads it from standard input
+        /// (`kubectl exec -i … -- idsync store restore --from - < FILE`).
         #[arg(long, value_name = "FILE")]
         from: PathBuf,
         /// The store's database file; default as for backup.

@@ -259,6 +259,7 @@ async fn wait_for(api: &Api<ResyncRequest>, name: &str) -> anyhow::Result<ExitCo
     let mut said: BTreeMap<String, String> = BTreeMap::new();
     while let Some(event) = stream.next().await {
         let request = event.context("lost the watch on the request")?;
+        let dry_run = request.spec.dry_run;
         let Some(status) = request.status.as_ref() else { continue };
         let mut out = std::io::stdout().lock();
         for target in &status.targets {
@@ -281,14 +282,17 @@ async fn wait_for(api: &Api<ResyncRequest>, name: &str) -> anyhow::Result<ExitCo
         let complete = idsync_api::conditions::find(&status.conditions, idsync_api::conditions::COMPLETE);
         let summary = complete.map(|c| c.message.clone()).unwrap_or_default();
         writeln!(out, "resyncrequest.idsync.dev/{name} {phase:?}{}", message(&summary))?;
+        // The preview: what a dry run would change, or the first changes a
+        // real run made.
+        let verb = if dry_run { "would change" } else { "changed" };
         for target in status.targets.iter().filter(|t| !t.preview.is_empty()) {
-            writeln!(out, "{} would change:", target.connection)?;
+            writeln!(out, "{} {verb}:", target.connection)?;
             for line in &target.preview {
                 writeln!(out, "  {line}")?;
             }
         }
         for profile in status.profiles.iter().filter(|p| !p.preview.is_empty()) {
-            writeln!(out, "profile {} would change:", profile.profile)?;
+            writeln!(out, "profile {} {verb}:", profile.profile)?;
             for line in &profile.preview {
                 writeln!(out, "  {line}")?;
             }

@@ -28,7 +28,8 @@ pub fn run(command: StoreCommand) -> anyhow::Result<ExitCode> {
         }
         StoreCommand::Restore { from, store } => {
             let store = store.unwrap_or_else(default_store_path);
-            let copied = backup::restore(&from, &store)?;
+            let copied =
+                if from == Path::new("-") { restore_from_stdin(&store)? } else { backup::restore(&from, &store)? };
             eprintln!(
                 "restored {} from {} ({} bytes, schema version {}); the replaced store is {}.before-restore",
                 store.display(),
@@ -42,13 +43,35 @@ pub fn run(command: StoreCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The backup arrives on standard input (`kubectl exec -i … -- idsync store
+/// restore --from - < idsync-backup.db`): it is written beside the store
+/// first, checked and restored from there, then removed.
+fn restore_from_stdin(store: &Path) -> anyhow::Result<backup::Copied> {
+    let staged = staging_path(store, "restore");
+    if let Some(parent) = staged.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let result = (|| {
+        let mut file = std::fs::File::create(&staged).with_context(|| format!("cannot write {}", staged.display()))?;
+        std::io::copy(&mut std::io::stdin().lock(), &mut file).context("cannot read the backup from standard input")?;
+        file.sync_all().with_context(|| format!("cannot write {}", staged.display()))?;
+        Ok(backup::restore(&staged, store)?)
+    })();
+    let _ = std::fs::remove_file(&staged);
+    result
+}
+
+fn staging_path(store: &Path, what: &str) -> std::path::PathBuf {
+    let mut name = store.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".{what}-{}", std::process::id()));
+    store.with_file_name(name)
+}
+
 /// The copy goes to a file beside the store first (the operator's image has
 /// a read-only root and no shell; its data folder is writable), then to
 /// standard output, so `kubectl exec … > file` takes a backup.
 fn backup_to_stdout(store: &Path) -> anyhow::Result<ExitCode> {
-    let mut name = store.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".backup-{}", std::process::id()));
-    let staged = store.with_file_name(name);
+    let staged = staging_path(store, "backup");
     let result = backup::backup(store, &staged).map_err(anyhow::Error::from).and_then(|_| {
         let mut file = std::fs::File::open(&staged).with_context(|| format!("cannot read {}", staged.display()))?;
         let mut out = std::io::stdout().lock();

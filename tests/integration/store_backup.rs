@@ -80,6 +80,24 @@ async fn a_backup_to_standard_output_is_a_whole_store() {
     let elsewhere = dir.path().join("restored/idsync.db");
     ok(idsync(&["store", "restore", "--store", &s(&elsewhere), "--from", &s(&file)]));
     assert_eq!(accounts(&elsewhere), accounts(&store));
+    // And back in through standard input, as `kubectl exec -i` sends it.
+    let piped = dir.path().join("piped/idsync.db");
+    let mut restore = Command::new(env!("CARGO_BIN_EXE_idsync"))
+        .args(["store", "restore", "--store", &s(&piped), "--from", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("idsync runs");
+    std::io::Write::write_all(&mut restore.stdin.take().expect("stdin"), &streamed.stdout).expect("pipe");
+    let out = restore.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(accounts(&piped), accounts(&store));
+    let staged: Vec<_> = std::fs::read_dir(dir.path().join("piped"))
+        .expect("list")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.contains(".restore-"))
+        .collect();
+    assert!(staged.is_empty(), "{staged:?}");
     // Nothing is left beside the store.
     let left: Vec<String> = std::fs::read_dir(dir.path())
         .expect("list")
