@@ -440,17 +440,7 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
                 stamp.clone(),
             );
         }
-        if conditions::find(&s.conditions, conditions::READY).is_none() {
-            conditions::set_condition(
-                &mut s.conditions,
-                conditions::READY,
-                TRUE,
-                "Ready",
-                "nothing to process yet",
-                generation,
-                stamp,
-            );
-        }
+        ready_without_stall(s, generation, stamp);
         *s != before
     })
     .await?;
@@ -1045,6 +1035,30 @@ pub fn record_run(
     conditions::set_condition(&mut s.conditions, conditions::PROCESSING, FALSE, "Idle", "", generation, stamp.clone());
 }
 
+/// The reasons `Ready` takes from a processing run (`record_run`); any
+/// other `Ready=False` reason is a stall's.
+const RUN_READY_REASONS: [&str; 3] = ["Processed", "AllIdentitiesFailed", "ProcessingFailed"];
+
+/// `Ready` once the profile is not stalled: set when missing, and when a
+/// stall's reason is still on it (the stall was fixed and no run has
+/// reported since), taken from the last run, so a fixed `timeZone` does not
+/// leave `Ready=False InvalidSchedule` behind until the next run.
+fn ready_without_stall(s: &mut idsync_api::IdentityProfileStatus, generation: Option<i64>, stamp: Time) {
+    let left_by_stall = conditions::find(&s.conditions, conditions::READY)
+        .is_some_and(|c| c.status == FALSE && !RUN_READY_REASONS.contains(&c.reason.as_str()));
+    if conditions::find(&s.conditions, conditions::READY).is_some() && !left_by_stall {
+        return;
+    }
+    let (ready, reason, message) = match &s.last_processing {
+        None => (TRUE, "Ready", "nothing to process yet".to_string()),
+        Some(last) if last.result == RunOutcome::Succeeded.to_string() => {
+            (TRUE, "Processed", format!("last processing: {}", last.message))
+        }
+        Some(last) => (FALSE, "ProcessingFailed", format!("last processing: {}", last.message)),
+    };
+    conditions::set_condition(&mut s.conditions, conditions::READY, ready, reason, &message, generation, stamp);
+}
+
 /// A run that processed identities and failed on every one of them.
 fn every_identity_failed(run: &ProcessingRunRecord) -> bool {
     run.processed > 0 && run.errors >= run.processed
@@ -1062,6 +1076,64 @@ pub fn selection_for(identities: &[String]) -> Selection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fixed_stall_leaves_ready_as_the_last_run_left_it() {
+        let at = |s: i64| Time(jiff::Timestamp::from_second(s).expect("time"));
+        let mut status = idsync_api::IdentityProfileStatus::default();
+        // Never processed, then stalled, then fixed: Ready, nothing to process.
+        conditions::set_condition(
+            &mut status.conditions,
+            conditions::READY,
+            FALSE,
+            "InvalidSchedule",
+            "bad zone",
+            Some(2),
+            at(1),
+        );
+        ready_without_stall(&mut status, Some(3), at(2));
+        let ready = conditions::find(&status.conditions, conditions::READY).expect("Ready");
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), (TRUE, "Ready"));
+
+        // Processed, stalled, fixed: Ready again, from the last run.
+        status.last_processing = Some(idsync_api::identity_profile::ProcessingRun {
+            trigger: "Scheduled".into(),
+            start_time: at(3),
+            completion_time: Some(at(4)),
+            processed: 4,
+            changed: 1,
+            errors: 0,
+            result: RunOutcome::Succeeded.to_string(),
+            message: "processed 4, changed 1".into(),
+        });
+        conditions::set_condition(
+            &mut status.conditions,
+            conditions::READY,
+            FALSE,
+            "InvalidSchedule",
+            "bad zone",
+            Some(4),
+            at(5),
+        );
+        ready_without_stall(&mut status, Some(5), at(6));
+        let ready = conditions::find(&status.conditions, conditions::READY).expect("Ready");
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), (TRUE, "Processed"));
+        assert_eq!(ready.message, "last processing: processed 4, changed 1");
+
+        // A run's own failure is not a stall's: left as the run said it.
+        conditions::set_condition(
+            &mut status.conditions,
+            conditions::READY,
+            FALSE,
+            "ProcessingFailed",
+            "source down",
+            Some(5),
+            at(7),
+        );
+        ready_without_stall(&mut status, Some(5), at(8));
+        let ready = conditions::find(&status.conditions, conditions::READY).expect("Ready");
+        assert_eq!((ready.reason.as_str(), ready.message.as_str()), ("ProcessingFailed", "source down"));
+    }
     use crate::model::Identity;
     use crate::model::RunMode;
     use crate::store::{AccountStore, IdentityStore, ProcessingCommit, ProcessingHistory, SqliteStore};
