@@ -200,3 +200,57 @@ fn the_rendered_chart_is_valid_for_kubernetes_1_33_to_1_35() {
         }
     }
 }
+
+/// The documented CRD upgrade (docs/upgrade.md, NOTES.txt): CRDs that an
+/// older release installed (Helm creates them; the "older" one here lacks
+/// `applyPendingChanges`) are replaced with `kubectl apply --server-side
+/// --force-conflicts -f crds/` from the new chart; objects already stored
+/// stay readable and the new field is accepted at once.
+#[tokio::test]
+async fn the_crd_upgrade_path_replaces_older_crds_and_keeps_objects() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, PostParams};
+
+    let h = common::Harness::start().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(h.client.clone());
+    let helm = PostParams { field_manager: Some("helm".into()), ..Default::default() };
+    for mut crd in idsync_api::crdgen::all() {
+        if crd.metadata.name.as_deref() == Some("resyncrequests.idsync.dev") {
+            let mut value = serde_json::to_value(&crd).expect("json");
+            let spec = "/spec/versions/0/schema/openAPIV3Schema/properties/spec";
+            let spec = value.pointer_mut(spec).expect("the spec schema");
+            spec["properties"].as_object_mut().expect("properties").remove("applyPendingChanges");
+            // The rule naming the field goes with it, as in the older release.
+            spec["x-kubernetes-validations"]
+                .as_array_mut()
+                .expect("rules")
+                .retain(|r| !r["rule"].as_str().unwrap_or_default().contains("applyPendingChanges"));
+            crd = serde_json::from_value(value).expect("a CRD");
+        }
+        crds.create(&helm, &crd).await.expect("the older release's CRD");
+    }
+    let request = |name: &str, extra: serde_json::Value| {
+        let mut spec = serde_json::json!({"target": {"profiles": ["employees"]}, "scope": "Identities"});
+        spec.as_object_mut().expect("spec").extend(extra.as_object().cloned().unwrap_or_default());
+        serde_json::json!({"apiVersion": "idsync.dev/v1alpha1", "kind": "ResyncRequest",
+                           "metadata": {"name": name}, "spec": spec})
+    };
+    h.apply_json(request("before-upgrade", serde_json::json!({}))).await;
+
+    let dir = common::repo("charts/idsync/crds").display().to_string();
+    // Without --force-conflicts, server-side apply stops at Helm's fields.
+    let out = h.kubectl(&["apply", "--server-side", "-f", &dir]).await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("with \"helm\" using apiextensions.k8s.io/v1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = h.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &dir]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    h.apply_json(request("after-upgrade", serde_json::json!({"applyPendingChanges": true}))).await;
+    let requests: Api<idsync_api::ResyncRequest> = Api::namespaced(h.client.clone(), "default");
+    assert!(requests.get("after-upgrade").await.expect("the new field").spec.apply_pending_changes);
+    assert!(!requests.get("before-upgrade").await.expect("the stored object").spec.apply_pending_changes);
+}
