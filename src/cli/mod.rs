@@ -17,11 +17,47 @@ pub mod plugin;
 pub mod runs;
 pub mod store;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "File exists (os error 17)");
+        let wrapped = crate::store::backup::BackupError::Io { what: "cannot create", path: "/x".into(), source: io };
+        let error = anyhow::Error::new(wrapped).context("cannot open the store /x/idsync.db");
+        assert_eq!(
+            error_text(&error),
+            "cannot open the store /x/idsync.db: cannot create /x: File exists (os error 17)"
+        );
+        let plain = anyhow::anyhow!("no store at /nope.db").context("cannot read");
+        assert_eq!(error_text(&plain), "cannot read: no store at /nope.db");
+    }
+}
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use output::{ItemFormat, ListFormat};
+
+/// An error and its causes on one line, each said once: many of the
+/// library's errors already end with their cause's words (`cannot create
+/// /x: File exists`), which a plain `{:#}` would repeat.
+pub fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let said = cause.to_string();
+        if said.is_empty() || text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
+}
 
 /// The name kubectl gives a plugin's command: the binary installed or
 /// linked as `kubectl-idsync` runs as `kubectl idsync`.
