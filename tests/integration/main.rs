@@ -19,6 +19,7 @@ mod kill_loop;
 mod ldap_server;
 mod leader;
 mod msgraph;
+mod notifications;
 mod okta;
 mod panic_safety;
 mod rbac;
