@@ -297,6 +297,23 @@ mod tests {
     }
 
     #[test]
+    fn notifications_count_deliveries_failures_by_reason_and_the_outbox() {
+        let metrics = Metrics::new();
+        metrics.notification_sent("default/mail");
+        metrics.notification_failed("default/hook", "Unreachable");
+        metrics.notification_failed("default/hook", "Unreachable");
+        metrics.set_outbox_depth(3);
+        let text = metrics.render();
+        for expected in [
+            "idsync_notifications_sent_total{provider=\"default/mail\"} 1",
+            "idsync_notifications_failed_total{provider=\"default/hook\",reason=\"Unreachable\"} 2",
+            "idsync_notification_outbox_depth 3",
+        ] {
+            assert!(lines_contain(&text, expected), "missing {expected:?} in:\n{text}");
+        }
+    }
+
+    #[test]
     fn sync_finished_records_duration_and_changes() {
         let metrics = Metrics::new();
         metrics.sync_finished("default/hris", "csv", "success", Duration::from_millis(300), 3, 0, 2);

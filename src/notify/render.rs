@@ -181,7 +181,10 @@ pub fn text(n: &Notice) -> String {
     if let Some(by) = &n.requested_by {
         let _ = write!(text, " (requested by {by})");
     }
-    if let Some(reason) = n.reason.as_deref().filter(|_| n.event != NotificationEvent::SyncFailed) {
+    // The reason when it says more than the outcome (a failed sync's is
+    // already in its headline).
+    let said = n.event == NotificationEvent::SyncFailed || n.reason == n.outcome;
+    if let Some(reason) = n.reason.as_deref().filter(|_| !said) {
         let _ = write!(text, ", reason {reason}");
     }
     if !n.message.is_empty() {

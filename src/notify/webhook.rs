@@ -83,6 +83,25 @@ fn describe(e: &reqwest::Error) -> &'static str {
 mod tests {
     use super::*;
 
+    fn settings(url: &str) -> WebhookSettings {
+        WebhookSettings { url: url.to_string(), signing_secret_ref: None }
+    }
+
+    #[tokio::test]
+    async fn loopback_is_refused_unless_allowed_and_metadata_always() {
+        let refused =
+            send(&settings("http://127.0.0.1:9/hook"), AddressPolicy::default(), None, "SyncFailed", "k", Vec::new())
+                .await;
+        assert!(
+            matches!(refused, Err(DeliveryError::AddressNotAllowed(ref m)) if m.contains("allowLoopback")),
+            "{refused:?}"
+        );
+        let allowed = AddressPolicy { allow_loopback: true };
+        let metadata =
+            send(&settings("https://169.254.169.254/latest"), allowed, None, "SyncFailed", "k", Vec::new()).await;
+        assert!(matches!(metadata, Err(DeliveryError::AddressNotAllowed(_))), "{metadata:?}");
+    }
+
     #[test]
     fn the_signature_is_githubs_hmac_sha256_of_the_body() {
         // RFC 4231 test case 2.

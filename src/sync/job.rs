@@ -117,11 +117,20 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(StoreError::Internal(format!("store task failed: {e}"))))
 }
 
-/// Builds the notifications announcing how a sync ended, from its report
-/// (before the account count, which is read after the commit): they go to
-/// the store's outbox in the transaction that records the result, so they
-/// are sent if and only if that result is what the store holds.
-pub type Announce = Box<dyn FnOnce(&SyncReport) -> Vec<OutboxEntry> + Send>;
+/// Builds notifications for the store's outbox from what a sync did.
+pub type Notices<T> = Box<dyn FnOnce(T) -> Vec<OutboxEntry> + Send>;
+
+/// Builds the notifications of a sync, for the store's outbox.
+pub struct Announce {
+    /// Those announcing its start, given its run's number: enqueued as soon
+    /// as the run is recorded.
+    pub started: Notices<RunId>,
+    /// Those announcing how it ended, from its report (before the account
+    /// count, which is read after the commit): they go to the outbox in the
+    /// transaction that records the result, so they are sent if and only if
+    /// that result is what the store holds.
+    pub finished: Notices<SyncReport>,
+}
 
 /// Runs one sync to its end. Never leaves partial changes in the store.
 pub async fn run(job: SyncJob, connector: Box<dyn Connector>, store: Arc<dyn Store>, cancel: Cancel) -> SyncReport {
@@ -164,6 +173,19 @@ pub async fn run_announcing(
                 preview: Vec::new(),
             };
         }
+    };
+    let finished = match announce {
+        Some(Announce { started, finished }) => {
+            let entries = started(run_id);
+            if !entries.is_empty()
+                && let Err(error) = blocking(&store, move |s| s.enqueue(&entries).map(drop)).await
+            {
+                // The sync goes on: a notification is never a reason to stop it.
+                tracing::warn!(%error, run = run_id, "cannot write the sync's start notifications");
+            }
+            Some(finished)
+        }
+        None => None,
     };
     let mut state = Progress {
         mode: job.mode,
@@ -234,8 +256,8 @@ pub async fn run_announcing(
         finished_at: Timestamp::now(),
     };
     let preview = if outcome.keeps_changes() { std::mem::take(&mut state.preview).lines() } else { Vec::new() };
-    let outbox = match announce {
-        Some(announce) => announce(&SyncReport {
+    let outbox = match finished {
+        Some(announce) => announce(SyncReport {
             run: Some(run_id),
             outcome,
             mode: state.mode,

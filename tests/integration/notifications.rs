@@ -16,8 +16,10 @@ use std::time::Duration;
 use common::{Harness, eventually};
 use idsync::store::SqliteStore;
 use idsync::store::outbox::NotificationOutbox;
-use idsync_api::resync_request::Phase;
-use idsync_api::{Connection, NotificationEvent, NotificationPolicy, NotificationProvider, ResyncRequest};
+use idsync_api::resync_request::{Phase, Scope};
+use idsync_api::{
+    Connection, IdentityProfile, NotificationEvent, NotificationPolicy, NotificationProvider, ResyncRequest,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DeleteParams};
 use serde_json::json;
@@ -351,4 +353,58 @@ async fn a_notification_committed_before_a_crash_is_sent_once_after_the_restart(
     assert!(ids.values().all(|n| *n == 1), "no notification twice: {mails:#?}");
     let _ = second.kill().await;
     sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_for_every_event_hears_each_step_of_a_request_once() {
+    let common::operator::Started { h, operator, .. } = common::operator::start_operator().await;
+    let receiver = WebhookReceiver::start(SIGNING_SECRET, 0).await;
+    credentials(&h, "hook-signing", json!({"key": SIGNING_SECRET})).await;
+    csv_connection(&h, "hr", &export(1..=4)).await;
+    let profile =
+        IdentityProfile::test("employees").authoritative("hr").attribute("email", "accounts.hr.email").build();
+    apply(&h, profile).await;
+    apply_provider(&h, NotificationProvider::test("hook").webhook(&receiver.url).signing_secret("hook-signing", "key"))
+        .await;
+    apply_policy(&h, NotificationPolicy::test("everything").provider("hook", [])).await;
+    let request = ResyncRequest::test("sync-and-process")
+        .connections(["hr"])
+        .scope(Scope::AccountsAndIdentities)
+        .requested_by("carol");
+    h.create_request(request).await;
+    h.finished_request("sync-and-process", Duration::from_secs(60)).await;
+
+    let wanted = ["RequestStarted", "SyncStarted", "SyncSucceeded", "ProcessingSucceeded", "RequestCompleted"];
+    let seen = eventually(Duration::from_secs(60), || async {
+        let events: Vec<String> = receiver.received().into_iter().map(|r| r.event).collect();
+        wanted.iter().all(|w| events.iter().any(|e| e == w)).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "not every event arrived: {:#?}", receiver.received());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let received = receiver.received();
+    let mut keys = std::collections::BTreeSet::new();
+    for r in &received {
+        assert!(r.signature_valid && r.accepted, "{r:#?}");
+        assert!(keys.insert(r.idempotency_key.clone()), "delivered twice: {r:#?}");
+    }
+    let of = |event: &str| received.iter().filter(|r| r.event == event).map(|r| &r.body).collect::<Vec<_>>();
+    for event in ["RequestStarted", "SyncStarted", "SyncSucceeded", "RequestCompleted"] {
+        assert_eq!(of(event).len(), 1, "{event} once: {received:#?}");
+    }
+    // The profile also processes on its own (when created, and after the
+    // sync changed its accounts): one notice per processing run.
+    let processing = of("ProcessingSucceeded");
+    let runs: std::collections::BTreeSet<String> = processing.iter().map(|p| p["run"].to_string()).collect();
+    assert_eq!(runs.len(), processing.len(), "one notice per run: {processing:#?}");
+    let requested: Vec<_> = processing.iter().filter(|p| p["request"] == "sync-and-process").collect();
+    assert_eq!(requested.len(), 1, "{processing:#?}");
+    assert_eq!(requested[0]["kind"], "IdentityProfile");
+    assert_eq!(requested[0]["profiles"][0]["processed"], 4);
+    let completed = of("RequestCompleted")[0];
+    assert_eq!(completed["requestedBy"], "carol");
+    assert_eq!(completed["outcome"], "Succeeded");
+    assert_eq!(completed["targets"][0]["counts"]["created"], 4);
+    assert_eq!(completed["profiles"][0]["profile"], "employees");
+    operator.stop().await;
 }
