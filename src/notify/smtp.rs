@@ -71,6 +71,15 @@ pub async fn send(
     }
     let message = message(&settings.from, mail)?;
     let address = checked_address(&settings.host, settings.port, policy).await?;
+    // The schema allows tls None only to a loopback host; an object stored
+    // before that rule still never sends credentials and mail in clear
+    // over a network.
+    if settings.tls == SmtpTls::None && !address.ip().is_loopback() {
+        return Err(DeliveryError::Config(format!(
+            "spec.smtp.tls: None is allowed only to a loopback host, and {} is not one",
+            settings.host
+        )));
+    }
     let tls_parameters = || -> Result<TlsParameters, DeliveryError> {
         let mut builder = TlsParameters::builder(settings.host.clone());
         if let Some(pem) = &secrets.ca_pem {

@@ -34,6 +34,9 @@ pub const GIVE_UP_AFTER: SignedDuration = SignedDuration::from_hours(24);
 const POLL: Duration = Duration::from_millis(500);
 /// Notifications sent per round.
 const BATCH: usize = 50;
+/// How often every policy's `Ready` is checked (its providers exist), so a
+/// policy that has sent nothing yet still says whether it could.
+const READINESS_EVERY: Duration = Duration::from_secs(30);
 
 /// A test-only fail point: with `IDSYNC_NOTIFY_FAILPOINT=abort-before-send`
 /// the process aborts when it is about to send a notification, after the
@@ -57,7 +60,12 @@ pub async fn run(
 ) {
     let mut stop = std::pin::pin!(stop);
     let mut batch = StatusBatch::default();
+    let mut readiness_checked: Option<tokio::time::Instant> = None;
     loop {
+        if readiness_checked.is_none_or(|at| at.elapsed() >= READINESS_EVERY) {
+            check_readiness(&client).await;
+            readiness_checked = Some(tokio::time::Instant::now());
+        }
         let due = {
             let store = store.clone();
             let now = Timestamp::now();
@@ -283,6 +291,65 @@ impl StatusBatch {
     }
 }
 
+/// Sets `Ready` on every policy: True when each provider it names exists.
+/// Written only when it changed, with the resourceVersion read.
+async fn check_readiness(client: &kube::Client) {
+    let params = kube::api::ListParams::default();
+    let (policies, providers) =
+        (Api::<NotificationPolicy>::all(client.clone()), Api::<NotificationProvider>::all(client.clone()));
+    let (policies, providers) = futures::join!(policies.list(&params), providers.list(&params));
+    let (policies, providers) = match (policies, providers) {
+        (Ok(policies), Ok(providers)) => (policies.items, providers.items),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::debug!(%error, "cannot list the notification policies and providers");
+            return;
+        }
+    };
+    let exists = |namespace: &str, name: &str| {
+        providers
+            .iter()
+            .any(|p| p.metadata.namespace.as_deref() == Some(namespace) && p.metadata.name.as_deref() == Some(name))
+    };
+    for mut policy in policies {
+        let (Some(namespace), Some(name)) = (policy.metadata.namespace.clone(), policy.metadata.name.clone()) else {
+            continue;
+        };
+        let missing: Vec<String> =
+            policy.spec.providers.iter().filter(|r| !exists(&namespace, &r.name)).map(|r| r.name.clone()).collect();
+        let generation = policy.metadata.generation;
+        let status = policy.status.get_or_insert_with(Default::default);
+        let changed = set_ready(status, &missing, generation) | (status.observed_generation != generation);
+        status.observed_generation = generation;
+        if changed {
+            let api: Api<NotificationPolicy> = Api::namespaced(client.clone(), &namespace);
+            if let Err(error) = api.replace_status(&name, &PostParams::default(), &policy).await {
+                // A conflict or a deletion: the next check sees the new object.
+                tracing::debug!(%error, policy = %name, namespace = %namespace, "cannot write the policy's readiness");
+            }
+        }
+    }
+}
+
+/// Sets `Ready` from the providers a policy names that do not exist.
+/// Returns whether it changed.
+fn set_ready(status: &mut idsync_api::NotificationPolicyStatus, missing: &[String], generation: Option<i64>) -> bool {
+    let now = Time(Timestamp::now());
+    if missing.is_empty() {
+        set_condition(
+            &mut status.conditions,
+            READY,
+            TRUE,
+            "ProvidersFound",
+            "every provider it names exists",
+            generation,
+            now,
+        )
+    } else {
+        let message = format!("NotificationProvider not found: {}", missing.join(", "));
+        set_condition(&mut status.conditions, READY, FALSE, "ProviderNotFound", &message, generation, now)
+    }
+}
+
 async fn write_status(
     client: &kube::Client,
     namespace: &str,
@@ -315,20 +382,7 @@ async fn write_status(
         status.last_failure_message = message.clone();
     }
     status.observed_generation = generation;
-    if missing.is_empty() {
-        set_condition(
-            &mut status.conditions,
-            READY,
-            TRUE,
-            "ProvidersFound",
-            "every provider it names exists",
-            generation,
-            now.clone(),
-        );
-    } else {
-        let message = format!("NotificationProvider not found: {}", missing.join(", "));
-        set_condition(&mut status.conditions, READY, FALSE, "ProviderNotFound", &message, generation, now.clone());
-    }
+    set_ready(&mut status, &missing, generation);
     if delta.failing {
         let message = format!("the last delivery failed and is retried with backoff: {}", status.last_failure_message);
         set_condition(&mut status.conditions, DELIVERING, FALSE, "DeliveryFailing", &message, generation, now);

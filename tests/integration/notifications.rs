@@ -251,9 +251,23 @@ async fn a_broken_provider_shows_on_the_policy_and_the_sync_still_succeeds() {
         .provider("missing", [])
         .events([NotificationEvent::SyncSucceeded]);
     apply_policy(&h, policy).await;
+    // A policy with nothing to send yet still says its provider is missing.
+    apply_policy(
+        &h,
+        NotificationPolicy::test("idle").provider("nowhere", []).events([NotificationEvent::ChangesPending]),
+    )
+    .await;
     h.create_request(ResyncRequest::test("sync-hr").connections(["hr"])).await;
     let done = h.finished_request("sync-hr", Duration::from_secs(60)).await;
     assert_eq!(done.status.as_ref().and_then(|s| s.phase), Some(Phase::Succeeded), "{done:#?}");
+    let idle = eventually(Duration::from_secs(60), || async {
+        let status = policy_status(&h, "idle").await;
+        (condition(&status, "Ready")?["reason"] == "ProviderNotFound").then_some(status)
+    })
+    .await
+    .expect("the idle policy's Ready names the missing provider");
+    assert!(condition(&idle, "Ready").expect("Ready")["message"].as_str().is_some_and(|m| m.contains("nowhere")));
+    assert_eq!(idle["failedDeliveries"], 0);
 
     let status = eventually(Duration::from_secs(30), || async {
         let status = policy_status(&h, "broken").await;
