@@ -113,7 +113,8 @@ pub fn body(n: &Notice) -> String {
         field("Dry run", "yes: nothing was applied");
     }
     field("Outcome", n.outcome.as_deref().unwrap_or(""));
-    field("Reason", n.reason.as_deref().unwrap_or(""));
+    // The reason when it says more than the outcome.
+    field("Reason", n.reason.as_deref().filter(|r| Some(*r) != n.outcome.as_deref()).unwrap_or(""));
     if let Some(c) = &n.counts {
         field("Counts", &counts(c));
     }
@@ -134,7 +135,7 @@ pub fn body(n: &Notice) -> String {
                 let _ = writeln!(out, "    {}", t.message);
             }
             if let Some(run) = t.run {
-                let _ = writeln!(out, "    run {run}");
+                let _ = writeln!(out, "    run {run} (idsync runs get {run})");
             }
             for line in &t.preview {
                 let _ = writeln!(out, "    {line}");
