@@ -75,10 +75,14 @@ fn advice(n: &Notice) -> Option<String> {
         return None;
     }
     let list = tripped.join(", ");
+    let runs = match n.run {
+        Some(run) => format!("idsync runs get {run}"),
+        None => "idsync runs get RUN, with each connection's run above,".to_string(),
+    };
     Some(format!(
         "The import safeguard held back the sync of {list}: it would delete more accounts than the \
          Connection's importSafeguard allows, so nothing was applied. Check the deletions first \
-         (idsync runs get RUN shows every account it would delete). If they are right, confirm them \
+         ({runs} shows every account it would delete). If they are right, confirm them \
          with a ResyncRequest naming the connection:\n\n\
          kubectl -n {ns} create -f - <<EOF\n\
          apiVersion: idsync.dev/v1alpha1\n\
@@ -161,7 +165,9 @@ pub fn body(n: &Notice) -> String {
         }
     }
     if !n.preview.is_empty() {
-        out.push_str(if n.dry_run { "\nWhat it would change (first few):\n" } else { "\nWhat changed (first few):\n" });
+        // A dry run, or a sync the safeguard held back, changed nothing.
+        let applied = !n.dry_run && n.event != NotificationEvent::SafeguardTripped;
+        out.push_str(if applied { "\nWhat changed (first few):\n" } else { "\nWhat it would change (first few):\n" });
         for line in &n.preview {
             let _ = writeln!(out, "  {line}");
         }
@@ -255,6 +261,9 @@ mod tests {
         assert!(body.contains("confirmDeletes: true"), "{body}");
         assert!(body.contains("connections: [hr]"), "{body}");
         assert!(body.contains("would delete 30 of 36"), "{body}");
+        assert!(body.contains("(idsync runs get 7 shows every account it would delete)"), "{body}");
+        assert!(body.contains("What it would change (first few):"), "{body}");
+        assert!(!body.contains("Reason:"), "the reason is the outcome: {body}");
     }
 
     #[test]

@@ -159,10 +159,11 @@ async fn every_sync_is_its_own_mail_and_a_safeguard_trip_says_how_to_confirm() {
     assert_eq!(mail.subject, "[idsync] Full sync of Connection default/hr held back by the import safeguard");
     for expected in [
         "Request:      ResyncRequest default/third",
-        "Reason:       SafeguardTripped",
+        "Outcome:      SafeguardTripped",
         "confirmDeletes: true",
         "connections: [hr]",
         "kubectl -n default describe connection hr",
+        "delete E0002 (person2@acme.example)",
     ] {
         assert!(mail.body.contains(expected), "missing {expected:?} in:\n{}", mail.body);
     }
