@@ -12,6 +12,7 @@ pub mod lease;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod store;
 pub mod sync;
 pub mod tls;

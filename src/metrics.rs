@@ -50,6 +50,17 @@ struct ErrorLabels {
     error: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationFailureLabels {
+    provider: String,
+    reason: String,
+}
+
 fn sync_histogram() -> Histogram {
     Histogram::new(SYNC_DURATION_BUCKETS)
 }
@@ -68,6 +79,9 @@ pub struct Metrics {
     identities: Family<ProfileLabels, Gauge>,
     reconcile_errors: Family<ErrorLabels, Counter>,
     leader: Gauge,
+    notifications_sent: Family<NotificationLabels, Counter>,
+    notifications_failed: Family<NotificationFailureLabels, Counter>,
+    outbox_depth: Gauge,
 }
 
 impl Default for Metrics {
@@ -90,6 +104,9 @@ impl Metrics {
         let identities = Family::<ProfileLabels, Gauge>::default();
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let leader = Gauge::default();
+        let notifications_sent = Family::<NotificationLabels, Counter>::default();
+        let notifications_failed = Family::<NotificationFailureLabels, Counter>::default();
+        let outbox_depth = Gauge::default();
         // The registry appends the unit and, for counters, `_total` to these names.
         registry.register_with_unit(
             "idsync_sync_duration",
@@ -122,6 +139,21 @@ impl Metrics {
             reconcile_errors.clone(),
         );
         registry.register("idsync_leader", "1 when this instance holds the leader Lease", leader.clone());
+        registry.register(
+            "idsync_notifications_sent",
+            "Notifications delivered, by provider (namespace/name)",
+            notifications_sent.clone(),
+        );
+        registry.register(
+            "idsync_notifications_failed",
+            "Notification delivery attempts that failed, by provider and reason (each is retried with backoff)",
+            notifications_failed.clone(),
+        );
+        registry.register(
+            "idsync_notification_outbox_depth",
+            "Notifications waiting in the store's outbox to be sent",
+            outbox_depth.clone(),
+        );
         Metrics {
             registry,
             sync_duration,
@@ -132,7 +164,26 @@ impl Metrics {
             identities,
             reconcile_errors,
             leader,
+            notifications_sent,
+            notifications_failed,
+            outbox_depth,
         }
+    }
+
+    /// A notification was delivered through `provider` (`namespace/name`).
+    pub fn notification_sent(&self, provider: &str) {
+        self.notifications_sent.get_or_create(&NotificationLabels { provider: provider.to_string() }).inc();
+    }
+
+    /// A delivery attempt through `provider` failed for `reason`.
+    pub fn notification_failed(&self, provider: &str, reason: &str) {
+        let labels = NotificationFailureLabels { provider: provider.to_string(), reason: reason.to_string() };
+        self.notifications_failed.get_or_create(&labels).inc();
+    }
+
+    /// Notifications waiting in the outbox.
+    pub fn set_outbox_depth(&self, depth: u64) {
+        self.outbox_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 
     /// Records a finished sync of `connection` (`namespace/name`).
@@ -243,6 +294,23 @@ mod tests {
         // Families without a series yet are left out entirely.
         assert!(!text.contains("idsync_sync_duration"), "{text}");
         assert_eq!(lines.last(), Some(&"# EOF"));
+    }
+
+    #[test]
+    fn notifications_count_deliveries_failures_by_reason_and_the_outbox() {
+        let metrics = Metrics::new();
+        metrics.notification_sent("default/mail");
+        metrics.notification_failed("default/hook", "Unreachable");
+        metrics.notification_failed("default/hook", "Unreachable");
+        metrics.set_outbox_depth(3);
+        let text = metrics.render();
+        for expected in [
+            "idsync_notifications_sent_total{provider=\"default/mail\"} 1",
+            "idsync_notifications_failed_total{provider=\"default/hook\",reason=\"Unreachable\"} 2",
+            "idsync_notification_outbox_depth 3",
+        ] {
+            assert!(lines_contain(&text, expected), "missing {expected:?} in:\n{text}");
+        }
     }
 
     #[test]

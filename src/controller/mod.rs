@@ -241,6 +241,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
                 tracing::debug!(%error, "identity profile reconcile");
             }
         });
+    // The notification outbox's worker: on the leader only, as this is.
+    let notifications = crate::notify::worker::run(
+        ctx.client.clone(),
+        ctx.store.clone(),
+        ctx.metrics.clone(),
+        stopped(stop_rx.clone()),
+    );
     let stopping = ctx.clone();
     let stop = async move {
         shutdown.await;
@@ -249,7 +256,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         stopping.processing.stop_all();
         let _ = stop_tx.send(true);
     };
-    tokio::join!(connections, requests, profiles, stop);
+    tokio::join!(connections, requests, profiles, notifications, stop);
     ctx.runner.cancel_all().await;
 }
 

@@ -444,6 +444,9 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
         *s != before
     })
     .await?;
+    if let Some(message) = &pending_message {
+        crate::notify::announce::changes_pending(&ctx.client, &ctx.store, &profile, message).await;
+    }
 
     let wait = next
         .map(|t| Duration::try_from(t.duration_since(now)).unwrap_or_default())
@@ -727,6 +730,7 @@ pub async fn execute(ctx: &Arc<Context>, profile: &IdentityProfile, job: Job) ->
         _ => (true, events::PROCESSING_FAILED),
     };
     events::publish_as(&ctx.recorder, &regarding, warning, reason, run_note(run), "Process").await;
+    crate::notify::announce::processing(&ctx.client, &ctx.store, profile, run, warning).await;
     if run.outcome != RunOutcome::DryRun {
         ctx.metrics.processing_finished(
             &format!("{}/{}", profile.namespace().unwrap_or_default(), profile.name_any()),

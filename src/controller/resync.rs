@@ -24,7 +24,7 @@ use crate::sync::job::SyncReport;
 use idsync_api::conditions::{self, FALSE, TRUE};
 use idsync_api::identity_profile::ApplyPolicy;
 use idsync_api::resync_request::{Phase, ProfileRunStatus, ResyncTarget, TargetPhase, TargetStatus};
-use idsync_api::{ConcurrencyPolicy, Connection, IdentityProfile, ResyncRequest};
+use idsync_api::{ConcurrencyPolicy, Connection, IdentityProfile, NotificationEvent, ResyncRequest};
 
 pub fn controller(ctx: Arc<Context>) -> Controller<ResyncRequest> {
     super::undecodable::controller(&ctx)
@@ -180,6 +180,12 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
 
     // Finished: wait for the TTL, then go.
     if status.phase.is_some_and(|p| p.is_finished()) {
+        // A completion a crash kept from being announced is announced now
+        // (the outbox keeps the first of the same notification).
+        if crate::notify::announce::completion_recent(&request, now) {
+            crate::notify::announce::request(&ctx.client, &ctx.store, &request, NotificationEvent::RequestCompleted)
+                .await;
+        }
         let Some(ttl) = request.spec.ttl_seconds_after_finished else {
             return Ok(Action::await_change());
         };
@@ -221,6 +227,15 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
         }
         let generation = request.metadata.generation;
         let stamp = Time(now);
+        if let Ok(work) = &resolved {
+            // Before the status write, so a crash between them cannot lose
+            // it; written again by a re-reconcile, it is kept once.
+            let mut starting = (*request).clone();
+            let s = starting.status.get_or_insert_with(Default::default);
+            s.targets = work.connections.iter().map(TargetStatus::pending).collect();
+            crate::notify::announce::request(&ctx.client, &ctx.store, &starting, NotificationEvent::RequestStarted)
+                .await;
+        }
         status::update(&api, &name, |r: &mut ResyncRequest| {
             let s = r.status.get_or_insert_with(Default::default);
             if s.phase.is_some() {
@@ -530,6 +545,7 @@ async fn announce_completion(ctx: &Arc<Context>, request: &ResyncRequest) {
         _ => (true, "ResyncFailed"),
     };
     events::publish(&ctx.recorder, &request.object_ref(&()), warning, reason, message).await;
+    crate::notify::announce::request(&ctx.client, &ctx.store, request, NotificationEvent::RequestCompleted).await;
 }
 
 /// `, requested by alice` when the request names who asked (the chart's

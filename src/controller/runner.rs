@@ -279,7 +279,10 @@ async fn run_sync(ctx: Arc<Context>, ticket: Ticket, cancel: Cancel) -> SyncRepo
         full_sync_interval: std::time::Duration::from_secs(u64::from(connection.spec.full_sync_interval_hours) * 3600),
         max_duration: std::time::Duration::from_secs(u64::from(connection.spec.max_sync_duration_minutes) * 60),
     };
-    job::run(job, connector, ctx.store.clone(), cancel).await
+    let announce =
+        crate::notify::announce::sync(&ctx.client, connection, ticket.request.clone(), ticket.mode, ticket.dry_run)
+            .await;
+    job::run_announcing(job, connector, ctx.store.clone(), cancel, Some(announce)).await
 }
 
 /// A sync whose task ended without a report: it panicked (or the runtime

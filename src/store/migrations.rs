@@ -12,7 +12,7 @@ use super::StoreError;
 
 /// The schema, one step per entry: entry `i` takes a database from version
 /// `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1_ACCOUNTS_RUNS_STAGING, V2_IDENTITIES, V3_RUN_CHANGES];
+pub const MIGRATIONS: &[&str] = &[V1_ACCOUNTS_RUNS_STAGING, V2_IDENTITIES, V3_RUN_CHANGES, V4_NOTIFICATION_OUTBOX];
 
 /// The schema version this code writes and reads.
 pub fn latest_version() -> i64 {
@@ -180,6 +180,32 @@ CREATE TABLE run_changes (
 ) WITHOUT ROWID;
 ";
 
+/// Notifications waiting to be sent (see `store::outbox`). `key` is the
+/// idempotency key: `INSERT OR IGNORE` makes a second enqueue of the same
+/// notification a no-op. Due times are Unix milliseconds, which compare as
+/// numbers (RFC 3339 text with a varying number of fraction digits does not
+/// sort as time). `recipients` is a JSON array; `payload` the event as JSON.
+const V4_NOTIFICATION_OUTBOX: &str = "
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    namespace TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    policy TEXT,
+    event TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('Pending', 'Sent', 'Abandoned')),
+    last_error TEXT NOT NULL DEFAULT '',
+    finished_at TEXT
+);
+CREATE INDEX outbox_due ON outbox (next_attempt_ms) WHERE state = 'Pending';
+";
+
 /// Reads the database's schema version.
 pub fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?)
@@ -233,6 +259,7 @@ mod tests {
             "identities",
             "identity_links",
             "processing_runs",
+            "outbox",
         ] {
             let n: i64 = conn
                 .query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1", [table], |r| {

@@ -24,6 +24,7 @@ use crate::model::{
 
 pub mod backup;
 pub mod migrations;
+pub mod outbox;
 pub mod sqlite;
 
 pub use sqlite::SqliteStore;
@@ -225,11 +226,33 @@ pub trait AccountStore: Send + Sync + 'static {
     /// settings_hash + updated_at = finish.finished_at), record the finish,
     /// drop the staging. Fails (changing nothing) if the run is unknown or
     /// already finished.
-    fn commit_run(&self, run: RunId, cursor: CursorUpdate, finish: &RunFinish) -> Result<(), StoreError>;
+    fn commit_run(&self, run: RunId, cursor: CursorUpdate, finish: &RunFinish) -> Result<(), StoreError> {
+        self.commit_run_notifying(run, cursor, finish, &[])
+    }
+    /// [`AccountStore::commit_run`], adding `outbox` (the notifications
+    /// announcing the result) to the notification outbox in the same
+    /// transaction: they are sent if and only if the result committed.
+    fn commit_run_notifying(
+        &self,
+        run: RunId,
+        cursor: CursorUpdate,
+        finish: &RunFinish,
+        outbox: &[outbox::OutboxEntry],
+    ) -> Result<(), StoreError>;
     /// Drops the run's staging and records its finish; accounts and cursor
     /// untouched. Fails (changing nothing) if the run is unknown or already
     /// finished.
-    fn abandon_run(&self, run: RunId, finish: &RunFinish) -> Result<(), StoreError>;
+    fn abandon_run(&self, run: RunId, finish: &RunFinish) -> Result<(), StoreError> {
+        self.abandon_run_notifying(run, finish, &[])
+    }
+    /// [`AccountStore::abandon_run`], with the notifications announcing it
+    /// in the same transaction.
+    fn abandon_run_notifying(
+        &self,
+        run: RunId,
+        finish: &RunFinish,
+        outbox: &[outbox::OutboxEntry],
+    ) -> Result<(), StoreError>;
     /// Runs that started but never finished (their operator died), for one
     /// connection or all: marked Interrupted with `message`, staging dropped.
     /// Returns them.
@@ -308,8 +331,8 @@ pub trait ProcessingHistory: Send + Sync + 'static {
 }
 
 /// Everything the operator keeps: one value the controllers share. Any type
-/// with the three roles is a `Store`; a test fake implements only the roles
+/// with the four roles is a `Store`; a test fake implements only the roles
 /// the code under test uses.
-pub trait Store: AccountStore + IdentityStore + ProcessingHistory {}
+pub trait Store: AccountStore + IdentityStore + ProcessingHistory + outbox::NotificationOutbox {}
 
-impl<T: AccountStore + IdentityStore + ProcessingHistory> Store for T {}
+impl<T: AccountStore + IdentityStore + ProcessingHistory + outbox::NotificationOutbox> Store for T {}

@@ -15,6 +15,7 @@ use crate::connectors::{Connector, ConnectorError, Page, ReadKind};
 use crate::model::{
     Account, AccountChange, ChangeKind, ConnectionRef, Counts, NewRun, RunFinish, RunId, RunMode, RunOutcome, Trigger,
 };
+use crate::store::outbox::OutboxEntry;
 use crate::store::{CursorUpdate, StagedChange, Store, StoreError};
 use idsync_api::SyncMode;
 use idsync_api::connection::ImportSafeguard;
@@ -116,8 +117,35 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(StoreError::Internal(format!("store task failed: {e}"))))
 }
 
+/// Builds notifications for the store's outbox from what a sync did.
+pub type Notices<T> = Box<dyn FnOnce(T) -> Vec<OutboxEntry> + Send>;
+
+/// Builds the notifications of a sync, for the store's outbox.
+pub struct Announce {
+    /// Those announcing its start, given its run's number: enqueued as soon
+    /// as the run is recorded.
+    pub started: Notices<RunId>,
+    /// Those announcing how it ended, from its report (before the account
+    /// count, which is read after the commit): they go to the outbox in the
+    /// transaction that records the result, so they are sent if and only if
+    /// that result is what the store holds.
+    pub finished: Notices<SyncReport>,
+}
+
 /// Runs one sync to its end. Never leaves partial changes in the store.
-pub async fn run(job: SyncJob, mut connector: Box<dyn Connector>, store: Arc<dyn Store>, cancel: Cancel) -> SyncReport {
+pub async fn run(job: SyncJob, connector: Box<dyn Connector>, store: Arc<dyn Store>, cancel: Cancel) -> SyncReport {
+    run_announcing(job, connector, store, cancel, None).await
+}
+
+/// [`run`], committing the notifications `announce` builds with the run's
+/// result.
+pub async fn run_announcing(
+    job: SyncJob,
+    mut connector: Box<dyn Connector>,
+    store: Arc<dyn Store>,
+    cancel: Cancel,
+    announce: Option<Announce>,
+) -> SyncReport {
     let started = Instant::now();
     let conn = job.connection.clone();
     let new_run = NewRun {
@@ -145,6 +173,19 @@ pub async fn run(job: SyncJob, mut connector: Box<dyn Connector>, store: Arc<dyn
                 preview: Vec::new(),
             };
         }
+    };
+    let finished = match announce {
+        Some(Announce { started, finished }) => {
+            let entries = started(run_id);
+            if !entries.is_empty()
+                && let Err(error) = blocking(&store, move |s| s.enqueue(&entries).map(drop)).await
+            {
+                // The sync goes on: a notification is never a reason to stop it.
+                tracing::warn!(%error, run = run_id, "cannot write the sync's start notifications");
+            }
+            Some(finished)
+        }
+        None => None,
     };
     let mut state = Progress {
         mode: job.mode,
@@ -214,14 +255,31 @@ pub async fn run(job: SyncJob, mut connector: Box<dyn Connector>, store: Arc<dyn
         message: message.clone(),
         finished_at: Timestamp::now(),
     };
+    let preview = if outcome.keeps_changes() { std::mem::take(&mut state.preview).lines() } else { Vec::new() };
+    let outbox = match finished {
+        Some(announce) => announce(SyncReport {
+            run: Some(run_id),
+            outcome,
+            mode: state.mode,
+            message: message.clone(),
+            counts: state.counts,
+            pages: state.pages,
+            duration_ms: elapsed_ms(started),
+            accounts: 0,
+            reason: reason.clone(),
+            stalled,
+            preview: preview.clone(),
+        }),
+        None => Vec::new(),
+    };
     let committed = match result {
         Ok(Plan::Commit { cursor }) if !job.dry_run => {
             let finish = finish.clone();
-            blocking(&store, move |s| s.commit_run(run_id, cursor, &finish)).await
+            blocking(&store, move |s| s.commit_run_notifying(run_id, cursor, &finish, &outbox)).await
         }
         _ => {
             let finish = finish.clone();
-            blocking(&store, move |s| s.abandon_run(run_id, &finish)).await
+            blocking(&store, move |s| s.abandon_run_notifying(run_id, &finish, &outbox)).await
         }
     };
     let (outcome, message, reason) = match committed {
@@ -245,7 +303,7 @@ pub async fn run(job: SyncJob, mut connector: Box<dyn Connector>, store: Arc<dyn
         accounts,
         reason,
         stalled,
-        preview: if outcome.keeps_changes() { state.preview.lines() } else { Vec::new() },
+        preview: if outcome.keeps_changes() { preview } else { Vec::new() },
     }
 }
 

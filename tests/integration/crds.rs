@@ -80,7 +80,7 @@ fn idsync_crds_prints_every_committed_crd() {
                 .expect("committed CRD");
         assert!(printed.contains(&committed), "idsync crds lacks {}", crdgen::file_name(&crd));
     }
-    assert_eq!(printed.matches("kind: CustomResourceDefinition").count(), 3);
+    assert_eq!(printed.matches("kind: CustomResourceDefinition").count(), 5);
 }
 
 #[test]
@@ -121,8 +121,16 @@ fn every_crd_has_status_columns_short_names_and_the_idsync_category() {
             "IdentityProfile",
             vec!["Source", "Identities", "Active", "Ready", "Pending", "Status", "Last Processed", "Age"],
         ),
+        ("NotificationProvider", vec!["SMTP Host", "Webhook", "Age"]),
+        ("NotificationPolicy", vec!["Ready", "Delivering", "Status", "Last Delivery", "Age"]),
     ];
-    let expected_short = [("Connection", "conn"), ("ResyncRequest", "rr"), ("IdentityProfile", "idprof")];
+    let expected_short = [
+        ("Connection", "conn"),
+        ("ResyncRequest", "rr"),
+        ("IdentityProfile", "idprof"),
+        ("NotificationProvider", "nprov"),
+        ("NotificationPolicy", "npol"),
+    ];
     for crd in crdgen::all() {
         let kind = crd.spec.names.kind.clone();
         assert_eq!(crd.spec.group, "idsync.dev");

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use idsync::manifest::{self, CheckError, Checker, Document};
 use idsync_api::connection::ProviderType;
-use idsync_api::{Connection, IdentityProfile, ResyncRequest, SyncMode};
+use idsync_api::{Connection, IdentityProfile, NotificationPolicy, NotificationProvider, ResyncRequest, SyncMode};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 
 fn root() -> &'static Path {
@@ -33,7 +33,7 @@ fn every_example_is_admitted() {
     assert!(docs.len() >= 20, "expected the full set of examples, found {}", docs.len());
     for doc in &docs {
         match doc.kind() {
-            "Connection" | "ResyncRequest" | "IdentityProfile" => {
+            "Connection" | "ResyncRequest" | "IdentityProfile" | "NotificationProvider" | "NotificationPolicy" => {
                 if let Err(error) = checker.check(doc) {
                     panic!("{error}");
                 }
@@ -103,6 +103,19 @@ fn examples_refer_only_to_objects_they_define() {
     for request in typed::<ResyncRequest>(&docs, "ResyncRequest") {
         for name in request.spec.target.connections.iter().flatten() {
             assert!(connection_names.contains(name), "request names unknown connection {name}");
+        }
+    }
+    let provider_names = names("NotificationProvider");
+    for policy in typed::<NotificationPolicy>(&docs, "NotificationPolicy") {
+        for route in &policy.spec.providers {
+            assert!(provider_names.contains(&route.name), "policy names unknown provider {}", route.name);
+        }
+    }
+    for provider in typed::<NotificationProvider>(&docs, "NotificationProvider") {
+        let smtp = provider.spec.smtp.as_ref().and_then(|s| s.credentials_secret_ref.as_ref()).map(|r| &r.name);
+        let webhook = provider.spec.webhook.as_ref().and_then(|w| w.signing_secret_ref.as_ref()).map(|r| &r.name);
+        for secret in smtp.into_iter().chain(webhook) {
+            assert!(secrets.contains(secret), "Secret {secret} is not among the examples");
         }
     }
 }

@@ -23,6 +23,7 @@ mod kubectl_plugin;
 mod ldap_server;
 mod leader;
 mod msgraph;
+mod notifications;
 mod okta;
 mod panic_safety;
 mod rbac;

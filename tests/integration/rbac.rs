@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::rbac::{OPERATOR_USER, chart_rules};
 use common::{Harness, eventually};
 use idsync::leader::{self, LeaderConfig};
-use idsync_api::{Connection, IdentityProfile, ResyncRequest};
+use idsync_api::{Connection, IdentityProfile, NotificationPolicy, NotificationProvider, ResyncRequest};
 use idsync_devcluster::authz::Access;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
@@ -75,6 +75,12 @@ async fn the_chart_grants_nothing_the_operator_never_uses() {
         .attribute("email", "accounts.hr.email")
         .build();
     create(&h, profile).await;
+    // Notifications: the sync lists policies and providers, and the worker
+    // reads the provider (a webhook nobody answers) and writes the failed
+    // delivery on the policy's status.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    create(&h, NotificationProvider::test("hook").webhook(&format!("http://127.0.0.1:{closed}/hook")).build()).await;
+    create(&h, NotificationPolicy::test("ops").provider("hook", []).build()).await;
     let request = ResyncRequest::test("everything").all().ttl_seconds_after_finished(0).build();
     create(&h, request).await;
     let requests: Api<ResyncRequest> = Api::namespaced(h.client.clone(), "default");
@@ -83,6 +89,12 @@ async fn the_chart_grants_nothing_the_operator_never_uses() {
     })
     .await;
     assert!(deleted.is_some(), "the finished request is deleted after its TTL");
+    let policies: Api<NotificationPolicy> = Api::namespaced(h.client.clone(), "default");
+    let reported = eventually(Duration::from_secs(30), || async {
+        (policies.get("ops").await.ok()?.status?.failed_deliveries > 0).then_some(())
+    })
+    .await;
+    assert!(reported.is_some(), "the failed delivery shows on the policy's status");
 
     let connections: Api<Connection> = Api::namespaced(h.client.clone(), "default");
     connections.delete("gh", &DeleteParams::default()).await.expect("delete");

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 #[cfg(test)]
 use super::common::MAX_INT64;
-use super::{Connection, IdentityProfile, ResyncRequest};
+use super::{Connection, IdentityProfile, NotificationPolicy, NotificationProvider, ResyncRequest};
 
 /// Appends an `x-kubernetes-validations` CEL rule to a schema. `field_path`
 /// (relative, e.g. `.confirmDeletes`) makes the API server's error name that
@@ -30,9 +30,15 @@ pub(crate) fn add_rule(schema: &mut schemars::Schema, rule: &str, message: &str,
     }
 }
 
-/// The three CRDs, in a stable order.
+/// Every CRD, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    let mut crds = vec![Connection::crd(), IdentityProfile::crd(), ResyncRequest::crd()];
+    let mut crds = vec![
+        Connection::crd(),
+        IdentityProfile::crd(),
+        NotificationPolicy::crd(),
+        NotificationProvider::crd(),
+        ResyncRequest::crd(),
+    ];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {
             if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {

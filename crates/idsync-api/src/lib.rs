@@ -18,19 +18,24 @@ pub mod crdgen;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
 pub mod identity_profile;
+pub mod notification;
 pub mod reference;
 pub mod resync_request;
 
 pub use common::{Category, ConcurrencyPolicy, SecretReference, SyncCounts, SyncMode};
 pub use connection::{Connection, ConnectionSpec, ConnectionStatus, Provider};
 pub use identity_profile::{IdentityProfile, IdentityProfileSpec, IdentityProfileStatus};
+pub use notification::{
+    NotificationEvent, NotificationPolicy, NotificationPolicySpec, NotificationPolicyStatus, NotificationProvider,
+    NotificationProviderSpec,
+};
 pub use resync_request::{ResyncRequest, ResyncRequestSpec, ResyncRequestStatus};
 
 /// The API group of every idsync resource.
 pub const GROUP: &str = "idsync.dev";
 /// The one served and stored version.
 pub const VERSION: &str = "v1alpha1";
-/// The `kubectl get idsync` category shared by the three kinds.
+/// The `kubectl get idsync` category shared by every kind.
 pub const CATEGORY: &str = "idsync";
 /// Annotation whose new value asks for an ad-hoc delta sync of a Connection,
 /// the way Flux's `reconcile.fluxcd.io/requestedAt` does.

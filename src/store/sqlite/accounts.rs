@@ -8,10 +8,11 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::codec::{corrupt, decode_account, from_i64, parse_mode, parse_time, parse_trigger, to_i64};
-use super::{SqliteStore, changes};
+use super::{SqliteStore, changes, outbox};
 use crate::model::{
     Account, AccountChange, ConnectionRef, ContentHash, Counts, NewRun, RunFinish, RunId, RunOutcome, RunRecord,
 };
+use crate::store::outbox::OutboxEntry;
 use crate::store::{AccountStore, CursorUpdate, StagedChange, StoreError, StoredCursor};
 
 /// `staging.op`: an upsert (hash and data set) or a delete.
@@ -157,7 +158,13 @@ impl AccountStore for SqliteStore {
         })
     }
 
-    fn commit_run(&self, run: RunId, cursor: CursorUpdate, finish: &RunFinish) -> Result<(), StoreError> {
+    fn commit_run_notifying(
+        &self,
+        run: RunId,
+        cursor: CursorUpdate,
+        finish: &RunFinish,
+        outbox: &[OutboxEntry],
+    ) -> Result<(), StoreError> {
         let started = Instant::now();
         let retention = self.retention;
         let (upserted, deleted) = self.write(|tx| {
@@ -207,6 +214,7 @@ impl AccountStore for SqliteStore {
             record_finish(tx, run, finish)?;
             drop_staging(tx, run)?;
             changes::prune(tx, key, &retention, finish.finished_at)?;
+            outbox::insert(tx, outbox)?;
             Ok((upserted, deleted))
         })?;
         tracing::debug!(
@@ -220,7 +228,7 @@ impl AccountStore for SqliteStore {
         Ok(())
     }
 
-    fn abandon_run(&self, run: RunId, finish: &RunFinish) -> Result<(), StoreError> {
+    fn abandon_run_notifying(&self, run: RunId, finish: &RunFinish, outbox: &[OutboxEntry]) -> Result<(), StoreError> {
         let retention = self.retention;
         self.write(|tx| {
             let key = open_run_connection(tx, run)?;
@@ -229,7 +237,8 @@ impl AccountStore for SqliteStore {
                 changes::drop_for_run(tx, run)?;
             }
             drop_staging(tx, run)?;
-            changes::prune(tx, key, &retention, finish.finished_at).map(drop)
+            changes::prune(tx, key, &retention, finish.finished_at)?;
+            outbox::insert(tx, outbox).map(drop)
         })?;
         tracing::debug!(run, outcome = finish.outcome.as_str(), "abandoned a run");
         Ok(())

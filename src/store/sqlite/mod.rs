@@ -10,12 +10,15 @@
 //!   [`ProcessingHistory`](super::ProcessingHistory)).
 //! - [`changes`]: what each sync changed, account by account, and pruning
 //!   the run history.
+//! - [`outbox`]: notifications waiting to be sent
+//!   ([`NotificationOutbox`](super::outbox::NotificationOutbox)).
 //! - [`codec`]: how values are encoded in rows, shared by all.
 
 mod accounts;
 mod changes;
 mod codec;
 mod identities;
+mod outbox;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
