@@ -437,7 +437,7 @@ impl CompiledProfile {
         // Every jiff timestamp is within the range of the interpreter's; if
         // one were not, expressions using `now` fail with an undeclared
         // reference rather than the whole evaluation.
-        if let Some(now) = timestamp_value(inputs.now) {
+        if let Some(now) = now_value(inputs.now) {
             scope.add_variable_from_value(NOW, now);
         }
 
@@ -559,6 +559,27 @@ fn is_plain_date(text: &str) -> bool {
 /// as in cel-go, where they default to UTC.
 fn timestamp_value(instant: jiff::Timestamp) -> Option<Value> {
     instant.to_string().parse().ok().map(Value::Timestamp)
+}
+
+thread_local! {
+    /// The last `now` converted on this thread: a run evaluates every
+    /// identity at the same instant, and converting it goes through text.
+    static LAST_NOW: std::cell::RefCell<Option<(jiff::Timestamp, Value)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// [`timestamp_value`] of `now`, converted once per instant per thread.
+fn now_value(now: jiff::Timestamp) -> Option<Value> {
+    LAST_NOW.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((at, value)) if *at == now => Some(value.clone()),
+            _ => {
+                let value = timestamp_value(now)?;
+                *last = Some((now, value.clone()));
+                Some(value)
+            }
+        }
+    })
 }
 
 /// The standard fields of an account, which win over same-named source
