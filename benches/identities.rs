@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use idsync::identity::expr::CompiledProfile;
 use idsync::identity::process::{self, Selection};
-use idsync::identity::delta;
+use idsync::identity::{delta, memory};
 use idsync::model::Account;
 use idsync::model::{ConnectionRef, Counts, NewRun, ProcessingRunRecord, ProfileRef, RunFinish, RunOutcome};
 use idsync::model::{RunMode, Trigger};
@@ -143,6 +143,7 @@ fn process(store: &SqliteStore, compiled: &CompiledProfile, selection: Selection
     drop(commit);
     let total = started.elapsed();
     let kept = common::rss_mib();
+    memory::release_freed();
     println!(
         "{label:<32} {:>7.3} s  {:>9.0} identities/s  (read {:.2} s, compute {:.2} s, write {:.2} s; {how})  \
          processed {:>6}  changed {:>6}  identities {}  uncorrelated {}  peak RSS {:.0} MiB  RSS after {:.0} MiB \

@@ -801,7 +801,11 @@ async fn run_stoppable(
 fn process_blocking(store: &dyn crate::store::Store, job: Job, now: Timestamp, stop: &ProcessingStop) -> JobResult {
     let (profile, trigger, request) = (job.profile.clone(), job.trigger, job.request.clone());
     let timer = std::time::Instant::now();
-    match compute_and_commit(store, job, now, stop) {
+    let computed = compute_and_commit(store, job, now, stop);
+    // The run's snapshot is gone; without this its memory stays with the
+    // process until it exits.
+    crate::identity::memory::release_freed();
+    match computed {
         Ok(result) => result,
         Err(error) => {
             let finished =
