@@ -1,12 +1,32 @@
 //! What the benchmarks share.
 
-/// The process's peak resident memory so far (Linux `VmHWM`), in MiB; 0
-/// where /proc is not there.
-pub fn peak_rss_mib() -> f64 {
+/// A number of kB from a line of `/proc/self/status`, in MiB; 0 where /proc
+/// is not there.
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).map(|l| l.to_string()))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// The process's peak resident memory since it started or since the last
+/// [`reset_peak_rss`] (Linux `VmHWM`), in MiB.
+pub fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// The process's resident memory now (Linux `VmRSS`), in MiB.
+#[allow(dead_code)]
+pub fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
+}
+
+/// Starts the peak over from the current resident memory (Linux 4.0 and
+/// later: writing 5 to `clear_refs`), so that a step's peak can be told from
+/// an earlier step's. Does nothing where that is not possible.
+#[allow(dead_code)]
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }

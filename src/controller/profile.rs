@@ -30,6 +30,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use super::{Context, Error, events, panics, status, timing};
+use crate::identity::delta;
 use crate::identity::expr::{self, CompileError, CompiledProfile, Interrupted, Stop};
 use crate::identity::process::{self, Abandoned, Selection, Summary};
 use crate::model::{ProcessingRunRecord, ProfileRef, RunId, RunOutcome, Trigger};
@@ -794,7 +795,11 @@ async fn run_stoppable(
 fn process_blocking(store: &dyn crate::store::Store, job: Job, now: Timestamp, stop: &ProcessingStop) -> JobResult {
     let (profile, trigger, request) = (job.profile.clone(), job.trigger, job.request.clone());
     let timer = std::time::Instant::now();
-    match compute_and_commit(store, job, now, stop) {
+    let computed = compute_and_commit(store, job, now, stop);
+    // The run's snapshot is gone; without this its memory stays with the
+    // process until it exits.
+    crate::identity::memory::release_freed();
+    match computed {
         Ok(result) => result,
         Err(error) => {
             let finished =
@@ -820,26 +825,43 @@ fn compute_and_commit(
     // run's length is the wall clock's.
     let timer = std::time::Instant::now();
     let connections = process::connections_of(&job.spec);
-    let mut snapshot = store.processing_snapshot(&job.profile, &connections)?;
-    for (connection, run) in &job.overlay {
-        snapshot.overlay(connection, &crate::store::all_run_changes(store, *run)?);
-    }
-    // An authoritative connection without accounts while identities exist
-    // is a purged or reset connection far more often than an HR system that
-    // lost everyone (the sync's import safeguard stops that): keep them.
-    let authoritative = snapshot.accounts.get(&job.spec.authoritative_connection);
-    if authoritative.is_none_or(Vec::is_empty) && !snapshot.identities.is_empty() {
-        let message = format!(
-            "the authoritative connection {} has no accounts in the store (deleted, or reset); the profile's {} \
-             identities are kept as they are",
-            job.spec.authoritative_connection,
-            snapshot.identities.len()
-        );
-        let mut result = failed(job.trigger, job.request.clone(), now, now, message);
-        result.run.id = store.record_processing_run(&job.profile, &result.run)?;
-        return Ok(result);
-    }
-    let mut outcome = match process::run(&job.spec, &job.compiled, &snapshot, &job.selection, now) {
+    // An event-based run first reads only what changed; the whole snapshot
+    // when the store cannot tell or the changes need a run over everyone.
+    let delta = match (&job.selection, job.overlay.is_empty()) {
+        (Selection::Changed, true) => store.processing_delta(&job.profile, &connections)?,
+        _ => None,
+    };
+    let over_delta = match &delta {
+        Some(delta) => delta::run(&job.spec, &job.compiled, delta, now).transpose(),
+        None => None,
+    };
+    let (computed, versions) = match (over_delta, delta) {
+        (Some(computed), Some(delta)) => (computed, delta.versions),
+        _ => {
+            let mut snapshot = store.processing_snapshot(&job.profile, &connections)?;
+            for (connection, run) in &job.overlay {
+                snapshot.overlay(connection, &crate::store::all_run_changes(store, *run)?);
+            }
+            // An authoritative connection without accounts while identities
+            // exist is a purged or reset connection far more often than an
+            // HR system that lost everyone (the sync's import safeguard stops
+            // that): keep them.
+            let authoritative = snapshot.accounts.get(&job.spec.authoritative_connection);
+            if authoritative.is_none_or(Vec::is_empty) && !snapshot.identities.is_empty() {
+                let message = format!(
+                    "the authoritative connection {} has no accounts in the store (deleted, or reset); the \
+                     profile's {} identities are kept as they are",
+                    job.spec.authoritative_connection,
+                    snapshot.identities.len()
+                );
+                let mut result = failed(job.trigger, job.request.clone(), now, now, message);
+                result.run.id = store.record_processing_run(&job.profile, &result.run)?;
+                return Ok(result);
+            }
+            (process::run(&job.spec, &job.compiled, &snapshot, &job.selection, now), snapshot.versions)
+        }
+    };
+    let mut outcome = match computed {
         Ok(outcome) => outcome,
         Err(abandoned) => {
             let finished =
@@ -908,7 +930,7 @@ fn compute_and_commit(
     let state = &mut outcome.commit.state;
     if matches!(job.selection, Selection::All | Selection::Changed) {
         // Everything the snapshot's accounts imply has been processed.
-        state.seen_versions = snapshot.versions.clone();
+        state.seen_versions = versions;
     }
     if let Some((spec, generation)) = &job.applies {
         state.applied_spec = serde_json::to_string(spec).ok();

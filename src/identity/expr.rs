@@ -98,6 +98,10 @@ pub struct CompiledProfile {
     /// through `accounts.<connection>`; a connection not in here is not
     /// read that way, and its account is not converted for it.
     account_use: HashMap<String, AccountUse>,
+    /// The same, and whether it needs the whole map, per attribute: an
+    /// evaluation of a few attributes (correlation keys, computed for every
+    /// identity before the rest) converts only what those read.
+    attribute_use: HashMap<String, (HashMap<String, AccountUse>, bool)>,
     /// When a processing run with these expressions last passed an
     /// evaluation bound, and the run's message: the controller does not run
     /// them again at once (see `controller::profile`).
@@ -364,10 +368,21 @@ impl CompiledProfile {
         }
         let mut needs_accounts_map = false;
         let mut account_use = HashMap::new();
-        for expression in compiled.values_mut().chain(lifecycle.as_mut().map(|l| &mut l.program)) {
-            needs_accounts_map |= rewrite_account_access(expression, &mut Vec::new());
-            collect_account_use(expression, &mut account_use);
+        let mut attribute_use = HashMap::new();
+        let expressions = compiled
+            .iter_mut()
+            .map(|(name, expression)| (Some(name.clone()), expression))
+            .chain(lifecycle.as_mut().map(|l| (None, &mut l.program)));
+        for (name, expression) in expressions {
+            let needs_map = rewrite_account_access(expression, &mut Vec::new());
+            let mut uses = HashMap::new();
+            collect_account_use(expression, &mut uses);
             budget::instrument(expression);
+            needs_accounts_map |= needs_map;
+            merge_account_use(&mut account_use, &uses);
+            if let Some(name) = name {
+                attribute_use.insert(name, (uses, needs_map));
+            }
         }
         Ok(CompiledProfile {
             base,
@@ -375,6 +390,7 @@ impl CompiledProfile {
             lifecycle,
             needs_accounts_map,
             account_use,
+            attribute_use,
             exceeded: Mutex::new(None),
         })
     }
@@ -416,10 +432,24 @@ impl CompiledProfile {
         // allocates (twice: once as a `Value`, once as the interpreter's own
         // representation), and for a typical profile converting whole
         // accounts cost several times more than evaluating the expressions.
+        let restricted;
+        let (account_use, needs_accounts_map) = match only {
+            None => (&self.account_use, self.needs_accounts_map),
+            Some(names) => {
+                let mut uses = HashMap::new();
+                let mut needs_map = false;
+                for (attribute_uses, attribute_needs_map) in names.iter().filter_map(|n| self.attribute_use.get(*n)) {
+                    merge_account_use(&mut uses, attribute_uses);
+                    needs_map |= attribute_needs_map;
+                }
+                restricted = uses;
+                (&restricted, needs_map)
+            }
+        };
         let mut scope = self.base.new_inner_scope();
         let mut connections = Vec::with_capacity(inputs.accounts.len());
         for (connection, account) in inputs.accounts {
-            let value = match self.account_use.get(*connection) {
+            let value = match account_use.get(*connection) {
                 None => None,
                 Some(AccountUse::Whole) => Some(account_value(account)),
                 Some(AccountUse::Fields(fields)) => Some(account_fields_value(account, fields)),
@@ -429,7 +459,7 @@ impl CompiledProfile {
             }
             connections.push(string(connection));
         }
-        if self.needs_accounts_map {
+        if needs_accounts_map {
             let whole = inputs.accounts.iter().map(|(connection, account)| (key(connection), account_value(account)));
             scope.add_variable_from_value(ACCOUNTS, Value::Map(Map { map: Arc::new(whole.collect()) }));
         }
@@ -437,7 +467,7 @@ impl CompiledProfile {
         // Every jiff timestamp is within the range of the interpreter's; if
         // one were not, expressions using `now` fail with an undeclared
         // reference rather than the whole evaluation.
-        if let Some(now) = timestamp_value(inputs.now) {
+        if let Some(now) = now_value(inputs.now) {
             scope.add_variable_from_value(NOW, now);
         }
 
@@ -559,6 +589,27 @@ fn is_plain_date(text: &str) -> bool {
 /// as in cel-go, where they default to UTC.
 fn timestamp_value(instant: jiff::Timestamp) -> Option<Value> {
     instant.to_string().parse().ok().map(Value::Timestamp)
+}
+
+thread_local! {
+    /// The last `now` converted on this thread: a run evaluates every
+    /// identity at the same instant, and converting it goes through text.
+    static LAST_NOW: std::cell::RefCell<Option<(jiff::Timestamp, Value)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// [`timestamp_value`] of `now`, converted once per instant per thread.
+fn now_value(now: jiff::Timestamp) -> Option<Value> {
+    LAST_NOW.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((at, value)) if *at == now => Some(value.clone()),
+            _ => {
+                let value = timestamp_value(now)?;
+                *last = Some((now, value.clone()));
+                Some(value)
+            }
+        }
+    })
 }
 
 /// The standard fields of an account, which win over same-named source
@@ -1055,6 +1106,17 @@ fn rewrite_account_access(expr: &mut IdedExpr, bound: &mut Vec<String>) -> bool 
 /// Records what the rewritten `expr` reads of each connection's account:
 /// `@accounts.hr.email` reads the field `email`, and any other use of
 /// `@accounts.hr` the whole account.
+/// Adds what `more` reads to `uses`: the whole account wins over fields.
+fn merge_account_use(uses: &mut HashMap<String, AccountUse>, more: &HashMap<String, AccountUse>) {
+    for (connection, add) in more {
+        match (uses.entry(connection.clone()).or_insert_with(|| AccountUse::Fields(BTreeSet::new())), add) {
+            (AccountUse::Whole, _) => {}
+            (known, AccountUse::Whole) => *known = AccountUse::Whole,
+            (AccountUse::Fields(fields), AccountUse::Fields(add)) => fields.extend(add.iter().cloned()),
+        }
+    }
+}
+
 fn collect_account_use(expr: &IdedExpr, uses: &mut HashMap<String, AccountUse>) {
     let connection_of = |expr: &IdedExpr| match &expr.expr {
         Expr::Ident(name) => name.strip_prefix(ACCOUNT_PREFIX).map(str::to_string),
@@ -1503,6 +1565,15 @@ mod tests {
                 ("hr".to_string(), fields(&["title", "work_email"])),
                 ("ldap".to_string(), fields(&["groups", "username"])),
             ])
+        );
+        // And per attribute, for evaluations of a few of them.
+        assert_eq!(
+            profile.attribute_use["email"],
+            (HashMap::from([("hr".to_string(), fields(&["work_email"]))]), false)
+        );
+        assert_eq!(
+            profile.attribute_use["ldap"],
+            (HashMap::from([("ldap".to_string(), fields(&["username"]))]), false)
         );
 
         let hr = hr_account();

@@ -6,11 +6,16 @@
 //! - [`expr`]: compiling a profile's expressions once and evaluating them.
 //! - [`process`]: one processing run, as a pure function of the store's
 //!   snapshot, the compiled profile and the time.
+//! - [`memory`]: giving a run's memory back to the system after it.
+//! - [`delta`]: an event-based run over the changed identities only, from
+//!   what the store says changed, when the changes allow it.
 //!
 //! Plain functions over the plain data of `crate::model`; the controller
 //! lives in `crate::controller::profile`.
 
+pub mod delta;
 pub mod expr;
 #[cfg(test)]
 mod expr_props;
+pub mod memory;
 pub mod process;

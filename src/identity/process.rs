@@ -88,15 +88,7 @@ pub struct Abandoned {
 }
 
 /// The profile's numbers after the run, for its status.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Summary {
-    pub identities: u64,
-    pub lifecycle_states: BTreeMap<String, u64>,
-    pub uncorrelated_accounts: u64,
-    pub ambiguous_accounts: u64,
-    pub unresolved_managers: u64,
-    pub identities_with_errors: u64,
-}
+pub use crate::model::IdentitySummary as Summary;
 
 /// A hash of everything in the spec that shapes computed identities: a
 /// change of it reprocesses every identity.
@@ -174,15 +166,7 @@ pub fn run(
     // 1. Correlation keys from the authoritative account alone; kept with
     // the identity and computed again only when its authoritative account or
     // the mappings changed, or on runs over everyone (where `now` moved).
-    let key_attributes: Vec<&str> = {
-        let set: BTreeSet<&str> = spec
-            .correlation
-            .iter()
-            .flat_map(|c| c.rules.iter().map(|r| r.identity_attribute.as_str()))
-            .filter(|a| spec.attributes.contains_key(*a))
-            .collect();
-        set.into_iter().collect()
-    };
+    let key_attributes = key_attributes(spec);
     let case_modes: BTreeSet<bool> =
         spec.correlation.iter().flat_map(|c| c.rules.iter().map(|r| r.ignore_case)).collect();
     let mut keys: HashMap<(String, bool), HashMap<String, Vec<&str>>> = HashMap::new();
@@ -192,16 +176,7 @@ pub fn run(
         let stored = snapshot.identities.get(&account.id);
         let values: KeyValues<'_> = match stored {
             Some(s) if *selection != Selection::All && s.keys_hash == keys_hash => Cow::Borrowed(&s.correlation_keys),
-            _ if key_attributes.is_empty() => Cow::Owned(BTreeMap::new()),
-            _ => {
-                let accounts = [(spec.authoritative_connection.as_str(), account)];
-                let evaluation = compiled
-                    .evaluate(&Inputs { accounts: &accounts, now }, Some(&key_attributes))
-                    .map_err(|cause| Abandoned { cause, identity: account.id.clone(), evaluated: 0 })?;
-                Cow::Owned(
-                    evaluation.attributes.iter().filter_map(|(n, v)| Some((n.clone(), scalar_text(v)?))).collect(),
-                )
-            }
+            _ => Cow::Owned(compute_keys(spec, compiled, &key_attributes, account, now)?),
         };
         for (name, text) in values.iter() {
             for &ignore_case in &case_modes {
@@ -259,55 +234,21 @@ pub fn run(
             }
             continue;
         }
-        let mut inputs: Vec<(&str, &Account)> = vec![(spec.authoritative_connection.as_str(), account)];
-        for (connection, a, _) in &correlated {
-            // The first account of each connection (by id) is the one
-            // expressions see as `accounts.<connection>`.
-            if !inputs.iter().any(|(c, _)| c == connection) {
-                inputs.push((connection, a));
-            }
-        }
-        let evaluation = compiled.evaluate(&Inputs { accounts: &inputs, now }, None).map_err(|cause| Abandoned {
-            cause,
-            identity: account.id.clone(),
-            evaluated: processed,
-        })?;
-        let mut identity = Identity {
-            id: account.id.clone(),
-            attributes: evaluation.attributes,
-            lifecycle_state: evaluation.lifecycle_state,
-            manager_ref: None,
-            manager: stored.and_then(|s| s.manager.clone()),
-            top_of_hierarchy: stored.is_some_and(|s| s.top_of_hierarchy),
-            accounts: std::iter::once(AccountLink {
-                connection: spec.authoritative_connection.clone(),
-                account_id: account.id.clone(),
-            })
-            .chain(
-                correlated.iter().map(|(c, a, _)| AccountLink { connection: c.to_string(), account_id: a.id.clone() }),
-            )
-            .collect(),
-            errors: evaluation.errors,
-            input_hash,
-            created: stored.map_or(now, |s| s.created),
-            modified: stored.map_or(now, |s| s.modified),
-            next_processing: None,
-            next_processing_value: None,
-            correlation_keys: key_values.into_owned(),
-            keys_hash,
-        };
-        // A failing expression keeps what the identity had.
-        if let Some(s) = stored {
-            for name in identity.errors.keys() {
-                if name == "lifecycle" {
-                    identity.lifecycle_state.clone_from(&s.lifecycle_state);
-                } else if let Some(previous) = s.attributes.get(name) {
-                    identity.attributes.insert(name.clone(), previous.clone());
-                }
-            }
-        }
-        schedule_next(spec, &mut identity, stored, now);
-        if !identity.errors.is_empty() {
+        let (identity, failed) = evaluate_identity(
+            spec,
+            compiled,
+            Evaluated {
+                account,
+                correlated: &correlated,
+                stored,
+                input_hash,
+                keys: key_values.into_owned(),
+                keys_hash,
+            },
+            now,
+            processed,
+        )?;
+        if failed {
             with_errors += 1;
         }
         processed += 1;
@@ -316,14 +257,8 @@ pub fn run(
         // so a scheduled run over 100,000 unchanged identities does not hold
         // two copies of them.
         let result: Cow<'_, Identity> = match stored {
-            Some(s) => {
-                identity.manager_ref.clone_from(&s.manager_ref);
-                if let Some(error) = s.errors.get("manager") {
-                    identity.errors.insert("manager".to_string(), error.clone());
-                }
-                if identity == *s { Cow::Borrowed(s) } else { Cow::Owned(identity) }
-            }
-            None => Cow::Owned(identity),
+            Some(s) if identity == *s => Cow::Borrowed(s),
+            _ => Cow::Owned(identity),
         };
         computed.insert(account.id.as_str(), result);
     }
@@ -408,9 +343,132 @@ pub fn run(
 
     outcome.processed = processed;
     outcome.errors = with_errors;
-    outcome.commit.state = ProfileState { next_time_based, ..snapshot.state.clone() };
+    // A run that evaluated every identity whose inputs moved leaves them all
+    // computed with these mappings; one over named or due identities leaves
+    // that as it was, or unknown if the mappings differ.
+    let mapping_hash = match selection {
+        Selection::All | Selection::Changed => Some(mapping),
+        Selection::Only(_) | Selection::Due => snapshot.state.mapping_hash.clone().filter(|m| *m == mapping),
+    };
+    outcome.commit.state = ProfileState {
+        next_time_based,
+        mapping_hash,
+        summary: Some(outcome.summary.clone()),
+        ..snapshot.state.clone()
+    };
     outcome.preview = preview.lines(outcome.processed);
     Ok(outcome)
+}
+
+/// The identity attributes correlation rules compare, each once, ordered.
+pub(super) fn key_attributes(spec: &IdentityProfileSpec) -> Vec<&str> {
+    let set: BTreeSet<&str> = spec
+        .correlation
+        .iter()
+        .flat_map(|c| c.rules.iter().map(|r| r.identity_attribute.as_str()))
+        .filter(|a| spec.attributes.contains_key(*a))
+        .collect();
+    set.into_iter().collect()
+}
+
+/// An identity's correlation keys, computed from its authoritative account
+/// alone (correlated accounts cannot take part in choosing themselves).
+pub(super) fn compute_keys(
+    spec: &IdentityProfileSpec,
+    compiled: &CompiledProfile,
+    key_attributes: &[&str],
+    account: &Account,
+    now: Timestamp,
+) -> Result<BTreeMap<String, String>, Abandoned> {
+    if key_attributes.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let accounts = [(spec.authoritative_connection.as_str(), account)];
+    let evaluation = compiled
+        .evaluate(&Inputs { accounts: &accounts, now }, Some(key_attributes))
+        .map_err(|cause| Abandoned { cause, identity: account.id.clone(), evaluated: 0 })?;
+    Ok(evaluation.attributes.iter().filter_map(|(n, v)| Some((n.clone(), scalar_text(v)?))).collect())
+}
+
+/// What one identity is evaluated from.
+pub(super) struct Evaluated<'a> {
+    pub account: &'a Account,
+    /// Its correlated accounts, ordered by connection and account id.
+    pub correlated: &'a [(&'a str, &'a Account, &'a ContentHash)],
+    pub stored: Option<&'a Identity>,
+    pub input_hash: String,
+    pub keys: BTreeMap<String, String>,
+    pub keys_hash: String,
+}
+
+/// Evaluates one identity: its attributes and lifecycle (a failing
+/// expression keeps what the stored identity had), its next-processing
+/// time, and the manager as stored (managers are decided over everyone
+/// afterwards). Also says whether an expression failed on it. `evaluated`
+/// is how many identities the run evaluated before, for an abandoned run's
+/// message.
+pub(super) fn evaluate_identity(
+    spec: &IdentityProfileSpec,
+    compiled: &CompiledProfile,
+    from: Evaluated<'_>,
+    now: Timestamp,
+    evaluated: u64,
+) -> Result<(Identity, bool), Abandoned> {
+    let Evaluated { account, correlated, stored, input_hash, keys, keys_hash } = from;
+    let mut inputs: Vec<(&str, &Account)> = vec![(spec.authoritative_connection.as_str(), account)];
+    for (connection, a, _) in correlated {
+        // The first account of each connection (by id) is the one
+        // expressions see as `accounts.<connection>`.
+        if !inputs.iter().any(|(c, _)| c == connection) {
+            inputs.push((connection, a));
+        }
+    }
+    let evaluation = compiled.evaluate(&Inputs { accounts: &inputs, now }, None).map_err(|cause| Abandoned {
+        cause,
+        identity: account.id.clone(),
+        evaluated,
+    })?;
+    let mut identity = Identity {
+        id: account.id.clone(),
+        attributes: evaluation.attributes,
+        lifecycle_state: evaluation.lifecycle_state,
+        manager_ref: None,
+        manager: stored.and_then(|s| s.manager.clone()),
+        top_of_hierarchy: stored.is_some_and(|s| s.top_of_hierarchy),
+        accounts: std::iter::once(AccountLink {
+            connection: spec.authoritative_connection.clone(),
+            account_id: account.id.clone(),
+        })
+        .chain(correlated.iter().map(|(c, a, _)| AccountLink { connection: c.to_string(), account_id: a.id.clone() }))
+        .collect(),
+        errors: evaluation.errors,
+        input_hash,
+        created: stored.map_or(now, |s| s.created),
+        modified: stored.map_or(now, |s| s.modified),
+        next_processing: None,
+        next_processing_value: None,
+        correlation_keys: keys,
+        keys_hash,
+    };
+    // A failing expression keeps what the identity had.
+    if let Some(s) = stored {
+        for name in identity.errors.keys() {
+            if name == "lifecycle" {
+                identity.lifecycle_state.clone_from(&s.lifecycle_state);
+            } else if let Some(previous) = s.attributes.get(name) {
+                identity.attributes.insert(name.clone(), previous.clone());
+            }
+        }
+    }
+    schedule_next(spec, &mut identity, stored, now);
+    let failed = !identity.errors.is_empty();
+    if let Some(s) = stored {
+        identity.manager_ref.clone_from(&s.manager_ref);
+        if let Some(error) = s.errors.get("manager") {
+            identity.errors.insert("manager".to_string(), error.clone());
+        }
+    }
+    Ok((identity, failed))
 }
 
 /// Attaches one account by the first rule that matches exactly one identity.
@@ -487,7 +545,7 @@ fn account_value(account: &Account, path: &str) -> Option<String> {
 }
 
 /// A string or number as the text correlation and managers compare.
-fn scalar_text(value: &Value) -> Option<String> {
+pub(super) fn scalar_text(value: &Value) -> Option<String> {
     let text = match value {
         Value::String(s) => s.trim().to_string(),
         Value::Number(n) => n.to_string(),
@@ -497,7 +555,7 @@ fn scalar_text(value: &Value) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
-fn input_hash(
+pub(super) fn input_hash(
     mapping: &str,
     authoritative: &str,
     account: &Account,
@@ -524,7 +582,7 @@ fn input_hash(
 
 /// What correlation keys depend on: the mappings and the authoritative
 /// account.
-fn keys_hash(mapping: &str, account: &ContentHash) -> String {
+pub(super) fn keys_hash(mapping: &str, account: &ContentHash) -> String {
     let mut h = Sha256::new();
     h.update(mapping.as_bytes());
     h.update(account.0);
@@ -532,7 +590,14 @@ fn keys_hash(mapping: &str, account: &ContentHash) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    // Two hashes per identity per run: one string each, not one per byte.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        text.push(char::from(DIGITS[usize::from(b >> 4)]));
+        text.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    text
 }
 
 /// Time-based processing: the next-processing attribute schedules the
@@ -643,7 +708,7 @@ fn resolve_managers(spec: &IdentityProfileSpec, identities: &mut HashMap<&str, C
 }
 
 /// Whether a person reading the identity would see a difference.
-fn visible_change(before: &Identity, after: &Identity) -> bool {
+pub(super) fn visible_change(before: &Identity, after: &Identity) -> bool {
     before.attributes != after.attributes
         || before.lifecycle_state != after.lifecycle_state
         || before.manager != after.manager
@@ -653,7 +718,7 @@ fn visible_change(before: &Identity, after: &Identity) -> bool {
         || before.errors != after.errors
 }
 
-fn tally_link(summary: &mut Summary, record: &LinkRecord) {
+pub(super) fn tally_link(summary: &mut Summary, record: &LinkRecord) {
     match record.state {
         LinkState::Correlated => {}
         LinkState::Uncorrelated => summary.uncorrelated_accounts += 1,
@@ -663,7 +728,7 @@ fn tally_link(summary: &mut Summary, record: &LinkRecord) {
 
 /// What a dry run reports.
 #[derive(Default)]
-struct Preview {
+pub(super) struct Preview {
     created: Vec<String>,
     removed: Vec<String>,
     attributes: BTreeMap<String, Vec<String>>,
@@ -689,7 +754,7 @@ fn shown(value: Option<&serde_json::Value>) -> String {
 }
 
 impl Preview {
-    fn record(&mut self, before: &Identity, after: &Identity) {
+    pub(super) fn record(&mut self, before: &Identity, after: &Identity) {
         if self.details.len() < PREVIEW_IDENTITIES {
             self.details.push(Self::detail(before, after));
         }
@@ -742,7 +807,7 @@ impl Preview {
         format!("{}: {}", after.id, changes.join(", "))
     }
 
-    fn lines(&self, processed: u64) -> Vec<String> {
+    pub(super) fn lines(&self, processed: u64) -> Vec<String> {
         let line = |what: String, ids: &[String]| {
             let examples: Vec<&str> = ids.iter().take(PREVIEW_EXAMPLES).map(String::as_str).collect();
             format!("{what}: {} (e.g. {})", ids.len(), examples.join(", "))

@@ -119,6 +119,21 @@ impl Identity {
     }
 }
 
+/// A profile's numbers after a processing run, as its status shows them.
+/// The store keeps the last run's with the profile's state, so that a run
+/// over a few changed identities can carry them forward by difference
+/// instead of counting every identity again.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentitySummary {
+    pub identities: u64,
+    pub lifecycle_states: BTreeMap<String, u64>,
+    pub uncorrelated_accounts: u64,
+    pub ambiguous_accounts: u64,
+    pub unresolved_managers: u64,
+    pub identities_with_errors: u64,
+}
+
 /// An account attached to an identity.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "camelCase")]

@@ -44,7 +44,7 @@ pub mod run;
 
 pub use account::{Account, ContentHash};
 pub use change::{AccountChange, ChangeKind, FieldChange};
-pub use identity::{AccountLink, Identity, LinkRecord, LinkState};
+pub use identity::{AccountLink, Identity, IdentitySummary, LinkRecord, LinkState};
 pub use run::{
     ConnectionRef, Counts, NewRun, ProcessingRunRecord, ProfileRef, RunFinish, RunId, RunMode, RunOutcome, RunRecord,
     Trigger,

@@ -12,7 +12,8 @@ use super::StoreError;
 
 /// The schema, one step per entry: entry `i` takes a database from version
 /// `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1_ACCOUNTS_RUNS_STAGING, V2_IDENTITIES, V3_RUN_CHANGES, V4_NOTIFICATION_OUTBOX];
+pub const MIGRATIONS: &[&str] =
+    &[V1_ACCOUNTS_RUNS_STAGING, V2_IDENTITIES, V3_RUN_CHANGES, V4_NOTIFICATION_OUTBOX, V5_ACCOUNT_MARKS];
 
 /// The schema version this code writes and reads.
 pub fn latest_version() -> i64 {
@@ -206,6 +207,57 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_due ON outbox (next_attempt_ms) WHERE state = 'Pending';
 ";
 
+/// Which accounts changed at which accounts version, so that an event-based
+/// processing run reads the accounts that changed since the version it saw
+/// (and the identities they make) instead of all of them.
+///
+/// `account_marks` holds, per account ever stored, the connection version its
+/// last insert, update of content or delete made (the version `commit_run`
+/// and `purge_connection` bump to, after writing the accounts in the same
+/// transaction: hence `version + 1`). Triggers keep it (delete, then insert:
+/// an `OR REPLACE` would be overridden by the upsert that fires them), so it moves in the
+/// very transaction that changes the accounts and the sync's commit path does
+/// not change: a kill -9 leaves accounts and marks old or new together.
+/// `connections.marked_from` is the version the marks start at: a profile
+/// that saw an older version cannot learn from them what changed before it,
+/// and processes in full.
+///
+/// `profiles.mapping_hash` and `profiles.summary` are what the identities
+/// were last computed with and the profile's numbers then (JSON), so that a
+/// run over a few changed identities can tell it may skip the others and
+/// carry the numbers forward.
+const V5_ACCOUNT_MARKS: &str = "
+ALTER TABLE connections ADD COLUMN marked_from INTEGER NOT NULL DEFAULT 0;
+UPDATE connections SET marked_from = version;
+
+CREATE TABLE account_marks (
+    conn INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (conn, id)
+) WITHOUT ROWID;
+CREATE INDEX account_marks_by_version ON account_marks (conn, version);
+
+CREATE TRIGGER accounts_mark_insert AFTER INSERT ON accounts BEGIN
+    DELETE FROM account_marks WHERE conn = NEW.conn AND id = NEW.id;
+    INSERT INTO account_marks (conn, id, version)
+    VALUES (NEW.conn, NEW.id, (SELECT version + 1 FROM connections WHERE conn = NEW.conn));
+END;
+CREATE TRIGGER accounts_mark_update AFTER UPDATE OF hash ON accounts BEGIN
+    DELETE FROM account_marks WHERE conn = NEW.conn AND id = NEW.id;
+    INSERT INTO account_marks (conn, id, version)
+    VALUES (NEW.conn, NEW.id, (SELECT version + 1 FROM connections WHERE conn = NEW.conn));
+END;
+CREATE TRIGGER accounts_mark_delete AFTER DELETE ON accounts BEGIN
+    DELETE FROM account_marks WHERE conn = OLD.conn AND id = OLD.id;
+    INSERT INTO account_marks (conn, id, version)
+    VALUES (OLD.conn, OLD.id, (SELECT version + 1 FROM connections WHERE conn = OLD.conn));
+END;
+
+ALTER TABLE profiles ADD COLUMN mapping_hash TEXT;
+ALTER TABLE profiles ADD COLUMN summary TEXT;
+";
+
 /// Reads the database's schema version.
 pub fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?)
@@ -260,6 +312,7 @@ mod tests {
             "identity_links",
             "processing_runs",
             "outbox",
+            "account_marks",
         ] {
             let n: i64 = conn
                 .query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1", [table], |r| {

@@ -18,8 +18,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::model::{
-    Account, AccountChange, ConnectionRef, ContentHash, Identity, LinkRecord, LinkState, NewRun, ProcessingRunRecord,
-    ProfileRef, RunFinish, RunId, RunRecord,
+    Account, AccountChange, ConnectionRef, ContentHash, Identity, IdentitySummary, LinkRecord, LinkState, NewRun,
+    ProcessingRunRecord, ProfileRef, RunFinish, RunId, RunRecord,
 };
 
 pub mod backup;
@@ -74,6 +74,12 @@ pub struct ProfileState {
     pub last_scheduled: Option<jiff::Timestamp>,
     /// The earliest `next_processing` of its identities.
     pub next_time_based: Option<jiff::Timestamp>,
+    /// The mapping hash (`identity::process::mapping_hash`) the identities
+    /// were last computed with, and the profile's numbers after that run:
+    /// what a run over the changed identities only starts from (see
+    /// [`ProcessingDelta`]). None before the first run that recorded them.
+    pub mapping_hash: Option<String>,
+    pub summary: Option<IdentitySummary>,
 }
 
 /// Everything one processing run reads, read in one transaction so that it
@@ -113,6 +119,27 @@ impl ProcessingSnapshot {
         }
         *accounts = by_id.into_values().collect();
     }
+}
+
+/// What an event-based run over the changed identities only reads, in one
+/// read transaction: the accounts that changed since the versions the
+/// profile saw, the identities the changed authoritative accounts make, and
+/// the accounts those identities are made of. Everything else is left in
+/// the store.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessingDelta {
+    /// Accounts version by connection name, as of the read.
+    pub versions: BTreeMap<String, u64>,
+    /// By connection name: the ids of the accounts that changed since the
+    /// profile's seen version (created, updated or deleted), ordered.
+    pub changed: BTreeMap<String, Vec<String>>,
+    /// By connection name: the stored accounts among the changed ones and
+    /// those the read identities list (a deleted account is absent).
+    pub accounts: BTreeMap<String, HashMap<String, (Account, ContentHash)>>,
+    /// The profile's stored identities among the authoritative connection's
+    /// changed ids, by id.
+    pub identities: HashMap<String, Identity>,
+    pub state: ProfileState,
 }
 
 /// Every change a run recorded, in order (read in pages).
@@ -301,6 +328,16 @@ pub trait IdentityStore: Send + Sync + 'static {
         commit: &ProcessingCommit,
         run: &ProcessingRunRecord,
     ) -> Result<RunId, StoreError>;
+    /// In one read transaction, what changed since the profile last
+    /// processed (see [`ProcessingDelta`]); `connections[0]` is the
+    /// authoritative connection. None when the store cannot tell what
+    /// changed since then (the profile never processed, or saw a version
+    /// older than the store's change marks), and by default: the caller
+    /// then reads a whole [`IdentityStore::processing_snapshot`].
+    fn processing_delta(&self, p: &ProfileRef, connections: &[String]) -> Result<Option<ProcessingDelta>, StoreError> {
+        let _ = (p, connections);
+        Ok(None)
+    }
     fn get_identity(&self, p: &ProfileRef, id: &str) -> Result<Option<Identity>, StoreError>;
     /// Identities ordered by id, after `after` (exclusive), at most `limit`,
     /// only those in lifecycle state `state` when given.

@@ -21,7 +21,8 @@ use crate::model::{
     Account, ContentHash, Identity, LinkRecord, LinkState, ProcessingRunRecord, ProfileRef, RunId, RunOutcome,
 };
 use crate::store::{
-    IdentityStore, ProcessingCommit, ProcessingHistory, ProcessingSnapshot, ProfileState, Retention, StoreError,
+    IdentityStore, ProcessingCommit, ProcessingDelta, ProcessingHistory, ProcessingSnapshot, ProfileState, Retention,
+    StoreError,
 };
 
 /// `list_identities`, one statement per combination of filters: an optional
@@ -87,15 +88,18 @@ pub(super) fn profile_state(db: &Connection, p: &ProfileRef) -> Result<ProfileSt
 }
 
 fn state_of(db: &Connection, key: i64) -> Result<ProfileState, StoreError> {
-    type RawState = (Option<String>, Option<i64>, String, Option<String>, Option<String>);
+    type RawState =
+        (Option<String>, Option<i64>, String, Option<String>, Option<String>, Option<String>, Option<String>);
     let raw: Option<RawState> = db
         .prepare_cached(
-            "SELECT applied_spec, applied_generation, seen_versions, last_scheduled, next_time_based \
-             FROM profiles WHERE prof = ?1",
+            "SELECT applied_spec, applied_generation, seen_versions, last_scheduled, next_time_based, mapping_hash, \
+             summary FROM profiles WHERE prof = ?1",
         )?
-        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
         .optional()?;
-    let Some((applied_spec, applied_generation, seen_versions, last_scheduled, next_time_based)) = raw else {
+    let Some((applied_spec, applied_generation, seen_versions, last_scheduled, next_time_based, mapping_hash, summary)) =
+        raw
+    else {
         return Ok(ProfileState::default());
     };
     Ok(ProfileState {
@@ -104,6 +108,8 @@ fn state_of(db: &Connection, key: i64) -> Result<ProfileState, StoreError> {
         seen_versions: serde_json::from_str(&seen_versions).map_err(|e| corrupt("profile seen_versions", e))?,
         last_scheduled: last_scheduled.as_deref().map(parse_time).transpose()?,
         next_time_based: next_time_based.as_deref().map(parse_time).transpose()?,
+        mapping_hash,
+        summary: summary.as_deref().map(serde_json::from_str).transpose().map_err(|e| corrupt("profile summary", e))?,
     })
 }
 
@@ -145,20 +151,100 @@ pub(super) fn snapshot(
     Ok(snapshot)
 }
 
+/// What changed since the profile last processed (see
+/// [`IdentityStore::processing_delta`]); `db` should be one read
+/// transaction. Reads the change marks of each connection past the version
+/// the profile saw, then only the accounts and identities they name, each by
+/// key.
+pub(super) fn delta(
+    db: &Connection,
+    p: &ProfileRef,
+    connections: &[String],
+) -> Result<Option<ProcessingDelta>, StoreError> {
+    let Some(authoritative) = connections.first() else { return Ok(None) };
+    let Some(prof) = profile_key(db, p)? else { return Ok(None) };
+    let mut delta = ProcessingDelta { state: state_of(db, prof)?, ..ProcessingDelta::default() };
+    let mut keys: BTreeMap<&str, i64> = BTreeMap::new();
+    for name in connections {
+        if delta.versions.contains_key(name) {
+            continue;
+        }
+        let Some(&seen) = delta.state.seen_versions.get(name) else { return Ok(None) };
+        let found: Option<(i64, i64, i64)> = db
+            .prepare_cached("SELECT conn, version, marked_from FROM connections WHERE namespace = ?1 AND name = ?2")?
+            .query_row(params![p.namespace, name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let (changed, version) = match found {
+            // Never synced: nothing of it, then as now.
+            None if seen == 0 => (Vec::new(), 0),
+            None => return Ok(None),
+            Some((conn, version, marked_from)) => {
+                let (version, marked_from) = (from_i64(version)?, from_i64(marked_from)?);
+                // Changes before `marked_from` left no marks; a version
+                // ahead of the store's is one this store never had.
+                if seen < marked_from || seen > version {
+                    return Ok(None);
+                }
+                keys.insert(name, conn);
+                let mut stmt =
+                    db.prepare_cached("SELECT id FROM account_marks WHERE conn = ?1 AND version > ?2 ORDER BY id")?;
+                let ids = stmt.query_map(params![conn, to_i64("seen version", seen)?], |r| r.get::<_, String>(0))?;
+                (ids.collect::<Result<Vec<_>, _>>()?, version)
+            }
+        };
+        delta.versions.insert(name.clone(), version);
+        delta.changed.insert(name.clone(), changed);
+    }
+    let mut stmt = db.prepare_cached("SELECT data, hash FROM accounts WHERE conn = ?1 AND id = ?2")?;
+    let mut read_account = |delta: &mut ProcessingDelta, name: &str, id: &str| -> Result<(), StoreError> {
+        let Some(&conn) = keys.get(name) else { return Ok(()) };
+        let accounts = delta.accounts.entry(name.to_string()).or_default();
+        if accounts.contains_key(id) {
+            return Ok(());
+        }
+        let mut rows = stmt.query(params![conn, id])?;
+        if let Some(row) = rows.next()? {
+            accounts.insert(id.to_string(), account_from_row(row)?);
+        }
+        Ok(())
+    };
+    for (name, ids) in delta.changed.clone() {
+        for id in &ids {
+            read_account(&mut delta, &name, id)?;
+        }
+    }
+    let mut stmt = db.prepare_cached("SELECT id, data FROM identities WHERE prof = ?1 AND id = ?2")?;
+    for id in delta.changed.get(authoritative).cloned().unwrap_or_default() {
+        let mut rows = stmt.query(params![prof, id])?;
+        let Some(row) = rows.next()? else { continue };
+        let identity = identity_from_row(row)?;
+        for link in identity.accounts.iter().skip(1) {
+            read_account(&mut delta, &link.connection, &link.account_id)?;
+        }
+        delta.identities.insert(identity.id.clone(), identity);
+    }
+    Ok(Some(delta))
+}
+
+/// A `(data, hash)` row of `accounts`.
+fn account_from_row(row: &Row<'_>) -> Result<(Account, ContentHash), StoreError> {
+    let account = decode_account(row.get_ref(0)?.as_str().map_err(|e| corrupt("account data", e))?)?;
+    let hash = row
+        .get_ref(1)?
+        .as_blob()
+        .ok()
+        .and_then(ContentHash::from_slice)
+        .ok_or_else(|| StoreError::Corrupt(format!("account {:?} has no 32-byte content hash", account.id)))?;
+    Ok((account, hash))
+}
+
 /// The connection's accounts in id order, streamed off the (conn, id) index.
 fn accounts_of(db: &Connection, key: i64) -> Result<Vec<(Account, ContentHash)>, StoreError> {
     let mut stmt = db.prepare_cached("SELECT data, hash FROM accounts WHERE conn = ?1 ORDER BY id")?;
     let mut rows = stmt.query([key])?;
     let mut accounts = Vec::new();
     while let Some(row) = rows.next()? {
-        let account = decode_account(row.get_ref(0)?.as_str().map_err(|e| corrupt("account data", e))?)?;
-        let hash = row
-            .get_ref(1)?
-            .as_blob()
-            .ok()
-            .and_then(ContentHash::from_slice)
-            .ok_or_else(|| StoreError::Corrupt(format!("account {:?} has no 32-byte content hash", account.id)))?;
-        accounts.push((account, hash));
+        accounts.push(account_from_row(row)?);
     }
     Ok(accounts)
 }
@@ -244,9 +330,15 @@ pub(super) fn write_commit(
 }
 
 fn write_state(tx: &Transaction<'_>, key: i64, state: &ProfileState, seen_versions: &str) -> Result<(), StoreError> {
+    let summary = state
+        .summary
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Internal(format!("cannot encode a profile summary: {e}")))?;
     tx.prepare_cached(
         "UPDATE profiles SET applied_spec = ?2, applied_generation = ?3, seen_versions = ?4, last_scheduled = ?5, \
-         next_time_based = ?6 WHERE prof = ?1",
+         next_time_based = ?6, mapping_hash = ?7, summary = ?8 WHERE prof = ?1",
     )?
     .execute(params![
         key,
@@ -255,6 +347,8 @@ fn write_state(tx: &Transaction<'_>, key: i64, state: &ProfileState, seen_versio
         seen_versions,
         state.last_scheduled.map(|t| t.to_string()),
         state.next_time_based.map(|t| t.to_string()),
+        state.mapping_hash,
+        summary,
     ])?;
     Ok(())
 }
@@ -474,6 +568,21 @@ impl IdentityStore for SqliteStore {
         Ok(snapshot)
     }
 
+    fn processing_delta(&self, p: &ProfileRef, connections: &[String]) -> Result<Option<ProcessingDelta>, StoreError> {
+        let started = Instant::now();
+        let delta = self.read(|tx| delta(tx, p, connections))?;
+        if let Some(delta) = &delta {
+            tracing::debug!(
+                profile = %p,
+                changed = delta.changed.values().map(Vec::len).sum::<usize>(),
+                identities = delta.identities.len(),
+                elapsed_ms = started.elapsed().as_millis(),
+                "read what changed since the last processing"
+            );
+        }
+        Ok(delta)
+    }
+
     fn commit_processing(
         &self,
         p: &ProfileRef,
@@ -641,6 +750,13 @@ mod tests {
             seen_versions: BTreeMap::from([("hr".to_string(), 3), ("ldap".to_string(), u64::MAX)]),
             last_scheduled: Some(time(3_600, 5)),
             next_time_based: Some(time(7_200, 0)),
+            mapping_hash: Some(format!("mapping-{generation}")),
+            summary: Some(crate::model::IdentitySummary {
+                identities: 2,
+                lifecycle_states: BTreeMap::from([("active".to_string(), 2)]),
+                unresolved_managers: 1,
+                ..Default::default()
+            }),
         }
     }
 
@@ -1074,6 +1190,67 @@ mod tests {
         let elsewhere = store.processing_snapshot(&ProfileRef::new("team-b", "people"), &names(&["hr"])).unwrap();
         assert_eq!(snapshot_ids(&elsewhere.accounts["hr"]), ["B1"]);
         assert!(store.processing_snapshot(&p, &[]).unwrap().accounts.is_empty());
+    }
+
+    #[test]
+    fn the_delta_reads_only_what_changed_since_the_versions_the_profile_saw() {
+        let (_dir, store, path) = open();
+        let p = profile("people");
+        let (hr, ldap) = (ConnectionRef::new("team-a", "hr"), ConnectionRef::new("team-a", "ldap"));
+        let wanted = names(&["hr", "ldap"]);
+        sync(&store, &hr, &upserts(&(1..=50).map(|n| account(&format!("E{n:02}"), 1)).collect::<Vec<_>>()));
+        sync(&store, &ldap, &upserts(&[account("uid=E01", 1), account("uid=E02", 1)]));
+        // Never processed: the store cannot tell what is new to it.
+        assert!(store.processing_delta(&p, &wanted).unwrap().is_none());
+
+        // Processed as of these versions; E01 has its LDAP account.
+        let mut e01 = identity("E01", Some("active"));
+        e01.accounts[1].account_id = "uid=E01".into();
+        let identities: Vec<Identity> =
+            std::iter::once(e01).chain((2..=50).map(|n| bare(&format!("E{n:02}")))).collect();
+        let seen = ProfileState { seen_versions: store.connection_versions("team-a", &wanted).unwrap(), ..state(1) };
+        store
+            .commit_processing(
+                &p,
+                &commit(identities, Vec::new(), seen.clone()),
+                &run(Trigger::Scheduled, RunOutcome::Succeeded, 0),
+            )
+            .unwrap();
+        let delta = store.processing_delta(&p, &wanted).unwrap().expect("a delta");
+        assert!(delta.changed.values().all(Vec::is_empty) && delta.identities.is_empty() && delta.accounts.is_empty());
+        assert_eq!(delta.versions, seen.seen_versions);
+        assert_eq!(delta.state, seen);
+
+        // Two syncs later: E01 changed, E03 too and then back (still marked:
+        // its hash moved twice), E50 removed, E51 created; the same E02 again
+        // changes nothing.
+        sync(&store, &hr, &upserts(&[account("E01", 2), account("E02", 1), account("E03", 2), account("E51", 1)]));
+        sync(&store, &hr, &[StagedChange::Upsert(account("E03", 1)), StagedChange::Delete("E50".into())]);
+        let delta = store.processing_delta(&p, &wanted).unwrap().expect("a delta");
+        assert_eq!(delta.changed["hr"], ["E01", "E03", "E50", "E51"]);
+        assert!(delta.changed["ldap"].is_empty());
+        assert_eq!(delta.versions["hr"], seen.seen_versions["hr"] + 2);
+        // Only the changed accounts that exist, their identities, and the
+        // accounts those are made of.
+        let mut hr_read: Vec<&String> = delta.accounts["hr"].keys().collect();
+        hr_read.sort();
+        assert_eq!(hr_read, ["E01", "E03", "E51"]);
+        assert_eq!(delta.accounts["hr"]["E01"], (account("E01", 2), account("E01", 2).content_hash()));
+        assert_eq!(delta.accounts["ldap"].keys().collect::<Vec<_>>(), ["uid=E01"]);
+        let mut identities_read: Vec<&String> = delta.identities.keys().collect();
+        identities_read.sort();
+        assert_eq!(identities_read, ["E01", "E03", "E50"]);
+
+        // A purge marks every account it removes.
+        store.purge_connection(&ldap).unwrap();
+        let delta = store.processing_delta(&p, &wanted).unwrap().expect("a delta");
+        assert_eq!(delta.changed["ldap"], ["uid=E01", "uid=E02"]);
+
+        // Marks that start after the version the profile saw cannot say what
+        // changed before: a database migrated while the profile was behind.
+        let vandal = rusqlite::Connection::open(&path).unwrap();
+        vandal.execute("UPDATE connections SET marked_from = version WHERE name = 'hr'", []).unwrap();
+        assert!(store.processing_delta(&p, &wanted).unwrap().is_none());
     }
 
     fn snapshot_ids(accounts: &[(Account, ContentHash)]) -> Vec<&str> {
