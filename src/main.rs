@@ -13,8 +13,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crds => manifests::print_crds(),
         Command::Validate { paths } => manifests::validate(&paths),
-        Command::Dev { apply, port, kubeconfig, data_dir } => {
-            operator::run_async(false, operator::dev(apply, port, kubeconfig, data_dir))
+        Command::Dev { apply, port, kubeconfig, data_dir, http_addr } => {
+            operator::run_async(false, operator::dev(apply, port, kubeconfig, data_dir, http_addr))
         }
         Command::Run {
             data_dir,

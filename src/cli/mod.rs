@@ -105,6 +105,10 @@ pub enum Command {
         /// Where the store lives; a fresh temporary folder when unset.
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        /// Where /metrics, /healthz and /readyz are served; port 0 picks a
+        /// free one (printed).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        http_addr: std::net::SocketAddr,
     },
     /// Run the operator against the cluster of the current kubeconfig (or
     /// in-cluster configuration).

@@ -150,6 +150,7 @@ pub async fn dev(
     port: u16,
     kubeconfig: PathBuf,
     data_dir: Option<PathBuf>,
+    http_addr: std::net::SocketAddr,
 ) -> anyhow::Result<ExitCode> {
     crate::tls::install_crypto_provider();
     let docs = crate::dev::load_folders(&apply)?;
@@ -175,18 +176,28 @@ pub async fn dev(
     // --data-dir stops `idsync dev` with the reason.
     let (store, _lock) = open_store(&data_dir)?;
     let store: std::sync::Arc<dyn crate::store::Store> = std::sync::Arc::new(store);
-    let ctx = crate::controller::Context::new(
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let ctx = crate::controller::Context::with_metrics(
         client.clone(),
         store,
         std::sync::Arc::new(crate::controller::SystemClock),
         crate::controller::Config::default(),
+        metrics.clone(),
     );
+    metrics.set_leader(true);
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = crate::health::serve(http_addr, metrics, ready, async {
+        let _ = http_stop_rx.await;
+    })
+    .await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut operator = tokio::spawn(crate::controller::run(ctx, async {
         let _ = stop_rx.await;
     }));
     let applied = crate::dev::apply_documents(&client, &docs, "default").await?;
     tracing::info!(applied, "manifests applied");
+    println!("Metrics and health: http://{served}/metrics, http://{served}/healthz, http://{served}/readyz");
     print!("{}", crate::dev::next_steps(&kubeconfig, &docs, &data_dir.join("idsync.db")));
     // The operator ends only when told to; if it ends on its own (it
     // panicked), `idsync dev` stops and says so instead of serving a
@@ -204,6 +215,7 @@ pub async fn dev(
         }
     }
     let _ = stop_tx.send(());
+    let _ = http_stop_tx.send(());
     if tokio::time::timeout(std::time::Duration::from_secs(15), operator).await.is_err() {
         tracing::warn!("the operator did not stop within 15 s");
     }

@@ -208,10 +208,80 @@ pub async fn recover_store(store: &Arc<dyn Store>, now: Timestamp) -> Result<usi
     Ok(interrupted.len())
 }
 
+/// A reconcile, counted and timed in the controller-runtime families.
+async fn observed(
+    controller: &'static str,
+    ctx: Arc<Context>,
+    reconcile: impl std::future::Future<Output = Result<kube::runtime::controller::Action, Error>>,
+) -> Result<kube::runtime::controller::Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile.await;
+    ctx.metrics.reconcile_finished(controller, result.is_ok(), started.elapsed());
+    result
+}
+
+/// Sets the gauges a scrape should show from the start (accounts and the
+/// last successful sync per Connection, identities per profile) from the
+/// store, instead of leaving them missing until each one's next run.
+async fn restore_gauges(ctx: &Arc<Context>) -> Result<(), Error> {
+    use idsync_api::{Connection, IdentityProfile};
+    use kube::api::{Api, ListParams};
+    // Names only (metadata lists): an object whose spec does not decode
+    // still has its numbers in the store.
+    let connections: Vec<(String, String)> = Api::<Connection>::all(ctx.client.clone())
+        .list_metadata(&ListParams::default())
+        .await
+        .map_err(Error::Kube)?
+        .items
+        .into_iter()
+        .filter_map(|m| Some((m.metadata.namespace?, m.metadata.name?)))
+        .collect();
+    let profiles: Vec<(String, String)> = Api::<IdentityProfile>::all(ctx.client.clone())
+        .list_metadata(&ListParams::default())
+        .await
+        .map_err(Error::Kube)?
+        .items
+        .into_iter()
+        .filter_map(|m| Some((m.metadata.namespace?, m.metadata.name?)))
+        .collect();
+    let store = ctx.store.clone();
+    let metrics = ctx.metrics.clone();
+    let restored = tokio::task::spawn_blocking(move || -> Result<(), crate::store::StoreError> {
+        for (namespace, name) in &connections {
+            let c = crate::model::ConnectionRef::new(namespace, name);
+            let label = format!("{namespace}/{name}");
+            metrics.set_accounts(&label, store.account_count(&c)?);
+            let runs = store.runs(&c, 50)?;
+            let last = runs
+                .iter()
+                .filter(|r| r.outcome == Some(crate::model::RunOutcome::Succeeded))
+                .find_map(|r| r.finished_at);
+            if let Some(at) = last {
+                metrics.set_last_success(&label, at);
+            }
+        }
+        for (namespace, name) in &profiles {
+            let p = crate::model::ProfileRef::new(namespace, name);
+            if let Some(summary) = store.profile_state(&p)?.summary {
+                metrics.set_identities(&format!("{namespace}/{name}"), summary.identities);
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match restored {
+        Ok(result) => result.map_err(Error::from),
+        Err(joined) => Err(Error::Store(crate::store::StoreError::Internal(joined.to_string()))),
+    }
+}
+
 /// Runs the controllers until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
     if let Err(error) = recover_store(&ctx.store, ctx.clock.now()).await {
         tracing::warn!(%error, "could not close the runs a previous operator left unfinished");
+    }
+    if let Err(error) = restore_gauges(&ctx).await {
+        tracing::warn!(%error, "could not restore the account and identity gauges from the store");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -219,7 +289,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     };
     let connections = connection::controller(ctx.clone())
         .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(connection::reconcile, connection::error_policy, ctx.clone())
+        .run(
+            |o, c| observed("connection", c.clone(), connection::reconcile(o, c)),
+            connection::error_policy,
+            ctx.clone(),
+        )
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "connection reconcile");
@@ -227,7 +301,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         });
     let requests = resync::controller(ctx.clone())
         .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(resync::reconcile, resync::error_policy, ctx.clone())
+        .run(|o, c| observed("resyncrequest", c.clone(), resync::reconcile(o, c)), resync::error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "resync reconcile");
@@ -235,7 +309,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         });
     let profiles = profile::controller(ctx.clone())
         .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(profile::reconcile, profile::error_policy, ctx.clone())
+        .run(
+            |o, c| observed("identityprofile", c.clone(), profile::reconcile(o, c)),
+            profile::error_policy,
+            ctx.clone(),
+        )
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "identity profile reconcile");

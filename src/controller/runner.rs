@@ -248,6 +248,11 @@ impl Runner {
             report.counts.updated,
             report.counts.deleted,
         );
+        if report.outcome == RunOutcome::Succeeded {
+            let name = format!("{}/{}", conn.namespace, conn.name);
+            ctx.metrics.set_accounts(&name, report.accounts);
+            ctx.metrics.set_last_success(&name, ctx.clock.now());
+        }
 
         record_result(ctx, connection, ticket, &report).await;
         report

@@ -95,6 +95,24 @@ fn idsync_dev_serves_the_examples_to_kubectl_and_stops_cleanly_on_ctrl_c() {
     }
     assert!(text.contains("idsync identities list --profile acme-employees --store "), "{text}");
 
+    // It serves its metrics where it says.
+    let metrics_url = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Metrics and health: http://"))
+        .and_then(|rest| rest.split('/').next())
+        .expect("the printed metrics address")
+        .to_string();
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&metrics_url).expect("connect to the metrics port");
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read");
+        response
+    };
+    assert!(metrics.contains(r#"idsync_accounts{connection="default/acme-hr"} 36"#), "{metrics}");
+    assert!(metrics.contains("controller_runtime_reconcile_total{"), "{metrics}");
+
     // Each demo user is a context, answered by RBAC with the chart's roles:
     // `kubectl auth can-i` per user.
     let can_i = |user: &str, verb: &str, resource: &str| {

@@ -81,6 +81,54 @@ async fn idsync_run_leads_syncs_serves_metrics_and_stops_on_sigterm() {
         .kubectl_ok(&["-n", "kube-system", "get", "lease", "idsync-leader", "-o", "jsonpath={.spec.holderIdentity}"])
         .await;
     assert!(released.is_empty(), "the leader Lease was not released: {released}");
+
+    // Restarted on the same store: the gauges come back from the store
+    // before any new sync (this process has synced nothing).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let mut operator = Command::new(env!("CARGO_BIN_EXE_idsync"))
+        .args(["run", "--data-dir"])
+        .arg(data.path())
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .env("KUBECONFIG", h.kubeconfig())
+        .env("POD_NAMESPACE", "kube-system")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("idsync run starts again");
+    let restored = eventually(Duration::from_secs(30), || async {
+        http_get(port, "/metrics")
+            .await
+            .map(|(_, body)| body)
+            .filter(|body| body.contains(r#"idsync_accounts{connection="default/acme-hr"} 36"#))
+            .filter(|body| {
+                body.contains(r#"controller_runtime_reconcile_time_seconds_count{controller="identityprofile"}"#)
+            })
+    })
+    .await;
+    let _ = operator.kill();
+    let _ = operator.wait();
+    let metrics = restored.expect("the account gauge restored from the store");
+    assert!(
+        metrics.contains(r#"idsync_last_successful_sync_timestamp_seconds{connection="default/acme-hr"} 1"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("idsync_accounts_changed_total{"), "no sync ran in this process: {metrics}");
+    assert!(metrics.contains(r#"idsync_identities{profile="default/acme-employees"} 36"#), "{metrics}");
+    // controller-runtime's names, the build and the process.
+    assert!(
+        metrics.contains(r#"controller_runtime_reconcile_total{controller="connection",result="success"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"controller_runtime_reconcile_time_seconds_count{controller="identityprofile"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(r#"idsync_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION"))),
+        "{metrics}"
+    );
+    assert!(metrics.lines().any(|l| l.starts_with("process_resident_memory_bytes ")), "{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("process_cpu_seconds_total ")), "{metrics}");
 }
 
 /// With `replicas: 2`, the standby waits for the leader Lease without

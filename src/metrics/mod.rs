@@ -1,6 +1,14 @@
 //! The operator's Prometheus metrics: one registry holding the sync,
 //! identity processing, reconcile and leadership families, recorded by the controllers and
 //! rendered as OpenMetrics text for `GET /metrics` (see `crate::health`).
+//!
+//! The per-controller reconcile families carry controller-runtime's names
+//! (`controller_runtime_reconcile_total{controller,result}`,
+//! `controller_runtime_reconcile_errors_total`,
+//! `controller_runtime_reconcile_time_seconds`) and the process families
+//! the standard `process_*` names, so existing operator dashboards apply.
+
+mod process;
 
 use std::time::Duration;
 
@@ -61,6 +69,36 @@ struct NotificationFailureLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReconcileLabels {
+    controller: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ControllerLabels {
+    controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabels {
+    connection: String,
+}
+
+/// controller-runtime's reconcile-time buckets, shortened: most reconciles
+/// take milliseconds, one that waits on the store up to seconds.
+const RECONCILE_TIME_BUCKETS: [f64; 14] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0];
+
+fn reconcile_histogram() -> Histogram {
+    Histogram::new(RECONCILE_TIME_BUCKETS)
+}
+
 fn sync_histogram() -> Histogram {
     Histogram::new(SYNC_DURATION_BUCKETS)
 }
@@ -82,6 +120,11 @@ pub struct Metrics {
     notifications_sent: Family<NotificationLabels, Counter>,
     notifications_failed: Family<NotificationFailureLabels, Counter>,
     outbox_depth: Gauge,
+    reconciles: Family<ReconcileLabels, Counter>,
+    reconcile_failures: Family<ControllerLabels, Counter>,
+    reconcile_time: Family<ControllerLabels, Histogram, fn() -> Histogram>,
+    accounts: Family<ConnectionLabels, Gauge>,
+    last_success: Family<ConnectionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -107,7 +150,45 @@ impl Metrics {
         let notifications_sent = Family::<NotificationLabels, Counter>::default();
         let notifications_failed = Family::<NotificationFailureLabels, Counter>::default();
         let outbox_depth = Gauge::default();
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        let reconcile_failures = Family::<ControllerLabels, Counter>::default();
+        let reconcile_time =
+            Family::<ControllerLabels, Histogram, fn() -> Histogram>::new_with_constructor(reconcile_histogram);
+        let accounts = Family::<ConnectionLabels, Gauge>::default();
+        let last_success = Family::<ConnectionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         // The registry appends the unit and, for counters, `_total` to these names.
+        registry.register(
+            "controller_runtime_reconcile",
+            "Total number of reconciliations per controller, by result (success or error)",
+            reconciles.clone(),
+        );
+        registry.register(
+            "controller_runtime_reconcile_errors",
+            "Total number of reconciliation errors per controller",
+            reconcile_failures.clone(),
+        );
+        registry.register_with_unit(
+            "controller_runtime_reconcile_time",
+            "Length of time per reconciliation per controller",
+            Unit::Seconds,
+            reconcile_time.clone(),
+        );
+        registry.register("idsync_build_info", "1, labelled with the running idsync's version", build_info);
+        registry.register(
+            "idsync_accounts",
+            "Accounts of a connection in the store (restored from the store when the operator starts leading)",
+            accounts.clone(),
+        );
+        registry.register_with_unit(
+            "idsync_last_successful_sync_timestamp",
+            "When a connection's last successful sync finished, as Unix time (restored from the store's run \
+             history when the operator starts leading)",
+            Unit::Seconds,
+            last_success.clone(),
+        );
+        registry.register_collector(Box::new(process::ProcessCollector));
         registry.register_with_unit(
             "idsync_sync_duration",
             "How long a finished sync of a connection took",
@@ -167,7 +248,40 @@ impl Metrics {
             notifications_sent,
             notifications_failed,
             outbox_depth,
+            reconciles,
+            reconcile_failures,
+            reconcile_time,
+            accounts,
+            last_success,
         }
+    }
+
+    /// A reconcile of `controller` ended, in `elapsed`.
+    pub fn reconcile_finished(&self, controller: &'static str, succeeded: bool, elapsed: Duration) {
+        let result = if succeeded { "success" } else { "error" };
+        self.reconciles.get_or_create(&ReconcileLabels { controller, result }).inc();
+        if !succeeded {
+            self.reconcile_failures.get_or_create(&ControllerLabels { controller }).inc();
+        }
+        self.reconcile_time.get_or_create(&ControllerLabels { controller }).observe(elapsed.as_secs_f64());
+    }
+
+    /// `connection` (`namespace/name`) holds `count` accounts in the store.
+    pub fn set_accounts(&self, connection: &str, count: u64) {
+        let labels = ConnectionLabels { connection: connection.to_string() };
+        self.accounts.get_or_create(&labels).set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// `connection`'s last successful sync finished at `at`.
+    pub fn set_last_success(&self, connection: &str, at: jiff::Timestamp) {
+        let labels = ConnectionLabels { connection: connection.to_string() };
+        self.last_success.get_or_create(&labels).set(at.as_millisecond() as f64 / 1000.0);
+    }
+
+    /// The identity count of `profile`, as the store holds it.
+    pub fn set_identities(&self, profile: &str, count: u64) {
+        let labels = ProfileLabels { profile: profile.to_string() };
+        self.identities.get_or_create(&labels).set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// A notification was delivered through `provider` (`namespace/name`).
