@@ -254,3 +254,49 @@ async fn the_crd_upgrade_path_replaces_older_crds_and_keeps_objects() {
     assert!(requests.get("after-upgrade").await.expect("the new field").spec.apply_pending_changes);
     assert!(!requests.get("before-upgrade").await.expect("the stored object").spec.apply_pending_changes);
 }
+
+/// The optional Prometheus Operator objects: the ServiceMonitor selects the
+/// metrics Service and names its port, and every metric an alert reads is
+/// one idsync exports (a renamed metric would silently never fire).
+#[test]
+fn the_service_monitor_scrapes_the_service_and_the_alerts_read_real_metrics() {
+    let docs =
+        render(&["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true"]);
+    let monitor = of_kind(&docs, "ServiceMonitor")[0];
+    let service = of_kind(&docs, "Service")[0];
+    let selector = monitor["spec"]["selector"]["matchLabels"].as_object().expect("a selector");
+    for (key, value) in selector {
+        assert_eq!(&service["metadata"]["labels"][key], value, "the Service carries {key}");
+    }
+    let port = monitor["spec"]["endpoints"][0]["port"].as_str().expect("a port name");
+    assert!(service["spec"]["ports"].as_array().expect("ports").iter().any(|p| p["name"] == port));
+
+    // Families appear once they hold a sample: record one of each kind.
+    let metrics = idsync::metrics::Metrics::new();
+    metrics.sync_finished("default/hr", "csv", "Failed", std::time::Duration::from_secs(1), 0, 0, 0);
+    metrics.set_last_success("default/hr", jiff::Timestamp::now());
+    metrics.set_accounts("default/hr", 3);
+    metrics.notification_failed("default/mail", "Unreachable");
+    metrics.set_leader(true);
+    let exported = metrics.render();
+    let families: Vec<&str> =
+        exported.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+    let rule = of_kind(&docs, "PrometheusRule")[0];
+    let mut checked = 0;
+    for alert in rule["spec"]["groups"][0]["rules"].as_array().expect("rules") {
+        let expr = alert["expr"].as_str().expect("an expression");
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !word.starts_with("idsync_") {
+                continue;
+            }
+            let family = ["_count", "_bucket", "_sum", "_total"]
+                .iter()
+                .find_map(|suffix| word.strip_suffix(suffix))
+                .unwrap_or(word);
+            assert!(families.contains(&family), "{}: {word} is not a metric idsync exports", alert["alert"]);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "the alerts read idsync's metrics");
+    assert!(of_kind(&render(&[]), "ServiceMonitor").is_empty(), "off by default");
+}
