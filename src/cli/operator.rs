@@ -78,8 +78,10 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    // Ready once the API answers; a standby is ready too.
-    let ready = Arc::new(AtomicBool::new(true));
+    // Ready only while leading, once the store is open and the first lists
+    // went through (controller::run sets it): a standby, or an instance
+    // whose store will not open, is alive (/healthz) but not ready.
+    let ready = Arc::new(AtomicBool::new(false));
     crate::health::serve(http_addr, metrics.clone(), ready.clone(), stopped()).await?;
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -90,8 +92,8 @@ pub async fn run(
     tracing::info!(identity = %config.identity, store = %path.display(), "waiting for leadership");
     let failed: Arc<std::sync::Mutex<Option<anyhow::Error>>> = Arc::default();
     let lead = |token: tokio_util::sync::CancellationToken| {
-        let (client, config, metrics, data_dir, failed) =
-            (client.clone(), config.clone(), metrics.clone(), data_dir.clone(), failed.clone());
+        let (client, config, metrics, data_dir, failed, ready) =
+            (client.clone(), config.clone(), metrics.clone(), data_dir.clone(), failed.clone(), ready.clone());
         async move {
             // The lock lives as long as this term of leadership.
             let (store, _lock) = match open_store(&data_dir) {
@@ -106,7 +108,7 @@ pub async fn run(
             };
             let store: Arc<dyn crate::store::Store> = Arc::new(store);
             let clock = Arc::new(crate::controller::SystemClock);
-            let ctx = crate::controller::Context::with_metrics(client, store, clock, config, metrics);
+            let ctx = crate::controller::Context::with_metrics(client, store, clock, config, metrics, ready);
             tracing::info!(identity = %ctx.config.identity, "leading: controllers running");
             ctx.metrics.set_leader(true);
             crate::controller::run(ctx.clone(), token.cancelled_owned()).await;
@@ -177,15 +179,16 @@ pub async fn dev(
     let (store, _lock) = open_store(&data_dir)?;
     let store: std::sync::Arc<dyn crate::store::Store> = std::sync::Arc::new(store);
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ctx = crate::controller::Context::with_metrics(
         client.clone(),
         store,
         std::sync::Arc::new(crate::controller::SystemClock),
         crate::controller::Config::default(),
         metrics.clone(),
+        ready.clone(),
     );
     metrics.set_leader(true);
-    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let served = crate::health::serve(http_addr, metrics, ready, async {
         let _ = http_stop_rx.await;

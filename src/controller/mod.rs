@@ -90,6 +90,10 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     pub config: Config,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// What `/readyz` answers: true once `run` has its store open and has
+    /// listed what it reconciles (the API answers, with the permissions it
+    /// needs); false again when it stops.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
     /// Reports objects that do not decode (see `undecodable`).
     pub undecodable: undecodable::Reporter,
     /// One processing at a time per profile, whoever starts it (the profile
@@ -151,7 +155,7 @@ impl Error {
 
 impl Context {
     pub fn new(client: Client, store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Arc<Context> {
-        Self::with_metrics(client, store, clock, config, Arc::new(crate::metrics::Metrics::new()))
+        Self::with_metrics(client, store, clock, config, Arc::new(crate::metrics::Metrics::new()), Default::default())
     }
 
     /// A context reporting into `metrics`, which outlive it: `idsync run`
@@ -163,6 +167,7 @@ impl Context {
         clock: Arc<dyn Clock>,
         config: Config,
         metrics: Arc<crate::metrics::Metrics>,
+        ready: Arc<std::sync::atomic::AtomicBool>,
     ) -> Arc<Context> {
         let recorder = Recorder::new(client.clone(), CONTROLLER_NAME, config.identity.clone());
         Arc::new(Context {
@@ -174,6 +179,7 @@ impl Context {
             clock,
             config,
             metrics,
+            ready,
             profile_locks: Default::default(),
             compiled: Default::default(),
             processing: Default::default(),
@@ -280,9 +286,23 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     if let Err(error) = recover_store(&ctx.store, ctx.clock.now()).await {
         tracing::warn!(%error, "could not close the runs a previous operator left unfinished");
     }
-    if let Err(error) = restore_gauges(&ctx).await {
-        tracing::warn!(%error, "could not restore the account and identity gauges from the store");
-    }
+    // Ready once the store is open (it is, here) and the first lists of
+    // what the controllers reconcile went through; retried until they do.
+    let readiness = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                match restore_gauges(&ctx).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "not ready: cannot list Connections and profiles or read the store");
+                        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    }
+                }
+            }
+            ctx.ready.store(true, std::sync::atomic::Ordering::Release);
+        })
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -329,12 +349,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     let stopping = ctx.clone();
     let stop = async move {
         shutdown.await;
+        readiness.abort();
+        stopping.ready.store(false, std::sync::atomic::Ordering::Release);
         // Before the controllers wait for their reconciles: a reconcile
         // waits for its processing run.
         stopping.processing.stop_all();
         let _ = stop_tx.send(true);
     };
     tokio::join!(connections, requests, profiles, notifications, stop);
+    ctx.ready.store(false, std::sync::atomic::Ordering::Release);
     ctx.runner.cancel_all().await;
 }
 

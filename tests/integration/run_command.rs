@@ -172,6 +172,9 @@ async fn a_standby_never_opens_the_store_before_it_leads() {
     // It has tried for the Lease at least once by now (it retries every few seconds).
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!store.exists(), "the standby opened the store");
+    // Alive, not ready: it reconciles nothing.
+    assert_eq!(http_get(port, "/healthz").await.map(|r| r.0), Some(200));
+    assert_eq!(http_get(port, "/readyz").await.map(|r| r.0), Some(503), "a standby is not ready");
 
     leases.delete("idsync-leader", &Default::default()).await.expect("the other replica goes");
     let leading = eventually(Duration::from_secs(30), || async {
@@ -180,6 +183,11 @@ async fn a_standby_never_opens_the_store_before_it_leads() {
     .await;
     assert!(leading.is_some(), "the standby takes over");
     assert!(store.exists(), "the new leader opened the store");
+    let ready = eventually(Duration::from_secs(20), || async {
+        http_get(port, "/readyz").await.filter(|(status, _)| *status == 200)
+    })
+    .await;
+    assert!(ready.is_some(), "ready once it leads with its store open");
     let _ = standby.kill();
     let _ = standby.wait();
 }
