@@ -5,6 +5,21 @@ use idsync::cli::{Cli, Command, accounts, identities, manifests, operator, plugi
 
 fn main() -> ExitCode {
     let bin_name = idsync::cli::bin_name(std::env::args_os().next().as_deref());
+    // `kubectl idsync identities|runs|accounts …` reads the operator's store
+    // in its pod.
+    let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+    if bin_name != "idsync"
+        && args.first().is_some_and(|a| plugin::STORE_COMMANDS.contains(&a.as_str()))
+        && !args.iter().any(|a| a == "--help" || a == "-h")
+    {
+        return match plugin::exec_in_operator(&args) {
+            Ok(code) => code,
+            Err(error) => {
+                eprintln!("error: {}", idsync::cli::error_text(&error));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let matches = Cli::command().bin_name(bin_name).get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

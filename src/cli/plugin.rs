@@ -401,3 +401,111 @@ mod tests {
         assert!(long.len() <= 58 && long.ends_with('-'), "{long}");
     }
 }
+
+/// The store-reading commands (`identities`, `runs`, `accounts`) read the
+/// operator's store, which lives in its pod: under `kubectl idsync` they
+/// run there, through `kubectl exec` (the image has the same binary and its
+/// data folder is the default `--store`). `--operator-namespace` (default
+/// `idsync`) and `--operator` (the Deployment, default `idsync`) say where;
+/// `--context` and `--kubeconfig` go to kubectl.
+pub const STORE_COMMANDS: [&str; 3] = ["identities", "runs", "accounts"];
+
+/// The `kubectl` arguments that run `args` (a store command and its flags)
+/// in the operator's pod.
+pub fn exec_arguments(args: &[String]) -> Vec<String> {
+    let mut namespace = "idsync".to_string();
+    let mut deployment = "idsync".to_string();
+    let mut kubectl_flags = Vec::new();
+    let mut forwarded = Vec::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |inline: Option<String>| inline.or_else(|| rest.next().cloned()).unwrap_or_default();
+        match flag {
+            "--operator-namespace" => namespace = value(inline),
+            "--operator" => deployment = value(inline),
+            "--context" | "--kubeconfig" => {
+                let v = value(inline);
+                kubectl_flags.push(format!("{flag}={v}"));
+            }
+            _ => forwarded.push(arg.clone()),
+        }
+    }
+    let mut out = kubectl_flags;
+    out.extend(["exec".to_string(), "-n".to_string(), namespace, format!("deploy/{deployment}"), "--".to_string()]);
+    out.push("idsync".to_string());
+    out.extend(forwarded);
+    out
+}
+
+/// Runs a store command in the operator's pod and exits as it did.
+pub fn exec_in_operator(args: &[String]) -> anyhow::Result<ExitCode> {
+    let status = std::process::Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_string()))
+        .args(exec_arguments(args))
+        .status()
+        .context("cannot run kubectl to reach the operator's pod")?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
+}
+
+#[cfg(test)]
+mod exec_tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn store_commands_run_in_the_operators_pod() {
+        assert_eq!(
+            exec_arguments(&strings(&["identities", "list", "--profile", "employees", "-n", "people"])),
+            strings(&[
+                "exec",
+                "-n",
+                "idsync",
+                "deploy/idsync",
+                "--",
+                "idsync",
+                "identities",
+                "list",
+                "--profile",
+                "employees",
+                "-n",
+                "people"
+            ])
+        );
+        assert_eq!(
+            exec_arguments(&strings(&[
+                "runs",
+                "list",
+                "--connection",
+                "hr",
+                "--operator-namespace",
+                "iam",
+                "--operator=idsync-eu",
+                "--context",
+                "prod",
+            ])),
+            strings(&[
+                "--context=prod",
+                "exec",
+                "-n",
+                "iam",
+                "deploy/idsync-eu",
+                "--",
+                "idsync",
+                "runs",
+                "list",
+                "--connection",
+                "hr"
+            ])
+        );
+    }
+}

@@ -122,3 +122,49 @@ async fn the_plugin_knows_its_name_version_and_completions() {
     let stderr = text(&out).1;
     assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
 }
+
+/// `kubectl idsync identities|runs|accounts …` read the operator's store in
+/// its pod: the plugin runs them there with `kubectl exec` (a recording
+/// stand-in for kubectl here: the devcluster runs no pods) and exits as
+/// they did.
+#[test]
+fn store_commands_run_in_the_operators_pod_through_kubectl_exec() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let record = dir.path().join("args");
+    let fake = dir.path().join("kubectl");
+    std::fs::write(&fake, format!("#!/bin/sh\nprintf '%s\\n' \"$@\" > {}\nexit 3\n", record.display()))
+        .expect("script");
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let plugin = dir.path().join("kubectl-idsync");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_idsync"), &plugin).expect("link");
+    let out = std::process::Command::new(&plugin)
+        .args(["identities", "list", "--profile", "employees", "--operator-namespace", "iam", "--context", "prod"])
+        .env("KUBECTL", &fake)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(3), "the pod's exit code");
+    let args = std::fs::read_to_string(&record).expect("kubectl was run");
+    assert_eq!(
+        args.lines().collect::<Vec<_>>(),
+        [
+            "--context=prod",
+            "exec",
+            "-n",
+            "iam",
+            "deploy/idsync",
+            "--",
+            "idsync",
+            "identities",
+            "list",
+            "--profile",
+            "employees"
+        ]
+    );
+    // As plain `idsync`, the same command reads a local store instead.
+    let local = std::process::Command::new(env!("CARGO_BIN_EXE_idsync"))
+        .args(["identities", "list", "--profile", "employees", "--store", "/nonexistent/idsync.db"])
+        .env("KUBECTL", &fake)
+        .output()
+        .expect("runs");
+    assert!(String::from_utf8_lossy(&local.stderr).contains("no store at /nonexistent/idsync.db"));
+}
