@@ -234,22 +234,25 @@ async fn restore_gauges(ctx: &Arc<Context>) -> Result<(), Error> {
     use kube::api::{Api, ListParams};
     // Names only (metadata lists): an object whose spec does not decode
     // still has its numbers in the store.
-    let connections: Vec<(String, String)> = Api::<Connection>::all(ctx.client.clone())
-        .list_metadata(&ListParams::default())
-        .await
-        .map_err(Error::Kube)?
-        .items
-        .into_iter()
-        .filter_map(|m| Some((m.metadata.namespace?, m.metadata.name?)))
-        .collect();
-    let profiles: Vec<(String, String)> = Api::<IdentityProfile>::all(ctx.client.clone())
-        .list_metadata(&ListParams::default())
-        .await
-        .map_err(Error::Kube)?
-        .items
-        .into_iter()
-        .filter_map(|m| Some((m.metadata.namespace?, m.metadata.name?)))
-        .collect();
+    async fn names<K>(client: &kube::Client) -> Result<Vec<(String, String)>, Error>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned,
+        K::DynamicType: Default,
+    {
+        Ok(Api::<K>::all(client.clone())
+            .list_metadata(&ListParams::default())
+            .await
+            .map_err(Error::Kube)?
+            .items
+            .into_iter()
+            .filter_map(|m| Some((m.metadata.namespace?, m.metadata.name?)))
+            .collect())
+    }
+    let connections = names::<Connection>(&ctx.client).await?;
+    let profiles = names::<IdentityProfile>(&ctx.client).await?;
     let store = ctx.store.clone();
     let metrics = ctx.metrics.clone();
     let restored = tokio::task::spawn_blocking(move || -> Result<(), crate::store::StoreError> {

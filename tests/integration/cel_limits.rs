@@ -14,9 +14,8 @@ use idsync::model::{ProfileRef, RunOutcome};
 use idsync::store::{IdentityStore, ProcessingHistory, SqliteStore};
 use idsync_api::fixtures::IdentityProfileBuilder;
 use idsync_api::resync_request::Phase;
-use idsync_api::{Connection, IdentityProfile, ResyncRequest};
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use idsync_api::{IdentityProfile, ResyncRequest};
+use kube::api::{Api, DeleteParams};
 use serde_json::json;
 
 /// An expression that passes the compile-time estimate (its ranges' sizes
@@ -73,17 +72,7 @@ fn stalled_with(p: &IdentityProfile, reason: &str) -> bool {
 
 /// An HR export of `people` as a CSV Connection, synced.
 async fn hr_connection(h: &Harness, people: usize) {
-    let api: Api<ConfigMap> = Api::namespaced(h.client.clone(), "default");
-    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "hr-export"},
-        "data": {"data.csv": hr_csv(people)}});
-    api.patch("hr-export", &PatchParams::apply("test").force(), &Patch::Apply(&cm)).await.expect("configmap");
-    let hr = Connection::test("hr")
-        .csv_config_map("hr-export", "data.csv")
-        .id_column("employee_id")
-        .column("email", "work_email")
-        .column("displayName", "name")
-        .build();
-    h.apply_json(serde_json::to_value(hr).expect("json")).await;
+    h.hr_csv_connection(&hr_csv(people)).await;
     h.create_request(ResyncRequest::test("sync").all().full().build()).await;
     let request = h.finished_request("sync", Duration::from_secs(60)).await;
     assert_eq!(request.status.and_then(|s| s.phase), Some(Phase::Succeeded));

@@ -7,12 +7,10 @@
 use std::process::Output;
 use std::time::Duration;
 
-use kube::api::{Api, Patch, PatchParams};
-use serde_json::json;
+use kube::api::Api;
 
 use idsync_api::resync_request::Phase;
-use idsync_api::{Connection, ResyncRequest, SyncMode};
-use k8s_openapi::api::core::v1::ConfigMap;
+use idsync_api::{ResyncRequest, SyncMode};
 
 use crate::common::{self, Harness};
 
@@ -38,18 +36,7 @@ fn text(out: &Output) -> (String, String) {
 }
 
 async fn hr_connection(h: &Harness) {
-    let api: Api<ConfigMap> = Api::namespaced(h.client.clone(), "default");
-    let csv = "employee_id,name,work_email\nE1,Ada,ada@acme.example\nE2,Grace,grace@acme.example\nE3,Alan,alan@acme.example\n";
-    let cm =
-        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "hr-export"}, "data": {"data.csv": csv}});
-    api.patch("hr-export", &PatchParams::apply("test").force(), &Patch::Apply(&cm)).await.expect("configmap");
-    let hr = Connection::test("hr")
-        .csv_config_map("hr-export", "data.csv")
-        .id_column("employee_id")
-        .column("email", "work_email")
-        .column("displayName", "name")
-        .build();
-    h.apply_json(serde_json::to_value(hr).expect("json")).await;
+    h.hr_csv_connection("employee_id,name,work_email\nE1,Ada,ada@acme.example\nE2,Grace,grace@acme.example\nE3,Alan,alan@acme.example\n").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -22,22 +22,31 @@ async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn idsync_run_leads_syncs_serves_metrics_and_stops_on_sigterm() {
-    let h = Harness::start().await;
-    idsync::dev::install_crds(&h.client).await.expect("CRDs");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
-    let data = tempfile::tempdir().expect("data dir");
-    let mut operator = Command::new(env!("CARGO_BIN_EXE_idsync"))
+/// `idsync run` on `data` against the harness, serving on `port`.
+fn spawn_run(h: &Harness, data: &std::path::Path, port: u16) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_idsync"))
         .args(["run", "--data-dir"])
-        .arg(data.path())
+        .arg(data)
         .args(["--http-addr", &format!("127.0.0.1:{port}"), "--log-format", "json"])
         .env("KUBECONFIG", h.kubeconfig())
         .env("POD_NAMESPACE", "kube-system")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("idsync run starts");
+        .expect("idsync run starts")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idsync_run_leads_syncs_serves_metrics_and_stops_on_sigterm() {
+    let h = Harness::start().await;
+    idsync::dev::install_crds(&h.client).await.expect("CRDs");
+    let port = free_port();
+    let data = tempfile::tempdir().expect("data dir");
+    let mut operator = spawn_run(&h, data.path(), port);
 
     let health = eventually(Duration::from_secs(20), || async { http_get(port, "/healthz").await }).await;
     assert_eq!(health.map(|(s, b)| (s, b.trim().to_string())), Some((200, "ok".to_string())));
@@ -84,17 +93,8 @@ async fn idsync_run_leads_syncs_serves_metrics_and_stops_on_sigterm() {
 
     // Restarted on the same store: the gauges come back from the store
     // before any new sync (this process has synced nothing).
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
-    let mut operator = Command::new(env!("CARGO_BIN_EXE_idsync"))
-        .args(["run", "--data-dir"])
-        .arg(data.path())
-        .args(["--http-addr", &format!("127.0.0.1:{port}")])
-        .env("KUBECONFIG", h.kubeconfig())
-        .env("POD_NAMESPACE", "kube-system")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("idsync run starts again");
+    let port = free_port();
+    let mut operator = spawn_run(&h, data.path(), port);
     let restored = eventually(Duration::from_secs(30), || async {
         http_get(port, "/metrics")
             .await
@@ -150,19 +150,10 @@ async fn a_standby_never_opens_the_store_before_it_leads() {
         .create(&Default::default(), &serde_json::from_value(lease).expect("lease"))
         .await
         .expect("the other replica's lease");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let port = free_port();
     let data = tempfile::tempdir().expect("data dir");
     let store = data.path().join("idsync.db");
-    let mut standby = Command::new(env!("CARGO_BIN_EXE_idsync"))
-        .args(["run", "--data-dir"])
-        .arg(data.path())
-        .args(["--http-addr", &format!("127.0.0.1:{port}")])
-        .env("KUBECONFIG", h.kubeconfig())
-        .env("POD_NAMESPACE", "kube-system")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("idsync run starts");
+    let mut standby = spawn_run(&h, data.path(), port);
 
     let metrics = eventually(Duration::from_secs(20), || async {
         http_get(port, "/metrics").await.filter(|(_, body)| body.lines().any(|l| l == "idsync_leader 0"))

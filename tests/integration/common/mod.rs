@@ -107,6 +107,23 @@ impl Harness {
     }
 
     /// Installs idsync's CRDs with kubectl, as the README says.
+    /// A CSV Connection `hr` reading `csv` (columns employee_id, name,
+    /// work_email) from the ConfigMap `hr-export`.
+    pub async fn hr_csv_connection(&self, csv: &str) {
+        use kube::api::{Api, Patch, PatchParams};
+        let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(self.client.clone(), "default");
+        let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "hr-export"},
+            "data": {"data.csv": csv}});
+        api.patch("hr-export", &PatchParams::apply("test").force(), &Patch::Apply(&cm)).await.expect("configmap");
+        let hr = idsync_api::Connection::test("hr")
+            .csv_config_map("hr-export", "data.csv")
+            .id_column("employee_id")
+            .column("email", "work_email")
+            .column("displayName", "name")
+            .build();
+        self.apply_json(serde_json::to_value(hr).expect("json")).await;
+    }
+
     pub async fn install_crds(&self) {
         self.kubectl_ok(&["apply", "-f", &repo("crds").display().to_string()]).await;
     }
