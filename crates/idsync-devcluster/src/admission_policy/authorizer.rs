@@ -38,19 +38,9 @@ impl RequestUser {
     }
 }
 
-/// What an `authorizer` check asks: a resource request (`group`, `resource`,
-/// …) or a non-resource one (`path`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CheckAttributes {
-    pub verb: String,
-    pub group: String,
-    pub resource: String,
-    pub subresource: Option<String>,
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-    /// A non-resource URL path; the resource fields are empty then.
-    pub path: Option<String>,
-}
+/// What an `authorizer` check asks: the RBAC authorizer's own attributes
+/// (a resource request, or a non-resource one by `path`).
+pub type CheckAttributes = Attributes;
 
 /// The answer to a check, as CEL's `Decision` shows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -101,16 +91,7 @@ struct Rbac {
 impl PolicyAuthorizer for Rbac {
     fn check(&self, user: &RequestUser, attrs: &CheckAttributes) -> CheckDecision {
         let user = UserInfo { username: user.username.clone(), uid: user.uid.clone(), groups: user.groups.clone() };
-        let attributes = Attributes {
-            verb: attrs.verb.clone(),
-            group: attrs.group.clone(),
-            resource: attrs.resource.clone(),
-            subresource: attrs.subresource.clone(),
-            namespace: attrs.namespace.clone(),
-            name: attrs.name.clone(),
-            path: attrs.path.clone(),
-        };
-        let decision = self.authz.check(&user, &attributes);
+        let decision = self.authz.check(&user, attrs);
         CheckDecision { allowed: decision.allowed, reason: decision.reason, error: None }
     }
 }
