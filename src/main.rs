@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         Command::Accounts { command } => accounts::run(command),
         Command::Store { command } => store::run(command),
         Command::Resync { command, kube } => operator::run_async(false, plugin::resync(command, kube)),
-        Command::Status { kube } => operator::run_async(false, plugin::status(kube)),
+        Command::Status { kube, output } => operator::run_async(false, plugin::status(kube, output)),
         Command::Docs { command: idsync::cli::DocsCommand::Api } => manifests::print_api_reference(),
         Command::Version => {
             println!("{bin_name} {}", env!("CARGO_PKG_VERSION"));

@@ -170,6 +170,9 @@ pub enum Command {
     Status {
         #[command(flatten)]
         kube: plugin::KubeArgs,
+        /// The summary as json or yaml instead of text.
+        #[arg(short = 'o', long, value_parser = ["json", "yaml"])]
+        output: Option<String>,
     },
     /// Print idsync's version.
     Version,

@@ -308,7 +308,7 @@ fn message(text: &str) -> String {
 }
 
 /// `kubectl idsync status`: what needs attention first, then the counts.
-pub async fn status(args: KubeArgs) -> anyhow::Result<ExitCode> {
+pub async fn status(args: KubeArgs, output: Option<String>) -> anyhow::Result<ExitCode> {
     let (client, namespace) = connect(&args).await?;
     let connections: Vec<Connection> = Api::<Connection>::namespaced(client.clone(), &namespace)
         .list(&Default::default())
@@ -351,32 +351,99 @@ pub async fn status(args: KubeArgs) -> anyhow::Result<ExitCode> {
             None => problems.push(format!("profile {}: not reconciled yet", p.name_any())),
         }
     }
-    let running: Vec<&ResyncRequest> =
-        requests.iter().filter(|r| !r.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_finished())).collect();
-    writeln!(out, "namespace {namespace}")?;
-    if problems.is_empty() {
-        writeln!(out, "nothing needs attention")?;
-    } else {
-        writeln!(out, "needs attention:")?;
-        for problem in &problems {
-            writeln!(out, "  {problem}")?;
-        }
-    }
-    let accounts: u64 = connections.iter().filter_map(|c| c.status.as_ref().and_then(|s| s.account_count)).sum();
-    let identities: u64 = profiles.iter().filter_map(|p| p.status.as_ref().and_then(|s| s.identity_count)).sum();
-    let ready_connections = connections
+    let running: Vec<RunningRequest> = requests
         .iter()
-        .filter(|c| ready(c.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default()).is_some_and(|r| r.0))
-        .count();
-    writeln!(out, "connections: {} ({ready_connections} ready), {accounts} accounts", connections.len())?;
-    writeln!(out, "identity profiles: {}, {identities} identities", profiles.len())?;
-    writeln!(out, "resync requests: {} running or pending, {} in all", running.len(), requests.len())?;
-    for r in running {
-        let target = r.status.as_ref().map(|s| s.target.clone()).unwrap_or_default();
-        writeln!(out, "  {} ({target})", r.name_any())?;
+        .filter(|r| !r.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_finished()))
+        .map(|r| RunningRequest {
+            name: r.name_any(),
+            target: r.status.as_ref().map(|s| s.target.clone()).unwrap_or_default(),
+        })
+        .collect();
+    let summary = StatusSummary {
+        namespace,
+        needs_attention: problems,
+        connections: ConnectionsSummary {
+            total: connections.len(),
+            ready: connections
+                .iter()
+                .filter(|c| {
+                    ready(c.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default()).is_some_and(|r| r.0)
+                })
+                .count(),
+            accounts: connections.iter().filter_map(|c| c.status.as_ref().and_then(|s| s.account_count)).sum(),
+        },
+        identity_profiles: ProfilesSummary {
+            total: profiles.len(),
+            identities: profiles.iter().filter_map(|p| p.status.as_ref().and_then(|s| s.identity_count)).sum(),
+        },
+        resync_requests: RequestsSummary { total: requests.len(), running },
+    };
+    match output.as_deref() {
+        Some("json") => super::output::render_item(&summary, super::output::ItemFormat::Json, &mut out)?,
+        Some("yaml") => super::output::render_item(&summary, super::output::ItemFormat::Yaml, &mut out)?,
+        _ => write_summary(&summary, &mut out)?,
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `status` says, as `-o json|yaml` prints it.
+#[derive(serde::Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct StatusSummary {
+    namespace: String,
+    needs_attention: Vec<String>,
+    connections: ConnectionsSummary,
+    identity_profiles: ProfilesSummary,
+    resync_requests: RequestsSummary,
+}
+
+#[derive(serde::Serialize, Debug)]
+struct ConnectionsSummary {
+    total: usize,
+    ready: usize,
+    accounts: u64,
+}
+
+#[derive(serde::Serialize, Debug)]
+struct ProfilesSummary {
+    total: usize,
+    identities: u64,
+}
+
+#[derive(serde::Serialize, Debug)]
+struct RequestsSummary {
+    total: usize,
+    /// Running or pending.
+    running: Vec<RunningRequest>,
+}
+
+#[derive(serde::Serialize, Debug)]
+struct RunningRequest {
+    name: String,
+    target: String,
+}
+
+fn write_summary(summary: &StatusSummary, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "namespace {}", summary.namespace)?;
+    if summary.needs_attention.is_empty() {
+        writeln!(out, "nothing needs attention")?;
+    } else {
+        writeln!(out, "needs attention:")?;
+        for problem in &summary.needs_attention {
+            writeln!(out, "  {problem}")?;
+        }
+    }
+    let c = &summary.connections;
+    writeln!(out, "connections: {} ({} ready), {} accounts", c.total, c.ready, c.accounts)?;
+    let p = &summary.identity_profiles;
+    writeln!(out, "identity profiles: {}, {} identities", p.total, p.identities)?;
+    let r = &summary.resync_requests;
+    writeln!(out, "resync requests: {} running or pending, {} in all", r.running.len(), r.total)?;
+    for running in &r.running {
+        writeln!(out, "  {} ({})", running.name, running.target)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -77,6 +77,10 @@ async fn kubectl_idsync_resyncs_follows_and_reports_status() {
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("nothing needs attention"), "{stdout}");
     assert!(stdout.contains("connections: 1 (1 ready), 3 accounts"), "{stdout}");
+    let out = plugin(&h, &["status", "-o", "json"]).await;
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status -o json is JSON");
+    assert_eq!(summary["connections"], serde_json::json!({"total": 1, "ready": 1, "accounts": 3}));
+    assert_eq!(summary["needsAttention"], serde_json::json!([]));
 
     // A request that fails: the exit code says so, and the reason is printed.
     let out = plugin(&h, &["resync", "connection", "nosuch", "--wait"]).await;
