@@ -262,19 +262,11 @@ async fn wait_for(api: &Api<ResyncRequest>, name: &str) -> anyhow::Result<ExitCo
         let dry_run = request.spec.dry_run;
         let Some(status) = request.status.as_ref() else { continue };
         let mut out = std::io::stdout().lock();
-        for target in &status.targets {
-            let line = format!("{:?}{}", target.phase, message(&target.message));
-            if said.get(&target.connection) != Some(&line) && target.phase != TargetPhase::Pending {
-                writeln!(out, "{}: {line}", target.connection)?;
-                said.insert(target.connection.clone(), line);
-            }
-        }
-        for profile in &status.profiles {
-            let key = format!("profile {}", profile.profile);
-            let line = format!("{:?}{}", profile.phase, message(&profile.message));
-            if said.get(&key) != Some(&line) && profile.phase != TargetPhase::Pending {
-                writeln!(out, "{key}: {line}")?;
-                said.insert(key, line);
+        for part in parts(status) {
+            let line = format!("{:?}{}", part.phase, message(part.message));
+            if said.get(&part.name) != Some(&line) && part.phase != TargetPhase::Pending {
+                writeln!(out, "{}: {line}", part.name)?;
+                said.insert(part.name, line);
             }
         }
         out.flush()?;
@@ -285,15 +277,9 @@ async fn wait_for(api: &Api<ResyncRequest>, name: &str) -> anyhow::Result<ExitCo
         // The preview: what a dry run would change, or the first changes a
         // real run made.
         let verb = if dry_run { "would change" } else { "changed" };
-        for target in status.targets.iter().filter(|t| !t.preview.is_empty()) {
-            writeln!(out, "{} {verb}:", target.connection)?;
-            for line in &target.preview {
-                writeln!(out, "  {line}")?;
-            }
-        }
-        for profile in status.profiles.iter().filter(|p| !p.preview.is_empty()) {
-            writeln!(out, "profile {} {verb}:", profile.profile)?;
-            for line in &profile.preview {
+        for part in parts(status).into_iter().filter(|p| !p.preview.is_empty()) {
+            writeln!(out, "{} {verb}:", part.name)?;
+            for line in part.preview {
                 writeln!(out, "  {line}")?;
             }
         }
@@ -301,6 +287,31 @@ async fn wait_for(api: &Api<ResyncRequest>, name: &str) -> anyhow::Result<ExitCo
         return Ok(if phase == Phase::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     bail!("the watch on resyncrequest.idsync.dev/{name} ended before it finished")
+}
+
+/// One connection (`hr`) or profile (`profile employees`) of a request,
+/// as `--wait` reports it.
+struct Part<'a> {
+    name: String,
+    phase: TargetPhase,
+    message: &'a str,
+    preview: &'a [String],
+}
+
+fn parts(status: &idsync_api::ResyncRequestStatus) -> Vec<Part<'_>> {
+    let targets = status.targets.iter().map(|t| Part {
+        name: t.connection.clone(),
+        phase: t.phase,
+        message: &t.message,
+        preview: &t.preview,
+    });
+    let profiles = status.profiles.iter().map(|p| Part {
+        name: format!("profile {}", p.profile),
+        phase: p.phase,
+        message: &p.message,
+        preview: &p.preview,
+    });
+    targets.chain(profiles).collect()
 }
 
 fn message(text: &str) -> String {
@@ -330,25 +341,23 @@ pub async fn status(args: KubeArgs, output: Option<String>) -> anyhow::Result<Ex
         idsync_api::conditions::find(conditions, idsync_api::conditions::READY)
             .map(|c| (c.status == "True", c.reason.clone(), c.message.clone()))
     };
-    let mut problems = Vec::new();
-    for c in &connections {
-        let conditions = c.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-        match ready(conditions) {
-            Some((true, ..)) => {}
-            Some((false, reason, text)) => {
-                problems.push(format!("connection {}: {reason}{}", c.name_any(), message(&text)))
-            }
-            None => problems.push(format!("connection {}: not reconciled yet", c.name_any())),
-        }
-    }
-    for p in &profiles {
+    let connection_readiness: Vec<_> = connections
+        .iter()
+        .map(|c| {
+            let conditions = c.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+            (format!("connection {}", c.name_any()), ready(conditions))
+        })
+        .collect();
+    let profile_readiness = profiles.iter().map(|p| {
         let conditions = p.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-        match ready(conditions) {
+        (format!("profile {}", p.name_any()), ready(conditions))
+    });
+    let mut problems = Vec::new();
+    for (what, readiness) in connection_readiness.iter().cloned().chain(profile_readiness) {
+        match readiness {
             Some((true, ..)) => {}
-            Some((false, reason, text)) => {
-                problems.push(format!("profile {}: {reason}{}", p.name_any(), message(&text)))
-            }
-            None => problems.push(format!("profile {}: not reconciled yet", p.name_any())),
+            Some((false, reason, text)) => problems.push(format!("{what}: {reason}{}", message(&text))),
+            None => problems.push(format!("{what}: not reconciled yet")),
         }
     }
     let running: Vec<RunningRequest> = requests
@@ -364,12 +373,7 @@ pub async fn status(args: KubeArgs, output: Option<String>) -> anyhow::Result<Ex
         needs_attention: problems,
         connections: ConnectionsSummary {
             total: connections.len(),
-            ready: connections
-                .iter()
-                .filter(|c| {
-                    ready(c.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default()).is_some_and(|r| r.0)
-                })
-                .count(),
+            ready: connection_readiness.iter().filter(|(_, r)| r.as_ref().is_some_and(|r| r.0)).count(),
             accounts: connections.iter().filter_map(|c| c.status.as_ref().and_then(|s| s.account_count)).sum(),
         },
         identity_profiles: ProfilesSummary {

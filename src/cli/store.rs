@@ -62,9 +62,7 @@ fn restore_from_stdin(store: &Path) -> anyhow::Result<backup::Copied> {
 }
 
 fn staging_path(store: &Path, what: &str) -> std::path::PathBuf {
-    let mut name = store.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".{what}-{}", std::process::id()));
-    store.with_file_name(name)
+    backup::sibling(store, &format!(".{what}-{}", std::process::id()))
 }
 
 /// The copy goes to a file beside the store first (the operator's image has

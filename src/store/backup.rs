@@ -51,9 +51,7 @@ pub struct StoreLock {
 impl StoreLock {
     /// The lock file of the store at `store`.
     pub fn path(store: &Path) -> PathBuf {
-        let mut name = store.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-        name.push(".lock");
-        store.with_file_name(name)
+        sibling(store, ".lock")
     }
 
     /// Takes the lock, or says who has it.
@@ -188,7 +186,8 @@ fn io<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> 
     move |source| BackupError::Io { what, path: path.to_owned(), source }
 }
 
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
+/// `path` with `suffix` added to its file name (`idsync.db` → `idsync.db.lock`).
+pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(suffix);
     path.with_file_name(name)
