@@ -19,7 +19,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
-use super::runner::{Start, Ticket, connection_ref};
+use super::runner::{self, Start, Ticket, connection_ref};
 use super::{CONNECTION_FINALIZER, Context, Error, events, guard, inputs, panics, status};
 use crate::connectors;
 use crate::model::Trigger;
@@ -197,7 +197,20 @@ async fn apply(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action,
         }
     }
 
-    let mut handled_request = None;
+    // A Connection that can sync has its guard held from now on, so that
+    // no sync of it writes a Lease, and so that another replica sees it
+    // taken (see `runner`). One write the first time; nothing after.
+    if problem.is_none() && !connection.spec.suspend {
+        match ctx.runner.hold_guard(&ctx, &connection).await {
+            Ok(runner::Guarded::Held) => {}
+            Ok(runner::Guarded::Busy(holder)) => {
+                tracing::debug!(connection = %name, holder = %holder.identity, "another instance holds the sync guard")
+            }
+            Err(error) => tracing::warn!(connection = %name, %error, "could not take the sync guard"),
+        }
+    }
+
+    let mut started = false;
     let mut busy_retry = false;
     if let Some((trigger, requested_at)) = start {
         let ticket = Ticket {
@@ -205,12 +218,16 @@ async fn apply(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action,
             mode: SyncMode::Delta,
             trigger,
             request: None,
-            request_ref: None,
             dry_run: false,
             confirm_deletes: false,
+            bookkeeping: Some(runner::Bookkeeping {
+                generation,
+                next_sync,
+                handled_requested_at: requested_at.clone(),
+            }),
         };
         match ctx.runner.start(ctx.clone(), ticket, Box::new(|_| Box::pin(async {}))).await? {
-            Start::Started => handled_request = requested_at,
+            Start::Started => started = true,
             Start::Busy(holder) => {
                 tracing::info!(connection = %name, holder = %holder.identity, %trigger, "a sync is already running; not starting another");
                 // A requested sync is kept for when the running one ends; a
@@ -223,27 +240,29 @@ async fn apply(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action,
     let syncing = ctx.runner.running(&connection_ref(&connection)).is_some();
     let stamp = Time(now);
     let suspend = connection.spec.suspend;
-    status::update(&api, &name, |c: &mut Connection| {
-        let s = c.status.get_or_insert_with(Default::default);
-        let before = s.clone();
-        s.observed_generation = generation;
-        s.next_sync_time = next_sync.map(Time);
-        if let Some(value) = &handled_request {
-            s.last_handled_requested_at = Some(value.clone());
-        }
-        let view = ConditionInputs {
-            problem: problem.as_ref(),
-            suspend,
-            next_sync,
-            syncing,
-            generation,
-            stamp: stamp.clone(),
-        };
-        set_conditions(s, &view);
-        set_tls_condition(s, insecure.as_deref(), generation, stamp.clone());
-        *s != before
-    })
-    .await?;
+    // A sync started here records the schedule with its own first status
+    // write (`Ticket::bookkeeping`); the reconcile that write brings checks
+    // the rest, so this one writes nothing.
+    if !started {
+        status::update(&api, &name, |c: &mut Connection| {
+            let s = c.status.get_or_insert_with(Default::default);
+            let before = s.clone();
+            s.observed_generation = generation;
+            s.next_sync_time = next_sync.map(Time);
+            let view = ConditionInputs {
+                problem: problem.as_ref(),
+                suspend,
+                next_sync,
+                syncing,
+                generation,
+                stamp: stamp.clone(),
+            };
+            set_conditions(s, &view);
+            set_tls_condition(s, insecure.as_deref(), generation, stamp.clone());
+            *s != before
+        })
+        .await?;
+    }
     // One Warning when verification is turned off, not one per reconcile.
     if let (Some(message), false) = (&insecure, was_insecure) {
         tracing::warn!(connection = %name, %namespace, "{message}");
@@ -345,7 +364,20 @@ fn set_conditions(s: &mut idsync_api::ConnectionStatus, v: &ConditionInputs) {
     let stalled = conditions::find(&s.conditions, conditions::STALLED).cloned();
     let stalled_by_sync =
         stalled.as_ref().is_some_and(|c| c.status == TRUE && !CONFIGURATION_REASONS.contains(&c.reason.as_str()));
-    if !stalled_by_sync {
+    // Not stalled already (a sync that succeeded says `Synced`): its reason
+    // is kept, so the reconcile a sync's status write brings writes nothing
+    // back; only its generation follows the spec.
+    if let Some(not_stalled) = stalled.as_ref().filter(|c| c.status == FALSE) {
+        conditions::set_condition(
+            &mut s.conditions,
+            conditions::STALLED,
+            FALSE,
+            &not_stalled.reason,
+            &not_stalled.message,
+            generation,
+            stamp.clone(),
+        );
+    } else if !stalled_by_sync {
         conditions::set_condition(
             &mut s.conditions,
             conditions::STALLED,
@@ -414,6 +446,7 @@ async fn cleanup(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Actio
     let purged = tokio::task::spawn_blocking(move || store.purge_connection(&purge))
         .await
         .map_err(|e| Error::Conflict(format!("the purge task failed: {e}")))??;
+    ctx.runner.forget_guard(&conn);
     let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &conn.namespace);
     if let Err(error) = leases.delete(&guard::lease_name(&conn.name), &DeleteParams::default()).await {
         tracing::debug!(%error, "no sync guard to remove");

@@ -160,11 +160,17 @@ async fn kubectl_apply_of_a_resync_request_reaches_succeeded_and_reports_everywh
     assert!(!idsync_api::conditions::is_true(&status.conditions, "Syncing"));
     assert_eq!(env.accounts("hris").len(), 4);
 
-    for object in ["hris", "resync-hris"] {
-        let reasons: Vec<String> = env.events_for(object).await.into_iter().filter_map(|e| e.reason).collect();
-        assert!(reasons.contains(&"SyncStarted".to_string()), "{object}: {reasons:?}");
-        assert!(reasons.contains(&"SyncSucceeded".to_string()), "{object}: {reasons:?}");
-    }
+    // The Connection's Event tells the run; the request's one Event tells
+    // the request, with each target's result. The start is in the request's
+    // status (its target's startTime), not in an Event of its own.
+    let reasons = |events: Vec<Event>| -> Vec<String> { events.into_iter().filter_map(|e| e.reason).collect() };
+    let on_connection = reasons(env.events_for("hris").await);
+    assert_eq!(on_connection, ["SyncSucceeded"], "{on_connection:?}");
+    let on_request = env.events_for("resync-hris").await;
+    assert_eq!(reasons(on_request.clone()), ["ResyncSucceeded"]);
+    let note = on_request[0].note.clone().unwrap_or_default();
+    assert!(note.contains("hris: Full sync succeeded: created 4,"), "{note}");
+    assert!(t.start_time.is_some(), "{t:#?}");
     let table = env.h.kubectl_ok(&["get", "conn", "hris"]).await;
     let row: Vec<&str> = table.lines().nth(1).expect("a row").split_whitespace().collect();
     assert_eq!(&row[..4], &["hris", "csv", "HRIS", "True"], "{table}");
@@ -439,10 +445,15 @@ impl GuardFaults {
     }
 
     async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    /// Stops the operator, keeping the devcluster for a look afterwards.
+    async fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(30), &mut self.task).await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(30), &mut self.task).await;
     }
 }
 
@@ -482,15 +493,29 @@ async fn a_sync_guard_rides_out_renewal_failures_shorter_than_its_lease() {
     assert_eq!(env.accounts("flaky-api").len(), 600);
     assert!(op.faults.passed_after_failure() > 0, "no guard write went through after the failures");
 
-    // Released, not deleted: the Lease names no holder and belongs to the
-    // Connection, so it goes when the Connection does.
+    // Kept after the sync, for the next one, and still renewed; it belongs
+    // to the Connection, so it goes when the Connection does.
     let lease = op.guard_lease("flaky-api").await;
-    assert_eq!(lease.spec.as_ref().and_then(|s| s.holder_identity.clone()), None);
+    let spec = lease.spec.clone().expect("spec");
+    assert_eq!(spec.holder_identity.as_deref(), Some("operator-a"));
+    let renewed = spec.renew_time.expect("renewTime").0;
     let connection = env.get_connection("flaky-api").await;
     let owners = lease.metadata.owner_references.unwrap_or_default();
     assert_eq!(owners.len(), 1, "{owners:?}");
     assert_eq!((owners[0].kind.as_str(), Some(&owners[0].uid)), ("Connection", connection.metadata.uid.as_ref()));
-    op.stop().await;
+    let renewed_again = eventually(Duration::from_secs(20), || async {
+        let spec = op.guard_lease("flaky-api").await.spec?;
+        (spec.renew_time?.0 > renewed).then_some(())
+    })
+    .await;
+    assert!(renewed_again.is_some(), "the kept guard is not renewed after its sync");
+
+    // Released on shutdown: the Lease names no holder, so the next
+    // operator takes it at once.
+    let mut op = op;
+    op.shutdown().await;
+    let lease = op.guard_lease("flaky-api").await;
+    assert_eq!(lease.spec.and_then(|s| s.holder_identity), None, "not released on shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread")]

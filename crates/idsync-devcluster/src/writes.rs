@@ -54,7 +54,14 @@ impl Writes {
         if entries.len() == CAPACITY {
             entries.pop_front();
         }
-        entries.push_back(Write { seq: *next, user: user.to_string(), verb: verb.to_string(), resource, namespace, name });
+        entries.push_back(Write {
+            seq: *next,
+            user: user.to_string(),
+            verb: verb.to_string(),
+            resource,
+            namespace,
+            name,
+        });
     }
 
     /// The sequence number of the latest write (0 before any): writes after
@@ -80,7 +87,13 @@ mod tests {
         writes.record("op", "create", "events.events.k8s.io".into(), Some("default".into()), Some("e1".into()));
         let mark = writes.mark();
         assert_eq!(mark, 1);
-        writes.record("op", "update", "connections.idsync.dev/status".into(), Some("default".into()), Some("hr".into()));
+        writes.record(
+            "op",
+            "update",
+            "connections.idsync.dev/status".into(),
+            Some("default".into()),
+            Some("hr".into()),
+        );
         writes.record("admin", "delete", "leases.coordination.k8s.io".into(), None, Some("l".into()));
         let after: Vec<String> = writes.since(mark).iter().map(|w| format!("{} {w}", w.user)).collect();
         assert_eq!(
