@@ -156,8 +156,10 @@ async fn a_sync_costs_at_most_six_api_writes_across_runs_and_a_restart() {
         assert_within_budget(&format!("requested sync {run}"), &writes);
         assert_eq!(count(&writes, "update", "leases.coordination.k8s.io"), 0, "{}", listed(&writes));
         assert_eq!(count(&writes, "create", "leases.coordination.k8s.io"), 0, "{}", listed(&writes));
-        // The request goes Running, then Succeeded: one write each.
+        // The request goes Running, then Succeeded; the Connection Syncing,
+        // then idle with its result: one write each.
         assert_eq!(count(&writes, "update", "resyncrequests.idsync.dev/status"), 2, "{}", listed(&writes));
+        assert_eq!(count(&writes, "update", "connections.idsync.dev/status"), 2, "{}", listed(&writes));
         // Three people join each time, so each run has its own counts.
         people += 3;
         env.export(&export(0..people)).await;
@@ -178,10 +180,28 @@ async fn a_sync_costs_at_most_six_api_writes_across_runs_and_a_restart() {
     println!("scheduled sync: {} writes\n{}", writes.len(), listed(&writes));
     assert_within_budget("a scheduled sync", &writes);
     assert_eq!(count(&writes, "update", "leases.coordination.k8s.io"), 0, "{}", listed(&writes));
+    assert_eq!(count(&writes, "update", "connections.idsync.dev/status"), 2, "{}", listed(&writes));
+    assert_eq!(count(&writes, "create", "events.events.k8s.io"), 2, "started and ended: {}", listed(&writes));
+    let status = env.connection().await.status.expect("status");
+    assert!(status.next_sync_time.is_some_and(|t| t.0 > next), "the next slot is recorded with the sync");
+
+    // A sync that fails, and its retry once the source is fixed: each
+    // within the budget, the failure saying why.
+    // (A malformed row: bad data, not a bad configuration.)
+    env.export(&format!("{}E9999,broken@acme.example,an extra field\n", export(0..people))).await;
+    let (request, writes) = env.requested_sync("broken").await;
+    assert_eq!(request.status.as_ref().and_then(|s| s.phase), Some(Phase::Failed), "{:#?}", request.status);
+    println!("failed sync: {} writes\n{}", writes.len(), listed(&writes));
+    assert_within_budget("a failed sync", &writes);
+    env.export(&export(0..people)).await;
+    let (request, writes) = env.requested_sync("retry").await;
+    assert_eq!(request.status.as_ref().and_then(|s| s.phase), Some(Phase::Succeeded), "{:#?}", request.status);
+    println!("retried sync: {} writes\n{}", writes.len(), listed(&writes));
+    assert_within_budget("a retried sync", &writes);
 
     // Every run's Event tells its own counts, not the first run's.
     let notes = env.sync_notes().await;
-    let created: Vec<&str> = ["created 10,", "created 3,", "created 3,", "created 3,"].to_vec();
+    let created: Vec<&str> = ["created 10,", "created 3,", "created 3,", "created 3,", "created 0,"].to_vec();
     assert_eq!(notes.len(), created.len(), "{notes:#?}");
     for (note, counts) in notes.iter().zip(created) {
         assert!(note.contains(counts), "expected {counts:?} in {note:?}");
