@@ -200,11 +200,18 @@ async fn apply(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action,
     // A Connection that can sync has its guard held from now on, so that
     // no sync of it writes a Lease, and so that another replica sees it
     // taken (see `runner`). One write the first time; nothing after.
+    // Held by another instance: that one syncs the Connection, keeps its
+    // schedule and writes its status; this one leaves all of it alone (a
+    // slot it marked done without syncing would be lost to both) until the
+    // guard is released or lapses.
+    let mut held_elsewhere = false;
     if problem.is_none() && !connection.spec.suspend {
         match ctx.runner.hold_guard(&ctx, &connection).await {
             Ok(runner::Guarded::Held) => {}
             Ok(runner::Guarded::Busy(holder)) => {
-                tracing::debug!(connection = %name, holder = %holder.identity, "another instance holds the sync guard")
+                tracing::debug!(connection = %name, holder = %holder.identity, "another instance holds the sync guard");
+                held_elsewhere = true;
+                start = None;
             }
             Err(error) => tracing::warn!(connection = %name, %error, "could not take the sync guard"),
         }
@@ -243,7 +250,7 @@ async fn apply(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action,
     // A sync started here records the schedule with its own first status
     // write (`Ticket::bookkeeping`); the reconcile that write brings checks
     // the rest, so this one writes nothing.
-    if !started {
+    if !started && !held_elsewhere {
         status::update(&api, &name, |c: &mut Connection| {
             let s = c.status.get_or_insert_with(Default::default);
             let before = s.clone();
@@ -280,6 +287,10 @@ async fn apply(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action,
     let max = ctx.config.max_requeue;
     let wait = if busy_retry {
         Duration::from_secs(1)
+    } else if held_elsewhere {
+        // Look again as often as a guard is renewed: a lapsed one is
+        // taken soon after, without polling the Lease in a tight loop.
+        (ctx.config.guard_duration / 3).min(max).max(Duration::from_millis(100))
     } else {
         match next_sync {
             Some(next) => {

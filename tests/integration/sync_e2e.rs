@@ -562,6 +562,74 @@ async fn a_sync_guard_whose_renewals_keep_failing_cancels_its_sync_once_it_lapse
     op.stop().await;
 }
 
+/// The guard of a Connection is kept by the instance that first took it:
+/// a second replica never syncs that Connection while it is held, even
+/// when the schedule falls due for both; once the holder is gone (killed
+/// here, so nothing releases it) the Lease lapses and only then is taken
+/// over, and a holder that died idle leaves no interrupted sync behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_guard_keeps_another_replica_from_syncing_until_it_lapses() {
+    let mut env = Env::start().await;
+    env.config_map("hr-export", &export(1..=3)).await;
+    env.csv_connection("hris", "hr-export").await;
+    let leases: Api<Lease> = Api::namespaced(env.h.client.clone(), "default");
+    let holder = || async {
+        let lease = leases.get("idsync-sync-hris").await.ok()?;
+        lease.spec?.holder_identity
+    };
+    let first = eventually(Duration::from_secs(20), || async { holder().await.filter(|h| h == "operator-a") }).await;
+    assert!(first.is_some(), "the first operator did not take the guard when it saw the Connection");
+
+    let other_data = tempfile::tempdir().expect("data dir");
+    let b = Operator::start(&env.h.cluster, other_data.path(), env.clock.clone(), test_config("operator-b"));
+    let hris = ConnectionRef { namespace: "default".into(), name: "hris".into() };
+    let next =
+        eventually(Duration::from_secs(10), || async { env.get_connection("hris").await.status?.next_sync_time })
+            .await
+            .expect("nextSyncTime");
+    env.clock.advance_to(next.0 + jiff::SignedDuration::from_secs(1));
+    let synced = eventually(Duration::from_secs(20), || async { (env.runs("hris").len() == 1).then_some(()) }).await;
+    assert!(synced.is_some(), "the guard's holder did not run the scheduled sync");
+    // Several of the second operator's reconciles and guard renewals.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(b.store().runs(&hris, 10).expect("runs").is_empty(), "a second replica synced a guarded Connection");
+    assert_eq!(holder().await.as_deref(), Some("operator-a"));
+
+    // The holder dies idle: its Lease lapses, then the other takes it.
+    let lease = leases.get("idsync-sync-hris").await.expect("lease").spec.expect("spec");
+    let lapses = lease.renew_time.expect("renewTime").0
+        + jiff::SignedDuration::from_secs(i64::from(lease.lease_duration_seconds.expect("duration")));
+    env.operator.take().expect("operator").kill();
+    let taken = eventually(Duration::from_secs(20), || async { holder().await.filter(|h| h == "operator-b") }).await;
+    assert!(taken.is_some(), "the lapsed guard was not taken over");
+    let acquired = leases.get("idsync-sync-hris").await.expect("lease").spec.and_then(|s| s.acquire_time);
+    assert!(
+        acquired.as_ref().is_some_and(|t| t.0 >= lapses),
+        "taken at {acquired:?}, before the guard lapsed at {lapses}"
+    );
+    let connections: Api<Connection> = Api::namespaced(env.h.client.clone(), "default");
+    connections
+        .patch(
+            "hris",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"idsync.dev/requested-at": "after-takeover"}}})),
+        )
+        .await
+        .expect("request");
+    let ran = eventually(Duration::from_secs(20), || async {
+        let runs = b.store().runs(&hris, 10).ok()?;
+        runs.iter().any(|r| r.trigger == Trigger::RequestedAt && r.outcome == Some(RunOutcome::Succeeded)).then_some(())
+    })
+    .await;
+    assert!(ran.is_some(), "the new holder did not sync");
+    let reasons: Vec<String> = env.events_for("hris").await.into_iter().filter_map(|e| e.reason).collect();
+    assert!(
+        !reasons.contains(&"SyncInterrupted".to_string()),
+        "an idle holder's death reported as a sync: {reasons:?}"
+    );
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn schedules_fire_at_their_time_suspend_stops_them_and_requested_at_syncs_once() {
     let env = Env::start().await;
