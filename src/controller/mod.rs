@@ -364,7 +364,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     ctx.runner.cancel_all().await;
     // No sync runs any more: the guards go back, so that the next leader
     // takes them at once instead of waiting for them to lapse.
-    ctx.runner.release_guards().await;
+    ctx.runner.release_guards(ctx.config.guard_duration).await;
 }
 
 #[cfg(test)]

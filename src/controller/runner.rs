@@ -232,16 +232,21 @@ impl Runner {
 
     /// Gives back every guard this instance keeps (shutdown, or leadership
     /// lost), so that the next holder takes them at once rather than
-    /// waiting for them to lapse. Call once no sync runs.
-    pub async fn release_guards(&self) {
+    /// waiting for them to lapse. Call once no sync runs. All at once, and
+    /// for at most `within`: an API server that does not answer must not
+    /// hold up a shutdown, and by then the guards have lapsed anyway.
+    pub async fn release_guards(&self, within: std::time::Duration) {
         let kept: Vec<Kept> = locked(&self.guards).drain().map(|(_, kept)| kept).collect();
-        for kept in kept {
+        let releases = kept.into_iter().map(|kept| async move {
             kept.stop.cancel();
             match kept.keeper.await {
                 Ok(Some(held)) => guard::release(held).await,
                 Ok(None) => {}
                 Err(error) => tracing::warn!(%error, "a sync guard's keeper failed; the guard lapses on its own"),
             }
+        });
+        if tokio::time::timeout(within, futures::future::join_all(releases)).await.is_err() {
+            tracing::warn!("could not release every sync guard in time; the rest lapse on their own");
         }
     }
 
