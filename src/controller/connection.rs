@@ -19,7 +19,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
-use super::runner::{Start, Ticket, connection_ref};
+use super::runner::{self, Start, Ticket, connection_ref};
 use super::{CONNECTION_FINALIZER, Context, Error, events, guard, inputs, panics, status};
 use crate::connectors;
 use crate::model::Trigger;
@@ -181,6 +181,25 @@ async fn apply(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action,
     let was_insecure =
         status.conditions.iter().any(|c| c.type_ == idsync_api::connection::TLS_VERIFIED && c.status == FALSE);
 
+    // A Connection that can sync has its guard held from now on, so that
+    // no sync of it writes a Lease, and so that another replica sees it
+    // taken (see `runner`). One write the first time; nothing after.
+    // Held by another instance: that one syncs the Connection; this one
+    // starts nothing and consumes no scheduled slot (one it marked done
+    // without syncing would be lost to both) until the guard is released
+    // or lapses.
+    let mut held_elsewhere = false;
+    if problem.is_none() && !connection.spec.suspend {
+        match ctx.runner.hold_guard(&ctx, &connection).await {
+            Ok(runner::Guarded::Held) => {}
+            Ok(runner::Guarded::Busy(holder)) => {
+                tracing::debug!(connection = %name, holder = %holder.identity, "another instance holds the sync guard");
+                held_elsewhere = true;
+            }
+            Err(error) => tracing::warn!(connection = %name, %error, "could not take the sync guard"),
+        }
+    }
+
     let mut next_sync = None;
     let mut start: Option<(Trigger, Option<String>)> = None;
     // A suspended or stalled Connection neither schedules nor handles requested-at.
@@ -188,16 +207,18 @@ async fn apply(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action,
         let recorded = status.next_sync_time.as_ref().map(|t| t.0);
         let plan = plan_schedule(schedule, recorded, spec_changed, now);
         next_sync = plan.next;
-        if plan.due {
+        if plan.due && held_elsewhere {
+            next_sync = recorded;
+        } else if plan.due {
             start = Some((Trigger::Scheduled, None));
         }
         let requested = connection.annotations().get(REQUESTED_AT_ANNOTATION).cloned();
-        if requested.is_some() && requested != status.last_handled_requested_at {
+        if requested.is_some() && requested != status.last_handled_requested_at && !held_elsewhere {
             start = Some((Trigger::RequestedAt, requested));
         }
     }
 
-    let mut handled_request = None;
+    let mut started = false;
     let mut busy_retry = false;
     if let Some((trigger, requested_at)) = start {
         let ticket = Ticket {
@@ -205,12 +226,16 @@ async fn apply(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action,
             mode: SyncMode::Delta,
             trigger,
             request: None,
-            request_ref: None,
             dry_run: false,
             confirm_deletes: false,
+            bookkeeping: Some(runner::Bookkeeping {
+                generation,
+                next_sync,
+                handled_requested_at: requested_at.clone(),
+            }),
         };
         match ctx.runner.start(ctx.clone(), ticket, Box::new(|_| Box::pin(async {}))).await? {
-            Start::Started => handled_request = requested_at,
+            Start::Started => started = true,
             Start::Busy(holder) => {
                 tracing::info!(connection = %name, holder = %holder.identity, %trigger, "a sync is already running; not starting another");
                 // A requested sync is kept for when the running one ends; a
@@ -223,27 +248,29 @@ async fn apply(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action,
     let syncing = ctx.runner.running(&connection_ref(&connection)).is_some();
     let stamp = Time(now);
     let suspend = connection.spec.suspend;
-    status::update(&api, &name, |c: &mut Connection| {
-        let s = c.status.get_or_insert_with(Default::default);
-        let before = s.clone();
-        s.observed_generation = generation;
-        s.next_sync_time = next_sync.map(Time);
-        if let Some(value) = &handled_request {
-            s.last_handled_requested_at = Some(value.clone());
-        }
-        let view = ConditionInputs {
-            problem: problem.as_ref(),
-            suspend,
-            next_sync,
-            syncing,
-            generation,
-            stamp: stamp.clone(),
-        };
-        set_conditions(s, &view);
-        set_tls_condition(s, insecure.as_deref(), generation, stamp.clone());
-        *s != before
-    })
-    .await?;
+    // A sync started here records the schedule with its own first status
+    // write (`Ticket::bookkeeping`); the reconcile that write brings checks
+    // the rest, so this one writes nothing.
+    if !started {
+        status::update(&api, &name, |c: &mut Connection| {
+            let s = c.status.get_or_insert_with(Default::default);
+            let before = s.clone();
+            s.observed_generation = generation;
+            s.next_sync_time = next_sync.map(Time);
+            let view = ConditionInputs {
+                problem: problem.as_ref(),
+                suspend,
+                next_sync,
+                syncing,
+                generation,
+                stamp: stamp.clone(),
+            };
+            set_conditions(s, &view);
+            set_tls_condition(s, insecure.as_deref(), generation, stamp.clone());
+            *s != before
+        })
+        .await?;
+    }
     // One Warning when verification is turned off, not one per reconcile.
     if let (Some(message), false) = (&insecure, was_insecure) {
         tracing::warn!(connection = %name, %namespace, "{message}");
@@ -261,6 +288,10 @@ async fn apply(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action,
     let max = ctx.config.max_requeue;
     let wait = if busy_retry {
         Duration::from_secs(1)
+    } else if held_elsewhere {
+        // Look again as often as a guard is renewed: a lapsed one is
+        // taken soon after, without polling the Lease in a tight loop.
+        (ctx.config.guard_duration / 3).min(max).max(Duration::from_millis(100))
     } else {
         match next_sync {
             Some(next) => {
@@ -345,7 +376,20 @@ fn set_conditions(s: &mut idsync_api::ConnectionStatus, v: &ConditionInputs) {
     let stalled = conditions::find(&s.conditions, conditions::STALLED).cloned();
     let stalled_by_sync =
         stalled.as_ref().is_some_and(|c| c.status == TRUE && !CONFIGURATION_REASONS.contains(&c.reason.as_str()));
-    if !stalled_by_sync {
+    // Not stalled already (a sync that succeeded says `Synced`): its reason
+    // is kept, so the reconcile a sync's status write brings writes nothing
+    // back; only its generation follows the spec.
+    if let Some(not_stalled) = stalled.as_ref().filter(|c| c.status == FALSE) {
+        conditions::set_condition(
+            &mut s.conditions,
+            conditions::STALLED,
+            FALSE,
+            &not_stalled.reason,
+            &not_stalled.message,
+            generation,
+            stamp.clone(),
+        );
+    } else if !stalled_by_sync {
         conditions::set_condition(
             &mut s.conditions,
             conditions::STALLED,
@@ -414,10 +458,90 @@ async fn cleanup(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Actio
     let purged = tokio::task::spawn_blocking(move || store.purge_connection(&purge))
         .await
         .map_err(|e| Error::Conflict(format!("the purge task failed: {e}")))??;
+    ctx.runner.forget_guard(&conn);
     let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &conn.namespace);
     if let Err(error) = leases.delete(&guard::lease_name(&conn.name), &DeleteParams::default()).await {
         tracing::debug!(%error, "no sync guard to remove");
     }
     tracing::info!(connection = %conn.name, namespace = %conn.namespace, purged, "connection deleted; its accounts were purged from the store");
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idsync_api::ConnectionStatus;
+    use idsync_api::connection::{SyncOutcome, SyncResult};
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(1_700_000_000 + seconds).expect("a timestamp"))
+    }
+
+    fn inputs(problem: Option<&inputs::Problem>, stamp: Time) -> ConditionInputs<'_> {
+        ConditionInputs { problem, suspend: false, next_sync: None, syncing: false, generation: Some(2), stamp }
+    }
+
+    /// The status a successful sync leaves (`runner::record_result`).
+    fn after_a_successful_sync() -> ConnectionStatus {
+        let mut s = ConnectionStatus {
+            last_successful_sync_time: Some(at(0)),
+            last_result: Some(SyncResult {
+                mode: SyncMode::Full,
+                counts: Default::default(),
+                duration_milliseconds: 5,
+                outcome: SyncOutcome::Succeeded,
+                message: String::new(),
+                details: Default::default(),
+            }),
+            ..Default::default()
+        };
+        let note = "Full sync succeeded: created 3, updated 0, deleted 0, unchanged 0";
+        conditions::set_condition(&mut s.conditions, conditions::READY, TRUE, "Synced", note, Some(2), at(0));
+        conditions::set_condition(&mut s.conditions, conditions::STALLED, FALSE, "Synced", "", Some(2), at(0));
+        conditions::mark_idle(&mut s.conditions, Some(2), at(0));
+        s
+    }
+
+    /// The reconcile a sync's status write brings must find nothing to
+    /// change, or every sync costs one more write.
+    #[test]
+    fn the_reconcile_after_a_successful_sync_changes_nothing() {
+        let mut s = after_a_successful_sync();
+        let before = s.clone();
+        set_conditions(&mut s, &inputs(None, at(10)));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn a_configuration_problem_stalls_and_its_fix_clears_it_keeping_transition_times() {
+        let mut s = after_a_successful_sync();
+        let missing = inputs::Problem { reason: "SecretNotFound", message: "Secret \"hr\" not found".into() };
+        set_conditions(&mut s, &inputs(Some(&missing), at(10)));
+        let stalled = conditions::find(&s.conditions, conditions::STALLED).expect("Stalled").clone();
+        assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), (TRUE, "SecretNotFound"));
+        assert_eq!(stalled.last_transition_time, at(10));
+
+        set_conditions(&mut s, &inputs(None, at(20)));
+        let stalled = conditions::find(&s.conditions, conditions::STALLED).expect("Stalled").clone();
+        assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), (FALSE, "Configured"));
+        assert_eq!(stalled.last_transition_time, at(20));
+        let ready = conditions::find(&s.conditions, conditions::READY).expect("Ready");
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), (TRUE, "Synced"));
+
+        // Not stalled any more: a later reconcile leaves it be.
+        let before = s.clone();
+        set_conditions(&mut s, &inputs(None, at(30)));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn a_new_generation_is_recorded_on_a_condition_that_keeps_its_reason() {
+        let mut s = after_a_successful_sync();
+        let mut view = inputs(None, at(10));
+        view.generation = Some(3);
+        set_conditions(&mut s, &view);
+        let stalled = conditions::find(&s.conditions, conditions::STALLED).expect("Stalled");
+        assert_eq!((stalled.reason.as_str(), stalled.observed_generation), ("Synced", Some(3)));
+        assert_eq!(stalled.last_transition_time, at(0), "no transition: still False");
+    }
 }

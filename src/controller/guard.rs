@@ -1,17 +1,22 @@
 //! The durable in-progress guard: one coordination.k8s.io Lease per
-//! connection, held while its sync runs and kept by a heartbeat. Because
-//! it lives in the cluster, a restarted operator neither starts a second
-//! sync of a connection nor leaves it "in progress" forever: a holder that
-//! stopped renewing is expired, and whoever takes the Lease over marks the
-//! dead holder's run Interrupted.
+//! connection, taken when this instance first reconciles or syncs the
+//! connection and kept, renewed on a timer, for as long as it leads (see
+//! `runner::Runner::hold_guard`). Because it lives in the cluster, another
+//! replica never syncs a connection whose guard is held, and a restarted
+//! operator never leaves it held forever: a holder that stopped renewing is
+//! expired, and whoever takes the Lease over marks the dead holder's run
+//! Interrupted when the Connection's status shows it was syncing.
+//!
+//! Kept rather than taken and given back per sync, so a sync writes no
+//! Lease at all: the renewals are a steady cost per connection and unit of
+//! time, not per sync. The guard is given back on shutdown.
 //!
 //! Acquiring, renewing, releasing and expiry are `crate::lease`'s; this
-//! module adds what a guard records (the request and mode it runs for, in
-//! annotations) and names. A guard Lease is owned by its Connection, so it
-//! is garbage-collected with it; a finished sync releases it by clearing its
-//! holder.
+//! module adds names and owners. A guard Lease is owned by its Connection,
+//! so it is garbage-collected with it. What a holder is running (request,
+//! mode, since when) is in the Connection's `status.currentSync`, not on
+//! the Lease, which would cost two writes per sync to keep current.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -25,18 +30,19 @@ use super::Error;
 use crate::lease::{self, Claim, Held, RenewPolicy};
 use idsync_api::Connection;
 
-const REQUEST_ANNOTATION: &str = "idsync.dev/request";
-const MODE_ANNOTATION: &str = "idsync.dev/mode";
 /// Tries to take a guard when other writers keep getting in first.
 const ACQUIRE_ATTEMPTS: usize = 3;
 /// The longest object name Kubernetes accepts.
 const MAX_NAME: usize = 253;
 
-/// Who holds a connection's guard.
+/// Who holds a connection's guard, and what it runs there if known.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Holder {
     pub identity: String,
+    /// The ResyncRequest its sync runs for.
     pub request: Option<String>,
+    /// The mode of its sync; empty when no running sync is known (another
+    /// instance holding the guard, its sync not in the Connection's status).
     pub mode: String,
     pub since: Timestamp,
 }
@@ -86,15 +92,13 @@ pub fn owner(connection: &Connection) -> Option<OwnerReference> {
     })
 }
 
-/// The holder recorded on a guard Lease, if it names one.
+/// The holder named on a guard Lease, if any, since it took it.
 fn holder_of(lease: &Lease) -> Option<Holder> {
     let identity = lease::holder(lease)?.to_string();
-    let annotations = lease.metadata.annotations.as_ref();
-    let annotation = |key: &str| annotations.and_then(|a| a.get(key)).cloned();
     Some(Holder {
         identity,
-        request: annotation(REQUEST_ANNOTATION).filter(|r| !r.is_empty()),
-        mode: annotation(MODE_ANNOTATION).unwrap_or_default(),
+        request: None,
+        mode: String::new(),
         since: lease.spec.as_ref().and_then(|s| s.acquire_time.as_ref()).map_or_else(Timestamp::now, |t| t.0),
     })
 }
@@ -102,8 +106,6 @@ fn holder_of(lease: &Lease) -> Option<Holder> {
 /// What a guard taker writes.
 pub struct GuardClaim<'a> {
     pub identity: &'a str,
-    pub request: Option<&'a str>,
-    pub mode: &'a str,
     pub duration: Duration,
     pub owner: Option<OwnerReference>,
 }
@@ -111,15 +113,7 @@ pub struct GuardClaim<'a> {
 /// Takes the guard of `connection`, unless a live holder has it.
 pub async fn acquire(api: &Api<Lease>, connection: &str, guard: GuardClaim<'_>) -> Result<Acquired, Error> {
     let name = lease_name(connection);
-    let claim = Claim {
-        identity: guard.identity.to_string(),
-        duration: guard.duration,
-        annotations: BTreeMap::from([
-            (REQUEST_ANNOTATION.to_string(), guard.request.unwrap_or_default().to_string()),
-            (MODE_ANNOTATION.to_string(), guard.mode.to_string()),
-        ]),
-        owner: guard.owner,
-    };
+    let claim = Claim { owner: guard.owner, ..Claim::new(guard.identity, guard.duration) };
     for _ in 0..ACQUIRE_ATTEMPTS {
         match lease::acquire(api, &name, &claim).await.map_err(Error::Kube)? {
             lease::Acquired::Taken { held, previous } => {
@@ -147,14 +141,6 @@ pub async fn release(held: Held) {
     }
 }
 
-/// The current holder of a connection's guard, if live.
-pub async fn current(api: &Api<Lease>, connection: &str) -> Result<Option<Holder>, Error> {
-    let Some(lease) = api.get_opt(&lease_name(connection)).await.map_err(Error::Kube)? else {
-        return Ok(None);
-    };
-    Ok(if lease::expired(&lease, Timestamp::now()) { None } else { holder_of(&lease) })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,15 +161,9 @@ mod tests {
     }
 
     #[test]
-    fn the_holder_reads_request_and_mode_from_annotations() {
+    fn the_holder_is_who_the_lease_names_since_it_took_it() {
         let lease = Lease {
-            metadata: ObjectMeta {
-                annotations: Some(BTreeMap::from([
-                    (REQUEST_ANNOTATION.to_string(), "nightly".to_string()),
-                    (MODE_ANNOTATION.to_string(), "Full".to_string()),
-                ])),
-                ..Default::default()
-            },
+            metadata: ObjectMeta::default(),
             spec: Some(LeaseSpec {
                 holder_identity: Some("pod-1".into()),
                 acquire_time: Some(MicroTime(Timestamp::UNIX_EPOCH)),
@@ -192,8 +172,7 @@ mod tests {
         };
         let holder = holder_of(&lease).expect("a holder");
         assert_eq!(holder.identity, "pod-1");
-        assert_eq!(holder.request.as_deref(), Some("nightly"));
-        assert_eq!(holder.mode, "Full");
+        assert_eq!((holder.request, holder.mode.as_str()), (None, ""), "what it runs is not on the Lease");
         assert_eq!(holder.since, Timestamp::UNIX_EPOCH);
 
         let released = Lease { spec: Some(LeaseSpec::default()), ..lease };

@@ -362,6 +362,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     tokio::join!(connections, requests, profiles, notifications, stop);
     ctx.ready.store(false, std::sync::atomic::Ordering::Release);
     ctx.runner.cancel_all().await;
+    // No sync runs any more: the guards go back, so that the next leader
+    // takes them at once instead of waiting for them to lapse.
+    ctx.runner.release_guards(ctx.config.guard_duration).await;
 }
 
 #[cfg(test)]

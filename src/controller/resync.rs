@@ -13,6 +13,7 @@ use kube::api::{Api, DeleteParams};
 use kube::core::SelectorExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::{Resource, ResourceExt};
+use tokio::sync::watch;
 
 use super::runner::{OnDone, Start, Ticket, connection_ref, counts_of, summary};
 use super::undecodable::{self, Lenient};
@@ -176,7 +177,7 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
     let namespace = request.namespace().unwrap_or_else(|| "default".to_string());
     let api: Api<ResyncRequest> = Api::namespaced(ctx.client.clone(), &namespace);
     let now = ctx.clock.now();
-    let status = request.status.clone().unwrap_or_default();
+    let mut status = request.status.clone().unwrap_or_default();
 
     // Finished: wait for the TTL, then go.
     if status.phase.is_some_and(|p| p.is_finished()) {
@@ -202,6 +203,7 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
     }
 
     // First sight: resolve the target.
+    let mut first_sight: Option<Work> = None;
     if status.phase.is_none() {
         // Objects that do not decode are set aside (and reported on
         // themselves) rather than failing the list for every request.
@@ -236,84 +238,48 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
             crate::notify::announce::request(&ctx.client, &ctx.store, &starting, NotificationEvent::RequestStarted)
                 .await;
         }
-        status::update(&api, &name, |r: &mut ResyncRequest| {
-            let s = r.status.get_or_insert_with(Default::default);
-            if s.phase.is_some() {
-                return false;
+        match resolved {
+            // Written with what this reconcile starts below, in one write.
+            Ok(work) => {
+                init_status(&mut status, &request, &work, &stamp);
+                first_sight = Some(work);
             }
-            s.observed_generation = generation;
-            s.start_time = Some(stamp.clone());
-            s.target = request.spec.target.describe();
-            match &resolved {
-                Ok(work) => {
-                    // Running once a target's sync starts (finish_if_done).
-                    s.phase = Some(Phase::Pending);
-                    s.profiles = work
-                        .profiles
-                        .iter()
-                        .map(|p| ProfileRunStatus {
-                            profile: p.clone(),
-                            phase: TargetPhase::Pending,
-                            processed: 0,
-                            changed: 0,
-                            errors: 0,
-                            message: String::new(),
-                            preview: Vec::new(),
-                            unknown_identities: Vec::new(),
-                        })
-                        .collect();
-                    s.targets = work.connections.iter().map(TargetStatus::pending).collect();
-                    conditions::set_condition(
-                        &mut s.conditions,
-                        conditions::COMPLETE,
-                        FALSE,
-                        "Running",
-                        &format!(
-                            "syncing {} connection(s), processing {} profile(s){}",
-                            work.connections.len(),
-                            work.profiles.len(),
-                            requested_by(&request.spec)
-                        ),
-                        generation,
-                        stamp.clone(),
-                    );
-                }
-                Err(error) => {
-                    let message = &error.to_string();
+            Err(error) => {
+                let message = error.to_string();
+                status::update(&api, &name, |r: &mut ResyncRequest| {
+                    let s = r.status.get_or_insert_with(Default::default);
+                    if s.phase.is_some() {
+                        return false;
+                    }
+                    s.observed_generation = generation;
+                    s.start_time = Some(stamp.clone());
+                    s.target = request.spec.target.describe();
                     s.phase = Some(Phase::Failed);
                     s.completion_time = Some(stamp.clone());
-                    conditions::set_condition(
-                        &mut s.conditions,
-                        conditions::COMPLETE,
-                        TRUE,
-                        "TargetNotResolved",
-                        message,
-                        generation,
-                        stamp.clone(),
-                    );
-                    conditions::set_condition(
-                        &mut s.conditions,
-                        conditions::STALLED,
-                        TRUE,
-                        "TargetNotResolved",
-                        message,
-                        generation,
-                        stamp.clone(),
-                    );
-                }
+                    for type_ in [conditions::COMPLETE, conditions::STALLED] {
+                        conditions::set_condition(
+                            &mut s.conditions,
+                            type_,
+                            TRUE,
+                            "TargetNotResolved",
+                            &message,
+                            generation,
+                            stamp.clone(),
+                        );
+                    }
+                    true
+                })
+                .await?;
+                events::publish(&ctx.recorder, &request.object_ref(&()), true, events::SYNC_FAILED, message).await;
+                return Ok(Action::requeue(ctx.config.max_requeue));
             }
-            true
-        })
-        .await?;
-        if let Err(error) = &resolved {
-            events::publish(&ctx.recorder, &request.object_ref(&()), true, events::SYNC_FAILED, error.to_string())
-                .await;
         }
-        // The status write brings the next reconcile.
-        return Ok(Action::requeue(ctx.config.max_requeue));
     }
 
-    // Start what can start.
+    // Start what can start. A sync's result waits for this reconcile's
+    // status write (`gate`): on first sight its target entry exists only
+    // once that write is in.
+    let (gate, gated) = watch::channel(false);
     let mut updates: Vec<(String, TargetPhase, String)> = Vec::new();
     let mut waiting = false;
     for target in status
@@ -362,12 +328,14 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
             mode: request.spec.mode,
             trigger: Trigger::Requested,
             request: Some(name.clone()),
-            request_ref: Some(request.object_ref(&())),
             dry_run: request.spec.dry_run,
             confirm_deletes: request.spec.confirm_deletes,
+            bookkeeping: None,
         };
-        let mut outcome =
-            ctx.runner.start(ctx.clone(), ticket.clone(), on_done(&ctx, &namespace, &name, &target.connection)).await?;
+        let mut outcome = ctx
+            .runner
+            .start(ctx.clone(), ticket.clone(), on_done(&ctx, &namespace, &name, &target.connection, gated.clone()))
+            .await?;
         // Replace: cancel the running sync (only one this instance runs can
         // be cancelled; another instance's is waited for) and start again.
         let replace = request.spec.concurrency_policy == ConcurrencyPolicy::Replace;
@@ -377,8 +345,10 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
         {
             tracing::info!(connection = %conn.name, replaced = ?holder.request, "replacing the running sync");
             let _ = tokio::time::timeout(Duration::from_secs(30), done.wait_for(|d| *d)).await;
-            outcome =
-                ctx.runner.start(ctx.clone(), ticket, on_done(&ctx, &namespace, &name, &target.connection)).await?;
+            outcome = ctx
+                .runner
+                .start(ctx.clone(), ticket, on_done(&ctx, &namespace, &name, &target.connection, gated.clone()))
+                .await?;
         }
         match outcome {
             Start::Started => updates.push((
@@ -389,6 +359,8 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
             Start::Busy(holder) => {
                 let who = match &holder.request {
                     Some(r) => format!("ResyncRequest {r}"),
+                    // Another instance holds the guard, its sync unknown here.
+                    None if holder.mode.is_empty() => "another operator instance".to_string(),
                     None => "a scheduled sync".to_string(),
                 };
                 let since = holder.since;
@@ -434,6 +406,9 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
     let written = status::update(&api, &name, |r: &mut ResyncRequest| {
         let s = r.status.get_or_insert_with(Default::default);
         let before = s.clone();
+        if let (None, Some(work)) = (s.phase, &first_sight) {
+            init_status(s, &request, work, &stamp);
+        }
         for (connection, phase, message) in &updates {
             if let Some(t) = s.targets.iter_mut().find(|t| &t.connection == connection) {
                 // A sync that already finished (its callback wrote first) keeps its result.
@@ -459,8 +434,10 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
         finish_if_done(s, generation, &stamp);
         *s != before
     })
-    .await?;
-    if let Some(written) = written {
+    .await;
+    // Written or not, the syncs' results may go in now.
+    let _ = gate.send(true);
+    if let Some(written) = written? {
         announce_completion(&ctx, &written).await;
     }
 
@@ -473,6 +450,46 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
         }
     }
     Ok(if waiting { Action::requeue(Duration::from_secs(1)) } else { Action::requeue(ctx.config.max_requeue) })
+}
+
+/// A request's status on first sight: its targets and profiles pending,
+/// `Complete` False with what it will do.
+fn init_status(s: &mut idsync_api::ResyncRequestStatus, request: &ResyncRequest, work: &Work, stamp: &Time) {
+    let generation = request.metadata.generation;
+    s.observed_generation = generation;
+    s.start_time = Some(stamp.clone());
+    s.target = request.spec.target.describe();
+    // Running once a target's sync starts (finish_if_done).
+    s.phase = Some(Phase::Pending);
+    s.profiles = work
+        .profiles
+        .iter()
+        .map(|p| ProfileRunStatus {
+            profile: p.clone(),
+            phase: TargetPhase::Pending,
+            processed: 0,
+            changed: 0,
+            errors: 0,
+            message: String::new(),
+            preview: Vec::new(),
+            unknown_identities: Vec::new(),
+        })
+        .collect();
+    s.targets = work.connections.iter().map(TargetStatus::pending).collect();
+    conditions::set_condition(
+        &mut s.conditions,
+        conditions::COMPLETE,
+        FALSE,
+        "Running",
+        &format!(
+            "syncing {} connection(s), processing {} profile(s){}",
+            work.connections.len(),
+            work.profiles.len(),
+            requested_by(&request.spec)
+        ),
+        generation,
+        stamp.clone(),
+    );
 }
 
 /// Sets the phase, completion time and `Complete` condition once every
@@ -565,7 +582,13 @@ fn completion_note(summary: &str, status: &idsync_api::ResyncRequestStatus) -> S
 }
 
 /// Records a finished sync in the request's target entry.
-fn on_done(ctx: &Arc<Context>, namespace: &str, request: &str, connection: &str) -> OnDone {
+fn on_done(
+    ctx: &Arc<Context>,
+    namespace: &str,
+    request: &str,
+    connection: &str,
+    mut gate: watch::Receiver<bool>,
+) -> OnDone {
     let api: Api<ResyncRequest> = Api::namespaced(ctx.client.clone(), namespace);
     let request = request.to_string();
     let connection = connection.to_string();
@@ -577,6 +600,8 @@ fn on_done(ctx: &Arc<Context>, namespace: &str, request: &str, connection: &str)
             if report.reason.as_deref() == Some(crate::sync::job::SHUTDOWN) {
                 return;
             }
+            // After the starting reconcile's write (or its end, if it failed).
+            let _ = gate.wait_for(|open| *open).await;
             let now = Time(Timestamp::now());
             let written = status::update(&api, &request, |r: &mut ResyncRequest| {
                 let generation = r.metadata.generation;

@@ -1,7 +1,15 @@
 //! The sync runner: syncs run as tokio tasks off the reconcile loop, at most
-//! `max_concurrent_syncs` at once, each holding its connection's durable
+//! `max_concurrent_syncs` at once, each under its connection's durable
 //! guard and cancellable (concurrencyPolicy Replace, shutdown). Status and
 //! Events say when a sync starts and how it ended.
+//!
+//! The guards are kept, not taken per sync: the first reconcile or sync of
+//! a connection takes its guard Lease, a keeper task renews it on a timer
+//! while this instance leads, and [`Runner::release_guards`] gives them all
+//! back on shutdown. A sync under a kept guard writes no Lease. Losing a
+//! guard (another holder took it, it was deleted, no renewal went through
+//! before it lapsed) cancels the sync running under it, which then applies
+//! nothing, and the next start takes the guard again if it can.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::{Resource, ResourceExt};
@@ -38,10 +45,22 @@ pub struct Ticket {
     /// Scheduled, RequestedAt or Requested.
     pub trigger: Trigger,
     pub request: Option<String>,
-    /// The ResyncRequest, to record its Events too.
-    pub request_ref: Option<ObjectReference>,
     pub dry_run: bool,
     pub confirm_deletes: bool,
+    /// What the Connection's reconcile that starts the sync records with it.
+    pub bookkeeping: Option<Bookkeeping>,
+}
+
+/// What a Connection's own reconcile records when it starts a sync
+/// (scheduled, requested-at): written with the sync's first status write
+/// instead of in a write of its own.
+#[derive(Clone, Debug, Default)]
+pub struct Bookkeeping {
+    /// The generation the reconcile saw; the rest is recorded only while
+    /// the Connection still has it.
+    pub generation: Option<i64>,
+    pub next_sync: Option<Timestamp>,
+    pub handled_requested_at: Option<String>,
 }
 
 /// Called with the report when a sync has ended and its status is written.
@@ -62,6 +81,43 @@ struct Running {
 pub struct Runner {
     permits: Arc<Semaphore>,
     running: Mutex<HashMap<ConnectionRef, Running>>,
+    /// The guards this instance keeps, by connection.
+    guards: Mutex<HashMap<ConnectionRef, Kept>>,
+    /// One guard acquisition at a time, so that two reconciles of one
+    /// connection (its own and a request's) never take it twice and start
+    /// two keepers.
+    acquiring: tokio::sync::Mutex<()>,
+}
+
+/// A guard Lease this instance keeps.
+struct Kept {
+    state: Arc<Mutex<GuardState>>,
+    /// Stops the keeper, which then hands the Lease back for release.
+    stop: CancellationToken,
+    keeper: tokio::task::JoinHandle<Option<Held>>,
+}
+
+/// What a kept guard's keeper and the sync under it share.
+#[derive(Default)]
+struct GuardState {
+    /// The sync running under the guard, cancelled if the guard is lost.
+    sync: Option<Cancel>,
+    /// Why the guard was lost, once it was; a lost guard is taken anew by
+    /// the next start.
+    lost: Option<GuardLost>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The state is a pair of options, consistent at every step: a panic
+    // elsewhere while it was locked leaves nothing half-written.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Whether this instance holds a connection's guard.
+pub enum Guarded {
+    Held,
+    /// Another live holder has it.
+    Busy(Holder),
 }
 
 pub fn connection_ref(connection: &Connection) -> ConnectionRef {
@@ -73,7 +129,12 @@ pub fn connection_ref(connection: &Connection) -> ConnectionRef {
 
 impl Runner {
     pub fn new(max_concurrent: usize) -> Self {
-        Runner { permits: Arc::new(Semaphore::new(max_concurrent.max(1))), running: Mutex::new(HashMap::new()) }
+        Runner {
+            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            running: Mutex::new(HashMap::new()),
+            guards: Mutex::new(HashMap::new()),
+            acquiring: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// The sync this instance runs for `connection`, if any.
@@ -107,29 +168,94 @@ impl Runner {
         }
     }
 
+    /// Holds the guard of `connection`: at once if this instance keeps it,
+    /// else by taking its Lease (one write) and keeping it from then on.
+    /// Taking it over from a holder that died while syncing marks that
+    /// sync Interrupted.
+    pub async fn hold_guard(&self, ctx: &Arc<Context>, connection: &Connection) -> Result<Guarded, Error> {
+        self.hold(ctx, connection).await.map(|held| match held {
+            Ok(_) => Guarded::Held,
+            Err(holder) => Guarded::Busy(holder),
+        })
+    }
+
+    async fn hold(
+        &self,
+        ctx: &Arc<Context>,
+        connection: &Connection,
+    ) -> Result<Result<Arc<Mutex<GuardState>>, Holder>, Error> {
+        let conn = connection_ref(connection);
+        let _one_at_a_time = self.acquiring.lock().await;
+        if let Some(state) = self.kept(&conn) {
+            return Ok(Ok(state));
+        }
+        let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &conn.namespace);
+        let claim = GuardClaim {
+            identity: &ctx.config.identity,
+            duration: ctx.config.guard_duration,
+            owner: guard::owner(connection),
+        };
+        let (lease, expired) = match guard::acquire(&leases, &conn.name, claim).await? {
+            Acquired::Busy(holder) => return Ok(Err(running_holder(connection, holder))),
+            Acquired::Taken { lease, expired } => (lease, expired),
+        };
+        if let Some(dead) = expired {
+            interrupt(ctx, connection, &dead).await;
+        }
+        let state = Arc::new(Mutex::new(GuardState::default()));
+        let stop = CancellationToken::new();
+        let keeper =
+            tokio::spawn(keep(*lease, guard::renew_policy(ctx.config.guard_duration), state.clone(), stop.clone()));
+        locked(&self.guards).insert(conn, Kept { state: state.clone(), stop, keeper });
+        Ok(Ok(state))
+    }
+
+    /// The state of the guard this instance keeps for `conn`, unless it was
+    /// lost (then it is forgotten, to be taken anew).
+    fn kept(&self, conn: &ConnectionRef) -> Option<Arc<Mutex<GuardState>>> {
+        let mut guards = locked(&self.guards);
+        let live = guards.get(conn).is_some_and(|k| locked(&k.state).lost.is_none() && !k.keeper.is_finished());
+        if live {
+            return guards.get(conn).map(|k| k.state.clone());
+        }
+        guards.remove(conn);
+        None
+    }
+
+    /// Stops keeping the guard of `conn` without giving it back: its Lease
+    /// is about to be deleted with its Connection.
+    pub fn forget_guard(&self, conn: &ConnectionRef) {
+        if let Some(kept) = locked(&self.guards).remove(conn) {
+            kept.stop.cancel();
+        }
+    }
+
+    /// Gives back every guard this instance keeps (shutdown, or leadership
+    /// lost), so that the next holder takes them at once rather than
+    /// waiting for them to lapse. Call once no sync runs. All at once, and
+    /// for at most `within`: an API server that does not answer must not
+    /// hold up a shutdown, and by then the guards have lapsed anyway.
+    pub async fn release_guards(&self, within: std::time::Duration) {
+        let kept: Vec<Kept> = locked(&self.guards).drain().map(|(_, kept)| kept).collect();
+        let releases = kept.into_iter().map(|kept| async move {
+            kept.stop.cancel();
+            match kept.keeper.await {
+                Ok(Some(held)) => guard::release(held).await,
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "a sync guard's keeper failed; the guard lapses on its own"),
+            }
+        });
+        if tokio::time::timeout(within, futures::future::join_all(releases)).await.is_err() {
+            tracing::warn!("could not release every sync guard in time; the rest lapse on their own");
+        }
+    }
+
     /// Starts a sync unless one holds the connection (here or, through the
     /// durable guard, anywhere).
     pub async fn start(self: &Arc<Self>, ctx: Arc<Context>, ticket: Ticket, on_done: OnDone) -> Result<Start, Error> {
         let conn = connection_ref(&ticket.connection);
         if let Some(holder) = self.running(&conn) {
             return Ok(Start::Busy(holder));
-        }
-        let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &conn.namespace);
-        let mode = ticket.mode.to_string();
-        let claim = GuardClaim {
-            identity: &ctx.config.identity,
-            request: ticket.request.as_deref(),
-            mode: &mode,
-            duration: ctx.config.guard_duration,
-            owner: guard::owner(&ticket.connection),
-        };
-        let acquired = guard::acquire(&leases, &conn.name, claim).await?;
-        let (lease, expired) = match acquired {
-            Acquired::Busy(holder) => return Ok(Start::Busy(holder)),
-            Acquired::Taken { lease, expired } => (lease, expired),
-        };
-        if let Some(dead) = expired {
-            interrupt(&ctx, &ticket.connection, &dead).await;
         }
         let holder = Holder {
             identity: ctx.config.identity.clone(),
@@ -138,22 +264,46 @@ impl Runner {
             since: Timestamp::now(),
         };
         let cancel = Cancel::new();
+        // The guard may be lost between holding it and registering the
+        // sync under it: then it is taken again, once.
+        let mut guard = None;
+        for _ in 0..2 {
+            let state = match self.hold(&ctx, &ticket.connection).await? {
+                Ok(state) => state,
+                Err(busy) => return Ok(Start::Busy(busy)),
+            };
+            let mut shared = locked(&state);
+            if shared.lost.is_none() {
+                shared.sync = Some(cancel.clone());
+                drop(shared);
+                guard = Some(state);
+                break;
+            }
+        }
+        let Some(guard) = guard else {
+            return Err(Error::Conflict(format!("the sync guard of {} was lost as it was taken", conn.name)));
+        };
         let (done_tx, done_rx) = watch::channel(false);
         match self.running.lock() {
             Ok(mut running) => {
                 running.insert(conn.clone(), Running { holder: holder.clone(), cancel: cancel.clone(), done: done_rx });
             }
-            Err(_) => return Err(Error::Conflict("the sync registry is poisoned".into())),
+            Err(_) => {
+                locked(&guard).sync = None;
+                return Err(Error::Conflict("the sync registry is poisoned".into()));
+            }
         }
         let runner = self.clone();
         let span = tracing::info_span!("sync", connection = %conn.name, namespace = %conn.namespace, request = ?ticket.request);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let report = runner.execute(&ctx, &ticket, *lease, holder, cancel).await;
+                let report = runner.execute(&ctx, &ticket, guard, holder, cancel).await;
+                // Still registered while its result is recorded, so that a
+                // reconcile in between sees it running rather than lost.
+                on_done(report).await;
                 if let Ok(mut running) = runner.running.lock() {
                     running.remove(&conn);
                 }
-                on_done(report).await;
                 let _ = done_tx.send(true);
             },
             span,
@@ -165,15 +315,13 @@ impl Runner {
         &self,
         ctx: &Arc<Context>,
         ticket: &Ticket,
-        lease: Held,
+        guard: Arc<Mutex<GuardState>>,
         holder: Holder,
         cancel: Cancel,
     ) -> SyncReport {
         let connection = &ticket.connection;
         let conn = connection_ref(connection);
         let connections: Api<Connection> = Api::namespaced(ctx.client.clone(), &conn.namespace);
-
-        let heartbeat = Heartbeat::start(lease, guard::renew_policy(ctx.config.guard_duration), cancel.clone());
 
         let permit = tokio::select! {
             permit = self.permits.clone().acquire_owned() => permit.ok(),
@@ -182,7 +330,15 @@ impl Runner {
 
         let started = Timestamp::now();
         let _ = status::update(&connections, &conn.name, |c: &mut Connection| {
+            let generation = c.metadata.generation;
             let s = c.status.get_or_insert_with(Default::default);
+            if let Some(book) = ticket.bookkeeping.as_ref().filter(|b| b.generation == generation) {
+                s.observed_generation = book.generation;
+                s.next_sync_time = book.next_sync.map(Time);
+                if let Some(value) = &book.handled_requested_at {
+                    s.last_handled_requested_at = Some(value.clone());
+                }
+            }
             s.current_sync = Some(RunningSync {
                 holder: holder.identity.clone(),
                 request: ticket.request.clone(),
@@ -201,15 +357,13 @@ impl Runner {
             true
         })
         .await;
-        let regarding = connection.object_ref(&());
-        let start_note = match &ticket.request {
-            Some(r) => format!("{} sync started for ResyncRequest {r}", ticket.mode),
-            None => format!("{} sync started ({})", ticket.mode, ticket.trigger),
-        };
-        events::publish(&ctx.recorder, &regarding, false, events::SYNC_STARTED, start_note.clone()).await;
-        if let Some(request_ref) = &ticket.request_ref {
-            let note = format!("{} sync of {} started", ticket.mode, conn.name);
-            events::publish(&ctx.recorder, request_ref, false, events::SYNC_STARTED, note).await;
+        // A sync a ResyncRequest asked for has its start recorded there
+        // (the target's startTime, the request Running); one without a
+        // request (scheduled, requested-at) has only this Event to say when
+        // it started and why.
+        if ticket.request.is_none() {
+            let note = format!("{} sync started ({})", ticket.mode, ticket.trigger);
+            events::publish(&ctx.recorder, &connection.object_ref(&()), false, events::SYNC_STARTED, note).await;
         }
 
         ctx.metrics.sync_started();
@@ -230,7 +384,12 @@ impl Runner {
                 }
             }
         };
-        let lost = heartbeat.stop().await;
+        // Lost while the sync ran: it was cancelled by the keeper.
+        let lost = {
+            let mut shared = locked(&guard);
+            shared.sync = None;
+            shared.lost.clone()
+        };
         if let Some(lost) = &lost
             && report.outcome == RunOutcome::Cancelled
         {
@@ -350,54 +509,50 @@ pub fn finish_unfinished_runs(
 }
 
 /// Why a sync lost its guard, for its report.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("lost the sync guard {lease}: {lost}")]
 struct GuardLost {
     lease: String,
     lost: LeaseLost,
 }
 
-/// Keeps a running sync's guard. Losing it (another holder took it, it was
-/// deleted, or no renewal succeeded before it lapsed) cancels the sync,
-/// which then applies nothing: from then on another instance may run one.
-struct Heartbeat {
+/// Keeps a guard: renews it until `stop` (then hands it back, for
+/// release) or until it is lost (then says why in `state` and cancels the
+/// sync running under it, which applies nothing: from then on another
+/// instance may run one).
+async fn keep(
+    mut held: Held,
+    policy: crate::lease::RenewPolicy,
+    state: Arc<Mutex<GuardState>>,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<(Held, Option<GuardLost>)>,
-}
-
-impl Heartbeat {
-    fn start(mut held: Held, policy: crate::lease::RenewPolicy, sync: Cancel) -> Heartbeat {
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        let task = tokio::spawn(async move {
-            let lost = tokio::select! {
-                lost = held.keep(policy) => lost,
-                _ = stopped.cancelled() => return (held, None),
-            };
-            let lost = GuardLost { lease: held.name().to_string(), lost };
+) -> Option<Held> {
+    let lost = tokio::select! {
+        lost = held.keep(policy) => lost,
+        _ = stop.cancelled() => return Some(held),
+    };
+    let lost = GuardLost { lease: held.name().to_string(), lost };
+    let mut shared = locked(&state);
+    match shared.sync.take() {
+        Some(sync) => {
             tracing::warn!(reason = %lost, "cancelling the sync");
             sync.cancel(CancelReason::GuardLost(lost.to_string()));
-            (held, Some(lost))
-        });
-        Heartbeat { stop, task }
-    }
-
-    /// Stops renewing and gives the guard back unless it was lost; says why
-    /// it was lost, if it was.
-    async fn stop(self) -> Option<GuardLost> {
-        self.stop.cancel();
-        match self.task.await {
-            Ok((held, None)) => {
-                guard::release(held).await;
-                None
-            }
-            Ok((_, Some(lost))) => Some(lost),
-            Err(error) => {
-                tracing::warn!(%error, "the sync guard's heartbeat failed; the guard lapses on its own");
-                None
-            }
         }
+        None => tracing::warn!(reason = %lost, "lost a sync guard; the next sync takes it again if it can"),
     }
+    shared.lost = Some(lost);
+    None
+}
+
+/// `holder`, another instance holding a guard, with what the Connection's
+/// status says it is running, if it names that holder.
+fn running_holder(connection: &Connection, mut holder: Holder) -> Holder {
+    let current = connection.status.as_ref().and_then(|s| s.current_sync.as_ref());
+    if let Some(run) = current.filter(|r| r.holder == holder.identity) {
+        holder.request = run.request.clone();
+        holder.mode = run.mode.to_string();
+        holder.since = run.started.0;
+    }
+    holder
 }
 
 fn failed_report(mode: SyncMode, reason: &str, message: String, stalled: bool) -> SyncReport {
@@ -553,17 +708,19 @@ async fn record_result(ctx: &Arc<Context>, connection: &Connection, ticket: &Tic
         RunOutcome::Interrupted => (true, events::SYNC_INTERRUPTED),
         RunOutcome::Failed => (true, events::SYNC_FAILED),
     };
-    events::publish(&ctx.recorder, &connection.object_ref(&()), warning, reason, note.clone()).await;
-    if let Some(request_ref) = &ticket.request_ref {
-        events::publish(&ctx.recorder, request_ref, warning, reason, format!("{}: {note}", conn.name)).await;
-    }
+    // The Connection's own record of each run, with its counts. A request
+    // gets one Event when it completes, naming each target's result
+    // (`resync::announce_completion`), rather than one per target here.
+    events::publish(&ctx.recorder, &connection.object_ref(&()), warning, reason, note).await;
     tracing::info!(outcome = ?report.outcome, mode = %report.mode, created = report.counts.created,
         updated = report.counts.updated, deleted = report.counts.deleted, unchanged = report.counts.unchanged,
         duration_ms = report.duration_ms, "sync finished");
 }
 
-/// A holder died mid-sync: its run is marked Interrupted, the Connection
-/// says so, and the guard is now ours.
+/// A holder's guard lapsed and is now ours. If it died mid-sync (the
+/// Connection's status shows its sync running), that run is marked
+/// Interrupted and the Connection says so; a holder that merely kept the
+/// guard while idle leaves nothing to report.
 async fn interrupt(ctx: &Arc<Context>, connection: &Connection, dead: &Holder) {
     let conn = connection_ref(connection);
     let message = format!(
@@ -573,6 +730,7 @@ async fn interrupt(ctx: &Arc<Context>, connection: &Connection, dead: &Holder) {
     let store = ctx.store.clone();
     let conn_for_store = conn.clone();
     let message_for_store = message.clone();
+    // Only runs left unfinished: none when the holder was idle.
     let interrupted = tokio::task::spawn_blocking(move || {
         store.interrupt_unfinished_runs(Some(&conn_for_store), Timestamp::now(), &message_for_store)
     })
@@ -582,12 +740,14 @@ async fn interrupt(ctx: &Arc<Context>, connection: &Connection, dead: &Holder) {
     }
     let connections: Api<Connection> = Api::namespaced(ctx.client.clone(), &conn.namespace);
     let now = Timestamp::now();
-    let _ = status::update(&connections, &conn.name, |c: &mut Connection| {
+    let written = status::update(&connections, &conn.name, |c: &mut Connection| {
         let generation = c.metadata.generation;
         let s = c.status.get_or_insert_with(Default::default);
-        s.current_sync = None;
+        let Some(run) = s.current_sync.take().filter(|r| r.holder == dead.identity) else {
+            return false;
+        };
         s.last_result = Some(SyncResult {
-            mode: if dead.mode == "Full" { SyncMode::Full } else { SyncMode::Delta },
+            mode: run.mode,
             counts: SyncCounts::default(),
             duration_milliseconds: 0,
             outcome: SyncOutcome::Interrupted,
@@ -606,7 +766,13 @@ async fn interrupt(ctx: &Arc<Context>, connection: &Connection, dead: &Holder) {
         true
     })
     .await;
-    events::publish(&ctx.recorder, &connection.object_ref(&()), true, events::SYNC_INTERRUPTED, message).await;
+    match written {
+        Ok(Some(_)) => {
+            events::publish(&ctx.recorder, &connection.object_ref(&()), true, events::SYNC_INTERRUPTED, message).await
+        }
+        Ok(None) => tracing::debug!(connection = %conn, holder = %dead.identity, "took over an idle holder's guard"),
+        Err(error) => tracing::warn!(%error, "could not record the interrupted sync in the Connection's status"),
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 mod common;
 
 mod access;
+mod api_writes;
 mod cel_limits;
 mod chart;
 mod connection_inputs;

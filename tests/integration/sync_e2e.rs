@@ -160,11 +160,17 @@ async fn kubectl_apply_of_a_resync_request_reaches_succeeded_and_reports_everywh
     assert!(!idsync_api::conditions::is_true(&status.conditions, "Syncing"));
     assert_eq!(env.accounts("hris").len(), 4);
 
-    for object in ["hris", "resync-hris"] {
-        let reasons: Vec<String> = env.events_for(object).await.into_iter().filter_map(|e| e.reason).collect();
-        assert!(reasons.contains(&"SyncStarted".to_string()), "{object}: {reasons:?}");
-        assert!(reasons.contains(&"SyncSucceeded".to_string()), "{object}: {reasons:?}");
-    }
+    // The Connection's Event tells the run; the request's one Event tells
+    // the request, with each target's result. The start is in the request's
+    // status (its target's startTime), not in an Event of its own.
+    let reasons = |events: Vec<Event>| -> Vec<String> { events.into_iter().filter_map(|e| e.reason).collect() };
+    let on_connection = reasons(env.events_for("hris").await);
+    assert_eq!(on_connection, ["SyncSucceeded"], "{on_connection:?}");
+    let on_request = env.events_for("resync-hris").await;
+    assert_eq!(reasons(on_request.clone()), ["ResyncSucceeded"]);
+    let note = on_request[0].note.clone().unwrap_or_default();
+    assert!(note.contains("hris: Full sync succeeded: created 4,"), "{note}");
+    assert!(t.start_time.is_some(), "{t:#?}");
     let table = env.h.kubectl_ok(&["get", "conn", "hris"]).await;
     let row: Vec<&str> = table.lines().nth(1).expect("a row").split_whitespace().collect();
     assert_eq!(&row[..4], &["hris", "csv", "HRIS", "True"], "{table}");
@@ -439,10 +445,15 @@ impl GuardFaults {
     }
 
     async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    /// Stops the operator, keeping the devcluster for a look afterwards.
+    async fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(30), &mut self.task).await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(30), &mut self.task).await;
     }
 }
 
@@ -482,15 +493,29 @@ async fn a_sync_guard_rides_out_renewal_failures_shorter_than_its_lease() {
     assert_eq!(env.accounts("flaky-api").len(), 600);
     assert!(op.faults.passed_after_failure() > 0, "no guard write went through after the failures");
 
-    // Released, not deleted: the Lease names no holder and belongs to the
-    // Connection, so it goes when the Connection does.
+    // Kept after the sync, for the next one, and still renewed; it belongs
+    // to the Connection, so it goes when the Connection does.
     let lease = op.guard_lease("flaky-api").await;
-    assert_eq!(lease.spec.as_ref().and_then(|s| s.holder_identity.clone()), None);
+    let spec = lease.spec.clone().expect("spec");
+    assert_eq!(spec.holder_identity.as_deref(), Some("operator-a"));
+    let renewed = spec.renew_time.expect("renewTime").0;
     let connection = env.get_connection("flaky-api").await;
     let owners = lease.metadata.owner_references.unwrap_or_default();
     assert_eq!(owners.len(), 1, "{owners:?}");
     assert_eq!((owners[0].kind.as_str(), Some(&owners[0].uid)), ("Connection", connection.metadata.uid.as_ref()));
-    op.stop().await;
+    let renewed_again = eventually(Duration::from_secs(20), || async {
+        let spec = op.guard_lease("flaky-api").await.spec?;
+        (spec.renew_time?.0 > renewed).then_some(())
+    })
+    .await;
+    assert!(renewed_again.is_some(), "the kept guard is not renewed after its sync");
+
+    // Released on shutdown: the Lease names no holder, so the next
+    // operator takes it at once.
+    let mut op = op;
+    op.shutdown().await;
+    let lease = op.guard_lease("flaky-api").await;
+    assert_eq!(lease.spec.and_then(|s| s.holder_identity), None, "not released on shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -535,6 +560,74 @@ async fn a_sync_guard_whose_renewals_keep_failing_cancels_its_sync_once_it_lapse
     let outcomes: Vec<RunOutcome> = env.runs("lost-guard").iter().filter_map(|r| r.outcome).collect();
     assert!(!outcomes.contains(&RunOutcome::Interrupted), "{outcomes:?}");
     op.stop().await;
+}
+
+/// The guard of a Connection is kept by the instance that first took it:
+/// a second replica never syncs that Connection while it is held, even
+/// when the schedule falls due for both; once the holder is gone (killed
+/// here, so nothing releases it) the Lease lapses and only then is taken
+/// over, and a holder that died idle leaves no interrupted sync behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_guard_keeps_another_replica_from_syncing_until_it_lapses() {
+    let mut env = Env::start().await;
+    env.config_map("hr-export", &export(1..=3)).await;
+    env.csv_connection("hris", "hr-export").await;
+    let leases: Api<Lease> = Api::namespaced(env.h.client.clone(), "default");
+    let holder = || async {
+        let lease = leases.get("idsync-sync-hris").await.ok()?;
+        lease.spec?.holder_identity
+    };
+    let first = eventually(Duration::from_secs(20), || async { holder().await.filter(|h| h == "operator-a") }).await;
+    assert!(first.is_some(), "the first operator did not take the guard when it saw the Connection");
+
+    let other_data = tempfile::tempdir().expect("data dir");
+    let b = Operator::start(&env.h.cluster, other_data.path(), env.clock.clone(), test_config("operator-b"));
+    let hris = ConnectionRef { namespace: "default".into(), name: "hris".into() };
+    let next =
+        eventually(Duration::from_secs(10), || async { env.get_connection("hris").await.status?.next_sync_time })
+            .await
+            .expect("nextSyncTime");
+    env.clock.advance_to(next.0 + jiff::SignedDuration::from_secs(1));
+    let synced = eventually(Duration::from_secs(20), || async { (env.runs("hris").len() == 1).then_some(()) }).await;
+    assert!(synced.is_some(), "the guard's holder did not run the scheduled sync");
+    // Several of the second operator's reconciles and guard renewals.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(b.store().runs(&hris, 10).expect("runs").is_empty(), "a second replica synced a guarded Connection");
+    assert_eq!(holder().await.as_deref(), Some("operator-a"));
+
+    // The holder dies idle: its Lease lapses, then the other takes it.
+    let lease = leases.get("idsync-sync-hris").await.expect("lease").spec.expect("spec");
+    let lapses = lease.renew_time.expect("renewTime").0
+        + jiff::SignedDuration::from_secs(i64::from(lease.lease_duration_seconds.expect("duration")));
+    env.operator.take().expect("operator").kill();
+    let taken = eventually(Duration::from_secs(20), || async { holder().await.filter(|h| h == "operator-b") }).await;
+    assert!(taken.is_some(), "the lapsed guard was not taken over");
+    let acquired = leases.get("idsync-sync-hris").await.expect("lease").spec.and_then(|s| s.acquire_time);
+    assert!(
+        acquired.as_ref().is_some_and(|t| t.0 >= lapses),
+        "taken at {acquired:?}, before the guard lapsed at {lapses}"
+    );
+    let connections: Api<Connection> = Api::namespaced(env.h.client.clone(), "default");
+    connections
+        .patch(
+            "hris",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"idsync.dev/requested-at": "after-takeover"}}})),
+        )
+        .await
+        .expect("request");
+    let ran = eventually(Duration::from_secs(20), || async {
+        let runs = b.store().runs(&hris, 10).ok()?;
+        runs.iter().any(|r| r.trigger == Trigger::RequestedAt && r.outcome == Some(RunOutcome::Succeeded)).then_some(())
+    })
+    .await;
+    assert!(ran.is_some(), "the new holder did not sync");
+    let reasons: Vec<String> = env.events_for("hris").await.into_iter().filter_map(|e| e.reason).collect();
+    assert!(
+        !reasons.contains(&"SyncInterrupted".to_string()),
+        "an idle holder's death reported as a sync: {reasons:?}"
+    );
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

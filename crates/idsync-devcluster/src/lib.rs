@@ -80,6 +80,7 @@ pub mod store;
 pub mod table;
 pub mod tls;
 pub mod watch;
+pub mod writes;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -142,6 +143,8 @@ pub struct Shared {
     pub config: ServerConfig,
     /// The reads answered, for tests.
     pub reads: reads::Reads,
+    /// The writes accepted, for tests.
+    pub writes: writes::Writes,
     /// The users and the RBAC policy (see `authz`); reachable without the
     /// state lock, and safe to call under it.
     pub authz: Arc<authz::Authorizer>,
@@ -243,6 +246,7 @@ impl DevCluster {
             watch_epoch,
             config: ServerConfig { token, address: addr.to_string(), bookmark_interval: config.bookmark_interval },
             reads: reads::Reads::default(),
+            writes: writes::Writes::default(),
             authz,
         });
         if let Some(path) = &config.kubeconfig {
@@ -428,6 +432,18 @@ impl DevCluster {
     /// Secrets' metadata only, never their data).
     pub fn reads(&self) -> Vec<reads::ReadCount> {
         self.shared.reads.counts()
+    }
+
+    /// The sequence number of the latest accepted write: the writes after
+    /// it are what [`DevCluster::writes_since`] returns.
+    pub fn write_mark(&self) -> u64 {
+        self.shared.writes.mark()
+    }
+
+    /// The writes accepted after `mark` (from [`DevCluster::write_mark`]),
+    /// oldest first, by every user; dry runs are not among them.
+    pub fn writes_since(&self, mark: u64) -> Vec<writes::Write> {
+        self.shared.writes.since(mark)
     }
 
     /// The latest resourceVersion.

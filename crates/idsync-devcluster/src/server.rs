@@ -170,6 +170,8 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
     }
     let representation = Representation::negotiate(accept.as_deref(), answer, query.get("includeObject"))?;
     let resource = target.rt.qualified();
+    let (written_namespace, written_name, subresource) =
+        (target.namespace.clone(), target.name.clone(), target.subresource.clone());
 
     let answered = match method {
         Method::GET if watching => {
@@ -215,16 +217,44 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
             "the server does not allow this method on the requested resource ({method} {path})"
         ))),
     };
+    let mut response = answered?;
+    if let Some(verb) = write_verb(&method, written_name.is_some()) {
+        // A dry run, in the query or in a delete's body, changed nothing.
+        let dry_run = query.get("dryRun").is_some() || (method == Method::DELETE && body_says_dry_run(&body));
+        if !dry_run {
+            let resource = match subresource {
+                Some(sub) => format!("{resource}/{sub}"),
+                None => resource,
+            };
+            shared.writes.record(&user.username, verb, resource, written_namespace, written_name);
+        }
+    }
     // Warnings (unknown fields dropped under `fieldValidation=Warn`, the
     // default) reach the client as the API server sends them, and kubectl
     // prints them as `Warning: …`.
-    let mut response = answered?;
     for warning in query.warnings() {
         if let Ok(value) = header::HeaderValue::from_str(&format!("299 - {warning:?}")) {
             response.headers_mut().append(header::WARNING, value);
         }
     }
     Ok(response)
+}
+
+/// The RBAC verb of a write, None for a read.
+fn write_verb(method: &Method, named: bool) -> Option<&'static str> {
+    match (method, named) {
+        (&Method::POST, false) => Some("create"),
+        (&Method::PUT, true) => Some("update"),
+        (&Method::PATCH, true) => Some("patch"),
+        (&Method::DELETE, true) => Some("delete"),
+        (&Method::DELETE, false) => Some("deletecollection"),
+        _ => None,
+    }
+}
+
+/// Whether a delete's options ask for a dry run.
+fn body_says_dry_run(body: &Bytes) -> bool {
+    serde_json::from_slice::<Value>(body).ok().and_then(|o| o.get("dryRun").cloned()).is_some_and(|d| !d.is_null())
 }
 
 /// The reviews answered rather than stored.
