@@ -224,6 +224,10 @@ pub enum StoreError {
 pub trait AccountStore: Send + Sync + 'static {
     /// id -> content hash of every account of the connection (the diff's index).
     fn account_index(&self, c: &ConnectionRef) -> Result<HashMap<String, ContentHash>, StoreError>;
+    /// id -> content hash of the stored accounts among `ids` (those that
+    /// exist): what a Delta's diff needs of the store, by index lookups, in
+    /// time proportional to `ids`, not to the connection.
+    fn account_hashes(&self, c: &ConnectionRef, ids: &[String]) -> Result<HashMap<String, ContentHash>, StoreError>;
     fn account_count(&self, c: &ConnectionRef) -> Result<u64, StoreError>;
     fn get_account(&self, c: &ConnectionRef, id: &str) -> Result<Option<Account>, StoreError>;
     /// Accounts ordered by id, after `after` (exclusive), at most `limit`.

@@ -416,6 +416,24 @@ async fn stage_page(
     Ok(())
 }
 
+/// Diffs one page; a Delta first looks up the stored hashes of the ids it
+/// names that it has not met yet.
+async fn classify(
+    store: &Arc<dyn Store>,
+    conn: &ConnectionRef,
+    diff: &mut Diff,
+    page: Page,
+) -> Result<PageChanges, StoreError> {
+    if diff.kind() == ReadKind::Delta {
+        let ids = diff.unknown_ids(&page);
+        if !ids.is_empty() {
+            let conn = conn.clone();
+            diff.know(blocking(store, move |s| s.account_hashes(&conn, &ids)).await?);
+        }
+    }
+    Ok(diff.page(page))
+}
+
 /// The stored accounts of a connection, read in id order a batch at a
 /// time: memory stays bounded whatever the connection's size.
 struct StoredAccounts {
@@ -460,7 +478,8 @@ async fn stage_departures(
         let left = diff.departures(batch, complete);
         if !left.is_empty() {
             tracing::debug!(connection = %conn, accounts = left.len(), "accounts left groups read in full");
-            let changes = diff.page(Page { number: state.pages, accounts: left, deleted: Vec::new() });
+            let changes = classify(store, conn, diff, Page { number: state.pages, accounts: left, deleted: Vec::new() })
+                .await?;
             stage_page(store, conn, run_id, changes, state).await?;
         }
     }
@@ -550,15 +569,32 @@ async fn read_and_stage(
         _ => None,
     };
 
-    let index = {
-        let conn = conn.clone();
-        blocking(store, move |s| s.account_index(&conn)).await?
+    // A full read needs every stored id (whom the source no longer lists is
+    // deleted); a Delta only the ids it names, looked up page by page.
+    let mut diff = match plan.kind {
+        ReadKind::Full => {
+            let conn = conn.clone();
+            Diff::new(blocking(store, move |s| s.account_index(&conn)).await?, ReadKind::Full)
+        }
+        ReadKind::Delta => {
+            let conn = conn.clone();
+            Diff::delta(blocking(store, move |s| s.account_count(&conn)).await?)
+        }
     };
-    let mut diff = Diff::new(index, plan.kind);
-    while let Some(page) = connector.next_page().await? {
+    // One page ahead: the next page is fetched and parsed while this one is
+    // staged on a blocking thread, and no further, so a fast source never
+    // piles pages up in memory ahead of a slow store.
+    let mut next = connector.next_page().await?;
+    while let Some(page) = next.take() {
         state.pages += 1;
-        let changes = diff.page(page);
-        stage_page(store, &conn, run_id, changes, state).await?;
+        let changes = classify(store, &conn, &mut diff, page).await?;
+        // The staging first: join! polls in order, and its first poll hands
+        // the page to the blocking thread before the parse of the next one
+        // takes this thread.
+        let (staged, fetched) =
+            tokio::join!(stage_page(store, &conn, run_id, changes, state), connector.next_page());
+        staged?;
+        next = fetched?;
     }
     if plan.kind == ReadKind::Delta {
         let mut complete: BTreeSet<String> = connector.complete_groups().into_iter().collect();

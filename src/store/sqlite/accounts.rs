@@ -44,6 +44,22 @@ impl AccountStore for SqliteStore {
         Ok(index)
     }
 
+    fn account_hashes(&self, c: &ConnectionRef, ids: &[String]) -> Result<HashMap<String, ContentHash>, StoreError> {
+        let db = self.lock()?;
+        let Some(key) = connection_key(&db, c)? else { return Ok(HashMap::new()) };
+        let mut stmt = db.prepare_cached("SELECT hash FROM accounts WHERE conn = ?1 AND id = ?2")?;
+        let mut hashes = HashMap::with_capacity(ids.len());
+        for id in ids {
+            let Some(blob) = stmt.query_row(params![key, id], |r| r.get::<_, Vec<u8>>(0)).optional()? else {
+                continue;
+            };
+            let hash = ContentHash::from_slice(&blob)
+                .ok_or_else(|| StoreError::Corrupt(format!("account {id:?} of {c} has no 32-byte content hash")))?;
+            hashes.insert(id.clone(), hash);
+        }
+        Ok(hashes)
+    }
+
     fn account_count(&self, c: &ConnectionRef) -> Result<u64, StoreError> {
         let db = self.lock()?;
         let Some(key) = connection_key(&db, c)? else { return Ok(0) };
@@ -667,6 +683,11 @@ mod tests {
         let want: HashMap<String, ContentHash> = expected.iter().map(|a| (a.id.clone(), a.content_hash())).collect();
         assert_eq!(index, want);
         assert_eq!(store.account_count(&c).unwrap(), 3);
+        // A Delta's lookups: the same hashes, only of the ids asked for that exist.
+        let asked = ["E4".to_string(), "E9".to_string(), "E1".to_string()];
+        let some = store.account_hashes(&c, &asked).unwrap();
+        assert_eq!(some, want.iter().filter(|(id, _)| *id != "E2").map(|(k, v)| (k.clone(), *v)).collect());
+        assert!(store.account_hashes(&conn("never-ran"), &asked).unwrap().is_empty());
 
         // Keep leaves the cursor; Clear removes it.
         sync(&store, &c, &[StagedChange::Delete("E4".into())], CursorUpdate::Keep);
