@@ -901,6 +901,77 @@ mod tests {
         );
     }
 
+    /// Sets every stored hash of the connection to what the first version
+    /// of idsync wrote (SHA-256 of the JSON), as a store from before the
+    /// upgrade holds; returns how many hashes are of each version.
+    fn hashes_by_version(path: &std::path::Path, downgrade: bool) -> (usize, usize) {
+        let db = rusqlite::Connection::open(path).expect("open");
+        let rows: Vec<(String, Vec<u8>, String)> = db
+            .prepare("SELECT id, hash, data FROM accounts")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        let (mut v1, mut v2) = (0, 0);
+        for (id, hash, data) in rows {
+            let account: Account = serde_json::from_str(&data).expect("account");
+            if downgrade {
+                db.execute("UPDATE accounts SET hash = ?1 WHERE id = ?2", rusqlite::params![
+                    &account.content_hash_v1().0[..],
+                    id
+                ])
+                .expect("downgrade");
+                v1 += 1;
+            } else if hash == account.content_hash_v1().0 {
+                v1 += 1;
+            } else if hash == account.content_hash().0 {
+                v2 += 1;
+            }
+        }
+        (v1, v2)
+    }
+
+    #[tokio::test]
+    async fn a_store_hashed_by_the_previous_version_syncs_unchanged_and_is_rehashed_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s.db");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).expect("store"));
+        let mut with_attrs = person("E3", "alan@example.com");
+        with_attrs.attributes.insert("title".into(), serde_json::json!("Engineer"));
+        with_attrs.groups = vec!["eng".into(), "all".into()];
+        let people = vec![person("E1", "ada@example.com"), person("E2", "grace@example.com"), with_attrs];
+        let full = job(SyncMode::Full, "h");
+        let first = run(full.clone(), list(people.clone()), store.clone(), Cancel::new()).await;
+        assert_eq!(first.counts.created, 3, "{first:?}");
+        assert_eq!(hashes_by_version(&path, true), (3, 0), "the store now holds version 1 hashes");
+
+        // A dry run says nothing changed and rewrites nothing.
+        let mut dry = full.clone();
+        dry.dry_run = true;
+        let preview = run(dry, list(people.clone()), store.clone(), Cancel::new()).await;
+        assert_eq!(preview.counts, Counts { created: 0, updated: 0, deleted: 0, unchanged: 3 }, "{preview:?}");
+        assert!(preview.preview.is_empty(), "{:?}", preview.preview);
+        assert_eq!(hashes_by_version(&path, false), (3, 0));
+
+        // The first sync after the upgrade: unchanged, nothing recorded, and
+        // the hashes are rewritten to version 2.
+        let upgraded = run(full.clone(), list(people.clone()), store.clone(), Cancel::new()).await;
+        assert_eq!(upgraded.outcome, RunOutcome::Succeeded, "{upgraded:?}");
+        assert_eq!(upgraded.counts, Counts { created: 0, updated: 0, deleted: 0, unchanged: 3 }, "{upgraded:?}");
+        assert!(store.run_changes(upgraded.run.expect("a run"), 0, 100).expect("changes").is_empty());
+        assert_eq!(hashes_by_version(&path, false), (0, 3));
+
+        // Later syncs: still unchanged; a real change is still one.
+        let again = run(full.clone(), list(people.clone()), store.clone(), Cancel::new()).await;
+        assert_eq!(again.counts.unchanged, 3, "{again:?}");
+        let mut changed = people;
+        changed[0].email = Some("ada@new.example".into());
+        let third = run(full, list(changed), store.clone(), Cancel::new()).await;
+        assert_eq!(third.counts, Counts { created: 0, updated: 1, deleted: 0, unchanged: 2 }, "{third:?}");
+        assert_eq!(hashes_by_version(&path, false), (0, 3));
+    }
+
     /// A delta-capable source that serves `accounts` in one page and reports
     /// `complete` as the groups whose membership it read in full.
     struct GroupSource {
