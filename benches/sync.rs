@@ -273,7 +273,11 @@ impl Connector for Memory {
     fn capabilities(&self) -> Capabilities {
         Capabilities { delta: true, delta_deletions: true, groups: false }
     }
-    fn begin<'a>(&'a mut self, mode: SyncMode, cursor: Option<&'a str>) -> BoxFuture<'a, Result<ReadPlan, ConnectorError>> {
+    fn begin<'a>(
+        &'a mut self,
+        mode: SyncMode,
+        cursor: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<ReadPlan, ConnectorError>> {
         let kind = if mode == SyncMode::Delta && cursor.is_some() { ReadKind::Delta } else { ReadKind::Full };
         Box::pin(async move { Ok(ReadPlan { kind, reason: None }) })
     }
@@ -376,16 +380,19 @@ fn main() {
             set_export(&same);
             let rows = measure(&mut table, "CSV floor (GET + csv parse)", csv_floor(&client, &url)).await;
             assert_eq!(rows, ROWS);
-            let r = measure(&mut table, "CSV idsync first full sync", sync_with(&store, &csv, Default::default(), "hr"))
-                .await;
+            let r =
+                measure(&mut table, "CSV idsync first full sync", sync_with(&store, &csv, Default::default(), "hr"))
+                    .await;
             println!("    {}", counts(&r));
             measure(&mut table, "CSV floor (GET + csv parse)", csv_floor(&client, &url)).await;
-            let r = measure(&mut table, "CSV idsync unchanged resync", sync_with(&store, &csv, Default::default(), "hr"))
-                .await;
+            let r =
+                measure(&mut table, "CSV idsync unchanged resync", sync_with(&store, &csv, Default::default(), "hr"))
+                    .await;
             println!("    {}", counts(&r));
             set_export(&changed);
             measure(&mut table, "CSV floor (GET + csv parse), 1%", csv_floor(&client, &url)).await;
-            let r = measure(&mut table, "CSV idsync 1% changed", sync_with(&store, &csv, Default::default(), "hr")).await;
+            let r =
+                measure(&mut table, "CSV idsync 1% changed", sync_with(&store, &csv, Default::default(), "hr")).await;
             println!("    {}", counts(&r));
 
             let users = measure(&mut table, "SCIM floor (paged GET + JSON)", scim_floor(&client, &base)).await;
@@ -394,7 +401,8 @@ fn main() {
             println!("    {}", counts(&r));
             measure(&mut table, "SCIM floor (paged GET + JSON)", scim_floor(&client, &base)).await;
             let r =
-                measure(&mut table, "SCIM idsync unchanged resync", sync_with(&store, &scim, scim_inputs(), "scim")).await;
+                measure(&mut table, "SCIM idsync unchanged resync", sync_with(&store, &scim, scim_inputs(), "scim"))
+                    .await;
             println!("    {}", counts(&r));
 
             // The delta: a 100k connection, then 100 changed accounts.

@@ -22,12 +22,22 @@ use crate::store::StagedChange;
 pub struct PageChanges {
     pub staged: Vec<StagedChange>,
     pub kinds: Vec<Option<ChangeKind>>,
+    /// The content hash of each upsert, as the diff computed it, so that
+    /// storing it does not hash the account again (None for a deletion).
+    pub hashes: Vec<Option<ContentHash>>,
 }
 
 impl PageChanges {
-    fn push(&mut self, kind: Option<ChangeKind>, change: StagedChange) {
+    /// Deletions only.
+    pub fn deletions(ids: Vec<StagedChange>) -> Self {
+        let n = ids.len();
+        PageChanges { staged: ids, kinds: vec![Some(ChangeKind::Deleted); n], hashes: vec![None; n] }
+    }
+
+    fn push(&mut self, kind: Option<ChangeKind>, change: StagedChange, hash: Option<ContentHash>) {
         self.kinds.push(kind);
         self.staged.push(change);
+        self.hashes.push(hash);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -111,25 +121,25 @@ impl Diff {
             if !first_time {
                 // A source that repeats an account across pages: the later
                 // copy wins and it is counted once.
-                changes.push(None, StagedChange::Upsert(account));
+                changes.push(None, StagedChange::Upsert(account), Some(hash));
                 continue;
             }
             self.deleted.remove(&account.id);
             match self.index.get(&account.id) {
                 None => {
                     self.counts.created += 1;
-                    changes.push(Some(ChangeKind::Created), StagedChange::Upsert(account));
+                    changes.push(Some(ChangeKind::Created), StagedChange::Upsert(account), Some(hash));
                 }
                 // Written by the previous hash version with the same content:
                 // unchanged, and staged so the commit stores today's hash
                 // and later syncs need not compute the old one again.
                 Some(stored) if *stored != hash && *stored == account.content_hash_v1() => {
                     self.counts.unchanged += 1;
-                    changes.push(None, StagedChange::Upsert(account));
+                    changes.push(None, StagedChange::Upsert(account), Some(hash));
                 }
                 Some(stored) if *stored != hash => {
                     self.counts.updated += 1;
-                    changes.push(Some(ChangeKind::Updated), StagedChange::Upsert(account));
+                    changes.push(Some(ChangeKind::Updated), StagedChange::Upsert(account), Some(hash));
                 }
                 Some(_) => self.counts.unchanged += 1,
             }
@@ -138,7 +148,7 @@ impl Diff {
             for id in page.deleted {
                 self.deleted_unknown |= !self.index.contains_key(&id);
                 if self.index.contains_key(&id) && !self.seen.contains(&id) && self.deleted.insert(id.clone()) {
-                    changes.push(Some(ChangeKind::Deleted), StagedChange::Delete(id));
+                    changes.push(Some(ChangeKind::Deleted), StagedChange::Delete(id), None);
                 }
             }
         }
@@ -363,13 +373,11 @@ mod tests {
     fn a_hash_of_the_previous_version_is_unchanged_content_restaged_with_the_new_hash() {
         let old = account("1", "a@x");
         let changed_since = account("2", "b@x");
-        let stored: HashMap<String, ContentHash> = [
-            ("1".to_string(), old.content_hash_v1()),
-            ("2".to_string(), changed_since.content_hash_v1()),
-        ]
-        .into();
+        let stored: HashMap<String, ContentHash> =
+            [("1".to_string(), old.content_hash_v1()), ("2".to_string(), changed_since.content_hash_v1())].into();
         let mut diff = Diff::new(stored, ReadKind::Full);
-        let changes = diff.page(Page { number: 1, accounts: vec![old.clone(), account("2", "b@new")], deleted: vec![] });
+        let changes =
+            diff.page(Page { number: 1, accounts: vec![old.clone(), account("2", "b@new")], deleted: vec![] });
         assert_eq!(changes.kinds, vec![None, Some(ChangeKind::Updated)], "not recorded as a change");
         assert_eq!(changes.staged[0], StagedChange::Upsert(old), "restaged, so the new hash is stored");
         let (deletions, counts) = diff.finish();

@@ -16,7 +16,7 @@ use crate::model::{
     Account, AccountChange, ChangeKind, ConnectionRef, Counts, NewRun, RunFinish, RunId, RunMode, RunOutcome, Trigger,
 };
 use crate::store::outbox::OutboxEntry;
-use crate::store::{CursorUpdate, StagedChange, Store, StoreError};
+use crate::store::{CursorUpdate, EncodedAccount, StagedChange, Store, StoreError};
 use idsync_api::SyncMode;
 use idsync_api::connection::ImportSafeguard;
 
@@ -194,6 +194,7 @@ pub async fn run_announcing(
         counts: Counts::default(),
         pages: 0,
         preview: Preview::default(),
+        direct: None,
     };
     let result = tokio::select! {
         biased;
@@ -272,10 +273,11 @@ pub async fn run_announcing(
         }),
         None => Vec::new(),
     };
+    let direct = state.direct.take().map(|d| d.accounts).unwrap_or_default();
     let committed = match result {
         Ok(Plan::Commit { cursor }) if !job.dry_run => {
             let finish = finish.clone();
-            blocking(&store, move |s| s.commit_run_notifying(run_id, cursor, &finish, &outbox)).await
+            blocking(&store, move |s| s.commit_run_writing(run_id, &direct, cursor, &finish, &outbox)).await
         }
         _ => {
             let finish = finish.clone();
@@ -316,6 +318,35 @@ struct Progress {
     counts: Counts,
     pages: u64,
     preview: Preview,
+    /// A run into an empty connection keeps its accounts here, encoded, and
+    /// writes them once at the commit instead of staging them and copying
+    /// them again; None when it stages.
+    direct: Option<DirectWrite>,
+}
+
+/// The accounts a run writes straight into an empty connection at its
+/// commit, up to [`DirectWrite::LIMIT`] bytes: beyond that they move to the
+/// staging, so memory stays bounded whatever the connection's size.
+#[derive(Debug, Default)]
+struct DirectWrite {
+    accounts: Vec<EncodedAccount>,
+    bytes: usize,
+}
+
+impl DirectWrite {
+    /// 64 MiB: about 150,000 accounts of a typical HR export. The unit
+    /// tests use 16 KiB, so that both ways are tested: small syncs write
+    /// directly, larger ones move to the staging.
+    const LIMIT: usize = if cfg!(test) { 16 << 10 } else { 64 << 20 };
+}
+
+/// Moves what a run kept for a direct write to its staging.
+async fn spill(store: &Arc<dyn Store>, run_id: RunId, kept: DirectWrite) -> Result<(), StoreError> {
+    if kept.accounts.is_empty() {
+        return Ok(());
+    }
+    tracing::debug!(run = run_id, accounts = kept.accounts.len(), "moving a direct write to the staging");
+    blocking(store, move |s| s.stage_encoded(run_id, &kept.accounts)).await
 }
 
 /// The first few changes of each kind, one line each, for a status.
@@ -375,7 +406,7 @@ async fn stage_page(
     if changes.is_empty() {
         return Ok(());
     }
-    let PageChanges { staged, kinds } = changes;
+    let PageChanges { staged, kinds, hashes } = changes;
     let before_ids: Vec<String> = staged
         .iter()
         .zip(&kinds)
@@ -412,7 +443,41 @@ async fn stage_page(
         })
         .collect();
     state.preview.add(&recorded);
-    blocking(store, move |s| s.stage_recorded(run_id, &staged, &recorded)).await?;
+    let only_upserts = staged.iter().all(|c| matches!(c, StagedChange::Upsert(_)));
+    if state.direct.is_none() || !only_upserts {
+        // Staged in the order read: whatever was kept for a direct write first.
+        if let Some(kept) = state.direct.take() {
+            spill(store, run_id, kept).await?;
+        }
+        blocking(store, move |s| s.stage_recorded(run_id, &staged, &recorded)).await?;
+        return Ok(());
+    }
+    // Encoded on the blocking thread, like staging, while the next page is
+    // read; the record of what changed is written now all the same.
+    let encoded = blocking(store, move |s| {
+        let encoded: Vec<EncodedAccount> = staged
+            .iter()
+            .zip(hashes)
+            .filter_map(|(change, hash)| match change {
+                StagedChange::Upsert(a) => Some(EncodedAccount::new(a, hash.unwrap_or_else(|| a.content_hash()))),
+                StagedChange::Delete(_) => None,
+            })
+            .collect();
+        if !recorded.is_empty() {
+            s.stage_recorded(run_id, &[], &recorded)?;
+        }
+        Ok(encoded)
+    })
+    .await?;
+    if let Some(direct) = state.direct.as_mut() {
+        direct.bytes += encoded.iter().map(EncodedAccount::size).sum::<usize>();
+        direct.accounts.extend(encoded);
+        if direct.bytes > DirectWrite::LIMIT
+            && let Some(kept) = state.direct.take()
+        {
+            spill(store, run_id, kept).await?;
+        }
+    }
     Ok(())
 }
 
@@ -478,8 +543,8 @@ async fn stage_departures(
         let left = diff.departures(batch, complete);
         if !left.is_empty() {
             tracing::debug!(connection = %conn, accounts = left.len(), "accounts left groups read in full");
-            let changes = classify(store, conn, diff, Page { number: state.pages, accounts: left, deleted: Vec::new() })
-                .await?;
+            let changes =
+                classify(store, conn, diff, Page { number: state.pages, accounts: left, deleted: Vec::new() }).await?;
             stage_page(store, conn, run_id, changes, state).await?;
         }
     }
@@ -581,6 +646,12 @@ async fn read_and_stage(
             Diff::delta(blocking(store, move |s| s.account_count(&conn)).await?)
         }
     };
+    // Into an empty connection, a full read's accounts are written once, at
+    // the commit, rather than staged and copied. A dry run applies nothing,
+    // so it stages as before.
+    if plan.kind == ReadKind::Full && diff.total_before() == 0 && !job.dry_run {
+        state.direct = Some(DirectWrite::default());
+    }
     // One page ahead: the next page is fetched and parsed while this one is
     // staged on a blocking thread, and no further, so a fast source never
     // piles pages up in memory ahead of a slow store.
@@ -591,8 +662,7 @@ async fn read_and_stage(
         // The staging first: join! polls in order, and its first poll hands
         // the page to the blocking thread before the parse of the next one
         // takes this thread.
-        let (staged, fetched) =
-            tokio::join!(stage_page(store, &conn, run_id, changes, state), connector.next_page());
+        let (staged, fetched) = tokio::join!(stage_page(store, &conn, run_id, changes, state), connector.next_page());
         staged?;
         next = fetched?;
     }
@@ -642,8 +712,7 @@ async fn read_and_stage(
     // Staged and recorded before the safeguard decides, so that a held-back
     // sync's run history lists whom it would have deleted.
     for chunk in deletions.chunks(1000) {
-        let kinds = vec![Some(ChangeKind::Deleted); chunk.len()];
-        stage_page(store, &conn, run_id, PageChanges { staged: chunk.to_vec(), kinds }, state).await?;
+        stage_page(store, &conn, run_id, PageChanges::deletions(chunk.to_vec()), state).await?;
     }
     match safeguard::check(counts.deleted, total_before, &job.safeguard) {
         Err(tripped) if job.confirm_deletes => add_note(
@@ -917,10 +986,10 @@ mod tests {
         for (id, hash, data) in rows {
             let account: Account = serde_json::from_str(&data).expect("account");
             if downgrade {
-                db.execute("UPDATE accounts SET hash = ?1 WHERE id = ?2", rusqlite::params![
-                    &account.content_hash_v1().0[..],
-                    id
-                ])
+                db.execute(
+                    "UPDATE accounts SET hash = ?1 WHERE id = ?2",
+                    rusqlite::params![&account.content_hash_v1().0[..], id],
+                )
                 .expect("downgrade");
                 v1 += 1;
             } else if hash == account.content_hash_v1().0 {
@@ -970,6 +1039,114 @@ mod tests {
         let third = run(full, list(changed), store.clone(), Cancel::new()).await;
         assert_eq!(third.counts, Counts { created: 0, updated: 1, deleted: 0, unchanged: 2 }, "{third:?}");
         assert_eq!(hashes_by_version(&path, false), (0, 3));
+    }
+
+    /// A full-read source serving `pages`, failing instead of serving page
+    /// `fail_at` (1-based) if set; before each page after the first it notes
+    /// what the database shows: the connection's accounts and staged rows.
+    struct Probed {
+        pages: Vec<Vec<Account>>,
+        served: usize,
+        fail_at: Option<usize>,
+        db: std::path::PathBuf,
+        seen: Arc<Mutex<Vec<(i64, i64)>>>,
+    }
+
+    fn count(db: &std::path::Path, sql: &str) -> i64 {
+        rusqlite::Connection::open(db).expect("open").query_row(sql, [], |r| r.get(0)).expect("count")
+    }
+
+    impl Connector for Probed {
+        fn capabilities(&self) -> Capabilities {
+            Capabilities { delta: false, delta_deletions: false, groups: false }
+        }
+        fn begin<'a>(&'a mut self, _: SyncMode, _: Option<&'a str>) -> BoxFuture<'a, Result<ReadPlan, ConnectorError>> {
+            Box::pin(async { Ok(ReadPlan { kind: ReadKind::Full, reason: None }) })
+        }
+        fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>, ConnectorError>> {
+            self.served += 1;
+            if self.served > 1 {
+                // The staging of the page before may still be under way: the
+                // read runs one page ahead. Wait until it is in.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                let accounts = count(&self.db, "SELECT count(*) FROM accounts");
+                let staged = count(&self.db, "SELECT count(*) FROM staging");
+                if let Ok(mut seen) = self.seen.lock() {
+                    seen.push((accounts, staged));
+                }
+            }
+            if self.fail_at == Some(self.served) {
+                return Box::pin(async {
+                    Err(ConnectorError::Source { page: None, message: "the export broke off".into() })
+                });
+            }
+            let page = (!self.pages.is_empty()).then(|| self.pages.remove(0));
+            let number = self.served as u64;
+            Box::pin(async move { Ok(page.map(|accounts| Page { number, accounts, deleted: vec![] })) })
+        }
+        fn cursor(&self) -> Option<String> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn a_first_sync_writes_its_accounts_once_at_the_commit_and_nothing_before() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s.db");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).expect("store"));
+        let pages = |n: usize| -> Vec<Vec<Account>> {
+            (0..3).map(|p| (0..n).map(|i| person(&format!("E{p}-{i:04}"), &format!("{p}.{i}@x"))).collect()).collect()
+        };
+        let probed = |pages: Vec<Vec<Account>>, fail_at: Option<usize>, seen: &Arc<Mutex<Vec<(i64, i64)>>>| {
+            Box::new(Probed { pages, served: 0, fail_at, db: path.clone(), seen: seen.clone() })
+        };
+        let full = job(SyncMode::Full, "h");
+
+        // A read that breaks off after two pages: nothing is left anywhere.
+        let seen = Arc::default();
+        let broken = run(full.clone(), probed(pages(10), Some(3), &seen), store.clone(), Cancel::new()).await;
+        assert_eq!(broken.outcome, RunOutcome::Failed, "{broken:?}");
+        assert_eq!(*seen.lock().expect("lock"), [(0, 0), (0, 0)], "nothing written or staged before the commit");
+        assert_eq!(count(&path, "SELECT count(*) FROM accounts"), 0);
+        assert_eq!(count(&path, "SELECT count(*) FROM staging"), 0);
+        assert_eq!(count(&path, "SELECT count(*) FROM account_marks"), 0);
+
+        // The same read whole: written at the commit, seen by the triggers.
+        let seen = Arc::default();
+        let first = run(full.clone(), probed(pages(10), None, &seen), store.clone(), Cancel::new()).await;
+        assert_eq!((first.outcome, first.counts.created), (RunOutcome::Succeeded, 30), "{first:?}");
+        assert_eq!(*seen.lock().expect("lock"), [(0, 0), (0, 0), (0, 0)], "nothing staged: kept for the commit");
+        assert_eq!(count(&path, "SELECT count(*) FROM accounts"), 30);
+        assert_eq!(count(&path, "SELECT count(*) FROM account_marks"), 30, "every insert marked");
+        let creations = store.run_changes(first.run.expect("a run"), 0, 100).expect("changes");
+        assert_eq!(creations.len(), 30, "the run history lists every creation");
+        let conn = full.connection.clone();
+        let e = store.get_account(&conn, "E1-0003").expect("read").expect("stored");
+        assert_eq!((e.email.as_deref(), e.content_hash()), (Some("1.3@x"), person("E1-0003", "1.3@x").content_hash()));
+
+        // The second and third syncs stage as ever (the connection is not
+        // empty), and find nothing to do.
+        for _ in 0..2 {
+            let again = run(full.clone(), probed(pages(10), None, &Arc::default()), store.clone(), Cancel::new()).await;
+            assert_eq!(again.counts, Counts { created: 0, updated: 0, deleted: 0, unchanged: 30 }, "{again:?}");
+        }
+
+        // A first sync larger than a run may keep in memory moves to the
+        // staging part way and still commits everything.
+        let other = tempfile::tempdir().expect("temp dir");
+        let path = other.path().join("s.db");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).expect("store"));
+        let seen: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
+        let big =
+            Box::new(Probed { pages: pages(200), served: 0, fail_at: None, db: path.clone(), seen: seen.clone() });
+        let report = run(full.clone(), big, store.clone(), Cancel::new()).await;
+        assert_eq!((report.outcome, report.counts.created), (RunOutcome::Succeeded, 600), "{report:?}");
+        let seen = seen.lock().expect("lock").clone();
+        assert!(seen.iter().all(|(accounts, _)| *accounts == 0), "{seen:?}");
+        assert!(seen.last().is_some_and(|(_, staged)| *staged > 0), "moved to the staging: {seen:?}");
+        assert_eq!(count(&path, "SELECT count(*) FROM accounts"), 600);
+        assert_eq!(count(&path, "SELECT count(*) FROM account_marks"), 600);
+        assert_eq!(count(&path, "SELECT count(*) FROM staging"), 0);
     }
 
     /// A delta-capable source that serves `accounts` in one page and reports
