@@ -1,6 +1,12 @@
 //! One sync of one connection: read pages from the connector, diff them
 //! against the store, stage the changes, check the import safeguard, and
 //! commit the changes with the new cursor in one transaction — or nothing.
+//!
+//! The read runs one page ahead of the staging, so fetching and parsing
+//! overlap the store's work. A full read into an empty connection keeps its
+//! accounts encoded in memory (bounded; beyond the bound they go to the
+//! staging) and the commit writes them once. A Delta looks up only the ids
+//! it names, never the connection's whole index.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
