@@ -305,6 +305,9 @@ fn person(i: usize, domain: &str) -> Account {
 #[derive(Clone, Copy, Debug)]
 struct Figure {
     secs: f64,
+    /// CPU seconds of the whole process (user + system) during the step:
+    /// steadier than wall time on a machine other builds share.
+    cpu: f64,
     peak: f64,
     after: f64,
 }
@@ -330,13 +333,30 @@ impl Table {
 
 async fn measure<T>(table: &mut Table, label: &'static str, step: impl Future<Output = T>) -> T {
     common::reset_peak_rss();
+    let cpu_before = cpu_secs();
     let started = Instant::now();
     let out = step.await;
     let secs = started.elapsed().as_secs_f64();
-    let figure = Figure { secs, peak: common::peak_rss_mib(), after: common::rss_mib() };
-    println!("  {label:<34} {secs:>8.3} s   peak RSS {:>6.0} MiB   after {:>6.0} MiB", figure.peak, figure.after);
+    let cpu = cpu_secs() - cpu_before;
+    let figure = Figure { secs, cpu, peak: common::peak_rss_mib(), after: common::rss_mib() };
+    println!(
+        "  {label:<34} {secs:>8.3} s  cpu {cpu:>7.3} s   peak RSS {:>6.0} MiB   after {:>6.0} MiB",
+        figure.peak, figure.after
+    );
     table.add(label, figure);
     out
+}
+
+/// The process's CPU time so far (Linux `/proc/self/stat`, in clock ticks
+/// of 1/100 s); 0 where that is not there.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let field = |n: usize| rest.split_whitespace().nth(n).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime: fields 14 and 15 of the line, the 12th and 13th after
+    // the name (indexes 11 and 12 from the state, field 3).
+    (field(11) + field(12)) / 100.0
 }
 
 fn counts(report: &SyncReport) -> String {
@@ -440,10 +460,11 @@ fn main() {
     println!("\nminimum of {rounds} rounds (peak RSS and RSS after are those of the fastest run):");
     let line = |label: &str, floor: Option<&str>| {
         let Some(f) = table.best(label) else { return };
-        let ratio = floor.and_then(|l| table.best(l)).map(|fl| format!("{:>5.2}x the floor", f.secs / fl.secs));
+        let ratio = floor.and_then(|l| table.best(l)).map(|fl| format!("{:>6.2}x the floor", f.secs / fl.secs));
         println!(
-            "{label:<38} {:>8.3} s  {:<18} peak RSS {:>5.0} MiB  after {:>5.0} MiB",
+            "{label:<38} {:>8.3} s  cpu {:>7.3} s  {:<19} peak RSS {:>5.0} MiB  after {:>5.0} MiB",
             f.secs,
+            f.cpu,
             ratio.unwrap_or_default(),
             f.peak,
             f.after
