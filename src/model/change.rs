@@ -76,10 +76,17 @@ impl AccountChange {
     /// data, and a first sync of 100,000 people would otherwise write it
     /// all twice.
     pub fn creation(account: &Account) -> AccountChange {
-        let fields = fields(Some(account))
+        // Only the identifying fields, in the order `fields` lists them,
+        // built directly: a first sync records 100,000 creations, and
+        // listing every attribute of each just to drop them is most of that.
+        let identifying =
+            [("username", &account.username), ("email", &account.email), ("displayName", &account.display_name)];
+        let fields = identifying
             .into_iter()
-            .filter(|(field, _)| IDENTIFYING.contains(&field.as_str()))
-            .map(|(field, value)| FieldChange { field, before: None, after: Some(value) })
+            .filter_map(|(field, value)| {
+                let value = value.as_ref()?;
+                Some(FieldChange { field: field.to_string(), before: None, after: Some(Value::String(value.clone())) })
+            })
             .collect();
         AccountChange { account_id: account.id.clone(), kind: ChangeKind::Created, fields }
     }

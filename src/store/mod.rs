@@ -38,6 +38,30 @@ pub enum StagedChange {
     Delete(String),
 }
 
+/// An account as the store keeps it: its id, content hash and canonical
+/// JSON. A run that writes an empty connection directly keeps its accounts
+/// this way, encoded once, until it commits them
+/// ([`AccountStore::commit_run_writing`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncodedAccount {
+    pub id: String,
+    pub hash: ContentHash,
+    pub data: String,
+}
+
+impl EncodedAccount {
+    /// `account` with its content hash, already computed by the caller
+    /// (`Account::content_hash`).
+    pub fn new(account: &Account, hash: ContentHash) -> Self {
+        EncodedAccount { id: account.id.clone(), hash, data: account.canonical_json() }
+    }
+
+    /// Bytes it holds in memory, roughly: what bounds a run's buffer.
+    pub fn size(&self) -> usize {
+        self.id.len() + self.data.len() + std::mem::size_of::<Self>()
+    }
+}
+
 /// What a commit does to the connection's cursor.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CursorUpdate {
@@ -224,6 +248,10 @@ pub enum StoreError {
 pub trait AccountStore: Send + Sync + 'static {
     /// id -> content hash of every account of the connection (the diff's index).
     fn account_index(&self, c: &ConnectionRef) -> Result<HashMap<String, ContentHash>, StoreError>;
+    /// id -> content hash of the stored accounts among `ids` (those that
+    /// exist): what a Delta's diff needs of the store, by index lookups, in
+    /// time proportional to `ids`, not to the connection.
+    fn account_hashes(&self, c: &ConnectionRef, ids: &[String]) -> Result<HashMap<String, ContentHash>, StoreError>;
     fn account_count(&self, c: &ConnectionRef) -> Result<u64, StoreError>;
     fn get_account(&self, c: &ConnectionRef, id: &str) -> Result<Option<Account>, StoreError>;
     /// Accounts ordered by id, after `after` (exclusive), at most `limit`.
@@ -265,7 +293,25 @@ pub trait AccountStore: Send + Sync + 'static {
         cursor: CursorUpdate,
         finish: &RunFinish,
         outbox: &[outbox::OutboxEntry],
+    ) -> Result<(), StoreError> {
+        self.commit_run_writing(run, &[], cursor, finish, outbox)
+    }
+    /// [`AccountStore::commit_run_notifying`], upserting `accounts` into the
+    /// connection in the same transaction, before the staged changes: how a
+    /// run into an empty connection writes its accounts once instead of
+    /// staging them and copying them again. Nothing of them is visible, or
+    /// left behind, unless this commits.
+    fn commit_run_writing(
+        &self,
+        run: RunId,
+        accounts: &[EncodedAccount],
+        cursor: CursorUpdate,
+        finish: &RunFinish,
+        outbox: &[outbox::OutboxEntry],
     ) -> Result<(), StoreError>;
+    /// Stages upserts already encoded: a run whose accounts outgrew what it
+    /// may keep in memory moves them to the staging this way.
+    fn stage_encoded(&self, run: RunId, accounts: &[EncodedAccount]) -> Result<(), StoreError>;
     /// Drops the run's staging and records its finish; accounts and cursor
     /// untouched. Fails (changing nothing) if the run is unknown or already
     /// finished.

@@ -1,8 +1,11 @@
 //! The diff of a sync: pages of accounts from a source against the ids and
 //! content hashes in the store. Accounts are matched by immutable id, so a
 //! rename or a new e-mail domain is an update, never a delete and a create.
-//! Memory: the store's id index plus the ids seen, never the accounts
-//! themselves beyond the page in hand.
+//! Memory: a full read holds the store's id index (it must, to find whom
+//! the source no longer lists) plus the ids seen; a Delta holds only the
+//! hashes of the ids its pages named, looked up page by page, so its time
+//! and memory follow the change, not the connection's size. Never the
+//! accounts themselves beyond the page in hand.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -12,17 +15,29 @@ use crate::store::StagedChange;
 
 /// One page's changes to stage, and what each is: `kinds[i]` says whether
 /// `staged[i]` creates, updates or deletes an account (None: a later copy
-/// of an account the source already sent, counted once).
+/// of an account the source already sent, counted once, or an unchanged
+/// account whose stored hash is an older version's, rewritten with the
+/// current one).
 #[derive(Debug, Default)]
 pub struct PageChanges {
     pub staged: Vec<StagedChange>,
     pub kinds: Vec<Option<ChangeKind>>,
+    /// The content hash of each upsert, as the diff computed it, so that
+    /// storing it does not hash the account again (None for a deletion).
+    pub hashes: Vec<Option<ContentHash>>,
 }
 
 impl PageChanges {
-    fn push(&mut self, kind: Option<ChangeKind>, change: StagedChange) {
+    /// Deletions only.
+    pub fn deletions(ids: Vec<StagedChange>) -> Self {
+        let n = ids.len();
+        PageChanges { staged: ids, kinds: vec![Some(ChangeKind::Deleted); n], hashes: vec![None; n] }
+    }
+
+    fn push(&mut self, kind: Option<ChangeKind>, change: StagedChange, hash: Option<ContentHash>) {
         self.kinds.push(kind);
         self.staged.push(change);
+        self.hashes.push(hash);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -31,7 +46,11 @@ impl PageChanges {
 }
 
 pub struct Diff {
+    /// Id → stored hash: every stored account in a full read, the ids the
+    /// pages named so far in a Delta ([`Diff::know`]).
     index: HashMap<String, ContentHash>,
+    /// How many accounts the connection had before the sync.
+    total_before: u64,
     seen: HashSet<String>,
     deleted: HashSet<String>,
     counts: Counts,
@@ -44,6 +63,7 @@ impl Diff {
     /// A diff against `index` (id → hash of every stored account).
     pub fn new(index: HashMap<String, ContentHash>, kind: ReadKind) -> Self {
         Diff {
+            total_before: index.len() as u64,
             index,
             seen: HashSet::new(),
             deleted: HashSet::new(),
@@ -53,9 +73,42 @@ impl Diff {
         }
     }
 
+    /// A Delta's diff for a connection of `total_before` accounts, which
+    /// learns the stored hashes of the ids each page names through
+    /// [`Diff::know`] before the page.
+    pub fn delta(total_before: u64) -> Self {
+        let mut diff = Diff::new(HashMap::new(), ReadKind::Delta);
+        diff.total_before = total_before;
+        diff
+    }
+
+    /// The ids a page names (read or deleted) whose stored hashes a Delta
+    /// has not looked up yet.
+    pub fn unknown_ids(&self, page: &Page) -> Vec<String> {
+        if self.kind != ReadKind::Delta {
+            return Vec::new();
+        }
+        let named = page.accounts.iter().map(|a| &a.id).chain(&page.deleted);
+        let mut ids: Vec<String> = named.filter(|id| !self.index.contains_key(*id)).cloned().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Stored hashes of ids a Delta's page names (an id absent from the
+    /// store is simply not among them).
+    pub fn know(&mut self, hashes: HashMap<String, ContentHash>) {
+        self.index.extend(hashes);
+    }
+
+    /// Whether this diffs a full read or a Delta.
+    pub fn kind(&self) -> ReadKind {
+        self.kind
+    }
+
     /// How many accounts the connection had before the sync.
     pub fn total_before(&self) -> u64 {
-        self.index.len() as u64
+        self.total_before
     }
 
     /// Classifies one page and returns what to stage.
@@ -68,18 +121,25 @@ impl Diff {
             if !first_time {
                 // A source that repeats an account across pages: the later
                 // copy wins and it is counted once.
-                changes.push(None, StagedChange::Upsert(account));
+                changes.push(None, StagedChange::Upsert(account), Some(hash));
                 continue;
             }
             self.deleted.remove(&account.id);
             match self.index.get(&account.id) {
                 None => {
                     self.counts.created += 1;
-                    changes.push(Some(ChangeKind::Created), StagedChange::Upsert(account));
+                    changes.push(Some(ChangeKind::Created), StagedChange::Upsert(account), Some(hash));
+                }
+                // Written by the previous hash version with the same content:
+                // unchanged, and staged so the commit stores today's hash
+                // and later syncs need not compute the old one again.
+                Some(stored) if *stored != hash && *stored == account.content_hash_v1() => {
+                    self.counts.unchanged += 1;
+                    changes.push(None, StagedChange::Upsert(account), Some(hash));
                 }
                 Some(stored) if *stored != hash => {
                     self.counts.updated += 1;
-                    changes.push(Some(ChangeKind::Updated), StagedChange::Upsert(account));
+                    changes.push(Some(ChangeKind::Updated), StagedChange::Upsert(account), Some(hash));
                 }
                 Some(_) => self.counts.unchanged += 1,
             }
@@ -88,7 +148,7 @@ impl Diff {
             for id in page.deleted {
                 self.deleted_unknown |= !self.index.contains_key(&id);
                 if self.index.contains_key(&id) && !self.seen.contains(&id) && self.deleted.insert(id.clone()) {
-                    changes.push(Some(ChangeKind::Deleted), StagedChange::Delete(id));
+                    changes.push(Some(ChangeKind::Deleted), StagedChange::Delete(id), None);
                 }
             }
         }
@@ -280,5 +340,48 @@ mod tests {
         assert_eq!(changes.kinds, vec![None], "recorded once, at its first sight");
         let (_, counts) = diff.finish();
         assert_eq!(counts.created, 1);
+    }
+
+    #[test]
+    fn a_delta_learns_only_the_ids_its_pages_name() {
+        let stored = [account("1", "a@x"), account("2", "b@x"), account("3", "c@x")];
+        let mut diff = Diff::delta(3);
+        let page = Page {
+            number: 1,
+            accounts: vec![account("1", "a@new"), account("4", "d@x"), account("1", "a@new")],
+            deleted: vec!["2".into(), "9".into()],
+        };
+        let wanted = diff.unknown_ids(&page);
+        assert_eq!(wanted, ["1", "2", "4", "9"], "each named id once, sorted; 3 is never asked for");
+        // What the store answers: only the ids it has.
+        diff.know(index(&stored).into_iter().filter(|(id, _)| wanted.contains(id)).collect());
+        let changes = diff.page(page);
+        assert_eq!(
+            changes.kinds,
+            vec![Some(ChangeKind::Updated), Some(ChangeKind::Created), None, Some(ChangeKind::Deleted)]
+        );
+        assert!(diff.deleted_unknown(), "9 was no stored account");
+        assert_eq!(diff.total_before(), 3, "the connection's size, not the ids looked up");
+        let next = Page { number: 2, accounts: vec![account("1", "a@newer"), account("3", "c@x")], deleted: vec![] };
+        assert_eq!(diff.unknown_ids(&next), ["3"], "ids already looked up are not asked for again");
+        let (deletions, counts) = diff.finish();
+        assert!(deletions.is_empty());
+        assert_eq!(counts, Counts { created: 1, updated: 1, deleted: 1, unchanged: 0 });
+    }
+
+    #[test]
+    fn a_hash_of_the_previous_version_is_unchanged_content_restaged_with_the_new_hash() {
+        let old = account("1", "a@x");
+        let changed_since = account("2", "b@x");
+        let stored: HashMap<String, ContentHash> =
+            [("1".to_string(), old.content_hash_v1()), ("2".to_string(), changed_since.content_hash_v1())].into();
+        let mut diff = Diff::new(stored, ReadKind::Full);
+        let changes =
+            diff.page(Page { number: 1, accounts: vec![old.clone(), account("2", "b@new")], deleted: vec![] });
+        assert_eq!(changes.kinds, vec![None, Some(ChangeKind::Updated)], "not recorded as a change");
+        assert_eq!(changes.staged[0], StagedChange::Upsert(old), "restaged, so the new hash is stored");
+        let (deletions, counts) = diff.finish();
+        assert!(deletions.is_empty());
+        assert_eq!(counts, Counts { created: 0, updated: 1, deleted: 0, unchanged: 1 });
     }
 }

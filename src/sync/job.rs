@@ -1,6 +1,12 @@
 //! One sync of one connection: read pages from the connector, diff them
 //! against the store, stage the changes, check the import safeguard, and
 //! commit the changes with the new cursor in one transaction — or nothing.
+//!
+//! The read runs one page ahead of the staging, so fetching and parsing
+//! overlap the store's work. A full read into an empty connection keeps its
+//! accounts encoded in memory (bounded; beyond the bound they go to the
+//! staging) and the commit writes them once. A Delta looks up only the ids
+//! it names, never the connection's whole index.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -16,7 +22,7 @@ use crate::model::{
     Account, AccountChange, ChangeKind, ConnectionRef, Counts, NewRun, RunFinish, RunId, RunMode, RunOutcome, Trigger,
 };
 use crate::store::outbox::OutboxEntry;
-use crate::store::{CursorUpdate, StagedChange, Store, StoreError};
+use crate::store::{CursorUpdate, EncodedAccount, StagedChange, Store, StoreError};
 use idsync_api::SyncMode;
 use idsync_api::connection::ImportSafeguard;
 
@@ -194,6 +200,7 @@ pub async fn run_announcing(
         counts: Counts::default(),
         pages: 0,
         preview: Preview::default(),
+        direct: None,
     };
     let result = tokio::select! {
         biased;
@@ -272,10 +279,11 @@ pub async fn run_announcing(
         }),
         None => Vec::new(),
     };
+    let direct = state.direct.take().map(|d| d.accounts).unwrap_or_default();
     let committed = match result {
         Ok(Plan::Commit { cursor }) if !job.dry_run => {
             let finish = finish.clone();
-            blocking(&store, move |s| s.commit_run_notifying(run_id, cursor, &finish, &outbox)).await
+            blocking(&store, move |s| s.commit_run_writing(run_id, &direct, cursor, &finish, &outbox)).await
         }
         _ => {
             let finish = finish.clone();
@@ -316,6 +324,35 @@ struct Progress {
     counts: Counts,
     pages: u64,
     preview: Preview,
+    /// A run into an empty connection keeps its accounts here, encoded, and
+    /// writes them once at the commit instead of staging them and copying
+    /// them again; None when it stages.
+    direct: Option<DirectWrite>,
+}
+
+/// The accounts a run writes straight into an empty connection at its
+/// commit, up to [`DirectWrite::LIMIT`] bytes: beyond that they move to the
+/// staging, so memory stays bounded whatever the connection's size.
+#[derive(Debug, Default)]
+struct DirectWrite {
+    accounts: Vec<EncodedAccount>,
+    bytes: usize,
+}
+
+impl DirectWrite {
+    /// 64 MiB: about 150,000 accounts of a typical HR export. The unit
+    /// tests use 16 KiB, so that both ways are tested: small syncs write
+    /// directly, larger ones move to the staging.
+    const LIMIT: usize = if cfg!(test) { 16 << 10 } else { 64 << 20 };
+}
+
+/// Moves what a run kept for a direct write to its staging.
+async fn spill(store: &Arc<dyn Store>, run_id: RunId, kept: DirectWrite) -> Result<(), StoreError> {
+    if kept.accounts.is_empty() {
+        return Ok(());
+    }
+    tracing::debug!(run = run_id, accounts = kept.accounts.len(), "moving a direct write to the staging");
+    blocking(store, move |s| s.stage_encoded(run_id, &kept.accounts)).await
 }
 
 /// The first few changes of each kind, one line each, for a status.
@@ -375,7 +412,7 @@ async fn stage_page(
     if changes.is_empty() {
         return Ok(());
     }
-    let PageChanges { staged, kinds } = changes;
+    let PageChanges { staged, kinds, hashes } = changes;
     let before_ids: Vec<String> = staged
         .iter()
         .zip(&kinds)
@@ -412,8 +449,60 @@ async fn stage_page(
         })
         .collect();
     state.preview.add(&recorded);
-    blocking(store, move |s| s.stage_recorded(run_id, &staged, &recorded)).await?;
+    let only_upserts = staged.iter().all(|c| matches!(c, StagedChange::Upsert(_)));
+    if state.direct.is_none() || !only_upserts {
+        // Staged in the order read: whatever was kept for a direct write first.
+        if let Some(kept) = state.direct.take() {
+            spill(store, run_id, kept).await?;
+        }
+        blocking(store, move |s| s.stage_recorded(run_id, &staged, &recorded)).await?;
+        return Ok(());
+    }
+    // Encoded on the blocking thread, like staging, while the next page is
+    // read; the record of what changed is written now all the same.
+    let encoded = blocking(store, move |s| {
+        let encoded: Vec<EncodedAccount> = staged
+            .iter()
+            .zip(hashes)
+            .filter_map(|(change, hash)| match change {
+                StagedChange::Upsert(a) => Some(EncodedAccount::new(a, hash.unwrap_or_else(|| a.content_hash()))),
+                StagedChange::Delete(_) => None,
+            })
+            .collect();
+        if !recorded.is_empty() {
+            s.stage_recorded(run_id, &[], &recorded)?;
+        }
+        Ok(encoded)
+    })
+    .await?;
+    if let Some(direct) = state.direct.as_mut() {
+        direct.bytes += encoded.iter().map(EncodedAccount::size).sum::<usize>();
+        direct.accounts.extend(encoded);
+        if direct.bytes > DirectWrite::LIMIT
+            && let Some(kept) = state.direct.take()
+        {
+            spill(store, run_id, kept).await?;
+        }
+    }
     Ok(())
+}
+
+/// Diffs one page; a Delta first looks up the stored hashes of the ids it
+/// names that it has not met yet.
+async fn classify(
+    store: &Arc<dyn Store>,
+    conn: &ConnectionRef,
+    diff: &mut Diff,
+    page: Page,
+) -> Result<PageChanges, StoreError> {
+    if diff.kind() == ReadKind::Delta {
+        let ids = diff.unknown_ids(&page);
+        if !ids.is_empty() {
+            let conn = conn.clone();
+            diff.know(blocking(store, move |s| s.account_hashes(&conn, &ids)).await?);
+        }
+    }
+    Ok(diff.page(page))
 }
 
 /// The stored accounts of a connection, read in id order a batch at a
@@ -460,7 +549,8 @@ async fn stage_departures(
         let left = diff.departures(batch, complete);
         if !left.is_empty() {
             tracing::debug!(connection = %conn, accounts = left.len(), "accounts left groups read in full");
-            let changes = diff.page(Page { number: state.pages, accounts: left, deleted: Vec::new() });
+            let changes =
+                classify(store, conn, diff, Page { number: state.pages, accounts: left, deleted: Vec::new() }).await?;
             stage_page(store, conn, run_id, changes, state).await?;
         }
     }
@@ -550,15 +640,37 @@ async fn read_and_stage(
         _ => None,
     };
 
-    let index = {
-        let conn = conn.clone();
-        blocking(store, move |s| s.account_index(&conn)).await?
+    // A full read needs every stored id (whom the source no longer lists is
+    // deleted); a Delta only the ids it names, looked up page by page.
+    let mut diff = match plan.kind {
+        ReadKind::Full => {
+            let conn = conn.clone();
+            Diff::new(blocking(store, move |s| s.account_index(&conn)).await?, ReadKind::Full)
+        }
+        ReadKind::Delta => {
+            let conn = conn.clone();
+            Diff::delta(blocking(store, move |s| s.account_count(&conn)).await?)
+        }
     };
-    let mut diff = Diff::new(index, plan.kind);
-    while let Some(page) = connector.next_page().await? {
+    // Into an empty connection, a full read's accounts are written once, at
+    // the commit, rather than staged and copied. A dry run applies nothing,
+    // so it stages as before.
+    if plan.kind == ReadKind::Full && diff.total_before() == 0 && !job.dry_run {
+        state.direct = Some(DirectWrite::default());
+    }
+    // One page ahead: the next page is fetched and parsed while this one is
+    // staged on a blocking thread, and no further, so a fast source never
+    // piles pages up in memory ahead of a slow store.
+    let mut next = connector.next_page().await?;
+    while let Some(page) = next.take() {
         state.pages += 1;
-        let changes = diff.page(page);
-        stage_page(store, &conn, run_id, changes, state).await?;
+        let changes = classify(store, &conn, &mut diff, page).await?;
+        // The staging first: join! polls in order, and its first poll hands
+        // the page to the blocking thread before the parse of the next one
+        // takes this thread.
+        let (staged, fetched) = tokio::join!(stage_page(store, &conn, run_id, changes, state), connector.next_page());
+        staged?;
+        next = fetched?;
     }
     if plan.kind == ReadKind::Delta {
         let mut complete: BTreeSet<String> = connector.complete_groups().into_iter().collect();
@@ -606,8 +718,7 @@ async fn read_and_stage(
     // Staged and recorded before the safeguard decides, so that a held-back
     // sync's run history lists whom it would have deleted.
     for chunk in deletions.chunks(1000) {
-        let kinds = vec![Some(ChangeKind::Deleted); chunk.len()];
-        stage_page(store, &conn, run_id, PageChanges { staged: chunk.to_vec(), kinds }, state).await?;
+        stage_page(store, &conn, run_id, PageChanges::deletions(chunk.to_vec()), state).await?;
     }
     match safeguard::check(counts.deleted, total_before, &job.safeguard) {
         Err(tripped) if job.confirm_deletes => add_note(
@@ -863,6 +974,185 @@ mod tests {
             deleted.fields.iter().find(|f| f.field == "email").and_then(|f| f.before.clone()),
             Some("alan@example.com".into())
         );
+    }
+
+    /// Sets every stored hash of the connection to what the first version
+    /// of idsync wrote (SHA-256 of the JSON), as a store from before the
+    /// upgrade holds; returns how many hashes are of each version.
+    fn hashes_by_version(path: &std::path::Path, downgrade: bool) -> (usize, usize) {
+        let db = rusqlite::Connection::open(path).expect("open");
+        let rows: Vec<(String, Vec<u8>, String)> = db
+            .prepare("SELECT id, hash, data FROM accounts")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        let (mut v1, mut v2) = (0, 0);
+        for (id, hash, data) in rows {
+            let account: Account = serde_json::from_str(&data).expect("account");
+            if downgrade {
+                db.execute(
+                    "UPDATE accounts SET hash = ?1 WHERE id = ?2",
+                    rusqlite::params![&account.content_hash_v1().0[..], id],
+                )
+                .expect("downgrade");
+                v1 += 1;
+            } else if hash == account.content_hash_v1().0 {
+                v1 += 1;
+            } else if hash == account.content_hash().0 {
+                v2 += 1;
+            }
+        }
+        (v1, v2)
+    }
+
+    #[tokio::test]
+    async fn a_store_hashed_by_the_previous_version_syncs_unchanged_and_is_rehashed_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s.db");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).expect("store"));
+        let mut with_attrs = person("E3", "alan@example.com");
+        with_attrs.attributes.insert("title".into(), serde_json::json!("Engineer"));
+        with_attrs.groups = vec!["eng".into(), "all".into()];
+        let people = vec![person("E1", "ada@example.com"), person("E2", "grace@example.com"), with_attrs];
+        let full = job(SyncMode::Full, "h");
+        let first = run(full.clone(), list(people.clone()), store.clone(), Cancel::new()).await;
+        assert_eq!(first.counts.created, 3, "{first:?}");
+        assert_eq!(hashes_by_version(&path, true), (3, 0), "the store now holds version 1 hashes");
+
+        // A dry run says nothing changed and rewrites nothing.
+        let mut dry = full.clone();
+        dry.dry_run = true;
+        let preview = run(dry, list(people.clone()), store.clone(), Cancel::new()).await;
+        assert_eq!(preview.counts, Counts { created: 0, updated: 0, deleted: 0, unchanged: 3 }, "{preview:?}");
+        assert!(preview.preview.is_empty(), "{:?}", preview.preview);
+        assert_eq!(hashes_by_version(&path, false), (3, 0));
+
+        // The first sync after the upgrade: unchanged, nothing recorded, and
+        // the hashes are rewritten to version 2.
+        let upgraded = run(full.clone(), list(people.clone()), store.clone(), Cancel::new()).await;
+        assert_eq!(upgraded.outcome, RunOutcome::Succeeded, "{upgraded:?}");
+        assert_eq!(upgraded.counts, Counts { created: 0, updated: 0, deleted: 0, unchanged: 3 }, "{upgraded:?}");
+        assert!(store.run_changes(upgraded.run.expect("a run"), 0, 100).expect("changes").is_empty());
+        assert_eq!(hashes_by_version(&path, false), (0, 3));
+
+        // Later syncs: still unchanged; a real change is still one.
+        let again = run(full.clone(), list(people.clone()), store.clone(), Cancel::new()).await;
+        assert_eq!(again.counts.unchanged, 3, "{again:?}");
+        let mut changed = people;
+        changed[0].email = Some("ada@new.example".into());
+        let third = run(full, list(changed), store.clone(), Cancel::new()).await;
+        assert_eq!(third.counts, Counts { created: 0, updated: 1, deleted: 0, unchanged: 2 }, "{third:?}");
+        assert_eq!(hashes_by_version(&path, false), (0, 3));
+    }
+
+    /// A full-read source serving `pages`, failing instead of serving page
+    /// `fail_at` (1-based) if set; before each page after the first it notes
+    /// what the database shows: the connection's accounts and staged rows.
+    struct Probed {
+        pages: Vec<Vec<Account>>,
+        served: usize,
+        fail_at: Option<usize>,
+        db: std::path::PathBuf,
+        seen: Arc<Mutex<Vec<(i64, i64)>>>,
+    }
+
+    fn count(db: &std::path::Path, sql: &str) -> i64 {
+        rusqlite::Connection::open(db).expect("open").query_row(sql, [], |r| r.get(0)).expect("count")
+    }
+
+    impl Connector for Probed {
+        fn capabilities(&self) -> Capabilities {
+            Capabilities { delta: false, delta_deletions: false, groups: false }
+        }
+        fn begin<'a>(&'a mut self, _: SyncMode, _: Option<&'a str>) -> BoxFuture<'a, Result<ReadPlan, ConnectorError>> {
+            Box::pin(async { Ok(ReadPlan { kind: ReadKind::Full, reason: None }) })
+        }
+        fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>, ConnectorError>> {
+            self.served += 1;
+            if self.served > 1 {
+                // The staging of the page before may still be under way: the
+                // read runs one page ahead. Wait until it is in.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                let accounts = count(&self.db, "SELECT count(*) FROM accounts");
+                let staged = count(&self.db, "SELECT count(*) FROM staging");
+                if let Ok(mut seen) = self.seen.lock() {
+                    seen.push((accounts, staged));
+                }
+            }
+            if self.fail_at == Some(self.served) {
+                return Box::pin(async {
+                    Err(ConnectorError::Source { page: None, message: "the export broke off".into() })
+                });
+            }
+            let page = (!self.pages.is_empty()).then(|| self.pages.remove(0));
+            let number = self.served as u64;
+            Box::pin(async move { Ok(page.map(|accounts| Page { number, accounts, deleted: vec![] })) })
+        }
+        fn cursor(&self) -> Option<String> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn a_first_sync_writes_its_accounts_once_at_the_commit_and_nothing_before() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s.db");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).expect("store"));
+        let pages = |n: usize| -> Vec<Vec<Account>> {
+            (0..3).map(|p| (0..n).map(|i| person(&format!("E{p}-{i:04}"), &format!("{p}.{i}@x"))).collect()).collect()
+        };
+        let probed = |pages: Vec<Vec<Account>>, fail_at: Option<usize>, seen: &Arc<Mutex<Vec<(i64, i64)>>>| {
+            Box::new(Probed { pages, served: 0, fail_at, db: path.clone(), seen: seen.clone() })
+        };
+        let full = job(SyncMode::Full, "h");
+
+        // A read that breaks off after two pages: nothing is left anywhere.
+        let seen = Arc::default();
+        let broken = run(full.clone(), probed(pages(10), Some(3), &seen), store.clone(), Cancel::new()).await;
+        assert_eq!(broken.outcome, RunOutcome::Failed, "{broken:?}");
+        assert_eq!(*seen.lock().expect("lock"), [(0, 0), (0, 0)], "nothing written or staged before the commit");
+        assert_eq!(count(&path, "SELECT count(*) FROM accounts"), 0);
+        assert_eq!(count(&path, "SELECT count(*) FROM staging"), 0);
+        assert_eq!(count(&path, "SELECT count(*) FROM account_marks"), 0);
+
+        // The same read whole: written at the commit, seen by the triggers.
+        let seen = Arc::default();
+        let first = run(full.clone(), probed(pages(10), None, &seen), store.clone(), Cancel::new()).await;
+        assert_eq!((first.outcome, first.counts.created), (RunOutcome::Succeeded, 30), "{first:?}");
+        assert_eq!(*seen.lock().expect("lock"), [(0, 0), (0, 0), (0, 0)], "nothing staged: kept for the commit");
+        assert_eq!(count(&path, "SELECT count(*) FROM accounts"), 30);
+        assert_eq!(count(&path, "SELECT count(*) FROM account_marks"), 30, "every insert marked");
+        let creations = store.run_changes(first.run.expect("a run"), 0, 100).expect("changes");
+        assert_eq!(creations.len(), 30, "the run history lists every creation");
+        let conn = full.connection.clone();
+        let e = store.get_account(&conn, "E1-0003").expect("read").expect("stored");
+        assert_eq!((e.email.as_deref(), e.content_hash()), (Some("1.3@x"), person("E1-0003", "1.3@x").content_hash()));
+
+        // The second and third syncs stage as ever (the connection is not
+        // empty), and find nothing to do.
+        for _ in 0..2 {
+            let again = run(full.clone(), probed(pages(10), None, &Arc::default()), store.clone(), Cancel::new()).await;
+            assert_eq!(again.counts, Counts { created: 0, updated: 0, deleted: 0, unchanged: 30 }, "{again:?}");
+        }
+
+        // A first sync larger than a run may keep in memory moves to the
+        // staging part way and still commits everything.
+        let other = tempfile::tempdir().expect("temp dir");
+        let path = other.path().join("s.db");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).expect("store"));
+        let seen: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
+        let big =
+            Box::new(Probed { pages: pages(200), served: 0, fail_at: None, db: path.clone(), seen: seen.clone() });
+        let report = run(full.clone(), big, store.clone(), Cancel::new()).await;
+        assert_eq!((report.outcome, report.counts.created), (RunOutcome::Succeeded, 600), "{report:?}");
+        let seen = seen.lock().expect("lock").clone();
+        assert!(seen.iter().all(|(accounts, _)| *accounts == 0), "{seen:?}");
+        assert!(seen.last().is_some_and(|(_, staged)| *staged > 0), "moved to the staging: {seen:?}");
+        assert_eq!(count(&path, "SELECT count(*) FROM accounts"), 600);
+        assert_eq!(count(&path, "SELECT count(*) FROM account_marks"), 600);
+        assert_eq!(count(&path, "SELECT count(*) FROM staging"), 0);
     }
 
     /// A delta-capable source that serves `accounts` in one page and reports

@@ -13,7 +13,7 @@ use crate::model::{
     Account, AccountChange, ConnectionRef, ContentHash, Counts, NewRun, RunFinish, RunId, RunOutcome, RunRecord,
 };
 use crate::store::outbox::OutboxEntry;
-use crate::store::{AccountStore, CursorUpdate, StagedChange, StoreError, StoredCursor};
+use crate::store::{AccountStore, CursorUpdate, EncodedAccount, StagedChange, StoreError, StoredCursor};
 
 /// `staging.op`: an upsert (hash and data set) or a delete.
 const OP_UPSERT: i64 = 0;
@@ -42,6 +42,22 @@ impl AccountStore for SqliteStore {
             index.insert(id, hash);
         }
         Ok(index)
+    }
+
+    fn account_hashes(&self, c: &ConnectionRef, ids: &[String]) -> Result<HashMap<String, ContentHash>, StoreError> {
+        let db = self.lock()?;
+        let Some(key) = connection_key(&db, c)? else { return Ok(HashMap::new()) };
+        let mut stmt = db.prepare_cached("SELECT hash FROM accounts WHERE conn = ?1 AND id = ?2")?;
+        let mut hashes = HashMap::with_capacity(ids.len());
+        for id in ids {
+            let Some(blob) = stmt.query_row(params![key, id], |r| r.get::<_, Vec<u8>>(0)).optional()? else {
+                continue;
+            };
+            let hash = ContentHash::from_slice(&blob)
+                .ok_or_else(|| StoreError::Corrupt(format!("account {id:?} of {c} has no 32-byte content hash")))?;
+            hashes.insert(id.clone(), hash);
+        }
+        Ok(hashes)
     }
 
     fn account_count(&self, c: &ConnectionRef) -> Result<u64, StoreError> {
@@ -158,9 +174,24 @@ impl AccountStore for SqliteStore {
         })
     }
 
-    fn commit_run_notifying(
+    fn stage_encoded(&self, run: RunId, accounts: &[EncodedAccount]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            open_run_connection(tx, run)?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO staging (run_id, id, op, hash, data) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (run_id, id) DO UPDATE SET op = excluded.op, hash = excluded.hash, data = excluded.data",
+            )?;
+            for a in accounts {
+                insert.execute(params![run, a.id, OP_UPSERT, &a.hash.0[..], a.data])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn commit_run_writing(
         &self,
         run: RunId,
+        accounts: &[EncodedAccount],
         cursor: CursorUpdate,
         finish: &RunFinish,
         outbox: &[OutboxEntry],
@@ -169,6 +200,21 @@ impl AccountStore for SqliteStore {
         let retention = self.retention;
         let (upserted, deleted) = self.write(|tx| {
             let key = open_run_connection(tx, run)?;
+            // Upserts like the staged ones (a later copy of an id wins, an
+            // unchanged hash rewrites nothing), so a connection that gained
+            // accounts since the run began is still synced right; the
+            // account_marks triggers see each insert as they see the copy.
+            let mut written = 0;
+            if !accounts.is_empty() {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO accounts (conn, id, hash, data) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (conn, id) DO UPDATE SET hash = excluded.hash, data = excluded.data \
+                     WHERE accounts.hash IS NOT excluded.hash",
+                )?;
+                for a in accounts {
+                    written += insert.execute(params![key, a.id, &a.hash.0[..], a.data])?;
+                }
+            }
             // `WHERE true` keeps SQLite from reading ON CONFLICT as a join
             // constraint of the SELECT; the update's WHERE skips rewriting
             // accounts whose content did not change.
@@ -179,7 +225,8 @@ impl AccountStore for SqliteStore {
                      ON CONFLICT (conn, id) DO UPDATE SET hash = excluded.hash, data = excluded.data \
                      WHERE accounts.hash IS NOT excluded.hash",
                 )?
-                .execute(params![key, run, OP_UPSERT])?;
+                .execute(params![key, run, OP_UPSERT])?
+                + written;
             let deleted = tx
                 .prepare_cached(
                     "DELETE FROM accounts WHERE conn = ?1 \
@@ -667,6 +714,11 @@ mod tests {
         let want: HashMap<String, ContentHash> = expected.iter().map(|a| (a.id.clone(), a.content_hash())).collect();
         assert_eq!(index, want);
         assert_eq!(store.account_count(&c).unwrap(), 3);
+        // A Delta's lookups: the same hashes, only of the ids asked for that exist.
+        let asked = ["E4".to_string(), "E9".to_string(), "E1".to_string()];
+        let some = store.account_hashes(&c, &asked).unwrap();
+        assert_eq!(some, want.iter().filter(|(id, _)| *id != "E2").map(|(k, v)| (k.clone(), *v)).collect());
+        assert!(store.account_hashes(&conn("never-ran"), &asked).unwrap().is_empty());
 
         // Keep leaves the cursor; Clear removes it.
         sync(&store, &c, &[StagedChange::Delete("E4".into())], CursorUpdate::Keep);
