@@ -100,9 +100,10 @@ fn sync(store: &SqliteStore, name: &str, accounts: impl Iterator<Item = Account>
 }
 
 /// One processing run as the controller does it (`controller::profile`):
-/// for an event-based run, what changed since the last run, else (or when
-/// the changes need a run over everyone) the whole snapshot; compute;
-/// commit. Returns the run's seconds.
+/// for an event-based or scheduled run, what changed since the last run and
+/// the identities whose time has come, else (or when the changes need a run
+/// over everyone) the whole snapshot; compute; commit. Returns the run's
+/// seconds.
 fn process(store: &SqliteStore, compiled: &CompiledProfile, selection: Selection, label: &str) -> f64 {
     common::reset_peak_rss();
     let spec = spec();
@@ -110,11 +111,19 @@ fn process(store: &SqliteStore, compiled: &CompiledProfile, selection: Selection
     let connections = process::connections_of(&spec);
     let started = Instant::now();
     let now = Timestamp::now();
-    let delta = match selection {
-        Selection::Changed => store.processing_delta(&p, &connections).expect("delta"),
+    let scope = match selection {
+        Selection::Changed => Some(delta::Scope::Changed),
+        Selection::All => Some(delta::Scope::Everyone),
         _ => None,
     };
-    let over_delta = delta.as_ref().and_then(|d| delta::run(&spec, compiled, d, now).expect("within the bounds"));
+    let delta = match scope {
+        Some(_) => store.processing_delta(&p, &connections, now).expect("delta"),
+        None => None,
+    };
+    let over_delta = match (&delta, scope) {
+        (Some(d), Some(scope)) => delta::run(&spec, compiled, d, scope, now).expect("within the bounds"),
+        _ => None,
+    };
     let (outcome, versions, read, how) = match (over_delta, delta) {
         (Some(outcome), Some(delta)) => (outcome, delta.versions, Duration::ZERO, "changes only"),
         _ => {

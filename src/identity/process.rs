@@ -220,7 +220,9 @@ pub fn run(
         let due = stored.and_then(|s| s.next_processing).is_some_and(|t| t <= now);
         let evaluate = match selection {
             Selection::All => true,
-            Selection::Changed => stored.is_none_or(|s| s.input_hash != input_hash) || due,
+            Selection::Changed => {
+                stored.is_none_or(|s| s.input_hash != input_hash || s.time_changes_at.is_some_and(|t| t <= now)) || due
+            }
             Selection::Due => due,
             Selection::Only(ids) => ids.contains(&account.id),
         };
@@ -449,6 +451,7 @@ pub(super) fn evaluate_identity(
         next_processing_value: None,
         correlation_keys: keys,
         keys_hash,
+        time_changes_at: evaluation.time_changes_at,
     };
     // A failing expression keeps what the identity had.
     if let Some(s) = stored {
