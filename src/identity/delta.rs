@@ -119,7 +119,7 @@ pub fn run(
         let (mut identity, failed) = evaluate_identity(
             spec,
             compiled,
-            Evaluated { account, correlated: &correlated, stored: Some(stored), input_hash, keys, keys_hash },
+            &Evaluated { account, correlated, stored: Some(stored), input_hash, keys, keys_hash },
             now,
             outcome.processed,
         )?;

@@ -53,7 +53,7 @@ use kube_cel::cel::{self, ExecutionError, FunctionContext, Value};
 use serde_json::Value as Json;
 
 use crate::model::Account;
-pub use budget::{EVALUATION_STACK, Exceeded, Stop, with_stop};
+pub use budget::{EVALUATION_STACK, Exceeded, Stop, current_stop, with_stop};
 use idsync_api::identity_profile::Lifecycle;
 pub use limits::TooComplex;
 pub use time::TimeUse;

@@ -28,7 +28,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::expr::{CompiledProfile, Inputs, Interrupted};
+use super::expr::{CompiledProfile, EVALUATION_STACK, Inputs, Interrupted, current_stop, with_stop};
 use crate::model::{Account, AccountLink, ContentHash, Identity, LinkRecord, LinkState};
 use crate::store::{ProcessingCommit, ProcessingSnapshot, ProfileState};
 use idsync_api::IdentityProfileSpec;
@@ -210,8 +210,11 @@ pub fn run(
     // Identities not evaluated stay borrowed from the snapshot until
     // something (their manager, their keys) changes them.
     let mut computed: HashMap<&str, Cow<'_, Identity>> = HashMap::with_capacity(authoritative.len());
-    // Each authoritative account is one identity, evaluated at most once.
+    // Each authoritative account is one identity, evaluated at most once,
+    // in batches spread over the processor's cores (see [`evaluate_batch`]).
     let (mut processed, mut with_errors) = (0u64, 0u64);
+    let mut batch: Vec<Evaluated<'_>> = Vec::with_capacity(BATCH.min(authoritative.len()));
+    let workers = workers();
     for (account, hash) in authoritative {
         let mut correlated = attached.remove(account.id.as_str()).unwrap_or_default();
         correlated.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
@@ -236,34 +239,12 @@ pub fn run(
             }
             continue;
         }
-        let (identity, failed) = evaluate_identity(
-            spec,
-            compiled,
-            Evaluated {
-                account,
-                correlated: &correlated,
-                stored,
-                input_hash,
-                keys: key_values.into_owned(),
-                keys_hash,
-            },
-            now,
-            processed,
-        )?;
-        if failed {
-            with_errors += 1;
+        batch.push(Evaluated { account, correlated, stored, input_hash, keys: key_values.into_owned(), keys_hash });
+        if batch.len() == BATCH {
+            merge_batch(spec, compiled, &mut batch, &mut computed, (&mut processed, &mut with_errors), now, workers)?;
         }
-        processed += 1;
-        // The manager is decided over everyone below; until then it is what
-        // was stored. A result equal to the stored identity is dropped here,
-        // so a scheduled run over 100,000 unchanged identities does not hold
-        // two copies of them.
-        let result: Cow<'_, Identity> = match stored {
-            Some(s) if identity == *s => Cow::Borrowed(s),
-            _ => Cow::Owned(identity),
-        };
-        computed.insert(account.id.as_str(), result);
     }
+    merge_batch(spec, compiled, &mut batch, &mut computed, (&mut processed, &mut with_errors), now, workers)?;
 
     // 5. Managers over everyone.
     let unresolved_managers = resolve_managers(spec, &mut computed);
@@ -392,11 +373,118 @@ pub(super) fn compute_keys(
     Ok(evaluation.attributes.iter().filter_map(|(n, v)| Some((n.clone(), scalar_text(v)?))).collect())
 }
 
+/// Identities evaluated together: enough to keep every core busy for a
+/// while, few enough that a batch's results (held until the batch is
+/// merged) stay a small part of a run's memory.
+const BATCH: usize = 2048;
+/// Batches smaller than this are evaluated on the calling thread: a thread
+/// costs more than evaluating a few identities.
+const PARALLEL_MIN: usize = 256;
+
+/// How many threads evaluate a batch: the processor's cores, at most four
+/// (a run shares the machine with syncs and the API server).
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// Evaluates `batch` in order, on `workers` threads when it is large
+/// enough; the results are in the batch's order. `evaluated` is how many
+/// identities the run evaluated before the batch. When evaluations are given
+/// up, the one given up is the first in the batch's order, with the count
+/// a run evaluating one identity after the other would have reached, so
+/// the message does not depend on the number of cores.
+///
+/// The threads run with the evaluation stack and the caller's [`Stop`]
+/// (both thread-local to the caller's processing thread).
+fn evaluate_batch(
+    spec: &IdentityProfileSpec,
+    compiled: &CompiledProfile,
+    batch: &[Evaluated<'_>],
+    now: Timestamp,
+    evaluated: u64,
+    workers: usize,
+) -> Result<Vec<(Identity, bool)>, Abandoned> {
+    let one_by_one = |part: &[Evaluated<'_>], before: u64| -> Result<Vec<(Identity, bool)>, Abandoned> {
+        let mut results = Vec::with_capacity(part.len());
+        for (i, from) in part.iter().enumerate() {
+            results.push(evaluate_identity(spec, compiled, from, now, before + i as u64)?);
+        }
+        Ok(results)
+    };
+    if workers <= 1 || batch.len() < PARALLEL_MIN {
+        return one_by_one(batch, evaluated);
+    }
+    let stop = current_stop();
+    let size = batch.len().div_ceil(workers);
+    let parts: Vec<Result<Vec<(Identity, bool)>, Abandoned>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = batch
+            .chunks(size)
+            .enumerate()
+            .map(|(n, part)| {
+                let before = evaluated + (n * size) as u64;
+                let stop = stop.clone();
+                let run = move || match &stop {
+                    Some(stop) => with_stop(stop, || one_by_one(part, before)),
+                    None => one_by_one(part, before),
+                };
+                // Without a thread (out of threads or memory), on this one.
+                std::thread::Builder::new()
+                    .name("identity-eval".to_string())
+                    .stack_size(EVALUATION_STACK)
+                    .spawn_scoped(scope, run.clone())
+                    .map_err(|_| run)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| match handle {
+                Ok(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(run) => run(),
+            })
+            .collect()
+    });
+    let mut results = Vec::with_capacity(batch.len());
+    for part in parts {
+        results.extend(part?);
+    }
+    Ok(results)
+}
+
+/// Evaluates `batch` (emptying it) into `computed`, counting the identities
+/// evaluated and those with failing expressions.
+fn merge_batch<'a>(
+    spec: &IdentityProfileSpec,
+    compiled: &CompiledProfile,
+    batch: &mut Vec<Evaluated<'a>>,
+    computed: &mut HashMap<&'a str, Cow<'a, Identity>>,
+    (processed, with_errors): (&mut u64, &mut u64),
+    now: Timestamp,
+    workers: usize,
+) -> Result<(), Abandoned> {
+    let results = evaluate_batch(spec, compiled, batch, now, *processed, workers)?;
+    for (from, (identity, failed)) in batch.drain(..).zip(results) {
+        if failed {
+            *with_errors += 1;
+        }
+        *processed += 1;
+        // The manager is decided over everyone below; until then it is what
+        // was stored. A result equal to the stored identity is dropped here,
+        // so a scheduled run over 100,000 unchanged identities does not hold
+        // two copies of them.
+        let result: Cow<'a, Identity> = match from.stored {
+            Some(s) if identity == *s => Cow::Borrowed(s),
+            _ => Cow::Owned(identity),
+        };
+        computed.insert(from.account.id.as_str(), result);
+    }
+    Ok(())
+}
+
 /// What one identity is evaluated from.
 pub(super) struct Evaluated<'a> {
     pub account: &'a Account,
     /// Its correlated accounts, ordered by connection and account id.
-    pub correlated: &'a [(&'a str, &'a Account, &'a ContentHash)],
+    pub correlated: Vec<(&'a str, &'a Account, &'a ContentHash)>,
     pub stored: Option<&'a Identity>,
     pub input_hash: String,
     pub keys: BTreeMap<String, String>,
@@ -412,11 +500,12 @@ pub(super) struct Evaluated<'a> {
 pub(super) fn evaluate_identity(
     spec: &IdentityProfileSpec,
     compiled: &CompiledProfile,
-    from: Evaluated<'_>,
+    from: &Evaluated<'_>,
     now: Timestamp,
     evaluated: u64,
 ) -> Result<(Identity, bool), Abandoned> {
     let Evaluated { account, correlated, stored, input_hash, keys, keys_hash } = from;
+    let (account, stored) = (*account, *stored);
     let mut inputs: Vec<(&str, &Account)> = vec![(spec.authoritative_connection.as_str(), account)];
     for (connection, a, _) in correlated {
         // The first account of each connection (by id) is the one
@@ -444,13 +533,13 @@ pub(super) fn evaluate_identity(
         .chain(correlated.iter().map(|(c, a, _)| AccountLink { connection: c.to_string(), account_id: a.id.clone() }))
         .collect(),
         errors: evaluation.errors,
-        input_hash,
+        input_hash: input_hash.clone(),
         created: stored.map_or(now, |s| s.created),
         modified: stored.map_or(now, |s| s.modified),
         next_processing: None,
         next_processing_value: None,
-        correlation_keys: keys,
-        keys_hash,
+        correlation_keys: keys.clone(),
+        keys_hash: keys_hash.clone(),
         time_changes_at: evaluation.time_changes_at,
     };
     // A failing expression keeps what the identity had.
@@ -1324,5 +1413,69 @@ mod tests {
         assert_eq!(mapping_hash(&a), mapping_hash(&b));
         b.attributes.insert("x".into(), "1".into());
         assert_ne!(mapping_hash(&a), mapping_hash(&b));
+    }
+
+    #[test]
+    fn batches_evaluated_on_several_threads_give_what_one_thread_gives() {
+        let spec = spec();
+        let compiled = compiled(&spec);
+        let now = at("2026-11-22T12:00:00Z");
+        let people: Vec<Account> = (0..1000)
+            .map(|n| {
+                let extra: &[(&str, &str)] = if n % 7 == 0 { &[("badge", "not a number")] } else { &[] };
+                person(&format!("E{n:04}"), "P", &format!("p{n}@acme.com"), "E0000", extra)
+            })
+            .collect();
+        let accounts = with_hashes(people);
+        let batch: Vec<Evaluated<'_>> = accounts
+            .iter()
+            .map(|(account, hash)| Evaluated {
+                account,
+                correlated: Vec::new(),
+                stored: None,
+                input_hash: input_hash("m", "hr", account, hash, &[]),
+                keys: BTreeMap::new(),
+                keys_hash: String::new(),
+            })
+            .collect();
+        let one = evaluate_batch(&spec, &compiled, &batch, now, 0, 1).expect("within the bounds");
+        let three = evaluate_batch(&spec, &compiled, &batch, now, 0, 3).expect("within the bounds");
+        assert_eq!(one.len(), 1000);
+        assert_eq!(one, three);
+        assert_eq!(three.iter().filter(|(_, failed)| *failed).count(), 143);
+        assert_eq!(three[500].0.id, "E0500");
+
+        // Given up at the first identity past a bound in the batch's order,
+        // counted as one thread counts, whichever thread reached it.
+        let mut spec = spec.clone();
+        spec.attributes.insert("big".into(), "has(accounts.hr.huge) ? lists.range(100000000) : []".into());
+        let compiled = super::CompiledProfile::compile(&spec.attributes, spec.lifecycle.as_ref()).expect("compiles");
+        let mut people: Vec<Account> =
+            (0..1000).map(|n| person(&format!("E{n:04}"), "P", &format!("p{n}@acme.com"), "E0000", &[])).collect();
+        for n in [700, 900] {
+            people[n].attributes.insert("huge".into(), json!("yes"));
+        }
+        let accounts = with_hashes(people);
+        let batch: Vec<Evaluated<'_>> = accounts
+            .iter()
+            .map(|(account, hash)| Evaluated {
+                account,
+                correlated: Vec::new(),
+                stored: None,
+                input_hash: input_hash("m", "hr", account, hash, &[]),
+                keys: BTreeMap::new(),
+                keys_hash: String::new(),
+            })
+            .collect();
+        for workers in [1, 2, 4] {
+            let abandoned = evaluate_batch(&spec, &compiled, &batch, now, 5000, workers).expect_err("abandoned");
+            assert_eq!((abandoned.identity.as_str(), abandoned.evaluated), ("E0700", 5700), "{workers} threads");
+        }
+
+        // A pulled stop reaches the threads evaluating for the caller.
+        let stop = crate::identity::expr::Stop::new();
+        stop.stop();
+        let stopped = crate::identity::expr::with_stop(&stop, || evaluate_batch(&spec, &compiled, &batch, now, 0, 2));
+        assert_eq!(stopped.map(|_| ()).map_err(|a| a.cause), Err(Interrupted::Stopped));
     }
 }
