@@ -827,13 +827,14 @@ fn compute_and_commit(
     let connections = process::connections_of(&job.spec);
     // An event-based run first reads only what changed; the whole snapshot
     // when the store cannot tell or the changes need a run over everyone.
-    // So does a run over everyone with unchanged mappings (scheduled, or a
-    // request): identities whose inputs did not change and whose time has
-    // not come would compute what they have. A dry run's preview counts
-    // everyone, so it reads everyone.
+    // So does a scheduled run with unchanged mappings: identities whose
+    // inputs did not change and whose time has not come would compute what
+    // they have. A request over everyone still evaluates everyone: it is how
+    // a person asks for every identity to be computed again (after an
+    // upgrade, say), and its dry run's preview counts everyone.
     let scope = match (&job.selection, job.overlay.is_empty()) {
         (Selection::Changed, true) => Some(delta::Scope::Changed),
-        (Selection::All, true) if job.trigger != Trigger::SpecChanged && !job.dry_run => Some(delta::Scope::Everyone),
+        (Selection::All, true) if job.trigger == Trigger::Scheduled && !job.dry_run => Some(delta::Scope::Everyone),
         _ => None,
     };
     let delta = match scope {

@@ -19,6 +19,17 @@
 //!
 //! Identities not in the delta are not read: their inputs did not change
 //! (the store's change marks say so), so a full run would skip them too.
+//!
+//! The delta also holds the identities whose `time_changes_at` has come:
+//! an expression comparing `now` with an instant they reached may compute
+//! something else now (see `expr::time`), so they are evaluated though no
+//! account changed. With that, a run over everyone whose mappings did not
+//! change ([`Scope::Everyone`]: a scheduled one) is decided here too:
+//! every other identity would compute what it has. The store's change marks
+//! are trusted for it as for event-based runs; a run after a spec change, a
+//! request (a person asking for everyone to be computed again), a dry run
+//! and a profile that reads `now` other than in comparisons still evaluate
+//! everyone.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -39,7 +50,7 @@ pub enum Scope {
     /// An event-based run (`Selection::Changed`): identities whose inputs
     /// changed or whose time has come.
     Changed,
-    /// A run over everyone (`Selection::All`: scheduled, or a request), for
+    /// A run over everyone (`Selection::All`: a scheduled one), for
     /// a profile whose mappings did not change: every identity whose inputs
     /// did not change and whose time has not come would compute what it
     /// has, so only the others are evaluated. Not when an expression reads

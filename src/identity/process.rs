@@ -171,13 +171,16 @@ pub fn run(
         spec.correlation.iter().flat_map(|c| c.rules.iter().map(|r| r.ignore_case)).collect();
     let mut keys: HashMap<(String, bool), HashMap<String, Vec<&str>>> = HashMap::new();
     let mut key_values: HashMap<&str, (String, KeyValues<'_>)> = HashMap::with_capacity(authoritative.len());
-    for (account, hash) in authoritative {
+    let workers = workers();
+    let computed_keys = in_order(authoritative, workers, |_, (account, hash)| {
         let keys_hash = keys_hash(&mapping, hash);
-        let stored = snapshot.identities.get(&account.id);
-        let values: KeyValues<'_> = match stored {
+        let values: KeyValues<'_> = match snapshot.identities.get(&account.id) {
             Some(s) if *selection != Selection::All && s.keys_hash == keys_hash => Cow::Borrowed(&s.correlation_keys),
             _ => Cow::Owned(compute_keys(spec, compiled, &key_attributes, account, now)?),
         };
+        Ok((keys_hash, values))
+    })?;
+    for ((account, _), (keys_hash, values)) in authoritative.iter().zip(computed_keys) {
         for (name, text) in values.iter() {
             for &ignore_case in &case_modes {
                 let key = if ignore_case { text.to_lowercase() } else { text.clone() };
@@ -214,7 +217,6 @@ pub fn run(
     // in batches spread over the processor's cores (see [`evaluate_batch`]).
     let (mut processed, mut with_errors) = (0u64, 0u64);
     let mut batch: Vec<Evaluated<'_>> = Vec::with_capacity(BATCH.min(authoritative.len()));
-    let workers = workers();
     for (account, hash) in authoritative {
         let mut correlated = attached.remove(account.id.as_str()).unwrap_or_default();
         correlated.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
@@ -387,15 +389,9 @@ fn workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
-/// Evaluates `batch` in order, on `workers` threads when it is large
-/// enough; the results are in the batch's order. `evaluated` is how many
-/// identities the run evaluated before the batch. When evaluations are given
-/// up, the one given up is the first in the batch's order, with the count
-/// a run evaluating one identity after the other would have reached, so
-/// the message does not depend on the number of cores.
-///
-/// The threads run with the evaluation stack and the caller's [`Stop`]
-/// (both thread-local to the caller's processing thread).
+/// Evaluates `batch` in order (see [`in_order`]); `evaluated` is how many
+/// identities the run evaluated before the batch, for the message of a run
+/// given up.
 fn evaluate_batch(
     spec: &IdentityProfileSpec,
     compiled: &CompiledProfile,
@@ -404,30 +400,44 @@ fn evaluate_batch(
     evaluated: u64,
     workers: usize,
 ) -> Result<Vec<(Identity, bool)>, Abandoned> {
-    let one_by_one = |part: &[Evaluated<'_>], before: u64| -> Result<Vec<(Identity, bool)>, Abandoned> {
-        let mut results = Vec::with_capacity(part.len());
-        for (i, from) in part.iter().enumerate() {
-            results.push(evaluate_identity(spec, compiled, from, now, before + i as u64)?);
-        }
-        Ok(results)
+    in_order(batch, workers, |i, from| evaluate_identity(spec, compiled, from, now, evaluated + i as u64))
+}
+
+/// `f` of each item with its index, on `workers` threads when there are
+/// enough items; the results are in the items' order. When evaluations are
+/// given up, the one given up is the first in the items' order (so an
+/// abandoned run names the identity and count that one thread evaluating
+/// one identity after the other would have reached, however many cores).
+///
+/// The threads run with the evaluation stack and the caller's [`Stop`]
+/// (both thread-local to the caller's processing thread); a thread that
+/// cannot be started leaves its part to the calling thread.
+///
+/// [`Stop`]: super::expr::Stop
+fn in_order<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    f: impl Fn(usize, &T) -> Result<R, Abandoned> + Sync,
+) -> Result<Vec<R>, Abandoned> {
+    let one_by_one = |part: &[T], before: usize| -> Result<Vec<R>, Abandoned> {
+        part.iter().enumerate().map(|(i, item)| f(before + i, item)).collect()
     };
-    if workers <= 1 || batch.len() < PARALLEL_MIN {
-        return one_by_one(batch, evaluated);
+    if workers <= 1 || items.len() < PARALLEL_MIN {
+        return one_by_one(items, 0);
     }
     let stop = current_stop();
-    let size = batch.len().div_ceil(workers);
-    let parts: Vec<Result<Vec<(Identity, bool)>, Abandoned>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = batch
+    let size = items.len().div_ceil(workers);
+    let parts: Vec<Result<Vec<R>, Abandoned>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = items
             .chunks(size)
             .enumerate()
             .map(|(n, part)| {
-                let before = evaluated + (n * size) as u64;
-                let stop = stop.clone();
+                let before = n * size;
+                let (stop, one_by_one) = (stop.clone(), &one_by_one);
                 let run = move || match &stop {
                     Some(stop) => with_stop(stop, || one_by_one(part, before)),
                     None => one_by_one(part, before),
                 };
-                // Without a thread (out of threads or memory), on this one.
                 std::thread::Builder::new()
                     .name("identity-eval".to_string())
                     .stack_size(EVALUATION_STACK)
@@ -443,7 +453,7 @@ fn evaluate_batch(
             })
             .collect()
     });
-    let mut results = Vec::with_capacity(batch.len());
+    let mut results = Vec::with_capacity(items.len());
     for part in parts {
         results.extend(part?);
     }
