@@ -827,13 +827,23 @@ fn compute_and_commit(
     let connections = process::connections_of(&job.spec);
     // An event-based run first reads only what changed; the whole snapshot
     // when the store cannot tell or the changes need a run over everyone.
-    let delta = match (&job.selection, job.overlay.is_empty()) {
-        (Selection::Changed, true) => store.processing_delta(&job.profile, &connections)?,
+    // So does a scheduled run with unchanged mappings: identities whose
+    // inputs did not change and whose time has not come would compute what
+    // they have. A request over everyone still evaluates everyone: it is how
+    // a person asks for every identity to be computed again (after an
+    // upgrade, say), and its dry run's preview counts everyone.
+    let scope = match (&job.selection, job.overlay.is_empty()) {
+        (Selection::Changed, true) => Some(delta::Scope::Changed),
+        (Selection::All, true) if job.trigger == Trigger::Scheduled && !job.dry_run => Some(delta::Scope::Everyone),
         _ => None,
     };
-    let over_delta = match &delta {
-        Some(delta) => delta::run(&job.spec, &job.compiled, delta, now).transpose(),
+    let delta = match scope {
+        Some(_) => store.processing_delta(&job.profile, &connections, now)?,
         None => None,
+    };
+    let over_delta = match (&delta, scope) {
+        (Some(delta), Some(scope)) => delta::run(&job.spec, &job.compiled, delta, scope, now).transpose(),
+        _ => None,
     };
     let (computed, versions) = match (over_delta, delta) {
         (Some(computed), Some(delta)) => (computed, delta.versions),

@@ -19,12 +19,23 @@
 //!
 //! Identities not in the delta are not read: their inputs did not change
 //! (the store's change marks say so), so a full run would skip them too.
+//!
+//! The delta also holds the identities whose `time_changes_at` has come:
+//! an expression comparing `now` with an instant they reached may compute
+//! something else now (see `expr::time`), so they are evaluated though no
+//! account changed. With that, a run over everyone whose mappings did not
+//! change ([`Scope::Everyone`]: a scheduled one) is decided here too:
+//! every other identity would compute what it has. The store's change marks
+//! are trusted for it as for event-based runs; a run after a spec change, a
+//! request (a person asking for everyone to be computed again), a dry run
+//! and a profile that reads `now` other than in comparisons still evaluate
+//! everyone.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use jiff::Timestamp;
 
-use super::expr::CompiledProfile;
+use super::expr::{CompiledProfile, TimeUse};
 use super::process::{
     Abandoned, Evaluated, Outcome, Preview, Summary, compute_keys, evaluate_identity, input_hash, key_attributes,
     keys_hash, mapping_hash, scalar_text, visible_change,
@@ -33,17 +44,39 @@ use crate::model::{Account, ContentHash, Identity};
 use crate::store::{ProcessingDelta, ProfileState};
 use idsync_api::IdentityProfileSpec;
 
+/// Which full run a run over a delta stands in for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// An event-based run (`Selection::Changed`): identities whose inputs
+    /// changed or whose time has come.
+    Changed,
+    /// A run over everyone (`Selection::All`: a scheduled one), for
+    /// a profile whose mappings did not change: every identity whose inputs
+    /// did not change and whose time has not come would compute what it
+    /// has, so only the others are evaluated. Not when an expression reads
+    /// `now` other than in comparisons (any identity may then change at any
+    /// time), nor when correlation keys depend on the time (the kept keys
+    /// are not computed again here).
+    Everyone,
+}
+
 /// Runs an event-based pass over `delta`; None when a full run is needed
 /// (see the module's documentation). `now` as in [`super::process::run`].
 pub fn run(
     spec: &IdentityProfileSpec,
     compiled: &CompiledProfile,
     delta: &ProcessingDelta,
+    scope: Scope,
     now: Timestamp,
 ) -> Result<Option<Outcome>, Abandoned> {
     let mapping = mapping_hash(spec);
     let state = &delta.state;
     if state.mapping_hash.as_deref() != Some(mapping.as_str()) {
+        return Ok(None);
+    }
+    if scope == Scope::Everyone
+        && (compiled.time_use() == TimeUse::Any || compiled.time_use_of(&key_attributes(spec)) != TimeUse::None)
+    {
         return Ok(None);
     }
     let Some(mut summary) = state.summary.clone() else { return Ok(None) };
@@ -61,7 +94,11 @@ pub fn run(
     let mut outcome = Outcome::default();
     let mut preview = Preview::default();
     let mut next_time_based = state.next_time_based;
-    for id in delta.changed.get(authoritative).into_iter().flatten() {
+    // Changed or due, each once, in id order.
+    let time_due: BTreeSet<&str> = delta.time_due.iter().map(String::as_str).collect();
+    let mut ids: BTreeSet<&str> = delta.changed.get(authoritative).into_iter().flatten().map(String::as_str).collect();
+    ids.extend(time_due.iter().copied());
+    for id in ids {
         let (account, stored) = match (accounts_of(authoritative).get(id), delta.identities.get(id)) {
             (Some((account, hash)), Some(stored)) => ((account, hash), stored),
             // Created and removed again since: nothing to do.
@@ -78,7 +115,7 @@ pub fn run(
             correlated.push((link.connection.as_str(), a, h));
         }
         let input_hash = input_hash(&mapping, authoritative, account, hash, &correlated);
-        if stored.input_hash == input_hash {
+        if stored.input_hash == input_hash && !time_due.contains(id) {
             continue;
         }
         let keys_hash = keys_hash(&mapping, hash);
@@ -93,7 +130,7 @@ pub fn run(
         let (mut identity, failed) = evaluate_identity(
             spec,
             compiled,
-            Evaluated { account, correlated: &correlated, stored: Some(stored), input_hash, keys, keys_hash },
+            &Evaluated { account, correlated, stored: Some(stored), input_hash, keys, keys_hash },
             now,
             outcome.processed,
         )?;
@@ -289,8 +326,8 @@ mod tests {
         outcome
     }
 
-    fn delta_of(store: &SqliteStore, spec: &IdentityProfileSpec) -> ProcessingDelta {
-        store.processing_delta(&profile(), &process::connections_of(spec)).expect("read").expect("a delta")
+    fn delta_of(store: &SqliteStore, spec: &IdentityProfileSpec, now: Timestamp) -> ProcessingDelta {
+        store.processing_delta(&profile(), &process::connections_of(spec), now).expect("read").expect("a delta")
     }
 
     #[test]
@@ -302,8 +339,9 @@ mod tests {
         let mut e2 = person(2, "Staff Engineer");
         e2.display_name = Some("Bee".into());
         sync(&store, "hr", upserts([e2, person(5, "Manager")]));
+        let now = at("2026-11-22T13:00:00Z");
 
-        let delta = delta_of(&store, &spec);
+        let delta = delta_of(&store, &spec, now);
         assert_eq!(delta.changed["hr"], ["E2", "E5"]);
         assert!(delta.changed["github"].is_empty());
         // Read: the two changed accounts, their two identities and the two
@@ -314,8 +352,9 @@ mod tests {
         assert_eq!(delta.accounts["hr"].len(), 2);
         assert_eq!(delta.accounts["github"].len(), 2);
 
-        let now = at("2026-11-22T13:00:00Z");
-        let fast = run(&spec, &compiled(&spec), &delta, now).expect("bounds").expect("decided from the changes");
+        let fast = run(&spec, &compiled(&spec), &delta, Scope::Changed, now)
+            .expect("bounds")
+            .expect("decided from the changes");
         let full = full_run(&store, &spec, &Selection::Changed, now, false);
         assert_eq!((fast.processed, fast.changed, fast.errors), (2, 2, 0));
         assert_eq!((fast.processed, fast.changed, fast.errors), (full.processed, full.changed, full.errors));
@@ -345,7 +384,9 @@ mod tests {
         leaving.attributes.insert("termination_date".into(), json!("2026-11-01"));
         sync(&store, "hr", upserts([leaving]));
         let now = at("2026-11-22T13:00:00Z");
-        let fast = run(&spec, &compiled(&spec), &delta_of(&store, &spec), now).expect("bounds").expect("decided");
+        let fast = run(&spec, &compiled(&spec), &delta_of(&store, &spec, now), Scope::Changed, now)
+            .expect("bounds")
+            .expect("decided");
         assert_eq!(fast.summary.lifecycle_states, [("active".to_string(), 6), ("terminated".to_string(), 2)].into());
         assert_eq!(fast.summary, full_run(&store, &spec, &Selection::Changed, now, false).summary);
     }
@@ -368,7 +409,8 @@ mod tests {
         for (case, connection, changes) in cases {
             let (_dir, store) = processed_store();
             sync(&store, connection, changes);
-            let decided = run(&spec, &compiled(&spec), &delta_of(&store, &spec), now).expect("bounds");
+            let decided =
+                run(&spec, &compiled(&spec), &delta_of(&store, &spec, now), Scope::Changed, now).expect("bounds");
             assert!(decided.is_none(), "{case}");
         }
 
@@ -377,6 +419,173 @@ mod tests {
         sync(&store, "hr", upserts([person(2, "Staff Engineer")]));
         let mut changed = spec.clone();
         changed.attributes.insert("title".into(), "accounts.hr.title.upperAscii()".into());
-        assert!(run(&changed, &compiled(&changed), &delta_of(&store, &changed), now).expect("bounds").is_none());
+        assert!(
+            run(&changed, &compiled(&changed), &delta_of(&store, &changed, now), Scope::Changed, now)
+                .expect("bounds")
+                .is_none()
+        );
+    }
+
+    /// A scheduled run as the controller makes it: over the delta when it
+    /// decides, else over the whole snapshot; committed. Returns how many
+    /// identities it evaluated and whether the delta decided.
+    fn scheduled_run(store: &SqliteStore, spec: &IdentityProfileSpec, now: Timestamp) -> (u64, bool) {
+        let delta = store.processing_delta(&profile(), &process::connections_of(spec), now).expect("read");
+        let Some(delta) = delta else {
+            return (full_run(store, spec, &Selection::All, now, true).processed, false);
+        };
+        let Some(mut outcome) = run(spec, &compiled(spec), &delta, Scope::Everyone, now).expect("bounds") else {
+            return (full_run(store, spec, &Selection::All, now, true).processed, false);
+        };
+        // What a run over the whole snapshot would write, before this one
+        // is committed.
+        let full = full_run(store, spec, &Selection::All, now, false);
+        assert_eq!(outcome.commit.upserts, full.commit.upserts, "writes at {now}");
+        assert_eq!(outcome.commit.deletes, full.commit.deletes);
+        assert!(full.commit.link_upserts.is_empty() && full.commit.link_deletes.is_empty());
+        assert_eq!(outcome.changed, full.changed);
+        assert_eq!(outcome.summary, full.summary);
+        outcome.commit.state.seen_versions = delta.versions.clone();
+        let mut full_state = full.commit.state.clone();
+        full_state.seen_versions = delta.versions.clone();
+        assert_eq!(outcome.commit.state, full_state);
+        let record = ProcessingRunRecord {
+            id: 0,
+            trigger: Trigger::Scheduled,
+            request: None,
+            started_at: now,
+            finished_at: now,
+            outcome: RunOutcome::Succeeded,
+            processed: outcome.processed,
+            changed: outcome.changed,
+            errors: outcome.errors,
+            message: String::new(),
+        };
+        store.commit_processing(&profile(), &outcome.commit, &record).expect("commit");
+        (outcome.processed, true)
+    }
+
+    /// Every identity as stored, without the instants of the runs that
+    /// wrote them.
+    fn stored(store: &SqliteStore) -> Vec<Identity> {
+        let mut identities = store.list_identities(&profile(), None, None, 10_000).expect("list");
+        for identity in &mut identities {
+            identity.created = Timestamp::UNIX_EPOCH;
+            identity.modified = Timestamp::UNIX_EPOCH;
+        }
+        identities
+    }
+
+    /// The same accounts processed once, from nothing, at `now`.
+    fn from_scratch(store: &SqliteStore, spec: &IdentityProfileSpec, now: Timestamp) -> Vec<Identity> {
+        let dir = tempfile::tempdir().expect("dir");
+        let fresh = SqliteStore::open(&dir.path().join("idsync.db")).expect("store");
+        for name in process::connections_of(spec) {
+            let accounts = store.list_accounts(&ConnectionRef::new("default", &name), None, 10_000).expect("accounts");
+            sync(&fresh, &name, upserts(accounts));
+        }
+        full_run(&fresh, spec, &Selection::All, now, true);
+        stored(&fresh)
+    }
+
+    #[test]
+    fn a_scheduled_run_evaluates_only_changed_and_time_due_identities_across_runs_and_a_restart() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("idsync.db");
+        let spec = spec();
+        let mut leaving = person(6, "Engineer");
+        leaving.attributes.insert("termination_date".into(), json!("2026-11-25"));
+        {
+            let store = SqliteStore::open(&path).expect("store");
+            sync(&store, "hr", upserts((1..=8).map(|n| if n == 6 { leaving.clone() } else { person(n, "Engineer") })));
+            sync(&store, "github", upserts((1..=7).map(|n| member(n, &format!("login{n}")))));
+
+            // First: everyone, from nothing.
+            let first = at("2026-11-22T12:00:00Z");
+            assert_eq!(scheduled_run(&store, &spec, first), (8, false));
+            let e6 = store.get_identity(&profile(), "E6").expect("read").expect("E6");
+            assert_eq!(e6.lifecycle_state.as_deref(), Some("active"));
+            assert_eq!(e6.time_changes_at, Some(at("2026-11-25T00:00:00Z")), "when its termination date comes");
+            assert_eq!(store.get_identity(&profile(), "E1").expect("read").expect("E1").time_changes_at, None);
+
+            // Second, nothing changed, its time not come: nobody evaluated.
+            let second = at("2026-11-23T12:00:00Z");
+            assert_eq!(scheduled_run(&store, &spec, second), (0, true));
+            assert_eq!(stored(&store), from_scratch(&store, &spec, second));
+
+            // Third: E6's termination date has passed with no account
+            // changing; E6 alone is evaluated, and terminated.
+            let third = at("2026-11-25T06:00:00Z");
+            assert_eq!(scheduled_run(&store, &spec, third), (1, true));
+            let e6 = store.get_identity(&profile(), "E6").expect("read").expect("E6");
+            assert_eq!((e6.lifecycle_state.as_deref(), e6.time_changes_at), (Some("terminated"), None));
+            assert_eq!(e6.modified, third);
+            assert_eq!(stored(&store), from_scratch(&store, &spec, third));
+        }
+        // After a restart, nothing changed: nothing evaluated; then a
+        // promotion: that identity alone.
+        let store = SqliteStore::open(&path).expect("reopened");
+        let later = at("2026-11-26T12:00:00Z");
+        assert_eq!(scheduled_run(&store, &spec, later), (0, true));
+        sync(&store, "hr", upserts([person(2, "Staff Engineer")]));
+        assert_eq!(scheduled_run(&store, &spec, later), (1, true));
+        assert_eq!(
+            store.get_identity(&profile(), "E2").expect("read").expect("E2").attributes["title"],
+            json!("Staff Engineer")
+        );
+        assert_eq!(stored(&store), from_scratch(&store, &spec, later));
+    }
+
+    #[test]
+    fn an_event_based_run_also_evaluates_identities_whose_time_has_come() {
+        let (_dir, store) = processed_store();
+        let spec = spec();
+        let mut leaving = person(3, "Engineer");
+        leaving.attributes.insert("termination_date".into(), json!("2026-12-01"));
+        sync(&store, "hr", upserts([leaving]));
+        let now = at("2026-11-22T13:00:00Z");
+        let fast = run(&spec, &compiled(&spec), &delta_of(&store, &spec, now), Scope::Changed, now).expect("bounds");
+        let fast = fast.expect("decided");
+        // E3's input changed; its termination date is ahead, so it is still
+        // active and due then.
+        assert_eq!(fast.commit.upserts.len(), 1);
+        assert_eq!(fast.commit.upserts[0].time_changes_at, Some(at("2026-12-01T00:00:00Z")));
+        full_run(&store, &spec, &Selection::Changed, now, true);
+
+        // Nothing changed since, but December has come: both kinds of run
+        // evaluate E3, and agree.
+        let december = at("2026-12-01T08:00:00Z");
+        let delta = delta_of(&store, &spec, december);
+        assert_eq!(delta.time_due, ["E3"]);
+        assert!(delta.changed.values().all(Vec::is_empty));
+        let fast = run(&spec, &compiled(&spec), &delta, Scope::Changed, december).expect("bounds").expect("decided");
+        let full = full_run(&store, &spec, &Selection::Changed, december, false);
+        assert_eq!((fast.processed, full.processed), (1, 1));
+        assert_eq!(fast.commit.upserts, full.commit.upserts);
+        assert_eq!(fast.commit.upserts[0].lifecycle_state.as_deref(), Some("terminated"));
+    }
+
+    #[test]
+    fn a_run_over_everyone_reads_everyone_when_the_time_is_read_otherwise() {
+        let now = at("2026-11-22T13:00:00Z");
+        // `now` in arithmetic: any identity may change at any instant.
+        let mut any_time = spec();
+        any_time
+            .attributes
+            .insert("seniority".into(), "now - date('2020-01-01') > duration('1h') ? 'old' : 'new'".into());
+        let (_dir, store) = processed_store();
+        full_run(&store, &any_time, &Selection::All, now, true);
+        let delta = delta_of(&store, &any_time, now);
+        assert!(run(&any_time, &compiled(&any_time), &delta, Scope::Everyone, now).expect("bounds").is_none());
+        // An event-based run still decides from the changes.
+        assert!(run(&any_time, &compiled(&any_time), &delta, Scope::Changed, now).expect("bounds").is_some());
+
+        // A correlation key that moves with the time.
+        let mut timed_key = spec();
+        timed_key.attributes.insert("email".into(), "now > date('2026-12-01') ? '' : accounts.hr.email".into());
+        let (_dir, store) = processed_store();
+        full_run(&store, &timed_key, &Selection::All, now, true);
+        let delta = delta_of(&store, &timed_key, now);
+        assert!(run(&timed_key, &compiled(&timed_key), &delta, Scope::Everyone, now).expect("bounds").is_none());
     }
 }

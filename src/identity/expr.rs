@@ -35,6 +35,7 @@
 
 pub mod budget;
 pub mod limits;
+pub mod time;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -52,9 +53,10 @@ use kube_cel::cel::{self, ExecutionError, FunctionContext, Value};
 use serde_json::Value as Json;
 
 use crate::model::Account;
-pub use budget::{EVALUATION_STACK, Exceeded, Stop, with_stop};
+pub use budget::{EVALUATION_STACK, Exceeded, Stop, current_stop, with_stop};
 use idsync_api::identity_profile::Lifecycle;
 pub use limits::TooComplex;
+pub use time::TimeUse;
 
 /// The variable holding the accounts by connection name.
 const ACCOUNTS: &str = "accounts";
@@ -102,6 +104,10 @@ pub struct CompiledProfile {
     /// evaluation of a few attributes (correlation keys, computed for every
     /// identity before the rest) converts only what those read.
     attribute_use: HashMap<String, (HashMap<String, AccountUse>, bool)>,
+    /// How each attribute's expression reads `now`.
+    attribute_time: HashMap<String, TimeUse>,
+    /// How the lifecycle expression reads `now`.
+    lifecycle_time: TimeUse,
     /// When a processing run with these expressions last passed an
     /// evaluation bound, and the run's message: the controller does not run
     /// them again at once (see `controller::profile`).
@@ -297,6 +303,12 @@ pub struct Evaluation {
     /// failed on these inputs: an [`EvalError`] shown, as identities store
     /// it.
     pub errors: BTreeMap<String, String>,
+    /// The earliest instant, not before the evaluation's `now`, at which a
+    /// comparison with `now` this evaluation made could change its result
+    /// (see [`time`]); None when none could. Only for evaluations of every
+    /// expression, and meaningful only when [`CompiledProfile::time_use`]
+    /// is not [`TimeUse::Any`].
+    pub time_changes_at: Option<jiff::Timestamp>,
 }
 
 impl CompiledProfile {
@@ -369,6 +381,8 @@ impl CompiledProfile {
         let mut needs_accounts_map = false;
         let mut account_use = HashMap::new();
         let mut attribute_use = HashMap::new();
+        let mut attribute_time = HashMap::new();
+        let mut lifecycle_time = TimeUse::None;
         let expressions = compiled
             .iter_mut()
             .map(|(name, expression)| (Some(name.clone()), expression))
@@ -377,11 +391,19 @@ impl CompiledProfile {
             let needs_map = rewrite_account_access(expression, &mut Vec::new());
             let mut uses = HashMap::new();
             collect_account_use(expression, &mut uses);
+            let time_use = time::classify(expression);
+            if time_use == TimeUse::Thresholds {
+                time::instrument(expression);
+            }
             budget::instrument(expression);
             needs_accounts_map |= needs_map;
             merge_account_use(&mut account_use, &uses);
-            if let Some(name) = name {
-                attribute_use.insert(name, (uses, needs_map));
+            match name {
+                Some(name) => {
+                    attribute_time.insert(name.clone(), time_use);
+                    attribute_use.insert(name, (uses, needs_map));
+                }
+                None => lifecycle_time = time_use,
             }
         }
         Ok(CompiledProfile {
@@ -391,6 +413,8 @@ impl CompiledProfile {
             needs_accounts_map,
             account_use,
             attribute_use,
+            attribute_time,
+            lifecycle_time,
             exceeded: Mutex::new(None),
         })
     }
@@ -407,6 +431,16 @@ impl CompiledProfile {
     /// and its message.
     pub fn exceeded(&self) -> Option<(Instant, String)> {
         self.exceeded.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// How the profile's expressions, taken together, read `now`.
+    pub fn time_use(&self) -> TimeUse {
+        self.attribute_time.values().copied().fold(self.lifecycle_time, TimeUse::max)
+    }
+
+    /// How the expressions of the attributes named read `now`.
+    pub fn time_use_of(&self, names: &[&str]) -> TimeUse {
+        names.iter().filter_map(|n| self.attribute_time.get(*n)).copied().fold(TimeUse::None, TimeUse::max)
     }
 
     /// The names of the profile's attributes, in order.
@@ -467,7 +501,9 @@ impl CompiledProfile {
         // Every jiff timestamp is within the range of the interpreter's; if
         // one were not, expressions using `now` fail with an undeclared
         // reference rather than the whole evaluation.
-        if let Some(now) = now_value(inputs.now) {
+        let now = now_value(inputs.now);
+        time::begin(now.as_ref());
+        if let Some(now) = now {
             scope.add_variable_from_value(NOW, now);
         }
 
@@ -499,6 +535,10 @@ impl CompiledProfile {
                     evaluation.errors.insert(LIFECYCLE.to_string(), error.to_string());
                 }
             }
+        }
+        let changes_at = time::take_changes_at();
+        if only.is_none() {
+            evaluation.time_changes_at = changes_at;
         }
         Ok(evaluation)
     }
@@ -546,6 +586,7 @@ fn base_context() -> cel::Context<'static> {
     let mut context = cel::Context::default().with_all();
     context.add_function("date", date);
     budget::register(&mut context);
+    time::register(&mut context);
     context
 }
 
@@ -1539,6 +1580,7 @@ mod tests {
                 attributes: BTreeMap::from([("b".to_string(), json!("b"))]),
                 lifecycle_state: None,
                 errors: BTreeMap::new(),
+                time_changes_at: None,
             }
         );
         let evaluation = profile.evaluate(&inputs, None).expect("within the bounds");

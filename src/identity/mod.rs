@@ -7,8 +7,9 @@
 //! - [`process`]: one processing run, as a pure function of the store's
 //!   snapshot, the compiled profile and the time.
 //! - [`memory`]: giving a run's memory back to the system after it.
-//! - [`delta`]: an event-based run over the changed identities only, from
-//!   what the store says changed, when the changes allow it.
+//! - [`delta`]: a run over the changed identities (and those whose time
+//!   has come) only, from what the store says changed, when the changes
+//!   allow it: event-based runs, and scheduled ones with unchanged mappings.
 //!
 //! Plain functions over the plain data of `crate::model`; the controller
 //! lives in `crate::controller::profile`.

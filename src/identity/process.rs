@@ -28,7 +28,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::expr::{CompiledProfile, Inputs, Interrupted};
+use super::expr::{CompiledProfile, EVALUATION_STACK, Inputs, Interrupted, current_stop, with_stop};
 use crate::model::{Account, AccountLink, ContentHash, Identity, LinkRecord, LinkState};
 use crate::store::{ProcessingCommit, ProcessingSnapshot, ProfileState};
 use idsync_api::IdentityProfileSpec;
@@ -171,13 +171,16 @@ pub fn run(
         spec.correlation.iter().flat_map(|c| c.rules.iter().map(|r| r.ignore_case)).collect();
     let mut keys: HashMap<(String, bool), HashMap<String, Vec<&str>>> = HashMap::new();
     let mut key_values: HashMap<&str, (String, KeyValues<'_>)> = HashMap::with_capacity(authoritative.len());
-    for (account, hash) in authoritative {
+    let workers = workers();
+    let computed_keys = in_order(authoritative, workers, |_, (account, hash)| {
         let keys_hash = keys_hash(&mapping, hash);
-        let stored = snapshot.identities.get(&account.id);
-        let values: KeyValues<'_> = match stored {
+        let values: KeyValues<'_> = match snapshot.identities.get(&account.id) {
             Some(s) if *selection != Selection::All && s.keys_hash == keys_hash => Cow::Borrowed(&s.correlation_keys),
             _ => Cow::Owned(compute_keys(spec, compiled, &key_attributes, account, now)?),
         };
+        Ok((keys_hash, values))
+    })?;
+    for ((account, _), (keys_hash, values)) in authoritative.iter().zip(computed_keys) {
         for (name, text) in values.iter() {
             for &ignore_case in &case_modes {
                 let key = if ignore_case { text.to_lowercase() } else { text.clone() };
@@ -210,8 +213,10 @@ pub fn run(
     // Identities not evaluated stay borrowed from the snapshot until
     // something (their manager, their keys) changes them.
     let mut computed: HashMap<&str, Cow<'_, Identity>> = HashMap::with_capacity(authoritative.len());
-    // Each authoritative account is one identity, evaluated at most once.
+    // Each authoritative account is one identity, evaluated at most once,
+    // in batches spread over the processor's cores (see [`evaluate_batch`]).
     let (mut processed, mut with_errors) = (0u64, 0u64);
+    let mut batch: Vec<Evaluated<'_>> = Vec::with_capacity(BATCH.min(authoritative.len()));
     for (account, hash) in authoritative {
         let mut correlated = attached.remove(account.id.as_str()).unwrap_or_default();
         correlated.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
@@ -220,7 +225,9 @@ pub fn run(
         let due = stored.and_then(|s| s.next_processing).is_some_and(|t| t <= now);
         let evaluate = match selection {
             Selection::All => true,
-            Selection::Changed => stored.is_none_or(|s| s.input_hash != input_hash) || due,
+            Selection::Changed => {
+                stored.is_none_or(|s| s.input_hash != input_hash || s.time_changes_at.is_some_and(|t| t <= now)) || due
+            }
             Selection::Due => due,
             Selection::Only(ids) => ids.contains(&account.id),
         };
@@ -234,34 +241,12 @@ pub fn run(
             }
             continue;
         }
-        let (identity, failed) = evaluate_identity(
-            spec,
-            compiled,
-            Evaluated {
-                account,
-                correlated: &correlated,
-                stored,
-                input_hash,
-                keys: key_values.into_owned(),
-                keys_hash,
-            },
-            now,
-            processed,
-        )?;
-        if failed {
-            with_errors += 1;
+        batch.push(Evaluated { account, correlated, stored, input_hash, keys: key_values.into_owned(), keys_hash });
+        if batch.len() == BATCH {
+            merge_batch(spec, compiled, &mut batch, &mut computed, (&mut processed, &mut with_errors), now, workers)?;
         }
-        processed += 1;
-        // The manager is decided over everyone below; until then it is what
-        // was stored. A result equal to the stored identity is dropped here,
-        // so a scheduled run over 100,000 unchanged identities does not hold
-        // two copies of them.
-        let result: Cow<'_, Identity> = match stored {
-            Some(s) if identity == *s => Cow::Borrowed(s),
-            _ => Cow::Owned(identity),
-        };
-        computed.insert(account.id.as_str(), result);
     }
+    merge_batch(spec, compiled, &mut batch, &mut computed, (&mut processed, &mut with_errors), now, workers)?;
 
     // 5. Managers over everyone.
     let unresolved_managers = resolve_managers(spec, &mut computed);
@@ -390,11 +375,126 @@ pub(super) fn compute_keys(
     Ok(evaluation.attributes.iter().filter_map(|(n, v)| Some((n.clone(), scalar_text(v)?))).collect())
 }
 
+/// Identities evaluated together: enough to keep every core busy for a
+/// while, few enough that a batch's results (held until the batch is
+/// merged) stay a small part of a run's memory.
+const BATCH: usize = 2048;
+/// Batches smaller than this are evaluated on the calling thread: a thread
+/// costs more than evaluating a few identities.
+const PARALLEL_MIN: usize = 256;
+
+/// How many threads evaluate a batch: the processor's cores, at most four
+/// (a run shares the machine with syncs and the API server).
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// Evaluates `batch` in order (see [`in_order`]); `evaluated` is how many
+/// identities the run evaluated before the batch, for the message of a run
+/// given up.
+fn evaluate_batch(
+    spec: &IdentityProfileSpec,
+    compiled: &CompiledProfile,
+    batch: &[Evaluated<'_>],
+    now: Timestamp,
+    evaluated: u64,
+    workers: usize,
+) -> Result<Vec<(Identity, bool)>, Abandoned> {
+    in_order(batch, workers, |i, from| evaluate_identity(spec, compiled, from, now, evaluated + i as u64))
+}
+
+/// `f` of each item with its index, on `workers` threads when there are
+/// enough items; the results are in the items' order. When evaluations are
+/// given up, the one given up is the first in the items' order (so an
+/// abandoned run names the identity and count that one thread evaluating
+/// one identity after the other would have reached, however many cores).
+///
+/// The threads run with the evaluation stack and the caller's [`Stop`]
+/// (both thread-local to the caller's processing thread); a thread that
+/// cannot be started leaves its part to the calling thread.
+///
+/// [`Stop`]: super::expr::Stop
+fn in_order<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    f: impl Fn(usize, &T) -> Result<R, Abandoned> + Sync,
+) -> Result<Vec<R>, Abandoned> {
+    let one_by_one = |part: &[T], before: usize| -> Result<Vec<R>, Abandoned> {
+        part.iter().enumerate().map(|(i, item)| f(before + i, item)).collect()
+    };
+    if workers <= 1 || items.len() < PARALLEL_MIN {
+        return one_by_one(items, 0);
+    }
+    let stop = current_stop();
+    let size = items.len().div_ceil(workers);
+    let parts: Vec<Result<Vec<R>, Abandoned>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(size)
+            .enumerate()
+            .map(|(n, part)| {
+                let before = n * size;
+                let (stop, one_by_one) = (stop.clone(), &one_by_one);
+                let run = move || match &stop {
+                    Some(stop) => with_stop(stop, || one_by_one(part, before)),
+                    None => one_by_one(part, before),
+                };
+                std::thread::Builder::new()
+                    .name("identity-eval".to_string())
+                    .stack_size(EVALUATION_STACK)
+                    .spawn_scoped(scope, run.clone())
+                    .map_err(|_| run)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| match handle {
+                Ok(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(run) => run(),
+            })
+            .collect()
+    });
+    let mut results = Vec::with_capacity(items.len());
+    for part in parts {
+        results.extend(part?);
+    }
+    Ok(results)
+}
+
+/// Evaluates `batch` (emptying it) into `computed`, counting the identities
+/// evaluated and those with failing expressions.
+fn merge_batch<'a>(
+    spec: &IdentityProfileSpec,
+    compiled: &CompiledProfile,
+    batch: &mut Vec<Evaluated<'a>>,
+    computed: &mut HashMap<&'a str, Cow<'a, Identity>>,
+    (processed, with_errors): (&mut u64, &mut u64),
+    now: Timestamp,
+    workers: usize,
+) -> Result<(), Abandoned> {
+    let results = evaluate_batch(spec, compiled, batch, now, *processed, workers)?;
+    for (from, (identity, failed)) in batch.drain(..).zip(results) {
+        if failed {
+            *with_errors += 1;
+        }
+        *processed += 1;
+        // The manager is decided over everyone below; until then it is what
+        // was stored. A result equal to the stored identity is dropped here,
+        // so a scheduled run over 100,000 unchanged identities does not hold
+        // two copies of them.
+        let result: Cow<'a, Identity> = match from.stored {
+            Some(s) if identity == *s => Cow::Borrowed(s),
+            _ => Cow::Owned(identity),
+        };
+        computed.insert(from.account.id.as_str(), result);
+    }
+    Ok(())
+}
+
 /// What one identity is evaluated from.
 pub(super) struct Evaluated<'a> {
     pub account: &'a Account,
     /// Its correlated accounts, ordered by connection and account id.
-    pub correlated: &'a [(&'a str, &'a Account, &'a ContentHash)],
+    pub correlated: Vec<(&'a str, &'a Account, &'a ContentHash)>,
     pub stored: Option<&'a Identity>,
     pub input_hash: String,
     pub keys: BTreeMap<String, String>,
@@ -410,11 +510,12 @@ pub(super) struct Evaluated<'a> {
 pub(super) fn evaluate_identity(
     spec: &IdentityProfileSpec,
     compiled: &CompiledProfile,
-    from: Evaluated<'_>,
+    from: &Evaluated<'_>,
     now: Timestamp,
     evaluated: u64,
 ) -> Result<(Identity, bool), Abandoned> {
     let Evaluated { account, correlated, stored, input_hash, keys, keys_hash } = from;
+    let (account, stored) = (*account, *stored);
     let mut inputs: Vec<(&str, &Account)> = vec![(spec.authoritative_connection.as_str(), account)];
     for (connection, a, _) in correlated {
         // The first account of each connection (by id) is the one
@@ -442,13 +543,14 @@ pub(super) fn evaluate_identity(
         .chain(correlated.iter().map(|(c, a, _)| AccountLink { connection: c.to_string(), account_id: a.id.clone() }))
         .collect(),
         errors: evaluation.errors,
-        input_hash,
+        input_hash: input_hash.clone(),
         created: stored.map_or(now, |s| s.created),
         modified: stored.map_or(now, |s| s.modified),
         next_processing: None,
         next_processing_value: None,
-        correlation_keys: keys,
-        keys_hash,
+        correlation_keys: keys.clone(),
+        keys_hash: keys_hash.clone(),
+        time_changes_at: evaluation.time_changes_at,
     };
     // A failing expression keeps what the identity had.
     if let Some(s) = stored {
@@ -1321,5 +1423,69 @@ mod tests {
         assert_eq!(mapping_hash(&a), mapping_hash(&b));
         b.attributes.insert("x".into(), "1".into());
         assert_ne!(mapping_hash(&a), mapping_hash(&b));
+    }
+
+    #[test]
+    fn batches_evaluated_on_several_threads_give_what_one_thread_gives() {
+        let spec = spec();
+        let compiled = compiled(&spec);
+        let now = at("2026-11-22T12:00:00Z");
+        let people: Vec<Account> = (0..1000)
+            .map(|n| {
+                let extra: &[(&str, &str)] = if n % 7 == 0 { &[("badge", "not a number")] } else { &[] };
+                person(&format!("E{n:04}"), "P", &format!("p{n}@acme.com"), "E0000", extra)
+            })
+            .collect();
+        let accounts = with_hashes(people);
+        let batch: Vec<Evaluated<'_>> = accounts
+            .iter()
+            .map(|(account, hash)| Evaluated {
+                account,
+                correlated: Vec::new(),
+                stored: None,
+                input_hash: input_hash("m", "hr", account, hash, &[]),
+                keys: BTreeMap::new(),
+                keys_hash: String::new(),
+            })
+            .collect();
+        let one = evaluate_batch(&spec, &compiled, &batch, now, 0, 1).expect("within the bounds");
+        let three = evaluate_batch(&spec, &compiled, &batch, now, 0, 3).expect("within the bounds");
+        assert_eq!(one.len(), 1000);
+        assert_eq!(one, three);
+        assert_eq!(three.iter().filter(|(_, failed)| *failed).count(), 143);
+        assert_eq!(three[500].0.id, "E0500");
+
+        // Given up at the first identity past a bound in the batch's order,
+        // counted as one thread counts, whichever thread reached it.
+        let mut spec = spec.clone();
+        spec.attributes.insert("big".into(), "has(accounts.hr.huge) ? lists.range(100000000) : []".into());
+        let compiled = super::CompiledProfile::compile(&spec.attributes, spec.lifecycle.as_ref()).expect("compiles");
+        let mut people: Vec<Account> =
+            (0..1000).map(|n| person(&format!("E{n:04}"), "P", &format!("p{n}@acme.com"), "E0000", &[])).collect();
+        for n in [700, 900] {
+            people[n].attributes.insert("huge".into(), json!("yes"));
+        }
+        let accounts = with_hashes(people);
+        let batch: Vec<Evaluated<'_>> = accounts
+            .iter()
+            .map(|(account, hash)| Evaluated {
+                account,
+                correlated: Vec::new(),
+                stored: None,
+                input_hash: input_hash("m", "hr", account, hash, &[]),
+                keys: BTreeMap::new(),
+                keys_hash: String::new(),
+            })
+            .collect();
+        for workers in [1, 2, 4] {
+            let abandoned = evaluate_batch(&spec, &compiled, &batch, now, 5000, workers).expect_err("abandoned");
+            assert_eq!((abandoned.identity.as_str(), abandoned.evaluated), ("E0700", 5700), "{workers} threads");
+        }
+
+        // A pulled stop reaches the threads evaluating for the caller.
+        let stop = crate::identity::expr::Stop::new();
+        stop.stop();
+        let stopped = crate::identity::expr::with_stop(&stop, || evaluate_batch(&spec, &compiled, &batch, now, 0, 2));
+        assert_eq!(stopped.map(|_| ()).map_err(|a| a.cause), Err(Interrupted::Stopped));
     }
 }

@@ -60,6 +60,12 @@ pub struct Identity {
     /// `correlation_keys` were computed from.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub keys_hash: String,
+    /// The earliest instant at which an expression that compares with
+    /// `now` (a lifecycle from a termination date) could compute something
+    /// else with the same accounts; runs over everyone evaluate it again
+    /// from then on, and skip it before (see `identity::expr::time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_changes_at: Option<jiff::Timestamp>,
 }
 
 impl Identity {
@@ -83,6 +89,7 @@ impl Identity {
             next_processing_value: None,
             correlation_keys: BTreeMap::new(),
             keys_hash: String::new(),
+            time_changes_at: None,
         }
     }
 

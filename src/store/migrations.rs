@@ -12,8 +12,14 @@ use super::StoreError;
 
 /// The schema, one step per entry: entry `i` takes a database from version
 /// `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] =
-    &[V1_ACCOUNTS_RUNS_STAGING, V2_IDENTITIES, V3_RUN_CHANGES, V4_NOTIFICATION_OUTBOX, V5_ACCOUNT_MARKS];
+pub const MIGRATIONS: &[&str] = &[
+    V1_ACCOUNTS_RUNS_STAGING,
+    V2_IDENTITIES,
+    V3_RUN_CHANGES,
+    V4_NOTIFICATION_OUTBOX,
+    V5_ACCOUNT_MARKS,
+    V6_IDENTITY_TIME_CHANGES,
+];
 
 /// The schema version this code writes and reads.
 pub fn latest_version() -> i64 {
@@ -256,6 +262,22 @@ END;
 
 ALTER TABLE profiles ADD COLUMN mapping_hash TEXT;
 ALTER TABLE profiles ADD COLUMN summary TEXT;
+";
+
+/// When an identity's time-dependent expressions could next compute
+/// something else (`Identity::time_changes_at`, in microseconds since the
+/// epoch), as a column so that a run over everyone reads just the identities
+/// whose time has come instead of all of them.
+///
+/// Identities written before this have no such instant, and one of them
+/// whose lifecycle moves with the time would be skipped forever: their input
+/// hashes are cleared and their profiles' mapping hashes forgotten, so the
+/// next run of each profile is a full one that evaluates everyone again.
+const V6_IDENTITY_TIME_CHANGES: &str = "
+ALTER TABLE identities ADD COLUMN time_changes_at INTEGER;
+CREATE INDEX identities_by_time_changes ON identities (prof, time_changes_at) WHERE time_changes_at IS NOT NULL;
+UPDATE identities SET data = json_set(data, '$.inputHash', '');
+UPDATE profiles SET mapping_hash = NULL;
 ";
 
 /// Reads the database's schema version.

@@ -161,8 +161,12 @@ pub struct ProcessingDelta {
     /// those the read identities list (a deleted account is absent).
     pub accounts: BTreeMap<String, HashMap<String, (Account, ContentHash)>>,
     /// The profile's stored identities among the authoritative connection's
-    /// changed ids, by id.
+    /// changed ids and [`ProcessingDelta::time_due`], by id.
     pub identities: HashMap<String, Identity>,
+    /// The ids of the stored identities whose `time_changes_at` has come by
+    /// the read's `now`: their inputs may not have changed, but what
+    /// expressions compute from `now` may have. Ordered.
+    pub time_due: Vec<String>,
     pub state: ProfileState,
 }
 
@@ -379,9 +383,16 @@ pub trait IdentityStore: Send + Sync + 'static {
     /// authoritative connection. None when the store cannot tell what
     /// changed since then (the profile never processed, or saw a version
     /// older than the store's change marks), and by default: the caller
-    /// then reads a whole [`IdentityStore::processing_snapshot`].
-    fn processing_delta(&self, p: &ProfileRef, connections: &[String]) -> Result<Option<ProcessingDelta>, StoreError> {
-        let _ = (p, connections);
+    /// then reads a whole [`IdentityStore::processing_snapshot`]. Also
+    /// reads the identities whose `time_changes_at` is at or before `now`
+    /// ([`ProcessingDelta::time_due`]).
+    fn processing_delta(
+        &self,
+        p: &ProfileRef,
+        connections: &[String],
+        now: jiff::Timestamp,
+    ) -> Result<Option<ProcessingDelta>, StoreError> {
+        let _ = (p, connections, now);
         Ok(None)
     }
     fn get_identity(&self, p: &ProfileRef, id: &str) -> Result<Option<Identity>, StoreError>;

@@ -306,7 +306,9 @@ async fn the_20_00_run_moves_an_identity_past_its_termination_date() {
     let status = profile.status.expect("status");
     assert_eq!(status.lifecycle_state_counts.get("terminated"), Some(&1));
     let last = status.last_processing.expect("last");
-    assert_eq!((last.processed, last.changed), (4, 1), "unchanged identities are not written");
+    // Only E2 is evaluated: no account changed, and E2's termination date
+    // is the only instant any identity's expressions compared `now` with.
+    assert_eq!((last.processed, last.changed), (1, 1), "unchanged identities are not evaluated");
     // The next slot is the next morning at 08:00 Chicago.
     let next = status.next_processing_time.expect("next").0;
     assert_eq!(next, "2027-01-16T08:00:00-06:00".parse::<Timestamp>().expect("time"));

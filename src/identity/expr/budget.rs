@@ -125,6 +125,12 @@ pub fn with_stop<T>(stop: &Stop, f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// The stop this thread's evaluations check, for threads that evaluate on
+/// its behalf.
+pub fn current_stop() -> Option<Stop> {
+    METER.with(|m| m.borrow().stop.clone())
+}
+
 /// Whether this thread's evaluations were asked to stop.
 pub fn stopped() -> bool {
     METER.with(|m| m.borrow().stop.as_ref().is_some_and(Stop::is_stopped))

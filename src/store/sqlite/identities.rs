@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::codec::{corrupt, decode_account, from_i64, parse_time, parse_trigger, to_i64};
@@ -160,6 +161,7 @@ pub(super) fn delta(
     db: &Connection,
     p: &ProfileRef,
     connections: &[String],
+    now: Timestamp,
 ) -> Result<Option<ProcessingDelta>, StoreError> {
     let Some(authoritative) = connections.first() else { return Ok(None) };
     let Some(prof) = profile_key(db, p)? else { return Ok(None) };
@@ -223,7 +225,35 @@ pub(super) fn delta(
         }
         delta.identities.insert(identity.id.clone(), identity);
     }
+    // Identities whose time has come, off the partial index: none at all
+    // on most runs, so a run over everyone with nothing changed reads
+    // nothing of the 100,000.
+    let mut stmt = db.prepare_cached(
+        "SELECT id, data FROM identities WHERE prof = ?1 AND time_changes_at IS NOT NULL AND time_changes_at <= ?2 \
+         ORDER BY id",
+    )?;
+    let mut rows = stmt.query(params![prof, time_key(now)])?;
+    let mut due = Vec::new();
+    while let Some(row) = rows.next()? {
+        due.push(identity_from_row(row)?);
+    }
+    drop(rows);
+    for identity in due {
+        read_account(&mut delta, authoritative, &identity.id)?;
+        for link in identity.accounts.iter().skip(1) {
+            read_account(&mut delta, &link.connection, &link.account_id)?;
+        }
+        delta.time_due.push(identity.id.clone());
+        delta.identities.insert(identity.id.clone(), identity);
+    }
     Ok(Some(delta))
+}
+
+/// `identities.time_changes_at` of an instant: microseconds since the
+/// epoch, rounded down, so that an identity is read as due at or before
+/// its instant, never after it.
+fn time_key(at: Timestamp) -> i64 {
+    at.as_microsecond()
 }
 
 /// A `(data, hash)` row of `accounts`.
@@ -298,11 +328,18 @@ pub(super) fn write_commit(
         delete.execute(params![key, id])?;
     }
     let mut upsert = tx.prepare_cached(
-        "INSERT INTO identities (prof, id, lifecycle_state, data) VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT (prof, id) DO UPDATE SET lifecycle_state = excluded.lifecycle_state, data = excluded.data",
+        "INSERT INTO identities (prof, id, lifecycle_state, data, time_changes_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (prof, id) DO UPDATE SET lifecycle_state = excluded.lifecycle_state, data = excluded.data, \
+         time_changes_at = excluded.time_changes_at",
     )?;
     for (identity, data) in commit.upserts.iter().zip(&encoded.identities) {
-        upsert.execute(params![key, identity.id, identity.lifecycle_state, data])?;
+        upsert.execute(params![
+            key,
+            identity.id,
+            identity.lifecycle_state,
+            data,
+            identity.time_changes_at.map(time_key)
+        ])?;
     }
     let mut delete =
         tx.prepare_cached("DELETE FROM identity_links WHERE prof = ?1 AND connection = ?2 AND account_id = ?3")?;
@@ -568,14 +605,20 @@ impl IdentityStore for SqliteStore {
         Ok(snapshot)
     }
 
-    fn processing_delta(&self, p: &ProfileRef, connections: &[String]) -> Result<Option<ProcessingDelta>, StoreError> {
+    fn processing_delta(
+        &self,
+        p: &ProfileRef,
+        connections: &[String],
+        now: Timestamp,
+    ) -> Result<Option<ProcessingDelta>, StoreError> {
         let started = Instant::now();
-        let delta = self.read(|tx| delta(tx, p, connections))?;
+        let delta = self.read(|tx| delta(tx, p, connections, now))?;
         if let Some(delta) = &delta {
             tracing::debug!(
                 profile = %p,
                 changed = delta.changed.values().map(Vec::len).sum::<usize>(),
                 identities = delta.identities.len(),
+                time_due = delta.time_due.len(),
                 elapsed_ms = started.elapsed().as_millis(),
                 "read what changed since the last processing"
             );
@@ -704,6 +747,7 @@ mod tests {
             next_processing_value: Some("2025-07-01".into()),
             correlation_keys: BTreeMap::from([("email".to_string(), format!("{id}@example.com"))]),
             keys_hash: "cd".repeat(32),
+            time_changes_at: Some(time(172_800, 5_000)),
         }
     }
 
@@ -1201,7 +1245,7 @@ mod tests {
         sync(&store, &hr, &upserts(&(1..=50).map(|n| account(&format!("E{n:02}"), 1)).collect::<Vec<_>>()));
         sync(&store, &ldap, &upserts(&[account("uid=E01", 1), account("uid=E02", 1)]));
         // Never processed: the store cannot tell what is new to it.
-        assert!(store.processing_delta(&p, &wanted).unwrap().is_none());
+        assert!(store.processing_delta(&p, &wanted, time(0, 0)).unwrap().is_none());
 
         // Processed as of these versions; E01 has its LDAP account.
         let mut e01 = identity("E01", Some("active"));
@@ -1216,7 +1260,7 @@ mod tests {
                 &run(Trigger::Scheduled, RunOutcome::Succeeded, 0),
             )
             .unwrap();
-        let delta = store.processing_delta(&p, &wanted).unwrap().expect("a delta");
+        let delta = store.processing_delta(&p, &wanted, time(0, 0)).unwrap().expect("a delta");
         assert!(delta.changed.values().all(Vec::is_empty) && delta.identities.is_empty() && delta.accounts.is_empty());
         assert_eq!(delta.versions, seen.seen_versions);
         assert_eq!(delta.state, seen);
@@ -1226,7 +1270,7 @@ mod tests {
         // changes nothing.
         sync(&store, &hr, &upserts(&[account("E01", 2), account("E02", 1), account("E03", 2), account("E51", 1)]));
         sync(&store, &hr, &[StagedChange::Upsert(account("E03", 1)), StagedChange::Delete("E50".into())]);
-        let delta = store.processing_delta(&p, &wanted).unwrap().expect("a delta");
+        let delta = store.processing_delta(&p, &wanted, time(0, 0)).unwrap().expect("a delta");
         assert_eq!(delta.changed["hr"], ["E01", "E03", "E50", "E51"]);
         assert!(delta.changed["ldap"].is_empty());
         assert_eq!(delta.versions["hr"], seen.seen_versions["hr"] + 2);
@@ -1243,14 +1287,50 @@ mod tests {
 
         // A purge marks every account it removes.
         store.purge_connection(&ldap).unwrap();
-        let delta = store.processing_delta(&p, &wanted).unwrap().expect("a delta");
+        let delta = store.processing_delta(&p, &wanted, time(0, 0)).unwrap().expect("a delta");
         assert_eq!(delta.changed["ldap"], ["uid=E01", "uid=E02"]);
 
         // Marks that start after the version the profile saw cannot say what
         // changed before: a database migrated while the profile was behind.
         let vandal = rusqlite::Connection::open(&path).unwrap();
         vandal.execute("UPDATE connections SET marked_from = version WHERE name = 'hr'", []).unwrap();
-        assert!(store.processing_delta(&p, &wanted).unwrap().is_none());
+        assert!(store.processing_delta(&p, &wanted, time(0, 0)).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_delta_reads_the_identities_whose_time_has_come_with_their_accounts() {
+        let (_dir, store, _path) = open();
+        let p = profile("people");
+        let (hr, ldap) = (ConnectionRef::new("team-a", "hr"), ConnectionRef::new("team-a", "ldap"));
+        let wanted = names(&["hr", "ldap"]);
+        sync(&store, &hr, &upserts(&[account("E1", 1), account("E2", 1), account("E3", 1)]));
+        sync(&store, &ldap, &upserts(&[account("uid=E2", 1)]));
+        let due_at = |id: &str, at: Option<Timestamp>| Identity { time_changes_at: at, ..bare(id) };
+        let mut e2 = due_at("E2", Some(time(100, 500_000)));
+        e2.accounts.push(AccountLink { connection: "ldap".into(), account_id: "uid=E2".into() });
+        let identities = vec![due_at("E1", None), e2, due_at("E3", Some(time(200, 0)))];
+        let seen = ProfileState { seen_versions: store.connection_versions("team-a", &wanted).unwrap(), ..state(1) };
+        store
+            .commit_processing(
+                &p,
+                &commit(identities, Vec::new(), seen),
+                &run(Trigger::Scheduled, RunOutcome::Succeeded, 0),
+            )
+            .unwrap();
+        assert_eq!(store.get_identity(&p, "E2").unwrap().unwrap().time_changes_at, Some(time(100, 500_000)));
+
+        let read = |now: Timestamp| store.processing_delta(&p, &wanted, now).unwrap().expect("a delta");
+        let before = read(time(100, 0));
+        assert!(before.time_due.is_empty() && before.identities.is_empty() && before.accounts.is_empty());
+        // At its instant (to the microsecond), with the accounts it is made
+        // of, and nothing else.
+        let due = read(time(100, 500_000));
+        assert_eq!(due.time_due, ["E2"]);
+        assert_eq!(due.identities.keys().collect::<Vec<_>>(), ["E2"]);
+        assert_eq!(due.accounts["hr"].keys().collect::<Vec<_>>(), ["E2"]);
+        assert_eq!(due.accounts["ldap"].keys().collect::<Vec<_>>(), ["uid=E2"]);
+        assert!(due.changed.values().all(Vec::is_empty));
+        assert_eq!(read(time(300, 0)).time_due, ["E2", "E3"]);
     }
 
     fn snapshot_ids(accounts: &[(Account, ContentHash)]) -> Vec<&str> {
@@ -1368,6 +1448,30 @@ mod tests {
             )
             .unwrap();
         }
+    }
+
+    #[test]
+    fn identities_written_before_time_tracking_are_all_evaluated_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idsync.db");
+        {
+            let db = rusqlite::Connection::open(&path).unwrap();
+            for migration in &migrations::MIGRATIONS[..5] {
+                db.execute_batch(migration).unwrap();
+            }
+            db.pragma_update(None, "user_version", 5).unwrap();
+            db.execute("INSERT INTO profiles (namespace, name, mapping_hash) VALUES ('team-a', 'people', 'abc')", [])
+                .unwrap();
+            let prof = db.last_insert_rowid();
+            let data = serde_json::to_string(&bare("E1")).unwrap();
+            db.execute("INSERT INTO identities (prof, id, data) VALUES (?1, 'E1', ?2)", params![prof, data]).unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let p = ProfileRef::new("team-a", "people");
+        // No identity matches its inputs and no delta can be trusted: the
+        // next run is over everyone and evaluates each identity.
+        assert_eq!(store.get_identity(&p, "E1").unwrap().unwrap().input_hash, "");
+        assert_eq!(store.profile_state(&p).unwrap().mapping_hash, None);
     }
 
     #[test]
