@@ -47,6 +47,10 @@ pub fn headline(n: &Notice) -> String {
         NotificationEvent::ProcessingSucceeded => format!("{dry}identity processing of {} succeeded", object(n)),
         NotificationEvent::ProcessingFailed => format!("{dry}identity processing of {} failed", object(n)),
         NotificationEvent::ChangesPending => format!("{} has changes waiting to be applied", object(n)),
+        NotificationEvent::AccessDrift => format!("{} found new access drift", object(n)),
+        NotificationEvent::RemovalsHeld => {
+            format!("{dry}identity processing of {} held back by the identity safeguard", object(n))
+        }
         NotificationEvent::RequestStarted => {
             format!("{dry}{} started: {}", object(n), n.target.as_deref().unwrap_or("its targets"))
         }
