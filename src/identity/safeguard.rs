@@ -113,6 +113,7 @@ pub fn check(removed: u64, offboarded: u64, total: u64, spec: &IdentityProfileSp
         return None;
     }
     let over_percent = settings.max_remove_percent < 100
+        && affected > settings.min_removals_for_percent
         && u128::from(affected) * 100 > u128::from(settings.max_remove_percent) * u128::from(total);
     let over_count = settings.max_remove_count.is_some_and(|max| affected > max);
     if !(over_percent || over_count) {
@@ -159,9 +160,12 @@ mod tests {
     #[test]
     fn shares_and_counts_over_the_settings_trip() {
         let mut spec = spec();
-        assert_eq!(check(2, 0, 10, &spec, "p"), None, "20% is the limit, not over it");
-        let tripped = check(2, 2, 10, &spec, "p").expect("40% trips");
+        assert_eq!(check(4, 0, 20, &spec, "p"), None, "20% is the limit, not over it");
+        assert_eq!(check(1, 1, 4, &spec, "p"), None, "a few removals in a small profile are an ordinary day");
+        let tripped = check(4, 4, 20, &spec, "p").expect("40% trips");
         assert_eq!(tripped.percent, "40");
+        spec.identity_safeguard.min_removals_for_percent = 0;
+        assert!(check(2, 2, 10, &spec, "p").is_some(), "without the floor, 4 of 10 trips");
         assert!(tripped.to_string().contains("confirmRemovals: true"), "{tripped}");
         spec.identity_safeguard.max_remove_percent = 100;
         assert_eq!(check(9, 0, 10, &spec, "p"), None, "100 turns the share off");
@@ -208,7 +212,11 @@ mod tests {
         };
         assert_eq!(count(&store, &p, &spec(), &next).unwrap(), (1, 1));
 
-        // 2 of 3 is over 20%: held, and the hold is kept with what it saw.
+        // 2 of 3 is over 20% (with no floor): held, and the hold is kept
+        // with what it saw.
+        let mut spec = spec();
+        spec.identity_safeguard.min_removals_for_percent = 0;
+        let spec = || spec.clone();
         let versions = BTreeMap::from([("hr".to_string(), 4)]);
         let guarded = guard(&store, &p, &spec(), &next, &versions, false, true, at).unwrap();
         assert!(guarded.held.is_none() && guarded.note.is_some(), "a dry run is never held: {guarded:?}");

@@ -220,15 +220,30 @@ pub struct IdentitySafeguard {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10_000_000))]
     pub max_remove_count: Option<u64>,
+    /// The share is checked only when a run removes or offboards more than
+    /// this many identities (default 5): one termination in a team of four
+    /// is an ordinary day, not a broken HR export. `maxRemoveCount` bounds
+    /// runs of any size.
+    #[serde(default = "default_min_removals_for_percent")]
+    #[schemars(range(min = 0, max = 10_000_000))]
+    pub min_removals_for_percent: u64,
 }
 
 fn default_max_remove_percent() -> u32 {
     20
 }
 
+fn default_min_removals_for_percent() -> u64 {
+    5
+}
+
 impl Default for IdentitySafeguard {
     fn default() -> Self {
-        IdentitySafeguard { max_remove_percent: default_max_remove_percent(), max_remove_count: None }
+        IdentitySafeguard {
+            max_remove_percent: default_max_remove_percent(),
+            max_remove_count: None,
+            min_removals_for_percent: default_min_removals_for_percent(),
+        }
     }
 }
 
