@@ -124,8 +124,10 @@ fn main() {
     memory::release_freed();
 
     let mut spec = IdentityProfile::test("employees").authoritative("hr").correlate("github", "email", "email").spec();
-    spec.drift.service_accounts =
-        vec![ServiceAccountRule { connection: "github".into(), expression: "account.username.endsWith('-bot')".into() }];
+    spec.drift.service_accounts = vec![ServiceAccountRule {
+        connection: "github".into(),
+        expression: "account.username.endsWith('-bot')".into(),
+    }];
     spec.drift.expected_accounts = vec![ExpectedAccountRule {
         connection: "github".into(),
         condition: Some("identity.attributes.department != 'Department 7'".into()),

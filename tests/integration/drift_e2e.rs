@@ -282,6 +282,10 @@ async fn the_identity_safeguard_holds_a_40_percent_offboarding_until_an_admin_co
     assert!(!refused.status.success());
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("confirmRemovals") && said.contains("bob may not confirm"), "{said}");
+    let plugin =
+        users.kubectl(&h, "bob", &["idsync", "resync", "profile", "employees", "--confirm-removals"], None).await;
+    assert!(!plugin.status.success());
+    assert!(String::from_utf8_lossy(&plugin.stderr).contains("bob may not confirm"), "{plugin:?}");
 
     // An admin confirms, and the offboarding applies.
     let out = users.create(&h, "alice", confirm("alice", "alice-confirms")).await;

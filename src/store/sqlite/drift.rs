@@ -368,7 +368,7 @@ mod tests {
         assert!(second.new.is_empty(), "an unchanged run finds nothing new");
         assert!(second.cases.iter().all(|c| c.since == at(0)), "{:?}", second.cases);
 
-        let third = store.replace_drift(&p, &[orphan.clone()], "h", at(120)).unwrap();
+        let third = store.replace_drift(&p, std::slice::from_ref(&orphan), "h", at(120)).unwrap();
         assert_eq!(third.resolved, 1);
         let summary = store.drift_summary(&p).unwrap();
         assert_eq!((summary.offboarded_with_access, summary.orphan_accounts), (0, 1));
