@@ -168,11 +168,17 @@ async fn offboarded_access_orphans_and_missing_accounts_are_reported_across_runs
         "{table}"
     );
 
+    // The two syncs commit one after the other, so the first runs may see
+    // HR without GitHub: each run announces the cases it found new.
     let detected = events(&h, "DriftDetected").await;
-    assert_eq!(detected.len(), 1, "{detected:?}");
-    let note = detected[0].note.clone().unwrap_or_default();
-    assert!(note.contains("E2 (github account bob)") && note.contains("deploy-bot") && note.contains("E4"), "{note}");
-    assert!(!note.contains("ci-svc") && !note.contains("cy") && !note.contains("ghost"), "{note}");
+    let notes: Vec<String> = detected.iter().filter_map(|e| e.note.clone()).collect();
+    assert!(notes.iter().any(|n| n.contains("E2 (github account bob)")), "{notes:?}");
+    assert!(notes.iter().any(|n| n.contains("orphan accounts: github deploy-bot")), "{notes:?}");
+    assert!(notes.iter().any(|n| n.contains("E4 (no github account)")), "{notes:?}");
+    assert!(
+        notes.iter().all(|n| !n.contains("ci-svc") && !n.contains("ghost") && !n.contains("account cy")),
+        "{notes:?}"
+    );
 
     let listed = drift_list(&db, "table");
     let lines: Vec<&str> = listed.lines().collect();
@@ -199,9 +205,9 @@ async fn offboarded_access_orphans_and_missing_accounts_are_reported_across_runs
     let again = request(&h, ResyncRequest::test("again").profiles(["employees"]).scope(Scope::Identities)).await;
     assert_eq!(again.status.and_then(|s| s.phase), Some(Phase::Succeeded));
     assert_eq!(store.drift_cases(&p_ref).expect("cases"), before, "the second run keeps since");
-    let detected = events(&h, "DriftDetected").await;
-    assert_eq!(detected.len(), 1);
-    assert!(detected[0].series.is_none(), "announced once, not at every run: {:?}", detected[0].series);
+    let again_detected = events(&h, "DriftDetected").await;
+    assert_eq!(again_detected.len(), detected.len(), "{again_detected:?}");
+    assert!(again_detected.iter().all(|e| e.series.is_none()), "announced once, not at every run: {again_detected:?}");
 
     // Past the grace period, AccessDrift turns True.
     clock.advance_to(Timestamp::now() + SignedDuration::from_hours(2));
