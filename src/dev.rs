@@ -157,8 +157,9 @@ pub fn next_steps(kubeconfig: &Path, docs: &[Document], store: &Path) -> String 
          As a demo user (alice: idsync-admin, bob: idsync-requester, carol: idsync-viewer):\n\
          \x20 kubectl --kubeconfig {k} --context idsync-dev-bob auth can-i confirm resyncrequests.idsync.dev\n\
          \x20 kubectl --kubeconfig {k} --context idsync-dev-carol get connections\n\
-         The store is {store}; read identities with:\n\
+         The store is {store}; read identities and access drift with:\n\
          \x20 idsync identities list --profile {profile} --store {store}\n\
+         \x20 idsync drift list --profile {profile} --store {store}\n\
          Press Ctrl-C to stop.\n"
     )
 }

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
-use idsync::cli::{Cli, Command, accounts, identities, manifests, operator, plugin, runs, store};
+use idsync::cli::{Cli, Command, accounts, drift, identities, manifests, operator, plugin, runs, store};
 
 fn main() -> ExitCode {
     let bin_name = idsync::cli::bin_name(std::env::args_os().next().as_deref());
@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         Command::Identities { command } => identities::run(command),
         Command::Runs { command } => runs::run(command),
         Command::Accounts { command } => accounts::run(command),
+        Command::Drift { command } => drift::run(command),
         Command::Store { command } => store::run(command),
         Command::Resync { command, kube } => operator::run_async(false, plugin::resync(command, kube)),
         Command::Status { kube, output } => operator::run_async(false, plugin::status(kube, output)),

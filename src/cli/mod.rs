@@ -9,6 +9,7 @@
 //! - [`output`]: the shapes they print (tables, CSV, JSON, YAML).
 
 pub mod accounts;
+pub mod drift;
 pub mod identities;
 pub mod manifests;
 pub mod operator;
@@ -151,6 +152,13 @@ pub enum Command {
     Runs {
         #[command(subcommand)]
         command: RunsCommand,
+    },
+    /// Show an IdentityProfile's access drift: offboarded people with
+    /// enabled accounts, orphan accounts, missing expected accounts; read
+    /// from the store's file.
+    Drift {
+        #[command(subcommand)]
+        command: DriftCommand,
     },
     /// Show a Connection's synced accounts, read from the store's file.
     Accounts {
@@ -298,6 +306,41 @@ pub enum AccountsCommand {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = ItemOutput::Yaml)]
         output: ItemOutput,
     },
+}
+
+#[derive(Subcommand)]
+pub enum DriftCommand {
+    /// List the profile's open drift cases with their connection, account
+    /// and age (since the first processing run that saw each).
+    List {
+        #[command(flatten)]
+        target: ProfileArgs,
+        /// Only cases of this kind.
+        #[arg(long, value_enum)]
+        kind: Option<DriftKindArg>,
+        /// table: kubectl-like; json: a DriftCaseList; csv: RFC 4180.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ListOutput::Table)]
+        output: ListOutput,
+    },
+}
+
+/// A kind of drift case, as `--kind` takes it.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DriftKindArg {
+    OffboardedWithAccess,
+    OrphanAccount,
+    MissingExpectedAccount,
+}
+
+impl From<DriftKindArg> for crate::store::drift::DriftKind {
+    fn from(kind: DriftKindArg) -> Self {
+        use crate::store::drift::DriftKind;
+        match kind {
+            DriftKindArg::OffboardedWithAccess => DriftKind::OffboardedWithAccess,
+            DriftKindArg::OrphanAccount => DriftKind::OrphanAccount,
+            DriftKindArg::MissingExpectedAccount => DriftKind::MissingExpectedAccount,
+        }
+    }
 }
 
 /// Which Connection, in which store.

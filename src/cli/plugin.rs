@@ -78,6 +78,10 @@ pub enum ResyncCommand {
         /// Apply a Manual profile's pending changes (an admin's action).
         #[arg(long, conflicts_with = "identities")]
         apply_pending_changes: bool,
+        /// Apply a run the identity safeguard held back (an admin's
+        /// action).
+        #[arg(long)]
+        confirm_removals: bool,
         /// Compute and report, commit nothing.
         #[arg(long)]
         dry_run: bool,
@@ -186,11 +190,12 @@ pub async fn resync(command: ResyncCommand, args: KubeArgs) -> anyhow::Result<Ex
             sync_options(&mut spec, &options);
             ("resync-all-".to_string(), options.follow)
         }
-        ResyncCommand::Profile { names, identities, apply_pending_changes, dry_run, follow } => {
+        ResyncCommand::Profile { names, identities, apply_pending_changes, confirm_removals, dry_run, follow } => {
             spec.target.profiles = Some(names.clone());
             spec.scope = Scope::Identities;
             spec.identities = identities;
             spec.apply_pending_changes = apply_pending_changes;
+            spec.confirm_removals = confirm_removals;
             spec.dry_run = dry_run;
             (format!("process-{}-", names.join("-")), follow)
         }

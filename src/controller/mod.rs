@@ -4,6 +4,7 @@
 //! reconcile loop, in the runner's tasks.
 
 pub mod connection;
+pub mod drift;
 pub mod events;
 pub mod guard;
 pub mod inputs;

@@ -280,7 +280,7 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
         let p = p.clone();
         blocking(&ctx, move |store| store.profile_state(&p)).await?
     };
-    let eff = match effective(&profile, state.applied_spec.as_deref(), state.applied_generation) {
+    let mut eff = match effective(&profile, state.applied_spec.as_deref(), state.applied_generation) {
         Ok(eff) => eff,
         Err(error) => {
             tracing::warn!(%error, profile = %p, "a Manual profile's applied mappings cannot be read; not processing");
@@ -288,6 +288,9 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
             return Ok(Action::requeue(ctx.config.max_requeue));
         }
     };
+    // drift hook: drift and the safeguard follow the live spec, whatever mappings apply.
+    (eff.spec.drift, eff.spec.identity_safeguard) =
+        (profile.spec.drift.clone(), profile.spec.identity_safeguard.clone());
     let schedule = Schedule::parse(&profile.spec.schedule.cron, &profile.spec.schedule.time_zone)
         .map_err(|e| format!("spec.schedule: {e}"));
     let compiled = compile(&ctx, &eff.spec);
@@ -330,7 +333,7 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
     };
     let spec_changed = eff.applies_current && eff.mappings_changed;
     let slot = state.last_scheduled.and_then(|last| schedule.due_between(last, now));
-    let due = if spec_changed {
+    let mut due = if spec_changed {
         Some((Trigger::SpecChanged, Selection::All))
     } else if slot.is_some() {
         Some((Trigger::Scheduled, Selection::All))
@@ -341,6 +344,16 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
     } else {
         None
     };
+
+    // safeguard hook: a run the identity safeguard held back waits for a
+    // confirmation or new data, not for the next reconcile.
+    let hold = {
+        let p = p.clone();
+        blocking(&ctx, move |store| store.drift_summary(&p)).await?.hold
+    };
+    if crate::identity::safeguard::still_held(hold.as_ref(), &versions, &eff.spec) {
+        due = None;
+    }
 
     // These expressions passed an evaluation bound lately: stalled as that
     // run left it, without spending the budget again at every reconcile.
@@ -365,6 +378,7 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
             applies: eff.applies_current.then(|| (profile.spec.clone(), generation)),
             scheduled: Some(slot.unwrap_or(now)),
             overlay: Vec::new(),
+            confirm_removals: false,
         };
         mark_processing(&api, &profile, trigger, now).await?;
         let result = execute(&ctx, &profile, job).await;
@@ -389,6 +403,8 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
     // needs no processing to count as applied.
     let applied_generation = if eff.pending { state.applied_generation } else { generation };
     let pending_message = eff.pending.then(|| pending_note(&profile, applied_generation, pending_problem.as_deref()));
+    // drift hook: the drift counts and conditions for the status.
+    let drift = super::drift::observe(&ctx, &profile, &p, &eff.spec, now).await?;
     status::update(&api, &p.name, |obj: &mut IdentityProfile| {
         let s = obj.status.get_or_insert_with(Default::default);
         let before = s.clone();
@@ -441,6 +457,7 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
                 stamp.clone(),
             );
         }
+        super::drift::write_status(s, &p.name, &drift, generation, &stamp);
         ready_without_stall(s, generation, stamp);
         *s != before
     })
@@ -452,6 +469,7 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
     let wait = next
         .map(|t| Duration::try_from(t.duration_since(now)).unwrap_or_default())
         .unwrap_or(ctx.config.max_requeue)
+        .min(drift.wait(now).unwrap_or(Duration::MAX))
         .min(ctx.config.max_requeue)
         .max(Duration::from_millis(100));
     Ok(Action::requeue(wait))
@@ -570,6 +588,9 @@ pub struct Job {
     /// (connection name, its run): a dry run of scope AccountsAndIdentities
     /// previews the identities with the accounts it would sync.
     pub overlay: Vec<(String, RunId)>,
+    /// Apply what the identity safeguard would hold back
+    /// (`confirmRemovals`).
+    pub confirm_removals: bool,
 }
 
 /// What a processing run did.
@@ -583,6 +604,8 @@ pub struct JobResult {
     pub preview: Vec<String>,
     /// Why the run was given up before it finished, if it was.
     pub halted: Option<Halt>,
+    /// The access drift the run left, for a run that committed.
+    pub drift: Option<Result<crate::identity::drift::Refreshed, String>>,
 }
 
 /// Why a processing run was given up; it changed nothing either way.
@@ -594,6 +617,8 @@ pub enum Halt {
     /// Stopped from outside: the profile changed or is being deleted, or
     /// the operator shuts down; the text says which.
     Cancelled(String),
+    /// The identity safeguard held it back: its message.
+    Held(String),
 }
 
 /// A processing run's stop, with the reason of whoever pulled it first.
@@ -732,6 +757,8 @@ pub async fn execute(ctx: &Arc<Context>, profile: &IdentityProfile, job: Job) ->
     };
     events::publish_as(&ctx.recorder, &regarding, warning, reason, run_note(run), "Process").await;
     crate::notify::announce::processing(&ctx.client, &ctx.store, profile, run, warning).await;
+    // drift hook: Events and notifications of new drift cases and of a held run.
+    super::drift::announce(ctx, profile, &result).await;
     if run.outcome != RunOutcome::DryRun {
         ctx.metrics.processing_finished(
             &format!("{}/{}", profile.namespace().unwrap_or_default(), profile.name_any()),
@@ -910,6 +937,21 @@ fn compute_and_commit(
         let unknown = outcome.unknown.join(", ");
         message = join_message(message, format!("no such identities: {unknown}"));
     }
+    // safeguard hook (before commit): a run removing or offboarding more
+    // identities than the identity safeguard allows applies nothing.
+    let guarded = crate::identity::safeguard::guard(
+        store,
+        &job.profile,
+        &job.spec,
+        &outcome.commit,
+        &versions,
+        job.confirm_removals,
+        job.dry_run,
+        now,
+    )?;
+    if let Some(note) = guarded.note {
+        message = join_message(message, note);
+    }
     let mut run = ProcessingRunRecord {
         id: 0,
         trigger: job.trigger,
@@ -935,6 +977,22 @@ fn compute_and_commit(
             preview: outcome.preview,
             unknown: outcome.unknown,
             halted: None,
+            drift: None,
+        });
+    }
+    if let Some(held) = guarded.held {
+        run.outcome = RunOutcome::Failed;
+        run.message = join_message(held.clone(), run.message);
+        finished(&mut run);
+        run.id = store.record_processing_run(&job.profile, &run)?;
+        let halted = Some(Halt::Held(held));
+        return Ok(JobResult {
+            run,
+            summary: None,
+            preview: outcome.preview,
+            unknown: outcome.unknown,
+            halted,
+            drift: None,
         });
     }
     let state = &mut outcome.commit.state;
@@ -953,12 +1011,15 @@ fn compute_and_commit(
     // having the finish inside the same transaction.
     finished(&mut run);
     run.id = store.commit_processing(&job.profile, &outcome.commit, &run)?;
+    // drift hook (after commit): the drift this run leaves, kept in the store.
+    let drift = Some(super::drift::after_commit(store, &job.profile, &job.spec, now));
     Ok(JobResult {
         run,
         summary: Some(outcome.summary),
         preview: outcome.preview,
         unknown: outcome.unknown,
         halted: None,
+        drift,
     })
 }
 
@@ -1009,6 +1070,7 @@ fn failed(
         preview: Vec::new(),
         unknown: Vec::new(),
         halted: None,
+        drift: None,
     }
 }
 
@@ -1215,6 +1277,7 @@ mod tests {
             applies: None,
             scheduled: None,
             overlay: Vec::new(),
+            confirm_removals: false,
         };
         let result = compute_and_commit(&store, job, Timestamp::now(), &ProcessingStop::default()).expect("runs");
         assert_eq!(result.run.outcome, RunOutcome::Failed);
@@ -1241,6 +1304,7 @@ mod tests {
             applies: None,
             scheduled: None,
             overlay: Vec::new(),
+            confirm_removals: false,
         };
         let result = process_blocking(&store, job, Timestamp::now(), &ProcessingStop::default());
         assert_eq!((result.run.outcome, result.run.processed), (RunOutcome::Succeeded, 1));
@@ -1268,6 +1332,7 @@ mod tests {
             applies: None,
             scheduled: None,
             overlay: Vec::new(),
+            confirm_removals: false,
         };
         let result = process_blocking(&store, job, Timestamp::now(), &ProcessingStop::default());
         assert_eq!(result.run.outcome, RunOutcome::Failed);
@@ -1320,6 +1385,7 @@ mod tests {
             applies: None,
             scheduled: None,
             overlay: Vec::new(),
+            confirm_removals: false,
         }
     }
 

@@ -710,10 +710,13 @@ async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_na
     let left_pending = use_applied
         && state.applied_generation != profile.metadata.generation
         && applied.as_ref().map(process::mapping_hash) != Some(process::mapping_hash(&profile.spec));
-    let mappings = match (&applied, use_applied) {
+    let mut mappings = match (&applied, use_applied) {
         (Some(applied), true) => applied.clone(),
         _ => profile.spec.clone(),
     };
+    // drift hook: drift and the safeguard follow the live spec, whatever mappings apply.
+    (mappings.drift, mappings.identity_safeguard) =
+        (profile.spec.drift.clone(), profile.spec.identity_safeguard.clone());
     let compiled = match profile::compile(ctx, &mappings) {
         Ok(c) => c,
         Err(problem) => {
@@ -753,6 +756,7 @@ async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_na
         applies: if named { None } else { applies },
         scheduled: None,
         overlay,
+        confirm_removals: spec.confirm_removals,
     };
     let result = profile::execute(ctx, &profile, job).await;
     let phase = if result.run.outcome == RunOutcome::Failed { TargetPhase::Failed } else { TargetPhase::Succeeded };

@@ -86,6 +86,12 @@ struct BuildLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DriftLabels {
+    profile: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConnectionLabels {
     connection: String,
 }
@@ -125,6 +131,7 @@ pub struct Metrics {
     reconcile_time: Family<ControllerLabels, Histogram, fn() -> Histogram>,
     accounts: Family<ConnectionLabels, Gauge>,
     last_success: Family<ConnectionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    drift: Family<DriftLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -157,6 +164,7 @@ impl Metrics {
         let accounts = Family::<ConnectionLabels, Gauge>::default();
         let last_success = Family::<ConnectionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let build_info = Family::<BuildLabels, Gauge>::default();
+        let drift = Family::<DriftLabels, Gauge>::default();
         build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         // The registry appends the unit and, for counters, `_total` to these names.
         registry.register(
@@ -235,7 +243,14 @@ impl Metrics {
             "Notifications waiting in the store's outbox to be sent",
             outbox_depth.clone(),
         );
+        registry.register(
+            "idsync_access_drift",
+            "Open access drift cases of a profile by kind: OffboardedWithAccess (identities), OrphanAccount and \
+             MissingExpectedAccount (accounts)",
+            drift.clone(),
+        );
         Metrics {
+            drift,
             registry,
             sync_duration,
             accounts_changed,
@@ -282,6 +297,12 @@ impl Metrics {
     pub fn set_identities(&self, profile: &str, count: u64) {
         let labels = ProfileLabels { profile: profile.to_string() };
         self.identities.get_or_create(&labels).set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// `profile` (`namespace/name`) has `count` open drift cases of `kind`.
+    pub fn set_drift(&self, profile: &str, kind: &'static str, count: u64) {
+        let labels = DriftLabels { profile: profile.to_string(), kind };
+        self.drift.get_or_create(&labels).set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// A notification was delivered through `provider` (`namespace/name`).

@@ -129,6 +129,44 @@ pub async fn changes_pending(client: &kube::Client, store: &Arc<dyn Store>, prof
         .await;
 }
 
+/// Enqueues the notice that a processing run found drift cases no run saw
+/// before: once per run (`occurrence` names it), never for cases already
+/// announced.
+pub async fn access_drift(
+    client: &kube::Client,
+    store: &Arc<dyn Store>,
+    profile: &IdentityProfile,
+    occurrence: String,
+    message: &str,
+) {
+    let now = Timestamp::now();
+    let notice = Notice {
+        message: message.to_string(),
+        ..profile_notice(profile, NotificationEvent::AccessDrift, occurrence, now)
+    };
+    enqueue_routed(client, store, &notice, &Subject { connections: Vec::new(), profiles: vec![profile.name_any()] })
+        .await;
+}
+
+/// Enqueues the notice that the identity safeguard held back run `run`.
+pub async fn removals_held(
+    client: &kube::Client,
+    store: &Arc<dyn Store>,
+    profile: &IdentityProfile,
+    run: &ProcessingRunRecord,
+) {
+    let now = Timestamp::now();
+    let notice = Notice {
+        outcome: Some(run.outcome.as_str().to_string()),
+        message: run.message.clone(),
+        request: run.request.clone(),
+        run: Some(run.id),
+        ..profile_notice(profile, NotificationEvent::RemovalsHeld, format!("run-{}", run.id), now)
+    };
+    enqueue_routed(client, store, &notice, &Subject { connections: Vec::new(), profiles: vec![profile.name_any()] })
+        .await;
+}
+
 fn profile_notice(profile: &IdentityProfile, event: NotificationEvent, occurrence: String, now: Timestamp) -> Notice {
     Notice {
         event,

@@ -47,6 +47,10 @@ pub fn headline(n: &Notice) -> String {
         NotificationEvent::ProcessingSucceeded => format!("{dry}identity processing of {} succeeded", object(n)),
         NotificationEvent::ProcessingFailed => format!("{dry}identity processing of {} failed", object(n)),
         NotificationEvent::ChangesPending => format!("{} has changes waiting to be applied", object(n)),
+        NotificationEvent::AccessDrift => format!("{} found new access drift", object(n)),
+        NotificationEvent::RemovalsHeld => {
+            format!("{dry}identity processing of {} held back by the identity safeguard", object(n))
+        }
         NotificationEvent::RequestStarted => {
             format!("{dry}{} started: {}", object(n), n.target.as_deref().unwrap_or("its targets"))
         }
@@ -315,5 +319,28 @@ mod tests {
         let body = body(&n);
         assert!(body.contains("Dry run:      yes: nothing was applied"), "{body}");
         assert!(body.contains("What it would change (first few):"), "{body}");
+    }
+
+    #[test]
+    fn drift_and_held_removal_mails_say_what_and_where() {
+        let drift = Notice {
+            kind: "IdentityProfile".into(),
+            name: "employees".into(),
+            message: "new access drift: offboarded with access: E1008 (github account fran)".into(),
+            ..sync_notice(NotificationEvent::AccessDrift)
+        };
+        assert_eq!(subject(&drift), "[idsync] IdentityProfile default/employees found new access drift");
+        assert!(body(&drift).contains("E1008 (github account fran)"), "{}", body(&drift));
+        let held = Notice {
+            kind: "IdentityProfile".into(),
+            name: "employees".into(),
+            message: "this run would remove 0 and offboard 8 of 20 identities (40%) … confirmRemovals: true".into(),
+            ..sync_notice(NotificationEvent::RemovalsHeld)
+        };
+        assert_eq!(
+            subject(&held),
+            "[idsync] identity processing of IdentityProfile default/employees held back by the identity safeguard"
+        );
+        assert!(body(&held).contains("confirmRemovals: true"), "{}", body(&held));
     }
 }

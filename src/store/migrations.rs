@@ -19,6 +19,7 @@ pub const MIGRATIONS: &[&str] = &[
     V4_NOTIFICATION_OUTBOX,
     V5_ACCOUNT_MARKS,
     V6_IDENTITY_TIME_CHANGES,
+    V7_DRIFT,
 ];
 
 /// The schema version this code writes and reads.
@@ -280,6 +281,43 @@ UPDATE identities SET data = json_set(data, '$.inputHash', '');
 UPDATE profiles SET mapping_hash = NULL;
 ";
 
+/// Access drift (see `identity::drift`) and the identity safeguard's hold.
+///
+/// `drift_cases` holds every open case of a profile with the time the first
+/// processing run that saw it ran (`since`), so the age survives runs and
+/// restarts; a run replaces the set, keeping `since` of the cases it sees
+/// again. `identity` is '' for an orphan account, `account_id` '' for a
+/// missing expected account. `drift_state` is the drift settings the cases
+/// were computed with. `removal_holds` is a processing run the identity
+/// safeguard held back: what it saw (`fingerprint`: the accounts versions
+/// and mappings) and why, so that the same run is not tried again at every
+/// reconcile until the data changes or someone confirms it.
+const V7_DRIFT: &str = "
+CREATE TABLE drift_cases (
+    prof INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('OffboardedWithAccess', 'OrphanAccount', 'MissingExpectedAccount')),
+    identity TEXT NOT NULL,
+    connection TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    label TEXT NOT NULL,
+    since TEXT NOT NULL,
+    PRIMARY KEY (prof, kind, identity, connection, account_id)
+) WITHOUT ROWID;
+
+CREATE TABLE drift_state (
+    prof INTEGER PRIMARY KEY,
+    settings_hash TEXT NOT NULL,
+    computed_at TEXT NOT NULL
+);
+
+CREATE TABLE removal_holds (
+    prof INTEGER PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    message TEXT NOT NULL,
+    held_at TEXT NOT NULL
+);
+";
+
 /// Reads the database's schema version.
 pub fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?)
@@ -335,6 +373,9 @@ mod tests {
             "processing_runs",
             "outbox",
             "account_marks",
+            "drift_cases",
+            "drift_state",
+            "removal_holds",
         ] {
             let n: i64 = conn
                 .query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1", [table], |r| {

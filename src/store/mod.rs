@@ -23,6 +23,7 @@ use crate::model::{
 };
 
 pub mod backup;
+pub mod drift;
 pub mod migrations;
 pub mod outbox;
 pub mod sqlite;
@@ -425,8 +426,11 @@ pub trait ProcessingHistory: Send + Sync + 'static {
 }
 
 /// Everything the operator keeps: one value the controllers share. Any type
-/// with the four roles is a `Store`; a test fake implements only the roles
+/// with the five roles is a `Store`; a test fake implements only the roles
 /// the code under test uses.
-pub trait Store: AccountStore + IdentityStore + ProcessingHistory + outbox::NotificationOutbox {}
+pub trait Store:
+    AccountStore + IdentityStore + ProcessingHistory + outbox::NotificationOutbox + drift::DriftStore
+{
+}
 
-impl<T: AccountStore + IdentityStore + ProcessingHistory + outbox::NotificationOutbox> Store for T {}
+impl<T: AccountStore + IdentityStore + ProcessingHistory + outbox::NotificationOutbox + drift::DriftStore> Store for T {}

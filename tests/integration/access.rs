@@ -18,14 +18,14 @@ use idsync_api::resync_request::Phase;
 
 use crate::common::{self, Harness};
 
-struct Users {
+pub(crate) struct Users {
     kubeconfig: std::path::PathBuf,
 }
 
 impl Users {
     /// alice (admin), bob (requester) and carol (viewer), bound as `idsync
     /// dev` binds them, each a context of a kubeconfig of their own.
-    async fn add(h: &Harness) -> Users {
+    pub(crate) async fn add(h: &Harness) -> Users {
         idsync::dev::install_access(&h.client).await.expect("the chart's roles and policy");
         idsync::dev::bind_demo_users(&h.client).await.expect("bindings");
         let tokens: Vec<(&str, String)> =
@@ -38,7 +38,7 @@ impl Users {
 
     /// `kubectl --context idsync-dev-USER ARGS` (or `kubectl idsync …` when
     /// the first argument is "idsync"), with `stdin` piped in.
-    async fn kubectl(&self, h: &Harness, user: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    pub(crate) async fn kubectl(&self, h: &Harness, user: &str, args: &[&str], stdin: Option<&str>) -> Output {
         let bin = h.dir.path().join("bin");
         std::fs::create_dir_all(&bin).expect("bin");
         let link = bin.join("kubectl-idsync");
@@ -67,7 +67,7 @@ impl Users {
             .expect("kubectl output")
     }
 
-    async fn create(&self, h: &Harness, user: &str, request: serde_json::Value) -> Output {
+    pub(crate) async fn create(&self, h: &Harness, user: &str, request: serde_json::Value) -> Output {
         self.kubectl(h, user, &["create", "-f", "-"], Some(&request.to_string())).await
     }
 }
@@ -107,7 +107,10 @@ async fn requesters_resync_only_admins_confirm_viewers_read() {
     assert!(!out.status.success());
     let said = stderr(&out);
     assert!(said.contains(policy), "{said}");
-    assert!(said.contains("confirmDeletes and applyPendingChanges are admin actions: bob may not confirm"), "{said}");
+    assert!(
+        said.contains("confirmDeletes, confirmRemovals and applyPendingChanges are admin actions: bob may not confirm"),
+        "{said}"
+    );
     // And through the plugin, in the API server's words, once.
     let out = users.kubectl(&h, "bob", &["idsync", "resync", "connection", "hr", "--confirm-deletes"], None).await;
     assert!(!out.status.success());

@@ -73,7 +73,9 @@ fn idsync_dev_serves_the_examples_to_kubectl_and_stops_cleanly_on_ctrl_c() {
     assert_eq!(String::from_utf8_lossy(&accounts.stdout), "36");
 
     // And the quickstart's profile turns them into identities, with the
-    // GitHub export correlated by e-mail (all but the build bot).
+    // GitHub export correlated by e-mail (all but the build bot and the
+    // contractor), and reports the drift: Frances Allen left and still has
+    // an active GitHub account; the contractor's belongs to nobody.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = kubectl(&[
@@ -81,18 +83,23 @@ fn idsync_dev_serves_the_examples_to_kubectl_and_stops_cleanly_on_ctrl_c() {
             "idprof",
             "acme-employees",
             "-o",
-            "jsonpath={.status.identityCount}/{.status.uncorrelatedAccounts}",
+            "jsonpath={.status.identityCount}/{.status.uncorrelatedAccounts}/{.status.offboardedWithAccess}/{.status.orphanAccounts}",
         ]);
         let counts = String::from_utf8_lossy(&out.stdout).into_owned();
-        if counts == "36/1" {
+        if counts == "36/2/1/1" {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the quickstart profile did not process (identities/uncorrelated: {counts:?})"
+            "the quickstart profile did not process (identities/uncorrelated/offboarded/orphans: {counts:?})"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    let table = String::from_utf8_lossy(&kubectl(&["get", "idprof", "acme-employees"]).stdout).into_owned();
+    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).and_then(|i| row.get(i).copied());
+    assert_eq!((column("OFFBOARDED"), column("ORPHANS")), (Some("1"), Some("1")), "{table}");
     assert!(text.contains("idsync identities list --profile acme-employees --store "), "{text}");
 
     // It serves its metrics where it says.
@@ -145,6 +152,17 @@ fn idsync_dev_serves_the_examples_to_kubectl_and_stops_cleanly_on_ctrl_c() {
     assert!(!refused.status.success(), "a restore under a running idsync");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("is in use by a running idsync"));
     let _ = std::fs::remove_file(&backup);
+
+    // The drift the status counts, case by case, as the printed hint lists it.
+    assert!(text.contains("idsync drift list --profile acme-employees --store "), "{text}");
+    let drift = store_cmd(&["drift", "list", "--profile", "acme-employees", "--store", &store]);
+    let listed = String::from_utf8_lossy(&drift.stdout).into_owned();
+    assert!(drift.status.success(), "{}", String::from_utf8_lossy(&drift.stderr));
+    assert!(
+        listed.lines().any(|l| l.contains("OffboardedWithAccess") && l.contains("E1008") && l.contains("fran-allen"))
+    );
+    assert!(listed.lines().any(|l| l.contains("OrphanAccount") && l.contains("jdoe-contractor")), "{listed}");
+    assert!(!listed.contains("build-bot") && !listed.contains("E1020"), "{listed}");
 
     let pid = dev.id().to_string();
     let signalled = Command::new("kill").args(["-INT", &pid]).status().expect("kill runs");

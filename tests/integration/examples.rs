@@ -64,6 +64,10 @@ fn examples_cover_every_provider_and_scenario() {
     assert_eq!(profile.spec.schedule.time_zone, "America/Chicago");
     assert_eq!(profile.spec.schedule.cron, vec!["0 8 * * *", "0 20 * * *"]);
     assert!(profile.spec.manager.is_some() && profile.spec.lifecycle.is_some());
+    assert!(
+        profiles.iter().any(|p| !p.spec.drift.service_accounts.is_empty()),
+        "no IdentityProfile example marks service accounts for the drift report"
+    );
 
     let requests: Vec<ResyncRequest> = typed(&docs, "ResyncRequest");
     let has = |what: &str, test: &dyn Fn(&ResyncRequest) -> bool| {

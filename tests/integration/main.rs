@@ -13,6 +13,7 @@ mod dev_command;
 mod devcluster_kubectl;
 mod devcluster_semantics;
 mod docs;
+mod drift_e2e;
 mod examples;
 mod faults;
 mod github;

@@ -10,8 +10,8 @@ pub const RESOURCES: [&str; 5] =
     ["connections", "identityprofiles", "resyncrequests", "notificationproviders", "notificationpolicies"];
 
 /// The verb (not an API verb: the admission policy asks the authorizer for
-/// it) that lets a user create a request with `confirmDeletes` or
-/// `applyPendingChanges`.
+/// it) that lets a user create a request with `confirmDeletes`,
+/// `confirmRemovals` or `applyPendingChanges`.
 pub const CONFIRM_VERB: &str = "confirm";
 
 /// The viewer, requester and admin ClusterRoles, named `<prefix>-viewer`…;
@@ -51,19 +51,20 @@ pub fn roles(prefix: &str, aggregate: bool) -> Vec<Value> {
 }
 
 /// The policy `<prefix>-confirmations` and its binding: a ResyncRequest
-/// that confirms (`confirmDeletes`, `applyPendingChanges`) needs the
+/// that confirms (`confirmDeletes`, `confirmRemovals`, `applyPendingChanges`) needs the
 /// confirm verb and a `requestedBy`; any `requestedBy` must be the
 /// creating user's name.
 pub fn admission_policy(prefix: &str) -> Vec<Value> {
     let name = format!("{prefix}-confirmations");
     let confirms = "(has(object.spec.confirmDeletes) && object.spec.confirmDeletes) || \
+                    (has(object.spec.confirmRemovals) && object.spec.confirmRemovals) || \
                     (has(object.spec.applyPendingChanges) && object.spec.applyPendingChanges)";
     let may_confirm = format!(
         "!variables.confirms || authorizer.group('{}').resource('resyncrequests').namespace(object.metadata.namespace).check('{CONFIRM_VERB}').allowed()",
         crate::GROUP
     );
     let refused = format!(
-        "'confirmDeletes and applyPendingChanges are admin actions: ' + request.userInfo.username + \
+        "'confirmDeletes, confirmRemovals and applyPendingChanges are admin actions: ' + request.userInfo.username + \
          ' may not confirm ResyncRequests in ' + object.metadata.namespace + \
          ' (it takes the confirm verb on resyncrequests, which the {prefix}-admin role grants)'"
     );

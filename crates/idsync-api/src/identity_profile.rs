@@ -34,6 +34,9 @@ use super::crdgen::add_rule;
     printcolumn(name = "Source", type_ = "string", json_path = ".spec.authoritativeConnection"),
     printcolumn(name = "Identities", type_ = "integer", json_path = ".status.identityCount"),
     printcolumn(name = "Active", type_ = "integer", json_path = ".status.lifecycleStateCounts.active"),
+    printcolumn(name = "Offboarded", type_ = "integer", json_path = ".status.offboardedWithAccess"),
+    printcolumn(name = "Orphans", type_ = "integer", json_path = ".status.orphanAccounts"),
+    printcolumn(name = "Drift", type_ = "string", json_path = ".status.conditions[?(@.type==\"AccessDrift\")].status"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(
         name = "Pending",
@@ -104,6 +107,144 @@ pub struct IdentityProfileSpec {
     /// ResyncRequest with scope Identities (and previews with `dryRun`).
     #[serde(default)]
     pub apply_policy: ApplyPolicy,
+
+    /// What the profile reports as access drift after every processing run:
+    /// offboarded identities that still hold enabled accounts, enabled
+    /// accounts nobody owns (orphans), and identities missing an account
+    /// they must have. Reported only; idsync never disables an account.
+    #[serde(default)]
+    pub drift: DriftPolicy,
+
+    /// A processing run that would remove or offboard more identities than
+    /// this applies nothing and waits for a ResyncRequest with
+    /// `confirmRemovals: true`.
+    #[serde(default)]
+    pub identity_safeguard: IdentitySafeguard,
+}
+
+/// How access drift is found.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftPolicy {
+    /// The lifecycle states of people who left (default `[terminated]`):
+    /// their enabled accounts in other connections are drift, and they are
+    /// never expected to have accounts.
+    #[serde(default = "default_offboarded_states")]
+    #[schemars(inner(length(min = 1, max = 63)), length(max = 32), extend("x-kubernetes-list-type" = "set"))]
+    pub offboarded_states: Vec<String>,
+    /// How long a case may stand before `AccessDrift` turns True, in
+    /// seconds (default 86400, one day: the time an offboarding checklist
+    /// usually takes). Counts and `idsync drift list` show cases at once.
+    #[serde(default = "default_grace_period_seconds")]
+    #[schemars(range(min = 0, max = MAX_GRACE_PERIOD_SECONDS))]
+    pub grace_period_seconds: u64,
+    /// Per correlated connection, a CEL predicate over `account` (`id`,
+    /// `username`, `email`, `displayName`, `enabled`, `groups`,
+    /// `attributes`) that marks service accounts, e.g.
+    /// `account.username.endsWith('-bot')`: they are never orphans.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub service_accounts: Vec<ServiceAccountRule>,
+    /// Accounts identities must have: an identity (not offboarded) without
+    /// a correlated account in the connection is a case.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub expected_accounts: Vec<ExpectedAccountRule>,
+}
+
+/// The longest `drift.gracePeriodSeconds`: a year.
+pub const MAX_GRACE_PERIOD_SECONDS: u64 = 366 * 24 * 3600;
+/// The longest drift predicate, in characters.
+pub const MAX_PREDICATE_LENGTH: usize = 1024;
+
+fn default_offboarded_states() -> Vec<String> {
+    vec!["terminated".to_string()]
+}
+
+fn default_grace_period_seconds() -> u64 {
+    24 * 3600
+}
+
+impl Default for DriftPolicy {
+    fn default() -> Self {
+        DriftPolicy {
+            offboarded_states: default_offboarded_states(),
+            grace_period_seconds: default_grace_period_seconds(),
+            service_accounts: Vec::new(),
+            expected_accounts: Vec::new(),
+        }
+    }
+}
+
+/// Which accounts of a connection are service accounts.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountRule {
+    /// A correlated connection.
+    #[schemars(length(min = 1, max = 253), regex(pattern = NAME_PATTERN))]
+    pub connection: String,
+    /// CEL over `account`, true for a service account.
+    #[schemars(length(min = 1, max = MAX_PREDICATE_LENGTH))]
+    pub expression: String,
+}
+
+/// An account every identity (or those a condition picks) must have.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpectedAccountRule {
+    /// A correlated connection.
+    #[schemars(length(min = 1, max = 253), regex(pattern = NAME_PATTERN))]
+    pub connection: String,
+    /// CEL over `identity` (`id`, `lifecycleState`, `attributes`); only
+    /// identities it is true for must have the account, e.g.
+    /// `identity.attributes.department == 'Engineering'`. Unset: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_PREDICATE_LENGTH))]
+    pub condition: Option<String>,
+}
+
+/// The identity safeguard, as the Connection's import safeguard is for
+/// accounts: counts identities a run removes (their authoritative account
+/// is gone) or moves into an offboarded state.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentitySafeguard {
+    /// Largest share of the profile's identities, in percent, one run may
+    /// remove or offboard, from 0 to 100 (default 20). 100 turns the
+    /// percentage check off.
+    #[serde(default = "default_max_remove_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_remove_percent: u32,
+    /// Largest number of identities one run may remove or offboard,
+    /// whatever the share; unset means no count limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10_000_000))]
+    pub max_remove_count: Option<u64>,
+    /// The share is checked only when a run removes or offboards more than
+    /// this many identities (default 5): one termination in a team of four
+    /// is an ordinary day, not a broken HR export. `maxRemoveCount` bounds
+    /// runs of any size.
+    #[serde(default = "default_min_removals_for_percent")]
+    #[schemars(range(min = 0, max = 10_000_000))]
+    pub min_removals_for_percent: u64,
+}
+
+fn default_max_remove_percent() -> u32 {
+    20
+}
+
+fn default_min_removals_for_percent() -> u64 {
+    5
+}
+
+impl Default for IdentitySafeguard {
+    fn default() -> Self {
+        IdentitySafeguard {
+            max_remove_percent: default_max_remove_percent(),
+            max_remove_count: None,
+            min_removals_for_percent: default_min_removals_for_percent(),
+        }
+    }
 }
 
 /// The longest CEL expression of a profile, in characters; the controller
@@ -137,6 +278,18 @@ fn profile_spec_rules(schema: &mut schemars::Schema) {
         "!has(self.nextProcessingAttribute) || (has(self.attributes) && self.nextProcessingAttribute in self.attributes)",
         "nextProcessingAttribute must name one of the attributes",
         Some(".nextProcessingAttribute"),
+    );
+    add_rule(
+        schema,
+        "!has(self.drift) || !has(self.drift.serviceAccounts) || self.drift.serviceAccounts.all(r, has(self.correlation) && self.correlation.exists(c, c.connection == r.connection))",
+        "drift.serviceAccounts names connections of spec.correlation: only a correlated connection's accounts can be orphans",
+        Some(".drift.serviceAccounts"),
+    );
+    add_rule(
+        schema,
+        "!has(self.drift) || !has(self.drift.expectedAccounts) || self.drift.expectedAccounts.all(r, has(self.correlation) && self.correlation.exists(c, c.connection == r.connection))",
+        "drift.expectedAccounts names connections of spec.correlation: only a correlated connection's accounts attach to identities",
+        Some(".drift.expectedAccounts"),
     );
 }
 
@@ -238,8 +391,8 @@ pub enum ApplyPolicy {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct IdentityProfileStatus {
-    /// `Ready`, `Processing`, `Stalled`, and `ChangesPending` under
-    /// `applyPolicy: Manual`.
+    /// `Ready`, `Processing`, `Stalled`, `AccessDrift`, `RemovalsHeld`, and
+    /// `ChangesPending` under `applyPolicy: Manual`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(transform = super::common::conditions_list)]
     pub conditions: Vec<Condition>,
@@ -272,6 +425,21 @@ pub struct IdentityProfileStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = MAX_INT64))]
     pub unresolved_managers: Option<u64>,
+    /// Identities in an offboarded state (`spec.drift.offboardedStates`)
+    /// that still hold enabled accounts in other connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_INT64))]
+    pub offboarded_with_access: Option<u64>,
+    /// Enabled accounts of correlated connections that belong to no
+    /// identity and are not marked as service accounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_INT64))]
+    pub orphan_accounts: Option<u64>,
+    /// Identities without an account `spec.drift.expectedAccounts` says
+    /// they must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_INT64))]
+    pub missing_expected_accounts: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_processing: Option<ProcessingRun>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -229,12 +229,18 @@ pub enum NotificationEvent {
     ProcessingFailed,
     /// A Manual profile has changes waiting for an explicit apply.
     ChangesPending,
+    /// A processing run found drift cases no run saw before: offboarded
+    /// identities with access, orphan accounts, missing expected accounts.
+    AccessDrift,
+    /// The identity safeguard held a processing run back; it waits for a
+    /// ResyncRequest with `confirmRemovals: true`.
+    RemovalsHeld,
     RequestStarted,
     RequestCompleted,
 }
 
 impl NotificationEvent {
-    pub const ALL: [NotificationEvent; 10] = [
+    pub const ALL: [NotificationEvent; 12] = [
         NotificationEvent::SyncStarted,
         NotificationEvent::SyncSucceeded,
         NotificationEvent::SyncFailed,
@@ -243,6 +249,8 @@ impl NotificationEvent {
         NotificationEvent::ProcessingSucceeded,
         NotificationEvent::ProcessingFailed,
         NotificationEvent::ChangesPending,
+        NotificationEvent::AccessDrift,
+        NotificationEvent::RemovalsHeld,
         NotificationEvent::RequestStarted,
         NotificationEvent::RequestCompleted,
     ];
@@ -258,6 +266,8 @@ impl NotificationEvent {
             NotificationEvent::ProcessingSucceeded => "ProcessingSucceeded",
             NotificationEvent::ProcessingFailed => "ProcessingFailed",
             NotificationEvent::ChangesPending => "ChangesPending",
+            NotificationEvent::AccessDrift => "AccessDrift",
+            NotificationEvent::RemovalsHeld => "RemovalsHeld",
             NotificationEvent::RequestStarted => "RequestStarted",
             NotificationEvent::RequestCompleted => "RequestCompleted",
         }

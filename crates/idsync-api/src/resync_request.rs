@@ -78,6 +78,12 @@ pub struct ResyncRequestSpec {
     #[serde(default)]
     pub confirm_deletes: bool,
 
+    /// Apply a processing run that the identity safeguard held back
+    /// (scope Identities, target.profiles): the
+    /// removals and offboardings it counted go through. An admin action.
+    #[serde(default)]
+    pub confirm_removals: bool,
+
     /// Apply the pending spec changes of the named Manual profiles (scope
     /// Identities, target.profiles, no identities). Without it a request
     /// processes a Manual profile with the mappings it has applied. Like
@@ -88,8 +94,8 @@ pub struct ResyncRequestSpec {
 
     /// The user who asked, as the API server knows them (`kubectl auth
     /// whoami`). The chart's admission policy refuses a value other than
-    /// the creating user's name, and requires it with `confirmDeletes` or
-    /// `applyPendingChanges`; it is shown in status, Events and
+    /// the creating user's name, and requires it with `confirmDeletes`,
+    /// `confirmRemovals` or `applyPendingChanges`; it is shown in status, Events and
     /// notifications.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
@@ -128,6 +134,12 @@ fn resync_spec_rules(schema: &mut schemars::Schema) {
         "!self.confirmDeletes || has(self.target.connections)",
         "confirmDeletes needs target.connections: name the connections whose deletions you confirm",
         Some(".confirmDeletes"),
+    );
+    add_rule(
+        schema,
+        "!self.confirmRemovals || (has(self.target.profiles) && self.scope == 'Identities')",
+        "confirmRemovals needs target.profiles and scope Identities: name the profiles whose identity removals you confirm",
+        Some(".confirmRemovals"),
     );
     add_rule(
         schema,

@@ -44,7 +44,7 @@ const LINK_SELECT: &str = "SELECT connection, account_id, state, identity, candi
 const NO_VERSIONS: &str = "{}";
 
 /// The profile's key, if the store has ever recorded anything for it.
-fn profile_key(db: &Connection, p: &ProfileRef) -> Result<Option<i64>, StoreError> {
+pub(super) fn profile_key(db: &Connection, p: &ProfileRef) -> Result<Option<i64>, StoreError> {
     Ok(db
         .prepare_cached("SELECT prof FROM profiles WHERE namespace = ?1 AND name = ?2")?
         .query_row(params![p.namespace, p.name], |r| r.get(0))
@@ -506,7 +506,7 @@ pub(super) fn list_identities(
 }
 
 /// An `(id, data)` row, checked to hold the identity it is keyed by.
-fn identity_from_row(row: &Row<'_>) -> Result<Identity, StoreError> {
+pub(super) fn identity_from_row(row: &Row<'_>) -> Result<Identity, StoreError> {
     let id = row.get_ref(0)?.as_str().map_err(|e| corrupt("identity id", e))?;
     let data = row.get_ref(1)?.as_str().map_err(|e| corrupt("identity data", e))?;
     let identity: Identity = serde_json::from_str(data).map_err(|e| corrupt("identity data", e))?;
@@ -579,6 +579,8 @@ pub(super) fn purge(tx: &Transaction<'_>, p: &ProfileRef) -> Result<u64, StoreEr
     let Some(key) = profile_key(tx, p)? else { return Ok(0) };
     let removed = tx.prepare_cached("DELETE FROM identities WHERE prof = ?1")?.execute([key])?;
     tx.prepare_cached("DELETE FROM identity_links WHERE prof = ?1")?.execute([key])?;
+    // drift hook: a purged profile's drift cases and hold go with it.
+    super::drift::purge(tx, key)?;
     write_state(tx, key, &ProfileState::default(), NO_VERSIONS)?;
     u64::try_from(removed).map_err(|_| StoreError::Corrupt("negative row count".into()))
 }
