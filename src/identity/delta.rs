@@ -204,7 +204,7 @@ fn untally(summary: &mut Summary, identity: &Identity) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::identity::process::{self, Selection};
     use crate::model::Trigger;
@@ -248,7 +248,8 @@ mod tests {
         a
     }
 
-    fn sync(store: &SqliteStore, name: &str, changes: Vec<StagedChange>) {
+    /// Commits `changes` to connection `name` as one succeeded sync.
+    pub(crate) fn sync(store: &SqliteStore, name: &str, changes: Vec<StagedChange>) {
         let run = store
             .start_run(&NewRun {
                 connection: ConnectionRef::new("default", name),
@@ -270,7 +271,7 @@ mod tests {
         store.commit_run(run, CursorUpdate::Keep, &finish).expect("commit");
     }
 
-    fn upserts(accounts: impl IntoIterator<Item = Account>) -> Vec<StagedChange> {
+    pub(crate) fn upserts(accounts: impl IntoIterator<Item = Account>) -> Vec<StagedChange> {
         accounts.into_iter().map(StagedChange::Upsert).collect()
     }
 

@@ -253,6 +253,20 @@ pub fn refresh(
 ) -> Result<Refreshed, DriftError> {
     let started = std::time::Instant::now();
     let rules = Rules::compile(spec)?;
+    // Until every connection the report reads has committed data once,
+    // its cases would be false alarms: with GitHub synced before HR,
+    // every GitHub account is an orphan; with HR before GitHub, everyone
+    // misses their expected GitHub account. The first run of a request
+    // over all connections commits them one after the other, so this is
+    // the common case, not a corner: keep the last report and wait.
+    let mut involved = vec![rules.authoritative.clone()];
+    involved.extend(rules.correlated.iter().cloned());
+    involved.extend(rules.expected_connections());
+    let versions = store.connection_versions(&p.namespace, &involved)?;
+    if let Some(waiting) = versions.iter().find(|(_, version)| **version == 0).map(|(name, _)| name) {
+        tracing::debug!(profile = %p, connection = %waiting, "access drift waits for the connection's first sync");
+        return Ok(Refreshed { update: DriftUpdate::default(), errors: Vec::new() });
+    }
     let inputs = store.drift_inputs(
         p,
         &rules.authoritative,
@@ -403,6 +417,73 @@ mod tests {
             keys,
             vec![(DriftKind::OffboardedWithAccess, "E1", "alice"), (DriftKind::OrphanAccount, "", "deploy-bot")]
         );
+    }
+
+    /// Commits one processing run: `identities`, and GitHub accounts
+    /// correlated to the identity named beside them, or to nobody.
+    fn process(
+        store: &crate::store::SqliteStore,
+        p: &ProfileRef,
+        identities: Vec<Identity>,
+        links: &[(&str, Option<&str>)],
+    ) {
+        use crate::model::{LinkRecord, LinkState};
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let commit = crate::store::ProcessingCommit {
+            upserts: identities,
+            link_upserts: links
+                .iter()
+                .map(|(id, owner)| LinkRecord {
+                    connection: "github".into(),
+                    account_id: (*id).into(),
+                    state: if owner.is_some() { LinkState::Correlated } else { LinkState::Uncorrelated },
+                    identity: owner.map(str::to_string),
+                    candidates: Vec::new(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let run = crate::model::ProcessingRunRecord {
+            id: 0,
+            trigger: crate::model::Trigger::Manual,
+            request: None,
+            started_at: now,
+            finished_at: now,
+            outcome: crate::model::RunOutcome::Succeeded,
+            processed: 1,
+            changed: 1,
+            errors: 0,
+            message: String::new(),
+        };
+        crate::store::IdentityStore::commit_processing(store, p, &commit, &run).unwrap();
+    }
+
+    #[test]
+    fn nothing_is_reported_until_every_connection_the_report_reads_has_synced() {
+        use crate::identity::delta::tests::{sync, upserts};
+        use crate::store::drift::DriftStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SqliteStore::open(&dir.path().join("idsync.db")).unwrap();
+        let p = ProfileRef::new("default", "employees");
+        let spec = spec();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+
+        // GitHub commits first, and the run after it sees no HR people:
+        // every GitHub account is correlated to nobody, which is no orphan
+        // report anyone should get.
+        sync(&store, "github", upserts([account("g1", "ada", true), account("b1", "deploy-bot", true)]));
+        process(&store, &p, Vec::new(), &[("g1", None), ("b1", None)]);
+        let refreshed = refresh(&store, &p, &spec, now).unwrap();
+        assert!(refreshed.update.cases.is_empty(), "{:?}", refreshed.update.cases);
+        assert_eq!(store.drift_summary(&p).unwrap().orphan_accounts, 0);
+
+        // HR commits; the next run attaches ada to E1 and leaves the bot.
+        sync(&store, "hr", upserts([Account::new("E1")]));
+        let ada = Identity::new("E1", "hr", now).with_account("github", "g1");
+        process(&store, &p, vec![ada], &[("g1", Some("E1")), ("b1", None)]);
+        let refreshed = refresh(&store, &p, &spec, now).unwrap();
+        let new: Vec<_> = refreshed.update.new.iter().map(|c| (c.kind, c.label.as_str())).collect();
+        assert_eq!(new, vec![(DriftKind::OrphanAccount, "deploy-bot")]);
     }
 
     #[test]
