@@ -43,9 +43,11 @@ fn rounds() -> usize {
 }
 
 fn tool(name: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {name} || test -x /usr/sbin/{name}")).output().is_ok_and(
-        |o| o.status.success(),
-    )
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name} || test -x /usr/sbin/{name}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// The directory: the base, people and groups, `n` users each in one
@@ -103,10 +105,8 @@ impl Drop for Slapd {
 impl Slapd {
     fn start(ldif: &Path) -> Result<Slapd, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/slapd.sh");
         let out = Command::new("bash")
             .arg(script)
@@ -177,15 +177,16 @@ fn spec(slapd: &Slapd) -> ConnectionSpec {
 }
 
 fn inputs() -> ProviderInputs {
-    ProviderInputs {
-        secret: BTreeMap::from([("password".to_string(), PASSWORD.as_bytes().to_vec())]),
-        csv_data: None,
-    }
+    ProviderInputs { secret: BTreeMap::from([("password".to_string(), PASSWORD.as_bytes().to_vec())]), csv_data: None }
 }
 
 /// Reads everything (or the delta from `cursor`) with the connector alone:
 /// the time, the accounts, deletions and the cursor after.
-async fn connector_read(spec: &ConnectionSpec, mode: SyncMode, cursor: Option<&str>) -> (Duration, usize, usize, String) {
+async fn connector_read(
+    spec: &ConnectionSpec,
+    mode: SyncMode,
+    cursor: Option<&str>,
+) -> (Duration, usize, usize, String) {
     let mut c = LdapConnector::new(spec, spec.expect_ldap(), &inputs()).expect("connector");
     let started = Instant::now();
     c.begin(mode, cursor).await.expect("begin");
