@@ -112,7 +112,11 @@ const SYNC_REFRESH_REQUIRED: u32 = 4096;
 const UAC_ACCOUNTDISABLE: u32 = 0x2;
 const CURSOR_PREFIX: &str = "ldapsync1:";
 /// A filter no entry matches: reads the current cookie without entries.
-const MATCH_NOTHING: &str = "(&(objectClass=*)(!(objectClass=*)))";
+/// The nil entryUUID first: with the entryUUID equality index every
+/// syncprov setup has, slapd finds no candidate at once, where a filter of
+/// presence tests alone makes it load and test every entry under the base
+/// (100,000 entry reads before a Full read's first page).
+const MATCH_NOTHING: &str = "(&(entryUUID=00000000-0000-0000-0000-000000000000)(!(objectClass=*)))";
 const DEFAULT_GROUP_FILTER: &str = "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))";
 /// Active Directory's groups are of class `group`.
 const DEFAULT_AD_GROUP_FILTER: &str = "(objectClass=group)";
