@@ -88,8 +88,12 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use ldap3::asn1::{PL, StructureTag, TagClass, Types, parse_tag, parse_uint};
 use ldap3::controls::{Control, ControlType, PagedResults, RawControl, RefreshMode, SyncRequest};
-use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, ResultEntry, Scope, SearchEntry};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, ResultEntry, Scope};
 use serde_json::Value;
+
+mod entry;
+
+pub use entry::{DecodeError, Entry, Values};
 
 use super::{Capabilities, Connector, ConnectorError, Page, ProviderInputs, ReadKind, ReadPlan, SECRET_FIELD};
 use crate::model::Account;
@@ -108,7 +112,11 @@ const SYNC_REFRESH_REQUIRED: u32 = 4096;
 const UAC_ACCOUNTDISABLE: u32 = 0x2;
 const CURSOR_PREFIX: &str = "ldapsync1:";
 /// A filter no entry matches: reads the current cookie without entries.
-const MATCH_NOTHING: &str = "(&(objectClass=*)(!(objectClass=*)))";
+/// The nil entryUUID first: with the entryUUID equality index every
+/// syncprov setup has, slapd finds no candidate at once, where a filter of
+/// presence tests alone makes it load and test every entry under the base
+/// (100,000 entry reads before a Full read's first page).
+const MATCH_NOTHING: &str = "(&(entryUUID=00000000-0000-0000-0000-000000000000)(!(objectClass=*)))";
 const DEFAULT_GROUP_FILTER: &str = "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))";
 /// Active Directory's groups are of class `group`.
 const DEFAULT_AD_GROUP_FILTER: &str = "(objectClass=group)";
@@ -528,13 +536,14 @@ enum Read {
     /// A paged search: a Full read, or a stamp mode's Delta read.
     Full {
         ldap: Ldap,
-        /// The paged results cookie of the next page; None once done.
-        paging: Option<Vec<u8>>,
+        /// The next page, being fetched and mapped in the background; None
+        /// once the last page was served.
+        pending: Option<Prefetch>,
         page: u64,
         groups: Option<Arc<GroupMap>>,
         /// The sync cookie cursor (content synchronisation mode).
         cursor: Option<String>,
-        filter: String,
+        filter: Arc<str>,
         /// Stamp mode: which stamp, and the highest one so far.
         stamp: Option<(StampKind, Option<Stamp>)>,
     },
@@ -556,6 +565,71 @@ enum Read {
         page: u64,
         groups: Option<Arc<GroupMap>>,
     },
+}
+
+/// One page of a paged user search, fetched and mapped to accounts.
+struct Fetched {
+    accounts: Vec<Account>,
+    /// Stamp mode: the highest stamp among the page's entries.
+    highest: Option<Stamp>,
+    /// The paged results cookie of the page after it (None: the last).
+    next: Option<Vec<u8>>,
+}
+
+/// A page of a Full read being fetched and mapped on its own task, so that
+/// the server's sending, ldap3's decoding and the mapping of page N+1 run
+/// while the engine stores page N. One page ahead at most: memory stays
+/// bounded by two pages whatever the directory's size. Dropping it (the
+/// read ends or fails) stops the task.
+struct Prefetch(tokio::task::JoinHandle<Result<Fetched, ConnectorError>>);
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Prefetch {
+    fn spawn(
+        settings: &Arc<Settings>,
+        ldap: &Ldap,
+        filter: &Arc<str>,
+        stamp: Option<StampKind>,
+        groups: &Option<Arc<GroupMap>>,
+        cookie: Vec<u8>,
+        number: u64,
+    ) -> Prefetch {
+        let (settings, mut ldap, filter, groups) = (settings.clone(), ldap.clone(), filter.clone(), groups.clone());
+        Prefetch(tokio::spawn(async move {
+            let attrs = settings.user_attributes_with(stamp);
+            let (entries, next) = paged_search(&settings, &mut ldap, &settings.base_dn, &filter, attrs, cookie)
+                .await
+                .map_err(|e| e.with_page(Some(number)))?;
+            let mut highest = None;
+            if let Some(kind) = stamp {
+                for entry in &entries {
+                    let seen = entry.first_value(kind.attribute()).and_then(|v| kind.parse_value(&v));
+                    highest = advance(highest, seen);
+                }
+            }
+            let accounts = entries
+                .iter()
+                .map(|e| to_account(&settings, e, groups.as_deref()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| source(number, e.to_string()))?;
+            Ok(Fetched { accounts, highest, next })
+        }))
+    }
+
+    /// The page, once fetched and mapped.
+    async fn finish(mut self, number: u64) -> Result<Fetched, ConnectorError> {
+        match (&mut self.0).await {
+            Ok(result) => result,
+            // Cancelled only by dropping it, so a panic: reported, not
+            // passed on.
+            Err(e) => Err(source(number, format!("reading the page failed: {e}"))),
+        }
+    }
 }
 
 /// The ldap connector.
@@ -778,10 +852,9 @@ async fn root_dse(settings: &Settings, ldap: &mut Ldap) -> Result<RootDse, Conne
         .and_then(|r| r.success())
         .map_err(|e| ldap_error(settings, "read the root DSE", e))?;
     let mut dse = RootDse::default();
-    for entry in entries.into_iter().filter(|e| !e.is_ref() && !e.is_intermediate()) {
-        let entry = SearchEntry::construct(entry);
-        dse.sync |= values(&entry, "supportedControl").iter().any(|c| c == SYNC_REQUEST_OID);
-        dse.naming_contexts.extend(values(&entry, "namingContexts"));
+    for entry in decode_entries(entries).map_err(|e| e.with_context("read the root DSE"))? {
+        dse.sync |= entry.values("supportedControl").iter().any(|c| c == SYNC_REQUEST_OID);
+        dse.naming_contexts.extend(entry.values("namingContexts"));
     }
     Ok(dse)
 }
@@ -817,34 +890,17 @@ fn sync_control(cookie: Option<Vec<u8>>) -> RawControl {
     control
 }
 
-/// The string values of an attribute (any case of its name).
-fn values(entry: &SearchEntry, name: &str) -> Vec<String> {
-    entry
-        .attrs
-        .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-        .flat_map(|(_, v)| v.iter().cloned())
-        .chain(
-            entry
-                .bin_attrs
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-                .flat_map(|(_, v)| v.iter().map(|b| BASE64.encode(b))),
-        )
-        .collect()
+/// The entries of a search's answer, referrals and intermediate messages
+/// left out.
+fn decode_entries(entries: Vec<ResultEntry>) -> Result<Vec<Entry>, DecodeError> {
+    entries.into_iter().filter(|e| !e.is_ref() && !e.is_intermediate()).map(Entry::decode).collect()
 }
 
-/// The raw bytes of an attribute's first value (binary or text).
-fn first_bytes(entry: &SearchEntry, name: &str) -> Option<Vec<u8>> {
-    let text = entry.attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).and_then(|(_, v)| v.first());
-    if let Some(text) = text {
-        return Some(text.as_bytes().to_vec());
+impl DecodeError {
+    /// As a source error of the operation `what`.
+    fn with_context(self, what: &str) -> ConnectorError {
+        ConnectorError::Source { page: None, message: format!("{what}: {self}") }
     }
-    entry.bin_attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).and_then(|(_, v)| v.first()).cloned()
-}
-
-fn first_value(entry: &SearchEntry, name: &str) -> Option<String> {
-    values(entry, name).into_iter().map(|v| v.trim().to_string()).find(|v| !v.is_empty())
 }
 
 /// Why a user entry cannot become an account; each names the entry's DN.
@@ -873,13 +929,13 @@ impl EntryError {
 }
 
 /// One user entry as an account.
-fn to_account(settings: &Settings, entry: &SearchEntry, groups: Option<&GroupMap>) -> Result<Account, EntryError> {
+fn to_account(settings: &Settings, entry: &Entry, groups: Option<&GroupMap>) -> Result<Account, EntryError> {
     let no_id = || EntryError::NoId { dn: entry.dn.clone(), attribute: settings.id_attr.clone() };
     let id = match settings.flavour {
-        LdapFlavour::OpenLdap => first_value(entry, &settings.id_attr).ok_or_else(no_id)?,
+        LdapFlavour::OpenLdap => entry.first_value(&settings.id_attr).ok_or_else(no_id)?,
         LdapFlavour::ActiveDirectory => {
-            let bytes = first_bytes(entry, &settings.id_attr).ok_or_else(no_id)?;
-            guid_string(&bytes).ok_or_else(|| EntryError::BadGuid {
+            let bytes = entry.first_bytes(&settings.id_attr).ok_or_else(no_id)?;
+            guid_string(bytes).ok_or_else(|| EntryError::BadGuid {
                 dn: entry.dn.clone(),
                 attribute: settings.id_attr.clone(),
                 bytes: bytes.len(),
@@ -887,22 +943,22 @@ fn to_account(settings: &Settings, entry: &SearchEntry, groups: Option<&GroupMap
         }
     };
     let mut account = Account::new(id);
-    account.username = first_value(entry, &settings.username_attr);
-    account.email = first_value(entry, &settings.email_attr);
-    account.display_name = first_value(entry, &settings.display_attr);
+    account.username = entry.first_value(&settings.username_attr);
+    account.email = entry.first_value(&settings.email_attr);
+    account.display_name = entry.first_value(&settings.display_attr);
     if settings.flavour == LdapFlavour::ActiveDirectory
-        && let Some(uac) = first_value(entry, "userAccountControl")
+        && let Some(uac) = entry.first_value("userAccountControl")
     {
         account.enabled = uac_enabled(&uac)
             .ok_or_else(|| EntryError::BadUserAccountControl { dn: entry.dn.clone(), value: uac.clone() })?;
     }
     account.groups = match groups {
         Some(map) => map.get(&normalize_dn(&entry.dn)).cloned().unwrap_or_default(),
-        None => values(entry, "memberOf").iter().filter_map(|dn| first_rdn_value(dn)).collect(),
+        None => entry.values("memberOf").iter().filter_map(|dn| first_rdn_value(dn)).collect(),
     };
     account.attributes.insert("dn".to_string(), Value::String(entry.dn.clone()));
     for name in &settings.extra {
-        let mut vals = values(entry, name);
+        let mut vals = entry.values(name);
         let value = match vals.len() {
             0 => continue,
             1 => Value::String(vals.remove(0)),
@@ -941,7 +997,7 @@ async fn paged_search(
     filter: &str,
     attrs: Vec<String>,
     cookie: Vec<u8>,
-) -> Result<(Vec<SearchEntry>, Option<Vec<u8>>), ConnectorError> {
+) -> Result<(Vec<Entry>, Option<Vec<u8>>), ConnectorError> {
     let control: RawControl = PagedResults { size: settings.page_size as i32, cookie }.into();
     let result = ldap
         .with_timeout(settings.timeout)
@@ -954,8 +1010,8 @@ async fn paged_search(
         return Err(result_error(settings, &format!("search {base:?}"), &result));
     }
     let next = paged_cookie(&result).filter(|c| !c.is_empty());
-    let entries = entries.into_iter().filter(|e| !e.is_ref() && !e.is_intermediate()).map(SearchEntry::construct);
-    Ok((entries.collect(), next))
+    let entries = decode_entries(entries).map_err(|e| e.with_context(&format!("search {base:?}")))?;
+    Ok((entries, next))
 }
 
 /// Reads every group and maps member DNs to group names.
@@ -967,7 +1023,7 @@ async fn read_groups(settings: &Settings, ldap: &mut Ldap, base: &str) -> Result
         let (entries, next) = paged_search(settings, ldap, base, &settings.group_filter, attrs, cookie).await?;
         for entry in entries {
             let Some(name) = first_rdn_value(&entry.dn) else { continue };
-            for member in values(&entry, "member").into_iter().chain(values(&entry, "uniqueMember")) {
+            for member in entry.values("member").into_iter().chain(entry.values("uniqueMember")) {
                 // uniqueMember may carry an optional UID after '#'.
                 let member = member.rsplit_once("#'").map_or(member.as_str(), |(dn, _)| dn);
                 map.entry(normalize_dn(member)).or_default().push(name.clone());
@@ -1105,7 +1161,7 @@ async fn search_all(
     base: &str,
     filter: &str,
     attrs: Vec<String>,
-) -> Result<Vec<SearchEntry>, ConnectorError> {
+) -> Result<Vec<Entry>, ConnectorError> {
     let mut all = Vec::new();
     let mut cookie = Vec::new();
     loop {
@@ -1156,7 +1212,7 @@ async fn groups_changed_since(
     let entries = search_all(settings, ldap, base, &filter, vec![kind.attribute().to_string()]).await?;
     let mut changed = ChangedGroups::default();
     for entry in entries {
-        let seen = first_value(&entry, kind.attribute()).and_then(|v| kind.parse_value(&v));
+        let seen = entry.first_value(kind.attribute()).and_then(|v| kind.parse_value(&v));
         *highest = advance(highest.take(), seen);
         changed.dns.push(entry.dn);
     }
@@ -1294,13 +1350,15 @@ impl LdapConnector {
                         let changed =
                             groups_changed_since(&settings, &mut ldap, &group_base, &from, &mut highest).await?;
                         self.plan_members(&mut ldap, &group_base, &changed, groups.as_deref()).await?;
+                        let filter: Arc<str> = from.filter(&settings.user_filter).into();
+                        let pending = Prefetch::spawn(&settings, &ldap, &filter, Some(kind), &groups, Vec::new(), 1);
                         self.read = Some(Read::Full {
                             ldap,
-                            paging: Some(Vec::new()),
+                            pending: Some(pending),
                             page: 0,
                             groups,
                             cursor: None,
-                            filter: from.filter(&settings.user_filter),
+                            filter,
                             stamp: Some((kind, highest)),
                         });
                         return Ok(ReadPlan { kind: ReadKind::Delta, reason: None });
@@ -1365,13 +1423,15 @@ impl LdapConnector {
         } else {
             None
         };
+        let filter: Arc<str> = settings.user_filter.as_str().into();
+        let pending = Prefetch::spawn(&settings, &ldap, &filter, stamp_kind, &groups, Vec::new(), 1);
         self.read = Some(Read::Full {
             ldap,
-            paging: Some(Vec::new()),
+            pending: Some(pending),
             page: 0,
             groups,
             cursor,
-            filter: settings.user_filter.clone(),
+            filter,
             stamp: stamp_kind.map(|kind| (kind, None)),
         });
         Ok(ReadPlan { kind: ReadKind::Full, reason: reason.map(|r| format!("{r}: reading everything")) })
@@ -1467,8 +1527,8 @@ impl LdapConnector {
             return Ok(None);
         };
         match read {
-            Read::Full { ldap, paging, page, groups, cursor, filter, stamp } => {
-                let Some(cookie) = paging.take() else {
+            Read::Full { ldap, pending, page, groups, cursor, filter, stamp } => {
+                let Some(fetching) = pending.take() else {
                     self.cursor = match stamp.take() {
                         Some((_, highest)) => highest.map(|s| s.cursor()),
                         None => cursor.take(),
@@ -1478,29 +1538,18 @@ impl LdapConnector {
                 };
                 *page += 1;
                 let number = *page;
+                let fetched = fetching.finish(number).await?;
+                // The next page is asked for before this one is handed over:
+                // the server and the decoding work on it while the engine
+                // stores this one.
                 let kind = stamp.as_ref().map(|(kind, _)| *kind);
-                let (entries, next) = paged_search(
-                    &settings,
-                    ldap,
-                    &settings.base_dn,
-                    filter,
-                    settings.user_attributes_with(kind),
-                    cookie,
-                )
-                .await
-                .map_err(|e| e.with_page(Some(number)))?;
-                *paging = next;
-                if let Some((kind, highest)) = stamp.as_mut() {
-                    for entry in &entries {
-                        let seen = first_value(entry, kind.attribute()).and_then(|v| kind.parse_value(&v));
-                        *highest = advance(highest.take(), seen);
-                    }
+                if let Some(next) = fetched.next {
+                    *pending = Some(Prefetch::spawn(&settings, ldap, filter, kind, groups, next, number + 1));
                 }
-                let accounts = entries
-                    .iter()
-                    .map(|e| to_account(&settings, e, groups.as_deref()))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| source(number, e.to_string()))?;
+                if let Some((_, highest)) = stamp.as_mut() {
+                    *highest = advance(highest.take(), fetched.highest);
+                }
+                let accounts = fetched.accounts;
                 self.note_emitted(&accounts);
                 Ok(Some(Page { number, accounts, deleted: Vec::new() }))
             }
@@ -1525,8 +1574,9 @@ impl LdapConnector {
                         .await
                         .and_then(|r| r.success())
                         .map_err(|e| ldap_error(&settings, "read changed entries", e).with_page(Some(number)))?;
-                    for entry in entries.into_iter().filter(|e| !e.is_ref() && !e.is_intermediate()) {
-                        let entry = SearchEntry::construct(entry);
+                    let entries = decode_entries(entries)
+                        .map_err(|e| e.with_context("read changed entries").with_page(Some(number)))?;
+                    for entry in entries {
                         let account = to_account(&settings, &entry, groups.as_deref())
                             .map_err(|e| source(number, e.to_string()))?;
                         accounts.push(account);
@@ -1595,7 +1645,7 @@ fn group_deltas_unusable(users: &Changes, groups: Option<&Changes>) -> Option<St
 
 /// The user entry at `dn` (None: no such entry, outside `baseDn`, or not
 /// one the user filter selects).
-async fn read_user(settings: &Settings, ldap: &mut Ldap, dn: &str) -> Result<Option<SearchEntry>, ConnectorError> {
+async fn read_user(settings: &Settings, ldap: &mut Ldap, dn: &str) -> Result<Option<Entry>, ConnectorError> {
     if !is_within(dn, &settings.base_dn) {
         return Ok(None);
     }
@@ -1606,7 +1656,7 @@ async fn read_user(settings: &Settings, ldap: &mut Ldap, dn: &str) -> Result<Opt
         .map_err(|e| ldap_error(settings, &format!("read {dn:?}"), e))?;
     let (entries, result) = (result.0, result.1);
     match result.rc {
-        0 => Ok(entries.into_iter().filter(|e| !e.is_ref() && !e.is_intermediate()).map(SearchEntry::construct).next()),
+        0 => Ok(decode_entries(entries).map_err(|e| e.with_context(&format!("read {dn:?}")))?.into_iter().next()),
         // noSuchObject: a member DN whose entry is gone.
         32 => Ok(None),
         _ => Err(result_error(settings, &format!("read {dn:?}"), &result)),
@@ -1663,6 +1713,7 @@ mod props;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ldap3::SearchEntry;
 
     #[test]
     fn object_guid_bytes_become_the_standard_guid_string() {
@@ -1870,7 +1921,7 @@ mod tests {
                 ]],
             )]),
         };
-        let a = to_account(&c.settings, &entry, None).unwrap();
+        let a = to_account(&c.settings, &entry.into(), None).unwrap();
         assert_eq!(a.id, "01234567-89ab-cdef-0123-456789abcdef");
         assert_eq!(a.username.as_deref(), Some("ann"));
         assert_eq!(a.display_name.as_deref(), Some("Ann A"));
@@ -1885,10 +1936,13 @@ mod tests {
     fn an_entry_without_a_usable_id_or_flag_is_refused_by_dn() {
         let (s, l) = spec(serde_json::json!({"url": "ldaps://h", "baseDn": "dc=x", "flavour": "activedirectory"}));
         let c = LdapConnector::new(&s, &l, &ProviderInputs::default()).unwrap();
-        let entry = |bin_attrs: HashMap<String, Vec<Vec<u8>>>, uac: &str| SearchEntry {
-            dn: "CN=Bob,DC=x".into(),
-            attrs: HashMap::from([("userAccountControl".to_string(), vec![uac.to_string()])]),
-            bin_attrs,
+        let entry = |bin_attrs: HashMap<String, Vec<Vec<u8>>>, uac: &str| -> Entry {
+            SearchEntry {
+                dn: "CN=Bob,DC=x".into(),
+                attrs: HashMap::from([("userAccountControl".to_string(), vec![uac.to_string()])]),
+                bin_attrs,
+            }
+            .into()
         };
         let guid = |bytes: Vec<u8>| HashMap::from([("objectGUID".to_string(), vec![bytes])]);
 

@@ -14,8 +14,8 @@ use ldap3::SearchEntry;
 use proptest::prelude::*;
 
 use super::{
-    EntryError, LdapConnector, StampKind, decode_cursor, encode_cursor, first_rdn_value, guid_string, parse_sync_done,
-    parse_sync_info, parse_sync_state, to_account, uac_enabled, uuid_string,
+    Entry, EntryError, LdapConnector, StampKind, decode_cursor, encode_cursor, first_rdn_value, guid_string,
+    parse_sync_done, parse_sync_info, parse_sync_state, to_account, uac_enabled, uuid_string,
 };
 use crate::connectors::ProviderInputs;
 use idsync_api::connection::{ConnectionSpec, LdapSettings};
@@ -105,7 +105,8 @@ proptest! {
         let connector = connector(if active_directory { "activedirectory" } else { "openldap" });
         let groups: HashMap<String, Vec<String>> =
             HashMap::from([(entry.dn.to_lowercase(), vec!["g".to_string()])]);
-        let result = to_account(&connector.settings, &entry, with_groups.then_some(&groups));
+        let decoded: Entry = entry.clone().into();
+        let result = to_account(&connector.settings, &decoded, with_groups.then_some(&groups));
         let id_attribute = if active_directory { "objectGUID" } else { "entryUUID" };
         match result {
             Ok(account) => {
@@ -153,6 +154,25 @@ proptest! {
         prop_assert_eq!(uuid_string(&bytes).is_some(), bytes.len() == 16);
         if !bytes.is_empty() {
             prop_assert_eq!(decode_cursor(&encode_cursor(&bytes)), Some(bytes.clone()));
+        }
+    }
+
+    /// A search result entry of any BER shape (a broken or hostile server)
+    /// decodes or is refused: never a panic, where ldap3's own
+    /// `SearchEntry::construct` would panic.
+    #[test]
+    fn search_result_entries_of_any_ber_never_panic(
+        tag in prop::sample::select(vec![0x64u8, 0x30, 0x04, 0x31, 0x65]),
+        length in prop_oneof![0u8..0x80, 0x80u8..0x84],
+        rest in prop::collection::vec(prop_oneof![Just(0x04u8), Just(0x30), Just(0x31), Just(0x64), any::<u8>()], 0..64),
+    ) {
+        let mut value = vec![tag, length];
+        value.extend_from_slice(&rest);
+        if let Ok((_, tag)) = ldap3::asn1::parse_tag(&value) {
+            match Entry::decode(ldap3::ResultEntry::new(tag)) {
+                Ok(entry) => prop_assert!(entry.attrs.iter().all(|(name, _)| entry.get(name).is_some())),
+                Err(e) => prop_assert!(e.to_string().starts_with("malformed search result entry")),
+            }
         }
     }
 

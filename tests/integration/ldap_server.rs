@@ -249,6 +249,29 @@ async fn paging_reads_every_user_once() {
     assert_eq!(accounts(&pages).len(), 500);
 }
 
+/// A Full read fetches the next page while the caller handles this one: a
+/// read abandoned with a page in flight leaves nothing behind for the next
+/// read, and a deletion made between two full reads is seen by the second.
+#[tokio::test]
+async fn a_read_abandoned_mid_way_leaves_the_next_one_whole() {
+    let slapd = Slapd::seeded(50);
+    let mut c = connector(directory(&slapd), 10, PASSWORD);
+    c.begin(SyncMode::Full, None).await.unwrap();
+    let first = c.next_page().await.unwrap().unwrap();
+    assert_eq!((first.number, first.accounts.len()), (1, 10));
+    // Page 2 is in flight now; a new read starts over.
+    let (_, pages, _) = read(&mut c, SyncMode::Full, None).await;
+    assert_eq!(pages.len(), 5);
+    let ids: HashSet<String> = accounts(&pages).into_iter().map(|a| a.id).collect();
+    assert_eq!(ids.len(), 50);
+
+    slapd.tool("ldapdelete", &[&format!("uid=user0031,{PEOPLE}")], "");
+    let (_, pages, _) = read(&mut c, SyncMode::Full, None).await;
+    let after = accounts(&pages);
+    assert_eq!(after.len(), 49);
+    assert!(after.iter().all(|a| a.username.as_deref() != Some("user0031")));
+}
+
 #[tokio::test]
 async fn delta_reads_changes_and_deletions_with_the_cookie() {
     let slapd = Slapd::seeded(40);
