@@ -3,6 +3,14 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 use idsync::cli::{Cli, Command, accounts, drift, identities, manifests, operator, plugin, runs, store};
 
+/// mimalloc rather than glibc's malloc: in `cargo bench`, a third of a
+/// sync's and of identity processing's CPU went to glibc's malloc/free;
+/// with mimalloc a CSV resync of 100,000 rows took 37% less time, an LDAP
+/// one 54% less, a processing run over 100,000 identities 46% less.
+/// `identity::memory::release_freed` gives its free memory back after a run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let bin_name = idsync::cli::bin_name(std::env::args_os().next().as_deref());
     // `kubectl idsync identities|runs|accounts …` reads the operator's store

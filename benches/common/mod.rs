@@ -1,5 +1,10 @@
 //! What the benchmarks share.
 
+/// The operator's allocator (see `src/main.rs`), so that the benches
+/// measure what the operator does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A number of kB from a line of `/proc/self/status`, in MiB; 0 where /proc
 /// is not there.
 fn status_mib(field: &str) -> f64 {
