@@ -14,43 +14,14 @@ mod common;
 use std::time::Instant;
 
 use idsync::identity::{drift, memory, safeguard};
-use idsync::model::{
-    Account, ConnectionRef, Counts, Identity, LinkRecord, LinkState, NewRun, ProcessingRunRecord, ProfileRef,
-    RunFinish, RunMode, RunOutcome, Trigger,
-};
+use idsync::model::{Account, Identity, LinkRecord, LinkState, ProcessingRunRecord, ProfileRef, RunOutcome, Trigger};
 use idsync::store::drift::DriftStore;
-use idsync::store::{AccountStore, CursorUpdate, IdentityStore, ProcessingCommit, SqliteStore, StagedChange};
+use idsync::store::{IdentityStore, ProcessingCommit, SqliteStore};
 use idsync_api::IdentityProfile;
 use idsync_api::identity_profile::{ExpectedAccountRule, ServiceAccountRule};
 use jiff::Timestamp;
 
 const PEOPLE: usize = 100_000;
-
-fn sync(store: &SqliteStore, name: &str, accounts: impl Iterator<Item = Account>) {
-    let c = ConnectionRef::new("default", name);
-    let run = store
-        .start_run(&NewRun {
-            connection: c,
-            trigger: Trigger::Scheduled,
-            request: None,
-            requested_mode: RunMode::Full,
-            holder: "bench".into(),
-            started_at: Timestamp::now(),
-        })
-        .expect("start");
-    let changes: Vec<StagedChange> = accounts.map(StagedChange::Upsert).collect();
-    for page in changes.chunks(1000) {
-        store.stage(run, page).expect("stage");
-    }
-    let finish = RunFinish {
-        outcome: RunOutcome::Succeeded,
-        mode: Some(RunMode::Full),
-        counts: Counts::default(),
-        message: String::new(),
-        finished_at: Timestamp::now(),
-    };
-    store.commit_run(run, CursorUpdate::Keep, &finish).expect("commit");
-}
 
 fn terminated(n: usize) -> bool {
     n.is_multiple_of(50)
@@ -103,8 +74,8 @@ fn main() {
     let store = SqliteStore::open(&dir.path().join("idsync.db")).expect("store");
     let p = ProfileRef::new("default", "employees");
     let at = Timestamp::now();
-    sync(&store, "hr", (0..PEOPLE).map(|n| Account::new(format!("E{n:07}"))));
-    sync(&store, "github", (0..PEOPLE).map(member));
+    common::sync(&store, "hr", (0..PEOPLE).map(|n| Account::new(format!("E{n:07}"))));
+    common::sync(&store, "github", (0..PEOPLE).map(member));
     let links = (0..PEOPLE)
         .map(|n| LinkRecord {
             connection: "github".into(),

@@ -15,9 +15,9 @@ use idsync::identity::expr::CompiledProfile;
 use idsync::identity::process::{self, Selection};
 use idsync::identity::{delta, memory};
 use idsync::model::Account;
-use idsync::model::{ConnectionRef, Counts, NewRun, ProcessingRunRecord, ProfileRef, RunFinish, RunOutcome};
-use idsync::model::{RunMode, Trigger};
-use idsync::store::{AccountStore, CursorUpdate, IdentityStore, SqliteStore, StagedChange};
+use idsync::model::Trigger;
+use idsync::model::{ProcessingRunRecord, ProfileRef, RunOutcome};
+use idsync::store::{IdentityStore, SqliteStore};
 use idsync_api::{IdentityProfile, IdentityProfileSpec};
 use jiff::Timestamp;
 use serde_json::json;
@@ -71,32 +71,6 @@ fn member(n: usize) -> Account {
     a.username = Some(format!("jdoe-{n}"));
     a.email = Some(format!("jane.doe.{n}@example-corp.com"));
     a
-}
-
-fn sync(store: &SqliteStore, name: &str, accounts: impl Iterator<Item = Account>) {
-    let c = ConnectionRef::new("default", name);
-    let run = store
-        .start_run(&NewRun {
-            connection: c,
-            trigger: Trigger::Scheduled,
-            request: None,
-            requested_mode: RunMode::Full,
-            holder: "bench".into(),
-            started_at: Timestamp::now(),
-        })
-        .expect("start");
-    let changes: Vec<StagedChange> = accounts.map(StagedChange::Upsert).collect();
-    for page in changes.chunks(1000) {
-        store.stage(run, page).expect("stage");
-    }
-    let finish = RunFinish {
-        outcome: RunOutcome::Succeeded,
-        mode: Some(RunMode::Full),
-        counts: Counts::default(),
-        message: String::new(),
-        finished_at: Timestamp::now(),
-    };
-    store.commit_run(run, CursorUpdate::Keep, &finish).expect("commit");
 }
 
 /// One processing run as the controller does it (`controller::profile`):
@@ -190,9 +164,9 @@ fn process_as(
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open(&dir.path().join("idsync.db")).expect("store");
-    sync(&store, "hr", (0..PEOPLE).map(|n| person(n, 1)));
+    common::sync(&store, "hr", (0..PEOPLE).map(|n| person(n, 1)));
     // Every 20th member matches nobody.
-    sync(&store, "github", (0..PEOPLE).map(|n| if n % 20 == 19 { member(n + PEOPLE) } else { member(n) }));
+    common::sync(&store, "github", (0..PEOPLE).map(|n| if n % 20 == 19 { member(n + PEOPLE) } else { member(n) }));
     println!(
         "{PEOPLE} HR accounts, {PEOPLE} GitHub accounts; 10 mappings, a lifecycle, a manager (peak RSS after the syncs \
          {:.0} MiB, RSS {:.0} MiB)",
@@ -206,10 +180,10 @@ fn main() {
     let scheduled = process(&store, &compiled, Selection::All, "scheduled, nothing changed");
     let everyone = process_as(&store, &compiled, Selection::All, false, "full run over everyone, unchanged");
     // 1% of people get a new title.
-    sync(&store, "hr", (0..PEOPLE).filter(|n| n.is_multiple_of(100)).map(|n| person(n, 2)));
+    common::sync(&store, "hr", (0..PEOPLE).filter(|n| n.is_multiple_of(100)).map(|n| person(n, 2)));
     let one_percent = process(&store, &compiled, Selection::Changed, "event-based, 1% changed");
     // Another 1%, found by a scheduled run.
-    sync(&store, "hr", (0..PEOPLE).filter(|n| n % 100 == 1).map(|n| person(n, 3)));
+    common::sync(&store, "hr", (0..PEOPLE).filter(|n| n % 100 == 1).map(|n| person(n, 3)));
     process(&store, &compiled, Selection::All, "scheduled, 1% changed");
     println!(
         "1% changed took {:.1}% of the first processing and {:.1}% of a full run over everyone; a scheduled run \

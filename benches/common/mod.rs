@@ -35,3 +35,34 @@ pub fn rss_mib() -> f64 {
 pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
+
+/// Commits `accounts` to connection `name` (namespace `default`) as one
+/// succeeded full sync, staged in pages of 1000.
+#[allow(dead_code)]
+pub fn sync(store: &idsync::store::SqliteStore, name: &str, accounts: impl Iterator<Item = idsync::model::Account>) {
+    use idsync::model::{ConnectionRef, Counts, NewRun, RunFinish, RunMode, RunOutcome, Trigger};
+    use idsync::store::{AccountStore, CursorUpdate, StagedChange};
+    use jiff::Timestamp;
+    let run = store
+        .start_run(&NewRun {
+            connection: ConnectionRef::new("default", name),
+            trigger: Trigger::Scheduled,
+            request: None,
+            requested_mode: RunMode::Full,
+            holder: "bench".into(),
+            started_at: Timestamp::now(),
+        })
+        .expect("start");
+    let changes: Vec<StagedChange> = accounts.map(StagedChange::Upsert).collect();
+    for page in changes.chunks(1000) {
+        store.stage(run, page).expect("stage");
+    }
+    let finish = RunFinish {
+        outcome: RunOutcome::Succeeded,
+        mode: Some(RunMode::Full),
+        counts: Counts::default(),
+        message: String::new(),
+        finished_at: Timestamp::now(),
+    };
+    store.commit_run(run, CursorUpdate::Keep, &finish).expect("commit");
+}
