@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
@@ -20,7 +19,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use super::runner::{self, Start, Ticket, connection_ref};
-use super::{CONNECTION_FINALIZER, Context, Error, events, guard, inputs, panics, status};
+use super::{CONNECTION_FINALIZER, Context, Error, events, inputs, panics, status};
 use crate::connectors;
 use crate::model::Trigger;
 use crate::sync::cancel::CancelReason;
@@ -458,11 +457,10 @@ async fn cleanup(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Actio
     let purged = tokio::task::spawn_blocking(move || store.purge_connection(&purge))
         .await
         .map_err(|e| Error::Conflict(format!("the purge task failed: {e}")))??;
+    // The guard Lease is owned by the Connection: garbage collection
+    // removes it. The chart grants no delete on Leases, so a delete here
+    // would only ever be refused.
     ctx.runner.forget_guard(&conn);
-    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &conn.namespace);
-    if let Err(error) = leases.delete(&guard::lease_name(&conn.name), &DeleteParams::default()).await {
-        tracing::debug!(%error, "no sync guard to remove");
-    }
     tracing::info!(connection = %conn.name, namespace = %conn.namespace, purged, "connection deleted; its accounts were purged from the store");
     Ok(Action::await_change())
 }
