@@ -328,8 +328,15 @@ async fn manual_apply_policy_waits_previews_and_applies() {
     env.connections().await;
     env.profile(employees_with_attributes().manual().schedule(["0 0 1 1 *"], "UTC")).await;
     env.sync_all("first-sync").await;
-    env.profile_until("applied", |p| p.status.as_ref().and_then(|s| s.applied_generation) == Some(1)).await;
+    // appliedGeneration says which spec is applied, not that a run has
+    // processed with it: wait for the identities too.
+    let people = staff.len() as u64;
+    env.profile_until("applied and processed", |p| {
+        p.status.as_ref().is_some_and(|s| s.applied_generation == Some(1) && s.identity_count == Some(people))
+    })
+    .await;
     let original: Vec<Identity> = env.identities("employees");
+    assert_eq!(original.len(), staff.len());
     assert!(original.iter().all(|i| i.attributes["title"] == json!("Engineer")));
 
     // A spec change is pending, not applied.
