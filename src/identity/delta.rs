@@ -248,6 +248,22 @@ pub(crate) mod tests {
         a
     }
 
+    /// The record of a scheduled run that produced `outcome` at `now`.
+    fn succeeded(outcome: &Outcome, now: Timestamp) -> ProcessingRunRecord {
+        ProcessingRunRecord {
+            id: 0,
+            trigger: Trigger::Scheduled,
+            request: None,
+            started_at: now,
+            finished_at: now,
+            outcome: RunOutcome::Succeeded,
+            processed: outcome.processed,
+            changed: outcome.changed,
+            errors: outcome.errors,
+            message: String::new(),
+        }
+    }
+
     /// Commits `changes` to connection `name` as one succeeded sync.
     pub(crate) fn sync(store: &SqliteStore, name: &str, changes: Vec<StagedChange>) {
         let run = store
@@ -310,19 +326,7 @@ pub(crate) mod tests {
         let mut outcome = process::run(spec, &compiled(spec), &snapshot, selection, now).expect("bounds");
         outcome.commit.state.seen_versions = snapshot.versions.clone();
         if commit {
-            let run = ProcessingRunRecord {
-                id: 0,
-                trigger: Trigger::Scheduled,
-                request: None,
-                started_at: now,
-                finished_at: now,
-                outcome: RunOutcome::Succeeded,
-                processed: outcome.processed,
-                changed: outcome.changed,
-                errors: outcome.errors,
-                message: String::new(),
-            };
-            store.commit_processing(&profile(), &outcome.commit, &run).expect("commit");
+            store.commit_processing(&profile(), &outcome.commit, &succeeded(&outcome, now)).expect("commit");
         }
         outcome
     }
@@ -450,19 +454,7 @@ pub(crate) mod tests {
         let mut full_state = full.commit.state.clone();
         full_state.seen_versions = delta.versions.clone();
         assert_eq!(outcome.commit.state, full_state);
-        let record = ProcessingRunRecord {
-            id: 0,
-            trigger: Trigger::Scheduled,
-            request: None,
-            started_at: now,
-            finished_at: now,
-            outcome: RunOutcome::Succeeded,
-            processed: outcome.processed,
-            changed: outcome.changed,
-            errors: outcome.errors,
-            message: String::new(),
-        };
-        store.commit_processing(&profile(), &outcome.commit, &record).expect("commit");
+        store.commit_processing(&profile(), &outcome.commit, &succeeded(&outcome, now)).expect("commit");
         (outcome.processed, true)
     }
 

@@ -1031,6 +1031,22 @@ mod tests {
         ]
     }
 
+    /// New identities of `accounts` with no other connection's accounts,
+    /// ready for `evaluate_batch`.
+    fn uncorrelated(accounts: &[(Account, ContentHash)]) -> Vec<Evaluated<'_>> {
+        accounts
+            .iter()
+            .map(|(account, hash)| Evaluated {
+                account,
+                correlated: Vec::new(),
+                stored: None,
+                input_hash: input_hash("m", "hr", account, hash, &[]),
+                keys: BTreeMap::new(),
+                keys_hash: String::new(),
+            })
+            .collect()
+    }
+
     fn with_hashes(accounts: Vec<Account>) -> Vec<(Account, ContentHash)> {
         let mut v: Vec<(Account, ContentHash)> = accounts
             .into_iter()
@@ -1437,17 +1453,7 @@ mod tests {
             })
             .collect();
         let accounts = with_hashes(people);
-        let batch: Vec<Evaluated<'_>> = accounts
-            .iter()
-            .map(|(account, hash)| Evaluated {
-                account,
-                correlated: Vec::new(),
-                stored: None,
-                input_hash: input_hash("m", "hr", account, hash, &[]),
-                keys: BTreeMap::new(),
-                keys_hash: String::new(),
-            })
-            .collect();
+        let batch = uncorrelated(&accounts);
         let one = evaluate_batch(&spec, &compiled, &batch, now, 0, 1).expect("within the bounds");
         let three = evaluate_batch(&spec, &compiled, &batch, now, 0, 3).expect("within the bounds");
         assert_eq!(one.len(), 1000);
@@ -1466,17 +1472,7 @@ mod tests {
             people[n].attributes.insert("huge".into(), json!("yes"));
         }
         let accounts = with_hashes(people);
-        let batch: Vec<Evaluated<'_>> = accounts
-            .iter()
-            .map(|(account, hash)| Evaluated {
-                account,
-                correlated: Vec::new(),
-                stored: None,
-                input_hash: input_hash("m", "hr", account, hash, &[]),
-                keys: BTreeMap::new(),
-                keys_hash: String::new(),
-            })
-            .collect();
+        let batch = uncorrelated(&accounts);
         for workers in [1, 2, 4] {
             let abandoned = evaluate_batch(&spec, &compiled, &batch, now, 5000, workers).expect_err("abandoned");
             assert_eq!((abandoned.identity.as_str(), abandoned.evaluated), ("E0700", 5700), "{workers} threads");
