@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 
 use idsync::connectors::ldap::LdapConnector;
 use idsync::connectors::{self, Connector, ProviderInputs};
-use idsync::model::{ConnectionRef, Trigger};
 use idsync::store::{SqliteStore, Store};
-use idsync::sync::job::{self, SyncJob};
+use idsync::sync::job;
 use idsync_api::{Connection, ConnectionSpec, SyncMode};
 
 const ADMIN: &str = "cn=admin,dc=example,dc=com";
@@ -205,19 +204,7 @@ struct Synced {
 
 async fn sync(store: &Arc<dyn Store>, spec: &ConnectionSpec, mode: SyncMode) -> Synced {
     let connector = connectors::build(spec, inputs()).expect("connector");
-    let job = SyncJob {
-        connection: ConnectionRef { namespace: "bench".into(), name: "idp".into() },
-        mode,
-        trigger: Trigger::Requested,
-        request: None,
-        holder: "bench".into(),
-        dry_run: false,
-        confirm_deletes: false,
-        safeguard: spec.import_safeguard.clone(),
-        settings_hash: "bench".into(),
-        full_sync_interval: Duration::from_secs(24 * 3600),
-        max_duration: Duration::from_secs(3600),
-    };
+    let job = common::job_for("idp", spec, mode);
     let started = Instant::now();
     let report = job::run(job, connector, store.clone(), idsync::sync::cancel::Cancel::new()).await;
     let elapsed = started.elapsed();

@@ -14,9 +14,8 @@ use std::time::Instant;
 
 use graph_server::{CLIENT_ID, CLIENT_SECRET, GraphServer, TENANT, user, user_id};
 use idsync::connectors::{self, ProviderInputs};
-use idsync::model::{ConnectionRef, Trigger};
 use idsync::store::{SqliteStore, Store};
-use idsync::sync::job::{self, SyncJob};
+use idsync::sync::job;
 use idsync_api::{ConnectionSpec, SyncMode};
 use serde_json::json;
 
@@ -46,19 +45,7 @@ async fn sync(store: &Arc<dyn Store>, server: &GraphServer, mode: SyncMode, labe
     let mut inputs = ProviderInputs::default();
     inputs.secret.insert("clientSecret".into(), CLIENT_SECRET.as_bytes().to_vec());
     let connector = connectors::build(&spec, inputs).expect("connector");
-    let job = SyncJob {
-        connection: ConnectionRef { namespace: "bench".into(), name: "entra".into() },
-        mode,
-        trigger: Trigger::Requested,
-        request: None,
-        holder: "bench".into(),
-        dry_run: false,
-        confirm_deletes: false,
-        safeguard: spec.import_safeguard.clone(),
-        settings_hash: "bench".into(),
-        full_sync_interval: std::time::Duration::from_secs(24 * 3600),
-        max_duration: std::time::Duration::from_secs(3600),
-    };
+    let job = common::job_for("entra", &spec, mode);
     let requests_before = server.graph_requests();
     let started = Instant::now();
     let report = job::run(job, connector, store.clone(), idsync::sync::cancel::Cancel::new()).await;

@@ -24,16 +24,16 @@ mod common;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body_util::Full;
 use idsync::connectors::{self, Capabilities, Connector, ConnectorError, Page, ProviderInputs, ReadKind, ReadPlan};
-use idsync::model::{Account, ConnectionRef, Trigger};
+use idsync::model::{Account, ConnectionRef};
 use idsync::store::{SqliteStore, Store};
 use idsync::sync::cancel::Cancel;
-use idsync::sync::job::{self, SyncJob, SyncReport};
+use idsync::sync::job::{self, SyncReport};
 use idsync_api::{Connection, ConnectionSpec, SyncMode};
 use serde_json::json;
 
@@ -240,25 +240,9 @@ fn scim_spec(base: &str) -> ConnectionSpec {
     Connection::test("scim").scim(&format!("{base}/scim")).page_size(SCIM_PAGE as u32).max_delete_percent(100).spec()
 }
 
-fn job_for(name: &str, spec: &ConnectionSpec, mode: SyncMode) -> SyncJob {
-    SyncJob {
-        connection: ConnectionRef { namespace: "bench".into(), name: name.into() },
-        mode,
-        trigger: Trigger::Requested,
-        request: None,
-        holder: "bench".into(),
-        dry_run: false,
-        confirm_deletes: false,
-        safeguard: spec.import_safeguard.clone(),
-        settings_hash: "bench".into(),
-        full_sync_interval: Duration::from_secs(24 * 3600),
-        max_duration: Duration::from_secs(3600),
-    }
-}
-
 async fn sync_with(store: &Arc<dyn Store>, spec: &ConnectionSpec, inputs: ProviderInputs, name: &str) -> SyncReport {
     let connector = connectors::build(spec, inputs).expect("connector");
-    let report = job::run(job_for(name, spec, SyncMode::Full), connector, store.clone(), Cancel::new()).await;
+    let report = job::run(common::job_for(name, spec, SyncMode::Full), connector, store.clone(), Cancel::new()).await;
     assert_eq!(report.outcome, idsync::model::RunOutcome::Succeeded, "the bench's sync failed: {report:?}");
     report
 }
@@ -430,7 +414,7 @@ fn main() {
             let pages: Vec<Vec<Account>> = everyone.chunks(1000).map(<[Account]>::to_vec).collect();
             drop(everyone);
             let spec = Connection::test("delta").max_delete_percent(100).spec();
-            let full = job_for("delta", &spec, SyncMode::Full);
+            let full = common::job_for("delta", &spec, SyncMode::Full);
             let report = job::run(full, Box::new(Memory { pages }), store.clone(), Cancel::new()).await;
             assert_eq!(report.counts.created as usize, ROWS, "{report:?}");
             let c = ConnectionRef { namespace: "bench".into(), name: "delta".into() };
@@ -443,7 +427,7 @@ fn main() {
             })
             .await;
             let few: Vec<Account> = (0..DELTA_CHANGES).map(|i| person(i * 997, "acme-corp.example")).collect();
-            let delta = job_for("delta", &spec, SyncMode::Delta);
+            let delta = common::job_for("delta", &spec, SyncMode::Delta);
             let r = measure(
                 &mut table,
                 "Delta of 100 changes (100k stored)",

@@ -66,3 +66,27 @@ pub fn sync(store: &idsync::store::SqliteStore, name: &str, accounts: impl Itera
     };
     store.commit_run(run, CursorUpdate::Keep, &finish).expect("commit");
 }
+
+/// A requested sync job of connection `name` (namespace `bench`), applied
+/// for real, with the spec's safeguard.
+#[allow(dead_code)]
+pub fn job_for(
+    name: &str,
+    spec: &idsync_api::ConnectionSpec,
+    mode: idsync_api::SyncMode,
+) -> idsync::sync::job::SyncJob {
+    use std::time::Duration;
+    idsync::sync::job::SyncJob {
+        connection: idsync::model::ConnectionRef { namespace: "bench".into(), name: name.into() },
+        mode,
+        trigger: idsync::model::Trigger::Requested,
+        request: None,
+        holder: "bench".into(),
+        dry_run: false,
+        confirm_deletes: false,
+        safeguard: spec.import_safeguard.clone(),
+        settings_hash: "bench".into(),
+        full_sync_interval: Duration::from_secs(24 * 3600),
+        max_duration: Duration::from_secs(3600),
+    }
+}
