@@ -26,8 +26,13 @@ pub mod backup;
 pub mod drift;
 pub mod migrations;
 pub mod outbox;
+pub mod postgres;
 pub mod sqlite;
 
+#[cfg(test)]
+mod contract;
+
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// One change a run stages. The store computes an upsert's content hash
@@ -225,6 +230,10 @@ impl Default for Retention {
 pub enum StoreError {
     #[error("store database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A PostgreSQL error. Its text is the server's or the driver's: it
+    /// never holds the connection's password (see `postgres::PgStore`).
+    #[error("store database error: {}", postgres::error_text(.0))]
+    Postgres(#[from] ::postgres::Error),
     #[error("cannot create the store's folder {path}: {source}")]
     CreateDir { path: std::path::PathBuf, source: std::io::Error },
     #[error(
@@ -244,6 +253,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{what} is too large for the store: {value}")]
     OutOfRange { what: &'static str, value: u64 },
+    /// The store's settings are wrong (a URL that does not parse).
+    #[error("{0}")]
+    Config(String),
     #[error("{0}")]
     Internal(String),
 }
