@@ -23,6 +23,7 @@ use crate::model::{
 };
 
 pub mod backup;
+pub(crate) mod codec;
 pub mod drift;
 pub mod migrations;
 pub mod outbox;

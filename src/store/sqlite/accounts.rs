@@ -7,11 +7,11 @@ use std::time::Instant;
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use super::codec::{corrupt, decode_account, from_i64, parse_mode, parse_time, parse_trigger, to_i64};
 use super::{SqliteStore, changes, outbox};
 use crate::model::{
     Account, AccountChange, ConnectionRef, ContentHash, Counts, NewRun, RunFinish, RunId, RunOutcome, RunRecord,
 };
+use crate::store::codec::{corrupt, decode_account, from_i64, parse_mode, parse_time, parse_trigger, to_i64};
 use crate::store::outbox::OutboxEntry;
 use crate::store::{AccountStore, CursorUpdate, EncodedAccount, StagedChange, StoreError, StoredCursor};
 

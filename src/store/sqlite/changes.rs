@@ -4,8 +4,8 @@
 use jiff::Timestamp;
 use rusqlite::{Connection, Transaction, params};
 
-use super::codec::{corrupt, from_i64, to_i64};
 use crate::model::{AccountChange, ChangeKind, FieldChange, RunId};
+use crate::store::codec::{corrupt, from_i64, to_i64};
 use crate::store::{Retention, StoreError};
 
 /// Appends `changes` to the run's, numbered after those recorded before.

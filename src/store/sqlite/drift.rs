@@ -7,10 +7,10 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::SqliteStore;
-use super::codec::{corrupt, decode_account, from_i64, parse_time};
 use super::identities::{identity_from_row, profile_key};
 use crate::model::{Account, ProfileRef};
 use crate::store::StoreError;
+use crate::store::codec::{corrupt, decode_account, from_i64, parse_time};
 use crate::store::drift::{DriftCase, DriftInputs, DriftKind, DriftStore, DriftSummary, DriftUpdate, RemovalHold};
 
 /// Removes a profile's cases, drift state and hold (its purge).

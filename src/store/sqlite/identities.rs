@@ -16,11 +16,11 @@ use std::time::Instant;
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use super::codec::{corrupt, decode_account, from_i64, parse_time, parse_trigger, to_i64};
 use super::{SqliteStore, changes};
 use crate::model::{
     Account, ContentHash, Identity, LinkRecord, LinkState, ProcessingRunRecord, ProfileRef, RunId, RunOutcome,
 };
+use crate::store::codec::{corrupt, decode_account, from_i64, parse_time, parse_trigger, to_i64};
 use crate::store::{
     IdentityStore, ProcessingCommit, ProcessingDelta, ProcessingHistory, ProcessingSnapshot, ProfileState, Retention,
     StoreError,

@@ -14,11 +14,9 @@
 //!   ([`NotificationOutbox`](super::outbox::NotificationOutbox)).
 //! - [`drift`]: access drift cases and the identity safeguard's hold
 //!   ([`DriftStore`](super::drift::DriftStore)).
-//! - [`codec`]: how values are encoded in rows, shared by all.
 
 mod accounts;
 mod changes;
-mod codec;
 mod drift;
 mod identities;
 mod outbox;

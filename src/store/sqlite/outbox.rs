@@ -6,8 +6,8 @@ use jiff::Timestamp;
 use rusqlite::{Connection, Row, params};
 
 use super::SqliteStore;
-use super::codec::{corrupt, parse_time};
 use crate::store::StoreError;
+use crate::store::codec::{corrupt, parse_time};
 use crate::store::outbox::{Delivery, NotificationOutbox, OutboxEntry, OutboxRecord, PendingNotification};
 
 const PENDING: &str = "Pending";
@@ -158,7 +158,7 @@ impl NotificationOutbox for SqliteStore {
         let db = self.lock()?;
         let n: i64 =
             db.prepare_cached("SELECT count(*) FROM outbox WHERE state = ?1")?.query_row([PENDING], |r| r.get(0))?;
-        super::codec::from_i64(n)
+        crate::store::codec::from_i64(n)
     }
 
     fn outbox_records(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
