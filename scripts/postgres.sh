@@ -9,6 +9,9 @@
 # Installs Debian's `postgresql` when initdb is missing. Prints the data
 # directory on success; stop the cluster with `pg_ctl -D DIR/data stop`.
 #
+# With PG_TLS=1 it also makes a throwaway CA and a server certificate for
+# 127.0.0.1/localhost (DIR/tls/ca.crt) and turns ssl on.
+#
 # PostgreSQL refuses to run as root: when run as root, the cluster belongs to
 # the `postgres` user the Debian package creates, and DIR is handed to it.
 #
@@ -76,6 +79,25 @@ synchronous_commit = off
 full_page_writes = off
 shared_buffers = 128MB
 CONF
+if [ "${PG_TLS:-}" = 1 ]; then
+  T="$DIR/tls"
+  mkdir -p "$T"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=idsync test CA" \
+    -keyout "$T/ca.key" -out "$T/ca.crt" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" >"$T/openssl.log" 2>&1
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$T/server.key" -out "$T/server.csr" \
+    >>"$T/openssl.log" 2>&1
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' >"$T/ext"
+  openssl x509 -req -in "$T/server.csr" -CA "$T/ca.crt" -CAkey "$T/ca.key" -CAcreateserial -days 2 \
+    -extfile "$T/ext" -out "$T/server.crt" >>"$T/openssl.log" 2>&1
+  chmod 0600 "$T/server.key"
+  [ "$(id -u)" = 0 ] && chown -R postgres: "$T"
+  cat >>"$DIR/data/postgresql.conf" <<CONF
+ssl = on
+ssl_cert_file = '$T/server.crt'
+ssl_key_file = '$T/server.key'
+CONF
+fi
 "${RUN[@]}" "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/postgres.log" -w -t 60 start >"$DIR/pg_ctl.log" 2>&1 || {
   cat "$DIR/pg_ctl.log" "$DIR/postgres.log" >&2
   exit 1

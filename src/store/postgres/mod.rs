@@ -47,6 +47,9 @@ pub struct PgOptions {
     /// The password, when it comes from a Secret rather than the URL; it
     /// replaces one in the URL.
     pub password: Option<String>,
+    /// PEM certificates of the CA that signed the server's certificate,
+    /// when it is not one the system trusts.
+    pub ca_pem: Option<Vec<u8>>,
     pub max_connections: usize,
 }
 
@@ -55,6 +58,7 @@ impl std::fmt::Debug for PgOptions {
         f.debug_struct("PgOptions")
             .field("url", &self.describe())
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<given>"))
             .field("max_connections", &self.max_connections)
             .finish()
     }
@@ -62,7 +66,7 @@ impl std::fmt::Debug for PgOptions {
 
 impl PgOptions {
     pub fn new(url: impl Into<String>) -> Self {
-        PgOptions { url: url.into(), password: None, max_connections: DEFAULT_MAX_CONNECTIONS }
+        PgOptions { url: url.into(), password: None, ca_pem: None, max_connections: DEFAULT_MAX_CONNECTIONS }
     }
 
     /// The database as a person may see it in logs and status:
@@ -129,7 +133,7 @@ impl PgStore {
     /// Connects and migrates the schema (one replica at a time: see
     /// [`schema::migrate`]). Blocking: call it from a blocking task.
     pub fn connect(options: &PgOptions) -> Result<Self, StoreError> {
-        let pool = Pool::new(options.config()?, options.max_connections.max(1));
+        let pool = Pool::new(options.config()?, options.max_connections.max(1), options.ca_pem.as_deref())?;
         {
             let mut client = pool.get()?;
             schema::migrate(&mut client)?;
@@ -280,6 +284,29 @@ mod tests {
             .unwrap();
         let err = PgStore::connect(&options).unwrap_err();
         assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err}");
+    }
+
+    #[test]
+    fn tls_is_used_and_verified_against_the_given_ca() {
+        let cluster = testing::tls_cluster();
+        let db = cluster.create_database();
+        let mut options = cluster.options(&db);
+        options.url.push_str("?sslmode=require");
+        options.ca_pem = Some(cluster.ca_pem());
+        let store = PgStore::connect(&options).expect("connects over TLS with the CA");
+        let ssl: bool = store
+            .read(|tx| Ok(tx.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])?.try_get(0)?))
+            .unwrap();
+        assert!(ssl, "the session is encrypted");
+        // Without the CA the throwaway certificate is not trusted: refused,
+        // not silently accepted.
+        options.ca_pem = None;
+        let err = PgStore::connect(&options).unwrap_err().to_string();
+        assert!(err.to_lowercase().contains("certificate"), "{err}");
+        // A CA file that is not PEM is a clear settings error.
+        options.ca_pem = Some(b"not a certificate".to_vec());
+        let err = PgStore::connect(&options).unwrap_err();
+        assert!(matches!(err, StoreError::Config(_)), "{err}");
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
+use ::postgres::config::SslMode;
 use ::postgres::{Client, Config, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::store::StoreError;
 
@@ -16,6 +18,8 @@ const WAIT_FOR_CLIENT: Duration = Duration::from_secs(60);
 
 pub struct Pool {
     config: Config,
+    /// How TLS is verified; None when `sslmode=disable`.
+    tls: Option<MakeRustlsConnect>,
     max: usize,
     state: Mutex<State>,
     freed: Condvar,
@@ -29,8 +33,18 @@ struct State {
 }
 
 impl Pool {
-    pub fn new(config: Config, max: usize) -> Self {
-        Pool { config, max, state: Mutex::new(State::default()), freed: Condvar::new() }
+    /// A pool of at most `max` clients. Unless the URL says
+    /// `sslmode=disable`, TLS is used when the server offers it
+    /// (`prefer`, the default) or required (`require`), and the server's
+    /// certificate is always verified: against `ca_pem` when given, else
+    /// the system's roots. (libpq's `prefer` and `require` do not verify;
+    /// a store holding every identity should not talk to an impostor.)
+    pub fn new(config: Config, max: usize, ca_pem: Option<&[u8]>) -> Result<Self, StoreError> {
+        let tls = match config.get_ssl_mode() {
+            SslMode::Disable => None,
+            _ => Some(MakeRustlsConnect::new(tls_config(ca_pem)?)),
+        };
+        Ok(Pool { config, tls, max, state: Mutex::new(State::default()), freed: Condvar::new() })
     }
 
     /// A client, idle or newly opened; waits while `max` are in use.
@@ -47,7 +61,11 @@ impl Pool {
                 state.busy += 1;
                 drop(state);
                 // Connect outside the lock: it may take the connect timeout.
-                return match self.config.connect(NoTls) {
+                let connected = match &self.tls {
+                    Some(tls) => self.config.connect(tls.clone()),
+                    None => self.config.connect(NoTls),
+                };
+                return match connected {
                     Ok(client) => Ok(Pooled { pool: self, client: Some(client) }),
                     Err(e) => {
                         self.give_back(None);
@@ -93,6 +111,28 @@ impl Drop for Pool {
             let _ = std::thread::Builder::new().name("idsync-pg-close".into()).spawn(move || drop(idle));
         }
     }
+}
+
+/// The TLS client settings: the given CA's certificates, or the platform's
+/// verifier (the system's roots, as reqwest uses them).
+fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, StoreError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use rustls_platform_verifier::ConfigVerifierExt;
+    crate::tls::install_crypto_provider();
+    let Some(pem) = ca_pem else {
+        return rustls::ClientConfig::with_platform_verifier()
+            .map_err(|e| StoreError::Config(format!("cannot load the system's TLS roots: {e}")));
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| StoreError::Config(format!("the store's CA is not a PEM certificate: {e}")))?;
+        roots.add(cert).map_err(|e| StoreError::Config(format!("the store's CA certificate is unusable: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(StoreError::Config("the store's CA file holds no PEM certificate".into()));
+    }
+    Ok(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
 }
 
 /// A client from the pool, returned to it on drop.

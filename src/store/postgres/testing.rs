@@ -32,6 +32,11 @@ impl Cluster {
     }
 
     /// Options for database `db` with the password.
+    /// The CA of a TLS cluster's server certificate.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.join("tls/ca.crt")).expect("a TLS cluster's CA")
+    }
+
     pub fn options(&self, db: &str) -> PgOptions {
         PgOptions { password: Some(PASSWORD.to_string()), ..PgOptions::new(self.url(db)) }
     }
@@ -51,12 +56,19 @@ impl Cluster {
 }
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static TLS_CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
 /// The process's cluster, started on first call. Panics with the script's
 /// output when it cannot start: a test that needs PostgreSQL fails rather
 /// than passing without it.
 pub fn cluster() -> &'static Cluster {
-    CLUSTER.get_or_init(start)
+    CLUSTER.get_or_init(|| start(false))
+}
+
+/// A second cluster with TLS on, its server certificate signed by a
+/// throwaway CA (`Cluster::ca_pem`).
+pub fn tls_cluster() -> &'static Cluster {
+    TLS_CLUSTER.get_or_init(|| start(true))
 }
 
 /// A fresh, empty database on the process's cluster.
@@ -70,7 +82,7 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-fn start() -> Cluster {
+fn start(tls: bool) -> Cluster {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres.sh");
     // Kept for the life of the process: the cluster's files are in it.
     let root = std::env::temp_dir().join(format!("idsync-pg-{}", uuid::Uuid::new_v4().simple()));
@@ -80,7 +92,13 @@ fn start() -> Cluster {
     // A free port can be taken between the probe and the server's bind.
     for _ in 0..3 {
         let port = free_port();
-        let out = Command::new("bash").arg(&script).arg(&dir).arg(port.to_string()).output().expect("run postgres.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .arg(port.to_string())
+            .env("PG_TLS", if tls { "1" } else { "0" })
+            .output()
+            .expect("run postgres.sh");
         if out.status.success() {
             stop_with_this_process(&dir);
             return Cluster { port, dir };
