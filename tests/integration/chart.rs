@@ -68,6 +68,74 @@ fn the_chart_keeps_the_store_runs_one_restricted_pod() {
     );
 }
 
+/// With store.postgres the chart runs replicas that share the syncs: no
+/// volume, the URL, password and CA from Secrets (never in the rendered
+/// text), a rolling update, a PodDisruptionBudget and the pods spread over
+/// nodes; more than one replica without PostgreSQL is refused with a
+/// message that says why.
+#[test]
+fn the_chart_runs_replicas_on_postgres_with_a_budget_and_spread() {
+    let docs = render(&[
+        "--set",
+        "replicas=3",
+        "--set",
+        "store.postgres.urlSecret.name=ids-app",
+        "--set",
+        "store.postgres.passwordSecret.name=ids-app",
+        "--set",
+        "store.postgres.caSecret.name=ids-ca",
+    ]);
+    assert!(of_kind(&docs, "PersistentVolumeClaim").is_empty(), "no SQLite volume");
+    let deployment = of_kind(&docs, "Deployment")[0];
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args = container["args"].as_array().expect("args");
+    assert!(!args.iter().any(|a| a.as_str().is_some_and(|a| a.starts_with("--data-dir"))), "{args:?}");
+    let env = container["env"].as_array().expect("env");
+    let var = |name: &str| env.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("{name} in {env:?}"));
+    assert_eq!(var("IDSYNC_STORE")["valueFrom"]["secretKeyRef"], serde_json::json!({"name": "ids-app", "key": "uri"}));
+    assert_eq!(
+        var("IDSYNC_STORE_PASSWORD")["valueFrom"]["secretKeyRef"],
+        serde_json::json!({"name": "ids-app", "key": "password"})
+    );
+    assert_eq!(var("IDSYNC_STORE_CA_FILE")["value"], "/etc/idsync/store-ca/ca.crt");
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "ids-ca");
+    assert_eq!(container["volumeMounts"][0]["mountPath"], "/etc/idsync/store-ca");
+    let spread = &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(spread["podAffinityTerm"]["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(spread["podAffinityTerm"]["labelSelector"]["matchLabels"]["app.kubernetes.io/name"], "idsync");
+    let budgets = of_kind(&docs, "PodDisruptionBudget");
+    assert_eq!(budgets.len(), 1);
+    assert_eq!(budgets[0]["spec"]["maxUnavailable"], 1);
+    assert_eq!(budgets[0]["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"], "store-test");
+
+    // A URL given as a value (no password in it) lands as it is; one pod
+    // makes no budget and no spread.
+    let single = render(&["--set", "store.postgres.url=postgres://idsync@db.example:5432/ids?sslmode=require"]);
+    let deployment = of_kind(&single, "Deployment")[0];
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].as_array().expect("env");
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "IDSYNC_STORE"
+                && e["value"] == "postgres://idsync@db.example:5432/ids?sslmode=require")
+    );
+    assert!(of_kind(&single, "PodDisruptionBudget").is_empty());
+    assert!(deployment["spec"]["template"]["spec"]["affinity"].is_null());
+
+    let chart = common::repo("charts/idsync").display().to_string();
+    let out = Command::new(common::tool("kubectl-v35/helm"))
+        .args(["template", "t", chart.as_str(), "--set", "replicas=2"])
+        .output()
+        .expect("helm runs");
+    assert!(!out.status.success(), "two replicas on SQLite rendered");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("replicas > 1 needs store.postgres"), "{stderr}");
+}
+
 /// The access objects (roles, admission policy) `idsync dev` applies are the
 /// chart's, field by field; names carry the release's prefix, so a release
 /// called `admin` makes no ClusterRole `admin`; the admin role is never
@@ -120,6 +188,9 @@ fn the_values_schema_refuses_typos_and_the_extras_render() {
         ("logFormat=xml", "value must be one of 'json', 'text'"),
         ("accessControl.role=false", "additional properties 'role' not allowed"),
         ("image.pullPolicy=Sometimes", "value must be one of"),
+        ("store.postgres.url=mysql://db/ids", "does not match pattern"),
+        ("podAntiAffinity=always", "value must be one of"),
+        ("store.postgres.passwordSecret.nam=x", "additional properties 'nam' not allowed"),
     ] {
         let out = Command::new(common::tool("kubectl-v35/helm"))
             .args(["template", "t", chart.as_str(), "--set", set])
@@ -161,8 +232,21 @@ fn the_values_schema_refuses_typos_and_the_extras_render() {
 fn the_rendered_chart_is_valid_for_kubernetes_1_33_to_1_35() {
     let chart = common::repo("charts/idsync").display().to_string();
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let variants: [&[&str]; 2] = [
+    let variants: [&[&str]; 3] = [
         &[],
+        // PostgreSQL with three replicas: budget, spread, Secrets.
+        &[
+            "--set",
+            "replicas=3",
+            "--set",
+            "store.postgres.urlSecret.name=ids-app",
+            "--set",
+            "store.postgres.passwordSecret.name=ids-app",
+            "--set",
+            "store.postgres.caSecret.name=ids-ca",
+            "--set",
+            "podAntiAffinity=hard",
+        ],
         &[
             "--set",
             "store.existingClaim=kept",

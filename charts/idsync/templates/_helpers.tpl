@@ -27,3 +27,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 app.kubernetes.io/name: idsync
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+
+{{/* "true" when the store is PostgreSQL (store.postgres.url or urlSecret). */}}
+{{- define "idsync.postgres" -}}
+{{- if or .Values.store.postgres.url .Values.store.postgres.urlSecret.name -}}true{{- end -}}
+{{- end -}}
