@@ -13,6 +13,9 @@
 //! - [`testing`] (tests and benchmarks): a throwaway cluster and a fresh
 //!   database per test.
 
+mod accounts;
+mod changes;
+mod outbox;
 pub mod pool;
 pub mod schema;
 #[doc(hidden)]
@@ -22,7 +25,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use ::postgres::error::SqlState;
-use ::postgres::{IsolationLevel, Transaction};
+use ::postgres::{Client, IsolationLevel, Transaction};
 
 use super::{Retention, StoreError};
 use pool::Pool;
@@ -168,15 +171,24 @@ impl PgStore {
         loop {
             attempt += 1;
             let mut client = self.pool.get()?;
+            // A connection lost before COMMIT was sent committed nothing, so
+            // the whole transaction can be tried again on a new one; lost
+            // during COMMIT, nobody knows whether it committed: not retried.
+            let mut committing = false;
             let result = (|| {
                 let mut tx = client.transaction()?;
                 let out = f(&mut tx)?;
+                committing = true;
                 tx.commit()?;
                 Ok(out)
             })();
             match result {
                 Err(StoreError::Postgres(e)) if attempt < WRITE_ATTEMPTS && retryable(&e) => {
                     tracing::debug!(error = %e, attempt, "store write conflicted with another writer; trying again");
+                }
+                Err(e) if attempt < WRITE_ATTEMPTS && !committing && client.is_closed() => {
+                    tracing::info!(error = %e, database = %self.described, "the store's database connection was closed; trying the write again");
+                    self.pool.drop_idle();
                 }
                 other => return other,
             }
@@ -187,11 +199,41 @@ impl PgStore {
     /// reads is one snapshot, even while other replicas commit.
     pub fn read<T>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut client = self.pool.get()?;
-        let mut tx =
-            client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
-        let out = f(&mut tx)?;
-        tx.commit()?;
-        Ok(out)
+        let result = (|| {
+            let mut tx =
+                client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
+            let out = f(&mut tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        // `f` may be called once only, so this read fails; the next call
+        // finds fresh connections.
+        if result.is_err() && client.is_closed() {
+            self.pool.drop_idle();
+        }
+        result
+    }
+
+    /// Runs `f`, which only reads, on a client of the pool outside any
+    /// explicit transaction (each statement its own snapshot): for reads of
+    /// one statement, without BEGIN and COMMIT round trips. Tried again on a
+    /// new connection when the server closed the one it had (a restart, a
+    /// terminated backend): a read is safe to repeat. Whenever a client is
+    /// found closed, the pool's idle ones are dropped too: the server most
+    /// likely closed them all, and each would otherwise fail a call in turn.
+    pub fn with_client<T>(&self, mut f: impl FnMut(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut client = self.pool.get()?;
+            match f(&mut client) {
+                Err(e) if attempt < WRITE_ATTEMPTS && client.is_closed() => {
+                    tracing::info!(error = %e, database = %self.described, "the store's database connection was closed; reading again");
+                    self.pool.drop_idle();
+                }
+                other => return other,
+            }
+        }
     }
 }
 

@@ -67,6 +67,16 @@ impl Pool {
         }
     }
 
+    /// Drops the idle clients (see `PgStore::connection_lost`); those in use
+    /// come back and are checked as usual.
+    pub fn drop_idle(&self) {
+        let idle = match self.state.lock() {
+            Ok(mut state) => std::mem::take(&mut state.idle),
+            Err(_) => return,
+        };
+        drop(idle);
+    }
+
     fn give_back(&self, client: Option<Client>) {
         // A poisoned lock means a panic elsewhere; the client is dropped.
         if let Ok(mut state) = self.state.lock() {
