@@ -634,3 +634,6 @@ impl PgStore {
         db.query_one("SELECT count(*) FROM staging WHERE run_id = $1", &[&run]).unwrap().get(0)
     }
 }
+
+#[cfg(test)]
+mod tests;
