@@ -186,9 +186,9 @@ impl PgStore {
                 Err(StoreError::Postgres(e)) if attempt < WRITE_ATTEMPTS && retryable(&e) => {
                     tracing::debug!(error = %e, attempt, "store write conflicted with another writer; trying again");
                 }
-                Err(e) if attempt < WRITE_ATTEMPTS && !committing && client.is_closed() => {
+                Err(e) if attempt < WRITE_ATTEMPTS && !committing && connection_gone(&client, &e) => {
                     tracing::info!(error = %e, database = %self.described, "the store's database connection was closed; trying the write again");
-                    self.pool.drop_idle();
+                    self.lost(client);
                 }
                 other => return other,
             }
@@ -208,28 +208,42 @@ impl PgStore {
         })();
         // `f` may be called once only, so this read fails; the next call
         // finds fresh connections.
-        if result.is_err() && client.is_closed() {
-            self.pool.drop_idle();
+        match result {
+            Err(e) if connection_gone(&client, &e) => {
+                self.lost(client);
+                Err(e)
+            }
+            other => other,
         }
-        result
+    }
+
+    /// After `client` lost its connection: it is closed, not handed back,
+    /// and so are the pool's idle ones, which the server most likely closed
+    /// too (it restarted, or an administrator ended idsync's sessions) and
+    /// which would otherwise each fail a call in turn.
+    fn lost(&self, client: pool::Pooled<'_>) {
+        client.discard();
+        self.pool.drop_idle();
     }
 
     /// Runs `f`, which only reads, on a client of the pool outside any
     /// explicit transaction (each statement its own snapshot): for reads of
     /// one statement, without BEGIN and COMMIT round trips. Tried again on a
     /// new connection when the server closed the one it had (a restart, a
-    /// terminated backend): a read is safe to repeat. Whenever a client is
-    /// found closed, the pool's idle ones are dropped too: the server most
-    /// likely closed them all, and each would otherwise fail a call in turn.
+    /// terminated backend): a read is safe to repeat.
     pub fn with_client<T>(&self, mut f: impl FnMut(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let mut client = self.pool.get()?;
             match f(&mut client) {
-                Err(e) if attempt < WRITE_ATTEMPTS && client.is_closed() => {
+                Err(e) if connection_gone(&client, &e) => {
+                    if attempt >= WRITE_ATTEMPTS {
+                        self.lost(client);
+                        return Err(e);
+                    }
                     tracing::info!(error = %e, database = %self.described, "the store's database connection was closed; reading again");
-                    self.pool.drop_idle();
+                    self.lost(client);
                 }
                 other => return other,
             }
@@ -261,6 +275,17 @@ pub fn error_text(e: &::postgres::Error) -> String {
         Some(cause) => format!("{e}: {cause}"),
         None => e.to_string(),
     }
+}
+
+/// Whether `e` ended the client's session: the client saw its connection
+/// close, or the server said so with a FATAL error (an administrator's
+/// `pg_terminate_backend`, a shutdown), which comes before the close.
+fn connection_gone(client: &Client, e: &StoreError) -> bool {
+    use ::postgres::error::Severity;
+    let StoreError::Postgres(e) = e else { return client.is_closed() };
+    client.is_closed()
+        || e.is_closed()
+        || e.as_db_error().is_some_and(|db| matches!(db.parsed_severity(), Some(Severity::Fatal | Severity::Panic)))
 }
 
 /// Whether PostgreSQL aborted the transaction only because of a concurrent

@@ -125,6 +125,14 @@ impl DerefMut for Pooled<'_> {
     }
 }
 
+impl Pooled<'_> {
+    /// Closes the client instead of handing it back: its connection is
+    /// known to be gone even if the client has not noticed yet.
+    pub fn discard(mut self) {
+        drop(self.client.take());
+    }
+}
+
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         self.pool.give_back(self.client.take());
