@@ -45,6 +45,7 @@ contract_tests!(
     run_history_round_trips_newest_first,
     accounts_written_with_the_commit_are_upserted_like_staged_ones,
     changes_are_kept_in_order_with_runs_that_show_them_and_dropped_with_failures,
+    lookups_by_id_return_the_stored_ones_in_order,
 );
 
 pub(crate) fn conn(name: &str) -> ConnectionRef {
@@ -661,4 +662,25 @@ mod restart_and_retention {
         let store = super::super::postgres().with_retention(SHORT_HISTORY);
         the_history_keeps_the_newest_runs_and_none_too_old(&store);
     }
+}
+
+/// `get_accounts`, `account_hashes` and `connections`: what the identity
+/// side and `idsync` commands look up.
+fn lookups_by_id_return_the_stored_ones_in_order<S: ContractStore>(store: &S) {
+    let (hr, ldap) = (conn("hr"), ConnectionRef::new("team-B", "ldap"));
+    sync(store, &hr, &upserts(&["b", "a", "é", "Z"].map(|id| account(id, 1))), CursorUpdate::Keep);
+    sync(store, &ldap, &upserts(&[account("a", 7)]), CursorUpdate::Keep);
+    let asked: Vec<String> = ["é", "a", "missing", "Z", "a"].map(String::from).to_vec();
+    assert_eq!(store.get_accounts(&hr, &asked).unwrap(), vec![account("Z", 1), account("a", 1), account("é", 1)]);
+    assert_eq!(store.get_accounts(&ldap, &asked).unwrap(), vec![account("a", 7)]);
+    assert!(store.get_accounts(&hr, &[]).unwrap().is_empty());
+    assert!(store.get_accounts(&conn("never-ran"), &asked).unwrap().is_empty());
+    let hashes = store.account_hashes(&hr, &asked).unwrap();
+    let want: HashMap<String, ContentHash> =
+        ["Z", "a", "é"].iter().map(|id| (id.to_string(), account(id, 1).content_hash())).collect();
+    assert_eq!(hashes, want);
+    assert!(store.account_hashes(&hr, &[]).unwrap().is_empty());
+    // Bytewise order: upper case before lower.
+    store.start_run(&new_run(&ConnectionRef::new("team-a", "Okta"), time(0, 0))).unwrap();
+    assert_eq!(store.connections().unwrap(), [ConnectionRef::new("team-B", "ldap"), conn("Okta"), hr]);
 }

@@ -8,6 +8,12 @@
 //! blocking face of tokio-postgres): the store's traits are blocking and are
 //! called from blocking tasks, never from async code directly.
 //!
+//! - [`accounts`]: accounts, cursors and the sync run history
+//!   ([`AccountStore`](super::AccountStore)), and how replicas take turns.
+//! - [`changes`]: what each sync changed, account by account, and pruning
+//!   the run history (and the processing history's pruning).
+//! - [`outbox`]: notifications waiting to be sent
+//!   ([`NotificationOutbox`](super::outbox::NotificationOutbox)).
 //! - [`schema`]: the schema history and migrating under an advisory lock.
 //! - [`pool`]: the connection pool.
 //! - [`testing`] (tests and benchmarks): a throwaway cluster and a fresh
