@@ -9,6 +9,10 @@
 
 use super::{PgStore, SqliteStore};
 
+// Their helpers serve the SQLite store's own tests too.
+pub(super) mod accounts;
+mod outbox;
+
 /// A fresh SQLite store; the folder goes with the test.
 pub fn sqlite() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().expect("temp dir");
