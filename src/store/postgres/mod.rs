@@ -13,6 +13,14 @@
 //! - [`testing`] (tests and benchmarks): a throwaway cluster and a fresh
 //!   database per test.
 
+// Identities, processing history and drift (IdentityStore,
+// ProcessingHistory, DriftStore): a profile's rows, read in one snapshot and
+// committed under the profile's advisory lock.
+mod drift;
+mod history;
+mod identities;
+mod profiles;
+
 pub mod pool;
 pub mod schema;
 #[doc(hidden)]
