@@ -48,7 +48,7 @@ fn prune(tx: &mut Transaction<'_>, key: i64, retention: &Retention, now: Timesta
         now.checked_sub(retention.max_age).ok().filter(|t| t.as_second() > EARLIEST_SECOND).map(|t| t.to_string());
     let keep = to_i64("retained runs", retention.max_runs)?;
     let removed = tx.execute(
-        "DELETE FROM processing_runs WHERE prof = $1 AND (finished_at::timestamptz < $2::timestamptz \
+        "DELETE FROM processing_runs WHERE prof = $1 AND (finished_at::timestamptz < $2::text::timestamptz \
          OR run_id NOT IN (SELECT run_id FROM processing_runs WHERE prof = $1 ORDER BY run_id DESC LIMIT $3))",
         &[&key, &cutoff, &keep],
     )?;

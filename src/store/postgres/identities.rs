@@ -605,3 +605,10 @@ impl IdentityStore for PgStore {
         Ok(removed)
     }
 }
+
+#[cfg(test)]
+impl crate::store::contract::identities::Vandal for PgStore {
+    fn vandalize(&self, sql: &str) {
+        self.write(|tx| Ok(tx.batch_execute(sql)?)).expect("vandalize the PostgreSQL store");
+    }
+}
