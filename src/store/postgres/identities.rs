@@ -32,7 +32,7 @@ use crate::store::{
 
 /// Rows a commit writes per statement: large enough that round trips do not
 /// count, small enough that one statement's arrays stay a few megabytes.
-const ROWS_PER_STATEMENT: usize = 5_000;
+pub(super) const ROWS_PER_STATEMENT: usize = 5_000;
 
 /// The columns [`link_from_row`] reads, in its order.
 const LINK_SELECT: &str = "SELECT connection, account_id, state, identity, candidates FROM identity_links";

@@ -19,6 +19,8 @@
 mod drift;
 mod history;
 mod identities;
+#[cfg(test)]
+mod identities_tests;
 mod profiles;
 
 pub mod pool;
