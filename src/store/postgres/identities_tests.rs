@@ -262,7 +262,9 @@ fn a_snapshot_read_while_another_replica_commits_sees_all_of_that_commit_or_none
         s.spawn(|| {
             for g in 1..=12 {
                 // A read between each two commits at least; most overlap one.
-                while reads_done.load(Ordering::SeqCst) < g as usize {
+                // Bounded: a reader that failed reads no more.
+                let waiting = std::time::Instant::now();
+                while reads_done.load(Ordering::SeqCst) < g as usize && waiting.elapsed().as_secs() < 5 {
                     std::thread::sleep(std::time::Duration::from_millis(1));
                 }
                 writer
