@@ -17,16 +17,8 @@ use crate::store::{AccountStore, IdentityStore, ProcessingHistory, ProfileState}
 contract_tests!(
     a_case_keeps_its_first_sighting_across_runs_and_starts_again_after_it_went,
     a_hold_is_kept_until_released,
+    drift_inputs_read_offboarded_access_unowned_accounts_and_missing_ones,
 );
-
-// TEMPORARY until the PostgreSQL AccountStore is merged.
-mod sqlite_accounts {
-    #[test]
-    fn drift_inputs_read_offboarded_access_unowned_accounts_and_missing_ones() {
-        let (_d, s) = crate::store::contract::sqlite();
-        super::drift_inputs_read_offboarded_access_unowned_accounts_and_missing_ones(&s);
-    }
-}
 
 fn case(kind: DriftKind, identity: &str, connection: &str, account: &str) -> DriftCase {
     DriftCase {

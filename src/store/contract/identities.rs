@@ -31,33 +31,13 @@ contract_tests!(
     commits_delete_identities_and_links,
     listing_identities_filters_by_state_orders_by_id_and_pages,
     listing_links_filters_by_state_in_connection_and_account_order,
+    connection_versions_move_only_when_accounts_change_and_never_back,
+    the_snapshot_reads_the_named_connections_of_the_profiles_namespace,
+    the_delta_reads_only_what_changed_since_the_versions_the_profile_saw,
+    the_delta_reads_the_identities_whose_time_has_come_with_their_accounts,
     purging_a_profile_removes_identities_links_and_state_and_keeps_runs,
     processing_runs_are_newest_first_per_profile,
 );
-
-// TEMPORARY until the PostgreSQL AccountStore is merged.
-mod sqlite_accounts {
-    #[test]
-    fn connection_versions_move_only_when_accounts_change_and_never_back() {
-        let (_d, s) = crate::store::contract::sqlite();
-        super::connection_versions_move_only_when_accounts_change_and_never_back(&s);
-    }
-    #[test]
-    fn the_snapshot_reads_the_named_connections_of_the_profiles_namespace() {
-        let (_d, s) = crate::store::contract::sqlite();
-        super::the_snapshot_reads_the_named_connections_of_the_profiles_namespace(&s);
-    }
-    #[test]
-    fn the_delta_reads_only_what_changed_since_the_versions_the_profile_saw() {
-        let (_d, s) = crate::store::contract::sqlite();
-        super::the_delta_reads_only_what_changed_since_the_versions_the_profile_saw(&s);
-    }
-    #[test]
-    fn the_delta_reads_the_identities_whose_time_has_come_with_their_accounts() {
-        let (_d, s) = crate::store::contract::sqlite();
-        super::the_delta_reads_the_identities_whose_time_has_come_with_their_accounts(&s);
-    }
-}
 
 pub(crate) fn time(seconds: i64, nanos: i32) -> Timestamp {
     Timestamp::new(1_750_000_000 + seconds, nanos).unwrap()

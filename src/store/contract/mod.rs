@@ -9,6 +9,10 @@
 
 use super::{PgStore, SqliteStore};
 
+// Their helpers serve the SQLite store's own tests too.
+pub(super) mod accounts;
+mod outbox;
+
 // The identity store's and the drift store's contract.
 pub(super) mod drift;
 pub(super) mod identities;

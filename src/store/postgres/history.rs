@@ -2,7 +2,6 @@
 //! profile, pruned to the store's [`Retention`] as runs are recorded.
 
 use ::postgres::{Row, Transaction};
-use jiff::Timestamp;
 
 use super::PgStore;
 use super::profiles::{ensure_profile_key, profile_key};
@@ -11,7 +10,7 @@ use crate::store::codec::{from_i64, parse_time, parse_trigger, to_i64};
 use crate::store::{ProcessingHistory, Retention, StoreError};
 
 /// Records the run in the profile's history, then prunes the history to
-/// `retention`; `tx` is the caller's (a commit's, or the run's own).
+/// `retention` as the SQLite store does; `tx` is the caller's (a commit's, or the run's own).
 pub(super) fn insert_run(
     tx: &mut Transaction<'_>,
     key: i64,
@@ -35,29 +34,9 @@ pub(super) fn insert_run(
         ],
     )?;
     let id: RunId = row.try_get(0)?;
-    prune(tx, key, retention, run.finished_at)?;
+    super::changes::prune_processing(tx, key, retention, run.finished_at)?;
     Ok(id)
 }
-
-/// Drops the profile's runs beyond the newest `max_runs` and those that
-/// finished more than `max_age` before `now`, as the SQLite store does.
-fn prune(tx: &mut Transaction<'_>, key: i64, retention: &Retention, now: Timestamp) -> Result<u64, StoreError> {
-    // A cutoff before PostgreSQL's earliest time (4713 BC) keeps every run
-    // by age; None says so without a time the server cannot parse.
-    let cutoff =
-        now.checked_sub(retention.max_age).ok().filter(|t| t.as_second() > EARLIEST_SECOND).map(|t| t.to_string());
-    let keep = to_i64("retained runs", retention.max_runs)?;
-    let removed = tx.execute(
-        "DELETE FROM processing_runs WHERE prof = $1 AND (finished_at::timestamptz < $2::text::timestamptz \
-         OR run_id NOT IN (SELECT run_id FROM processing_runs WHERE prof = $1 ORDER BY run_id DESC LIMIT $3))",
-        &[&key, &cutoff, &keep],
-    )?;
-    Ok(removed)
-}
-
-/// 0001-01-01T00:00:00Z: earlier than any run, and late enough for
-/// PostgreSQL to read.
-const EARLIEST_SECOND: i64 = -62_135_596_800;
 
 pub(super) fn runs(
     tx: &mut Transaction<'_>,

@@ -8,10 +8,20 @@
 //! blocking face of tokio-postgres): the store's traits are blocking and are
 //! called from blocking tasks, never from async code directly.
 //!
+//! - [`accounts`]: accounts, cursors and the sync run history
+//!   ([`AccountStore`](super::AccountStore)), and how replicas take turns.
+//! - [`changes`]: what each sync changed, account by account, and pruning
+//!   the run history (and the processing history's pruning).
+//! - [`outbox`]: notifications waiting to be sent
+//!   ([`NotificationOutbox`](super::outbox::NotificationOutbox)).
 //! - [`schema`]: the schema history and migrating under an advisory lock.
 //! - [`pool`]: the connection pool.
 //! - [`testing`] (tests and benchmarks): a throwaway cluster and a fresh
 //!   database per test.
+
+mod accounts;
+mod changes;
+mod outbox;
 
 // Identities, processing history and drift (IdentityStore,
 // ProcessingHistory, DriftStore): a profile's rows, read in one snapshot and
@@ -32,7 +42,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use ::postgres::error::SqlState;
-use ::postgres::{IsolationLevel, Transaction};
+use ::postgres::{Client, IsolationLevel, Transaction};
 
 use super::{Retention, StoreError};
 use pool::Pool;
@@ -178,15 +188,24 @@ impl PgStore {
         loop {
             attempt += 1;
             let mut client = self.pool.get()?;
+            // A connection lost before COMMIT was sent committed nothing, so
+            // the whole transaction can be tried again on a new one; lost
+            // during COMMIT, nobody knows whether it committed: not retried.
+            let mut committing = false;
             let result = (|| {
                 let mut tx = client.transaction()?;
                 let out = f(&mut tx)?;
+                committing = true;
                 tx.commit()?;
                 Ok(out)
             })();
             match result {
                 Err(StoreError::Postgres(e)) if attempt < WRITE_ATTEMPTS && retryable(&e) => {
                     tracing::debug!(error = %e, attempt, "store write conflicted with another writer; trying again");
+                }
+                Err(e) if attempt < WRITE_ATTEMPTS && !committing && connection_gone(&client, &e) => {
+                    tracing::info!(error = %e, database = %self.described, "the store's database connection was closed; trying the write again");
+                    self.lost(client);
                 }
                 other => return other,
             }
@@ -197,11 +216,55 @@ impl PgStore {
     /// reads is one snapshot, even while other replicas commit.
     pub fn read<T>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut client = self.pool.get()?;
-        let mut tx =
-            client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
-        let out = f(&mut tx)?;
-        tx.commit()?;
-        Ok(out)
+        let result = (|| {
+            let mut tx =
+                client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
+            let out = f(&mut tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        // `f` may be called once only, so this read fails; the next call
+        // finds fresh connections.
+        match result {
+            Err(e) if connection_gone(&client, &e) => {
+                self.lost(client);
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    /// After `client` lost its connection: it is closed, not handed back,
+    /// and so are the pool's idle ones, which the server most likely closed
+    /// too (it restarted, or an administrator ended idsync's sessions) and
+    /// which would otherwise each fail a call in turn.
+    fn lost(&self, client: pool::Pooled<'_>) {
+        client.discard();
+        self.pool.drop_idle();
+    }
+
+    /// Runs `f`, which only reads, on a client of the pool outside any
+    /// explicit transaction (each statement its own snapshot): for reads of
+    /// one statement, without BEGIN and COMMIT round trips. Tried again on a
+    /// new connection when the server closed the one it had (a restart, a
+    /// terminated backend): a read is safe to repeat.
+    pub fn with_client<T>(&self, mut f: impl FnMut(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut client = self.pool.get()?;
+            match f(&mut client) {
+                Err(e) if connection_gone(&client, &e) => {
+                    if attempt >= WRITE_ATTEMPTS {
+                        self.lost(client);
+                        return Err(e);
+                    }
+                    tracing::info!(error = %e, database = %self.described, "the store's database connection was closed; reading again");
+                    self.lost(client);
+                }
+                other => return other,
+            }
+        }
     }
 }
 
@@ -229,6 +292,17 @@ pub fn error_text(e: &::postgres::Error) -> String {
         Some(cause) => format!("{e}: {cause}"),
         None => e.to_string(),
     }
+}
+
+/// Whether `e` ended the client's session: the client saw its connection
+/// close, or the server said so with a FATAL error (an administrator's
+/// `pg_terminate_backend`, a shutdown), which comes before the close.
+fn connection_gone(client: &Client, e: &StoreError) -> bool {
+    use ::postgres::error::Severity;
+    let StoreError::Postgres(e) = e else { return client.is_closed() };
+    client.is_closed()
+        || e.is_closed()
+        || e.as_db_error().is_some_and(|db| matches!(db.parsed_severity(), Some(Severity::Fatal | Severity::Panic)))
 }
 
 /// Whether PostgreSQL aborted the transaction only because of a concurrent

@@ -67,6 +67,16 @@ impl Pool {
         }
     }
 
+    /// Drops the idle clients (see `PgStore::connection_lost`); those in use
+    /// come back and are checked as usual.
+    pub fn drop_idle(&self) {
+        let idle = match self.state.lock() {
+            Ok(mut state) => std::mem::take(&mut state.idle),
+            Err(_) => return,
+        };
+        drop(idle);
+    }
+
     fn give_back(&self, client: Option<Client>) {
         // A poisoned lock means a panic elsewhere; the client is dropped.
         if let Ok(mut state) = self.state.lock() {
@@ -112,6 +122,14 @@ impl Deref for Pooled<'_> {
 impl DerefMut for Pooled<'_> {
     fn deref_mut(&mut self) -> &mut Client {
         self.client.as_mut().expect("a pooled client is present until dropped")
+    }
+}
+
+impl Pooled<'_> {
+    /// Closes the client instead of handing it back: its connection is
+    /// known to be gone even if the client has not noticed yet.
+    pub fn discard(mut self) {
+        drop(self.client.take());
     }
 }
 

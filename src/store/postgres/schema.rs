@@ -63,9 +63,11 @@ CREATE TABLE connections (
     UNIQUE (namespace, name)
 );
 
+-- Account ids sort bytewise (COLLATE \"C\"), as in SQLite, whatever the
+-- database's collation: listings page by id, and the key serves that order.
 CREATE TABLE accounts (
     conn BIGINT NOT NULL,
-    id TEXT NOT NULL,
+    id TEXT COLLATE \"C\" NOT NULL,
     hash BYTEA NOT NULL,
     data TEXT NOT NULL,
     PRIMARY KEY (conn, id)
@@ -101,7 +103,7 @@ CREATE INDEX runs_unfinished ON runs (conn) WHERE finished_at IS NULL;
 -- op 0 = upsert (hash and data set), 1 = delete.
 CREATE TABLE staging (
     run_id BIGINT NOT NULL,
-    id TEXT NOT NULL,
+    id TEXT COLLATE \"C\" NOT NULL,
     op SMALLINT NOT NULL CHECK (op IN (0, 1)),
     hash BYTEA,
     data TEXT,
@@ -119,7 +121,7 @@ CREATE TABLE run_changes (
 
 CREATE TABLE account_marks (
     conn BIGINT NOT NULL,
-    id TEXT NOT NULL,
+    id TEXT COLLATE \"C\" NOT NULL,
     version BIGINT NOT NULL,
     PRIMARY KEY (conn, id)
 );

@@ -99,98 +99,13 @@ pub(super) fn prune_processing(
 #[cfg(test)]
 mod tests {
     use jiff::SignedDuration;
-    use serde_json::json;
-
-    use crate::model::{Account, ConnectionRef, Counts, NewRun, RunFinish};
-    use crate::store::{AccountStore, CursorUpdate, Retention, SqliteStore, StagedChange};
 
     use super::*;
-    use crate::model::RunOutcome;
-    use crate::model::{RunMode, Trigger};
+    use crate::model::{RunOutcome, Trigger};
+    use crate::store::{Retention, SqliteStore};
 
     fn at(seconds: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + seconds).unwrap()
-    }
-
-    fn change(id: &str, kind: ChangeKind) -> AccountChange {
-        let field = FieldChange { field: "email".into(), before: None, after: Some(json!(format!("{id}@x"))) };
-        AccountChange { account_id: id.into(), kind, fields: vec![field] }
-    }
-
-    /// A run of `c` started at `start`, with two recorded changes, ended
-    /// with `outcome` at `start + 1`.
-    fn run(store: &SqliteStore, c: &ConnectionRef, start: i64, outcome: RunOutcome) -> RunId {
-        let new = NewRun {
-            connection: c.clone(),
-            trigger: Trigger::Scheduled,
-            request: None,
-            requested_mode: RunMode::Full,
-            holder: "h".into(),
-            started_at: at(start),
-        };
-        let run = store.start_run(&new).unwrap();
-        let staged = [StagedChange::Upsert(Account::new(format!("a{start}")))];
-        store.stage_recorded(run, &staged, &[change("a", ChangeKind::Created)]).unwrap();
-        store.stage_recorded(run, &[], &[change("b", ChangeKind::Updated), change("c", ChangeKind::Deleted)]).unwrap();
-        let finish = RunFinish {
-            outcome,
-            mode: Some(RunMode::Full),
-            counts: Counts::default(),
-            message: String::new(),
-            finished_at: at(start + 1),
-        };
-        match outcome {
-            RunOutcome::Succeeded => store.commit_run(run, CursorUpdate::Keep, &finish).unwrap(),
-            _ => store.abandon_run(run, &finish).unwrap(),
-        }
-        run
-    }
-
-    #[test]
-    fn changes_are_kept_in_order_with_runs_that_show_them_and_dropped_with_failures() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        let c = ConnectionRef::new("ns", "hr");
-        for outcome in [RunOutcome::Succeeded, RunOutcome::DryRun, RunOutcome::SafeguardTripped] {
-            let id = run(&store, &c, 0, outcome);
-            let changes = store.run_changes(id, 0, 100).unwrap();
-            let seen: Vec<(u64, &str, ChangeKind)> =
-                changes.iter().map(|(n, c)| (*n, c.account_id.as_str(), c.kind)).collect();
-            assert_eq!(
-                seen,
-                [(1, "a", ChangeKind::Created), (2, "b", ChangeKind::Updated), (3, "c", ChangeKind::Deleted)],
-                "{outcome}"
-            );
-            assert_eq!(changes[0].1, change("a", ChangeKind::Created), "fields round-trip");
-            // Paging by sequence number.
-            let rest: Vec<u64> = store.run_changes(id, 1, 1).unwrap().into_iter().map(|(n, _)| n).collect();
-            assert_eq!(rest, [2]);
-        }
-        for outcome in [RunOutcome::Failed, RunOutcome::Cancelled] {
-            let id = run(&store, &c, 0, outcome);
-            assert!(store.run_changes(id, 0, 100).unwrap().is_empty(), "{outcome} changed nothing");
-        }
-    }
-
-    #[test]
-    fn the_history_keeps_the_newest_runs_and_none_too_old() {
-        let dir = tempfile::tempdir().unwrap();
-        let retention = Retention { max_runs: 3, max_age: SignedDuration::from_secs(100) };
-        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap().with_retention(retention);
-        let (hr, idp) = (ConnectionRef::new("ns", "hr"), ConnectionRef::new("ns", "idp"));
-        let other = run(&store, &idp, 0, RunOutcome::Succeeded);
-        let ids: Vec<RunId> = (0..5).map(|i| run(&store, &hr, i * 10, RunOutcome::Succeeded)).collect();
-        let kept: Vec<RunId> = store.runs(&hr, 100).unwrap().into_iter().map(|r| r.id).collect();
-        assert_eq!(kept, [ids[4], ids[3], ids[2]], "the newest three");
-        assert!(store.run_changes(ids[0], 0, 10).unwrap().is_empty(), "a pruned run's changes go with it");
-        assert_eq!(store.run_changes(ids[4], 0, 10).unwrap().len(), 3);
-        assert_eq!(store.runs(&idp, 10).unwrap().len(), 1, "other connections keep theirs");
-
-        // A run finishing 200 s later: everything older than 100 s goes.
-        let late = run(&store, &hr, 240, RunOutcome::Failed);
-        let kept: Vec<RunId> = store.runs(&hr, 100).unwrap().into_iter().map(|r| r.id).collect();
-        assert_eq!(kept, [late]);
-        assert_eq!(store.run(other).unwrap().map(|r| r.id), Some(other));
     }
 
     #[test]
