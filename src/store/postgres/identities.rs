@@ -34,6 +34,17 @@ use crate::store::{
 /// count, small enough that one statement's arrays stay a few megabytes.
 pub(super) const ROWS_PER_STATEMENT: usize = 5_000;
 
+/// `list_identities`, one statement per combination of filters, so that the
+/// planner sees which: `id` is `COLLATE "C"`, so each reads the primary key
+/// or `identities_by_state` in byte order from the page's start, no sort.
+pub(super) const LIST_ALL: &str = "SELECT id, data FROM identities WHERE prof = $1 ORDER BY id LIMIT $2";
+pub(super) const LIST_ALL_AFTER: &str =
+    "SELECT id, data FROM identities WHERE prof = $1 AND id > $2 ORDER BY id LIMIT $3";
+pub(super) const LIST_IN_STATE: &str =
+    "SELECT id, data FROM identities WHERE prof = $1 AND lifecycle_state = $2 ORDER BY id LIMIT $3";
+pub(super) const LIST_IN_STATE_AFTER: &str =
+    "SELECT id, data FROM identities WHERE prof = $1 AND lifecycle_state = $2 AND id > $3 ORDER BY id LIMIT $4";
+
 /// The columns [`link_from_row`] reads, in its order.
 const LINK_SELECT: &str = "SELECT connection, account_id, state, identity, candidates FROM identity_links";
 
@@ -459,25 +470,11 @@ fn list_identities(
 ) -> Result<Vec<Identity>, StoreError> {
     let Some(key) = profile_key(tx, p)? else { return Ok(Vec::new()) };
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    // `id` is COLLATE "C": byte order, off the primary key or
-    // identities_by_state, the page's start sought in the index. One
-    // statement per combination of filters, so that the planner sees which.
     let rows = match (state, after) {
-        (None, None) => {
-            tx.query("SELECT id, data FROM identities WHERE prof = $1 ORDER BY id LIMIT $2", &[&key, &limit])?
-        }
-        (None, Some(after)) => tx.query(
-            "SELECT id, data FROM identities WHERE prof = $1 AND id > $2 ORDER BY id LIMIT $3",
-            &[&key, &after, &limit],
-        )?,
-        (Some(state), None) => tx.query(
-            "SELECT id, data FROM identities WHERE prof = $1 AND lifecycle_state = $2 ORDER BY id LIMIT $3",
-            &[&key, &state, &limit],
-        )?,
-        (Some(state), Some(after)) => tx.query(
-            "SELECT id, data FROM identities WHERE prof = $1 AND lifecycle_state = $2 AND id > $3 ORDER BY id LIMIT $4",
-            &[&key, &state, &after, &limit],
-        )?,
+        (None, None) => tx.query(LIST_ALL, &[&key, &limit])?,
+        (None, Some(after)) => tx.query(LIST_ALL_AFTER, &[&key, &after, &limit])?,
+        (Some(state), None) => tx.query(LIST_IN_STATE, &[&key, &state, &limit])?,
+        (Some(state), Some(after)) => tx.query(LIST_IN_STATE_AFTER, &[&key, &state, &after, &limit])?,
     };
     rows.iter().map(identity_from_row).collect()
 }

@@ -292,3 +292,41 @@ fn a_snapshot_read_while_another_replica_commits_sees_all_of_that_commit_or_none
     // The reads went along with the commits, not all before or after them.
     assert!(reads.1.len() >= 2, "{reads:?}");
 }
+
+#[test]
+fn listing_identities_seeks_an_index_in_id_order() {
+    use super::identities::{LIST_ALL, LIST_ALL_AFTER, LIST_IN_STATE, LIST_IN_STATE_AFTER};
+    let store = store();
+    let p = profile("people");
+    let (mut identities, _) = generation(5_000, "A", true);
+    // Fifty states: listing one reads its index, not the whole profile's.
+    for (i, identity) in identities.iter_mut().enumerate() {
+        identity.lifecycle_state = Some(format!("S{}", i % 50));
+    }
+    store
+        .commit_processing(
+            &p,
+            &commit(identities, Vec::new(), state(1)),
+            &run(Trigger::Manual, RunOutcome::Succeeded, 0),
+        )
+        .unwrap();
+    batch(&store, "ANALYZE identities;");
+    for (sql, params, index) in [
+        (LIST_ALL, "1, 10", "identities_pkey"),
+        (LIST_ALL_AFTER, "1, 'E-02000', 10", "identities_pkey"),
+        (LIST_IN_STATE, "1, 'S7', 10", "identities_by_state"),
+        (LIST_IN_STATE_AFTER, "1, 'S7', 'E-02000', 10", "identities_by_state"),
+    ] {
+        let plan: Vec<String> = store
+            .write(|tx| {
+                tx.batch_execute(&format!("PREPARE listing AS {sql}"))?;
+                let rows = tx.query(&format!("EXPLAIN EXECUTE listing({params})"), &[])?;
+                tx.batch_execute("DEALLOCATE listing")?;
+                Ok(rows.iter().map(|r| r.get(0)).collect())
+            })
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains(&format!("Index Scan using {index}")), "{sql}:\n{plan}");
+        assert!(!plan.contains("Sort"), "{sql}:\n{plan}");
+    }
+}
