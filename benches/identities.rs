@@ -3,7 +3,10 @@
 //! manager, and 100,000 GitHub accounts correlated to them by e-mail.
 //! Prints how long each kind of run takes, store read and commit included,
 //! identities per second, the run's peak memory and the memory after it, and
-//! how the run over 1% changed compares with runs over everyone.
+//! how the run over 1% changed compares with runs over everyone; on the
+//! embedded SQLite store, then on PostgreSQL (a throwaway local cluster,
+//! `store::postgres::testing`, fsync off, so its figures are the store's and
+//! the network's to localhost, not a disk's), and the two side by side.
 //!
 //! `cargo bench --bench identities`
 
@@ -17,7 +20,7 @@ use idsync::identity::{delta, memory};
 use idsync::model::Account;
 use idsync::model::Trigger;
 use idsync::model::{ProcessingRunRecord, ProfileRef, RunOutcome};
-use idsync::store::{IdentityStore, SqliteStore};
+use idsync::store::{AccountStore, IdentityStore, PgStore, SqliteStore};
 use idsync_api::{IdentityProfile, IdentityProfileSpec};
 use jiff::Timestamp;
 use serde_json::json;
@@ -78,7 +81,7 @@ fn member(n: usize) -> Account {
 /// the identities whose time has come, else (or when the changes need a run
 /// over everyone) the whole snapshot; compute; commit. Returns the run's
 /// seconds.
-fn process(store: &SqliteStore, compiled: &CompiledProfile, selection: Selection, label: &str) -> f64 {
+fn process(store: &impl IdentityStore, compiled: &CompiledProfile, selection: Selection, label: &str) -> f64 {
     process_as(store, compiled, selection, true, label)
 }
 
@@ -86,7 +89,7 @@ fn process(store: &SqliteStore, compiled: &CompiledProfile, selection: Selection
 /// (a run after a spec change, and what every scheduled run did before
 /// runs over everyone read only what changed).
 fn process_as(
-    store: &SqliteStore,
+    store: &impl IdentityStore,
     compiled: &CompiledProfile,
     selection: Selection,
     from_changes: bool,
@@ -161,12 +164,23 @@ fn process_as(
     total.as_secs_f64()
 }
 
-fn main() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(&dir.path().join("idsync.db")).expect("store");
-    common::sync(&store, "hr", (0..PEOPLE).map(|n| person(n, 1)));
+/// The seconds of each kind of run, for the side-by-side table.
+struct Figures {
+    first: f64,
+    unchanged: f64,
+    scheduled: f64,
+    everyone: f64,
+    one_percent: f64,
+    scheduled_one_percent: f64,
+}
+
+/// Syncs the accounts into `store` and runs every kind of processing run
+/// over them, printing each.
+fn scenario(store: &(impl AccountStore + IdentityStore), backend: &str) -> Figures {
+    println!("--- {backend}");
+    common::sync(store, "hr", (0..PEOPLE).map(|n| person(n, 1)));
     // Every 20th member matches nobody.
-    common::sync(&store, "github", (0..PEOPLE).map(|n| if n % 20 == 19 { member(n + PEOPLE) } else { member(n) }));
+    common::sync(store, "github", (0..PEOPLE).map(|n| if n % 20 == 19 { member(n + PEOPLE) } else { member(n) }));
     println!(
         "{PEOPLE} HR accounts, {PEOPLE} GitHub accounts; 10 mappings, a lifecycle, a manager (peak RSS after the syncs \
          {:.0} MiB, RSS {:.0} MiB)",
@@ -175,16 +189,16 @@ fn main() {
     );
     let compiled = CompiledProfile::compile(&spec().attributes, spec().lifecycle.as_ref()).expect("compiles");
 
-    let first = process(&store, &compiled, Selection::All, "first processing (all created)");
-    process(&store, &compiled, Selection::Changed, "event-based, nothing changed");
-    let scheduled = process(&store, &compiled, Selection::All, "scheduled, nothing changed");
-    let everyone = process_as(&store, &compiled, Selection::All, false, "full run over everyone, unchanged");
+    let first = process(store, &compiled, Selection::All, "first processing (all created)");
+    let unchanged = process(store, &compiled, Selection::Changed, "event-based, nothing changed");
+    let scheduled = process(store, &compiled, Selection::All, "scheduled, nothing changed");
+    let everyone = process_as(store, &compiled, Selection::All, false, "full run over everyone, unchanged");
     // 1% of people get a new title.
-    common::sync(&store, "hr", (0..PEOPLE).filter(|n| n.is_multiple_of(100)).map(|n| person(n, 2)));
-    let one_percent = process(&store, &compiled, Selection::Changed, "event-based, 1% changed");
+    common::sync(store, "hr", (0..PEOPLE).filter(|n| n.is_multiple_of(100)).map(|n| person(n, 2)));
+    let one_percent = process(store, &compiled, Selection::Changed, "event-based, 1% changed");
     // Another 1%, found by a scheduled run.
-    common::sync(&store, "hr", (0..PEOPLE).filter(|n| n % 100 == 1).map(|n| person(n, 3)));
-    process(&store, &compiled, Selection::All, "scheduled, 1% changed");
+    common::sync(store, "hr", (0..PEOPLE).filter(|n| n % 100 == 1).map(|n| person(n, 3)));
+    let scheduled_one_percent = process(store, &compiled, Selection::All, "scheduled, 1% changed");
     println!(
         "1% changed took {:.1}% of the first processing and {:.1}% of a full run over everyone; a scheduled run \
          with nothing changed {:.2}% of that full run",
@@ -192,4 +206,25 @@ fn main() {
         100.0 * one_percent / everyone,
         100.0 * scheduled / everyone,
     );
+    Figures { first, unchanged, scheduled, everyone, one_percent, scheduled_one_percent }
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = SqliteStore::open(&dir.path().join("idsync.db")).expect("store");
+    let lite = scenario(&sqlite, "SQLite");
+    drop(sqlite);
+    let pg = PgStore::connect(&idsync::store::postgres::testing::fresh_database()).expect("connect PostgreSQL");
+    let post = scenario(&pg, "PostgreSQL");
+    println!("--- seconds per run, {PEOPLE} identities: SQLite | PostgreSQL");
+    for (label, a, b) in [
+        ("first processing (all created)", lite.first, post.first),
+        ("event-based, nothing changed", lite.unchanged, post.unchanged),
+        ("scheduled, nothing changed", lite.scheduled, post.scheduled),
+        ("full run over everyone, unchanged", lite.everyone, post.everyone),
+        ("event-based, 1% changed", lite.one_percent, post.one_percent),
+        ("scheduled, 1% changed", lite.scheduled_one_percent, post.scheduled_one_percent),
+    ] {
+        println!("{label:<34} {a:>8.3} | {b:>8.3}");
+    }
 }

@@ -37,11 +37,15 @@ pub fn reset_peak_rss() {
 }
 
 /// Commits `accounts` to connection `name` (namespace `default`) as one
-/// succeeded full sync, staged in pages of 1000.
+/// succeeded full sync, staged in pages of 1000, in either store.
 #[allow(dead_code)]
-pub fn sync(store: &idsync::store::SqliteStore, name: &str, accounts: impl Iterator<Item = idsync::model::Account>) {
+pub fn sync(
+    store: &impl idsync::store::AccountStore,
+    name: &str,
+    accounts: impl Iterator<Item = idsync::model::Account>,
+) {
     use idsync::model::{ConnectionRef, Counts, NewRun, RunFinish, RunMode, RunOutcome, Trigger};
-    use idsync::store::{AccountStore, CursorUpdate, StagedChange};
+    use idsync::store::{CursorUpdate, StagedChange};
     use jiff::Timestamp;
     let run = store
         .start_run(&NewRun {

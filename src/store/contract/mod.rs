@@ -13,6 +13,10 @@ use super::{PgStore, SqliteStore};
 pub(super) mod accounts;
 mod outbox;
 
+// The identity store's and the drift store's contract.
+pub(super) mod drift;
+pub(super) mod identities;
+
 /// A fresh SQLite store; the folder goes with the test.
 pub fn sqlite() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().expect("temp dir");

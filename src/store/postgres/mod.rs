@@ -22,6 +22,17 @@
 mod accounts;
 mod changes;
 mod outbox;
+
+// Identities, processing history and drift (IdentityStore,
+// ProcessingHistory, DriftStore): a profile's rows, read in one snapshot and
+// committed under the profile's advisory lock.
+mod drift;
+mod history;
+mod identities;
+#[cfg(test)]
+mod identities_tests;
+mod profiles;
+
 pub mod pool;
 pub mod schema;
 #[doc(hidden)]

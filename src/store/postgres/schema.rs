@@ -18,7 +18,10 @@
 //!   `jiff` writes them), except the outbox's due times and the identities'
 //!   `time_changes_at`, which are compared and so are numbers;
 //! - `account_marks` is kept by the code that changes accounts, in the same
-//!   transaction, instead of per-row triggers.
+//!   transaction, instead of per-row triggers;
+//! - the identity tables' keys (and what is compared with them) are
+//!   `COLLATE "C"`: byte order, as SQLite's, so identities list and page in
+//!   the same order whatever the database's locale, off their indexes.
 //!
 //! Adding a table is one more entry at the end of [`MIGRATIONS`]; never edit
 //! or reorder an entry that has shipped.
@@ -160,7 +163,7 @@ CREATE TABLE profiles (
 
 CREATE TABLE identities (
     prof BIGINT NOT NULL,
-    id TEXT NOT NULL,
+    id TEXT COLLATE \"C\" NOT NULL,
     lifecycle_state TEXT,
     data TEXT NOT NULL,
     -- Microseconds since the epoch (Identity::time_changes_at).
@@ -172,10 +175,10 @@ CREATE INDEX identities_by_time_changes ON identities (prof, time_changes_at) WH
 
 CREATE TABLE identity_links (
     prof BIGINT NOT NULL,
-    connection TEXT NOT NULL,
-    account_id TEXT NOT NULL,
+    connection TEXT COLLATE \"C\" NOT NULL,
+    account_id TEXT COLLATE \"C\" NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('Correlated', 'Uncorrelated', 'Ambiguous')),
-    identity TEXT,
+    identity TEXT COLLATE \"C\",
     -- JSON array, NULL when empty.
     candidates TEXT,
     PRIMARY KEY (prof, connection, account_id)
@@ -198,12 +201,12 @@ CREATE INDEX processing_runs_by_profile ON processing_runs (prof, run_id);
 
 CREATE TABLE drift_cases (
     prof BIGINT NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('OffboardedWithAccess', 'OrphanAccount', 'MissingExpectedAccount')),
-    identity TEXT NOT NULL,
-    connection TEXT NOT NULL,
-    account_id TEXT NOT NULL,
+    kind TEXT COLLATE \"C\" NOT NULL CHECK (kind IN ('OffboardedWithAccess', 'OrphanAccount', 'MissingExpectedAccount')),
+    identity TEXT COLLATE \"C\" NOT NULL,
+    connection TEXT COLLATE \"C\" NOT NULL,
+    account_id TEXT COLLATE \"C\" NOT NULL,
     label TEXT NOT NULL,
-    since TEXT NOT NULL,
+    since TEXT COLLATE \"C\" NOT NULL,
     PRIMARY KEY (prof, kind, identity, connection, account_id)
 );
 
