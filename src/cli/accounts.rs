@@ -132,7 +132,7 @@ pub fn run(command: AccountsCommand) -> anyhow::Result<ExitCode> {
         AccountsCommand::List { target, output } => {
             let (store, path, connection) = open(target)?;
             let format = ListFormat::from(*output);
-            let listed = list_report(&store, &connection, format, &mut out);
+            let listed = list_report(&*store, &connection, format, &mut out);
             let result = listed.map(|count| {
                 if count == 0 && format == ListFormat::Table {
                     eprintln!("No accounts found in connection {connection}.");
@@ -142,7 +142,7 @@ pub fn run(command: AccountsCommand) -> anyhow::Result<ExitCode> {
         }
         AccountsCommand::Get { id, target, output } => {
             let (store, path, connection) = open(target)?;
-            (path, get_report(&store, &connection, id, (*output).into(), &mut out))
+            (path, get_report(&*store, &connection, id, (*output).into(), &mut out))
         }
     };
     finish(result, &mut out, &path)

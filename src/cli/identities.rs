@@ -9,7 +9,6 @@
 //! [`run`] opens the store and runs one subcommand.
 
 use std::io::{self, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use jiff::Timestamp;
@@ -21,7 +20,7 @@ use super::output::{
     render_item, run_length, write_table,
 };
 use super::{IdentitiesCommand, ProfileArgs};
-use crate::store::SqliteStore;
+use crate::store::Store;
 
 use crate::model::{Identity, LinkRecord, LinkState, ProcessingRunRecord, ProfileRef};
 use crate::store::{IdentityStore, ProcessingHistory};
@@ -258,7 +257,7 @@ pub fn render_identity(identity: &Identity, format: ItemFormat, out: &mut impl W
 // --- reading the store ---
 
 /// Fails with the profiles the store does know when it does not know `profile`.
-pub fn ensure_profile(store: &dyn IdentityStore, profile: &ProfileRef) -> Result<(), ReportError> {
+pub fn ensure_profile<S: IdentityStore + ?Sized>(store: &S, profile: &ProfileRef) -> Result<(), ReportError> {
     let known = store.profiles()?;
     if known.contains(profile) { Ok(()) } else { Err(ReportError::UnknownProfile { profile: profile.clone(), known }) }
 }
@@ -389,7 +388,7 @@ pub fn uncorrelated_report(
 
 /// `identities runs`: the profile's last `limit` processing runs, newest
 /// first. Returns how many it printed.
-pub fn runs_report<S: IdentityStore + ProcessingHistory>(
+pub fn runs_report<S: IdentityStore + ProcessingHistory + ?Sized>(
     store: &S,
     profile: &ProfileRef,
     limit: usize,
@@ -445,7 +444,7 @@ pub fn run(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
         IdentitiesCommand::List { target, state, output } => {
             let (store, path, profile) = open_store(target)?;
             let format = ListFormat::from(*output);
-            let listed = list_report(&store, &profile, state.as_deref(), format, jiff::Timestamp::now(), &mut out);
+            let listed = list_report(&*store, &profile, state.as_deref(), format, jiff::Timestamp::now(), &mut out);
             let result = listed.map(|count| {
                 if count == 0 && format == ListFormat::Table {
                     // As kubectl's "No resources found": on stderr, so that
@@ -462,12 +461,12 @@ pub fn run(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
         }
         IdentitiesCommand::Get { id, target, output } => {
             let (store, path, profile) = open_store(target)?;
-            (path, get_report(&store, &profile, id, (*output).into(), &mut out))
+            (path, get_report(&*store, &profile, id, (*output).into(), &mut out))
         }
         IdentitiesCommand::Uncorrelated { target, all_states, output } => {
             let (store, path, profile) = open_store(target)?;
             let format = ListFormat::from(*output);
-            let listed = uncorrelated_report(&store, &profile, *all_states, format, &mut out);
+            let listed = uncorrelated_report(&*store, &profile, *all_states, format, &mut out);
             let result = listed.map(|count| {
                 if count == 0 && format == ListFormat::Table {
                     if *all_states {
@@ -482,7 +481,7 @@ pub fn run(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
         IdentitiesCommand::Runs { target, limit, output } => {
             let (store, path, profile) = open_store(target)?;
             let format = ListFormat::from(*output);
-            let listed = runs_report(&store, &profile, *limit, format, jiff::Timestamp::now(), &mut out);
+            let listed = runs_report(&*store, &profile, *limit, format, jiff::Timestamp::now(), &mut out);
             let result = listed.map(|count| {
                 if count == 0 && format == ListFormat::Table {
                     eprintln!("No processing runs found in profile {profile}.");
@@ -496,7 +495,7 @@ pub fn run(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
 
 /// Opens the store named by `--store` (or the default) and says which
 /// profile to read.
-fn open_store(args: &ProfileArgs) -> anyhow::Result<(SqliteStore, PathBuf, ProfileRef)> {
+fn open_store(args: &ProfileArgs) -> anyhow::Result<(Box<dyn Store>, String, ProfileRef)> {
     let (store, path) = open_store_file(args.store.as_deref())?;
     Ok((store, path, ProfileRef::new(&args.namespace, &args.profile)))
 }
@@ -881,7 +880,7 @@ mod tests {
     fn list_report_filters_by_state_and_prints_no_table_when_empty() {
         let store = fake();
         let mut out = Vec::new();
-        let count = list_report(&store, &employees(), Some("Leaver"), ListFormat::Csv, now(), &mut out).expect("list");
+        let count = list_report(&*store, &employees(), Some("Leaver"), ListFormat::Csv, now(), &mut out).expect("list");
         assert_eq!(count, 1);
         let out = String::from_utf8(out).expect("utf-8");
         assert_eq!(out.lines().count(), 2, "{out}");
@@ -889,7 +888,7 @@ mod tests {
 
         let mut out = Vec::new();
         let count =
-            list_report(&store, &employees(), Some("Retired"), ListFormat::Table, now(), &mut out).expect("list");
+            list_report(&*store, &employees(), Some("Retired"), ListFormat::Table, now(), &mut out).expect("list");
         assert_eq!((count, out.len()), (0, 0));
     }
 
@@ -897,16 +896,16 @@ mod tests {
     fn reports_refuse_an_unknown_profile_and_an_unknown_id() {
         let store = fake();
         let other = ProfileRef::new("hr", "employees");
-        let error = list_report(&store, &other, None, ListFormat::Table, now(), &mut Vec::new()).expect_err("unknown");
+        let error = list_report(&*store, &other, None, ListFormat::Table, now(), &mut Vec::new()).expect_err("unknown");
         assert_eq!(
             error.to_string(),
             "profile hr/employees is unknown to the store; it holds: default/employees \
              (did you mean --namespace default?)"
         );
-        let error = get_report(&store, &employees(), "9999", ItemFormat::Yaml, &mut Vec::new()).expect_err("no id");
+        let error = get_report(&*store, &employees(), "9999", ItemFormat::Yaml, &mut Vec::new()).expect_err("no id");
         assert_eq!(error.to_string(), "identity \"9999\" not found in profile default/employees");
         let error =
-            uncorrelated_report(&store, &other, false, ListFormat::Table, &mut Vec::new()).expect_err("unknown");
+            uncorrelated_report(&*store, &other, false, ListFormat::Table, &mut Vec::new()).expect_err("unknown");
         assert!(matches!(error, ReportError::UnknownProfile { .. }), "{error}");
     }
 
@@ -914,14 +913,14 @@ mod tests {
     fn uncorrelated_report_shows_uncorrelated_and_ambiguous_unless_all_states() {
         let store = fake();
         let mut out = Vec::new();
-        let count = uncorrelated_report(&store, &employees(), false, ListFormat::Csv, &mut out).expect("report");
+        let count = uncorrelated_report(&*store, &employees(), false, ListFormat::Csv, &mut out).expect("report");
         assert_eq!(count, 2);
         assert_eq!(
             String::from_utf8(out).expect("utf-8"),
             "connection,accountId,state,identity,candidates\r\nad,svc-backup,Uncorrelated,,\r\nokta,00u9,Ambiguous,,\"1001,1002\"\r\n"
         );
         let mut out = Vec::new();
-        let count = uncorrelated_report(&store, &employees(), true, ListFormat::Table, &mut out).expect("report");
+        let count = uncorrelated_report(&*store, &employees(), true, ListFormat::Table, &mut out).expect("report");
         assert_eq!(count, 3);
         let out = String::from_utf8(out).expect("utf-8");
         assert!(out.contains("okta         00u1         Correlated     1001"), "{out}");

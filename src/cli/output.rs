@@ -10,7 +10,8 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::model::{ConnectionRef, ProfileRef, RunId};
-use crate::store::{SqliteStore, StoreError};
+use crate::store::postgres::PgOptions;
+use crate::store::{PgStore, SqliteStore, Store, StoreError, StoreLocation};
 
 /// The `apiVersion` of the lists printed with `-o json`, idsync's API group.
 pub const API_VERSION: &str = "idsync.dev/v1alpha1";
@@ -309,7 +310,7 @@ pub fn render_item(item: &impl Serialize, format: ItemFormat, out: &mut impl Wri
 pub fn finish(
     result: Result<(), ReportError>,
     out: &mut impl Write,
-    store: &Path,
+    store: &str,
 ) -> anyhow::Result<std::process::ExitCode> {
     // Flushed here rather than on drop, where a failed write goes unseen.
     let result = result.and_then(|()| out.flush().map_err(ReportError::from));
@@ -317,7 +318,7 @@ pub fn finish(
         Ok(()) => Ok(std::process::ExitCode::SUCCESS),
         Err(error) if error.is_broken_pipe() => Ok(std::process::ExitCode::SUCCESS),
         Err(error @ ReportError::Store(_)) => {
-            Err(anyhow::Error::new(error).context(format!("cannot read the store {}", store.display())))
+            Err(anyhow::Error::new(error).context(format!("cannot read the store {store}")))
         }
         Err(error) => Err(error.into()),
     }
@@ -326,10 +327,28 @@ pub fn finish(
 /// `idsync run`'s default data folder (its `--data-dir`).
 const DEFAULT_DATA_DIR: &str = "/var/lib/idsync";
 
-/// Opens the store's database file at `path` (or the default), refusing a
-/// path where there is none: `SqliteStore::open` would create it.
-pub fn open_store_file(path: Option<&Path>) -> anyhow::Result<(SqliteStore, PathBuf)> {
-    let path = path.map(Path::to_path_buf).unwrap_or_else(default_store_path);
+/// Opens the store named by `--store` (a SQLite file, or a `postgres://`
+/// URL), else by IDSYNC_STORE as `idsync run` has it, else the default
+/// file. Returns it with how to name it in messages (never a password). A
+/// file path where there is none is refused: `SqliteStore::open` would
+/// create it.
+pub fn open_store_file(store: Option<&Path>) -> anyhow::Result<(Box<dyn Store>, String)> {
+    let location = match store {
+        Some(arg) => StoreLocation::parse(&arg.to_string_lossy()),
+        None => match std::env::var("IDSYNC_STORE").ok().filter(|s| !s.is_empty()) {
+            Some(env) => StoreLocation::parse(&env),
+            None => StoreLocation::File(default_store_path()),
+        },
+    };
+    let name = location.to_string();
+    let path = match location {
+        StoreLocation::Postgres(options) => {
+            let options = postgres_options_from_env(options)?;
+            let store = PgStore::connect(&options).with_context(|| format!("cannot open the store {name}"))?;
+            return Ok((Box::new(store), name));
+        }
+        StoreLocation::File(path) => path,
+    };
     // SqliteStore::open creates a missing database: a mistyped path or a pod
     // without the volume must fail, not read (and leave behind) an empty one.
     let exists = path.try_exists().with_context(|| format!("cannot look for the store {}", path.display()))?;
@@ -344,7 +363,24 @@ pub fn open_store_file(path: Option<&Path>) -> anyhow::Result<(SqliteStore, Path
         );
     }
     let store = SqliteStore::open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
-    Ok((store, path))
+    Ok((Box::new(store), name))
+}
+
+/// PostgreSQL settings that come from the environment rather than the URL,
+/// as the chart sets them from Secrets: the password (IDSYNC_STORE_PASSWORD,
+/// replacing one in the URL) and the server's CA (IDSYNC_STORE_CA_FILE, a
+/// PEM file).
+pub fn postgres_options_from_env(mut options: PgOptions) -> anyhow::Result<PgOptions> {
+    if let Some(password) = std::env::var("IDSYNC_STORE_PASSWORD").ok().filter(|p| !p.is_empty()) {
+        options.password = Some(password);
+    }
+    if let Some(path) = std::env::var_os("IDSYNC_STORE_CA_FILE").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        let pem = std::fs::read(&path)
+            .with_context(|| format!("cannot read the store's CA file {} (IDSYNC_STORE_CA_FILE)", path.display()))?;
+        options.ca_pem = Some(pem);
+    }
+    Ok(options)
 }
 
 /// Where `idsync run` keeps its store: `<data dir>/idsync.db`, the data dir

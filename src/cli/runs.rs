@@ -304,11 +304,14 @@ pub fn run(command: RunsCommand) -> anyhow::Result<ExitCode> {
             let (listed, what) = match (connection, profile) {
                 (Some(connection), _) => {
                     let connection = ConnectionRef::new(&namespace, connection);
-                    (list_report(&store, &connection, limit, format, now, &mut out), format!("connection {connection}"))
+                    (
+                        list_report(&*store, &connection, limit, format, now, &mut out),
+                        format!("connection {connection}"),
+                    )
                 }
                 (None, Some(profile)) => {
                     let profile = ProfileRef::new(&namespace, profile);
-                    (runs_report(&store, &profile, limit, format, now, &mut out), format!("profile {profile}"))
+                    (runs_report(&*store, &profile, limit, format, now, &mut out), format!("profile {profile}"))
                 }
                 (None, None) => anyhow::bail!("name a --connection or a --profile"),
             };
@@ -321,7 +324,7 @@ pub fn run(command: RunsCommand) -> anyhow::Result<ExitCode> {
         }
         RunsCommand::Get { run, store, output } => {
             let (store, path) = open_store_file(store.as_deref())?;
-            (path, get_report(&store, run, output, now, &mut out))
+            (path, get_report(&*store, run, output, now, &mut out))
         }
     };
     finish(result, &mut out, &path)

@@ -25,6 +25,7 @@ use crate::model::{
 pub mod backup;
 pub(crate) mod codec;
 pub mod drift;
+pub mod location;
 pub mod migrations;
 pub mod outbox;
 pub mod postgres;
@@ -33,6 +34,7 @@ pub mod sqlite;
 #[cfg(test)]
 mod contract;
 
+pub use location::StoreLocation;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
