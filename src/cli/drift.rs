@@ -153,7 +153,7 @@ mod tests {
     fn the_table_shows_kind_identity_account_and_age() {
         let (_dir, store, p) = store_with_cases();
         let mut out = Vec::new();
-        let n = list_report(&*store, &p, None, ListFormat::Table, at(3 * 3600), &mut out).unwrap();
+        let n = list_report(&store, &p, None, ListFormat::Table, at(3 * 3600), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(n, 2);
         let lines: Vec<&str> = text.lines().collect();
@@ -166,13 +166,13 @@ mod tests {
     fn json_and_csv_carry_every_case_and_a_kind_filters() {
         let (_dir, store, p) = store_with_cases();
         let mut out = Vec::new();
-        list_report(&*store, &p, None, ListFormat::Json, at(0), &mut out).unwrap();
+        list_report(&store, &p, None, ListFormat::Json, at(0), &mut out).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(json["kind"], DRIFT_LIST_KIND);
         assert_eq!(json["items"][0]["accountId"], "gh8");
         assert_eq!(json["items"][1]["kind"], "OrphanAccount");
         let mut out = Vec::new();
-        let n = list_report(&*store, &p, Some(DriftKind::OrphanAccount), ListFormat::Csv, at(0), &mut out).unwrap();
+        let n = list_report(&store, &p, Some(DriftKind::OrphanAccount), ListFormat::Csv, at(0), &mut out).unwrap();
         assert_eq!(n, 1);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("kind,identity,connection,accountId,label,since"), "{text}");
@@ -183,7 +183,7 @@ mod tests {
     fn an_unknown_profile_is_named() {
         let (_dir, store, _) = store_with_cases();
         let error =
-            list_report(&*store, &ProfileRef::new("default", "nope"), None, ListFormat::Table, at(0), &mut Vec::new())
+            list_report(&store, &ProfileRef::new("default", "nope"), None, ListFormat::Table, at(0), &mut Vec::new())
                 .unwrap_err();
         assert!(error.to_string().contains("nope"), "{error}");
     }

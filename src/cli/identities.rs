@@ -880,7 +880,7 @@ mod tests {
     fn list_report_filters_by_state_and_prints_no_table_when_empty() {
         let store = fake();
         let mut out = Vec::new();
-        let count = list_report(&*store, &employees(), Some("Leaver"), ListFormat::Csv, now(), &mut out).expect("list");
+        let count = list_report(&store, &employees(), Some("Leaver"), ListFormat::Csv, now(), &mut out).expect("list");
         assert_eq!(count, 1);
         let out = String::from_utf8(out).expect("utf-8");
         assert_eq!(out.lines().count(), 2, "{out}");
@@ -888,7 +888,7 @@ mod tests {
 
         let mut out = Vec::new();
         let count =
-            list_report(&*store, &employees(), Some("Retired"), ListFormat::Table, now(), &mut out).expect("list");
+            list_report(&store, &employees(), Some("Retired"), ListFormat::Table, now(), &mut out).expect("list");
         assert_eq!((count, out.len()), (0, 0));
     }
 
@@ -896,16 +896,16 @@ mod tests {
     fn reports_refuse_an_unknown_profile_and_an_unknown_id() {
         let store = fake();
         let other = ProfileRef::new("hr", "employees");
-        let error = list_report(&*store, &other, None, ListFormat::Table, now(), &mut Vec::new()).expect_err("unknown");
+        let error = list_report(&store, &other, None, ListFormat::Table, now(), &mut Vec::new()).expect_err("unknown");
         assert_eq!(
             error.to_string(),
             "profile hr/employees is unknown to the store; it holds: default/employees \
              (did you mean --namespace default?)"
         );
-        let error = get_report(&*store, &employees(), "9999", ItemFormat::Yaml, &mut Vec::new()).expect_err("no id");
+        let error = get_report(&store, &employees(), "9999", ItemFormat::Yaml, &mut Vec::new()).expect_err("no id");
         assert_eq!(error.to_string(), "identity \"9999\" not found in profile default/employees");
         let error =
-            uncorrelated_report(&*store, &other, false, ListFormat::Table, &mut Vec::new()).expect_err("unknown");
+            uncorrelated_report(&store, &other, false, ListFormat::Table, &mut Vec::new()).expect_err("unknown");
         assert!(matches!(error, ReportError::UnknownProfile { .. }), "{error}");
     }
 
@@ -913,14 +913,14 @@ mod tests {
     fn uncorrelated_report_shows_uncorrelated_and_ambiguous_unless_all_states() {
         let store = fake();
         let mut out = Vec::new();
-        let count = uncorrelated_report(&*store, &employees(), false, ListFormat::Csv, &mut out).expect("report");
+        let count = uncorrelated_report(&store, &employees(), false, ListFormat::Csv, &mut out).expect("report");
         assert_eq!(count, 2);
         assert_eq!(
             String::from_utf8(out).expect("utf-8"),
             "connection,accountId,state,identity,candidates\r\nad,svc-backup,Uncorrelated,,\r\nokta,00u9,Ambiguous,,\"1001,1002\"\r\n"
         );
         let mut out = Vec::new();
-        let count = uncorrelated_report(&*store, &employees(), true, ListFormat::Table, &mut out).expect("report");
+        let count = uncorrelated_report(&store, &employees(), true, ListFormat::Table, &mut out).expect("report");
         assert_eq!(count, 3);
         let out = String::from_utf8(out).expect("utf-8");
         assert!(out.contains("okta         00u1         Correlated     1001"), "{out}");
