@@ -194,7 +194,10 @@ fn measure(label: &str, store: Arc<dyn Store>) -> Figures {
         let index = store.account_index(&ConnectionRef::new("default", &connection(c))).expect("index");
         assert_eq!(index.len(), people);
     });
-    println!("{label:<10} unchanged resync {unchanged:>7.2} s  {:>9.0} accounts/s (the diff's index)", accounts / unchanged);
+    println!(
+        "{label:<10} unchanged resync {unchanged:>7.2} s  {:>9.0} accounts/s (the diff's index)",
+        accounts / unchanged
+    );
     let compiled: Vec<CompiledProfile> = (0..CONNECTIONS)
         .map(|c| {
             let spec = spec(c);
@@ -211,7 +214,9 @@ fn measure(label: &str, store: Arc<dyn Store>) -> Figures {
         identities as f64 / first_processing
     );
     // 1% of every connection's people get a new title.
-    over_all(SYNC_WORKERS, |c| sync(&*store, c, (0..people).filter(|n| n.is_multiple_of(100)).map(|n| person(c, n, 2))));
+    over_all(SYNC_WORKERS, |c| {
+        sync(&*store, c, (0..people).filter(|n| n.is_multiple_of(100)).map(|n| person(c, n, 2)))
+    });
     let one_percent = over_all(PROCESSING_WORKERS, |c| {
         process_profile(&*store, c, &compiled[c], Selection::Changed);
     });
@@ -243,7 +248,11 @@ fn main() {
     println!("| {:<34} | {:>14} | {:>14} |", "1,000,000 at 20 connections", "SQLite", "PostgreSQL");
     println!("|{:-<36}|{:->16}|{:->16}|", "", "", "");
     let row = |what: &str, a: String, b: String| println!("| {what:<34} | {a:>14} | {b:>14} |");
-    row("full sync, accounts/s", format!("{:.0}", accounts / lite.full_sync), format!("{:.0}", accounts / pg.full_sync));
+    row(
+        "full sync, accounts/s",
+        format!("{:.0}", accounts / lite.full_sync),
+        format!("{:.0}", accounts / pg.full_sync),
+    );
     row(
         "unchanged resync index, accounts/s",
         format!("{:.0}", accounts / lite.unchanged),

@@ -10,10 +10,27 @@ use super::StoreCommand;
 use super::output::default_store_path;
 use crate::store::backup;
 
+/// The SQLite file to back up or restore: `--store`, else the default. A
+/// PostgreSQL store (by `--store` or IDSYNC_STORE) is refused with what to
+/// use instead: these commands copy SQLite files.
+fn sqlite_file(store: Option<std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
+    let named = store
+        .as_ref()
+        .map(|s| s.to_string_lossy().into_owned())
+        .or_else(|| std::env::var("IDSYNC_STORE").ok().filter(|s| !s.is_empty()));
+    if let Some(location) = named.map(|s| crate::store::StoreLocation::parse(&s)).filter(|l| l.is_shared()) {
+        anyhow::bail!(
+            "the store {location} is PostgreSQL: back it up with the database's own tools \
+             (pg_dump, your operator's backups); `idsync store` copies the embedded SQLite store"
+        );
+    }
+    Ok(store.unwrap_or_else(default_store_path))
+}
+
 pub fn run(command: StoreCommand) -> anyhow::Result<ExitCode> {
     match command {
         StoreCommand::Backup { to, store } => {
-            let store = store.unwrap_or_else(default_store_path);
+            let store = sqlite_file(store)?;
             if to == Path::new("-") {
                 return backup_to_stdout(&store);
             }
@@ -27,7 +44,7 @@ pub fn run(command: StoreCommand) -> anyhow::Result<ExitCode> {
             );
         }
         StoreCommand::Restore { from, store } => {
-            let store = store.unwrap_or_else(default_store_path);
+            let store = sqlite_file(store)?;
             let copied =
                 if from == Path::new("-") { restore_from_stdin(&store)? } else { backup::restore(&from, &store)? };
             eprintln!(

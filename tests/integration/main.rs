@@ -35,5 +35,6 @@ mod scim_server;
 mod short_reads;
 mod source_addresses;
 mod store_backup;
+mod store_postgres_cli;
 mod sync_e2e;
 mod undecodable;
