@@ -482,6 +482,7 @@ async fn cleanup(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Actio
     // removes it. The chart grants no delete on Leases, so a delete here
     // would only ever be refused.
     ctx.runner.forget_guard(&conn);
+    ctx.note_ownership(&conn, false);
     tracing::info!(connection = %conn.name, namespace = %conn.namespace, purged, "connection deleted; its accounts were purged from the store");
     Ok(Action::await_change())
 }

@@ -698,7 +698,7 @@ fn report_of(run: &crate::model::RunRecord, outcome: RunOutcome) -> SyncReport {
         outcome,
         mode,
         message: run.message.clone(),
-        counts: run.counts.clone(),
+        counts: run.counts,
         pages: 0,
         duration_ms: run
             .finished_at

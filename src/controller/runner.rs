@@ -237,6 +237,11 @@ impl Runner {
     /// replica owns the connection now (shared replicas). A start that
     /// raced this finds the guard lost and takes it again.
     pub async fn give_back_guard(&self, conn: &ConnectionRef) -> GiveBack {
+        // The common case, every reconcile of a Connection another replica
+        // owns: nothing kept, and no wait behind another's acquisition.
+        if !locked(&self.guards).contains_key(conn) {
+            return GiveBack::NotKept;
+        }
         let _one_at_a_time = self.acquiring.lock().await;
         let kept = {
             let mut guards = locked(&self.guards);
