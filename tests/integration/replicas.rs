@@ -255,3 +255,141 @@ async fn three_replicas_share_the_syncs_and_take_over_a_killed_ones_exactly_once
         op.stop().await;
     }
 }
+
+/// What every guard Lease of `count` connections names, by connection.
+async fn guard_holders(h: &Harness, count: usize) -> BTreeMap<String, Option<String>> {
+    let api: Api<Lease> = Api::namespaced(h.client.clone(), "default");
+    let mut holders = BTreeMap::new();
+    for i in 0..count {
+        let lease = api.get_opt(&format!("idsync-sync-{}", name(i))).await.expect("lease");
+        let holder = lease
+            .filter(|l| !idsync::lease::expired(l, jiff::Timestamp::now()))
+            .and_then(|l| idsync::lease::holder(&l).map(str::to_string));
+        holders.insert(name(i), holder);
+    }
+    holders
+}
+
+/// Who owns each of `count` connections among `members`.
+fn owners(members: &[&str], count: usize) -> BTreeMap<String, Option<String>> {
+    (0..count)
+        .map(|i| {
+            let key = idsync::membership::connection_key("default", &name(i));
+            (name(i), idsync::membership::rendezvous::owner(members.iter().copied(), &key).map(str::to_string))
+        })
+        .collect()
+}
+
+async fn guards_follow_owners(h: &Harness, members: &[&str], count: usize) {
+    let expected = owners(members, count);
+    let settled =
+        eventually(Duration::from_secs(30), || async { (guard_holders(h, count).await == expected).then_some(()) })
+            .await;
+    assert!(
+        settled.is_some(),
+        "the guards do not follow the owners among {members:?}: held {:#?}, owners {expected:#?}",
+        guard_holders(h, count).await
+    );
+}
+
+/// A replica that joins gets its share: the replicas that owned those
+/// connections give their guards back (no lapse to wait for: they keep
+/// renewing them otherwise), and a replica that stops gracefully hands its
+/// share back the same way. The next request's syncs run where the owners are.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_joining_replica_gets_its_share_and_a_leaving_one_hands_it_back() {
+    const COUNT: usize = 8;
+    let h = Harness::start().await;
+    idsync::dev::install_crds(&h.client).await.expect("CRDs");
+    let data = tempfile::tempdir().expect("data dir");
+    let store = SqliteStore::open(&data.path().join("idsync.db")).expect("store");
+    let connections: Api<Connection> = Api::namespaced(h.client.clone(), "default");
+    let mut servers = Vec::new();
+    for i in 0..COUNT {
+        let server = CsvServer::start(&csv(&export(i, 1))).await;
+        let connection = Connection::test(&name(i))
+            .csv_url(&server.url)
+            .id_column("employee_id")
+            .column("email", "work_email")
+            .build();
+        connections
+            .patch(&name(i), &PatchParams::apply("test").force(), &Patch::Apply(&connection))
+            .await
+            .expect("connection");
+        servers.push(server);
+    }
+    let clock = Arc::new(TestClock::default());
+    let start = |id: &str| {
+        Operator::start_with_rules(&h.cluster, data.path(), clock.clone(), replica_config(id), replica_rules())
+    };
+    let (a, b) = (start("replica-a"), start("replica-b"));
+    guards_follow_owners(&h, &["replica-a", "replica-b"], COUNT).await;
+
+    let c = start("replica-c");
+    guards_follow_owners(&h, &REPLICAS, COUNT).await;
+    h.create_request(ResyncRequest::test("with-three").all().full()).await;
+    let done = h.finished_request("with-three", Duration::from_secs(60)).await;
+    assert_eq!(done.status.as_ref().and_then(|s| s.phase), Some(Phase::Succeeded), "{:#?}", done.status);
+    let owned = owners(&REPLICAS, COUNT);
+    for i in 0..COUNT {
+        let runs = runs_for(&store, i, "with-three");
+        assert_eq!(runs.len(), 1, "{runs:#?}");
+        assert_eq!(Some(&runs[0].holder), owned[&name(i)].as_ref(), "{} synced away from its owner", name(i));
+    }
+
+    // Leaving gracefully: its member Lease and guards go back at once.
+    c.stop().await;
+    guards_follow_owners(&h, &["replica-a", "replica-b"], COUNT).await;
+    assert!(!live_members(&h).await.contains("replica-c"));
+
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The processing Lease: with shared replicas one replica processes a
+/// profile at a time, the other is told who does; with one active replica
+/// no Lease is written at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_profile_is_processed_under_one_replicas_lease_at_a_time() {
+    use idsync::controller::Context;
+    use idsync::controller::profile_lease::{Exclusive, exclusive, lease_name};
+
+    let h = Harness::start().await;
+    idsync::dev::install_crds(&h.client).await.expect("CRDs");
+    h.apply_json(serde_json::to_value(IdentityProfile::test("people").build()).expect("json")).await;
+    let profile = Api::<IdentityProfile>::namespaced(h.client.clone(), "default").get("people").await.expect("profile");
+    let data = tempfile::tempdir().expect("data dir");
+    let store: Arc<dyn idsync::store::Store> =
+        Arc::new(SqliteStore::open(&data.path().join("idsync.db")).expect("store"));
+    let context = |id: &str, config: Config| {
+        let client = h.cluster.client_as(common::rbac::OPERATOR_USER, replica_rules()).expect("client");
+        Context::new(client, store.clone(), Arc::new(TestClock::default()), Config { identity: id.into(), ..config })
+    };
+    let (a, b) = (context("replica-a", replica_config("replica-a")), context("replica-b", replica_config("replica-b")));
+    let leases: Api<Lease> = Api::namespaced(h.client.clone(), "default");
+    let holder = || async {
+        leases
+            .get_opt(&lease_name("people"))
+            .await
+            .expect("lease")
+            .and_then(|l| idsync::lease::holder(&l).map(str::to_string))
+    };
+
+    let held = exclusive(&a, &profile).await.expect("take");
+    assert!(held.is_lease());
+    match exclusive(&b, &profile).await.expect("look") {
+        Exclusive::Busy(by) => assert_eq!(by, "replica-a"),
+        _ => panic!("two replicas hold one profile's processing Lease"),
+    }
+    assert_eq!(holder().await.as_deref(), Some("replica-a"));
+    held.release().await;
+    assert_eq!(holder().await, None, "not given back after the run");
+    let next = exclusive(&b, &profile).await.expect("take");
+    assert!(next.is_lease(), "the other replica cannot take it once given back");
+    assert_eq!(holder().await.as_deref(), Some("replica-b"));
+    next.release().await;
+
+    let single = context("single", test_config("single"));
+    assert!(matches!(exclusive(&single, &profile).await.expect("single"), Exclusive::Single));
+    assert_eq!(holder().await, None, "one active replica writes no processing Lease");
+}
