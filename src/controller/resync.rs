@@ -367,10 +367,31 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
             confirm_deletes: request.spec.confirm_deletes,
             bookkeeping: None,
         };
-        let mut outcome = ctx
-            .runner
-            .start(ctx.clone(), ticket.clone(), on_done(&ctx, &namespace, &name, &target.connection, gated.clone()))
-            .await?;
+        // Shared replicas: a sync of this target may have run on another
+        // replica whose result never reached the request (it died, or its
+        // write lost to the others' until it gave up): never twice. Looked
+        // up under the guard, so that no sync of it can finish elsewhere
+        // between the look and the start; a guard another replica holds is
+        // waited for here rather than raced for in the start.
+        let guarded = if ctx.shared() { Some(ctx.runner.hold_guard(&ctx, &connection).await?) } else { None };
+        if let Some(super::runner::Guarded::Held) = guarded
+            && let Some(report) = finished_run(&ctx, &conn, &name).await?
+        {
+            recovered.push((target.connection.clone(), report));
+            continue;
+        }
+        let mut outcome = match guarded {
+            Some(super::runner::Guarded::Busy(holder)) => Start::Busy(holder),
+            _ => {
+                ctx.runner
+                    .start(
+                        ctx.clone(),
+                        ticket.clone(),
+                        on_done(&ctx, &namespace, &name, &target.connection, gated.clone()),
+                    )
+                    .await?
+            }
+        };
         // Replace: cancel the running sync (only one this instance runs can
         // be cancelled; another instance's is waited for) and start again.
         let replace = request.spec.concurrency_policy == ConcurrencyPolicy::Replace;
@@ -449,9 +470,7 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
             init_status(s, &request, work, &stamp);
         }
         for (connection, report) in &recovered {
-            if let Some(t) =
-                s.targets.iter_mut().find(|t| &t.connection == connection && t.phase == TargetPhase::Running)
-            {
+            if let Some(t) = s.targets.iter_mut().find(|t| &t.connection == connection && !target_finished(t.phase)) {
                 record_target(t, report, &stamp);
             }
         }
@@ -671,20 +690,34 @@ async fn taken_over(ctx: &Arc<Context>, connection: &Connection, request: &str) 
     {
         return Ok(TakenOver::RunningElsewhere);
     }
+    Ok(match finished_run(ctx, &conn, request).await? {
+        Some(report) => TakenOver::Finished(Box::new(report)),
+        None => TakenOver::RunAgain,
+    })
+}
+
+/// This request's sync of `conn`, if one ran to its end (not interrupted
+/// or cancelled: those applied nothing, and run again), as its report.
+async fn finished_run(
+    ctx: &Arc<Context>,
+    conn: &crate::model::ConnectionRef,
+    request: &str,
+) -> Result<Option<SyncReport>, Error> {
     let store = ctx.store.clone();
+    let conn = conn.clone();
     let runs = tokio::task::spawn_blocking(move || store.runs(&conn, 20))
         .await
         .map_err(|e| Error::Conflict(format!("a store task failed: {e}")))??;
     // Newest first: this request's last run of the connection.
     let Some(last) = runs.into_iter().find(|r| r.request.as_deref() == Some(request)) else {
-        return Ok(TakenOver::RunAgain);
+        return Ok(None);
     };
-    match (last.finished_at, last.outcome) {
+    Ok(match (last.finished_at, last.outcome) {
         (Some(_), Some(outcome)) if !matches!(outcome, RunOutcome::Interrupted | RunOutcome::Cancelled) => {
-            Ok(TakenOver::Finished(Box::new(report_of(&last, outcome))))
+            Some(report_of(&last, outcome))
         }
-        _ => Ok(TakenOver::RunAgain),
-    }
+        _ => None,
+    })
 }
 
 /// A finished run as its sync's report, for a target's entry.
@@ -733,7 +766,7 @@ fn on_done(
             // After the starting reconcile's write (or its end, if it failed).
             let _ = gate.wait_for(|open| *open).await;
             let now = Time(Timestamp::now());
-            let written = status::update(&api, &request, |r: &mut ResyncRequest| {
+            let mut record = |r: &mut ResyncRequest| {
                 let generation = r.metadata.generation;
                 let s = r.status.get_or_insert_with(Default::default);
                 let Some(t) = s.targets.iter_mut().find(|t| t.connection == connection) else {
@@ -742,8 +775,17 @@ fn on_done(
                 record_target(t, &report, &now);
                 finish_if_done(s, generation, &now);
                 true
-            })
-            .await;
+            };
+            // Many writers of one request (every replica's targets): a
+            // result is worth more tries than one status write gets.
+            let mut written = status::update(&api, &request, &mut record).await;
+            for pause in [100, 300, 1000] {
+                if !matches!(written, Err(Error::Conflict(_))) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                written = status::update(&api, &request, &mut record).await;
+            }
             match written {
                 Ok(Some(written)) => announce_completion(&ctx, &written).await,
                 Ok(None) => {}

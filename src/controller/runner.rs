@@ -345,7 +345,7 @@ impl Runner {
             }
         }
         let runner = self.clone();
-        let span = tracing::info_span!("sync", connection = %conn.name, namespace = %conn.namespace, request = ?ticket.request);
+        let span = tracing::info_span!("sync", connection = %conn.name, namespace = %conn.namespace, request = ?ticket.request, holder = %ctx.config.identity);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let report = runner.execute(&ctx, &ticket, guard, holder, cancel).await;

@@ -28,9 +28,11 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 const CONNECTIONS: usize = 20;
 const REPLICAS: [&str; 3] = ["replica-a", "replica-b", "replica-c"];
 const VICTIM: &str = "replica-b";
+/// The victim's Pod after its restart.
+const RESTARTED: &str = "replica-b2";
 /// Member, leader, guard and processing Leases: a dead replica's share
 /// moves within a few seconds.
-const LEASE: Duration = Duration::from_secs(3);
+const LEASE: Duration = Duration::from_secs(5);
 
 fn name(i: usize) -> String {
     format!("c{i:02}")
@@ -195,13 +197,27 @@ async fn three_replicas_share_the_syncs_and_take_over_a_killed_ones_exactly_once
     }
     h.create_request(ResyncRequest::test("second").all().full().scope(Scope::AccountsAndIdentities)).await;
     let store = &store;
-    let victim_syncing = eventually(Duration::from_secs(30), || async move {
+    // Every replica has a sync of its own running, the victim included.
+    let unfinished = |store: &SqliteStore| -> BTreeSet<String> {
         (0..CONNECTIONS)
-            .find(|i| runs_for(store, *i, "second").iter().any(|r| r.holder == VICTIM && r.finished_at.is_none()))
-    })
-    .await;
-    assert!(victim_syncing.is_some(), "{VICTIM} never ran a sync of the second request");
+            .flat_map(|i| runs_for(store, i, "second").into_iter().filter(|r| r.finished_at.is_none()))
+            .map(|r| r.holder)
+            .collect()
+    };
+    let every_replica = &all;
+    let all_syncing =
+        eventually(Duration::from_secs(30), || async move { (unfinished(store) == *every_replica).then_some(()) })
+            .await;
+    assert!(all_syncing.is_some(), "not every replica ran a sync of the second request: {:?}", unfinished(store));
     operators.remove(VICTIM).expect("the victim").kill();
+    // Its Pod restarts, a new member under a new identity, while the
+    // others' syncs run: joining must not interrupt them (the store is
+    // shared: nothing at start may close runs it did not start), and it
+    // takes a share of what is left.
+    operators.insert(
+        RESTARTED,
+        Operator::start_with_rules(&h.cluster, data.path(), clock.clone(), replica_config(RESTARTED), replica_rules()),
+    );
 
     let second = h.finished_request("second", Duration::from_secs(60)).await;
     assert_every_target_succeeded(&second);
