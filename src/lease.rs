@@ -49,6 +49,27 @@ pub fn duration_seconds(duration: Duration) -> i32 {
     i32::try_from(seconds).unwrap_or(i32::MAX)
 }
 
+/// The longest object name Kubernetes accepts.
+const MAX_NAME: usize = 253;
+
+/// `prefix` + `name` as a Lease name: as is when it fits, else the first 200
+/// bytes of `name` and a hash of all of it, so that long names stay valid
+/// and distinct.
+pub fn name_for(prefix: &str, name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let whole = format!("{prefix}{name}");
+    if whole.len() <= MAX_NAME {
+        return whole;
+    }
+    let digest = Sha256::digest(name.as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let mut end = name.len().min(200);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{prefix}{}-{hex}", &name[..end])
+}
+
 /// The holder named on `lease`; an empty identity is no holder.
 pub fn holder(lease: &Lease) -> Option<&str> {
     lease.spec.as_ref()?.holder_identity.as_deref().filter(|h| !h.is_empty())
@@ -151,18 +172,29 @@ pub struct Claim {
     /// The object the Lease belongs to, so that it is garbage-collected with
     /// it (the guard's Connection); set on every claim.
     pub owner: Option<OwnerReference>,
+    /// Set on the Lease with the claim, beside `app.kubernetes.io/managed-by`
+    /// (a member Lease is found by its role label).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Claim {
     pub fn new(identity: impl Into<String>, duration: Duration) -> Claim {
-        Claim { identity: identity.into(), duration, annotations: BTreeMap::new(), owner: None }
+        Claim {
+            identity: identity.into(),
+            duration,
+            annotations: BTreeMap::new(),
+            owner: None,
+            labels: BTreeMap::new(),
+        }
     }
 
     /// `lease` rewritten as claimed by us at `now`.
     fn apply(&self, lease: &mut Lease, now: Timestamp) {
         let ours = holder(lease) == Some(self.identity.as_str());
         let meta = &mut lease.metadata;
-        meta.labels.get_or_insert_default().insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
+        let labels = meta.labels.get_or_insert_default();
+        labels.insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
+        labels.extend(self.labels.clone());
         if !self.annotations.is_empty() {
             meta.annotations.get_or_insert_default().extend(self.annotations.clone());
         }

@@ -10,6 +10,7 @@ pub mod identity;
 pub mod leader;
 pub mod lease;
 pub mod manifest;
+pub mod membership;
 pub mod metrics;
 pub mod model;
 pub mod notify;

@@ -124,6 +124,60 @@ pub async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The settings of replicas that share one store: every replica runs the
+/// controllers on what it owns (see `docs/replicas.md`). The member and
+/// leader Leases are in `namespace` (the operator's own).
+pub fn shared_config(max_concurrent_syncs: usize, namespace: String) -> crate::controller::Config {
+    crate::controller::Config {
+        max_concurrent_syncs,
+        replicas: crate::controller::Replicas::Shared(crate::controller::SharedReplicas::new(namespace)),
+        ..Default::default()
+    }
+}
+
+/// `idsync run` with replicas that share `store` (already open: PostgreSQL)
+/// and `config` from [`shared_config`]. No leader gates the controllers:
+/// they run at once, on what this replica owns; the notification outbox
+/// runs on the elected leader only. Ready (`/readyz`) once the first lists
+/// went through. Runs until SIGTERM or Ctrl-C, then stops its syncs, gives
+/// its guards back and leaves the replicas, so the others take its share at
+/// once.
+pub async fn run_shared(
+    store: std::sync::Arc<dyn crate::store::Store>,
+    config: crate::controller::Config,
+    http_addr: std::net::SocketAddr,
+) -> anyhow::Result<ExitCode> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    if !matches!(config.replicas, crate::controller::Replicas::Shared(_)) {
+        anyhow::bail!("run_shared needs replicas that share the store (controller::Replicas::Shared)");
+    }
+    crate::tls::install_crypto_provider();
+    let client = kube::Client::try_default().await.context("cannot reach the Kubernetes API")?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let ready = Arc::new(AtomicBool::new(false));
+    crate::health::serve(http_addr, metrics.clone(), ready.clone(), stopped()).await?;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let clock = Arc::new(crate::controller::SystemClock);
+    let ctx = crate::controller::Context::with_metrics(client, store, clock, config, metrics, ready.clone());
+    tracing::info!(identity = %ctx.config.identity, "controllers running on a shared store");
+    crate::controller::run(ctx, stopped()).await;
+    ready.store(false, Ordering::SeqCst);
+    tracing::info!("controllers stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Ctrl-C or SIGTERM (what Kubernetes sends a terminating Pod).
 async fn shutdown_signal() {
     let ctrl_c = async {

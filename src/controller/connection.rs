@@ -104,6 +104,12 @@ pub async fn reconcile(connection: Arc<Connection>, ctx: Arc<Context>) -> Result
     let namespace = connection.namespace().unwrap_or_else(|| "default".to_string());
     let object = format!("Connection {namespace}/{}", connection.name_any());
     let api: Api<Connection> = Api::namespaced(ctx.client.clone(), &namespace);
+    let conn = connection_ref(&connection);
+    let owned = ctx.owns(&crate::membership::connection_key(&conn.namespace, &conn.name));
+    ctx.note_ownership(&conn, owned);
+    if !owned {
+        return Ok(not_owned(&ctx, &conn).await);
+    }
     let reconcile = async {
         finalizer(&api, CONNECTION_FINALIZER, connection, |event| async {
             match event {
@@ -115,6 +121,21 @@ pub async fn reconcile(connection: Arc<Connection>, ctx: Arc<Context>) -> Result
         .map_err(Error::from)
     };
     panics::catching(&object, reconcile).await
+}
+
+/// A Connection another replica owns (shared replicas): this one writes
+/// nothing and starts nothing. A guard it still keeps (it owned the
+/// Connection until a replica joined) is given back once no sync of it
+/// runs here, so that the new owner takes it at once rather than after it
+/// lapses; a sync running here finishes first.
+async fn not_owned(ctx: &Arc<Context>, conn: &crate::model::ConnectionRef) -> Action {
+    match ctx.runner.give_back_guard(conn).await {
+        runner::GiveBack::Running => Action::requeue(Duration::from_secs(1)),
+        runner::GiveBack::Released | runner::GiveBack::NotKept => {
+            // A change of owners brings a reconcile; this is the fallback.
+            Action::requeue(ctx.config.max_requeue)
+        }
+    }
 }
 
 pub fn error_policy(connection: Arc<Connection>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -461,6 +482,7 @@ async fn cleanup(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Actio
     // removes it. The chart grants no delete on Leases, so a delete here
     // would only ever be refused.
     ctx.runner.forget_guard(&conn);
+    ctx.note_ownership(&conn, false);
     tracing::info!(connection = %conn.name, namespace = %conn.namespace, purged, "connection deleted; its accounts were purged from the store");
     Ok(Action::await_change())
 }

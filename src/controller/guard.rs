@@ -24,7 +24,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 use kube::api::Api;
-use sha2::{Digest, Sha256};
 
 use super::Error;
 use crate::lease::{self, Claim, Held, RenewPolicy};
@@ -33,6 +32,7 @@ use idsync_api::Connection;
 /// Tries to take a guard when other writers keep getting in first.
 const ACQUIRE_ATTEMPTS: usize = 3;
 /// The longest object name Kubernetes accepts.
+#[cfg(test)]
 const MAX_NAME: usize = 253;
 
 /// Who holds a connection's guard, and what it runs there if known.
@@ -58,19 +58,7 @@ pub enum Acquired {
 
 /// The name of a connection's guard Lease.
 pub fn lease_name(connection: &str) -> String {
-    let name = format!("idsync-sync-{connection}");
-    if name.len() <= MAX_NAME {
-        return name;
-    }
-    // Names near the limit: keep it unique with a hash of the whole name.
-    let digest = Sha256::digest(connection.as_bytes());
-    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    // 12 + 200 + 1 + 16 bytes; cut on a character boundary.
-    let mut end = connection.len().min(200);
-    while !connection.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("idsync-sync-{}-{hex}", &connection[..end])
+    lease::name_for("idsync-sync-", connection)
 }
 
 /// How a guard of `duration` is renewed: three times per lease, retried
@@ -129,6 +117,13 @@ pub async fn acquire(api: &Api<Lease>, connection: &str, guard: GuardClaim<'_>) 
         }
     }
     Err(Error::Conflict(format!("the sync guard {name} kept changing while it was being taken")))
+}
+
+/// Who holds the guard of `connection` now, if anyone does whose claim has
+/// not lapsed (a look, not a claim).
+pub async fn live_holder(api: &Api<Lease>, connection: &str) -> Result<Option<String>, Error> {
+    let found = api.get_opt(&lease_name(connection)).await.map_err(Error::Kube)?;
+    Ok(found.filter(|l| !lease::expired(l, Timestamp::now())).and_then(|l| lease::holder(&l).map(str::to_string)))
 }
 
 /// Gives a finished sync's guard back, if it is still ours.

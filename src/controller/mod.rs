@@ -10,6 +10,7 @@ pub mod guard;
 pub mod inputs;
 pub mod panics;
 pub mod profile;
+pub mod profile_lease;
 pub mod resync;
 pub mod runner;
 pub mod status;
@@ -57,6 +58,37 @@ pub struct Config {
     /// Longest wait between two reconciles of an idle object (schedules are
     /// re-checked at least this often).
     pub max_requeue: Duration,
+    /// One active replica, or several sharing the store (see `Replicas`).
+    pub replicas: Replicas,
+}
+
+/// How the operator's replicas share the work.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Replicas {
+    /// One active replica does everything (the embedded SQLite store: one
+    /// writer process). Whoever runs the controllers owns every object.
+    #[default]
+    Single,
+    /// Every replica runs the controllers on one shared store (PostgreSQL):
+    /// each acts on the objects it owns (`crate::membership`), and the
+    /// elected leader runs what must run once (the notification outbox).
+    Shared(SharedReplicas),
+}
+
+/// The settings of [`Replicas::Shared`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct SharedReplicas {
+    /// The operator's namespace: its member Leases and the leader Lease.
+    pub namespace: String,
+    /// How long a member Lease (and the leader Lease) stays held without
+    /// renewal: how soon a dead replica's share moves to the others.
+    pub member_lease_duration: Duration,
+}
+
+impl SharedReplicas {
+    pub fn new(namespace: impl Into<String>) -> Self {
+        SharedReplicas { namespace: namespace.into(), member_lease_duration: crate::membership::DEFAULT_LEASE_DURATION }
+    }
 }
 
 impl Default for Config {
@@ -66,6 +98,7 @@ impl Default for Config {
             max_concurrent_syncs: 4,
             guard_duration: Duration::from_secs(30),
             max_requeue: Duration::from_secs(300),
+            replicas: Replicas::Single,
         }
     }
 }
@@ -104,6 +137,14 @@ pub struct Context {
     compiled: std::sync::Mutex<std::collections::HashMap<String, Arc<crate::identity::expr::CompiledProfile>>>,
     /// Processing runs under way, stopped on shutdown.
     pub processing: profile::RunningProcessing,
+    /// Who owns what among the replicas (`Replicas::Shared`): published by
+    /// the membership task `run` starts, read by every reconcile.
+    members: (
+        tokio::sync::watch::Sender<crate::membership::Members>,
+        tokio::sync::watch::Receiver<crate::membership::Members>,
+    ),
+    /// The Connections this instance owns, for the gauge.
+    owned_connections: std::sync::Mutex<std::collections::HashSet<crate::model::ConnectionRef>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +225,38 @@ impl Context {
             profile_locks: Default::default(),
             compiled: Default::default(),
             processing: Default::default(),
+            members: tokio::sync::watch::channel(Default::default()),
+            owned_connections: Default::default(),
         })
+    }
+
+    /// Whether the replicas share the store (each acting on what it owns).
+    pub fn shared(&self) -> bool {
+        matches!(self.config.replicas, Replicas::Shared(_))
+    }
+
+    /// Whether this instance acts on the object of owner `key` (see
+    /// `crate::membership`): always with one active replica; with shared
+    /// replicas, when rendezvous hashing over the live members names it.
+    pub fn owns(&self, key: &str) -> bool {
+        match self.config.replicas {
+            Replicas::Single => true,
+            Replicas::Shared(_) => self.members.1.borrow().owns(key),
+        }
+    }
+
+    /// The live members as this instance last saw them.
+    pub fn members(&self) -> tokio::sync::watch::Receiver<crate::membership::Members> {
+        self.members.1.clone()
+    }
+
+    /// Records whether this instance owns `conn`, for the gauge.
+    pub fn note_ownership(&self, conn: &crate::model::ConnectionRef, owned: bool) {
+        let mut set = self.owned_connections.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = if owned { set.insert(conn.clone()) } else { set.remove(conn) };
+        if changed {
+            self.metrics.set_owned_connections(set.len());
+        }
     }
 
     /// The lock that serializes processing of one profile.
@@ -286,8 +358,21 @@ async fn restore_gauges(ctx: &Arc<Context>) -> Result<(), Error> {
 }
 
 /// Runs the controllers until `shutdown` resolves.
+///
+/// With [`Replicas::Shared`] this instance also joins the replicas
+/// (`crate::membership`), each controller acts on what it owns and looks
+/// at everything again when owners move, and the notification outbox runs
+/// only while this instance is the elected leader. Runs left unfinished
+/// are then closed per connection by whoever takes over a dead holder's
+/// guard, not all at once at start (they may be live peers' runs).
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    if let Err(error) = recover_store(&ctx.store, ctx.clock.now()).await {
+    let shared = match &ctx.config.replicas {
+        Replicas::Single => None,
+        Replicas::Shared(shared) => Some(shared.clone()),
+    };
+    if shared.is_none()
+        && let Err(error) = recover_store(&ctx.store, ctx.clock.now()).await
+    {
         tracing::warn!(%error, "could not close the runs a previous operator left unfinished");
     }
     // Ready once the store is open (it is, here) and the first lists of
@@ -311,8 +396,44 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let connections = connection::controller(ctx.clone())
-        .graceful_shutdown_on(stopped(stop_rx.clone()))
+    // Membership outlives the controllers: this instance stays a member
+    // (and its share stays its own) until its syncs have stopped and its
+    // guards are back.
+    let (leave_tx, leave_rx) = tokio::sync::watch::channel(false);
+    let membership = shared.as_ref().map(|shared| {
+        let config = crate::membership::MembershipConfig::new(
+            shared.namespace.clone(),
+            ctx.config.identity.clone(),
+            shared.member_lease_duration,
+        );
+        let members = ctx.members.0.clone();
+        let joined = crate::membership::run(ctx.client.clone(), config, members, stopped(leave_rx.clone()));
+        let metrics = ctx.metrics.clone();
+        let mut seen = ctx.members();
+        let gauge = async move {
+            while seen.changed().await.is_ok() {
+                let live = seen.borrow_and_update().live().len();
+                metrics.set_replicas(live);
+            }
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                () = joined => {}
+                () = gauge => {}
+            }
+        })
+    });
+    let owners_moved = |ctx: &Arc<Context>| crate::membership::changes(ctx.members());
+
+    let mut connections = connection::controller(ctx.clone()).graceful_shutdown_on(stopped(stop_rx.clone()));
+    let mut requests = resync::controller(ctx.clone()).graceful_shutdown_on(stopped(stop_rx.clone()));
+    let mut profiles = profile::controller(ctx.clone()).graceful_shutdown_on(stopped(stop_rx.clone()));
+    if shared.is_some() {
+        connections = connections.reconcile_all_on(owners_moved(&ctx));
+        requests = requests.reconcile_all_on(owners_moved(&ctx));
+        profiles = profiles.reconcile_all_on(owners_moved(&ctx));
+    }
+    let connections = connections
         .run(
             |o, c| observed("connection", c.clone(), connection::reconcile(o, c)),
             connection::error_policy,
@@ -323,16 +444,14 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
                 tracing::debug!(%error, "connection reconcile");
             }
         });
-    let requests = resync::controller(ctx.clone())
-        .graceful_shutdown_on(stopped(stop_rx.clone()))
+    let requests = requests
         .run(|o, c| observed("resyncrequest", c.clone(), resync::reconcile(o, c)), resync::error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "resync reconcile");
             }
         });
-    let profiles = profile::controller(ctx.clone())
-        .graceful_shutdown_on(stopped(stop_rx.clone()))
+    let profiles = profiles
         .run(
             |o, c| observed("identityprofile", c.clone(), profile::reconcile(o, c)),
             profile::error_policy,
@@ -343,13 +462,21 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
                 tracing::debug!(%error, "identity profile reconcile");
             }
         });
-    // The notification outbox's worker: on the leader only, as this is.
-    let notifications = crate::notify::worker::run(
-        ctx.client.clone(),
-        ctx.store.clone(),
-        ctx.metrics.clone(),
-        stopped(stop_rx.clone()),
-    );
+    // The notification outbox's worker: once per store. With one active
+    // replica that is this one (it leads, or it would not run); with
+    // shared replicas, the one elected on the leader Lease.
+    let notifications = {
+        let ctx = ctx.clone();
+        let stop = stopped(stop_rx.clone());
+        async move {
+            match shared {
+                None => {
+                    crate::notify::worker::run(ctx.client.clone(), ctx.store.clone(), ctx.metrics.clone(), stop).await
+                }
+                Some(shared) => notifications_on_the_leader(&ctx, &shared, stop).await,
+            }
+        }
+    };
     let stopping = ctx.clone();
     let stop = async move {
         shutdown.await;
@@ -364,8 +491,49 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     ctx.ready.store(false, std::sync::atomic::Ordering::Release);
     ctx.runner.cancel_all().await;
     // No sync runs any more: the guards go back, so that the next leader
-    // takes them at once instead of waiting for them to lapse.
+    // (or the replicas that own them next) takes them at once instead of
+    // waiting for them to lapse.
     ctx.runner.release_guards(ctx.config.guard_duration).await;
+    if let Some(membership) = membership {
+        let _ = leave_tx.send(true);
+        if tokio::time::timeout(ctx.config.guard_duration, membership).await.is_err() {
+            tracing::warn!("could not leave the replicas in time; the member Lease lapses on its own");
+        }
+    }
+}
+
+/// Runs the notification outbox's worker whenever this replica is the
+/// elected leader of the shared replicas, until `stop`.
+async fn notifications_on_the_leader(
+    ctx: &Arc<Context>,
+    shared: &SharedReplicas,
+    stop: impl std::future::Future<Output = ()> + Send,
+) {
+    let duration = shared.member_lease_duration.max(crate::lease::MIN_DURATION);
+    let election = crate::leader::LeaderConfig {
+        lease_duration: duration,
+        renew_period: duration / 3,
+        retry_period: (duration / 10).max(std::time::Duration::from_millis(100)),
+        ..crate::leader::LeaderConfig::new(shared.namespace.clone(), ctx.config.identity.clone())
+    };
+    let lead = |token: tokio_util::sync::CancellationToken| {
+        let ctx = ctx.clone();
+        async move {
+            tracing::info!(identity = %ctx.config.identity, "leading: sending notifications");
+            ctx.metrics.set_leader(true);
+            crate::notify::worker::run(
+                ctx.client.clone(),
+                ctx.store.clone(),
+                ctx.metrics.clone(),
+                token.cancelled_owned(),
+            )
+            .await;
+            ctx.metrics.set_leader(false);
+        }
+    };
+    if let Err(error) = crate::leader::run(ctx.client.clone(), election, lead, stop).await {
+        tracing::error!(%error, "cannot elect the replica that sends notifications");
+    }
 }
 
 #[cfg(test)]

@@ -99,6 +99,11 @@ pub async fn reconcile(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Resu
     let namespace = profile.namespace().unwrap_or_else(|| "default".to_string());
     let object = format!("IdentityProfile {namespace}/{}", profile.name_any());
     let api: Api<IdentityProfile> = Api::namespaced(ctx.client.clone(), &namespace);
+    // Shared replicas: another replica owns it and does all of this; a
+    // change of owners brings the next reconcile.
+    if !ctx.owns(&crate::membership::profile_key(&namespace, &profile.name_any())) {
+        return Ok(Action::requeue(ctx.config.max_requeue));
+    }
     let reconcile = async {
         finalizer(&api, PROFILE_FINALIZER, profile, |event| async {
             match event {
@@ -116,7 +121,17 @@ async fn cleanup(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Act
     let p = profile_ref(&profile);
     let lock = ctx.profile_lock(&p);
     let _held = lock.lock().await;
-    let removed = blocking(&ctx, move |store| store.purge_profile(&p)).await?;
+    // Not while another replica still processes it: its commit would bring
+    // identities back after the purge.
+    let exclusive = match super::profile_lease::exclusive(&ctx, &profile).await? {
+        super::profile_lease::Exclusive::Busy(holder) => {
+            return Err(Error::Conflict(format!("{holder} is processing the profile; removing its identities after")));
+        }
+        exclusive => exclusive,
+    };
+    let removed = blocking(&ctx, move |store| store.purge_profile(&p)).await;
+    exclusive.release().await;
+    let removed = removed?;
     tracing::info!(profile = %profile.name_any(), removed, "removed a deleted profile's identities from the store");
     Ok(Action::await_change())
 }
@@ -367,6 +382,29 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
 
     let mut ran = None;
     if let Some((trigger, selection)) = due {
+        // Shared replicas: under the profile's processing Lease, and only
+        // if no other replica processed it since `state` was read (this
+        // one may have owned the profile for a moment only).
+        let exclusive = match super::profile_lease::exclusive(&ctx, &profile).await? {
+            super::profile_lease::Exclusive::Busy(holder) => {
+                tracing::debug!(profile = %p, %holder, "another replica processes the profile; looking again soon");
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+            exclusive => exclusive,
+        };
+        if exclusive.is_lease() {
+            let (fresh_state, fresh_versions) = {
+                let (p, namespace, connections) = (p.clone(), p.namespace.clone(), connections.clone());
+                blocking(&ctx, move |store| {
+                    Ok((store.profile_state(&p)?, store.connection_versions(&namespace, &connections)?))
+                })
+                .await?
+            };
+            if fresh_state != state || fresh_versions != versions {
+                exclusive.release().await;
+                return Ok(Action::requeue(Duration::from_millis(100)));
+            }
+        }
         let job = Job {
             profile: p.clone(),
             spec: eff.spec.clone(),
@@ -380,8 +418,13 @@ async fn apply(profile: Arc<IdentityProfile>, ctx: Arc<Context>) -> Result<Actio
             overlay: Vec::new(),
             confirm_removals: false,
         };
-        mark_processing(&api, &profile, trigger, now).await?;
-        let result = execute(&ctx, &profile, job).await;
+        if let Err(error) = mark_processing(&api, &profile, trigger, now).await {
+            exclusive.release().await;
+            return Err(error);
+        }
+        let lost = exclusive.lost();
+        let result = execute(&ctx, &profile, job, lost).await;
+        exclusive.release().await;
         if let Some(Halt::Exceeded(message)) = &result.halted {
             write_stalled(&ctx, &api, &profile, EVALUATION_BUDGET_EXCEEDED, message, now, Some(&result)).await?;
             return Ok(Action::requeue(ctx.config.max_requeue));
@@ -720,7 +763,12 @@ async fn stop_reason(api: &Api<IdentityProfile>, profile: &IdentityProfile) -> O
 /// Runs one processing job: snapshot, compute, commit (or, for a dry run,
 /// only record), with Events on the profile. The caller holds the
 /// profile's lock.
-pub async fn execute(ctx: &Arc<Context>, profile: &IdentityProfile, job: Job) -> JobResult {
+pub async fn execute(
+    ctx: &Arc<Context>,
+    profile: &IdentityProfile,
+    job: Job,
+    lease_lost: Option<tokio_util::sync::CancellationToken>,
+) -> JobResult {
     let regarding = profile.object_ref(&());
     let started = ctx.clock.now();
     let what = if job.dry_run { "dry run" } else { "processing" };
@@ -736,7 +784,7 @@ pub async fn execute(ctx: &Arc<Context>, profile: &IdentityProfile, job: Job) ->
     .await;
     let compiled = job.compiled.clone();
     let (trigger, request) = (job.trigger, job.request.clone());
-    let result = match run_stoppable(ctx, profile, job, started).await {
+    let result = match run_stoppable(ctx, profile, job, started, lease_lost).await {
         Ok(result) => result,
         Err(problem) => failed(
             trigger,
@@ -784,8 +832,10 @@ async fn run_stoppable(
     profile: &IdentityProfile,
     job: Job,
     now: Timestamp,
+    lease_lost: Option<tokio_util::sync::CancellationToken>,
 ) -> Result<JobResult, String> {
     let stop = ProcessingStop::default();
+    let lease_lost = lease_lost.unwrap_or_default();
     let _registered = ctx.processing.register(&stop);
     let (done, mut finished) = tokio::sync::oneshot::channel();
     let (store, thread_stop) = (ctx.store.clone(), stop.clone());
@@ -805,6 +855,10 @@ async fn run_stoppable(
     loop {
         tokio::select! {
             result = &mut finished => return result.map_err(|_| "the processing thread failed".to_string()),
+            _ = lease_lost.cancelled(), if watching => {
+                stop.stop("this replica lost the profile's processing Lease");
+                watching = false;
+            }
             _ = tokio::time::sleep(WATCH_INTERVAL), if watching => {
                 if let Some(reason) = stop_reason(&api, profile).await {
                     tracing::info!(profile = %profile.name_any(), %reason, "stopping a processing run");

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::runner::{OnDone, Start, Ticket, connection_ref, counts_of, summary};
 use super::undecodable::{self, Lenient};
-use super::{Context, Error, events, panics, profile, status, timing};
+use super::{Context, Error, events, panics, profile, profile_lease, status, timing};
 use crate::identity::process;
 use crate::model::{RunOutcome, Trigger};
 use crate::sync::cancel::CancelReason;
@@ -179,8 +179,16 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
     let now = ctx.clock.now();
     let mut status = request.status.clone().unwrap_or_default();
 
+    // With shared replicas, what happens once per request (resolving it,
+    // announcing it, deleting it after its TTL) is its owner's; each
+    // replica starts the targets whose connections it owns.
+    let owns_request = ctx.owns(&crate::membership::request_key(&namespace, &name));
+
     // Finished: wait for the TTL, then go.
     if status.phase.is_some_and(|p| p.is_finished()) {
+        if !owns_request {
+            return Ok(Action::await_change());
+        }
         // A completion a crash kept from being announced is announced now
         // (the outbox keeps the first of the same notification).
         if crate::notify::announce::completion_recent(&request, now) {
@@ -196,7 +204,13 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
             return Ok(Action::await_change());
         };
         if expires <= now {
-            api.delete(&name, &DeleteParams::background()).await.map_err(Error::Kube)?;
+            match api.delete(&name, &DeleteParams::background()).await {
+                // Gone already: deleted by someone else (or by this
+                // replica's previous owner) in between.
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(error) => return Err(Error::Kube(error)),
+            }
             return Ok(Action::await_change());
         }
         return Ok(Action::requeue(Duration::try_from(expires.duration_since(now)).unwrap_or_default()));
@@ -204,6 +218,10 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
 
     // First sight: resolve the target.
     let mut first_sight: Option<Work> = None;
+    if status.phase.is_none() && !owns_request {
+        // Its owner's first status write brings the next reconcile here.
+        return Ok(Action::requeue(ctx.config.max_requeue));
+    }
     if status.phase.is_none() {
         // Objects that do not decode are set aside (and reported on
         // themselves) rather than failing the list for every request.
@@ -281,11 +299,15 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
     // once that write is in.
     let (gate, gated) = watch::channel(false);
     let mut updates: Vec<(String, TargetPhase, String)> = Vec::new();
+    // Syncs of this request that finished in the store with no result in
+    // the request (their replica died in between): recorded from the store.
+    let mut recovered: Vec<(String, SyncReport)> = Vec::new();
     let mut waiting = false;
     for target in status
         .targets
         .iter()
         .filter(|t| matches!(t.phase, TargetPhase::Pending | TargetPhase::Waiting | TargetPhase::Running))
+        .filter(|t| ctx.owns(&crate::membership::connection_key(&namespace, &t.connection)))
     {
         let connection = match undecodable::get::<Connection>(&ctx.undecodable, &namespace, &target.connection)
             .await
@@ -314,6 +336,19 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
             // Still ours and running: wait for it. Not running here any more
             // (the operator restarted): run it again; the store is unchanged.
             if ctx.runner.running(&conn).is_none() {
+                if ctx.shared() {
+                    match taken_over(&ctx, &connection, &name).await? {
+                        TakenOver::RunningElsewhere => {}
+                        TakenOver::Finished(report) => recovered.push((target.connection.clone(), *report)),
+                        TakenOver::RunAgain => updates.push((
+                            target.connection.clone(),
+                            TargetPhase::Pending,
+                            "the operator instance running this sync stopped; running it again".into(),
+                        )),
+                    }
+                    waiting = true;
+                    continue;
+                }
                 updates.push((
                     target.connection.clone(),
                     TargetPhase::Pending,
@@ -332,10 +367,31 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
             confirm_deletes: request.spec.confirm_deletes,
             bookkeeping: None,
         };
-        let mut outcome = ctx
-            .runner
-            .start(ctx.clone(), ticket.clone(), on_done(&ctx, &namespace, &name, &target.connection, gated.clone()))
-            .await?;
+        // Shared replicas: a sync of this target may have run on another
+        // replica whose result never reached the request (it died, or its
+        // write lost to the others' until it gave up): never twice. Looked
+        // up under the guard, so that no sync of it can finish elsewhere
+        // between the look and the start; a guard another replica holds is
+        // waited for here rather than raced for in the start.
+        let guarded = if ctx.shared() { Some(ctx.runner.hold_guard(&ctx, &connection).await?) } else { None };
+        if let Some(super::runner::Guarded::Held) = guarded
+            && let Some(report) = finished_run(&ctx, &conn, &name).await?
+        {
+            recovered.push((target.connection.clone(), report));
+            continue;
+        }
+        let mut outcome = match guarded {
+            Some(super::runner::Guarded::Busy(holder)) => Start::Busy(holder),
+            _ => {
+                ctx.runner
+                    .start(
+                        ctx.clone(),
+                        ticket.clone(),
+                        on_done(&ctx, &namespace, &name, &target.connection, gated.clone()),
+                    )
+                    .await?
+            }
+        };
         // Replace: cancel the running sync (only one this instance runs can
         // be cancelled; another instance's is waited for) and start again.
         let replace = request.spec.concurrency_policy == ConcurrencyPolicy::Replace;
@@ -364,8 +420,12 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
                     None => "a scheduled sync".to_string(),
                 };
                 let since = holder.since;
+                // Shared replicas: a replica that holds the guard with no
+                // sync known to run under it is handing the connection
+                // over (its owner changed), not syncing: wait for it.
+                let handing_over = ctx.shared() && holder.mode.is_empty() && holder.request.is_none();
                 match request.spec.concurrency_policy {
-                    ConcurrencyPolicy::Forbid => {
+                    ConcurrencyPolicy::Forbid if !handing_over => {
                         let message = format!(
                             "rejected: Connection {} is already syncing ({who}, held by {} since {since}); concurrencyPolicy is Forbid",
                             target.connection, holder.identity
@@ -388,7 +448,7 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
                         .await;
                         updates.push((target.connection.clone(), TargetPhase::Rejected, message));
                     }
-                    ConcurrencyPolicy::Wait | ConcurrencyPolicy::Replace => {
+                    ConcurrencyPolicy::Forbid | ConcurrencyPolicy::Wait | ConcurrencyPolicy::Replace => {
                         waiting = true;
                         updates.push((
                             target.connection.clone(),
@@ -408,6 +468,11 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
         let before = s.clone();
         if let (None, Some(work)) = (s.phase, &first_sight) {
             init_status(s, &request, work, &stamp);
+        }
+        for (connection, report) in &recovered {
+            if let Some(t) = s.targets.iter_mut().find(|t| &t.connection == connection && !target_finished(t.phase)) {
+                record_target(t, report, &stamp);
+            }
         }
         for (connection, phase, message) in &updates {
             if let Some(t) = s.targets.iter_mut().find(|t| &t.connection == connection) {
@@ -445,8 +510,16 @@ async fn reconcile_request(request: Arc<ResyncRequest>, ctx: Arc<Context>) -> Re
     let latest = api.get_status(&name).await.map_err(Error::Kube)?;
     let latest_status = latest.status.clone().unwrap_or_default();
     if latest_status.targets.iter().all(|t| target_finished(t.phase)) {
-        for entry in latest_status.profiles.iter().filter(|p| !target_finished(p.phase)) {
-            process_profile(&ctx, &latest, &entry.profile).await?;
+        for entry in latest_status
+            .profiles
+            .iter()
+            .filter(|p| !target_finished(p.phase))
+            .filter(|p| ctx.owns(&crate::membership::profile_key(&namespace, &p.profile)))
+        {
+            if !process_profile(&ctx, &latest, &entry.profile).await? {
+                // Another replica processes it right now: look again soon.
+                waiting = true;
+            }
         }
     }
     Ok(if waiting { Action::requeue(Duration::from_secs(1)) } else { Action::requeue(ctx.config.max_requeue) })
@@ -581,6 +654,96 @@ fn completion_note(summary: &str, status: &idsync_api::ResyncRequestStatus) -> S
     if details.is_empty() { summary.to_string() } else { format!("{summary}. {}", details.join("; ")) }
 }
 
+/// Writes a finished sync's result into its target entry.
+fn record_target(t: &mut TargetStatus, report: &SyncReport, now: &Time) {
+    t.phase = target_phase(report.outcome);
+    t.mode = Some(report.mode);
+    t.counts = Some(counts_of(report));
+    t.message = summary(report);
+    t.run = report.run;
+    t.preview = report.preview.clone();
+    t.completion_time = Some(now.clone());
+    if t.start_time.is_none() {
+        t.start_time = Some(now.clone());
+    }
+}
+
+/// What became of a Running target this replica owns but does not run
+/// (shared replicas): the replica that ran it stopped, or the target just
+/// moved here.
+enum TakenOver {
+    /// A live replica still holds the connection's guard: its sync goes on,
+    /// and it records the result.
+    RunningElsewhere,
+    /// The sync finished in the store before its replica could record it
+    /// here: its result, from the run history, so it is not run twice.
+    Finished(Box<SyncReport>),
+    /// It never finished: run it again (what it read was never applied).
+    RunAgain,
+}
+
+async fn taken_over(ctx: &Arc<Context>, connection: &Connection, request: &str) -> Result<TakenOver, Error> {
+    let conn = connection_ref(connection);
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(ctx.client.clone(), &conn.namespace);
+    if let Some(holder) = super::guard::live_holder(&leases, &conn.name).await?
+        && holder != ctx.config.identity
+    {
+        return Ok(TakenOver::RunningElsewhere);
+    }
+    Ok(match finished_run(ctx, &conn, request).await? {
+        Some(report) => TakenOver::Finished(Box::new(report)),
+        None => TakenOver::RunAgain,
+    })
+}
+
+/// This request's sync of `conn`, if one ran to its end (not interrupted
+/// or cancelled: those applied nothing, and run again), as its report.
+async fn finished_run(
+    ctx: &Arc<Context>,
+    conn: &crate::model::ConnectionRef,
+    request: &str,
+) -> Result<Option<SyncReport>, Error> {
+    let store = ctx.store.clone();
+    let conn = conn.clone();
+    let runs = tokio::task::spawn_blocking(move || store.runs(&conn, 20))
+        .await
+        .map_err(|e| Error::Conflict(format!("a store task failed: {e}")))??;
+    // Newest first: this request's last run of the connection.
+    let Some(last) = runs.into_iter().find(|r| r.request.as_deref() == Some(request)) else {
+        return Ok(None);
+    };
+    Ok(match (last.finished_at, last.outcome) {
+        (Some(_), Some(outcome)) if !matches!(outcome, RunOutcome::Interrupted | RunOutcome::Cancelled) => {
+            Some(report_of(&last, outcome))
+        }
+        _ => None,
+    })
+}
+
+/// A finished run as its sync's report, for a target's entry.
+fn report_of(run: &crate::model::RunRecord, outcome: RunOutcome) -> SyncReport {
+    let mode = match run.mode.unwrap_or(run.requested_mode) {
+        crate::model::RunMode::Full => idsync_api::SyncMode::Full,
+        crate::model::RunMode::Delta => idsync_api::SyncMode::Delta,
+    };
+    SyncReport {
+        run: Some(run.id),
+        outcome,
+        mode,
+        message: run.message.clone(),
+        counts: run.counts,
+        pages: 0,
+        duration_ms: run
+            .finished_at
+            .and_then(|end| u64::try_from(end.duration_since(run.started_at).as_millis()).ok())
+            .unwrap_or(0),
+        accounts: 0,
+        reason: None,
+        stalled: false,
+        preview: Vec::new(),
+    }
+}
+
 /// Records a finished sync in the request's target entry.
 fn on_done(
     ctx: &Arc<Context>,
@@ -603,26 +766,26 @@ fn on_done(
             // After the starting reconcile's write (or its end, if it failed).
             let _ = gate.wait_for(|open| *open).await;
             let now = Time(Timestamp::now());
-            let written = status::update(&api, &request, |r: &mut ResyncRequest| {
+            let mut record = |r: &mut ResyncRequest| {
                 let generation = r.metadata.generation;
                 let s = r.status.get_or_insert_with(Default::default);
                 let Some(t) = s.targets.iter_mut().find(|t| t.connection == connection) else {
                     return false;
                 };
-                t.phase = target_phase(report.outcome);
-                t.mode = Some(report.mode);
-                t.counts = Some(counts_of(&report));
-                t.message = summary(&report);
-                t.run = report.run;
-                t.preview = report.preview.clone();
-                t.completion_time = Some(now.clone());
-                if t.start_time.is_none() {
-                    t.start_time = Some(now.clone());
-                }
+                record_target(t, &report, &now);
                 finish_if_done(s, generation, &now);
                 true
-            })
-            .await;
+            };
+            // Many writers of one request (every replica's targets): a
+            // result is worth more tries than one status write gets.
+            let mut written = status::update(&api, &request, &mut record).await;
+            for pause in [100, 300, 1000] {
+                if !matches!(written, Err(Error::Conflict(_))) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                written = status::update(&api, &request, &mut record).await;
+            }
             match written {
                 Ok(Some(written)) => announce_completion(&ctx, &written).await,
                 Ok(None) => {}
@@ -636,7 +799,7 @@ fn on_done(
 /// it is now; a run naming identities processes those with the mappings
 /// the profile applies; a run naming none applies the spec as it is now (a
 /// Manual profile's pending changes) to every identity.
-async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_name: &str) -> Result<(), Error> {
+async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_name: &str) -> Result<bool, Error> {
     let name = request.name_any();
     let namespace = request.namespace().unwrap_or_else(|| "default".to_string());
     let api: Api<ResyncRequest> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -675,127 +838,150 @@ async fn process_profile(ctx: &Arc<Context>, request: &ResyncRequest, profile_na
         if let Some(written) = written {
             announce_completion(ctx, &written).await;
         }
-        return Ok(());
+        return Ok(true);
     };
     let p = profile::profile_ref(&profile);
     let lock = ctx.profile_lock(&p);
     let _held = lock.lock().await;
-    let state = {
-        let p = p.clone();
-        profile::blocking(ctx, move |store| store.profile_state(&p)).await?
-    };
-    let named = !spec.identities.is_empty();
-    // Which mappings: the spec as it is (dry runs, and a request that
-    // applies pending changes), or what a Manual profile has applied.
-    // Applying is explicit (`applyPendingChanges`, an admin's action under
-    // the chart's admission policy): any other request, even one naming the
-    // profile, processes it as the profile itself would.
-    let applying = spec.apply_pending_changes && !named;
-    let applied = match profile::applied_mappings(&profile, state.applied_spec.as_deref(), state.applied_generation) {
-        Ok(applied) => applied,
-        // Previewing or applying the current spec does not need the applied
-        // one, and applying records it again: the way out of this error.
-        Err(_) if spec.dry_run || applying => None,
-        Err(error) => {
-            let written = finish(TargetPhase::Failed, error.to_string(), None).await?;
-            if let Some(written) = written {
-                announce_completion(ctx, &written).await;
-            }
-            return Ok(());
+    // One replica at a time, across replicas (shared replicas): the
+    // profile's processing Lease, for this run only.
+    let exclusive = match profile_lease::exclusive(ctx, &profile).await? {
+        profile_lease::Exclusive::Busy(holder) => {
+            tracing::debug!(profile = %p, %holder, "another replica processes the profile; waiting for it");
+            return Ok(false);
         }
+        exclusive => exclusive,
     };
-    let use_applied =
-        profile.spec.apply_policy == ApplyPolicy::Manual && applied.is_some() && !spec.dry_run && !applying;
-    // Said in the result, so a requester learns why the change did not land.
-    let left_pending = use_applied
-        && state.applied_generation != profile.metadata.generation
-        && applied.as_ref().map(process::mapping_hash) != Some(process::mapping_hash(&profile.spec));
-    let mut mappings = match (&applied, use_applied) {
-        (Some(applied), true) => applied.clone(),
-        _ => profile.spec.clone(),
-    };
-    // drift hook: drift and the safeguard follow the live spec, whatever mappings apply.
-    (mappings.drift, mappings.identity_safeguard) =
-        (profile.spec.drift.clone(), profile.spec.identity_safeguard.clone());
-    let compiled = match profile::compile(ctx, &mappings) {
-        Ok(c) => c,
-        Err(problem) => {
-            let written = finish(TargetPhase::Failed, format!("the profile's expressions: {problem}"), None).await?;
-            if let Some(written) = written {
-                announce_completion(ctx, &written).await;
+    let outcome: Result<bool, Error> = async {
+        // Processed for this request by another replica while this one
+        // waited for the Lease (the profile's owner changed): done.
+        if exclusive.is_lease() {
+            let current = api.get_status(&name).await.map_err(Error::Kube)?;
+            let done = current.status.as_ref().and_then(|s| s.profiles.iter().find(|e| e.profile == profile_name));
+            if done.is_none_or(|e| target_finished(e.phase)) {
+                return Ok(true);
             }
-            return Ok(());
         }
-    };
-    let applies = (!spec.dry_run && !use_applied).then(|| (profile.spec.clone(), profile.metadata.generation));
-    // A dry run that also synced (AccountsAndIdentities) previews the
-    // identities with the accounts its syncs would apply: each dry-run
-    // sync that would apply is laid over the store. One the safeguard held
-    // back would apply nothing, and is not.
-    let overlay: Vec<(String, crate::model::RunId)> = if spec.dry_run {
-        let status = request.status.clone().unwrap_or_default();
-        status
-            .targets
-            .iter()
-            .filter(|t| t.phase == TargetPhase::Succeeded)
-            .filter_map(|t| t.run.map(|run| (t.connection.clone(), run)))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let job = profile::Job {
-        profile: p.clone(),
-        spec: mappings,
-        compiled,
-        selection: profile::selection_for(&spec.identities),
-        trigger: Trigger::Manual,
-        request: Some(name.clone()),
-        dry_run: spec.dry_run,
-        // Applying to some identities only would leave the profile half on
-        // one generation and half on another.
-        applies: if named { None } else { applies },
-        scheduled: None,
-        overlay,
-        confirm_removals: spec.confirm_removals,
-    };
-    let result = profile::execute(ctx, &profile, job).await;
-    let phase = if result.run.outcome == RunOutcome::Failed { TargetPhase::Failed } else { TargetPhase::Succeeded };
-    let mut note = profile::run_note(&result.run);
-    if left_pending {
-        note.push_str(&format!(
-            "; processed with the applied mappings (generation {}): the pending changes apply with applyPendingChanges",
-            state.applied_generation.unwrap_or_default()
-        ));
-    }
-    events::publish_as(
-        &ctx.recorder,
-        &request.object_ref(&()),
-        phase == TargetPhase::Failed,
-        if phase == TargetPhase::Failed { events::PROCESSING_FAILED } else { events::PROCESSING_SUCCEEDED },
-        format!("{profile_name}: {note}"),
-        "Process",
-    )
-    .await;
-    if result.run.outcome == RunOutcome::Succeeded {
-        let generation = profile.metadata.generation;
         let state = {
             let p = p.clone();
             profile::blocking(ctx, move |store| store.profile_state(&p)).await?
         };
-        let stamp = Time(ctx.clock.now());
-        status::update(&profiles, profile_name, |obj: &mut IdentityProfile| {
-            let s = obj.status.get_or_insert_with(Default::default);
-            s.applied_generation = state.applied_generation;
-            profile::record_run(s, &result, generation, &stamp);
-            true
-        })
-        .await?;
+        let named = !spec.identities.is_empty();
+        // Which mappings: the spec as it is (dry runs, and a request that
+        // applies pending changes), or what a Manual profile has applied.
+        // Applying is explicit (`applyPendingChanges`, an admin's action under
+        // the chart's admission policy): any other request, even one naming the
+        // profile, processes it as the profile itself would.
+        let applying = spec.apply_pending_changes && !named;
+        let applied = match profile::applied_mappings(&profile, state.applied_spec.as_deref(), state.applied_generation) {
+            Ok(applied) => applied,
+            // Previewing or applying the current spec does not need the applied
+            // one, and applying records it again: the way out of this error.
+            Err(_) if spec.dry_run || applying => None,
+            Err(error) => {
+                let written = finish(TargetPhase::Failed, error.to_string(), None).await?;
+                if let Some(written) = written {
+                    announce_completion(ctx, &written).await;
+                }
+                return Ok(true);
+            }
+        };
+        let use_applied =
+            profile.spec.apply_policy == ApplyPolicy::Manual && applied.is_some() && !spec.dry_run && !applying;
+        // Said in the result, so a requester learns why the change did not land.
+        let left_pending = use_applied
+            && state.applied_generation != profile.metadata.generation
+            && applied.as_ref().map(process::mapping_hash) != Some(process::mapping_hash(&profile.spec));
+        let mut mappings = match (&applied, use_applied) {
+            (Some(applied), true) => applied.clone(),
+            _ => profile.spec.clone(),
+        };
+        // drift hook: drift and the safeguard follow the live spec, whatever mappings apply.
+        (mappings.drift, mappings.identity_safeguard) =
+            (profile.spec.drift.clone(), profile.spec.identity_safeguard.clone());
+        let compiled = match profile::compile(ctx, &mappings) {
+            Ok(c) => c,
+            Err(problem) => {
+                let written = finish(TargetPhase::Failed, format!("the profile's expressions: {problem}"), None).await?;
+                if let Some(written) = written {
+                    announce_completion(ctx, &written).await;
+                }
+                return Ok(true);
+            }
+        };
+        let applies = (!spec.dry_run && !use_applied).then(|| (profile.spec.clone(), profile.metadata.generation));
+        // A dry run that also synced (AccountsAndIdentities) previews the
+        // identities with the accounts its syncs would apply: each dry-run
+        // sync that would apply is laid over the store. One the safeguard held
+        // back would apply nothing, and is not.
+        let overlay: Vec<(String, crate::model::RunId)> = if spec.dry_run {
+            let status = request.status.clone().unwrap_or_default();
+            status
+                .targets
+                .iter()
+                .filter(|t| t.phase == TargetPhase::Succeeded)
+                .filter_map(|t| t.run.map(|run| (t.connection.clone(), run)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let job = profile::Job {
+            profile: p.clone(),
+            spec: mappings,
+            compiled,
+            selection: profile::selection_for(&spec.identities),
+            trigger: Trigger::Manual,
+            request: Some(name.clone()),
+            dry_run: spec.dry_run,
+            // Applying to some identities only would leave the profile half on
+            // one generation and half on another.
+            applies: if named { None } else { applies },
+            scheduled: None,
+            overlay,
+            confirm_removals: spec.confirm_removals,
+        };
+        let result = profile::execute(ctx, &profile, job, exclusive.lost()).await;
+        let phase = if result.run.outcome == RunOutcome::Failed { TargetPhase::Failed } else { TargetPhase::Succeeded };
+        let mut note = profile::run_note(&result.run);
+        if left_pending {
+            note.push_str(&format!(
+                "; processed with the applied mappings (generation {}): the pending changes apply with applyPendingChanges",
+                state.applied_generation.unwrap_or_default()
+            ));
+        }
+        events::publish_as(
+            &ctx.recorder,
+            &request.object_ref(&()),
+            phase == TargetPhase::Failed,
+            if phase == TargetPhase::Failed { events::PROCESSING_FAILED } else { events::PROCESSING_SUCCEEDED },
+            format!("{profile_name}: {note}"),
+            "Process",
+        )
+        .await;
+        if result.run.outcome == RunOutcome::Succeeded {
+            let generation = profile.metadata.generation;
+            let state = {
+                let p = p.clone();
+                profile::blocking(ctx, move |store| store.profile_state(&p)).await?
+            };
+            let stamp = Time(ctx.clock.now());
+            status::update(&profiles, profile_name, |obj: &mut IdentityProfile| {
+                let s = obj.status.get_or_insert_with(Default::default);
+                s.applied_generation = state.applied_generation;
+                profile::record_run(s, &result, generation, &stamp);
+                true
+            })
+            .await?;
+        }
+        let written = finish(phase, note, Some(result)).await?;
+        if let Some(written) = written {
+            announce_completion(ctx, &written).await;
+        }
+        Ok(true)
     }
-    let written = finish(phase, note, Some(result)).await?;
-    if let Some(written) = written {
-        announce_completion(ctx, &written).await;
-    }
-    Ok(())
+    .await;
+    exclusive.release().await;
+    outcome
 }
 
 #[cfg(test)]

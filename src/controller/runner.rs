@@ -66,6 +66,17 @@ pub struct Bookkeeping {
 /// Called with the report when a sync has ended and its status is written.
 pub type OnDone = Box<dyn FnOnce(SyncReport) -> BoxFuture<'static, ()> + Send>;
 
+/// What [`Runner::give_back_guard`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum GiveBack {
+    /// Given back (or lost already).
+    Released,
+    /// A sync runs under it here: asked again once it has finished.
+    Running,
+    /// This instance did not keep it.
+    NotKept,
+}
+
 pub enum Start {
     Started,
     /// Another sync holds the connection.
@@ -222,6 +233,46 @@ impl Runner {
         None
     }
 
+    /// Gives back the guard of `conn`, unless a sync runs under it: another
+    /// replica owns the connection now (shared replicas). A start that
+    /// raced this finds the guard lost and takes it again.
+    pub async fn give_back_guard(&self, conn: &ConnectionRef) -> GiveBack {
+        // The common case, every reconcile of a Connection another replica
+        // owns: nothing kept, and no wait behind another's acquisition.
+        if !locked(&self.guards).contains_key(conn) {
+            return GiveBack::NotKept;
+        }
+        let _one_at_a_time = self.acquiring.lock().await;
+        let kept = {
+            let mut guards = locked(&self.guards);
+            let Some(kept) = guards.get(conn) else {
+                return GiveBack::NotKept;
+            };
+            let mut shared = locked(&kept.state);
+            if shared.sync.is_some() || self.running(conn).is_some() {
+                return GiveBack::Running;
+            }
+            if shared.lost.is_none() {
+                let lease = guard::lease_name(&conn.name);
+                shared.lost = Some(GuardLost { lease, lost: LeaseLost::Released });
+            }
+            drop(shared);
+            guards.remove(conn)
+        };
+        if let Some(kept) = kept {
+            kept.stop.cancel();
+            match kept.keeper.await {
+                Ok(Some(held)) => {
+                    tracing::info!(connection = %conn, "another replica owns the connection now; giving its sync guard back");
+                    guard::release(held).await;
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "a sync guard's keeper failed; the guard lapses on its own"),
+            }
+        }
+        GiveBack::Released
+    }
+
     /// Stops keeping the guard of `conn` without giving it back: its Lease
     /// is about to be deleted with its Connection.
     pub fn forget_guard(&self, conn: &ConnectionRef) {
@@ -294,7 +345,7 @@ impl Runner {
             }
         }
         let runner = self.clone();
-        let span = tracing::info_span!("sync", connection = %conn.name, namespace = %conn.namespace, request = ?ticket.request);
+        let span = tracing::info_span!("sync", connection = %conn.name, namespace = %conn.namespace, request = ?ticket.request, holder = %ctx.config.identity);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let report = runner.execute(&ctx, &ticket, guard, holder, cancel).await;
@@ -730,9 +781,25 @@ async fn interrupt(ctx: &Arc<Context>, connection: &Connection, dead: &Holder) {
     let store = ctx.store.clone();
     let conn_for_store = conn.clone();
     let message_for_store = message.clone();
-    // Only runs left unfinished: none when the holder was idle.
+    let shared = ctx.shared();
+    let dead_holder = dead.identity.clone();
+    // Only runs left unfinished: none when the holder was idle. With
+    // shared replicas, only the dead holder's: the store is shared, and
+    // scoping by holder keeps a peer's run out of it whatever else went
+    // wrong.
     let interrupted = tokio::task::spawn_blocking(move || {
-        store.interrupt_unfinished_runs(Some(&conn_for_store), Timestamp::now(), &message_for_store)
+        if shared {
+            let finish = RunFinish {
+                outcome: RunOutcome::Interrupted,
+                mode: None,
+                counts: Default::default(),
+                message: message_for_store,
+                finished_at: Timestamp::now(),
+            };
+            finish_unfinished_runs(store.as_ref(), &conn_for_store, &dead_holder, &finish).map(drop)
+        } else {
+            store.interrupt_unfinished_runs(Some(&conn_for_store), Timestamp::now(), &message_for_store).map(drop)
+        }
     })
     .await;
     if let Ok(Err(error)) = interrupted {

@@ -123,6 +123,8 @@ pub struct Metrics {
     identities: Family<ProfileLabels, Gauge>,
     reconcile_errors: Family<ErrorLabels, Counter>,
     leader: Gauge,
+    replicas: Gauge,
+    owned_connections: Gauge,
     notifications_sent: Family<NotificationLabels, Counter>,
     notifications_failed: Family<NotificationFailureLabels, Counter>,
     outbox_depth: Gauge,
@@ -154,6 +156,8 @@ impl Metrics {
         let identities = Family::<ProfileLabels, Gauge>::default();
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let leader = Gauge::default();
+        let replicas = Gauge::default();
+        let owned_connections = Gauge::default();
         let notifications_sent = Family::<NotificationLabels, Counter>::default();
         let notifications_failed = Family::<NotificationFailureLabels, Counter>::default();
         let outbox_depth = Gauge::default();
@@ -229,6 +233,16 @@ impl Metrics {
         );
         registry.register("idsync_leader", "1 when this instance holds the leader Lease", leader.clone());
         registry.register(
+            "idsync_replicas",
+            "Live operator replicas sharing the store, as this instance sees them (0 with one active replica)",
+            replicas.clone(),
+        );
+        registry.register(
+            "idsync_owned_connections",
+            "Connections this replica owns: it runs their syncs (with one active replica: all it reconciled)",
+            owned_connections.clone(),
+        );
+        registry.register(
             "idsync_notifications_sent",
             "Notifications delivered, by provider (namespace/name)",
             notifications_sent.clone(),
@@ -260,6 +274,8 @@ impl Metrics {
             identities,
             reconcile_errors,
             leader,
+            replicas,
+            owned_connections,
             notifications_sent,
             notifications_failed,
             outbox_depth,
@@ -385,6 +401,14 @@ impl Metrics {
 
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+    }
+
+    pub fn set_replicas(&self, live: usize) {
+        self.replicas.set(i64::try_from(live).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_owned_connections(&self, owned: usize) {
+        self.owned_connections.set(i64::try_from(owned).unwrap_or(i64::MAX));
     }
 
     /// The OpenMetrics text exposition, ending with `# EOF`.

@@ -29,6 +29,7 @@ mod notifications;
 mod okta;
 mod panic_safety;
 mod rbac;
+mod replicas;
 mod run_command;
 mod runs_cli;
 mod scim_server;

@@ -46,6 +46,7 @@ pub fn test_config(identity: &str) -> Config {
         max_concurrent_syncs: 4,
         guard_duration: Duration::from_secs(3),
         max_requeue: Duration::from_millis(300),
+        replicas: Default::default(),
     }
 }
 
@@ -55,6 +56,17 @@ impl Operator {
         data_dir: &Path,
         clock: Arc<TestClock>,
         config: Config,
+    ) -> Operator {
+        Self::start_with_rules(cluster, data_dir, clock, config, super::rbac::chart_rules())
+    }
+
+    /// [`Operator::start`] with the client's permissions given.
+    pub fn start_with_rules(
+        cluster: &idsync_devcluster::DevCluster,
+        data_dir: &Path,
+        clock: Arc<TestClock>,
+        config: Config,
+        rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
     ) -> Operator {
         idsync::tls::install_crypto_provider();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -67,7 +79,7 @@ impl Operator {
             let _guard = runtime.enter();
             // With exactly the permissions the chart grants: a call it does
             // not allow fails here as it would in a cluster.
-            cluster.client_as(super::rbac::OPERATOR_USER, super::rbac::chart_rules()).expect("client")
+            cluster.client_as(super::rbac::OPERATOR_USER, rules).expect("client")
         };
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.join("idsync.db")).expect("store"));
         let identity = config.identity.clone();
