@@ -83,7 +83,7 @@ fn person(c: usize, n: usize, version: u32) -> Account {
 fn sync(store: &dyn Store, c: usize, accounts: impl Iterator<Item = Account>) {
     let run = store
         .start_run(&NewRun {
-            connection: ConnectionRef::new("default", &connection(c)),
+            connection: ConnectionRef::new("default", connection(c)),
             trigger: Trigger::Scheduled,
             request: None,
             requested_mode: RunMode::Full,
@@ -136,7 +136,7 @@ fn over_all(workers: usize, work: impl Fn(usize) + Sync) -> f64 {
 /// changed when the store can tell, else the whole snapshot; committed.
 fn process_profile(store: &dyn Store, c: usize, compiled: &CompiledProfile, selection: Selection) -> usize {
     let spec = spec(c);
-    let p = ProfileRef::new("default", &format!("people-{c:02}"));
+    let p = ProfileRef::new("default", format!("people-{c:02}"));
     let connections = process::connections_of(&spec);
     let now = Timestamp::now();
     let changes = match selection {
@@ -191,7 +191,7 @@ fn measure(label: &str, store: Arc<dyn Store>) -> Figures {
     let full_sync = over_all(SYNC_WORKERS, |c| sync(&*store, c, (0..people).map(|n| person(c, n, 1))));
     println!("{label:<10} full sync        {full_sync:>7.2} s  {:>9.0} accounts/s", accounts / full_sync);
     let unchanged = over_all(SYNC_WORKERS, |c| {
-        let index = store.account_index(&ConnectionRef::new("default", &connection(c))).expect("index");
+        let index = store.account_index(&ConnectionRef::new("default", connection(c))).expect("index");
         assert_eq!(index.len(), people);
     });
     println!(

@@ -41,6 +41,8 @@ fn main() -> ExitCode {
         }
         Command::Run {
             data_dir,
+            store,
+            lease_seconds,
             max_concurrent_syncs,
             http_addr,
             leader_namespace,
@@ -50,10 +52,23 @@ fn main() -> ExitCode {
         } => {
             let json = log_format == "json";
             let retention = operator::retention(history_runs, history_days);
-            operator::run_async(
-                json,
-                operator::run(data_dir, max_concurrent_syncs, http_addr, leader_namespace, retention),
-            )
+            match store.filter(|s| !s.is_empty()) {
+                Some(store) => operator::run_async(
+                    json,
+                    operator::run_on_postgres(
+                        store,
+                        max_concurrent_syncs,
+                        std::time::Duration::from_secs(lease_seconds),
+                        http_addr,
+                        leader_namespace,
+                        retention,
+                    ),
+                ),
+                None => operator::run_async(
+                    json,
+                    operator::run(data_dir, max_concurrent_syncs, http_addr, leader_namespace, retention),
+                ),
+            }
         }
         Command::Identities { command } => identities::run(command),
         Command::Runs { command } => runs::run(command),

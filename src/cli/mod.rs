@@ -114,9 +114,24 @@ pub enum Command {
     /// Run the operator against the cluster of the current kubeconfig (or
     /// in-cluster configuration).
     Run {
-        /// Where the store (SQLite) lives.
+        /// Where the embedded SQLite store lives (unless --store names
+        /// PostgreSQL).
         #[arg(long, env = "IDSYNC_DATA_DIR", default_value = "/var/lib/idsync", value_name = "DIR")]
         data_dir: PathBuf,
+        /// Keep the store in PostgreSQL: a postgres:// URL, its password
+        /// best in IDSYNC_STORE_PASSWORD and the server's CA in
+        /// IDSYNC_STORE_CA_FILE. Replicas sharing it run the syncs together
+        /// (docs/replicas.md). Without it, the SQLite file in --data-dir.
+        #[arg(long, env = "IDSYNC_STORE", value_name = "URL", hide_env_values = true)]
+        store: Option<String>,
+        /// With --store: how long a replica's Leases (its membership, its
+        /// connections' guards) last without renewal, which is how soon the
+        /// other replicas take over the work of one that died. Shorter
+        /// means a faster takeover and more Lease writes (each is renewed
+        /// three times per period).
+        #[arg(long, env = "IDSYNC_LEASE_SECONDS", default_value_t = 30,
+              value_parser = clap::value_parser!(u64).range(3..=3600))]
+        lease_seconds: u64,
         /// Syncs running at once, over all connections.
         #[arg(long, env = "IDSYNC_MAX_CONCURRENT_SYNCS", default_value_t = 4)]
         max_concurrent_syncs: usize,

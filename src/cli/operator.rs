@@ -135,6 +135,78 @@ pub fn shared_config(max_concurrent_syncs: usize, namespace: String) -> crate::c
     }
 }
 
+/// How long `idsync run --store postgres://…` keeps trying to reach its
+/// database at start before it gives up (and Kubernetes restarts it).
+const STORE_CONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `idsync run --store URL`: opens (and migrates) the PostgreSQL store,
+/// waiting for a database that is still starting, and runs as one of the
+/// replicas that share it.
+pub async fn run_on_postgres(
+    store: String,
+    max_concurrent_syncs: usize,
+    lease: std::time::Duration,
+    http_addr: std::net::SocketAddr,
+    namespace: String,
+    retention: crate::store::Retention,
+) -> anyhow::Result<ExitCode> {
+    let options = match crate::store::StoreLocation::parse(&store) {
+        crate::store::StoreLocation::Postgres(options) => super::output::postgres_options_from_env(options)?,
+        crate::store::StoreLocation::File(_) => {
+            anyhow::bail!("--store takes a postgres:// URL; the embedded SQLite store is kept in --data-dir")
+        }
+    };
+    let named = options.describe();
+    let started = std::time::Instant::now();
+    let store = loop {
+        let attempt = options.clone();
+        let opened = tokio::task::spawn_blocking(move || crate::store::PgStore::connect(&attempt))
+            .await
+            .context("the store task failed")?;
+        match opened {
+            Ok(store) => break store,
+            // A wrong password or URL will not fix itself; a database that
+            // is starting (refused, timed out) may.
+            Err(error @ (crate::store::StoreError::Config(_) | crate::store::StoreError::SchemaTooNew { .. })) => {
+                return Err(anyhow::Error::new(error).context(format!("cannot open the store {named}")));
+            }
+            Err(crate::store::StoreError::Postgres(error)) if refused_for_good(&error) => {
+                return Err(anyhow::anyhow!(
+                    "cannot open the store {named}: {}",
+                    crate::store::postgres::error_text(&error)
+                ));
+            }
+            Err(error) if started.elapsed() >= STORE_CONNECT_PATIENCE => {
+                return Err(anyhow::Error::new(error).context(format!("cannot open the store {named}")));
+            }
+            Err(error) => {
+                tracing::warn!(store = %named, %error, "cannot open the store yet; trying again");
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+        }
+    };
+    tracing::info!(store = %named, "store open (PostgreSQL)");
+    let store: std::sync::Arc<dyn crate::store::Store> = std::sync::Arc::new(store.with_retention(retention));
+    let mut config = shared_config(max_concurrent_syncs, namespace);
+    config.guard_duration = lease;
+    if let crate::controller::Replicas::Shared(shared) = &mut config.replicas {
+        // Half the guards': a dead member is known (and its connections
+        // have new owners) by the time its guards lapse.
+        shared.member_lease_duration = (lease / 2).max(std::time::Duration::from_secs(3));
+    }
+    run_shared(store, config, http_addr).await
+}
+
+/// The server refused the login or the database for good (a wrong password,
+/// an unknown role or database): waiting will not help.
+fn refused_for_good(error: &::postgres::Error) -> bool {
+    error.code().is_some_and(|c| {
+        let code = c.code();
+        // 28xxx: invalid authorization; 3D000: no such database.
+        code.starts_with("28") || code == "3D000"
+    })
+}
+
 /// `idsync run` with replicas that share `store` (already open: PostgreSQL)
 /// and `config` from [`shared_config`]. No leader gates the controllers:
 /// they run at once, on what this replica owns; the notification outbox

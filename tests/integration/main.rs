@@ -30,6 +30,7 @@ mod okta;
 mod panic_safety;
 mod rbac;
 mod replicas;
+mod replicas_postgres;
 mod run_command;
 mod runs_cli;
 mod scim_server;

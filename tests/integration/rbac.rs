@@ -107,10 +107,22 @@ async fn the_chart_grants_nothing_the_operator_never_uses() {
     let client = h.cluster.client_as(OPERATOR_USER, chart_rules()).expect("client");
     let config = LeaderConfig::new("default", "rbac-test");
     let lead = |_token: CancellationToken| async { tokio::time::sleep(Duration::from_millis(200)).await };
-    tokio::time::timeout(Duration::from_secs(20), leader::run(client, config, lead, std::future::pending()))
+    tokio::time::timeout(Duration::from_secs(20), leader::run(client.clone(), config, lead, std::future::pending()))
         .await
         .expect("leading ends")
         .expect("leading works");
+    // A replica sharing a PostgreSQL store: its member Lease is taken and
+    // the members listed.
+    let (members, mut seen) = tokio::sync::watch::channel(idsync::membership::Members::new([], None));
+    let membership = idsync::membership::MembershipConfig::new("default", "rbac-replica", Duration::from_secs(5));
+    let (leave, left) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(idsync::membership::run(client, membership, members, async {
+        let _ = left.await;
+    }));
+    let joined = tokio::time::timeout(Duration::from_secs(20), seen.wait_for(|m| m.joined())).await;
+    assert!(joined.is_ok_and(|j| j.is_ok()), "the replica joined with the chart's rights");
+    let _ = leave.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), running).await;
     operator.stop().await;
 
     let used: BTreeSet<Access> = h.cluster.accesses(OPERATOR_USER).into_iter().collect();

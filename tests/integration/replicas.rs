@@ -56,17 +56,9 @@ fn csv(people: &BTreeMap<String, String>) -> String {
     lines.join("\n") + "\n"
 }
 
-/// The chart's rules, and listing Leases: how a replica finds the others'
-/// member Leases.
+/// The chart's rules: a replica lists the member Leases with them.
 fn replica_rules() -> Vec<PolicyRule> {
-    let mut rules = common::rbac::chart_rules();
-    rules.push(PolicyRule {
-        api_groups: Some(vec!["coordination.k8s.io".into()]),
-        resources: Some(vec!["leases".into()]),
-        verbs: vec!["list".into()],
-        ..Default::default()
-    });
-    rules
+    common::rbac::chart_rules()
 }
 
 fn replica_config(identity: &str) -> Config {
