@@ -329,3 +329,34 @@ fn a_commit_whose_connection_is_killed_changes_nothing() {
     store.commit_run(run, set_cursor("c2"), &finish(RunOutcome::Succeeded, time(3, 0))).unwrap();
     assert_eq!(all(&store, &c), vec![account("E1", 2), account("E2", 1)]);
 }
+
+#[test]
+fn a_commit_of_many_accounts_updates_the_planners_statistics() {
+    let (store, options) = store();
+    let mut admin = admin(&options);
+    let analyzed = |admin: &mut Client| -> bool {
+        // Manual ANALYZE only (autovacuum's is `last_autoanalyze`).
+        admin
+            .query_one("SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'accounts'", &[])
+            .unwrap()
+            .get(0)
+    };
+    let write = |name: &str, n: usize| {
+        let c = conn(name);
+        let accounts: Vec<EncodedAccount> = (0..n)
+            .map(|i| {
+                let mut a = Account::new(format!("E{i:06}"));
+                a.normalize();
+                EncodedAccount::new(&a, a.content_hash())
+            })
+            .collect();
+        let run = store.start_run(&new_run(&c, time(0, 0))).unwrap();
+        store
+            .commit_run_writing(run, &accounts, CursorUpdate::Keep, &finish(RunOutcome::Succeeded, time(1, 0)), &[])
+            .unwrap();
+    };
+    write("small", 100);
+    assert!(!analyzed(&mut admin), "a small commit leaves it to autovacuum");
+    write("large", ANALYZE_AFTER as usize);
+    assert!(analyzed(&mut admin));
+}
