@@ -102,7 +102,6 @@ pub(super) fn prune(
 
 /// Removes the profile's processing runs beyond `retention` at `now` (for
 /// the identity side of the store, which records processing runs).
-#[allow(dead_code)] // Called by the identity store, once it is in.
 pub(super) fn prune_processing(
     tx: &mut Transaction<'_>,
     profile: i64,
