@@ -245,7 +245,8 @@ fn main() {
 
     let accounts = (CONNECTIONS * people) as f64;
     println!();
-    println!("| {:<34} | {:>14} | {:>14} |", "1,000,000 at 20 connections", "SQLite", "PostgreSQL");
+    let title = format!("{} over {CONNECTIONS} connections", CONNECTIONS * people);
+    println!("| {title:<34} | {:>14} | {:>14} |", "SQLite", "PostgreSQL");
     println!("|{:-<36}|{:->16}|{:->16}|", "", "", "");
     let row = |what: &str, a: String, b: String| println!("| {what:<34} | {a:>14} | {b:>14} |");
     row(
