@@ -18,8 +18,7 @@ use idsync::identity::expr::CompiledProfile;
 use idsync::identity::process::{self, Selection};
 use idsync::identity::{delta, memory};
 use idsync::model::Account;
-use idsync::model::Trigger;
-use idsync::model::{ProcessingRunRecord, ProfileRef, RunOutcome};
+use idsync::model::ProfileRef;
 use idsync::store::{AccountStore, IdentityStore, PgStore, SqliteStore};
 use idsync_api::{IdentityProfile, IdentityProfileSpec};
 use jiff::Timestamp;
@@ -125,20 +124,9 @@ fn process_as(
         }
     };
     let computed = started.elapsed() - read;
+    let run = common::succeeded_run(&outcome, now);
     let mut commit = outcome.commit;
     commit.state.seen_versions = versions;
-    let run = ProcessingRunRecord {
-        id: 0,
-        trigger: Trigger::Scheduled,
-        request: None,
-        started_at: now,
-        finished_at: now,
-        outcome: RunOutcome::Succeeded,
-        processed: outcome.processed,
-        changed: outcome.changed,
-        errors: outcome.errors,
-        message: String::new(),
-    };
     store.commit_processing(&p, &commit, &run).expect("commit");
     drop(commit);
     let total = started.elapsed();

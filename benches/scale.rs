@@ -29,9 +29,7 @@ use std::time::Instant;
 use idsync::identity::expr::CompiledProfile;
 use idsync::identity::process::{self, Selection};
 use idsync::identity::{delta, memory};
-use idsync::model::{
-    Account, ConnectionRef, Counts, NewRun, ProcessingRunRecord, ProfileRef, RunFinish, RunMode, RunOutcome, Trigger,
-};
+use idsync::model::{Account, ConnectionRef, Counts, NewRun, ProfileRef, RunFinish, RunMode, RunOutcome, Trigger};
 use idsync::store::{CursorUpdate, StagedChange, Store};
 use idsync_api::{IdentityProfile, IdentityProfileSpec};
 use jiff::Timestamp;
@@ -155,20 +153,9 @@ fn process_profile(store: &dyn Store, c: usize, compiled: &CompiledProfile, sele
             (outcome, snapshot.versions)
         }
     };
+    let run = common::succeeded_run(&outcome, now);
     let mut commit = outcome.commit;
     commit.state.seen_versions = versions;
-    let run = ProcessingRunRecord {
-        id: 0,
-        trigger: Trigger::Scheduled,
-        request: None,
-        started_at: now,
-        finished_at: now,
-        outcome: RunOutcome::Succeeded,
-        processed: outcome.processed,
-        changed: outcome.changed,
-        errors: outcome.errors,
-        message: String::new(),
-    };
     store.commit_processing(&p, &commit, &run).expect("commit");
     outcome.summary.identities as usize
 }

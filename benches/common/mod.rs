@@ -94,3 +94,23 @@ pub fn job_for(
         max_duration: Duration::from_secs(3600),
     }
 }
+
+/// The record of a scheduled processing run that succeeded with `outcome`.
+#[allow(dead_code)]
+pub fn succeeded_run(
+    outcome: &idsync::identity::process::Outcome,
+    now: jiff::Timestamp,
+) -> idsync::model::ProcessingRunRecord {
+    idsync::model::ProcessingRunRecord {
+        id: 0,
+        trigger: idsync::model::Trigger::Scheduled,
+        request: None,
+        started_at: now,
+        finished_at: now,
+        outcome: idsync::model::RunOutcome::Succeeded,
+        processed: outcome.processed,
+        changed: outcome.changed,
+        errors: outcome.errors,
+        message: String::new(),
+    }
+}

@@ -71,22 +71,12 @@ pub async fn run(
     }
     let metrics = Arc::new(crate::metrics::Metrics::new());
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
     // Ready only while leading, once the store is open and the first lists
     // went through (controller::run sets it): a standby, or an instance
     // whose store will not open, is alive (/healthz) but not ready.
     let ready = Arc::new(AtomicBool::new(false));
-    crate::health::serve(http_addr, metrics.clone(), ready.clone(), stopped()).await?;
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
+    let stop = serve_until_signal(http_addr, metrics.clone(), ready.clone()).await?;
+    let stopped = move || signalled(stop.clone());
 
     let election = crate::leader::LeaderConfig::new(leader_namespace, config.identity.clone());
     tracing::info!(identity = %config.identity, store = %path.display(), "waiting for leadership");
@@ -228,19 +218,9 @@ pub async fn run_shared(
     crate::tls::install_crypto_provider();
     let client = kube::Client::try_default().await.context("cannot reach the Kubernetes API")?;
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
     let ready = Arc::new(AtomicBool::new(false));
-    crate::health::serve(http_addr, metrics.clone(), ready.clone(), stopped()).await?;
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
+    let stop = serve_until_signal(http_addr, metrics.clone(), ready.clone()).await?;
+    let stopped = move || signalled(stop.clone());
     let clock = Arc::new(crate::controller::SystemClock);
     let ctx = crate::controller::Context::with_metrics(client, store, clock, config, metrics, ready.clone());
     tracing::info!(identity = %ctx.config.identity, "controllers running on a shared store");
@@ -248,6 +228,27 @@ pub async fn run_shared(
     ready.store(false, Ordering::SeqCst);
     tracing::info!("controllers stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Serves /metrics, /healthz and /readyz on `http_addr` until SIGTERM or
+/// Ctrl-C; the receiver turns true when the signal has come.
+async fn serve_until_signal(
+    http_addr: std::net::SocketAddr,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    crate::health::serve(http_addr, metrics, ready, signalled(stop_rx.clone())).await?;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    Ok(stop_rx)
+}
+
+/// Ends when the stop signal has come (see [`serve_until_signal`]).
+async fn signalled(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Ctrl-C or SIGTERM (what Kubernetes sends a terminating Pod).

@@ -131,6 +131,17 @@ pub struct ProcessingSnapshot {
 }
 
 impl ProcessingSnapshot {
+    /// Logs (debug) what a store read for this snapshot since `started`.
+    pub fn trace_read(&self, p: &ProfileRef, started: std::time::Instant) {
+        tracing::debug!(
+            profile = %p,
+            accounts = self.accounts.values().map(Vec::len).sum::<usize>(),
+            identities = self.identities.len(),
+            elapsed_ms = started.elapsed().as_millis(),
+            "read a processing snapshot"
+        );
+    }
+
     /// Lays `changes` to `connection`'s accounts over the snapshot, as if
     /// they had been synced: how a dry run of scope AccountsAndIdentities
     /// previews the identities with the accounts it would change. Versions
@@ -177,6 +188,20 @@ pub struct ProcessingDelta {
     /// expressions compute from `now` may have. Ordered.
     pub time_due: Vec<String>,
     pub state: ProfileState,
+}
+
+impl ProcessingDelta {
+    /// Logs (debug) what a store read for this delta since `started`.
+    pub fn trace_read(&self, p: &ProfileRef, started: std::time::Instant) {
+        tracing::debug!(
+            profile = %p,
+            changed = self.changed.values().map(Vec::len).sum::<usize>(),
+            identities = self.identities.len(),
+            time_due = self.time_due.len(),
+            elapsed_ms = started.elapsed().as_millis(),
+            "read what changed since the last processing"
+        );
+    }
 }
 
 /// Every change a run recorded, in order (read in pages).

@@ -102,6 +102,8 @@ fn the_chart_runs_replicas_on_postgres_with_a_budget_and_spread() {
         serde_json::json!({"name": "ids-app", "key": "password"})
     );
     assert_eq!(var("IDSYNC_STORE_CA_FILE")["value"], "/etc/idsync/store-ca/ca.crt");
+    // The member Lease is owned by the Pod: garbage-collected with it.
+    assert_eq!(var("POD_UID")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.uid");
     assert_eq!(pod["volumes"][0]["secret"]["secretName"], "ids-ca");
     assert_eq!(container["volumeMounts"][0]["mountPath"], "/etc/idsync/store-ca");
     let spread = &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];

@@ -597,13 +597,7 @@ impl IdentityStore for SqliteStore {
     fn processing_snapshot(&self, p: &ProfileRef, connections: &[String]) -> Result<ProcessingSnapshot, StoreError> {
         let started = Instant::now();
         let snapshot = self.read(|tx| snapshot(tx, p, connections))?;
-        tracing::debug!(
-            profile = %p,
-            accounts = snapshot.accounts.values().map(Vec::len).sum::<usize>(),
-            identities = snapshot.identities.len(),
-            elapsed_ms = started.elapsed().as_millis(),
-            "read a processing snapshot"
-        );
+        snapshot.trace_read(p, started);
         Ok(snapshot)
     }
 
@@ -616,14 +610,7 @@ impl IdentityStore for SqliteStore {
         let started = Instant::now();
         let delta = self.read(|tx| delta(tx, p, connections, now))?;
         if let Some(delta) = &delta {
-            tracing::debug!(
-                profile = %p,
-                changed = delta.changed.values().map(Vec::len).sum::<usize>(),
-                identities = delta.identities.len(),
-                time_due = delta.time_due.len(),
-                elapsed_ms = started.elapsed().as_millis(),
-                "read what changed since the last processing"
-            );
+            delta.trace_read(p, started);
         }
         Ok(delta)
     }
