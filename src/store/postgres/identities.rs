@@ -25,7 +25,7 @@ use super::profiles::{
     profile_state, profiles, state_of, write_state,
 };
 use crate::model::{Account, ContentHash, Identity, LinkRecord, LinkState, ProcessingRunRecord, ProfileRef, RunId};
-use crate::store::codec::{corrupt, decode_account, to_i64};
+use crate::store::codec::{corrupt, decode_account, encode_candidates, to_i64};
 use crate::store::{
     IdentityStore, ProcessingCommit, ProcessingDelta, ProcessingSnapshot, ProfileState, Retention, StoreError,
 };
@@ -365,10 +365,7 @@ fn encode_commit(commit: &ProcessingCommit) -> Result<EncodedCommit, StoreError>
         encoded.link_ids.push(link.account_id.clone());
         encoded.link_states.push(link.state.as_str());
         encoded.link_identities.push(link.identity.clone());
-        // A list of strings always serializes.
-        encoded
-            .link_candidates
-            .push((!link.candidates.is_empty()).then(|| serde_json::to_string(&link.candidates).unwrap_or_default()));
+        encoded.link_candidates.push(encode_candidates(&link.candidates));
     }
     Ok(encoded)
 }

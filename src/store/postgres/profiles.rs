@@ -7,13 +7,11 @@ use std::collections::{BTreeMap, HashMap};
 use ::postgres::Transaction;
 
 use crate::model::ProfileRef;
-use crate::store::codec::{corrupt, from_i64, parse_time};
+pub(super) use crate::store::codec::{NO_VERSIONS, encode_versions};
+use crate::store::codec::{StateColumns, decode_state, encode_summary, from_i64};
 use crate::store::postgres::lock;
 use crate::store::postgres::schema::lock_kind;
 use crate::store::{ProfileState, StoreError};
-
-/// The JSON of an empty `seen_versions`, the column's default.
-pub(super) const NO_VERSIONS: &str = "{}";
 
 /// The profile's key, if the store has ever recorded anything for it.
 pub(super) fn profile_key(tx: &mut Transaction<'_>, p: &ProfileRef) -> Result<Option<i64>, StoreError> {
@@ -61,24 +59,15 @@ pub(super) fn state_of(tx: &mut Transaction<'_>, key: i64) -> Result<ProfileStat
     else {
         return Ok(ProfileState::default());
     };
-    let seen_versions: &str = row.try_get(2)?;
-    let last_scheduled: Option<&str> = row.try_get(3)?;
-    let next_time_based: Option<&str> = row.try_get(4)?;
-    let summary: Option<&str> = row.try_get(6)?;
-    Ok(ProfileState {
+    decode_state(StateColumns {
         applied_spec: row.try_get(0)?,
         applied_generation: row.try_get(1)?,
-        seen_versions: serde_json::from_str(seen_versions).map_err(|e| corrupt("profile seen_versions", e))?,
-        last_scheduled: last_scheduled.map(parse_time).transpose()?,
-        next_time_based: next_time_based.map(parse_time).transpose()?,
+        seen_versions: row.try_get(2)?,
+        last_scheduled: row.try_get(3)?,
+        next_time_based: row.try_get(4)?,
         mapping_hash: row.try_get(5)?,
-        summary: summary.map(serde_json::from_str).transpose().map_err(|e| corrupt("profile summary", e))?,
+        summary: row.try_get(6)?,
     })
-}
-
-pub(super) fn encode_versions(versions: &BTreeMap<String, u64>) -> String {
-    // A map of strings to integers always serializes.
-    serde_json::to_string(versions).unwrap_or_else(|_| NO_VERSIONS.to_owned())
 }
 
 /// Replaces the profile's state; `seen_versions` is its versions' JSON.
@@ -88,12 +77,7 @@ pub(super) fn write_state(
     state: &ProfileState,
     seen_versions: &str,
 ) -> Result<(), StoreError> {
-    let summary = state
-        .summary
-        .as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|e| StoreError::Internal(format!("cannot encode a profile summary: {e}")))?;
+    let summary = encode_summary(state)?;
     tx.execute(
         "UPDATE profiles SET applied_spec = $2, applied_generation = $3, seen_versions = $4, last_scheduled = $5, \
          next_time_based = $6, mapping_hash = $7, summary = $8 WHERE prof = $1",

@@ -20,7 +20,10 @@ use super::{SqliteStore, changes};
 use crate::model::{
     Account, ContentHash, Identity, LinkRecord, LinkState, ProcessingRunRecord, ProfileRef, RunId, RunOutcome,
 };
-use crate::store::codec::{corrupt, decode_account, from_i64, parse_time, parse_trigger, to_i64};
+use crate::store::codec::{
+    NO_VERSIONS, StateColumns, corrupt, decode_account, decode_state, encode_candidates, encode_summary,
+    encode_versions, from_i64, parse_time, parse_trigger, to_i64,
+};
 use crate::store::{
     IdentityStore, ProcessingCommit, ProcessingDelta, ProcessingHistory, ProcessingSnapshot, ProfileState, Retention,
     StoreError,
@@ -39,9 +42,6 @@ const LIST_IN_STATE_AFTER: &str =
 
 /// The columns [`link_from_row`] reads, in its order.
 const LINK_SELECT: &str = "SELECT connection, account_id, state, identity, candidates FROM identity_links";
-
-/// The JSON of an empty `seen_versions`, the column's default.
-const NO_VERSIONS: &str = "{}";
 
 /// The profile's key, if the store has ever recorded anything for it.
 pub(super) fn profile_key(db: &Connection, p: &ProfileRef) -> Result<Option<i64>, StoreError> {
@@ -103,14 +103,14 @@ fn state_of(db: &Connection, key: i64) -> Result<ProfileState, StoreError> {
     else {
         return Ok(ProfileState::default());
     };
-    Ok(ProfileState {
+    decode_state(StateColumns {
         applied_spec,
         applied_generation,
-        seen_versions: serde_json::from_str(&seen_versions).map_err(|e| corrupt("profile seen_versions", e))?,
-        last_scheduled: last_scheduled.as_deref().map(parse_time).transpose()?,
-        next_time_based: next_time_based.as_deref().map(parse_time).transpose()?,
+        seen_versions: &seen_versions,
+        last_scheduled: last_scheduled.as_deref(),
+        next_time_based: next_time_based.as_deref(),
         mapping_hash,
-        summary: summary.as_deref().map(serde_json::from_str).transpose().map_err(|e| corrupt("profile summary", e))?,
+        summary: summary.as_deref(),
     })
 }
 
@@ -301,16 +301,6 @@ pub(super) fn encode_commit(commit: &ProcessingCommit) -> Result<EncodedCommit<'
     Ok(EncodedCommit { commit, identities, candidates, seen_versions: encode_versions(&commit.state.seen_versions) })
 }
 
-fn encode_candidates(candidates: &[String]) -> Option<String> {
-    // A list of strings always serializes.
-    (!candidates.is_empty()).then(|| serde_json::to_string(candidates).unwrap_or_default())
-}
-
-fn encode_versions(versions: &BTreeMap<String, u64>) -> String {
-    // A map of strings to integers always serializes.
-    serde_json::to_string(versions).unwrap_or_else(|_| NO_VERSIONS.to_owned())
-}
-
 /// Applies `encoded` and records `run`; `tx` is the commit's one transaction.
 pub(super) fn write_commit(
     tx: &Transaction<'_>,
@@ -367,12 +357,7 @@ pub(super) fn write_commit(
 }
 
 fn write_state(tx: &Transaction<'_>, key: i64, state: &ProfileState, seen_versions: &str) -> Result<(), StoreError> {
-    let summary = state
-        .summary
-        .as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|e| StoreError::Internal(format!("cannot encode a profile summary: {e}")))?;
+    let summary = encode_summary(state)?;
     tx.prepare_cached(
         "UPDATE profiles SET applied_spec = ?2, applied_generation = ?3, seen_versions = ?4, last_scheduled = ?5, \
          next_time_based = ?6, mapping_hash = ?7, summary = ?8 WHERE prof = ?1",
