@@ -48,15 +48,7 @@ URLS="ldap://127.0.0.1:$PORT/"
 TLSCONF=""
 if [ -n "${SLAPD_LDAPS_PORT:-}" ]; then
   T="$DIR/tls"
-  mkdir -p "$T"
-  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=idsync test CA" \
-    -keyout "$T/ca.key" -out "$T/ca.crt" -addext "basicConstraints=critical,CA:TRUE" \
-    -addext "keyUsage=critical,keyCertSign,cRLSign" >"$T/openssl.log" 2>&1
-  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$T/server.key" -out "$T/server.csr" \
-    >>"$T/openssl.log" 2>&1
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' >"$T/ext"
-  openssl x509 -req -in "$T/server.csr" -CA "$T/ca.crt" -CAkey "$T/ca.key" -CAcreateserial -days 2 \
-    -extfile "$T/ext" -out "$T/server.crt" >>"$T/openssl.log" 2>&1
+  "$(dirname "$0")/test-ca.sh" "$T"
   TLSCONF="TLSCACertificateFile $T/ca.crt
 TLSCertificateFile $T/server.crt
 TLSCertificateKeyFile $T/server.key"
