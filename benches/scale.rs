@@ -29,8 +29,8 @@ use std::time::Instant;
 use idsync::identity::expr::CompiledProfile;
 use idsync::identity::process::{self, Selection};
 use idsync::identity::{delta, memory};
-use idsync::model::{Account, ConnectionRef, Counts, NewRun, ProfileRef, RunFinish, RunMode, RunOutcome, Trigger};
-use idsync::store::{CursorUpdate, StagedChange, Store};
+use idsync::model::{Account, ConnectionRef, ProfileRef};
+use idsync::store::Store;
 use idsync_api::{IdentityProfile, IdentityProfileSpec};
 use jiff::Timestamp;
 use serde_json::json;
@@ -79,35 +79,7 @@ fn person(c: usize, n: usize, version: u32) -> Account {
 
 /// One sync of `c` staging `accounts` in pages of 1,000, committed.
 fn sync(store: &dyn Store, c: usize, accounts: impl Iterator<Item = Account>) {
-    let run = store
-        .start_run(&NewRun {
-            connection: ConnectionRef::new("default", connection(c)),
-            trigger: Trigger::Scheduled,
-            request: None,
-            requested_mode: RunMode::Full,
-            holder: "bench".into(),
-            started_at: Timestamp::now(),
-        })
-        .expect("start");
-    let mut page = Vec::with_capacity(1000);
-    for account in accounts {
-        page.push(StagedChange::Upsert(account));
-        if page.len() == 1000 {
-            store.stage(run, &page).expect("stage");
-            page.clear();
-        }
-    }
-    if !page.is_empty() {
-        store.stage(run, &page).expect("stage");
-    }
-    let finish = RunFinish {
-        outcome: RunOutcome::Succeeded,
-        mode: Some(RunMode::Full),
-        counts: Counts::default(),
-        message: String::new(),
-        finished_at: Timestamp::now(),
-    };
-    store.commit_run(run, CursorUpdate::Keep, &finish).expect("commit");
+    common::sync(store, &connection(c), accounts);
 }
 
 /// Runs `work(c)` for every connection, `workers` at a time; returns seconds.

@@ -39,8 +39,8 @@ pub fn reset_peak_rss() {
 /// Commits `accounts` to connection `name` (namespace `default`) as one
 /// succeeded full sync, staged in pages of 1000, in either store.
 #[allow(dead_code)]
-pub fn sync(
-    store: &impl idsync::store::AccountStore,
+pub fn sync<S: idsync::store::AccountStore + ?Sized>(
+    store: &S,
     name: &str,
     accounts: impl Iterator<Item = idsync::model::Account>,
 ) {
@@ -57,9 +57,17 @@ pub fn sync(
             started_at: Timestamp::now(),
         })
         .expect("start");
-    let changes: Vec<StagedChange> = accounts.map(StagedChange::Upsert).collect();
-    for page in changes.chunks(1000) {
-        store.stage(run, page).expect("stage");
+    // A page at a time, as a sync reads: never every account at once.
+    let mut page = Vec::with_capacity(1000);
+    for account in accounts {
+        page.push(StagedChange::Upsert(account));
+        if page.len() == 1000 {
+            store.stage(run, &page).expect("stage");
+            page.clear();
+        }
+    }
+    if !page.is_empty() {
+        store.stage(run, &page).expect("stage");
     }
     let finish = RunFinish {
         outcome: RunOutcome::Succeeded,
