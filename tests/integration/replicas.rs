@@ -94,7 +94,34 @@ fn stored(store: &SqliteStore, i: usize) -> BTreeMap<String, String> {
         .collect()
 }
 
-async fn live_members(h: &Harness) -> BTreeSet<String> {
+/// Applies a Connection per `(name, export)`, each reading its export from
+/// a local CSV server of its own (`employee_id`, `name`, `work_email`), and
+/// returns the servers, in order, to change what they serve.
+pub(crate) async fn apply_csv_connections(
+    h: &Harness,
+    exports: impl Iterator<Item = (String, String)>,
+) -> Vec<CsvServer> {
+    let connections: Api<Connection> = Api::namespaced(h.client.clone(), "default");
+    let mut servers = Vec::new();
+    for (name, export) in exports {
+        let server = CsvServer::start(&export).await;
+        let connection = Connection::test(&name)
+            .csv_url(&server.url)
+            .id_column("employee_id")
+            .column("email", "work_email")
+            .column("displayName", "name")
+            .build();
+        connections
+            .patch(&name, &PatchParams::apply("test").force(), &Patch::Apply(&connection))
+            .await
+            .expect("connection");
+        servers.push(server);
+    }
+    servers
+}
+
+/// The holder identities of the live member Leases.
+pub(crate) async fn live_members(h: &Harness) -> BTreeSet<String> {
     let api: Api<Lease> = Api::namespaced(h.client.clone(), "default");
     let leases = api.list(&ListParams::default().labels("idsync.dev/role=member")).await.expect("leases");
     idsync::membership::live_members(&leases.items, jiff::Timestamp::now())
@@ -106,10 +133,12 @@ async fn request_all(h: &Harness, request: &str) -> ResyncRequest {
     h.finished_request(request, Duration::from_secs(60)).await
 }
 
-fn assert_every_target_succeeded(request: &ResyncRequest) {
+/// The request over `connections` Connections and one profile succeeded,
+/// every target and the profile.
+pub(crate) fn assert_every_target_succeeded(request: &ResyncRequest, connections: usize) {
     let status = request.status.as_ref().expect("status");
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:#?}");
-    assert_eq!(status.targets.len(), CONNECTIONS);
+    assert_eq!(status.targets.len(), connections);
     assert!(status.targets.iter().all(|t| t.phase == TargetPhase::Succeeded), "{status:#?}");
     assert_eq!(status.profiles.len(), 1);
     assert_eq!(status.profiles[0].phase, TargetPhase::Succeeded, "{status:#?}");
@@ -124,22 +153,8 @@ async fn three_replicas_share_the_syncs_and_take_over_a_killed_ones_exactly_once
     // Created and migrated once, before three instances open it.
     let store = SqliteStore::open(&db).expect("store");
 
-    let mut servers = Vec::new();
+    let servers = apply_csv_connections(&h, (0..CONNECTIONS).map(|i| (name(i), csv(&export(i, 1))))).await;
     let connections: Api<Connection> = Api::namespaced(h.client.clone(), "default");
-    for i in 0..CONNECTIONS {
-        let server = CsvServer::start(&csv(&export(i, 1))).await;
-        let connection = Connection::test(&name(i))
-            .csv_url(&server.url)
-            .id_column("employee_id")
-            .column("email", "work_email")
-            .column("displayName", "name")
-            .build();
-        connections
-            .patch(&name(i), &PatchParams::apply("test").force(), &Patch::Apply(&connection))
-            .await
-            .expect("connection");
-        servers.push(server);
-    }
     let profile = IdentityProfile::test("people")
         .authoritative("c00")
         .correlate("c01", "email", "email")
@@ -164,7 +179,7 @@ async fn three_replicas_share_the_syncs_and_take_over_a_killed_ones_exactly_once
 
     // One request over all 20: each connection synced once, by one replica.
     let first = request_all(&h, "first").await;
-    assert_every_target_succeeded(&first);
+    assert_every_target_succeeded(&first, CONNECTIONS);
     let mut by_replica: BTreeMap<String, usize> = BTreeMap::new();
     for i in 0..CONNECTIONS {
         let runs = runs_for(&store, i, "first");
@@ -212,7 +227,7 @@ async fn three_replicas_share_the_syncs_and_take_over_a_killed_ones_exactly_once
     );
 
     let second = h.finished_request("second", Duration::from_secs(60)).await;
-    assert_every_target_succeeded(&second);
+    assert_every_target_succeeded(&second, CONNECTIONS);
     let mut interrupted = 0;
     for i in 0..CONNECTIONS {
         let runs = runs_for(store, i, "second");
@@ -311,21 +326,7 @@ async fn a_joining_replica_gets_its_share_and_a_leaving_one_hands_it_back() {
     idsync::dev::install_crds(&h.client).await.expect("CRDs");
     let data = tempfile::tempdir().expect("data dir");
     let store = SqliteStore::open(&data.path().join("idsync.db")).expect("store");
-    let connections: Api<Connection> = Api::namespaced(h.client.clone(), "default");
-    let mut servers = Vec::new();
-    for i in 0..COUNT {
-        let server = CsvServer::start(&csv(&export(i, 1))).await;
-        let connection = Connection::test(&name(i))
-            .csv_url(&server.url)
-            .id_column("employee_id")
-            .column("email", "work_email")
-            .build();
-        connections
-            .patch(&name(i), &PatchParams::apply("test").force(), &Patch::Apply(&connection))
-            .await
-            .expect("connection");
-        servers.push(server);
-    }
+    let _servers = apply_csv_connections(&h, (0..COUNT).map(|i| (name(i), csv(&export(i, 1))))).await;
     let clock = Arc::new(TestClock::default());
     let start = |id: &str| {
         Operator::start_with_rules(&h.cluster, data.path(), clock.clone(), replica_config(id), replica_rules())

@@ -13,15 +13,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::csv_server::CsvServer;
+use crate::replicas::{apply_csv_connections, assert_every_target_succeeded, live_members};
 use common::{Harness, eventually};
 use idsync::model::{ConnectionRef, ProfileRef, RunOutcome, RunRecord};
 use idsync::store::postgres::testing;
 use idsync::store::{AccountStore, IdentityStore, PgStore};
-use idsync_api::resync_request::{Phase, Scope, TargetPhase};
-use idsync_api::{Connection, IdentityProfile, ResyncRequest};
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use idsync_api::resync_request::Scope;
+use idsync_api::{IdentityProfile, ResyncRequest};
 
 const CONNECTIONS: usize = 20;
 const REPLICAS: [&str; 3] = ["pg-replica-a", "pg-replica-b", "pg-replica-c"];
@@ -120,20 +118,7 @@ async fn stored(store: &Arc<PgStore>) -> Vec<BTreeMap<String, String>> {
 }
 
 async fn live_pods(h: &Harness) -> BTreeSet<String> {
-    let api: Api<Lease> = Api::namespaced(h.client.clone(), "default");
-    let leases = api.list(&ListParams::default().labels("idsync.dev/role=member")).await.expect("leases");
-    idsync::membership::live_members(&leases.items, jiff::Timestamp::now())
-        .iter()
-        .map(|holder| pod_of(holder).to_string())
-        .collect()
-}
-
-fn assert_every_target_succeeded(request: &ResyncRequest) {
-    let status = request.status.as_ref().expect("status");
-    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:#?}");
-    assert_eq!(status.targets.len(), CONNECTIONS);
-    assert!(status.targets.iter().all(|t| t.phase == TargetPhase::Succeeded), "{status:#?}");
-    assert!(status.profiles.iter().all(|p| p.phase == TargetPhase::Succeeded), "{status:#?}");
+    live_members(h).await.iter().map(|holder| pod_of(holder).to_string()).collect()
 }
 
 struct Replicas(BTreeMap<&'static str, Child>);
@@ -161,22 +146,7 @@ async fn three_idsync_processes_on_postgres_share_the_syncs_and_survive_a_kill_9
     .await
     .expect("task");
 
-    let mut servers = Vec::new();
-    let connections: Api<Connection> = Api::namespaced(h.client.clone(), "default");
-    for i in 0..CONNECTIONS {
-        let server = CsvServer::start(&csv(&export(i, 1))).await;
-        let connection = Connection::test(&name(i))
-            .csv_url(&server.url)
-            .id_column("employee_id")
-            .column("email", "work_email")
-            .column("displayName", "name")
-            .build();
-        connections
-            .patch(&name(i), &PatchParams::apply("test").force(), &Patch::Apply(&connection))
-            .await
-            .expect("connection");
-        servers.push(server);
-    }
+    let servers = apply_csv_connections(&h, (0..CONNECTIONS).map(|i| (name(i), csv(&export(i, 1))))).await;
     let profile = IdentityProfile::test("people")
         .authoritative("p00")
         .correlate("p01", "email", "email")
@@ -194,7 +164,7 @@ async fn three_idsync_processes_on_postgres_share_the_syncs_and_survive_a_kill_9
     // One request over the 20: each synced once, by one of the three.
     h.create_request(ResyncRequest::test("first").all().full().scope(Scope::AccountsAndIdentities)).await;
     let first = h.finished_request("first", Duration::from_secs(90)).await;
-    assert_every_target_succeeded(&first);
+    assert_every_target_succeeded(&first, CONNECTIONS);
     let mut by_pod: BTreeMap<String, usize> = BTreeMap::new();
     for (i, runs) in runs_for(&store, "first").await.into_iter().enumerate() {
         assert_eq!(runs.len(), 1, "{}: {runs:#?}", name(i));
@@ -239,7 +209,7 @@ async fn three_idsync_processes_on_postgres_share_the_syncs_and_survive_a_kill_9
     let _ = victim.wait();
 
     let second = h.finished_request("second", Duration::from_secs(120)).await;
-    assert_every_target_succeeded(&second);
+    assert_every_target_succeeded(&second, CONNECTIONS);
     let mut interrupted = 0;
     let mut taken_over = 0;
     let mut last_takeover = jiff::Timestamp::UNIX_EPOCH;
