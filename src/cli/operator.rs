@@ -114,17 +114,6 @@ pub async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The settings of replicas that share one store: every replica runs the
-/// controllers on what it owns (see `docs/replicas.md`). The member and
-/// leader Leases are in `namespace` (the operator's own).
-pub fn shared_config(max_concurrent_syncs: usize, namespace: String) -> crate::controller::Config {
-    crate::controller::Config {
-        max_concurrent_syncs,
-        replicas: crate::controller::Replicas::Shared(crate::controller::SharedReplicas::new(namespace)),
-        ..Default::default()
-    }
-}
-
 /// How long `idsync run --store postgres://…` keeps trying to reach its
 /// database at start before it gives up (and Kubernetes restarts it).
 const STORE_CONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -177,13 +166,19 @@ pub async fn run_on_postgres(
     };
     tracing::info!(store = %named, "store open (PostgreSQL)");
     let store: std::sync::Arc<dyn crate::store::Store> = std::sync::Arc::new(store.with_retention(retention));
-    let mut config = shared_config(max_concurrent_syncs, namespace);
-    config.guard_duration = lease;
-    if let crate::controller::Replicas::Shared(shared) = &mut config.replicas {
-        // Half the guards': a dead member is known (and its connections
-        // have new owners) by the time its guards lapse.
-        shared.member_lease_duration = (lease / 2).max(std::time::Duration::from_secs(3));
-    }
+    // Every replica runs the controllers on what it owns; the member and
+    // leader Leases are in `namespace` (the operator's own). A member Lease
+    // lasts half a guard: a dead member is known (and its connections have
+    // new owners) by the time its guards lapse.
+    let config = crate::controller::Config {
+        max_concurrent_syncs,
+        guard_duration: lease,
+        replicas: crate::controller::Replicas::Shared(crate::controller::SharedReplicas {
+            namespace,
+            member_lease_duration: (lease / 2).max(std::time::Duration::from_secs(3)),
+        }),
+        ..Default::default()
+    };
     run_shared(store, config, http_addr).await
 }
 
@@ -198,13 +193,13 @@ fn refused_for_good(error: &::postgres::Error) -> bool {
 }
 
 /// `idsync run` with replicas that share `store` (already open: PostgreSQL)
-/// and `config` from [`shared_config`]. No leader gates the controllers:
+/// and a `config` of shared replicas. No leader gates the controllers:
 /// they run at once, on what this replica owns; the notification outbox
 /// runs on the elected leader only. Ready (`/readyz`) once the first lists
 /// went through. Runs until SIGTERM or Ctrl-C, then stops its syncs, gives
 /// its guards back and leaves the replicas, so the others take its share at
 /// once.
-pub async fn run_shared(
+async fn run_shared(
     store: std::sync::Arc<dyn crate::store::Store>,
     config: crate::controller::Config,
     http_addr: std::net::SocketAddr,
@@ -220,11 +215,10 @@ pub async fn run_shared(
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     let stop = serve_until_signal(http_addr, metrics.clone(), ready.clone()).await?;
-    let stopped = move || signalled(stop.clone());
     let clock = Arc::new(crate::controller::SystemClock);
     let ctx = crate::controller::Context::with_metrics(client, store, clock, config, metrics, ready.clone());
     tracing::info!(identity = %ctx.config.identity, "controllers running on a shared store");
-    crate::controller::run(ctx, stopped()).await;
+    crate::controller::run(ctx, signalled(stop)).await;
     ready.store(false, Ordering::SeqCst);
     tracing::info!("controllers stopped");
     Ok(ExitCode::SUCCESS)

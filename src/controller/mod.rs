@@ -85,12 +85,6 @@ pub struct SharedReplicas {
     pub member_lease_duration: Duration,
 }
 
-impl SharedReplicas {
-    pub fn new(namespace: impl Into<String>) -> Self {
-        SharedReplicas { namespace: namespace.into(), member_lease_duration: crate::membership::DEFAULT_LEASE_DURATION }
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {

@@ -37,8 +37,6 @@ use crate::lease::{self, Acquired, Claim, RenewPolicy};
 pub const ROLE_LABEL: (&str, &str) = ("idsync.dev/role", "member");
 /// The label every idsync member Lease carries, as the chart labels its objects.
 pub const NAME_LABEL: (&str, &str) = ("app.kubernetes.io/name", "idsync");
-/// How long a member Lease is held without renewal, by default.
-pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 
 /// The owner key of a Connection.
 pub fn connection_key(namespace: &str, name: &str) -> String {
