@@ -102,3 +102,30 @@ fn store_backup_refuses_a_postgres_store_and_says_what_to_use() {
     assert!(!stderr.contains("s3cret"), "{stderr}");
     assert!(!std::path::Path::new("/tmp/never-written.db").exists());
 }
+
+/// `idsync run --store`: a wrong password is refused at once (waiting will
+/// not fix it) with the server's reason and without the password, and a
+/// path where a URL belongs says where the SQLite store goes instead.
+#[test]
+fn idsync_run_refuses_a_wrong_password_at_once_and_a_file_for_store() {
+    let cluster = testing::cluster();
+    let db = cluster.create_database();
+    let url = cluster.url(&db);
+    let started = std::time::Instant::now();
+    let out = idsync(
+        &["run", "--store", &url, "--http-addr", "127.0.0.1:0"],
+        &[("IDSYNC_STORE_PASSWORD", "not-the-password")],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("password authentication failed"), "{stderr}");
+    assert!(stderr.contains(&format!("cannot open the store {url}")), "{stderr}");
+    assert!(!stderr.contains("not-the-password") && !stdout.contains("not-the-password"), "{stderr}");
+    // Not the 60 s a database that is still starting is given.
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+
+    let out = idsync(&["run", "--store", "/var/lib/idsync/idsync.db"], &[]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--store takes a postgres:// URL") && stderr.contains("--data-dir"), "{stderr}");
+}
